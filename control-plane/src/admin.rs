@@ -1,0 +1,221 @@
+//! The `Admin` gRPC service that `weftctl` talks to: apply, get and delete
+//! resources; list services, instances and sidecars.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_server::Admin;
+
+use crate::catalog::{Catalog, unix_millis};
+use crate::metrics::{ApplyLabels, Metrics};
+use crate::resource::{Kind, Name, resources_from_proto};
+use crate::store::{Store, StoreError};
+
+pub struct AdminService {
+    catalog: Arc<Catalog>,
+    store: Option<Arc<Store>>,
+    metrics: Arc<Metrics>,
+    /// Applies and deletes go to the store and then to memory one at a time,
+    /// so the two never disagree.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl AdminService {
+    pub fn new(catalog: Arc<Catalog>, store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Self {
+        AdminService {
+            catalog,
+            store,
+            metrics,
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .applies
+            .get_or_create(&ApplyLabels { outcome })
+            .inc();
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    store: &Option<Arc<Store>>,
+    default: T,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    let Some(store) = store.clone() else {
+        return Ok(default);
+    };
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "store error");
+            Status::internal(e.to_string())
+        })
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, Status> {
+    Kind::parse(kind).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown resource kind {kind:?}, expected one of {}",
+            Kind::CHOICES
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.into_inner();
+        let resources = match resources_from_proto(&req.resources) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count("invalid");
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        if resources.is_empty() {
+            self.count("invalid");
+            return Err(Status::invalid_argument("no resources to apply"));
+        }
+        let _guard = self.write.lock().await;
+        let outcomes = if req.dry_run {
+            let existing = self.catalog.resources();
+            resources
+                .iter()
+                .map(|r| match existing.iter().find(|x| x.key() == r.key()) {
+                    None => crate::store::Outcome::Created,
+                    Some(x) if x == r => crate::store::Outcome::Unchanged,
+                    Some(_) => crate::store::Outcome::Configured,
+                })
+                .collect()
+        } else {
+            let to_store = resources.clone();
+            let default = vec![crate::store::Outcome::Configured; resources.len()];
+            let outcomes = blocking(&self.store, default, move |s| s.apply(&to_store))
+                .await
+                .inspect_err(|_| self.count("error"))?;
+            self.catalog.set_resources(&resources);
+            outcomes
+        };
+        self.count("ok");
+        let results = resources
+            .iter()
+            .zip(outcomes)
+            .map(|(r, o)| {
+                tracing::info!(resource = %r.key(), outcome = o.as_str(), dry_run = req.dry_run, "applied");
+                pb::ApplyResult {
+                    kind: r.kind().as_str().into(),
+                    name: r.name().to_string(),
+                    outcome: o.as_str().into(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyResponse { results }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let kind = parse_kind(&req.kind)?;
+        let resources: Vec<pb::Resource> = self
+            .catalog
+            .resources()
+            .into_iter()
+            .filter(|r| r.kind() == kind && (req.name.is_empty() || r.name().as_str() == req.name))
+            .map(|r| r.to_proto())
+            .collect();
+        if !req.name.is_empty() && resources.is_empty() {
+            return Err(Status::not_found(format!(
+                "{} {:?} not found",
+                kind.as_str(),
+                req.name
+            )));
+        }
+        Ok(Response::new(pb::GetResponse { resources }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        let kind = parse_kind(&req.kind)?;
+        let name =
+            Name::parse(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        let _guard = self.write.lock().await;
+        let exists = self
+            .catalog
+            .resources()
+            .iter()
+            .any(|r| r.kind() == kind && r.name() == &name);
+        if !exists {
+            return Err(Status::not_found(format!(
+                "{} {name:?} not found",
+                kind.as_str()
+            )));
+        }
+        let n = name.clone();
+        blocking(&self.store, true, move |s| s.delete(kind, &n)).await?;
+        match kind {
+            Kind::Service => self.catalog.remove_service_resource(&name),
+        }
+        tracing::info!(kind = kind.as_str(), %name, "deleted");
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        Ok(Response::new(pb::ListServicesResponse {
+            services: self.catalog.services(),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let service = request.into_inner().service;
+        let instances = self
+            .catalog
+            .instances()
+            .into_iter()
+            .filter(|i| service.is_empty() || i.service == service)
+            .collect();
+        Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+
+    async fn list_sidecars(
+        &self,
+        _: Request<pb::ListSidecarsRequest>,
+    ) -> Result<Response<pb::ListSidecarsResponse>, Status> {
+        let sidecars = self
+            .catalog
+            .sidecars()
+            .into_iter()
+            .map(|s| pb::SidecarInfo {
+                service: s.service.to_string(),
+                instance_id: s.instance_id,
+                address: s.address,
+                connected_since_unix_ms: unix_millis(s.connected_since),
+                sent_version: s.sent_version,
+                applied_version: s.applied_version,
+                nack_version: s.nack.as_ref().map_or(0, |n| n.0),
+                nack_reason: s.nack.map(|n| n.1).unwrap_or_default(),
+                subscriptions: s.subscriptions.into_iter().collect(),
+                sidecar_version: s.sidecar_version,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSidecarsResponse { sidecars }))
+    }
+}

@@ -1,0 +1,77 @@
+//! `weft-control-plane`: flags → validated config → `weft_control_plane::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_control_plane::catalog::CatalogConfig;
+use weft_control_plane::duration::parse_duration;
+use weft_control_plane::{ControlPlaneConfig, run};
+
+/// The Weft control plane: keeps the catalog of services and instances and
+/// the mesh policy, and streams each sidecar the configuration it needs.
+#[derive(Debug, Parser)]
+#[command(name = "weft-control-plane", version)]
+struct Args {
+    /// gRPC API for sidecars and weftctl.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// HTTP admin endpoint: /live, /ready, /metrics.
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15014")]
+    admin: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "weft-data")]
+    data_dir: PathBuf,
+    /// How long an instance whose sidecar disconnected stays in the catalog.
+    #[arg(long, env = "WEFT_INSTANCE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    instance_grace: Duration,
+    /// After a restart, how long restored instances wait for their sidecars
+    /// to reconnect before they are removed.
+    #[arg(long, env = "WEFT_STARTUP_GRACE", default_value = "30s", value_parser = parse_duration)]
+    startup_grace: Duration,
+    /// Log filter, e.g. info or weft_control_plane=debug.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .with_context(|| format!("--log {:?} is not a valid filter", args.log))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let grpc = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on --admin {}", args.admin))?;
+    let config = ControlPlaneConfig {
+        data_dir: Some(args.data_dir),
+        catalog: CatalogConfig {
+            instance_grace: args.instance_grace,
+            startup_grace: args.startup_grace,
+        },
+    };
+    run(config, grpc, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,211 @@
+//! Instances: one per sidecar, registered over its discovery stream.
+
+use std::collections::BTreeSet;
+
+use tokio::time::Instant;
+use weft_proto::v1 as pb;
+
+use crate::resource::{LabelMap, Name, Protocol, validate_labels};
+
+/// A validated `Hello`: who a sidecar is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub service: Name,
+    pub instance_id: String,
+    pub address: String,
+    pub protocol: Option<Protocol>,
+    pub labels: LabelMap,
+    pub health: pb::Health,
+    pub sidecar_version: String,
+}
+
+/// Checks `host:port` (an IP address or a DNS name, and a non-zero port).
+pub fn validate_address(addr: &str) -> Result<(), String> {
+    if addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() != 0)
+    {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(format!("{addr:?} has no valid port")),
+    }
+    Name::parse(host)
+        .map(|_| ())
+        .map_err(|_| format!("{addr:?} has no valid host"))
+}
+
+fn validate_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "instance id {id:?} must be 1 to 253 printable characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+impl Registration {
+    /// Validates a hello; returns the registration and the services it wants.
+    pub fn from_hello(h: &pb::Hello) -> Result<(Self, BTreeSet<String>), String> {
+        let service = Name::parse(&h.service).map_err(|e| format!("hello.service: {e}"))?;
+        validate_instance_id(&h.instance_id).map_err(|e| format!("hello.instance_id: {e}"))?;
+        validate_address(&h.address).map_err(|e| format!("hello.address: {e}"))?;
+        let protocol =
+            Protocol::from_proto(h.protocol).map_err(|e| format!("hello.protocol: {e}"))?;
+        let labels: LabelMap = h
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        validate_labels(&labels).map_err(|e| format!("hello.labels: {e}"))?;
+        let health = pb::Health::try_from(h.health).unwrap_or(pb::Health::Unknown);
+        let wanted = h.upstreams.iter().cloned().collect();
+        Ok((
+            Registration {
+                service,
+                instance_id: h.instance_id.clone(),
+                address: h.address.clone(),
+                protocol,
+                labels,
+                health,
+                sidecar_version: h.sidecar_version.clone(),
+            },
+            wanted,
+        ))
+    }
+}
+
+/// An instance in the catalog.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub service: Name,
+    pub id: String,
+    pub address: String,
+    pub protocol: Option<Protocol>,
+    pub labels: LabelMap,
+    pub health: pb::Health,
+    pub health_detail: String,
+    pub sidecar_version: String,
+    /// The stream that keeps it alive; `None` while it waits out a grace period.
+    pub stream: Option<u64>,
+    /// When a disconnected instance is removed.
+    pub expires_at: Option<Instant>,
+}
+
+impl Instance {
+    pub fn from_registration(r: Registration, stream: u64) -> Self {
+        Instance {
+            service: r.service,
+            id: r.instance_id,
+            address: r.address,
+            protocol: r.protocol,
+            labels: r.labels,
+            health: r.health,
+            health_detail: String::new(),
+            sidecar_version: r.sidecar_version,
+            stream: Some(stream),
+            expires_at: None,
+        }
+    }
+
+    /// An instance read back from the store after a restart: disconnected
+    /// until its sidecar says hello again.
+    pub fn restore(info: &pb::InstanceInfo, expires_at: Instant) -> Result<Self, String> {
+        let hello = pb::Hello {
+            service: info.service.clone(),
+            instance_id: info.instance_id.clone(),
+            address: info.address.clone(),
+            protocol: info.protocol,
+            labels: info.labels.clone(),
+            health: info.health,
+            ..Default::default()
+        };
+        let (r, _) = Registration::from_hello(&hello)?;
+        let mut i = Instance::from_registration(r, 0);
+        i.health_detail = info.health_detail.clone();
+        i.stream = None;
+        i.expires_at = Some(expires_at);
+        Ok(i)
+    }
+
+    /// The record kept in the store and shown by `weftctl get instances`.
+    pub fn to_info(&self) -> pb::InstanceInfo {
+        pb::InstanceInfo {
+            service: self.service.to_string(),
+            instance_id: self.id.clone(),
+            address: self.address.clone(),
+            protocol: self
+                .protocol
+                .map_or(pb::Protocol::Unspecified, Protocol::to_proto) as i32,
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            health: self.health as i32,
+            health_detail: self.health_detail.clone(),
+            connected: self.stream.is_some(),
+            expires_at_unix_ms: 0,
+        }
+    }
+
+    pub fn to_endpoint(&self) -> pb::Endpoint {
+        pb::Endpoint {
+            instance_id: self.id.clone(),
+            address: self.address.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            health: self.health as i32,
+            weight: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in ["127.0.0.1:15006", "[::1]:80", "user-1.mesh:15006"] {
+            assert!(validate_address(ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1", "127.0.0.1:0", "host:x", ":80", "Bad_Host:80"] {
+            assert!(validate_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hello_validation_names_the_field() {
+        let mut h = pb::Hello {
+            service: "user-service".into(),
+            instance_id: "u-1".into(),
+            address: "127.0.0.1:1".into(),
+            upstreams: vec!["a".into()],
+            ..Default::default()
+        };
+        let (r, wanted) = Registration::from_hello(&h).expect("valid");
+        assert_eq!(r.service.as_str(), "user-service");
+        assert!(wanted.contains("a"));
+        h.address = "nope".into();
+        assert!(
+            Registration::from_hello(&h)
+                .expect_err("bad")
+                .starts_with("hello.address")
+        );
+        h.address = "127.0.0.1:1".into();
+        h.instance_id = "has space".into();
+        assert!(
+            Registration::from_hello(&h)
+                .expect_err("bad")
+                .starts_with("hello.instance_id")
+        );
+    }
+}

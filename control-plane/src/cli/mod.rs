@@ -1,0 +1,253 @@
+//! `weftctl`: configure and inspect the mesh through the control-plane API.
+//!
+//! kubectl habits: `apply -f FILE|-`, `get KIND [NAME] -o yaml|json`,
+//! `delete KIND NAME`; errors on stderr, a non-zero exit code on failure.
+
+mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::v1 as pb;
+use weft_proto::v1::admin_client::AdminClient;
+
+use crate::resource::parse_documents;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Configure and inspect a Weft mesh",
+    long_about = "Configure and inspect a Weft mesh through its control plane.\n\n\
+                  Examples:\n  weftctl apply -f services.yaml\n  weftctl get services\n  \
+                  weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status"
+)]
+pub struct Cli {
+    /// The control plane's gRPC API.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15012",
+        global = true
+    )]
+    pub control_plane: String,
+
+    /// How long to wait for the control plane to answer.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration, global = true)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from a YAML file (`-` for stdin).
+    Apply {
+        /// The file; documents separated by `---`.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Validate on the control plane, store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show services, instances, sidecars or resources.
+    Get {
+        /// services | instances | sidecars
+        what: GetWhat,
+        /// Only this one (a service name).
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Delete a resource.
+    Delete {
+        /// The resource kind, e.g. service.
+        kind: String,
+        name: String,
+    },
+    /// Every connected sidecar: its service, since when, the version it
+    /// applied and its last rejection.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GetWhat {
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "instance")]
+    Instances,
+    #[value(alias = "sidecar")]
+    Sidecars,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// A failure `weftctl` reports; the message is shown as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Input(String),
+    #[error("cannot reach the control plane at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{0}")]
+    Api(String),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        let what = match s.code() {
+            tonic::Code::InvalidArgument => "rejected",
+            tonic::Code::NotFound => "not found",
+            tonic::Code::Unavailable => "control plane unavailable",
+            tonic::Code::DeadlineExceeded => "control plane did not answer in time",
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "not allowed",
+            _ => "control plane error",
+        };
+        // NotFound messages already say what was not found.
+        if s.code() == tonic::Code::NotFound {
+            return CliError::Api(s.message().to_string());
+        }
+        CliError::Api(format!("{what}: {}", s.message()))
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, CliError> {
+    let err = |reason: String| CliError::Connect {
+        url: cli.control_plane.clone(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(cli.control_plane.clone())
+        .map_err(|e| err(format!("not a valid URL ({e})")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(cli.timeout);
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        err(reason)
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn read_input(file: &str) -> Result<String, CliError> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Input(format!("cannot read stdin: {e}")))?;
+        return Ok(s);
+    }
+    let path = PathBuf::from(file);
+    std::fs::read_to_string(&path).map_err(|e| CliError::Input(format!("cannot read {file}: {e}")))
+}
+
+/// Runs one command, writing results to `out`.
+pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let w = |out: &mut dyn std::io::Write, s: String| {
+        let _ = out.write_all(s.as_bytes());
+    };
+    match &cli.command {
+        Command::Apply { file, dry_run } => {
+            let text = read_input(file)?;
+            // Validate here first: the same rules as the server, with YAML paths.
+            let resources =
+                parse_documents(&text).map_err(|e| CliError::Input(format!("{file}: {e}")))?;
+            let mut client = connect(&cli).await?;
+            let resp = client
+                .apply(pb::ApplyRequest {
+                    resources: resources.iter().map(|r| r.to_proto()).collect(),
+                    dry_run: *dry_run,
+                })
+                .await?
+                .into_inner();
+            let suffix = if *dry_run { " (dry run)" } else { "" };
+            for r in resp.results {
+                w(
+                    out,
+                    format!(
+                        "{}/{} {}{suffix}\n",
+                        r.kind.to_lowercase(),
+                        r.name,
+                        r.outcome
+                    ),
+                );
+            }
+        }
+        Command::Get { what, name, output } => {
+            let mut client = connect(&cli).await?;
+            let text = match what {
+                GetWhat::Services => {
+                    let mut s = client
+                        .list_services(pb::ListServicesRequest {})
+                        .await?
+                        .into_inner()
+                        .services;
+                    if let Some(n) = name {
+                        s.retain(|x| &x.name == n);
+                        if s.is_empty() {
+                            return Err(CliError::Api(format!("service {n:?} not found")));
+                        }
+                    }
+                    output::services(&s, *output)
+                }
+                GetWhat::Instances => {
+                    let i = client
+                        .list_instances(pb::ListInstancesRequest {
+                            service: name.clone().unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner()
+                        .instances;
+                    output::instances(&i, *output)
+                }
+                GetWhat::Sidecars => {
+                    let mut s = client
+                        .list_sidecars(pb::ListSidecarsRequest {})
+                        .await?
+                        .into_inner()
+                        .sidecars;
+                    if let Some(n) = name {
+                        s.retain(|x| &x.service == n);
+                    }
+                    output::sidecars(&s, *output)
+                }
+            };
+            w(out, text);
+        }
+        Command::Delete { kind, name } => {
+            let mut client = connect(&cli).await?;
+            client
+                .delete(pb::DeleteRequest {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                })
+                .await?;
+            w(out, format!("{}/{name} deleted\n", kind.to_lowercase()));
+        }
+        Command::Status { output } => {
+            let mut client = connect(&cli).await?;
+            let s = client
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await?
+                .into_inner()
+                .sidecars;
+            w(out, output::status(&s, *output));
+        }
+    }
+    Ok(())
+}

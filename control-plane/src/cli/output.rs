@@ -1,0 +1,271 @@
+//! How `weftctl` prints things: aligned tables for people, YAML and JSON for programs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use weft_proto::v1 as pb;
+
+use super::Format;
+use crate::resource::{Resource, ServiceSpec, to_value, to_yaml_documents, value_to_yaml};
+
+/// Left-aligned columns separated by three spaces, like kubectl.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn structured(v: Value, format: Format) -> String {
+    match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        _ => value_to_yaml(&v),
+    }
+}
+
+fn protocol(p: i32) -> &'static str {
+    match pb::Protocol::try_from(p) {
+        Ok(pb::Protocol::Grpc) => "grpc",
+        Ok(pb::Protocol::Http) => "http",
+        Ok(pb::Protocol::Tcp) => "tcp",
+        _ => "-",
+    }
+}
+
+fn health(h: i32) -> &'static str {
+    match pb::Health::try_from(h) {
+        Ok(pb::Health::Healthy) => "healthy",
+        Ok(pb::Health::Unhealthy) => "unhealthy",
+        _ => "unknown",
+    }
+}
+
+fn labels(l: &std::collections::HashMap<String, String>) -> String {
+    let mut v: Vec<_> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    v.sort();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// `3m12s`, like kubectl's AGE column.
+fn age(unix_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let s = now.saturating_sub(unix_ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn in_time(unix_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!("{}ms", unix_ms.saturating_sub(now))
+}
+
+pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
+    if format == Format::Table {
+        let rows = list
+            .iter()
+            .map(|s| {
+                let spec = s.spec.clone().unwrap_or_default();
+                let lb = match pb::LoadBalancer::try_from(spec.load_balancer) {
+                    Ok(pb::LoadBalancer::RoundRobin) => "round-robin",
+                    _ => "p2c-ewma",
+                };
+                vec![
+                    s.name.clone(),
+                    protocol(spec.protocol).into(),
+                    lb.into(),
+                    format!("{}/{}", s.healthy_instances, s.instances),
+                    if s.has_resource {
+                        "resource"
+                    } else {
+                        "discovered"
+                    }
+                    .into(),
+                ]
+            })
+            .collect();
+        return table(
+            &[
+                "NAME",
+                "PROTOCOL",
+                "BALANCER",
+                "HEALTHY/INSTANCES",
+                "SOURCE",
+            ],
+            rows,
+        );
+    }
+    // As apply-able documents: what `weftctl apply -f` takes back.
+    let resources: Vec<Resource> = list
+        .iter()
+        .filter_map(|s| s.spec.as_ref())
+        .filter_map(|p| ServiceSpec::from_proto(p).ok())
+        .map(Resource::Service)
+        .collect();
+    match format {
+        Format::Json => structured(
+            Value::Array(resources.iter().map(to_value).collect()),
+            format,
+        ),
+        _ => to_yaml_documents(&resources),
+    }
+}
+
+pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
+    if format == Format::Table {
+        let rows = list
+            .iter()
+            .map(|i| {
+                vec![
+                    i.service.clone(),
+                    i.instance_id.clone(),
+                    i.address.clone(),
+                    health(i.health).into(),
+                    if i.connected {
+                        "yes".into()
+                    } else {
+                        format!("no (removed in {})", in_time(i.expires_at_unix_ms))
+                    },
+                    labels(&i.labels),
+                ]
+            })
+            .collect();
+        return table(
+            &[
+                "SERVICE",
+                "INSTANCE",
+                "ADDRESS",
+                "HEALTH",
+                "CONNECTED",
+                "LABELS",
+            ],
+            rows,
+        );
+    }
+    let v = list
+        .iter()
+        .map(|i| {
+            json!({
+                "service": i.service,
+                "instance": i.instance_id,
+                "address": i.address,
+                "protocol": protocol(i.protocol),
+                "health": health(i.health),
+                "healthDetail": i.health_detail,
+                "connected": i.connected,
+                "expiresAtUnixMs": i.expires_at_unix_ms,
+                "labels": i.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    structured(Value::Array(v), format)
+}
+
+fn sidecar_json(s: &pb::SidecarInfo) -> Value {
+    json!({
+        "service": s.service,
+        "instance": s.instance_id,
+        "address": s.address,
+        "connectedSinceUnixMs": s.connected_since_unix_ms,
+        "sentVersion": s.sent_version,
+        "appliedVersion": s.applied_version,
+        "lastNack": if s.nack_version == 0 { Value::Null } else {
+            json!({"version": s.nack_version, "reason": s.nack_reason})
+        },
+        "subscriptions": s.subscriptions,
+        "sidecarVersion": s.sidecar_version,
+    })
+}
+
+pub fn sidecars(list: &[pb::SidecarInfo], format: Format) -> String {
+    status(list, format)
+}
+
+pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
+    if format != Format::Table {
+        return structured(
+            Value::Array(list.iter().map(sidecar_json).collect()),
+            format,
+        );
+    }
+    if list.is_empty() {
+        return "no sidecars connected\n".into();
+    }
+    let rows = list
+        .iter()
+        .map(|s| {
+            let synced = if s.applied_version == s.sent_version {
+                "synced"
+            } else {
+                "pending"
+            };
+            vec![
+                s.service.clone(),
+                s.instance_id.clone(),
+                s.address.clone(),
+                age(s.connected_since_unix_ms),
+                format!("{} ({synced})", s.applied_version),
+                if s.nack_version == 0 {
+                    "-".into()
+                } else {
+                    format!("{}: {}", s.nack_version, s.nack_reason)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE",
+            "INSTANCE",
+            "ADDRESS",
+            "CONNECTED",
+            "APPLIED VERSION",
+            "LAST NACK",
+        ],
+        rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], vec![vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A      BB\nlong   x\n");
+    }
+}

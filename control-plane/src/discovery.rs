@@ -1,0 +1,207 @@
+//! The `Discovery` gRPC service: one bidirectional stream per sidecar.
+//!
+//! The sidecar opens with a `Hello`; the control plane registers its instance
+//! and answers with a full state of every service it wants. After that it
+//! sends only what changed, each update with a new version that the sidecar
+//! ACKs or NACKs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_proto::v1 as pb;
+use weft_proto::v1::discovery_server::Discovery;
+
+use crate::catalog::{Catalog, Registration, ServiceView};
+use crate::metrics::Metrics;
+
+pub struct DiscoveryService {
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+}
+
+impl DiscoveryService {
+    pub fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Self {
+        DiscoveryService { catalog, metrics }
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type StreamStream = UpdateStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::SidecarMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::SidecarMessage {
+                kind: Some(pb::sidecar_message::Kind::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a discovery stream must be a Hello",
+                ));
+            }
+        };
+        let (reg, wanted) = Registration::from_hello(&hello).map_err(Status::invalid_argument)?;
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session {
+            id: self.catalog.next_stream_id(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            wanted,
+            seen: HashMap::new(),
+            sent: HashMap::new(),
+            tx,
+        };
+        tokio::spawn(session.run(reg, inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One sidecar's stream: what it wants and what it has been sent.
+struct Session {
+    id: u64,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    wanted: BTreeSet<String>,
+    /// Per wanted service, the generation last looked at.
+    seen: HashMap<String, u64>,
+    /// Per wanted service, what the sidecar was last sent.
+    sent: HashMap<String, ServiceView>,
+    tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
+}
+
+impl Session {
+    async fn run(mut self, reg: Registration, mut inbound: Streaming<pb::SidecarMessage>) {
+        let instance = reg.instance_id.clone();
+        let service = reg.service.clone();
+        let mut changed = self.catalog.subscribe();
+        self.catalog.register(self.id, reg, self.wanted.clone());
+        self.metrics.sidecars_connected.inc();
+        tracing::info!(stream = self.id, %service, %instance, "sidecar connected");
+        changed.borrow_and_update();
+        let mut left = false;
+        let mut ok = self.push(true).await;
+        while ok {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => match self.handle(m).await {
+                        Handled::Continue => {}
+                        Handled::Leave => { left = true; break; }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(stream = self.id, error = %e, "discovery stream error");
+                        break;
+                    }
+                },
+                r = changed.changed() => {
+                    if r.is_err() { break; }
+                    ok = self.push(false).await;
+                }
+            }
+        }
+        self.catalog.disconnect(self.id, left);
+        self.metrics.sidecars_connected.dec();
+        tracing::info!(stream = self.id, %service, %instance, left, "sidecar disconnected");
+    }
+
+    async fn handle(&mut self, m: pb::SidecarMessage) -> Handled {
+        use pb::sidecar_message::Kind;
+        match m.kind {
+            Some(Kind::Ack(a)) => self.catalog.record_ack(self.id, a.version),
+            Some(Kind::Nack(n)) => {
+                tracing::warn!(stream = self.id, version = n.version, reason = %n.reason, "sidecar rejected an update");
+                self.metrics.nacks.inc();
+                self.catalog.record_nack(self.id, n.version, n.reason);
+            }
+            Some(Kind::Subscribe(s)) => {
+                let new: Vec<String> = s
+                    .services
+                    .into_iter()
+                    .filter(|x| !self.wanted.contains(x))
+                    .collect();
+                if !new.is_empty() {
+                    self.catalog.add_subscriptions(self.id, &new);
+                    self.wanted.extend(new);
+                    if !self.push(false).await {
+                        return Handled::Leave;
+                    }
+                }
+            }
+            Some(Kind::Health(h)) => {
+                let health = pb::Health::try_from(h.health).unwrap_or(pb::Health::Unknown);
+                self.catalog.set_health(self.id, health, h.detail);
+            }
+            Some(Kind::Leave(_)) => return Handled::Leave,
+            Some(Kind::Hello(_)) | None => {
+                tracing::debug!(stream = self.id, "ignoring an unexpected message");
+            }
+        }
+        Handled::Continue
+    }
+
+    /// Sends what changed (everything when `full`). Returns false once the
+    /// sidecar is gone.
+    async fn push(&mut self, full: bool) -> bool {
+        let seen = if full {
+            HashMap::new()
+        } else {
+            self.seen.clone()
+        };
+        let (_, views) = self.catalog.views_since(&self.wanted, &seen);
+        let mut update = pb::DiscoveryUpdate {
+            version: 0,
+            full,
+            services: Vec::new(),
+        };
+        for (name, generation, view) in views {
+            self.seen.insert(name.clone(), generation);
+            let change = if full {
+                Some(view.full(&name))
+            } else {
+                view.diff(&name, self.sent.get(&name))
+            };
+            if let Some(u) = change {
+                update.services.push(u);
+            }
+            self.sent.insert(name, view);
+        }
+        if !full && update.services.is_empty() {
+            return true;
+        }
+        update.version = self.catalog.next_version();
+        let version = update.version;
+        let n = update.services.len();
+        if self.tx.send(Ok(update)).await.is_err() {
+            return false;
+        }
+        self.catalog.record_sent(self.id, version);
+        self.metrics
+            .pushes
+            .get_or_create(&crate::metrics::PushLabels { full })
+            .inc();
+        tracing::debug!(
+            stream = self.id,
+            version,
+            services = n,
+            full,
+            "pushed update"
+        );
+        true
+    }
+}
+
+enum Handled {
+    Continue,
+    Leave,
+}

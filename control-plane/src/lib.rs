@@ -1,0 +1,15 @@
+//! The Weft control plane: the catalog of services and instances, the policy
+//! resources, and the discovery streams that push each sidecar what it needs.
+//! Also the library behind `weftctl`.
+
+pub mod admin;
+pub mod catalog;
+pub mod cli;
+pub mod discovery;
+pub mod duration;
+pub mod metrics;
+pub mod resource;
+pub mod server;
+pub mod store;
+
+pub use server::{ControlPlaneConfig, ServerError, run};

@@ -1,0 +1,91 @@
+//! The control plane's Prometheus metrics (served on `--admin` at `/metrics`).
+//!
+//! Names are stable and documented in docs/metrics.md.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::catalog::Catalog;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub full: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sidecars_connected: Gauge,
+    pub pushes: Family<PushLabels, Counter>,
+    pub nacks: Counter,
+    pub applies: Family<ApplyLabels, Counter>,
+    instances: Gauge,
+    services: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_control_plane");
+        let sidecars_connected = Gauge::default();
+        registry.register(
+            "sidecars_connected",
+            "Sidecars with an open discovery stream",
+            sidecars_connected.clone(),
+        );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Discovery updates sent to sidecars (full: the first state on a stream)",
+            pushes.clone(),
+        );
+        let nacks = Counter::default();
+        registry.register("nacks", "Updates a sidecar rejected", nacks.clone());
+        let applies = Family::<ApplyLabels, Counter>::default();
+        registry.register(
+            "applies",
+            "Apply requests by outcome (ok, invalid, error)",
+            applies.clone(),
+        );
+        let instances = Gauge::default();
+        registry.register("instances", "Instances in the catalog", instances.clone());
+        let services = Gauge::default();
+        registry.register(
+            "services",
+            "Services with a resource or an instance",
+            services.clone(),
+        );
+        Metrics {
+            registry,
+            sidecars_connected,
+            pushes,
+            nacks,
+            applies,
+            instances,
+            services,
+        }
+    }
+
+    /// Prometheus text exposition, with catalog gauges read now.
+    pub fn render(&self, catalog: &Catalog) -> String {
+        self.instances.set(catalog.instance_count() as i64);
+        self.services.set(catalog.services().len() as i64);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,194 @@
+//! Conversions between resources and their protobuf form (admin API, store,
+//! and the policy pushed to sidecars). Protobuf in is validated like YAML in.
+
+use weft_proto::v1 as pb;
+
+use super::{
+    FieldError, InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
+    check_unique, validate_labels,
+};
+
+impl Protocol {
+    pub fn to_proto(self) -> pb::Protocol {
+        match self {
+            Protocol::Grpc => pb::Protocol::Grpc,
+            Protocol::Http => pb::Protocol::Http,
+            Protocol::Tcp => pb::Protocol::Tcp,
+        }
+    }
+
+    /// `None` for `PROTOCOL_UNSPECIFIED`; an error for numbers this build does not know.
+    pub fn from_proto(v: i32) -> Result<Option<Self>, String> {
+        match pb::Protocol::try_from(v) {
+            Ok(pb::Protocol::Unspecified) => Ok(None),
+            Ok(pb::Protocol::Grpc) => Ok(Some(Protocol::Grpc)),
+            Ok(pb::Protocol::Http) => Ok(Some(Protocol::Http)),
+            Ok(pb::Protocol::Tcp) => Ok(Some(Protocol::Tcp)),
+            Err(_) => Err(format!("unknown protocol number {v}")),
+        }
+    }
+}
+
+impl LoadBalancer {
+    pub fn to_proto(self) -> pb::LoadBalancer {
+        match self {
+            LoadBalancer::P2cEwma => pb::LoadBalancer::P2cEwma,
+            LoadBalancer::RoundRobin => pb::LoadBalancer::RoundRobin,
+        }
+    }
+
+    pub fn from_proto(v: i32) -> Result<Self, String> {
+        match pb::LoadBalancer::try_from(v) {
+            Ok(pb::LoadBalancer::Unspecified | pb::LoadBalancer::P2cEwma) => {
+                Ok(LoadBalancer::P2cEwma)
+            }
+            Ok(pb::LoadBalancer::RoundRobin) => Ok(LoadBalancer::RoundRobin),
+            Err(_) => Err(format!("unknown load balancer number {v}")),
+        }
+    }
+}
+
+impl ServiceSpec {
+    pub fn to_proto(&self) -> pb::ServiceSpec {
+        pb::ServiceSpec {
+            name: self.name.to_string(),
+            protocol: self
+                .protocol
+                .map_or(pb::Protocol::Unspecified, Protocol::to_proto) as i32,
+            load_balancer: self.load_balancer.to_proto() as i32,
+            subsets: self
+                .subsets
+                .iter()
+                .map(|s| pb::Subset {
+                    name: s.name.to_string(),
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Validates a protobuf service; errors carry proto field paths.
+    pub fn from_proto(p: &pb::ServiceSpec) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let name = Name::parse(&p.name)
+            .map_err(|e| errors.push(("name".into(), e)))
+            .ok();
+        let protocol = Protocol::from_proto(p.protocol)
+            .map_err(|e| errors.push(("protocol".into(), e)))
+            .ok()
+            .flatten();
+        let load_balancer = LoadBalancer::from_proto(p.load_balancer)
+            .map_err(|e| errors.push(("load_balancer".into(), e)))
+            .unwrap_or_default();
+        let mut subsets = Vec::new();
+        for (i, s) in p.subsets.iter().enumerate() {
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Err(e) = validate_labels(&labels) {
+                errors.push((format!("subsets[{i}].labels"), e));
+            }
+            match Name::parse(&s.name) {
+                Ok(name) => subsets.push(Subset { name, labels }),
+                Err(e) => errors.push((format!("subsets[{i}].name"), e)),
+            }
+        }
+        match name {
+            Some(name) if errors.is_empty() => Ok(ServiceSpec {
+                name,
+                protocol,
+                load_balancer,
+                subsets,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl Resource {
+    pub fn to_proto(&self) -> pb::Resource {
+        let kind = match self {
+            Resource::Service(s) => pb::resource::Kind::Service(s.to_proto()),
+        };
+        pb::Resource { kind: Some(kind) }
+    }
+
+    /// Validates one protobuf resource; `index` is its place in the request.
+    pub fn from_proto(index: usize, p: &pb::Resource) -> Result<Self, Vec<FieldError>> {
+        let err = |resource: Option<String>, path: String, reason: String| FieldError {
+            document: index,
+            resource,
+            path,
+            reason,
+        };
+        match &p.kind {
+            None => Err(vec![err(
+                None,
+                "kind".into(),
+                "no resource kind set".into(),
+            )]),
+            Some(pb::resource::Kind::Service(s)) => ServiceSpec::from_proto(s)
+                .map(Resource::Service)
+                .map_err(|es| {
+                    es.into_iter()
+                        .map(|(path, reason)| {
+                            err(
+                                Some(format!("Service/{}", s.name)),
+                                format!("service.{path}"),
+                                reason,
+                            )
+                        })
+                        .collect()
+                }),
+        }
+    }
+}
+
+/// Validates every resource of a request; all or nothing.
+pub fn resources_from_proto(ps: &[pb::Resource]) -> Result<Vec<Resource>, InvalidResources> {
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for (i, p) in ps.iter().enumerate() {
+        match Resource::from_proto(i, p) {
+            Ok(r) => out.push(r),
+            Err(es) => errors.extend(es),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(InvalidResources(errors));
+    }
+    check_unique(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  protocol: http\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+        let rs = super::super::parse_documents(text).expect("valid");
+        let ps: Vec<_> = rs.iter().map(Resource::to_proto).collect();
+        assert_eq!(resources_from_proto(&ps).expect("valid"), rs);
+
+        let mut bad = ps[0].clone();
+        if let Some(pb::resource::Kind::Service(s)) = &mut bad.kind {
+            s.name = "Bad Name".into();
+            s.load_balancer = 99;
+        }
+        let e = resources_from_proto(&[bad]).expect_err("invalid");
+        let text = e.to_string();
+        assert!(
+            text.contains("service.name") && text.contains("service.load_balancer"),
+            "{text}"
+        );
+        assert!(resources_from_proto(&[pb::Resource { kind: None }]).is_err());
+    }
+}

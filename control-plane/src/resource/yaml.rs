@@ -1,0 +1,505 @@
+//! The YAML form of resources, as users write them for `weftctl apply`:
+//!
+//! ```yaml
+//! apiVersion: weft.dev/v1
+//! kind: Service
+//! metadata:
+//!   name: user-service
+//! spec:
+//!   protocol: grpc            # grpc | http | tcp
+//!   loadBalancer: p2c-ewma    # p2c-ewma | round-robin
+//!   subsets:
+//!     - name: v2
+//!       labels: {version: v2}
+//! ```
+//!
+//! A file is parsed and validated whole; every problem is reported with its
+//! document, field path and reason, and a file with any problem yields no
+//! resources at all.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    FieldError, InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource,
+    ServiceSpec, Subset, check_unique, validate_labels,
+};
+
+pub const API_VERSION: &str = "weft.dev/v1";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDocument {
+    api_version: String,
+    kind: String,
+    metadata: RawMetadata,
+    #[serde(default)]
+    spec: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawServiceSpec {
+    protocol: Option<String>,
+    load_balancer: Option<String>,
+    #[serde(default)]
+    subsets: Vec<RawSubset>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubset {
+    name: String,
+    #[serde(default)]
+    labels: LabelMap,
+}
+
+/// Collects the errors of one document.
+struct DocErrors<'a> {
+    document: usize,
+    resource: Option<String>,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl DocErrors<'_> {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            document: self.document,
+            resource: self.resource.clone(),
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Deserializes `value` into `T`, reporting the failing field's path under `prefix`.
+fn typed<T: for<'de> Deserialize<'de>>(value: Value, prefix: &str) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner.as_str()) {
+            (_, ".") => prefix.to_string(),
+            (true, _) => inner,
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// Parses a YAML file of one or more `---`-separated documents.
+pub fn parse_documents(text: &str) -> Result<Vec<Resource>, InvalidResources> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        InvalidResources(vec![FieldError {
+            document: 1,
+            resource: None,
+            path: String::new(),
+            reason: format!("not valid YAML: {e}"),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    let mut resources = Vec::new();
+    if docs.is_empty() {
+        errors.push(FieldError {
+            document: 1,
+            resource: None,
+            path: String::new(),
+            reason: "the file holds no documents".into(),
+        });
+    }
+    for (i, doc) in docs.into_iter().enumerate() {
+        if let Some(r) = parse_document(i + 1, doc, &mut errors) {
+            resources.push(r);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(InvalidResources(errors));
+    }
+    check_unique(&resources)?;
+    Ok(resources)
+}
+
+fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> Option<Resource> {
+    let mut errs = DocErrors {
+        document,
+        resource: None,
+        errors,
+    };
+    if !doc.is_object() {
+        errs.push(
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        );
+        return None;
+    }
+    let raw: RawDocument = match typed(doc, "") {
+        Ok(r) => r,
+        Err((path, reason)) => {
+            errs.push(path, reason);
+            return None;
+        }
+    };
+    errs.resource = Some(format!("{}/{}", raw.kind, raw.metadata.name));
+    let mut ok = true;
+    if raw.api_version != API_VERSION {
+        errs.push(
+            "apiVersion",
+            format!("unsupported {:?}, expected {API_VERSION}", raw.api_version),
+        );
+        ok = false;
+    }
+    let name = match Name::parse(&raw.metadata.name) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            errs.push("metadata.name", e);
+            None
+        }
+    };
+    let kind = if raw.kind == Kind::Service.as_str() {
+        Kind::Service
+    } else {
+        errs.push(
+            "kind",
+            format!(
+                "unknown kind {:?}, expected one of {}",
+                raw.kind,
+                Kind::CHOICES
+            ),
+        );
+        return None;
+    };
+    let spec = if raw.spec.is_null() {
+        Value::Object(Map::new())
+    } else {
+        raw.spec
+    };
+    match kind {
+        Kind::Service => {
+            let spec = parse_service_spec(spec, &mut errs);
+            match (name, spec, ok) {
+                (Some(name), Some(spec), true) => Some(Resource::Service(ServiceSpec {
+                    name,
+                    protocol: spec.0,
+                    load_balancer: spec.1,
+                    subsets: spec.2,
+                })),
+                _ => None,
+            }
+        }
+    }
+}
+
+type ServiceParts = (Option<Protocol>, LoadBalancer, Vec<Subset>);
+
+fn parse_service_spec(spec: Value, errs: &mut DocErrors<'_>) -> Option<ServiceParts> {
+    let raw: RawServiceSpec = match typed(spec, "spec") {
+        Ok(r) => r,
+        Err((path, reason)) => {
+            errs.push(path, reason);
+            return None;
+        }
+    };
+    let mut ok = true;
+    let protocol = match raw.protocol.as_deref() {
+        None => None,
+        Some(p) => match Protocol::parse(p) {
+            Some(p) => Some(p),
+            None => {
+                errs.push(
+                    "spec.protocol",
+                    format!(
+                        "unknown protocol {p:?}, expected one of {}",
+                        Protocol::CHOICES
+                    ),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let load_balancer = match raw.load_balancer.as_deref() {
+        None => LoadBalancer::default(),
+        Some(lb) => LoadBalancer::parse(lb).unwrap_or_else(|| {
+            errs.push(
+                "spec.loadBalancer",
+                format!(
+                    "unknown load balancer {lb:?}, expected one of {}",
+                    LoadBalancer::CHOICES
+                ),
+            );
+            ok = false;
+            LoadBalancer::default()
+        }),
+    };
+    let mut subsets = Vec::new();
+    for (i, s) in raw.subsets.into_iter().enumerate() {
+        let name = match Name::parse(&s.name) {
+            Ok(n) => n,
+            Err(e) => {
+                errs.push(format!("spec.subsets[{i}].name"), e);
+                ok = false;
+                continue;
+            }
+        };
+        if subsets.iter().any(|x: &Subset| x.name == name) {
+            errs.push(
+                format!("spec.subsets[{i}].name"),
+                format!("subset {name} is defined twice"),
+            );
+            ok = false;
+        }
+        if let Err(e) = validate_labels(&s.labels) {
+            errs.push(format!("spec.subsets[{i}].labels"), e);
+            ok = false;
+        }
+        if s.labels.is_empty() {
+            errs.push(
+                format!("spec.subsets[{i}].labels"),
+                "a subset needs at least one label to select instances",
+            );
+            ok = false;
+        }
+        subsets.push(Subset {
+            name,
+            labels: s.labels,
+        });
+    }
+    ok.then_some((protocol, load_balancer, subsets))
+}
+
+/// The YAML form of resources (`weftctl get -o yaml`), which `parse_documents`
+/// reads back unchanged.
+pub fn to_yaml_documents(resources: &[Resource]) -> String {
+    let mut out = String::new();
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        emit(&to_value(r), 0, &mut out);
+    }
+    out
+}
+
+/// The JSON form (`weftctl get -o json`), the same shape as the YAML.
+pub fn to_value(r: &Resource) -> Value {
+    match r {
+        Resource::Service(s) => {
+            let mut spec = Map::new();
+            if let Some(p) = s.protocol {
+                spec.insert("protocol".into(), json!(p.as_str()));
+            }
+            spec.insert("loadBalancer".into(), json!(s.load_balancer.as_str()));
+            if !s.subsets.is_empty() {
+                let subsets: Vec<Value> = s
+                    .subsets
+                    .iter()
+                    .map(|x| json!({"name": x.name.as_str(), "labels": x.labels}))
+                    .collect();
+                spec.insert("subsets".into(), Value::Array(subsets));
+            }
+            json!({
+                "apiVersion": API_VERSION,
+                "kind": "Service",
+                "metadata": {"name": s.name.as_str()},
+                "spec": spec,
+            })
+        }
+    }
+}
+
+/// A small block-style YAML emitter for the JSON values we produce: maps,
+/// lists, strings, numbers, booleans. Strings are always double-quoted JSON
+/// strings (valid YAML), so no value can be misread as another type.
+fn emit(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                out.push_str(&pad);
+                out.push_str(k);
+                out.push(':');
+                emit_child(v, indent, out);
+            }
+        }
+        Value::Array(a) => {
+            for v in a {
+                out.push_str(&pad);
+                out.push('-');
+                match v {
+                    Value::Object(m) if !m.is_empty() => {
+                        // First key on the dash line, the rest aligned under it.
+                        let mut inner = String::new();
+                        emit(v, indent + 2, &mut inner);
+                        out.push(' ');
+                        out.push_str(inner.trim_start());
+                    }
+                    _ => emit_child(v, indent, out),
+                }
+            }
+        }
+        scalar => {
+            out.push_str(&pad);
+            out.push_str(&scalar_text(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+fn emit_child(v: &Value, indent: usize, out: &mut String) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            emit(v, indent + 2, out);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            emit(v, indent + 2, out);
+        }
+        Value::Object(_) => out.push_str(" {}\n"),
+        Value::Array(_) => out.push_str(" []\n"),
+        scalar => {
+            out.push(' ');
+            out.push_str(&scalar_text(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => Value::String(s.clone()).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Emits any JSON value as YAML (used by `weftctl` for list output).
+pub fn value_to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(m) if m.is_empty() => out.push_str("{}\n"),
+        Value::Array(a) if a.is_empty() => out.push_str("[]\n"),
+        _ => emit(v, 0, &mut out),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: weft.dev/v1
+kind: Service
+metadata:
+  name: user-service
+spec:
+  protocol: grpc
+  loadBalancer: round-robin
+  subsets:
+    - name: v2
+      labels: {version: v2}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: order-service}
+"#;
+
+    #[test]
+    fn parses_good_file() {
+        let rs = parse_documents(GOOD).expect("valid");
+        assert_eq!(rs.len(), 2);
+        let Resource::Service(s) = &rs[0];
+        assert_eq!(s.name.as_str(), "user-service");
+        assert_eq!(s.protocol, Some(Protocol::Grpc));
+        assert_eq!(s.load_balancer, LoadBalancer::RoundRobin);
+        assert_eq!(
+            s.subsets[0].labels.get("version").map(String::as_str),
+            Some("v2")
+        );
+        let Resource::Service(o) = &rs[1];
+        assert_eq!(o.protocol, None);
+        assert_eq!(o.load_balancer, LoadBalancer::P2cEwma);
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let rs = parse_documents(GOOD).expect("valid");
+        let text = to_yaml_documents(&rs);
+        assert_eq!(parse_documents(&text).expect("reparse"), rs, "{text}");
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_documents(text)
+            .expect_err("must be rejected")
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn reports_document_path_and_reason() {
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {protocol: grpc}\n---\n\
+             apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: b}\nspec:\n  loadBalancer: random\n",
+        );
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(
+                "document 2 (Service/b): spec.loadBalancer: unknown load balancer \"random\""
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {protcol: grpc}\n",
+        );
+        assert!(
+            e[0].contains("spec") && e[0].contains("unknown field `protcol`"),
+            "{e:?}"
+        );
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  subsets:\n    - name: v1\n      labels: {version: 2, x: [1]}\n",
+        );
+        assert!(e[0].contains("spec.subsets[0].labels"), "{e:?}");
+    }
+
+    #[test]
+    fn other_errors() {
+        assert!(errors("kind: Service\n")[0].contains("missing field `apiVersion`"));
+        assert!(
+            errors("apiVersion: v0\nkind: Service\nmetadata: {name: a}\n")[0]
+                .contains("apiVersion")
+        );
+        assert!(
+            errors("apiVersion: weft.dev/v1\nkind: Route\nmetadata: {name: a}\n")[0]
+                .contains("unknown kind")
+        );
+        assert!(
+            errors("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: A_b}\n")[0]
+                .contains("metadata.name")
+        );
+        assert!(errors("a: [unclosed\n")[0].contains("not valid YAML"));
+        assert!(errors("")[0].contains("no documents"));
+        assert!(errors("- 1\n- 2\n")[0].contains("must be a mapping"));
+        let dup = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\n",
+        );
+        assert!(dup[0].contains("duplicate of document 1"), "{dup:?}");
+    }
+
+    #[test]
+    fn emits_yaml_for_lists() {
+        let v = json!([{"name": "a", "labels": {"k": "v"}, "n": 1}, {"name": "b", "labels": {}}]);
+        let y = value_to_yaml(&v);
+        let back: Value = serde_saphyr::from_str(&y).expect("yaml");
+        assert_eq!(back, v, "{y}");
+    }
+}

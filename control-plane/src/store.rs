@@ -1,0 +1,210 @@
+//! The embedded store (redb, one file in `--data-dir`): applied resources and
+//! the instance catalog. Resources must survive a restart; instances are kept
+//! too, so that a restarted control plane serves the catalog it had instead of
+//! an empty one while sidecars reconnect.
+//!
+//! redb calls block (a commit fsyncs), so callers run them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use weft_proto::v1 as pb;
+
+use crate::resource::{Kind, Name, Resource, resources_from_proto};
+
+const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
+const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
+
+/// The file name inside `--data-dir`.
+pub const FILE_NAME: &str = "weft.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("store holds a record that does not decode ({key}): {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What applying one resource did, as kubectl reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|source| StoreError::Open { path, source })?;
+        let tx = db.begin_write()?;
+        tx.open_table(RESOURCES)?;
+        tx.open_table(INSTANCES)?;
+        tx.commit()?;
+        Ok(Store { db })
+    }
+
+    pub fn load_resources(&self) -> Result<Vec<Resource>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RESOURCES)?;
+        let mut protos = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let p = pb::Resource::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                key: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
+            protos.push(p);
+        }
+        resources_from_proto(&protos).map_err(|e| StoreError::Corrupt {
+            key: "resources".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Stores every resource in one transaction: all or nothing.
+    pub fn apply(&self, resources: &[Resource]) -> Result<Vec<Outcome>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(resources.len());
+        {
+            let mut table = tx.open_table(RESOURCES)?;
+            for r in resources {
+                let bytes = r.to_proto().encode_to_vec();
+                let key = r.key();
+                let old = table.insert(key.as_str(), bytes.as_slice())?;
+                outcomes.push(match old {
+                    None => Outcome::Created,
+                    Some(old) if old.value() == bytes.as_slice() => Outcome::Unchanged,
+                    Some(_) => Outcome::Configured,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Deletes one resource; `false` when there was none.
+    pub fn delete(&self, kind: Kind, name: &Name) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let existed = {
+            let mut table = tx.open_table(RESOURCES)?;
+            let key = format!("{}/{}", kind.as_str(), name);
+            table.remove(key.as_str())?.is_some()
+        };
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    pub fn load_instances(&self) -> Result<Vec<pb::InstanceInfo>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INSTANCES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push(
+                pb::InstanceInfo::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: k.value().to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn put_instance(&self, i: &pb::InstanceInfo) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(INSTANCES)?
+            .insert(i.instance_id.as_str(), i.encode_to_vec().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(INSTANCES)?.remove(instance_id)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_documents;
+
+    #[test]
+    fn resources_survive_reopen() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let rs = parse_documents(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {protocol: http}\n",
+        )?;
+        {
+            let store = Store::open(dir.path())?;
+            assert_eq!(store.apply(&rs)?, vec![Outcome::Created]);
+            assert_eq!(store.apply(&rs)?, vec![Outcome::Unchanged]);
+            store.put_instance(&pb::InstanceInfo {
+                instance_id: "a-1".into(),
+                service: "a".into(),
+                ..Default::default()
+            })?;
+        }
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.load_resources()?, rs);
+        assert_eq!(store.load_instances()?.len(), 1);
+        store.remove_instance("a-1")?;
+        assert!(store.load_instances()?.is_empty());
+        assert!(store.delete(
+            Kind::Service,
+            &Name::parse("a").map_err(anyhow::Error::msg)?
+        )?);
+        assert!(store.load_resources()?.is_empty());
+        Ok(())
+    }
+}
