@@ -1,1 +1,21 @@
-//! placeholder
+//! The Weft sidecar: carries one service's traffic to and from the mesh.
+//!
+//! [`run`] is the whole sidecar as a library function; `main.rs` only turns
+//! flags into a [`config::SidecarConfig`] and binds the listeners.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod discovery;
+pub mod drain;
+pub mod endpoint;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
+pub mod rand;
+pub mod run;
+pub mod table;
+
+pub use run::{Listeners, SidecarError, run};

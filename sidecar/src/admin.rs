@@ -1,0 +1,163 @@
+//! The admin endpoint: `/live`, `/ready`, `/metrics`, `/config`,
+//! `POST /shutdown`, and gRPC health (`grpc.health.v1`), all on one port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+use crate::body::{BoxBody, boxed, full};
+use crate::discovery::StatusCell;
+use crate::drain;
+use crate::metrics::Metrics;
+use crate::table::{Entry, Routes};
+
+/// What the admin endpoint reads.
+pub struct AdminState {
+    pub service: String,
+    pub instance_id: String,
+    pub advertise: String,
+    pub status: Arc<StatusCell>,
+    pub routes: Arc<Routes>,
+    pub metrics: Arc<Metrics>,
+    /// Notified by `POST /shutdown`.
+    pub shutdown: Arc<Notify>,
+}
+
+/// gRPC health, boxed: its concrete type is opaque.
+pub type HealthService = tower::util::BoxCloneSyncService<
+    Request<tonic::body::Body>,
+    Response<tonic::body::Body>,
+    Infallible,
+>;
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    health: HealthService,
+    mut drain: drain::Watch,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = drain.signaled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let (state, health) = (state.clone(), health.clone());
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (state, health) = (state.clone(), health.clone());
+            async move { Ok::<_, Infallible>(handle(req, &state, health).await) }
+        });
+        let mut d = drain.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = d.signaled() => {}
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<BoxBody> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: &AdminState,
+    health: HealthService,
+) -> Response<BoxBody> {
+    if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+        return match health.oneshot(req.map(tonic::body::Body::new)).await {
+            Ok(r) => r.map(boxed),
+            Err(never) => match never {},
+        };
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
+        (&Method::GET, "/ready") => {
+            if state.status.get().has_config {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no config yet\n".into(),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(),
+        ),
+        (&Method::GET, "/config") => {
+            let body = serde_json::to_string_pretty(&config_json(state)).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body + "\n")
+        }
+        (&Method::POST, "/shutdown") => {
+            state.shutdown.notify_one();
+            text(StatusCode::OK, "text/plain", "shutting down\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /live, /ready, /metrics, /config or POST /shutdown\n".into(),
+        ),
+    }
+}
+
+/// What the sidecar is running, as JSON.
+fn config_json(state: &AdminState) -> Value {
+    let table = state.routes.load();
+    let mut services: Vec<(String, Value)> = table
+        .iter()
+        .map(|(name, entry)| {
+            let v = match entry {
+                Entry::Unknown => json!({"known": false}),
+                Entry::Known(t) => json!({
+                    "known": true,
+                    "policy": t.policy,
+                    "endpoints": t.endpoints.iter().map(|e| json!({
+                        "id": e.spec.id,
+                        "address": e.spec.addr,
+                        "health": e.spec.health,
+                        "labels": e.spec.labels,
+                        "weight": e.spec.weight,
+                        "inFlight": e.peer.load.pending(),
+                        "connected": e.peer.client.is_connected(),
+                    })).collect::<Vec<_>>(),
+                }),
+            };
+            (name.to_string(), v)
+        })
+        .collect();
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    json!({
+        "service": state.service,
+        "instance": state.instance_id,
+        "advertise": state.advertise,
+        "controlPlane": *state.status.get(),
+        "services": services.into_iter().collect::<serde_json::Map<_, _>>(),
+    })
+}

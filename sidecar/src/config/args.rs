@@ -1,0 +1,318 @@
+//! Command-line flags. Every flag can also be set by a `WEFT_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{
+    ConfigError, SidecarConfig, Source, Timeouts, Upstream, load_static_file, parse_duration,
+};
+use crate::model::{Labels, Protocol, ServiceName};
+
+/// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
+/// from the rest of the mesh.
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-sidecar",
+    version,
+    after_help = "Example:\n  weft-sidecar --service order-service --app 127.0.0.1:8080 \\\n    \
+                  --control-plane http://127.0.0.1:15012 --upstream user-service=127.0.0.1:9001"
+)]
+pub struct Args {
+    /// The service this sidecar runs beside, e.g. order-service.
+    #[arg(long, env = "WEFT_SERVICE")]
+    pub service: String,
+
+    /// The local app's address (inbound traffic goes there). Leave out for a
+    /// sidecar that only makes calls.
+    #[arg(long, env = "WEFT_APP")]
+    pub app: Option<SocketAddr>,
+
+    /// The control plane's gRPC URL.
+    #[arg(long, env = "WEFT_CONTROL_PLANE", conflicts_with = "config")]
+    pub control_plane: Option<String>,
+
+    /// Run from a static mesh file instead of a control plane.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Where other sidecars connect.
+    #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+
+    /// Where the local app sends calls, routed by Host / :authority.
+    #[arg(long, env = "WEFT_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+
+    /// Admin endpoint: /live /ready /metrics /config, gRPC health.
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// The address other sidecars dial (host:port). Defaults to the inbound
+    /// address; required when --inbound binds all interfaces.
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// A local port for one dependency: NAME=ADDR, e.g.
+    /// user-service=127.0.0.1:9001. Repeatable.
+    #[arg(long = "upstream", env = "WEFT_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+
+    /// A label of this instance, k=v (e.g. version=v2). Repeatable.
+    #[arg(long = "label", env = "WEFT_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+
+    /// The local app's protocol: grpc, http or tcp.
+    #[arg(long, env = "WEFT_PROTOCOL", default_value = "grpc")]
+    pub protocol: String,
+
+    /// This instance's id; defaults to SERVICE-<random>.
+    #[arg(long, env = "WEFT_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// How long a call to a service not known yet waits to learn it.
+    #[arg(long, env = "WEFT_DISCOVERY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
+
+    /// TCP connect timeout (to peers and to the app).
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How often to check the local app's health.
+    #[arg(long, env = "WEFT_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// How long in-flight requests get to finish on SIGTERM.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log filter, e.g. info or weft_sidecar=debug.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn flag(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Flag {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// A short random suffix for instance ids, without a random-number crate.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
+}
+
+impl Args {
+    /// Validates every flag; the first problem is named.
+    pub fn into_config(self) -> Result<SidecarConfig, ConfigError> {
+        let service = ServiceName::parse(&self.service).map_err(|e| flag("service", e))?;
+        let protocol = Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e))?;
+        let source = match (self.control_plane, self.config) {
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(flag(
+                        "control-plane",
+                        format!("{url:?} must be a URL such as http://127.0.0.1:15012"),
+                    ));
+                }
+                url.parse::<http::Uri>()
+                    .map_err(|e| flag("control-plane", format!("{url:?} is not a URL: {e}")))?;
+                Source::ControlPlane(url)
+            }
+            (None, Some(path)) => {
+                let services = load_static_file(&path)?;
+                Source::Static { path, services }
+            }
+            (None, None) => {
+                return Err(flag(
+                    "control-plane",
+                    "give --control-plane URL, or --config FILE to run without a control plane",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(flag(
+                    "config",
+                    "use either --control-plane or --config, not both",
+                ));
+            }
+        };
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for u in &self.upstreams {
+            let (name, addr) = u.split_once('=').ok_or_else(|| {
+                flag(
+                    "upstream",
+                    format!("{u:?} must be NAME=ADDR, e.g. user-service=127.0.0.1:9001"),
+                )
+            })?;
+            let service = ServiceName::parse(name).map_err(|e| flag("upstream", e))?;
+            let listen: SocketAddr = addr
+                .parse()
+                .map_err(|_| flag("upstream", format!("{addr:?} in {u:?} is not an IP:port")))?;
+            if upstreams
+                .iter()
+                .any(|x| x.listen == listen && listen.port() != 0)
+            {
+                return Err(flag("upstream", format!("{listen} is given twice")));
+            }
+            upstreams.push(Upstream { service, listen });
+        }
+        let mut labels = Labels::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').ok_or_else(|| {
+                flag("label", format!("{l:?} must be key=value, e.g. version=v2"))
+            })?;
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+            let value_ok = v.len() <= 63
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !key_ok || !value_ok {
+                return Err(flag("label", format!("{l:?} is not a valid label")));
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        if let Some(a) = &self.advertise {
+            crate::model::validate_addr(a).map_err(|e| flag("advertise", e))?;
+        } else if self.inbound.ip().is_unspecified() && matches!(source, Source::ControlPlane(_)) {
+            return Err(flag(
+                "advertise",
+                format!(
+                    "--inbound {} listens on all interfaces; say which address other sidecars \
+                     dial, e.g. --advertise 10.0.0.5:{}",
+                    self.inbound,
+                    self.inbound.port()
+                ),
+            ));
+        }
+        let instance_id = match self.instance_id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 253
+                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                id
+            }
+            Some(id) => {
+                return Err(flag(
+                    "instance-id",
+                    format!("{id:?} must be printable, without spaces"),
+                ));
+            }
+            None => format!("{service}-{}", random_suffix()),
+        };
+        Ok(SidecarConfig {
+            service,
+            instance_id,
+            protocol,
+            labels,
+            app: self.app,
+            inbound: self.inbound,
+            outbound: self.outbound,
+            admin: self.admin,
+            advertise: self.advertise,
+            upstreams,
+            source,
+            timeouts: Timeouts {
+                discovery: self.discovery_timeout,
+                connect: self.connect_timeout,
+                health_interval: self.health_interval,
+                drain: self.drain_timeout,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<SidecarConfig, String> {
+        let mut v = vec!["weft-sidecar"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_flags() {
+        let c = parse(&[
+            "--service",
+            "order-service",
+            "--control-plane",
+            "http://127.0.0.1:15012",
+            "--inbound",
+            "127.0.0.1:0",
+            "--upstream",
+            "user-service=127.0.0.1:9001",
+            "--label",
+            "version=v2",
+            "--protocol",
+            "http",
+        ])
+        .expect("valid");
+        assert_eq!(c.service.as_str(), "order-service");
+        assert_eq!(c.upstreams[0].service.as_str(), "user-service");
+        assert_eq!(c.labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(c.protocol, Protocol::Http);
+        assert!(c.instance_id.starts_with("order-service-"));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let base = [
+            "--service",
+            "a",
+            "--control-plane",
+            "http://x:1",
+            "--inbound",
+            "127.0.0.1:0",
+        ];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v).expect_err("must fail")
+        };
+        assert!(with(&["--upstream", "nope"]).contains("--upstream"));
+        assert!(with(&["--upstream", "a=notaddr"]).contains("--upstream"));
+        assert!(with(&["--label", "x"]).contains("--label"));
+        assert!(with(&["--protocol", "udp"]).contains("--protocol"));
+        assert!(
+            parse(&["--service", "Bad", "--control-plane", "http://x:1"])
+                .expect_err("bad")
+                .contains("--service")
+        );
+        assert!(
+            parse(&["--service", "a"])
+                .expect_err("no source")
+                .contains("--control-plane")
+        );
+        assert!(
+            parse(&["--service", "a", "--control-plane", "x"])
+                .expect_err("bad url")
+                .contains("--control-plane")
+        );
+        // All interfaces without --advertise.
+        assert!(
+            parse(&["--service", "a", "--control-plane", "http://x:1"])
+                .expect_err("advertise")
+                .contains("--advertise")
+        );
+        assert!(with(&["--discovery-timeout", "5"]).contains("unit"));
+    }
+}

@@ -1,0 +1,103 @@
+//! The sidecar's configuration: command-line flags (each also a `WEFT_*`
+//! environment variable) turned into a validated [`SidecarConfig`], and the
+//! static mesh file for running without a control plane.
+
+mod args;
+mod file;
+
+pub use args::Args;
+pub use file::{StaticFileError, load_static_file, parse_static};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::model::{Labels, Protocol, ServiceName, ServiceState};
+
+/// Where the sidecar's view of the mesh comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Streamed from the control plane at this URL.
+    ControlPlane(String),
+    /// A static file, read once at start.
+    Static {
+        path: PathBuf,
+        services: Vec<(ServiceName, ServiceState)>,
+    },
+}
+
+/// A local port bound to one upstream service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub service: ServiceName,
+    pub listen: SocketAddr,
+}
+
+/// Everything the sidecar needs, validated.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub service: ServiceName,
+    pub instance_id: String,
+    pub protocol: Protocol,
+    pub labels: Labels,
+    /// The local app; `None` for a sidecar that only makes calls.
+    pub app: Option<SocketAddr>,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// What other sidecars dial; `None`: the bound inbound address.
+    pub advertise: Option<String>,
+    pub upstreams: Vec<Upstream>,
+    pub source: Source,
+    pub timeouts: Timeouts,
+}
+
+/// Time limits of the sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long a call to a service not known yet waits to learn it.
+    pub discovery: Duration,
+    /// TCP connect to a peer or to the app.
+    pub connect: Duration,
+    /// How often the local app's health is checked.
+    pub health_interval: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            discovery: Duration::from_secs(2),
+            connect: Duration::from_secs(1),
+            health_interval: Duration::from_secs(2),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A flag or file the sidecar cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
+    #[error(transparent)]
+    File(#[from] StaticFileError),
+}
+
+/// Parses durations such as `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 10s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!("{s:?} needs a unit: ms, s, m or h")),
+    }
+}

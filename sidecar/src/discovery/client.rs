@@ -1,0 +1,248 @@
+//! The discovery stream loop: connect, hello, apply updates with ACK/NACK,
+//! forward subscriptions and app health; on loss keep the last config and
+//! reconnect with jittered backoff; on shutdown say `Leave`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use weft_proto::v1 as pb;
+use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
+
+use super::{Backoff, ConfigState, StatusCell, StreamState, convert_update};
+use crate::drain;
+use crate::metrics::{Metrics, UpdateLabels};
+use crate::model::{Health, Labels, Protocol, ServiceName};
+use crate::table::{Routes, TableBuilder};
+
+/// Who this sidecar is, as it says in its hello.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub service: ServiceName,
+    pub instance_id: String,
+    pub address: String,
+    pub protocol: Protocol,
+    pub labels: Labels,
+}
+
+pub struct DiscoveryClient {
+    pub url: String,
+    pub identity: Identity,
+    /// Declared upstreams plus every service asked for since.
+    pub wanted: BTreeSet<ServiceName>,
+    pub state: ConfigState,
+    pub builder: TableBuilder,
+    pub routes: Arc<Routes>,
+    pub subscriptions: mpsc::UnboundedReceiver<ServiceName>,
+    pub health: watch::Receiver<Health>,
+    pub status: Arc<StatusCell>,
+    pub metrics: Arc<Metrics>,
+    pub connect_timeout: Duration,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    /// The stream was lost; `synced` says whether it had delivered a config
+    /// (then the backoff starts over).
+    Lost {
+        reason: String,
+        synced: bool,
+    },
+}
+
+fn health_to_pb(h: Health) -> pb::Health {
+    match h {
+        Health::Unknown => pb::Health::Unknown,
+        Health::Healthy => pb::Health::Healthy,
+        Health::Unhealthy => pb::Health::Unhealthy,
+    }
+}
+
+fn protocol_to_pb(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Grpc => pb::Protocol::Grpc,
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Tcp => pb::Protocol::Tcp,
+    }
+}
+
+fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
+    pb::SidecarMessage { kind: Some(kind) }
+}
+
+impl DiscoveryClient {
+    fn set_state(&self, state: StreamState) {
+        self.metrics.set_stream_state(state.as_str());
+        self.status.update(|s| s.state = state);
+    }
+
+    /// Runs until draining begins.
+    pub async fn run(mut self, mut drain: drain::Watch) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        self.set_state(StreamState::Connecting);
+        loop {
+            match self.session(&mut drain).await {
+                End::Shutdown => return,
+                End::Lost { reason, synced } => {
+                    if synced {
+                        backoff.reset();
+                    }
+                    let has_config = self.status.get().has_config;
+                    self.set_state(if has_config {
+                        StreamState::Stale
+                    } else {
+                        StreamState::Connecting
+                    });
+                    self.status.update(|s| s.reconnects += 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(url = %self.url, %reason, retry_in_ms = delay.as_millis() as u64,
+                        "control-plane stream lost; keeping the last config");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = drain.signaled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn hello(&self) -> pb::SidecarMessage {
+        msg(pb::sidecar_message::Kind::Hello(pb::Hello {
+            service: self.identity.service.to_string(),
+            instance_id: self.identity.instance_id.clone(),
+            address: self.identity.address.clone(),
+            protocol: protocol_to_pb(self.identity.protocol) as i32,
+            labels: self
+                .identity
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            upstreams: self.wanted.iter().map(ToString::to_string).collect(),
+            health: health_to_pb(*self.health.borrow()) as i32,
+            sidecar_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn session(&mut self, drain: &mut drain::Watch) -> End {
+        let lost = |reason: String| End::Lost {
+            reason,
+            synced: false,
+        };
+        let endpoint = match Endpoint::from_shared(self.url.clone()) {
+            Ok(e) => e
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5)),
+            Err(e) => return lost(format!("bad URL: {e}")),
+        };
+        let channel = tokio::select! {
+            r = endpoint.connect() => match r {
+                Ok(c) => c,
+                Err(e) => return lost(format!("connect: {e}")),
+            },
+            _ = drain.signaled() => return End::Shutdown,
+        };
+        let (tx, rx) = mpsc::channel::<pb::SidecarMessage>(16);
+        let _ = tx.send(self.hello()).await;
+        self.health.borrow_and_update();
+        let mut client = GrpcClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return lost(format!("open stream: {}", s.message())),
+        };
+        let mut synced = false;
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(update)) => {
+                        let reply = self.apply(&update);
+                        synced |= matches!(reply.kind, Some(pb::sidecar_message::Kind::Ack(_)));
+                        if tx.send(reply).await.is_err() {
+                            return End::Lost { reason: "request stream closed".into(), synced };
+                        }
+                    }
+                    Ok(None) => return End::Lost { reason: "closed by the control plane".into(), synced },
+                    Err(s) => return End::Lost { reason: format!("{}: {}", s.code(), s.message()), synced },
+                },
+                Some(name) = self.subscriptions.recv() => {
+                    if self.wanted.insert(name.clone()) {
+                        tracing::debug!(service = %name, "subscribing");
+                        let m = msg(pb::sidecar_message::Kind::Subscribe(pb::Subscribe { services: vec![name.to_string()] }));
+                        if tx.send(m).await.is_err() {
+                            return End::Lost { reason: "request stream closed".into(), synced };
+                        }
+                    }
+                },
+                r = self.health.changed() => {
+                    if r.is_ok() {
+                        let h = *self.health.borrow_and_update();
+                        let m = msg(pb::sidecar_message::Kind::Health(pb::AppHealth { health: health_to_pb(h) as i32, detail: String::new() }));
+                        let _ = tx.send(m).await;
+                    }
+                },
+                _ = drain.signaled() => {
+                    // Tell the control plane to remove this instance now, then
+                    // wait (briefly) for it to close the stream, so the message
+                    // is not lost to a cancelled call.
+                    let _ = tx.send(msg(pb::sidecar_message::Kind::Leave(pb::Leave {}))).await;
+                    drop(tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    }).await;
+                    tracing::info!("left the mesh");
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Validates and applies one update; returns the ACK or NACK to send.
+    fn apply(&mut self, update: &pb::DiscoveryUpdate) -> pb::SidecarMessage {
+        let version = update.version;
+        match convert_update(update) {
+            Ok(changes) => {
+                self.state.apply(update.full, changes);
+                let table = self
+                    .builder
+                    .build(self.state.known.iter(), self.state.unknown.iter());
+                self.routes.store(table);
+                self.metrics
+                    .updates
+                    .get_or_create(&UpdateLabels { result: "ack" })
+                    .inc();
+                self.status.update(|s| {
+                    s.version = version;
+                    s.has_config = true;
+                });
+                self.set_state(StreamState::Synced);
+                tracing::debug!(
+                    version,
+                    full = update.full,
+                    services = update.services.len(),
+                    "applied update"
+                );
+                msg(pb::sidecar_message::Kind::Ack(pb::Ack { version }))
+            }
+            Err(reason) => {
+                tracing::warn!(version, %reason, "rejected an update; keeping the last good config");
+                self.metrics
+                    .updates
+                    .get_or_create(&UpdateLabels { result: "nack" })
+                    .inc();
+                let r = reason.clone();
+                self.status
+                    .update(|s| s.last_nack = Some(format!("{version}: {r}")));
+                msg(pb::sidecar_message::Kind::Nack(pb::Nack {
+                    version,
+                    reason,
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The one way the sidecar opens a connection to a peer. Plain TCP for now;
+//! mutual TLS wraps this same trait, so nothing above it changes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::model::ServiceName;
+
+/// Any byte stream a connector returns.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub type BoxedIo = Box<dyn Io>;
+
+/// What to connect to: an address, and the service expected there (which
+/// TLS will verify).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnectTarget {
+    pub addr: Arc<str>,
+    pub service: ServiceName,
+}
+
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = Result<BoxedIo, ProxyError>> + Send + 'a>>;
+
+pub trait Connector: Send + Sync + 'static {
+    fn connect<'a>(&'a self, target: &'a ConnectTarget) -> ConnectFuture<'a>;
+}
+
+/// Plain TCP with `TCP_NODELAY` (a proxy must not add Nagle delays) and a
+/// connect timeout.
+pub struct TcpConnector {
+    pub timeout: Duration,
+}
+
+impl TcpConnector {
+    pub async fn connect_tcp(&self, addr: &str) -> Result<TcpStream, ProxyError> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout { addr: addr.into() })?
+            .map_err(|source| ProxyError::Connect {
+                addr: addr.into(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Connector for TcpConnector {
+    fn connect<'a>(&'a self, target: &'a ConnectTarget) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let s = self.connect_tcp(&target.addr).await?;
+            Ok(Box::new(s) as BoxedIo)
+        })
+    }
+}

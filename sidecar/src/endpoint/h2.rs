@@ -1,0 +1,113 @@
+//! One multiplexed HTTP/2 connection to a peer, opened on first use and
+//! reopened when it closes. Every request to that peer shares it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::connector::{ConnectTarget, Connector};
+use crate::body::BoxBody;
+use crate::error::ProxyError;
+
+pub struct H2Client {
+    target: ConnectTarget,
+    connector: Arc<dyn Connector>,
+    /// The open connection. Read without a lock on every request.
+    conn: ArcSwapOption<SendRequest<BoxBody>>,
+    /// Only one task opens a connection at a time; the others wait for it.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Client {
+    pub fn new(target: ConnectTarget, connector: Arc<dyn Connector>) -> Self {
+        H2Client {
+            target,
+            connector,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.target.addr
+    }
+
+    /// Whether a connection is open now (for `/config` and metrics).
+    pub fn is_connected(&self) -> bool {
+        self.conn.load().as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    async fn sender(&self) -> Result<SendRequest<BoxBody>, ProxyError> {
+        if let Some(c) = self.conn.load().as_ref()
+            && !c.is_closed()
+        {
+            return Ok((**c).clone());
+        }
+        let _guard = self.connecting.lock().await;
+        if let Some(c) = self.conn.load().as_ref()
+            && !c.is_closed()
+        {
+            return Ok((**c).clone());
+        }
+        let io = self.connector.connect(&self.target).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Notice a dead peer even while no request is in flight.
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake::<_, BoxBody>(TokioIo::new(io))
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.target.addr.to_string(),
+                source,
+            })?;
+        let addr = self.target.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+            }
+        });
+        self.conn.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    /// Sends one request. A request the connection refused before sending
+    /// anything (it had just closed) is sent once more on a new connection;
+    /// that is not a retry in the policy sense, the peer never saw it.
+    pub async fn send(
+        &self,
+        mut req: http::Request<BoxBody>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        for attempt in 0..2 {
+            let mut sender = self.sender().await?;
+            if sender.ready().await.is_err() {
+                self.conn.store(None);
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if attempt == 0 => {
+                        self.conn.store(None);
+                        req = r;
+                    }
+                    _ => {
+                        return Err(ProxyError::Upstream {
+                            addr: self.target.addr.to_string(),
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+        Err(ProxyError::Connect {
+            addr: self.target.addr.to_string(),
+            source: std::io::Error::other("connection closed before the request was sent"),
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! Endpoints: one peer sidecar (or the local app) reached over one pooled,
+//! multiplexed HTTP/2 connection, with the load figures the balancer reads.
+
+mod connector;
+mod h2;
+mod load;
+
+pub use connector::{BoxedIo, ConnectTarget, Connector, TcpConnector};
+pub use h2::H2Client;
+pub use load::{Load, PendingGuard};
+
+use std::sync::Arc;
+
+use crate::model::EndpointSpec;
+
+/// A peer: its connection and its load. Kept across config updates as long
+/// as the endpoint stays, so that an update drops no connection and forgets
+/// no latency history.
+pub struct Peer {
+    pub addr: Arc<str>,
+    pub load: Arc<Load>,
+    pub client: H2Client,
+}
+
+impl Peer {
+    pub fn new(target: ConnectTarget, connector: Arc<dyn Connector>) -> Self {
+        Peer {
+            addr: target.addr.clone(),
+            load: Arc::new(Load::new()),
+            client: H2Client::new(target, connector),
+        }
+    }
+}
+
+/// An endpoint as the balancer sees it: what the config says, and its peer.
+pub struct Endpoint {
+    pub spec: EndpointSpec,
+    pub peer: Arc<Peer>,
+}

@@ -1,0 +1,190 @@
+//! The sidecar's Prometheus metrics, served at `/metrics` on the admin port.
+//! Names and labels are stable and documented in docs/metrics.md.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::model::ServiceName;
+
+impl EncodeLabelValue for ServiceName {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    inbound,
+    outbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub service: ServiceName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: Direction,
+    pub service: ServiceName,
+    /// HTTP status code.
+    pub status: u16,
+    /// gRPC status code, from headers or trailers; empty for non-gRPC.
+    pub grpc_status: String,
+    /// What went wrong: empty when the exchange completed; otherwise the
+    /// mesh's error code (`x-weft-error`) or `stream-error`.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: ServiceName,
+    pub health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub service: ServiceName,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<RequestLabels, Histogram>,
+    pub endpoints: Family<EndpointLabels, Gauge>,
+    pub stream_state: Family<StateLabels, Gauge>,
+    pub updates: Family<UpdateLabels, Counter>,
+    pub app_healthy: Gauge,
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    pub tcp_bytes_sent: Family<TcpLabels, Counter>,
+    pub tcp_bytes_received: Family<TcpLabels, Counter>,
+}
+
+/// Latency buckets in seconds: fine below a millisecond, where a sidecar's
+/// own cost lives, and up to ten seconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("weft");
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "requests",
+            "Requests received, by direction and service",
+            requests.clone(),
+        );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        r.register(
+            "responses",
+            "Responses completed, by direction, service, HTTP status, gRPC status and error",
+            responses.clone(),
+        );
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from a request's headers to the end of its response",
+            latency.clone(),
+        );
+        let endpoints = Family::<EndpointLabels, Gauge>::default();
+        r.register(
+            "endpoints",
+            "Endpoints known per service, by health",
+            endpoints.clone(),
+        );
+        let stream_state = Family::<StateLabels, Gauge>::default();
+        r.register(
+            "control_plane_stream",
+            "1 for the current state of the control-plane stream (connecting, synced, stale, static)",
+            stream_state.clone(),
+        );
+        let updates = Family::<UpdateLabels, Counter>::default();
+        r.register(
+            "control_plane_updates",
+            "Updates from the control plane, by result (ack, nack)",
+            updates.clone(),
+        );
+        let app_healthy = Gauge::default();
+        r.register(
+            "app_healthy",
+            "1 when the local app passed its last health check",
+            app_healthy.clone(),
+        );
+        let tcp_connections = Family::<TcpLabels, Counter>::default();
+        r.register(
+            "tcp_connections",
+            "Opaque TCP connections proxied",
+            tcp_connections.clone(),
+        );
+        let tcp_bytes_sent = Family::<TcpLabels, Counter>::default();
+        r.register(
+            "tcp_sent_bytes",
+            "Bytes sent to the upstream of opaque TCP connections",
+            tcp_bytes_sent.clone(),
+        );
+        let tcp_bytes_received = Family::<TcpLabels, Counter>::default();
+        r.register(
+            "tcp_received_bytes",
+            "Bytes received from the upstream of opaque TCP connections",
+            tcp_bytes_received.clone(),
+        );
+        Metrics {
+            registry: r,
+            requests,
+            responses,
+            latency,
+            endpoints,
+            stream_state,
+            updates,
+            app_healthy,
+            tcp_connections,
+            tcp_bytes_sent,
+            tcp_bytes_received,
+        }
+    }
+
+    /// Marks `state` as the control-plane stream's current state.
+    pub fn set_stream_state(&self, state: &'static str) {
+        for s in ["connecting", "synced", "stale", "static"] {
+            self.stream_state
+                .get_or_create(&StateLabels { state: s })
+                .set(i64::from(s == state));
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,95 @@
+//! Header rules for forwarding between HTTP/1.1 and HTTP/2.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Set by the outbound sidecar when the app spoke HTTP/1.1; the inbound
+/// sidecar speaks HTTP/1.1 to its app again and removes it.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-weft-orig-proto");
+pub const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+/// Removes connection-specific headers (RFC 9110 §7.6.1), which must not be
+/// forwarded and which HTTP/2 forbids. `te: trailers` is kept: gRPC needs it.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The host part of an authority (`user-service:80` → `user-service`).
+pub fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split(']').next().map_or(authority, |h| &h[1..]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-foo".parse().expect("v"));
+        h.insert("x-foo", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert(header::TE, "gzip, trailers".parse().expect("v"));
+        h.insert("x-keep", "1".parse().expect("v"));
+        strip_hop_by_hop(&mut h);
+        assert!(
+            h.get("x-foo").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("user-service:80"), "user-service");
+        assert_eq!(host_of("user-service"), "user-service");
+        assert_eq!(host_of("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,47 @@
+//! The data path: listeners, protocol detection, and the outbound and
+//! inbound request handlers.
+//!
+//! ```text
+//! app ─► outbound listener / upstream port ─► detect ─► hyper (h1/h2)
+//!     ─► resolve service ─► pick endpoint (P2C peak-EWMA | round robin)
+//!     ─► pooled HTTP/2 to the peer sidecar ─► (mTLS: next issue)
+//! peer ─► inbound listener ─► detect ─► hyper ─► local app (h1 or h2)
+//! ```
+
+mod classify;
+mod detect;
+mod exchange;
+mod headers;
+mod inbound;
+mod outbound;
+mod server;
+mod tcp;
+
+pub use classify::{Classification, ClassifiedBody};
+pub use detect::{Detected, classify as detect_protocol};
+pub use inbound::App;
+pub use server::{Listener, serve};
+
+use std::sync::Arc;
+
+use crate::config::Timeouts;
+use crate::endpoint::{Connector, TcpConnector};
+use crate::metrics::Metrics;
+use crate::model::{Protocol, ServiceName};
+use crate::table::Routes;
+
+/// What every listener of one sidecar shares.
+pub struct Proxy {
+    /// The local service.
+    pub service: ServiceName,
+    /// The local app's protocol.
+    pub protocol: Protocol,
+    pub routes: Arc<Routes>,
+    pub metrics: Arc<Metrics>,
+    pub app: Option<App>,
+    /// Connections to peers (TLS will wrap this).
+    pub connector: Arc<dyn Connector>,
+    /// Connections to the local app (always plain, on loopback).
+    pub app_connector: Arc<TcpConnector>,
+    pub timeouts: Timeouts,
+}
