@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer};
+use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
 use crate::model::{Balance, Health, ServiceName, ServicePolicy, ServiceState};
@@ -43,10 +43,12 @@ impl Target {
                 // one with the lower peak-EWMA cost (per unit of weight) wins.
                 let a = crate::rand::below(n);
                 let b = (a + 1 + crate::rand::below(n - 1)) % n;
-                let now = Instant::now();
-                let cost = |e: &Endpoint| e.peer.load.cost(now) / f64::from(e.spec.weight.max(1));
                 let (ea, eb) = (&self.ready[a], &self.ready[b]);
-                Some(if cost(eb) < cost(ea) { eb } else { ea })
+                let second = prefer_second(
+                    (&ea.peer.load, ea.spec.weight),
+                    (&eb.peer.load, eb.spec.weight),
+                );
+                Some(if second { eb } else { ea })
             }
         }
     }

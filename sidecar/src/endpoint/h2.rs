@@ -79,18 +79,23 @@ impl H2Client {
     /// Sends one request. A request the connection refused before sending
     /// anything (it had just closed) is sent once more on a new connection;
     /// that is not a retry in the policy sense, the peer never saw it.
+    ///
+    /// Also returns the time from handing the request to a ready connection
+    /// to the response headers: the peer's latency without connection setup
+    /// (which would make a new endpoint look slow to the balancer).
     pub async fn send(
         &self,
         mut req: http::Request<BoxBody>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
         for attempt in 0..2 {
             let mut sender = self.sender().await?;
             if sender.ready().await.is_err() {
                 self.conn.store(None);
                 continue;
             }
+            let sent = tokio::time::Instant::now();
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, sent.elapsed())),
                 Err(mut e) => match e.take_message() {
                     Some(r) if attempt == 0 => {
                         self.conn.store(None);

@@ -7,7 +7,7 @@ mod load;
 
 pub use connector::{BoxedIo, ConnectTarget, Connector, TcpConnector};
 pub use h2::H2Client;
-pub use load::{Load, PendingGuard};
+pub use load::{Load, PendingGuard, prefer_second};
 
 use std::sync::Arc;
 

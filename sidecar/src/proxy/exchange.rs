@@ -33,10 +33,6 @@ impl Exchange {
         }
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
-    }
-
     pub fn hold(&mut self, guard: PendingGuard) {
         self.pending = Some(guard);
     }

@@ -125,6 +125,7 @@ impl Proxy {
             app.h2
                 .send(Request::from_parts(parts, boxed(body)))
                 .await
+                .map(|(r, _)| r)
                 .map_err(|e| match e {
                     ProxyError::Connect { addr, source } => ProxyError::App {
                         addr,

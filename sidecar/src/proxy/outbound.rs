@@ -70,12 +70,8 @@ impl Proxy {
         };
         ex.hold(endpoint.peer.load.start());
         match endpoint.peer.client.send(req).await {
-            Ok(resp) => {
-                let now = tokio::time::Instant::now();
-                endpoint
-                    .peer
-                    .load
-                    .observe(now.saturating_duration_since(ex.start()), now);
+            Ok((resp, rtt)) => {
+                endpoint.peer.load.observe(rtt, tokio::time::Instant::now());
                 ex.respond(resp)
             }
             Err(e) => ex.fail(e, grpc),

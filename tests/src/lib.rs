@@ -1,0 +1,16 @@
+//! The harness of Weft's end-to-end tests and benchmark: test services (a
+//! gRPC echo service with every kind of call, an HTTP/1.1 app), an in-process
+//! control plane and sidecars on 127.0.0.1 port 0, child processes of the
+//! real binaries, and polling helpers with bounded deadlines.
+
+pub mod echo;
+pub mod http_app;
+pub mod mesh;
+pub mod process;
+pub mod util;
+
+/// Generated code of `proto/echo.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("weft.test.v1");
+}

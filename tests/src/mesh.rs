@@ -1,0 +1,279 @@
+//! An in-process mesh: the real control plane and real sidecars, each a
+//! library `run` on listeners bound to 127.0.0.1 port 0.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weft_control_plane::catalog::CatalogConfig;
+use weft_control_plane::{ControlPlaneConfig, run as run_control_plane};
+use weft_sidecar::config::Args;
+use weft_sidecar::model::ServiceName;
+use weft_sidecar::{Listeners, run as run_sidecar};
+
+use crate::util::{http_get, wait_for};
+
+/// A control plane running in this process.
+pub struct ControlPlane {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), weft_control_plane::ServerError>>,
+}
+
+impl ControlPlane {
+    /// Starts one; `data_dir: None` keeps everything in memory.
+    pub async fn start(data_dir: Option<&Path>, catalog: CatalogConfig) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let (grpc_addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = ControlPlaneConfig {
+            data_dir: data_dir.map(Path::to_path_buf),
+            catalog,
+        };
+        let task = tokio::spawn(run_control_plane(config, grpc, admin, async {
+            let _ = rx.await;
+        }));
+        let cp = ControlPlane {
+            grpc: grpc_addr,
+            admin: admin_addr,
+            stop: Some(tx),
+            task,
+        };
+        let url = format!("http://{admin_addr}/ready");
+        wait_for(
+            "the control plane to be ready",
+            Duration::from_secs(10),
+            || async { http_get(&url).await.ok().filter(|r| r.status.is_success()) },
+        )
+        .await?;
+        Ok(cp)
+    }
+
+    /// With short grace periods, for tests.
+    pub async fn start_fast() -> anyhow::Result<Self> {
+        Self::start(
+            None,
+            CatalogConfig {
+                instance_grace: Duration::from_millis(300),
+                startup_grace: Duration::from_secs(5),
+            },
+        )
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn admin_client(
+        &self,
+    ) -> anyhow::Result<weft_proto::v1::admin_client::AdminClient<tonic::transport::Channel>> {
+        Ok(weft_proto::v1::admin_client::AdminClient::connect(self.url()).await?)
+    }
+
+    /// Applies a YAML file's resources.
+    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<()> {
+        let resources = weft_control_plane::resource::parse_documents(yaml)?;
+        self.admin_client()
+            .await?
+            .apply(weft_proto::v1::ApplyRequest {
+                resources: resources.iter().map(|r| r.to_proto()).collect(),
+                dry_run: false,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// Flags for an in-process sidecar, as a user would write them.
+pub struct SidecarSpec {
+    pub args: Vec<String>,
+}
+
+impl SidecarSpec {
+    /// A sidecar for `service` with every listener on port 0.
+    pub fn new(service: &str) -> Self {
+        let args = [
+            "weft-sidecar",
+            "--service",
+            service,
+            "--inbound",
+            "127.0.0.1:0",
+            "--outbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--health-interval",
+            "100ms",
+        ];
+        SidecarSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+
+    pub fn control_plane(self, cp: &ControlPlane) -> Self {
+        self.arg("--control-plane", cp.url())
+    }
+
+    pub fn app(self, addr: SocketAddr) -> Self {
+        self.arg("--app", addr)
+    }
+
+    /// A local port for `service`.
+    pub fn upstream(self, service: &str) -> Self {
+        self.arg("--upstream", format!("{service}=127.0.0.1:0"))
+    }
+
+    pub fn static_config(self, path: &Path) -> Self {
+        self.arg("--config", path.display())
+    }
+
+    /// Starts it and waits until `/ready`.
+    pub async fn start(self) -> anyhow::Result<Sidecar> {
+        let sc = self.start_unready().await?;
+        let url = format!("http://{}/ready", sc.admin);
+        wait_for(
+            "the sidecar to be ready",
+            Duration::from_secs(10),
+            || async { http_get(&url).await.ok().filter(|r| r.status.is_success()) },
+        )
+        .await?;
+        Ok(sc)
+    }
+
+    /// Starts it without waiting for its first config.
+    pub async fn start_unready(self) -> anyhow::Result<Sidecar> {
+        let config = Args::try_parse_from(&self.args)?.into_config()?;
+        let listeners = Listeners::bind(&config).await?;
+        let inbound = listeners.inbound.local_addr()?;
+        let outbound = listeners.outbound.local_addr()?;
+        let admin = listeners.admin.local_addr()?;
+        let upstreams = listeners
+            .upstreams
+            .iter()
+            .map(|(s, l)| Ok((s.to_string(), l.local_addr()?)))
+            .collect::<std::io::Result<HashMap<_, _>>>()?;
+        let instance_id = config.instance_id.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_sidecar(config, listeners, async {
+            let _ = rx.await;
+        }));
+        Ok(Sidecar {
+            inbound,
+            outbound,
+            admin,
+            upstreams,
+            instance_id,
+            stop: Some(tx),
+            task,
+        })
+    }
+}
+
+/// A sidecar running in this process.
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstreams: HashMap<String, SocketAddr>,
+    pub instance_id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), weft_sidecar::SidecarError>>,
+}
+
+impl Sidecar {
+    pub fn upstream(&self, service: &str) -> SocketAddr {
+        self.upstreams[service]
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(http_get(&format!("http://{}/metrics", self.admin))
+            .await?
+            .body)
+    }
+
+    pub async fn config(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &http_get(&format!("http://{}/config", self.admin))
+                .await?
+                .body,
+        )?)
+    }
+
+    /// The endpoints this sidecar holds for `service`: (id, health).
+    pub async fn endpoints(&self, service: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let c = self.config().await?;
+        let eps = c["services"][service]["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(eps
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap_or("").to_string(),
+                    e["health"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until this sidecar's config for `service` satisfies `pred`.
+    pub async fn wait_endpoints(
+        &self,
+        service: &str,
+        what: &str,
+        pred: impl Fn(&[(String, String)]) -> bool,
+    ) -> anyhow::Result<()> {
+        wait_for(what, Duration::from_secs(10), || async {
+            self.endpoints(service)
+                .await
+                .ok()
+                .filter(|e| pred(e))
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Shuts down gracefully (leave, drain) and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// Writes a file in a temporary directory and returns its path.
+pub fn write_temp(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+/// Parses a service name (for tests).
+pub fn service(name: &str) -> ServiceName {
+    ServiceName::parse(name).unwrap_or_else(|_| ServiceName::unresolved())
+}
