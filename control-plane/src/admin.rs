@@ -12,6 +12,24 @@ use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::{Kind, Name, resources_from_proto};
 use crate::store::{Store, StoreError};
 
+/// What applying one resource did, as kubectl reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
 pub struct AdminService {
     catalog: Arc<Catalog>,
     store: Option<Arc<Store>>,
@@ -85,25 +103,22 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("no resources to apply"));
         }
         let _guard = self.write.lock().await;
-        let outcomes = if req.dry_run {
-            let existing = self.catalog.resources();
-            resources
-                .iter()
-                .map(|r| match existing.iter().find(|x| x.key() == r.key()) {
-                    None => crate::store::Outcome::Created,
-                    Some(x) if x == r => crate::store::Outcome::Unchanged,
-                    Some(_) => crate::store::Outcome::Configured,
-                })
-                .collect()
-        } else {
+        let existing = self.catalog.resources();
+        let outcomes: Vec<Outcome> = resources
+            .iter()
+            .map(|r| match existing.iter().find(|x| x.key() == r.key()) {
+                None => Outcome::Created,
+                Some(x) if x == r => Outcome::Unchanged,
+                Some(_) => Outcome::Configured,
+            })
+            .collect();
+        if !req.dry_run {
             let to_store = resources.clone();
-            let default = vec![crate::store::Outcome::Configured; resources.len()];
-            let outcomes = blocking(&self.store, default, move |s| s.apply(&to_store))
+            blocking(&self.store, (), move |s| s.apply(&to_store))
                 .await
                 .inspect_err(|_| self.count("error"))?;
             self.catalog.set_resources(&resources);
-            outcomes
-        };
+        }
         self.count("ok");
         let results = resources
             .iter()

@@ -21,15 +21,15 @@ pub const FILE_NAME: &str = "weft.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create data directory {path}: {error}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot open store {path}: {source}")]
+    #[error("cannot open store {path}: {error}")]
     Open {
         path: PathBuf,
-        source: redb::DatabaseError,
+        error: redb::DatabaseError,
     },
     #[error("store: {0}")]
     Db(#[from] redb::Error),
@@ -53,24 +53,6 @@ from_redb!(
     redb::CommitError
 );
 
-/// What applying one resource did, as kubectl reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Created => "created",
-            Outcome::Configured => "configured",
-            Outcome::Unchanged => "unchanged",
-        }
-    }
-}
-
 pub struct Store {
     db: Database,
 }
@@ -78,12 +60,12 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir {
             path: dir.to_owned(),
-            source,
+            error,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| StoreError::Open { path, source })?;
+        let db = Database::create(&path).map_err(|error| StoreError::Open { path, error })?;
         let tx = db.begin_write()?;
         tx.open_table(RESOURCES)?;
         tx.open_table(INSTANCES)?;
@@ -110,24 +92,17 @@ impl Store {
     }
 
     /// Stores every resource in one transaction: all or nothing.
-    pub fn apply(&self, resources: &[Resource]) -> Result<Vec<Outcome>, StoreError> {
+    pub fn apply(&self, resources: &[Resource]) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        let mut outcomes = Vec::with_capacity(resources.len());
         {
             let mut table = tx.open_table(RESOURCES)?;
             for r in resources {
                 let bytes = r.to_proto().encode_to_vec();
-                let key = r.key();
-                let old = table.insert(key.as_str(), bytes.as_slice())?;
-                outcomes.push(match old {
-                    None => Outcome::Created,
-                    Some(old) if old.value() == bytes.as_slice() => Outcome::Unchanged,
-                    Some(_) => Outcome::Configured,
-                });
+                table.insert(r.key().as_str(), bytes.as_slice())?;
             }
         }
         tx.commit()?;
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Deletes one resource; `false` when there was none.
@@ -187,8 +162,8 @@ mod tests {
         )?;
         {
             let store = Store::open(dir.path())?;
-            assert_eq!(store.apply(&rs)?, vec![Outcome::Created]);
-            assert_eq!(store.apply(&rs)?, vec![Outcome::Unchanged]);
+            store.apply(&rs)?;
+            store.apply(&rs)?;
             store.put_instance(&pb::InstanceInfo {
                 instance_id: "a-1".into(),
                 service: "a".into(),

@@ -29,11 +29,11 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    #[error("cannot listen on {what} {addr}: {source}")]
+    #[error("cannot listen on {what} {addr}: {error}")]
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot read a bound address: {0}")]
     LocalAddr(std::io::Error),
@@ -48,7 +48,7 @@ impl Listeners {
         ) -> Result<TcpListener, SidecarError> {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| SidecarError::Bind { what, addr, source })
+                .map_err(|error| SidecarError::Bind { what, addr, error })
         }
         let mut upstreams = Vec::new();
         for u in &cfg.upstreams {

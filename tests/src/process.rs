@@ -147,3 +147,101 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// `weft-control-plane` as a child process on fixed loopback ports (so that
+/// it can be killed and restarted on the same address).
+pub struct ControlPlaneProc {
+    pub proc: Proc,
+    pub grpc: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+impl ControlPlaneProc {
+    pub async fn start(
+        grpc: u16,
+        admin: u16,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let grpc: std::net::SocketAddr = format!("127.0.0.1:{grpc}").parse()?;
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse()?;
+        let mut args = vec![
+            "--listen".to_string(),
+            grpc.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("weft-control-plane", &args)?;
+        let url = format!("http://{admin}/ready");
+        crate::util::wait_for(
+            "the control-plane process to be ready",
+            Duration::from_secs(15),
+            || async {
+                crate::util::http_get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status.is_success())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", proc.log_text()))?;
+        Ok(ControlPlaneProc { proc, grpc, admin })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// `weft-sidecar` as a child process, every port on 127.0.0.1.
+pub struct SidecarProc {
+    pub proc: Proc,
+    pub inbound: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+impl SidecarProc {
+    pub async fn start(service: &str, extra: &[String]) -> anyhow::Result<Self> {
+        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let outbound = format!("127.0.0.1:{}", free_port()?);
+        let mut args: Vec<String> = [
+            "--service",
+            service,
+            "--inbound",
+            &inbound.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--outbound",
+            &outbound,
+            "--health-interval",
+            "100ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let proc = Proc::spawn("weft-sidecar", &args)?;
+        let url = format!("http://{admin}/ready");
+        crate::util::wait_for(
+            "the sidecar process to be ready",
+            Duration::from_secs(15),
+            || async {
+                crate::util::http_get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status.is_success())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", proc.log_text()))?;
+        Ok(SidecarProc {
+            proc,
+            inbound,
+            admin,
+        })
+    }
+}

@@ -26,10 +26,10 @@ use crate::model::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
-    #[error("--config {path}: cannot read: {source}")]
+    #[error("--config {path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("--config {path}: {path_in_file}: {reason}")]
     Invalid {
@@ -67,9 +67,9 @@ struct RawEndpoint {
 }
 
 pub fn load_static_file(path: &Path) -> Result<Vec<(ServiceName, ServiceState)>, StaticFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StaticFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| StaticFileError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse_static(&text).map_err(|(path_in_file, reason)| StaticFileError::Invalid {
         path: path.to_owned(),

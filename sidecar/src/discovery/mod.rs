@@ -42,6 +42,7 @@ impl StreamState {
 
 /// What the admin endpoint reports about config.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Status {
     pub state: StreamState,
     /// The last version applied (0: none yet).

@@ -1,0 +1,337 @@
+//! Discovery from the caller's side: services learned on demand, unknown
+//! services and an unreachable control plane failing fast, a rejected update
+//! leaving the last good config in force, and a static config file.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+use weft_proto::v1 as pb;
+use weft_proto::v1::discovery_server::{Discovery, DiscoveryServer};
+use weft_tests::echo::{MAX_MESSAGE, client, start_echo};
+use weft_tests::mesh::{ControlPlane, SidecarSpec, write_temp};
+use weft_tests::pb::EchoRequest;
+use weft_tests::pb::echo_client::EchoClient;
+use weft_tests::util::{init_logs, metric, wait_for};
+
+/// A client of the sidecar's outbound listener that names `service` in :authority.
+async fn by_authority(
+    outbound: std::net::SocketAddr,
+    service: &str,
+) -> anyhow::Result<EchoClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))?
+        .origin(format!("http://{service}").parse()?)
+        .connect()
+        .await?;
+    Ok(EchoClient::new(ch).max_decoding_message_size(MAX_MESSAGE))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_learned_on_demand_and_unknown_ones_fail_fast() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let app = start_echo("e1").await?;
+    let _server = SidecarSpec::new("echo")
+        .control_plane(&cp)
+        .app(app.addr)
+        .start()
+        .await?;
+    // No declared upstreams at all.
+    let caller = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .start()
+        .await?;
+
+    let mut c = by_authority(caller.outbound, "echo").await?;
+    let r = c
+        .unary(EchoRequest {
+            message: "hi".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(r.get_ref().instance, "e1");
+
+    let mut c = by_authority(caller.outbound, "nobody").await?;
+    let started = Instant::now();
+    let e = c
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("no such service");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.metadata()
+            .get("x-weft-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown-service")
+    );
+    assert!(e.message().contains("nobody"), "{}", e.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let m = caller.metrics().await?;
+    assert_eq!(
+        metric(&m, "weft_control_plane_stream", &[("state", "synced")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weft_endpoints",
+            &[("service", "echo"), ("health", "healthy")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weft_responses_total",
+            &[
+                ("service", "nobody"),
+                ("error", "unknown-service"),
+                ("grpc_status", "14")
+            ]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_control_plane_calls_fail_within_the_discovery_timeout() -> anyhow::Result<()> {
+    init_logs();
+    let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?; // bound, then closed
+    let caller = SidecarSpec::new("caller")
+        .arg("--control-plane", format!("http://{dead}"))
+        .arg("--discovery-timeout", "300ms")
+        .upstream("echo")
+        .start_unready()
+        .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    let started = Instant::now();
+    let e = c
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("nothing is known");
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.metadata()
+            .get("x-weft-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("discovery-timeout")
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
+    // Not ready: it never had a config.
+    let r = weft_tests::util::http_get(&format!("http://{}/ready", caller.admin)).await?;
+    assert_eq!(r.status, 503);
+    Ok(())
+}
+
+/// A control plane of our own that sends a good full state, then an update
+/// no sidecar may accept, and records what the sidecar answers.
+struct FakeControlPlane {
+    echo_addr: String,
+    replies: Arc<Mutex<Vec<pb::sidecar_message::Kind>>>,
+}
+
+type Updates = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for FakeControlPlane {
+    type StreamStream = Updates;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::SidecarMessage>>,
+    ) -> Result<Response<Updates>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let replies = self.replies.clone();
+        let endpoint = |addr: &str| pb::Endpoint {
+            instance_id: "echo-1".into(),
+            address: addr.into(),
+            health: pb::Health::Healthy as i32,
+            ..Default::default()
+        };
+        let good = pb::DiscoveryUpdate {
+            version: 1,
+            full: true,
+            services: vec![pb::ServiceUpdate {
+                name: "echo".into(),
+                known: true,
+                policy: Some(pb::ServiceSpec {
+                    name: "echo".into(),
+                    protocol: pb::Protocol::Grpc as i32,
+                    ..Default::default()
+                }),
+                reset_endpoints: true,
+                endpoints: vec![endpoint(&self.echo_addr)],
+                removed: vec![],
+            }],
+        };
+        let bad = pb::DiscoveryUpdate {
+            version: 2,
+            full: false,
+            services: vec![pb::ServiceUpdate {
+                name: "echo".into(),
+                known: true,
+                reset_endpoints: true,
+                endpoints: vec![endpoint("not an address")],
+                ..Default::default()
+            }],
+        };
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(good)).await;
+            let mut sent_bad = false;
+            while let Ok(Some(m)) = inbound.message().await {
+                let Some(kind) = m.kind else { continue };
+                let is_ack = matches!(kind, pb::sidecar_message::Kind::Ack(_));
+                if let Ok(mut r) = replies.lock() {
+                    r.push(kind);
+                }
+                if is_ack && !sent_bad {
+                    sent_bad = true;
+                    let _ = tx.send(Ok(bad.clone())).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_update_is_nacked_and_the_last_good_config_stays() -> anyhow::Result<()> {
+    init_logs();
+    let app = start_echo("e1").await?;
+    // The real server-side sidecar, from a static file: no control plane needed.
+    let dir = tempfile::tempdir()?;
+    let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
+    let server = SidecarSpec::new("echo")
+        .static_config(&empty)
+        .app(app.addr)
+        .start()
+        .await?;
+
+    let replies = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let fake_addr = listener.local_addr()?;
+    let fake = FakeControlPlane {
+        echo_addr: server.inbound.to_string(),
+        replies: replies.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DiscoveryServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let caller = SidecarSpec::new("caller")
+        .arg("--control-plane", format!("http://{fake_addr}"))
+        .upstream("echo")
+        .start()
+        .await?;
+
+    let nack = wait_for("the NACK", Duration::from_secs(10), || async {
+        replies.lock().ok()?.iter().find_map(|k| match k {
+            pb::sidecar_message::Kind::Nack(n) => Some(n.clone()),
+            _ => None,
+        })
+    })
+    .await?;
+    assert_eq!(nack.version, 2);
+    assert!(
+        nack.reason.contains("echo-1") && nack.reason.contains("address"),
+        "{}",
+        nack.reason
+    );
+    let config = caller.config().await?;
+    assert_eq!(config["controlPlane"]["version"], 1, "{config}");
+    assert!(
+        config["controlPlane"]["lastNack"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("2:")),
+        "{config}"
+    );
+    // The last good config is still in force.
+    let mut c = client(caller.upstream("echo")).await?;
+    assert_eq!(
+        c.unary(EchoRequest::default()).await?.get_ref().instance,
+        "e1"
+    );
+    let m = caller.metrics().await?;
+    assert_eq!(
+        metric(
+            &m,
+            "weft_control_plane_updates_total",
+            &[("result", "nack")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_runs_from_a_static_file_without_a_control_plane() -> anyhow::Result<()> {
+    init_logs();
+    let a = start_echo("a").await?;
+    let b = start_echo("b").await?;
+    let dir = tempfile::tempdir()?;
+    let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
+    let sa = SidecarSpec::new("echo")
+        .static_config(&empty)
+        .app(a.addr)
+        .start()
+        .await?;
+    let sb = SidecarSpec::new("echo")
+        .static_config(&empty)
+        .app(b.addr)
+        .start()
+        .await?;
+    let mesh = write_temp(
+        dir.path(),
+        "mesh.yaml",
+        &format!(
+            "services:\n  - name: echo\n    loadBalancer: round-robin\n    endpoints:\n      - address: {}\n      - address: {}\n",
+            sa.inbound, sb.inbound
+        ),
+    )?;
+    let caller = SidecarSpec::new("caller")
+        .static_config(&mesh)
+        .upstream("echo")
+        .start()
+        .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    for _ in 0..10 {
+        c.unary(EchoRequest::default()).await?;
+    }
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (5, 5),
+        "round robin over the file's endpoints"
+    );
+    let config = caller.config().await?;
+    assert_eq!(config["controlPlane"]["state"], "static");
+    // A service the file does not list fails at once.
+    let mut c = by_authority(caller.outbound, "other").await?;
+    let e = c.unary(EchoRequest::default()).await.expect_err("unknown");
+    assert_eq!(
+        e.metadata()
+            .get("x-weft-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown-service")
+    );
+    Ok(())
+}

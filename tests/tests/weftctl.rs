@@ -1,0 +1,173 @@
+//! `weftctl` against a running control plane: apply, get, delete, status,
+//! and bad input that changes nothing.
+
+use weft_proto::v1 as pb;
+use weft_tests::echo::start_echo;
+use weft_tests::mesh::{ControlPlane, SidecarSpec};
+use weft_tests::process::run;
+use weft_tests::util::init_logs;
+
+const GOOD: &str = "apiVersion: weft.dev/v1
+kind: Service
+metadata:
+  name: users
+spec:
+  protocol: grpc
+  loadBalancer: round-robin
+  subsets:
+    - name: v2
+      labels: {version: v2}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: orders}
+spec: {protocol: http}
+";
+
+fn ctl(
+    cp: &ControlPlane,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<(i32, String, String)> {
+    let url = cp.url();
+    let mut all = vec!["--control-plane", url.as_str()];
+    all.extend_from_slice(args);
+    run("weftctl", &all, stdin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_delete_and_status() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let (code, out, err) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "service/users created\nservice/orders created\n");
+    let (_, out, _) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    assert_eq!(out, "service/users unchanged\nservice/orders unchanged\n");
+    let changed = GOOD.replace(
+        "spec: {protocol: http}",
+        "spec: {protocol: http, loadBalancer: round-robin}",
+    );
+    let (_, out, _) = ctl(&cp, &["apply", "-f", "-", "--dry-run"], Some(&changed))?;
+    assert_eq!(
+        out,
+        "service/users unchanged (dry run)\nservice/orders configured (dry run)\n"
+    );
+    let (_, out, _) = ctl(&cp, &["get", "services", "orders", "-o", "json"], None)?;
+    assert!(
+        out.contains("\"loadBalancer\": \"p2c-ewma\""),
+        "a dry run stores nothing: {out}"
+    );
+
+    // A discovered service next to the applied ones.
+    let app = start_echo("e").await?;
+    let _sidecar = SidecarSpec::new("echo")
+        .control_plane(&cp)
+        .app(app.addr)
+        .arg("--label", "version=v1")
+        .start()
+        .await?;
+    let (code, out, _) = ctl(&cp, &["get", "services"], None)?;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("PROTOCOL"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("users") && l.contains("round-robin") && l.contains("resource")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("echo") && l.contains("grpc") && l.contains("discovered")),
+        "{out}"
+    );
+
+    // YAML output is what apply takes back.
+    let (_, yaml, _) = ctl(&cp, &["get", "services", "users", "-o", "yaml"], None)?;
+    let back = weft_control_plane::resource::parse_documents(&yaml)?;
+    let orig = weft_control_plane::resource::parse_documents(GOOD)?;
+    assert_eq!(back[0], orig[0], "{yaml}");
+
+    let (_, out, _) = ctl(&cp, &["get", "instances", "-o", "json"], None)?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v[0]["service"], "echo");
+    assert_eq!(v[0]["labels"]["version"], "v1");
+    assert_eq!(v[0]["connected"], true);
+
+    let (code, out, _) = ctl(&cp, &["status"], None)?;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains("APPLIED VERSION") && l.contains("LAST NACK")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("echo") && l.contains("(synced)")),
+        "{out}"
+    );
+
+    let (code, out, _) = ctl(&cp, &["delete", "service", "orders"], None)?;
+    assert_eq!((code, out.as_str()), (0, "service/orders deleted\n"));
+    let (code, _, err) = ctl(&cp, &["delete", "service", "orders"], None)?;
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = ctl(&cp, &["get", "services", "orders"], None)?;
+    assert_eq!(code, 1, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_input_changes_nothing() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    assert_eq!(code, 0, "{err}");
+    let (_, before, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+
+    // A file with one bad document: nothing of it is applied.
+    let bad = GOOD.replace("spec: {protocol: http}", "spec: {protocol: http}\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: new-one}\nspec: {protocol: quic}");
+    let bad = bad.replace("loadBalancer: round-robin", "loadBalancer: p2c-ewma");
+    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(&bad))?;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("document 3 (Service/new-one): spec.protocol: unknown protocol \"quic\""),
+        "{err}"
+    );
+    let (_, after, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+    assert_eq!(before, after);
+
+    // The server validates too, for clients other than weftctl.
+    let mut admin = cp.admin_client().await?;
+    let e = admin
+        .apply(pb::ApplyRequest {
+            resources: vec![
+                pb::Resource {
+                    kind: Some(pb::resource::Kind::Service(pb::ServiceSpec {
+                        name: "fine".into(),
+                        ..Default::default()
+                    })),
+                },
+                pb::Resource {
+                    kind: Some(pb::resource::Kind::Service(pb::ServiceSpec {
+                        name: "Not Valid".into(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            dry_run: false,
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("service.name"), "{}", e.message());
+    let (_, after, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+    assert_eq!(before, after, "the valid half was not applied either");
+    Ok(())
+}
