@@ -47,7 +47,10 @@ async fn a_disconnected_instance_stays_for_the_grace_period() {
     assert_eq!(c.reap(Instant::now()), 0);
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(c.reap(Instant::now()), 1);
-    assert!(!view(&c, "users").known, "no resource and no instance: unknown");
+    assert!(
+        !view(&c, "users").known,
+        "no resource and no instance: unknown"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,7 +107,11 @@ async fn restored_instances_wait_for_the_startup_grace() {
         ..Default::default()
     };
     let c = Catalog::new(config(), None, Vec::new(), vec![info]);
-    assert_eq!(view(&c, "users").endpoints.len(), 1, "served right after a restart");
+    assert_eq!(
+        view(&c, "users").endpoints.len(),
+        1,
+        "served right after a restart"
+    );
     tokio::time::advance(Duration::from_secs(29)).await;
     assert_eq!(c.reap(Instant::now()), 0);
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -116,7 +123,10 @@ fn the_resource_decides_the_policy_else_the_instances() {
     let c = Catalog::in_memory(config());
     c.register(1, hello("users", "u-1", 1), BTreeSet::new());
     let v = view(&c, "users");
-    assert_eq!(v.policy.as_ref().map(|p| p.protocol), Some(pb::Protocol::Http as i32));
+    assert_eq!(
+        v.policy.as_ref().map(|p| p.protocol),
+        Some(pb::Protocol::Http as i32)
+    );
     let rs = parse_documents("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec: {protocol: grpc, loadBalancer: round-robin}\n")
         .expect("valid");
     c.set_resources(&rs);
@@ -136,7 +146,10 @@ fn views_are_only_recomputed_for_services_that_changed() {
     let seen: HashMap<String, u64> = all.iter().map(|(n, g, _)| (n.clone(), *g)).collect();
     c.set_health(1, pb::Health::Unhealthy, String::new());
     let (_, changed) = c.views_since(&w, &seen);
-    assert_eq!(changed.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), vec!["users"]);
+    assert_eq!(
+        changed.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        vec!["users"]
+    );
 }
 
 #[test]
@@ -153,13 +166,17 @@ fn diffs_carry_only_changes() {
         policy: Some(pb::ServiceSpec::default()),
         endpoints: Default::default(),
     };
-    old.endpoints.insert("a".into(), ep("a", pb::Health::Healthy));
-    old.endpoints.insert("b".into(), ep("b", pb::Health::Healthy));
+    old.endpoints
+        .insert("a".into(), ep("a", pb::Health::Healthy));
+    old.endpoints
+        .insert("b".into(), ep("b", pb::Health::Healthy));
     assert_eq!(old.diff("s", Some(&old)), None);
     let mut new = old.clone();
     new.endpoints.remove("a");
-    new.endpoints.insert("b".into(), ep("b", pb::Health::Unhealthy));
-    new.endpoints.insert("c".into(), ep("c", pb::Health::Healthy));
+    new.endpoints
+        .insert("b".into(), ep("b", pb::Health::Unhealthy));
+    new.endpoints
+        .insert("c".into(), ep("c", pb::Health::Healthy));
     let d = new.diff("s", Some(&old)).expect("a change");
     assert!(!d.reset_endpoints && d.policy.is_none());
     assert_eq!(d.removed, vec!["a".to_string()]);

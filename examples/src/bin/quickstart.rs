@@ -1,0 +1,467 @@
+//! The quick start: runs the restaurant in a Weft mesh from the binaries
+//! next to this one (the control plane, two user-service instances and one
+//! order-service, each with its sidecar, plus a sidecar for our own client),
+//! sends traffic through it, prints what happened, and keeps the mesh up
+//! until Ctrl-C (or stops at once with `--once`).
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quickstart",
+    about = "Run the restaurant example in a Weft mesh"
+)]
+struct Args {
+    /// How many requests to send through the mesh.
+    #[arg(long, default_value_t = 300)]
+    requests: u32,
+    /// At how many requests per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Stop after printing the results instead of waiting for Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// Use free ports instead of the well-known ones (15012, 9002, …).
+    #[arg(long)]
+    free_ports: bool,
+    /// Where the processes write their logs (default: a new temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+/// Hands out the well-known port, or a free one.
+struct Ports {
+    free: bool,
+}
+
+impl Ports {
+    fn get(&self, well_known: u16) -> anyhow::Result<u16> {
+        if !self.free {
+            return Ok(well_known);
+        }
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    }
+}
+
+struct Procs {
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    fn spawn(&mut self, name: &str, bin: &str, args: &[String]) -> anyhow::Result<()> {
+        let path = self.bin_dir.join(bin);
+        if !path.exists() {
+            bail!(
+                "{} is missing: run ./examples/quickstart.sh, which builds it",
+                path.display()
+            );
+        }
+        let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: Ctrl-C reaches only us, and we stop the
+            // mesh in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// SIGTERM in reverse start order, then wait (bounded) for each.
+    fn stop(&mut self) {
+        while let Some((name, mut child)) = self.children.pop() {
+            terminate(child.id());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        println!("  stopped {name:<20} ({status})");
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        println!("  killed  {name:<20} (did not stop in time)");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn terminate(pid: u32) {
+    // SAFETY: kill(2) with plain integers on our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+}
+
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+) -> anyhow::Result<(http::StatusCode, String)> {
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse()?)).await??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn wait_ready(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    what: &str,
+    url: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((s, _)) = get(client, url).await
+            && s.is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not become ready ({url}); see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let workdir = match &args.workdir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("weft-quickstart-{}", std::process::id())),
+    };
+    let log_dir = workdir.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("no directory for this binary")?;
+    let p = Ports {
+        free: args.free_ports,
+    };
+    let cp = p.get(15012)?;
+    let cp_admin = p.get(15014)?;
+    let cp_url = format!("http://127.0.0.1:{cp}");
+    let up_users = p.get(9001)?;
+    let up_orders = p.get(9002)?;
+    let mut procs = Procs {
+        bin_dir: bin_dir.clone(),
+        log_dir: log_dir.clone(),
+        children: Vec::new(),
+    };
+    let http: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    println!(
+        "Starting the Weft control plane and the restaurant (logs in {})",
+        log_dir.display()
+    );
+    procs.spawn(
+        "control-plane",
+        "weft-control-plane",
+        &s(&[
+            "--listen",
+            &format!("127.0.0.1:{cp}"),
+            "--admin",
+            &format!("127.0.0.1:{cp_admin}"),
+            "--data-dir",
+            &workdir.join("data").display().to_string(),
+        ]),
+    )?;
+    wait_ready(
+        &http,
+        "the control plane",
+        &format!("http://127.0.0.1:{cp_admin}/ready"),
+        &log_dir,
+    )
+    .await?;
+
+    // The services' policy, as a user would apply it.
+    let out = Command::new(bin_dir.join("weftctl"))
+        .args(["--control-plane", &cp_url, "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(include_str!("../../mesh.yaml").as_bytes())?;
+            }
+            c.wait_with_output()
+        })
+        .context("cannot run weftctl")?;
+    if !out.status.success() {
+        bail!(
+            "weftctl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("  $ weftctl apply -f examples/mesh.yaml");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+
+    let mut sidecar_admins = Vec::new();
+    let sidecar =
+        |procs: &mut Procs, name: &str, base: u16, extra: &[String]| -> anyhow::Result<String> {
+            let (inbound, outbound, admin) = (p.get(base + 6)?, p.get(base + 1)?, p.get(base)?);
+            let mut a = s(&[
+                "--control-plane",
+                &cp_url,
+                "--inbound",
+                &format!("127.0.0.1:{inbound}"),
+                "--outbound",
+                &format!("127.0.0.1:{outbound}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ]);
+            a.extend_from_slice(extra);
+            procs.spawn(&format!("{name}-sidecar"), "weft-sidecar", &a)?;
+            Ok(format!("127.0.0.1:{admin}"))
+        };
+    for (i, (instance, version)) in [("user-1", "v1"), ("user-2", "v2")].iter().enumerate() {
+        let app = p.get(8081 + i as u16)?;
+        procs.spawn(
+            instance,
+            "user-service",
+            &s(&[
+                "--listen",
+                &format!("127.0.0.1:{app}"),
+                "--instance",
+                instance,
+            ]),
+        )?;
+        let admin = sidecar(
+            &mut procs,
+            instance,
+            15100 + 100 * i as u16,
+            &s(&[
+                "--service",
+                "user-service",
+                "--app",
+                &format!("127.0.0.1:{app}"),
+                "--protocol",
+                "grpc",
+                "--label",
+                &format!("version={version}"),
+                "--instance-id",
+                instance,
+            ]),
+        )?;
+        sidecar_admins.push((instance.to_string(), admin));
+    }
+    let order_app = p.get(8090)?;
+    procs.spawn(
+        "order-service",
+        "order-service",
+        &s(&[
+            "--listen",
+            &format!("127.0.0.1:{order_app}"),
+            "--user-service",
+            &format!("http://127.0.0.1:{up_users}"),
+        ]),
+    )?;
+    let admin = sidecar(
+        &mut procs,
+        "order-service",
+        15300,
+        &s(&[
+            "--service",
+            "order-service",
+            "--app",
+            &format!("127.0.0.1:{order_app}"),
+            "--protocol",
+            "http",
+            "--upstream",
+            &format!("user-service=127.0.0.1:{up_users}"),
+            "--instance-id",
+            "order-1",
+        ]),
+    )?;
+    sidecar_admins.push(("order-service".into(), admin));
+    // Our own client joins the mesh too: it calls order-service through a sidecar.
+    let admin = sidecar(
+        &mut procs,
+        "client",
+        15400,
+        &s(&[
+            "--service",
+            "quickstart-client",
+            "--upstream",
+            &format!("order-service=127.0.0.1:{up_orders}"),
+            "--instance-id",
+            "client-1",
+        ]),
+    )?;
+    sidecar_admins.push(("client".into(), admin));
+    for (name, admin) in &sidecar_admins {
+        wait_ready(
+            &http,
+            &format!("the {name} sidecar"),
+            &format!("http://{admin}/ready"),
+            &log_dir,
+        )
+        .await?;
+    }
+    // Wait until the client's sidecar sees order-service, and order-service's
+    // sidecar sees both user-service instances healthy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let order = get(&http, &format!("http://{}/config", sidecar_admins[2].1))
+            .await?
+            .1;
+        let users: serde_json::Value = serde_json::from_str(&order).unwrap_or_default();
+        let healthy = users["services"]["user-service"]["endpoints"]
+            .as_array()
+            .map_or(0, |e| e.iter().filter(|x| x["health"] == "healthy").count());
+        if healthy == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "user-service instances did not become healthy; see {}",
+                log_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  the mesh is up: control plane, 2 × user-service, 1 × order-service, 4 sidecars\n");
+
+    // Traffic: our client → its sidecar → order-service's sidecar →
+    // order-service → its sidecar → a user-service sidecar → user-service.
+    println!(
+        "Sending {} requests at {}/s: GET /orders?userId=N through the mesh",
+        args.requests, args.rate
+    );
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    let mut latencies = Vec::new();
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..args.requests {
+        tick.tick().await;
+        let url = format!("http://127.0.0.1:{up_orders}/orders?userId={}", i % 5 + 1);
+        let started = Instant::now();
+        match get(&http, &url).await {
+            Ok((status, body)) if status.is_success() => {
+                latencies.push(started.elapsed());
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                *served
+                    .entry(v["servedBy"].as_str().unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            Ok((status, body)) => {
+                *failures
+                    .entry(format!("{status}: {}", body.trim()))
+                    .or_default() += 1
+            }
+            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    latencies.sort();
+    let ok = latencies.len() as u32;
+    println!("  succeeded {ok}, failed {}", args.requests - ok);
+    for (reason, n) in &failures {
+        println!("    {n} × {reason}");
+    }
+    println!(
+        "  latency (3 services, 6 sidecar hops): p50 {}   p90 {}   p99 {}   max {}",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.90)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+    println!(
+        "  user-service calls per instance (one HTTP/2 connection from order-service, balanced per request):"
+    );
+    for (instance, n) in &served {
+        println!(
+            "    {instance:<8} {n:>6}  ({:.1}%)",
+            100.0 * f64::from(*n) / f64::from(ok.max(1))
+        );
+    }
+    if let Ok(out) = Command::new(bin_dir.join("weftctl"))
+        .args(["--control-plane", &cp_url, "status"])
+        .output()
+    {
+        println!(
+            "\n$ weftctl status\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    if args.once {
+        println!("Stopping the mesh");
+    } else {
+        println!("Try it:");
+        println!("  curl 'http://127.0.0.1:{up_orders}/orders?userId=1'");
+        println!(
+            "  {}/weftctl --control-plane {cp_url} get instances",
+            bin_dir.display()
+        );
+        println!("  curl http://{}/metrics", sidecar_admins[2].1);
+        println!("Ctrl-C stops the mesh.");
+        tokio::signal::ctrl_c().await?;
+        println!("\nStopping the mesh");
+    }
+    procs.stop();
+    if ok != args.requests {
+        bail!(
+            "{} of {} requests failed",
+            args.requests - ok,
+            args.requests
+        );
+    }
+    Ok(())
+}

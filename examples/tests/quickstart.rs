@@ -1,0 +1,45 @@
+//! The quick start runs the whole example mesh from the real binaries,
+//! sends traffic through it, and stops cleanly.
+
+use std::process::Command;
+
+#[test]
+fn quickstart_runs_the_restaurant_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        .args([
+            "--once",
+            "--free-ports",
+            "--requests",
+            "100",
+            "--rate",
+            "200",
+            "--workdir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("quickstart runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("succeeded 100, failed 0"), "{stdout}");
+    for instance in ["user-1", "user-2"] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(instance)),
+            "no calls counted for {instance}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("(synced)"),
+        "weftctl status shows synced sidecars:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("stopped ").count(),
+        8,
+        "every process stopped on SIGTERM:\n{stdout}"
+    );
+    assert!(!stdout.contains("killed"), "{stdout}");
+}
