@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use weft_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
 
 use crate::admin::AdminService;
@@ -98,7 +97,10 @@ pub async fn run(
             metrics.clone(),
         )))
         .add_service(AdminServer::new(AdminService::new(catalog, store, metrics)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     tracing::info!("control plane stopped");
     Ok(())

@@ -6,7 +6,22 @@ use weft_sidecar::config::Args;
 use weft_sidecar::{Listeners, run};
 
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let args = Args::parse();
+    // One thread by default: a sidecar's work is small per request, and
+    // handing a request between tasks on one thread avoids the cross-thread
+    // wakeups that dominate its latency at moderate load (measured with
+    // weft-bench; see docs/architecture.md).
+    let runtime = if args.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -14,7 +29,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     // Errors are printed whole (cause chain included), without a backtrace.
-    match runtime.block_on(run_main()) {
+    match runtime.block_on(run_main(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -23,8 +38,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run_main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn run_main(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("--log {:?} is not a valid filter", args.log))?;
     tracing_subscriber::fmt()

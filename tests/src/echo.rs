@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
@@ -237,9 +236,12 @@ pub async fn start_echo(instance: &str) -> anyhow::Result<EchoServerHandle> {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = rx.await;
+                },
+            ),
     );
     Ok(EchoServerHandle {
         addr,

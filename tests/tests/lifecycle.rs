@@ -329,3 +329,143 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
     drop(cp);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_apps_are_checked_with_get_health() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let app = weft_tests::http_app::start_http_app("h").await?;
+    let _s = SidecarSpec::new("web")
+        .arg("--protocol", "http")
+        .control_plane(&cp)
+        .app(app.addr)
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .upstream("web")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("web", "healthy", |e| e.len() == 1 && e[0].1 == "healthy")
+        .await?;
+    app.healthy.store(false, Ordering::Relaxed);
+    caller
+        .wait_endpoints("web", "unhealthy after GET /health fails", |e| {
+            e[0].1 == "unhealthy"
+        })
+        .await?;
+    let r = weft_tests::util::http_get(&format!("http://{}/x", caller.upstream("web"))).await?;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["x-weft-error"], "no-healthy-endpoints");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_updates_do_not_drop_a_long_lived_stream() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let a = start_echo("a").await?;
+    let _sa = SidecarSpec::new("echo")
+        .control_plane(&cp)
+        .app(a.addr)
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .upstream("echo")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "one endpoint", |e| e.len() == 1)
+        .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = c
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tx.send(EchoRequest {
+        message: "before".into(),
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(
+        replies.message().await?.map(|r| r.message).as_deref(),
+        Some("before")
+    );
+
+    // Several updates while the stream is open: a new instance, a health
+    // change, a policy change.
+    let b = start_echo("b").await?;
+    let _sb = SidecarSpec::new("echo")
+        .control_plane(&cp)
+        .app(b.addr)
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "two endpoints", |e| e.len() == 2)
+        .await?;
+    cp.apply_yaml("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo}\nspec: {loadBalancer: round-robin}\n").await?;
+    wait_for("the policy change", Duration::from_secs(10), || async {
+        (caller.config().await.ok()?["services"]["echo"]["policy"]["balance"] == "round-robin")
+            .then_some(())
+    })
+    .await?;
+
+    tx.send(EchoRequest {
+        message: "after".into(),
+        ..Default::default()
+    })
+    .await?;
+    let r = replies.message().await?.expect("the stream is still open");
+    assert_eq!(
+        (r.message.as_str(), r.instance.as_str(), r.seq),
+        ("after", "a", 1)
+    );
+    drop(tx);
+    assert!(replies.message().await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_on_the_control_plane_and_the_sidecar_admin_port() -> anyhow::Result<()> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let channel = |url: String| async move {
+        tonic::transport::Endpoint::from_shared(url)?
+            .connect()
+            .await
+    };
+    let mut h = HealthClient::new(channel(cp.url()).await?);
+    let r = h
+        .check(HealthCheckRequest {
+            service: "weft.v1.Discovery".into(),
+        })
+        .await?;
+    assert_eq!(r.get_ref().status, ServingStatus::Serving as i32);
+    let s = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .start()
+        .await?;
+    let h = HealthClient::new(channel(format!("http://{}", s.admin)).await?);
+    let status = wait_for("SERVING", Duration::from_secs(5), || {
+        let mut h = h.clone();
+        async move {
+            let r = h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            (r.get_ref().status == ServingStatus::Serving as i32).then_some(r.get_ref().status)
+        }
+    })
+    .await?;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let live = weft_tests::util::http_get(&format!("http://{}/live", s.admin)).await?;
+    assert_eq!(live.status, 200);
+    Ok(())
+}

@@ -88,6 +88,11 @@ pub struct Args {
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Threads for the data path. 1 (the default) runs everything on one
+    /// thread, which gives the lowest latency; more add throughput.
+    #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
     /// Log filter, e.g. info or weft_sidecar=debug.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
