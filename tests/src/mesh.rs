@@ -277,3 +277,39 @@ pub fn write_temp(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf>
 pub fn service(name: &str) -> ServiceName {
     ServiceName::parse(name).unwrap_or_else(|_| ServiceName::unresolved())
 }
+
+/// Echo servers named `instances`, each behind its own sidecar of `service`.
+pub async fn echo_instances(
+    cp: &ControlPlane,
+    service: &str,
+    instances: &[&str],
+) -> anyhow::Result<Vec<(crate::echo::EchoServerHandle, Sidecar)>> {
+    let mut out = Vec::new();
+    for name in instances {
+        let app = crate::echo::start_echo(name).await?;
+        let sidecar = SidecarSpec::new(service)
+            .control_plane(cp)
+            .app(app.addr)
+            .start()
+            .await?;
+        out.push((app, sidecar));
+    }
+    Ok(out)
+}
+
+/// A sidecar that calls `service` through an upstream port, once it knows
+/// `endpoints` endpoints of it.
+pub async fn caller(cp: &ControlPlane, service: &str, endpoints: usize) -> anyhow::Result<Sidecar> {
+    let c = SidecarSpec::new("caller")
+        .control_plane(cp)
+        .upstream(service)
+        .start()
+        .await?;
+    c.wait_endpoints(
+        service,
+        &format!("{endpoints} endpoints of {service}"),
+        |e| e.len() == endpoints,
+    )
+    .await?;
+    Ok(c)
+}

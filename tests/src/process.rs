@@ -67,6 +67,25 @@ impl Proc {
         Ok(Proc { child, log })
     }
 
+    /// Polls `http://{admin}/ready` until it answers 2xx (bounded); the
+    /// error carries the process's log.
+    pub async fn wait_ready(&self, what: &str, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+        let url = format!("http://{admin}/ready");
+        crate::util::wait_for(
+            &format!("{what} to be ready"),
+            Duration::from_secs(20),
+            || async {
+                crate::util::http_get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status.is_success())
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log_text()))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -175,19 +194,7 @@ impl ControlPlaneProc {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("weft-control-plane", &args)?;
-        let url = format!("http://{admin}/ready");
-        crate::util::wait_for(
-            "the control-plane process to be ready",
-            Duration::from_secs(15),
-            || async {
-                crate::util::http_get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status.is_success())
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", proc.log_text()))?;
+        proc.wait_ready("the control-plane process", admin).await?;
         Ok(ControlPlaneProc { proc, grpc, admin })
     }
 
@@ -225,19 +232,7 @@ impl SidecarProc {
         .collect();
         args.extend(extra.iter().cloned());
         let proc = Proc::spawn("weft-sidecar", &args)?;
-        let url = format!("http://{admin}/ready");
-        crate::util::wait_for(
-            "the sidecar process to be ready",
-            Duration::from_secs(15),
-            || async {
-                crate::util::http_get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status.is_success())
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", proc.log_text()))?;
+        proc.wait_ready("the sidecar process", admin).await?;
         Ok(SidecarProc {
             proc,
             inbound,

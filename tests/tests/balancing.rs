@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use weft_tests::echo::{client, start_echo};
-use weft_tests::mesh::{ControlPlane, SidecarSpec};
+use weft_tests::echo::client;
+use weft_tests::mesh::{ControlPlane, caller, echo_instances};
 use weft_tests::pb::EchoRequest;
 use weft_tests::util::init_logs;
 
@@ -17,26 +17,8 @@ async fn spread(balancer: Option<&str>) -> anyhow::Result<HashMap<String, u32>> 
         ))
         .await?;
     }
-    let a = start_echo("a").await?;
-    let b = start_echo("b").await?;
-    let _sa = SidecarSpec::new("echo")
-        .control_plane(&cp)
-        .app(a.addr)
-        .start()
-        .await?;
-    let _sb = SidecarSpec::new("echo")
-        .control_plane(&cp)
-        .app(b.addr)
-        .start()
-        .await?;
-    let caller = SidecarSpec::new("caller")
-        .control_plane(&cp)
-        .upstream("echo")
-        .start()
-        .await?;
-    caller
-        .wait_endpoints("echo", "two echo endpoints", |e| e.len() == 2)
-        .await?;
+    let instances = echo_instances(&cp, "echo", &["a", "b"]).await?;
+    let caller = caller(&cp, "echo", 2).await?;
 
     // One client, one HTTP/2 connection, 1000 calls, 8 in flight at a time.
     let c = client(caller.upstream("echo")).await?;
@@ -55,7 +37,10 @@ async fn spread(balancer: Option<&str>) -> anyhow::Result<HashMap<String, u32>> 
     while let Some(r) = calls.next().await {
         *counts.entry(r?).or_insert(0u32) += 1;
     }
-    assert_eq!(a.calls() + b.calls(), 1000);
+    assert_eq!(
+        instances.iter().map(|(app, _)| app.calls()).sum::<u64>(),
+        1000
+    );
     Ok(counts)
 }
 

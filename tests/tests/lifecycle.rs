@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use weft_control_plane::catalog::CatalogConfig;
 use weft_tests::echo::{EchoServerHandle, client, start_echo};
-use weft_tests::mesh::{ControlPlane, Sidecar, SidecarSpec};
+use weft_tests::mesh::{ControlPlane, Sidecar, SidecarSpec, caller, echo_instances};
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{ControlPlaneProc, SidecarProc, free_port, run};
 use weft_tests::util::{init_logs, wait_for};
@@ -26,26 +26,12 @@ async fn calls(caller: &Sidecar, n: usize) -> anyhow::Result<()> {
 async fn an_unhealthy_instance_gets_no_requests_after_the_push() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    let a = start_echo("a").await?;
-    let b = start_echo("b").await?;
-    let _sa = SidecarSpec::new("echo")
-        .control_plane(&cp)
-        .app(a.addr)
-        .start()
-        .await?;
-    let _sb = SidecarSpec::new("echo")
-        .control_plane(&cp)
-        .app(b.addr)
-        .start()
-        .await?;
-    let caller = SidecarSpec::new("caller")
-        .control_plane(&cp)
-        .upstream("echo")
-        .start()
-        .await?;
+    let instances = echo_instances(&cp, "echo", &["a", "b"]).await?;
+    let (a, b) = (&instances[0].0, &instances[1].0);
+    let caller = caller(&cp, "echo", 2).await?;
     caller
         .wait_endpoints("echo", "two healthy endpoints", |e| {
-            e.len() == 2 && e.iter().all(|x| x.1 == "healthy")
+            e.iter().all(|x| x.1 == "healthy")
         })
         .await?;
 

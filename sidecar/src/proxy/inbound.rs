@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -22,6 +23,7 @@ use crate::model::{Protocol, ServiceName};
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
 pub struct App {
     pub addr: SocketAddr,
+    authority: Authority,
     h1: Client<HttpConnector, BoxBody>,
     h2: H2Client,
 }
@@ -36,10 +38,33 @@ impl App {
             addr: addr.to_string().into(),
             service,
         };
+        let authority = Authority::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         App {
             addr,
+            authority,
             h1,
             h2: H2Client::new(target, connector as Arc<dyn Connector>),
+        }
+    }
+
+    /// `http://<app>/<path and query of uri>`.
+    fn uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).map_err(|e| self.error(e.to_string()))
+    }
+
+    fn error(&self, reason: String) -> ProxyError {
+        ProxyError::App {
+            addr: self.addr.to_string(),
+            reason,
         }
     }
 }
@@ -63,11 +88,6 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         let h1 = !grpc
             && (orig_h1 || parts.version < Version::HTTP_2 || self.protocol == Protocol::Http);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
         let result = if h1 {
             // The authority goes back into Host; the URI names the app.
             if let Some(a) = parts.uri.authority()
@@ -76,49 +96,20 @@ impl Proxy {
             {
                 parts.headers.insert(http::header::HOST, v);
             }
-            parts.uri = match Uri::builder()
-                .scheme("http")
-                .authority(app.addr.to_string())
-                .path_and_query(path)
-                .build()
-            {
+            parts.uri = match app.uri(&parts.uri) {
                 Ok(u) => u,
-                Err(e) => {
-                    return ex.fail(
-                        ProxyError::App {
-                            addr: app.addr.to_string(),
-                            reason: e.to_string(),
-                        },
-                        grpc,
-                    );
-                }
+                Err(e) => return ex.fail(e, grpc),
             };
             parts.version = Version::HTTP_11;
             app.h1
                 .request(Request::from_parts(parts, boxed(body)))
                 .await
-                .map_err(|e| ProxyError::App {
-                    addr: app.addr.to_string(),
-                    reason: error_chain(&e),
-                })
+                .map_err(|e| app.error(error_chain(&e)))
         } else {
             if parts.uri.authority().is_none() {
-                parts.uri = match Uri::builder()
-                    .scheme("http")
-                    .authority(app.addr.to_string())
-                    .path_and_query(path)
-                    .build()
-                {
+                parts.uri = match app.uri(&parts.uri) {
                     Ok(u) => u,
-                    Err(e) => {
-                        return ex.fail(
-                            ProxyError::App {
-                                addr: app.addr.to_string(),
-                                reason: e.to_string(),
-                            },
-                            grpc,
-                        );
-                    }
+                    Err(e) => return ex.fail(e, grpc),
                 };
             }
             parts.version = Version::HTTP_2;
@@ -127,10 +118,7 @@ impl Proxy {
                 .await
                 .map(|(r, _)| r)
                 .map_err(|e| match e {
-                    ProxyError::Connect { addr, source } => ProxyError::App {
-                        addr,
-                        reason: source.to_string(),
-                    },
+                    ProxyError::Connect { source, .. } => app.error(source.to_string()),
                     other => other,
                 })
         };

@@ -19,7 +19,6 @@ use tokio::sync::Mutex;
 use weft_tests::echo::{client, start_echo};
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
-use weft_tests::util::{http_get, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -192,12 +191,7 @@ fn usage(pid: i32) -> anyhow::Result<(u64, Duration)> {
 
 async fn start_sidecar(args: &[String], admin: SocketAddr) -> anyhow::Result<Proc> {
     let p = Proc::spawn("weft-sidecar", args)?;
-    let url = format!("http://{admin}/ready");
-    wait_for("a sidecar to be ready", Duration::from_secs(20), || async {
-        http_get(&url).await.ok().filter(|r| r.status.is_success())
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", p.log_text()))?;
+    p.wait_ready("a sidecar", admin).await?;
     Ok(p)
 }
 
