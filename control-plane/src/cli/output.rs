@@ -251,7 +251,7 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
             "SERVICE",
             "INSTANCE",
             "ADDRESS",
-            "CONNECTED",
+            "CONNECTED FOR",
             "APPLIED VERSION",
             "LAST NACK",
         ],
