@@ -41,17 +41,19 @@ impl H2Client {
         self.conn.load().as_ref().is_some_and(|c| !c.is_closed())
     }
 
-    async fn sender(&self) -> Result<SendRequest<BoxBody>, ProxyError> {
-        if let Some(c) = self.conn.load().as_ref()
+    /// The open connection, or a new one. Returned as the shared handle so
+    /// that a caller that finds it broken can retire exactly that one.
+    async fn sender(&self) -> Result<Arc<SendRequest<BoxBody>>, ProxyError> {
+        if let Some(c) = self.conn.load_full()
             && !c.is_closed()
         {
-            return Ok((**c).clone());
+            return Ok(c);
         }
         let _guard = self.connecting.lock().await;
-        if let Some(c) = self.conn.load().as_ref()
+        if let Some(c) = self.conn.load_full()
             && !c.is_closed()
         {
-            return Ok((**c).clone());
+            return Ok(c);
         }
         let io = self.connector.connect(&self.target).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -72,8 +74,15 @@ impl H2Client {
                 tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
             }
         });
-        self.conn.store(Some(Arc::new(sender.clone())));
+        let sender = Arc::new(sender);
+        self.conn.store(Some(sender.clone()));
         Ok(sender)
+    }
+
+    /// Forgets `broken`, unless another task already replaced it.
+    fn retire(&self, broken: &Arc<SendRequest<BoxBody>>) {
+        self.conn
+            .compare_and_swap(broken, None::<Arc<SendRequest<BoxBody>>>);
     }
 
     /// Sends one request. A request the connection refused before sending
@@ -88,9 +97,10 @@ impl H2Client {
         mut req: http::Request<BoxBody>,
     ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
         for attempt in 0..2 {
-            let mut sender = self.sender().await?;
+            let shared = self.sender().await?;
+            let mut sender = (*shared).clone();
             if sender.ready().await.is_err() {
-                self.conn.store(None);
+                self.retire(&shared);
                 continue;
             }
             let sent = tokio::time::Instant::now();
@@ -98,7 +108,7 @@ impl H2Client {
                 Ok(resp) => return Ok((resp, sent.elapsed())),
                 Err(mut e) => match e.take_message() {
                     Some(r) if attempt == 0 => {
-                        self.conn.store(None);
+                        self.retire(&shared);
                         req = r;
                     }
                     _ => {
