@@ -2,11 +2,16 @@
 //! resources; list services, instances and sidecars.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_server::Admin;
 
+use weft_proto::identity::JoinToken;
+
+use crate::auth::{TokenBook, TokenRecord, random_hex};
+use crate::ca::Ca;
 use crate::catalog::{Catalog, unix_millis};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::{Kind, Name, resources_from_proto};
@@ -34,17 +39,27 @@ pub struct AdminService {
     catalog: Arc<Catalog>,
     store: Option<Arc<Store>>,
     metrics: Arc<Metrics>,
+    tokens: Arc<TokenBook>,
+    ca: Arc<Ca>,
     /// Applies and deletes go to the store and then to memory one at a time,
     /// so the two never disagree.
     write: tokio::sync::Mutex<()>,
 }
 
 impl AdminService {
-    pub fn new(catalog: Arc<Catalog>, store: Option<Arc<Store>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Option<Arc<Store>>,
+        metrics: Arc<Metrics>,
+        tokens: Arc<TokenBook>,
+        ca: Arc<Ca>,
+    ) -> Self {
         AdminService {
             catalog,
             store,
             metrics,
+            tokens,
+            ca,
             write: tokio::sync::Mutex::new(()),
         }
     }
@@ -180,9 +195,7 @@ impl Admin for AdminService {
         }
         let n = name.clone();
         blocking(&self.store, true, move |s| s.delete(kind, &n)).await?;
-        match kind {
-            Kind::Service => self.catalog.remove_service_resource(&name),
-        }
+        self.catalog.remove_resource(kind, &name);
         tracing::info!(kind = kind.as_str(), %name, "deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -229,8 +242,50 @@ impl Admin for AdminService {
                 nack_reason: s.nack.map(|n| n.1).unwrap_or_default(),
                 subscriptions: s.subscriptions.into_iter().collect(),
                 sidecar_version: s.sidecar_version,
+                certificate_expires_unix_ms: s.certificate_expires_unix_ms,
             })
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse { sidecars }))
     }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let req = request.into_inner();
+        let service = Name::parse(&req.service)
+            .map_err(|e| Status::invalid_argument(format!("service: {e}")))?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s if s > MAX_TOKEN_TTL.as_secs() => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl: at most {} days",
+                    MAX_TOKEN_TTL.as_secs() / 86400
+                )));
+            }
+            s => Duration::from_secs(s),
+        };
+        let id = random_hex(8)?;
+        let secret = random_hex(32)?;
+        let record = TokenRecord::new(service.as_str(), &secret, ttl);
+        let expires = record.expires_unix_ms;
+        let (key, rec) = (id.clone(), record.clone());
+        blocking(&self.store, (), move |s| s.put_token(&key, &rec)).await?;
+        self.tokens.insert(id.clone(), record);
+        let token = JoinToken {
+            td: self.ca.trust_domain().to_string(),
+            id,
+            secret,
+            ca: self.ca.fingerprint(),
+        };
+        tracing::info!(%service, ttl_s = ttl.as_secs(), "created a join token");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: token.encode(),
+            expires_unix_ms: expires,
+        }))
+    }
 }
+
+/// How long a join token admits sidecars unless told otherwise.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);

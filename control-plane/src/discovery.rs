@@ -22,11 +22,18 @@ use crate::metrics::Metrics;
 pub struct DiscoveryService {
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
+    /// Streams must come with a certificate of this trust domain naming the
+    /// service they register; `None` accepts any (tests of the catalog alone).
+    trust_domain: Option<String>,
 }
 
 impl DiscoveryService {
-    pub fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Self {
-        DiscoveryService { catalog, metrics }
+    pub fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>, trust_domain: Option<String>) -> Self {
+        DiscoveryService {
+            catalog,
+            metrics,
+            trust_domain,
+        }
     }
 }
 
@@ -40,6 +47,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::SidecarMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let caller = self
+            .trust_domain
+            .as_deref()
+            .map(|td| crate::identity::caller_id(&request, td));
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::SidecarMessage {
@@ -51,10 +62,30 @@ impl Discovery for DiscoveryService {
                 ));
             }
         };
-        let (reg, wanted) = Registration::from_hello(&hello).map_err(Status::invalid_argument)?;
+        let (reg, mut wanted) =
+            Registration::from_hello(&hello).map_err(Status::invalid_argument)?;
+        match caller {
+            None => {}
+            Some(Some(id)) if id.service_name() == Some(reg.service.as_str()) => {}
+            Some(Some(id)) => {
+                return Err(Status::permission_denied(format!(
+                    "{id} may not register as service {}",
+                    reg.service
+                )));
+            }
+            Some(None) => {
+                return Err(Status::unauthenticated(
+                    "a discovery stream needs the sidecar's mesh certificate",
+                ));
+            }
+        }
+        // A sidecar always learns its own service: its inbound policy travels there.
+        wanted.insert(reg.service.to_string());
+        let certificate_expires = hello.certificate_expires_unix_ms;
         let (tx, rx) = mpsc::channel(16);
         let session = Session {
             id: self.catalog.next_stream_id(),
+            own_service: reg.service.to_string(),
             catalog: self.catalog.clone(),
             metrics: self.metrics.clone(),
             wanted,
@@ -62,7 +93,7 @@ impl Discovery for DiscoveryService {
             sent: HashMap::new(),
             tx,
         };
-        tokio::spawn(session.run(reg, inbound));
+        tokio::spawn(session.run(reg, certificate_expires, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -70,6 +101,8 @@ impl Discovery for DiscoveryService {
 /// One sidecar's stream: what it wants and what it has been sent.
 struct Session {
     id: u64,
+    /// The sidecar's own service: only its updates carry the inbound policy.
+    own_service: String,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     wanted: BTreeSet<String>,
@@ -81,11 +114,17 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, reg: Registration, mut inbound: Streaming<pb::SidecarMessage>) {
+    async fn run(
+        mut self,
+        reg: Registration,
+        certificate_expires: u64,
+        mut inbound: Streaming<pb::SidecarMessage>,
+    ) {
         let instance = reg.instance_id.clone();
         let service = reg.service.clone();
         let mut changed = self.catalog.subscribe();
-        self.catalog.register(self.id, reg, self.wanted.clone());
+        self.catalog
+            .register(self.id, reg, self.wanted.clone(), certificate_expires);
         self.metrics.sidecars_connected.inc();
         tracing::info!(stream = self.id, %service, %instance, "sidecar connected");
         changed.borrow_and_update();
@@ -143,6 +182,9 @@ impl Session {
                 self.catalog.set_health(self.id, health, h.detail);
             }
             Some(Kind::Leave(_)) => return Handled::Leave,
+            Some(Kind::Certificate(c)) => {
+                self.catalog.record_certificate(self.id, c.expires_unix_ms)
+            }
             Some(Kind::Hello(_)) | None => {
                 tracing::debug!(stream = self.id, "ignoring an unexpected message");
             }
@@ -166,10 +208,11 @@ impl Session {
         };
         for (name, generation, view) in views {
             self.seen.insert(name.clone(), generation);
+            let own = name == self.own_service;
             let change = if full {
-                Some(view.full(&name))
+                Some(view.full(&name, own))
             } else {
-                view.diff(&name, self.sent.get(&name))
+                view.diff(&name, self.sent.get(&name), own)
             };
             if let Some(u) = change {
                 update.services.push(u);

@@ -3,10 +3,13 @@
 //! Also the library behind `weftctl`.
 
 pub mod admin;
+pub mod auth;
+pub mod ca;
 pub mod catalog;
 pub mod cli;
 pub mod discovery;
 pub mod duration;
+pub mod identity;
 pub mod metrics;
 pub mod resource;
 pub mod server;

@@ -20,12 +20,18 @@ pub struct ApplyLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssueLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sidecars_connected: Gauge,
     pub pushes: Family<PushLabels, Counter>,
     pub nacks: Counter,
     pub applies: Family<ApplyLabels, Counter>,
+    pub issued: Family<IssueLabels, Counter>,
     instances: Gauge,
     services: Gauge,
 }
@@ -59,6 +65,12 @@ impl Metrics {
             "Apply requests by outcome (ok, invalid, error)",
             applies.clone(),
         );
+        let issued = Family::<IssueLabels, Counter>::default();
+        registry.register(
+            "certificates",
+            "Certificate requests by result (issued, refused)",
+            issued.clone(),
+        );
         let instances = Gauge::default();
         registry.register("instances", "Instances in the catalog", instances.clone());
         let services = Gauge::default();
@@ -73,6 +85,7 @@ impl Metrics {
             pushes,
             nacks,
             applies,
+            issued,
             instances,
             services,
         }

@@ -14,26 +14,53 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use weft_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
+use tonic::transport::{Certificate as TlsCertificate, Identity as TlsIdentity, ServerTlsConfig};
+use weft_proto::v1::{
+    admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
+};
 
 use crate::admin::AdminService;
+use crate::auth::{AdminAuth, CREDENTIAL_FILE, TokenBook};
+use crate::ca::{Ca, CaError, CaSource};
 use crate::catalog::{Catalog, CatalogConfig, run_reaper};
 use crate::discovery::DiscoveryService;
+use crate::identity::IdentityService;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Everything the control plane needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
-    /// Where the embedded store lives; `None` keeps everything in memory.
-    pub data_dir: Option<PathBuf>,
+    /// Where the store, the generated CA and the admin credential live.
+    pub data_dir: PathBuf,
     pub catalog: CatalogConfig,
+    /// SPIFFE trust domain of the mesh, e.g. `weft.local`.
+    pub trust_domain: String,
+    /// A CA from files (`--ca-cert`, `--ca-key`); `None`: generated in `data_dir`.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of the sidecars' certificates.
+    pub leaf_ttl: Duration,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults for everything but the data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ControlPlaneConfig {
+            data_dir,
+            catalog: CatalogConfig::default(),
+            trust_domain: "weft.local".into(),
+            ca_files: None,
+            leaf_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("gRPC server: {0}")]
@@ -48,22 +75,34 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let shutdown = shutdown.shared();
-    let store = match &config.data_dir {
-        Some(dir) => {
-            let dir = dir.clone();
-            Some(Arc::new(
-                tokio::task::spawn_blocking(move || Store::open(&dir)).await??,
-            ))
-        }
-        None => None,
+    let dir = config.data_dir.clone();
+    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&dir)).await??);
+    let catalog = {
+        let (cfg, s) = (config.catalog, store.clone());
+        tokio::task::spawn_blocking(move || Catalog::load(cfg, s)).await??
     };
-    let catalog = match &store {
-        Some(s) => {
-            let (cfg, s) = (config.catalog, s.clone());
-            tokio::task::spawn_blocking(move || Catalog::load(cfg, s)).await??
-        }
-        None => Catalog::in_memory(config.catalog),
+    let (ca, auth, tokens) = {
+        let (cfg, store) = (config.clone(), store.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            let source = match &cfg.ca_files {
+                Some((cert, key)) => CaSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                None => CaSource::DataDir(cfg.data_dir.clone()),
+            };
+            let ca = Ca::load_or_create(&source, &cfg.trust_domain, cfg.leaf_ttl)?;
+            let auth = AdminAuth::load_or_create(
+                &cfg.data_dir.join(CREDENTIAL_FILE),
+                &cfg.trust_domain,
+                &ca.root_pem(),
+            )?;
+            let tokens = TokenBook::new(store.load_tokens()?);
+            Ok((Arc::new(ca), auth, Arc::new(tokens)))
+        })
+        .await??
     };
+    let (serving_cert, serving_key) = ca.serving_identity()?;
     let metrics = Arc::new(Metrics::new());
 
     tokio::spawn(run_reaper(catalog.clone(), shutdown.clone()));
@@ -84,10 +123,26 @@ pub async fn run(
 
     tracing::info!(
         grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        data_dir = ?config.data_dir,
-        "control plane listening"
+        data_dir = %config.data_dir.display(),
+        trust_domain = %config.trust_domain,
+        ca_fingerprint = %ca.fingerprint(),
+        "control plane listening (TLS)"
+    );
+    // Client certificates are optional at the TLS layer: a sidecar's first
+    // call (with a join token) has none. Each service checks what it needs.
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(serving_cert, serving_key))
+        .client_ca_root(TlsCertificate::from_pem(ca.root_pem()))
+        .client_auth_optional(true);
+    let admin_service = AdminService::new(
+        catalog.clone(),
+        Some(store),
+        metrics.clone(),
+        tokens.clone(),
+        ca.clone(),
     );
     tonic::transport::Server::builder()
+        .tls_config(tls)?
         // Find sidecars that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -95,8 +150,16 @@ pub async fn run(
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             catalog.clone(),
             metrics.clone(),
+            Some(config.trust_domain.clone()),
         )))
-        .add_service(AdminServer::new(AdminService::new(catalog, store, metrics)))
+        .add_service(IdentityServer::new(IdentityService::new(
+            ca.clone(),
+            tokens,
+            metrics.clone(),
+        )))
+        .add_service(AdminServer::with_interceptor(admin_service, move |req| {
+            auth.check(req)
+        }))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             shutdown,

@@ -15,6 +15,7 @@ use crate::resource::{Kind, Name, Resource, resources_from_proto};
 
 const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
 const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
+const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 
 /// The file name inside `--data-dir`.
 pub const FILE_NAME: &str = "weft.redb";
@@ -69,6 +70,7 @@ impl Store {
         let tx = db.begin_write()?;
         tx.open_table(RESOURCES)?;
         tx.open_table(INSTANCES)?;
+        tx.open_table(TOKENS)?;
         tx.commit()?;
         Ok(Store { db })
     }
@@ -146,6 +148,34 @@ impl Store {
         tx.open_table(INSTANCES)?.remove(instance_id)?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl Store {
+    pub fn put_token(&self, id: &str, record: &crate::auth::TokenRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(TOKENS)?.insert(id, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn load_tokens(&self) -> Result<Vec<(String, crate::auth::TokenRecord)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rec = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                key: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push((k.value().to_string(), rec));
+        }
+        Ok(out)
     }
 }
 

@@ -47,15 +47,72 @@ fn bad_yaml_is_rejected_with_document_path_and_reason() {
     assert!(err.contains("nothing was applied"), "{err}");
 }
 
+/// A real credential (a CA made here), as the control plane writes it.
+fn credential(dir: &std::path::Path) -> String {
+    let ca = weft_control_plane::ca::Ca::load_or_create(
+        &weft_control_plane::ca::CaSource::DataDir(dir.to_path_buf()),
+        "weft.local",
+        std::time::Duration::from_secs(60),
+    )
+    .expect("a CA");
+    let path = dir.join("admin.credential");
+    weft_control_plane::auth::AdminAuth::load_or_create(&path, "weft.local", &ca.root_pem())
+        .expect("a credential");
+    path.display().to_string()
+}
+
 #[test]
 fn unreachable_control_plane_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cred = credential(dir.path());
     let (code, _, err) = weftctl(
-        &["--control-plane", "http://127.0.0.1:1", "get", "services"],
+        &[
+            "--control-plane",
+            "https://127.0.0.1:1",
+            "--credential",
+            &cred,
+            "get",
+            "services",
+        ],
         None,
     );
     assert_eq!(code, 1);
     assert!(
-        err.contains("cannot reach the control plane at http://127.0.0.1:1"),
+        err.contains("cannot reach the control plane at https://127.0.0.1:1"),
+        "{err}"
+    );
+    // Plaintext URLs are refused with the reason.
+    let (code, _, err) = weftctl(
+        &[
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--credential",
+            &cred,
+            "get",
+            "services",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("use an https:// URL"), "{err}");
+}
+
+#[test]
+fn without_the_admin_credential_nothing_is_sent() {
+    let (code, _, err) = weftctl(
+        &[
+            "--control-plane",
+            "https://127.0.0.1:1",
+            "--credential",
+            "/nonexistent/admin.credential",
+            "get",
+            "services",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read the admin credential /nonexistent/admin.credential"),
         "{err}"
     );
 }

@@ -21,6 +21,8 @@ fn quickstart_runs_the_restaurant_and_stops_cleanly() {
         .expect("quickstart runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // What happened, when run with --no-capture.
+    println!("{stdout}");
     assert!(
         out.status.success(),
         "quickstart failed:\n{stdout}\n{stderr}"

@@ -1,12 +1,15 @@
-//! The Weft mesh API (`weft.v1`), generated from `proto/weft/v1/mesh.proto`.
+//! The Weft mesh API: the wire types of package `weft.v1` (generated from
+//! `proto/weft/v1/mesh.proto`), and the identity contract both ends must
+//! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
+//! checked).
 //!
-//! These are wire types only. Both the control plane and the sidecar convert
-//! every message into their own validated domain types at the edge; nothing
-//! here reaches a data path.
+//! Both the control plane and the sidecar convert every message into their
+//! own validated domain types at the edge; no wire type reaches a data path.
 
-#![allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod identity;
 
 /// Package `weft.v1`.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod v1 {
     tonic::include_proto!("weft.v1");
 }

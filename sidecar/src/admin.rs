@@ -29,6 +29,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Notified by `POST /shutdown`.
     pub shutdown: Arc<Notify>,
+    /// `None` with a static config (no mTLS).
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// gRPC health, boxed: its concrete type is opaque.
@@ -96,14 +98,22 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
         (&Method::GET, "/ready") => {
-            if state.status.get().has_config {
-                text(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                text(
+            let has_cert = state
+                .identity
+                .as_ref()
+                .is_none_or(|i| i.current().is_some());
+            match (has_cert, state.status.get().has_config) {
+                (true, true) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                (false, _) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no certificate yet\n".into(),
+                ),
+                (true, false) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "not ready: no config yet\n".into(),
-                )
+                ),
             }
         }
         (&Method::GET, "/metrics") => text(
@@ -153,10 +163,17 @@ fn config_json(state: &AdminState) -> Value {
         })
         .collect();
     services.sort_by(|a, b| a.0.cmp(&b.0));
+    let identity = state.identity.as_ref().map(|i| {
+        json!({
+            "spiffeId": i.id().to_string(),
+            "certificateExpiresUnixMs": i.current().map(|c| c.expires_unix_ms()),
+        })
+    });
     json!({
         "service": state.service,
         "instance": state.instance_id,
         "advertise": state.advertise,
+        "identity": identity,
         "controlPlane": *state.status.get(),
         "services": services.into_iter().collect::<serde_json::Map<_, _>>(),
     })

@@ -46,6 +46,16 @@ pub enum ProxyError {
     App { addr: String, reason: String },
     #[error("the sidecar is shutting down")]
     ShuttingDown,
+    #[error("this sidecar has no certificate yet")]
+    NoCertificate,
+    #[error("mutual TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("{caller} may not call {what} on {service}")]
+    Forbidden {
+        caller: String,
+        service: String,
+        what: String,
+    },
 }
 
 impl ProxyError {
@@ -63,12 +73,17 @@ impl ProxyError {
             ProxyError::NoApp => "no-app",
             ProxyError::App { .. } => "app-failed",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::NoCertificate => "no-certificate",
+            ProxyError::Tls { .. } => "tls-failed",
+            ProxyError::Forbidden { .. } => "forbidden",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => Fault::Caller,
+            ProxyError::UnknownService(_)
+            | ProxyError::NoRoute(_)
+            | ProxyError::Forbidden { .. } => Fault::Caller,
             _ => Fault::Upstream,
         }
     }
@@ -77,14 +92,19 @@ impl ProxyError {
         match self {
             ProxyError::Upstream { .. } | ProxyError::App { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The gRPC status code: UNAVAILABLE (14) for every failure to reach a
-    /// service, which is what gRPC clients treat as "try again elsewhere".
+    /// The gRPC status code: PERMISSION_DENIED (7) for authorization,
+    /// UNAVAILABLE (14) for every failure to reach a service, which is what
+    /// gRPC clients treat as "try again elsewhere".
     fn grpc_status(&self) -> u16 {
-        14
+        match self {
+            ProxyError::Forbidden { .. } => 7,
+            _ => 14,
+        }
     }
 
     /// The response the caller gets.

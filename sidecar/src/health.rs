@@ -23,6 +23,9 @@ use crate::drain;
 use crate::metrics::Metrics;
 use crate::model::{Health, Protocol};
 
+/// How soon an app that is not healthy is checked again (at most).
+const UNHEALTHY_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct Checker {
     pub app: SocketAddr,
     pub protocol: Protocol,
@@ -42,11 +45,13 @@ impl Checker {
             });
         let http: Client<HttpConnector, Empty<bytes::Bytes>> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first check at once; while the app is not healthy (still
+        // starting, or failing) again soon, so that it gets traffic quickly
+        // once it can take it.
+        let mut wait = std::time::Duration::ZERO;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = drain.signaled() => return,
             }
             let (health, detail) = match self.protocol {
@@ -68,6 +73,11 @@ impl Checker {
             if changed {
                 tracing::info!(app = %self.app, health = ?health, %detail, "app health changed");
             }
+            wait = if health == Health::Healthy {
+                self.interval
+            } else {
+                self.interval.min(UNHEALTHY_RECHECK)
+            };
         }
     }
 }

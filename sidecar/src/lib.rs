@@ -4,6 +4,7 @@
 //! flags into a [`config::SidecarConfig`] and binds the listeners.
 
 pub mod admin;
+pub mod authz;
 pub mod body;
 pub mod config;
 pub mod discovery;
@@ -11,6 +12,7 @@ pub mod drain;
 pub mod endpoint;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

@@ -64,6 +64,44 @@ pub struct TcpLabels {
     pub service: ServiceName,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: &'static str,
+    pub result: &'static str,
+    /// Why it failed; empty when it succeeded.
+    pub reason: &'static str,
+}
+
+impl HandshakeLabels {
+    pub fn ok(direction: &'static str) -> Self {
+        HandshakeLabels {
+            direction,
+            result: "ok",
+            reason: "",
+        }
+    }
+
+    pub fn failed(direction: &'static str, reason: &'static str) -> Self {
+        HandshakeLabels {
+            direction,
+            result: "failed",
+            reason,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub service: ServiceName,
+    /// The caller's service; `(unresolved)` without a mesh identity.
+    pub caller: ServiceName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenewalLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -76,6 +114,10 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     pub tcp_bytes_sent: Family<TcpLabels, Counter>,
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub renewals: Family<RenewalLabels, Counter>,
+    pub cert_expiry: Gauge,
+    pub authz_denied: Family<AuthzLabels, Counter>,
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where a sidecar's
@@ -156,6 +198,30 @@ impl Metrics {
             "Bytes received from the upstream of opaque TCP connections",
             tcp_bytes_received.clone(),
         );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        r.register(
+            "tls_handshakes",
+            "Mutual TLS handshakes with peers, by direction, result and reason",
+            handshakes.clone(),
+        );
+        let renewals = Family::<RenewalLabels, Counter>::default();
+        r.register(
+            "certificate_renewals",
+            "Certificate renewals by result",
+            renewals.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this sidecar's certificate expires (unix seconds; 0: no certificate)",
+            cert_expiry.clone(),
+        );
+        let authz_denied = Family::<AuthzLabels, Counter>::default();
+        r.register(
+            "authorization_denied",
+            "Inbound requests denied by authorization, by service and caller",
+            authz_denied.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -168,6 +234,10 @@ impl Metrics {
             tcp_connections,
             tcp_bytes_sent,
             tcp_bytes_received,
+            handshakes,
+            renewals,
+            cert_expiry,
+            authz_denied,
         }
     }
 

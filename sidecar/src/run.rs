@@ -1,19 +1,24 @@
 //! Wiring: the sidecar as a library function. Give it bound listeners and a
-//! shutdown future; it serves until the future resolves (or `POST /shutdown`),
-//! then stops accepting, leaves the mesh, and drains in-flight requests.
+//! shutdown future; it obtains its certificate, serves until the future
+//! resolves (or `POST /shutdown`), then stops accepting, leaves the mesh,
+//! and drains in-flight requests.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::admin::{self, AdminState};
+use crate::authz::InboundPolicy;
 use crate::config::{SidecarConfig, Source};
-use crate::discovery::{ConfigState, DiscoveryClient, Identity, StatusCell, StreamState};
+use crate::discovery::{Backoff, ConfigState, DiscoveryClient, Member, StatusCell, StreamState};
 use crate::drain;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
+use crate::identity::{Identity, IdentityError, tls};
 use crate::metrics::Metrics;
 use crate::model::{Health, ServiceName};
 use crate::proxy::{self, App, Listener, Proxy};
@@ -37,6 +42,8 @@ pub enum SidecarError {
     },
     #[error("cannot read a bound address: {0}")]
     LocalAddr(std::io::Error),
+    #[error("no certificate: {0}")]
+    Identity(#[from] IdentityError),
 }
 
 impl Listeners {
@@ -63,12 +70,37 @@ impl Listeners {
     }
 }
 
+/// Obtains the first certificate, retrying while the control plane is
+/// unreachable; a refusal (bad, expired or foreign token) is final.
+async fn bootstrap(
+    identity: &Identity,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<bool, IdentityError> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match identity.obtain().await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no certificate yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut *shutdown => return Ok(false),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the sidecar until `shutdown` resolves, then drains.
 pub async fn run(
     cfg: SidecarConfig,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SidecarError> {
+    weft_proto::identity::install_provider();
+    let mut shutdown = std::pin::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
     let inbound_addr = listeners
         .inbound
@@ -78,34 +110,105 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| inbound_addr.to_string());
-    let connector = Arc::new(TcpConnector {
+    let tcp = Arc::new(TcpConnector {
         timeout: cfg.timeouts.connect,
     });
     let (drain_signal, drain_watch) = drain::channel();
+    let identity = cfg
+        .identity
+        .clone()
+        .map(|c| Identity::new(c, &cfg.service))
+        .transpose()?;
+    let status = StatusCell::new(match cfg.source {
+        Source::Static { .. } => StreamState::Static,
+        Source::ControlPlane(_) => StreamState::Connecting,
+    });
+    let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+    let routes = Arc::new(Routes::new(match cfg.source {
+        Source::Static { .. } => None,
+        Source::ControlPlane(_) => Some(sub_tx),
+    }));
+
+    // The admin endpoint first: /live answers while the certificate comes.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let shutdown_request = Arc::new(Notify::new());
+    let admin_state = Arc::new(AdminState {
+        service: cfg.service.to_string(),
+        instance_id: cfg.instance_id.clone(),
+        advertise: advertise.clone(),
+        status: status.clone(),
+        routes: routes.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown_request.clone(),
+        identity: identity.clone(),
+    });
+    let health_service = admin::HealthService::new(health_service);
+    tokio::spawn(admin::serve(
+        listeners.admin,
+        admin_state,
+        health_service,
+        drain_watch.clone(),
+    ));
+
+    // The certificate comes in the background: listeners serve from the
+    // start (calls fail fast with `no-certificate` until it arrives, and
+    // /ready says so); a refused token stops the sidecar with its reason.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<IdentityError>();
+    if let Some(id) = &identity {
+        let (task_id, m, d) = (id.clone(), metrics.clone(), drain_watch.clone());
+        tokio::spawn(async move {
+            let mut stop = d.clone();
+            let got = bootstrap(&task_id, &mut std::pin::pin!(stop.signaled())).await;
+            drop(stop);
+            match got {
+                Ok(true) => task_id.run_renewal(m, d).await,
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = fatal_tx.send(e);
+                }
+            }
+        });
+        let (mut expiry, m) = (id.expiry(), metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                m.cert_expiry
+                    .set((*expiry.borrow_and_update() / 1000) as i64);
+                if expiry.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let peer_connector: Arc<dyn Connector> = match &identity {
+        Some(id) => Arc::new(tls::MtlsConnector::new(
+            id.clone(),
+            tcp.clone(),
+            metrics.clone(),
+        )),
+        None => tcp.clone(),
+    };
+    let acceptor = identity
+        .clone()
+        .map(|id| Arc::new(tls::LazyAcceptor::new(id)));
+    let inbound_policy = Arc::new(ArcSwap::from_pointee(InboundPolicy::default()));
+
     let (health_tx, health_rx) = watch::channel(if cfg.app.is_some() {
         Health::Unknown
     } else {
         // A sidecar with no app only makes calls: it must get no traffic.
         Health::Unhealthy
     });
-
-    let peer_connector: Arc<dyn Connector> = connector.clone();
     let mut builder = TableBuilder::new(peer_connector.clone(), metrics.clone());
-    let (routes, status) = match &cfg.source {
+    match &cfg.source {
         Source::Static { services, path } => {
-            let routes = Arc::new(Routes::new(None));
             routes.store(builder.build(services.iter().map(|(n, s)| (n, s)), std::iter::empty()));
             metrics.set_stream_state("static");
             tracing::info!(file = %path.display(), services = services.len(), "running from a static config");
-            (routes, StatusCell::new(StreamState::Static))
         }
         Source::ControlPlane(url) => {
-            let (sub_tx, sub_rx) = mpsc::unbounded_channel();
-            let routes = Arc::new(Routes::new(Some(sub_tx)));
-            let status = StatusCell::new(StreamState::Connecting);
             let client = DiscoveryClient {
                 url: url.clone(),
-                identity: Identity {
+                member: Member {
                     service: cfg.service.clone(),
                     instance_id: cfg.instance_id.clone(),
                     address: advertise.clone(),
@@ -121,11 +224,12 @@ pub async fn run(
                 status: status.clone(),
                 metrics: metrics.clone(),
                 connect_timeout: cfg.timeouts.connect,
+                identity: identity.clone(),
+                inbound: inbound_policy.clone(),
             };
             tokio::spawn(client.run(drain_watch.clone()));
-            (routes, status)
         }
-    };
+    }
 
     if let Some(app) = cfg.app {
         let checker = Checker {
@@ -146,41 +250,25 @@ pub async fn run(
         metrics: metrics.clone(),
         app: cfg
             .app
-            .map(|a| App::new(a, cfg.service.clone(), connector.clone())),
+            .map(|a| App::new(a, cfg.service.clone(), tcp.clone())),
         connector: peer_connector,
-        app_connector: connector,
+        app_connector: tcp,
         timeouts: cfg.timeouts,
+        tls: acceptor,
+        inbound_policy,
     });
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let shutdown_request = Arc::new(Notify::new());
-    let admin_state = Arc::new(AdminState {
-        service: cfg.service.to_string(),
-        instance_id: cfg.instance_id.clone(),
-        advertise: advertise.clone(),
-        status: status.clone(),
-        routes,
-        metrics,
-        shutdown: shutdown_request.clone(),
-    });
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         service = %cfg.service,
         instance = %cfg.instance_id,
+        identity = %identity.as_ref().map(|i| i.id().to_string()).unwrap_or_else(|| "none (static config: plaintext)".into()),
         inbound = %inbound_addr,
         outbound = %addr(&listeners.outbound),
-        admin = %addr(&listeners.admin),
         advertise = %advertise,
         upstreams = ?listeners.upstreams.iter().map(|(s, l)| format!("{s}={}", addr(l))).collect::<Vec<_>>(),
         "sidecar listening"
     );
-    let health_service = admin::HealthService::new(health_service);
-    tokio::spawn(admin::serve(
-        listeners.admin,
-        admin_state,
-        health_service,
-        drain_watch.clone(),
-    ));
     tokio::spawn(proxy::serve(
         listeners.inbound,
         Listener::Inbound,
@@ -206,33 +294,40 @@ pub async fn run(
     let ready_status = status.clone();
     let mut ready_drain = drain_watch.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = ready_drain.signaled() => {
-                    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-                    return;
-                }
+                _ = ready_drain.signaled() => break,
             }
             if ready_status.get().has_config {
                 health_reporter
                     .set_service_status("", tonic_health::ServingStatus::Serving)
                     .await;
+                ready_drain.signaled().await;
                 break;
             }
         }
-        ready_drain.signaled().await;
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     });
     drop(drain_watch);
 
-    tokio::select! {
-        _ = shutdown => {}
-        _ = shutdown_request.notified() => {}
-    }
+    let fatal = async {
+        match fatal_rx.await {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = shutdown_request.notified() => Ok(()),
+        e = fatal => {
+            tracing::error!(error = %e, "cannot obtain a certificate; stopping");
+            Err(SidecarError::Identity(e))
+        }
+    };
     tracing::info!(
         timeout_ms = cfg.timeouts.drain.as_millis() as u64,
         "draining"
@@ -242,5 +337,5 @@ pub async fn run(
     } else {
         tracing::warn!("drain timeout reached with connections still open; stopping");
     }
-    Ok(())
+    result
 }

@@ -115,6 +115,7 @@ impl TableBuilder {
                 let key = ConnectTarget {
                     addr: spec.addr.clone(),
                     service: name.clone(),
+                    alpn: crate::endpoint::Alpn::H2,
                 };
                 let peer =
                     self.peers.get(&key).cloned().unwrap_or_else(|| {

@@ -10,42 +10,99 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use weft_control_plane::auth::AdminCredential;
 use weft_control_plane::catalog::CatalogConfig;
+use weft_control_plane::cli::{Bearer, connect_tls};
 use weft_control_plane::{ControlPlaneConfig, run as run_control_plane};
+use weft_proto::v1::admin_client::AdminClient;
 use weft_sidecar::config::Args;
 use weft_sidecar::model::ServiceName;
 use weft_sidecar::{Listeners, run as run_sidecar};
 
 use crate::util::{http_get, wait_for};
 
+/// What a test needs to talk to a control plane as an admin: its URL and
+/// the admin credential it wrote.
+#[derive(Clone, Debug)]
+pub struct CpAccess {
+    pub url: String,
+    pub credential: AdminCredential,
+}
+
+impl CpAccess {
+    /// Reads `<data_dir>/admin.credential`.
+    pub fn read(url: String, data_dir: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(data_dir.join(weft_control_plane::auth::CREDENTIAL_FILE))?;
+        Ok(CpAccess {
+            url,
+            credential: serde_json::from_str(&text)?,
+        })
+    }
+
+    pub async fn admin_client(
+        &self,
+    ) -> anyhow::Result<AdminClient<InterceptedService<Channel, Bearer>>> {
+        let channel = connect_tls(&self.url, &self.credential, Duration::from_secs(10)).await?;
+        let bearer = format!("Bearer {}", self.credential.token).parse()?;
+        Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
+    }
+
+    /// A join token for `service`, valid for `ttl`.
+    pub async fn token(&self, service: &str, ttl: Duration) -> anyhow::Result<String> {
+        let r = self
+            .admin_client()
+            .await?
+            .create_token(weft_proto::v1::CreateTokenRequest {
+                service: service.into(),
+                ttl_seconds: ttl.as_secs().max(1),
+            })
+            .await?;
+        Ok(r.into_inner().token)
+    }
+}
+
 /// A control plane running in this process.
 pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub access: CpAccess,
+    _tmp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), weft_control_plane::ServerError>>,
 }
 
 impl ControlPlane {
-    /// Starts one; `data_dir: None` keeps everything in memory.
+    /// Starts one; `data_dir: None` uses a new temporary directory.
     pub async fn start(data_dir: Option<&Path>, catalog: CatalogConfig) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, |c| c.catalog = catalog).await
+    }
+
+    /// Starts one with a config adjusted by `adjust`.
+    pub async fn start_with(
+        data_dir: Option<&Path>,
+        adjust: impl FnOnce(&mut ControlPlaneConfig),
+    ) -> anyhow::Result<Self> {
+        let tmp = match data_dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir()?),
+        };
+        let dir = data_dir
+            .map(Path::to_path_buf)
+            .or_else(|| tmp.as_ref().map(|t| t.path().to_path_buf()));
+        let dir = dir.ok_or_else(|| anyhow::anyhow!("no data directory"))?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
         let (grpc_addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
         let (tx, rx) = oneshot::channel::<()>();
-        let config = ControlPlaneConfig {
-            data_dir: data_dir.map(Path::to_path_buf),
-            catalog,
-        };
+        let mut config = ControlPlaneConfig::new(dir.clone());
+        adjust(&mut config);
         let task = tokio::spawn(run_control_plane(config, grpc, admin, async {
             let _ = rx.await;
         }));
-        let cp = ControlPlane {
-            grpc: grpc_addr,
-            admin: admin_addr,
-            stop: Some(tx),
-            task,
-        };
         let url = format!("http://{admin_addr}/ready");
         wait_for(
             "the control plane to be ready",
@@ -53,7 +110,16 @@ impl ControlPlane {
             || async { http_get(&url).await.ok().filter(|r| r.status.is_success()) },
         )
         .await?;
-        Ok(cp)
+        let access = CpAccess::read(format!("https://{grpc_addr}"), &dir)?;
+        Ok(ControlPlane {
+            grpc: grpc_addr,
+            admin: admin_addr,
+            data_dir: dir,
+            access,
+            _tmp: tmp,
+            stop: Some(tx),
+            task,
+        })
     }
 
     /// With short grace periods, for tests.
@@ -69,13 +135,17 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        self.access.url.clone()
     }
 
     pub async fn admin_client(
         &self,
-    ) -> anyhow::Result<weft_proto::v1::admin_client::AdminClient<tonic::transport::Channel>> {
-        Ok(weft_proto::v1::admin_client::AdminClient::connect(self.url()).await?)
+    ) -> anyhow::Result<AdminClient<InterceptedService<Channel, Bearer>>> {
+        self.access.admin_client().await
+    }
+
+    pub async fn token(&self, service: &str) -> anyhow::Result<String> {
+        self.access.token(service, Duration::from_secs(3600)).await
     }
 
     /// Applies a YAML file's resources.
@@ -103,6 +173,11 @@ impl ControlPlane {
 /// Flags for an in-process sidecar, as a user would write them.
 pub struct SidecarSpec {
     pub args: Vec<String>,
+    /// Mint a join token from this control plane at start.
+    token_from: Option<CpAccess>,
+    /// A control plane spoken to in plaintext, with no identity: only for
+    /// tests that stand in a fake control plane (the binary cannot do this).
+    plaintext_control_plane: Option<String>,
 }
 
 impl SidecarSpec {
@@ -123,6 +198,8 @@ impl SidecarSpec {
         ];
         SidecarSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
+            token_from: None,
+            plaintext_control_plane: None,
         }
     }
 
@@ -132,8 +209,20 @@ impl SidecarSpec {
         self
     }
 
+    /// Joins `cp`'s mesh, with a join token minted at start.
     pub fn control_plane(self, cp: &ControlPlane) -> Self {
-        self.arg("--control-plane", cp.url())
+        self.access(&cp.access)
+    }
+
+    /// Talks plaintext to a (fake) control plane at `url`, without identity.
+    pub fn plaintext_control_plane(mut self, url: &str) -> Self {
+        self.plaintext_control_plane = Some(url.to_string());
+        self
+    }
+
+    pub fn access(mut self, access: &CpAccess) -> Self {
+        self.token_from = Some(access.clone());
+        self.arg("--control-plane", &access.url)
     }
 
     pub fn app(self, addr: SocketAddr) -> Self {
@@ -163,8 +252,39 @@ impl SidecarSpec {
     }
 
     /// Starts it without waiting for its first config.
-    pub async fn start_unready(self) -> anyhow::Result<Sidecar> {
-        let config = Args::try_parse_from(&self.args)?.into_config()?;
+    pub async fn start_unready(mut self) -> anyhow::Result<Sidecar> {
+        let tmp = tempfile::tempdir()?;
+        if let Some(access) = &self.token_from
+            && !self.args.iter().any(|a| a == "--token-file")
+        {
+            let service = self
+                .args
+                .iter()
+                .skip_while(|a| *a != "--service")
+                .nth(1)
+                .cloned()
+                .unwrap_or_default();
+            let path = write_temp(
+                tmp.path(),
+                "token",
+                &access.token(&service, Duration::from_secs(3600)).await?,
+            )?;
+            self = self.arg("--token-file", path.display());
+        }
+        let mut args = self.args.clone();
+        if self.plaintext_control_plane.is_some() {
+            args.extend([
+                "--config".into(),
+                write_temp(tmp.path(), "empty.yaml", "services: []\n")?
+                    .display()
+                    .to_string(),
+            ]);
+        }
+        let mut config = Args::try_parse_from(&args)?.into_config()?;
+        if let Some(url) = &self.plaintext_control_plane {
+            config.source = weft_sidecar::config::Source::ControlPlane(url.clone());
+            config.identity = None;
+        }
         let listeners = Listeners::bind(&config).await?;
         let inbound = listeners.inbound.local_addr()?;
         let outbound = listeners.outbound.local_addr()?;
@@ -185,6 +305,7 @@ impl SidecarSpec {
             admin,
             upstreams,
             instance_id,
+            _tmp: tmp,
             stop: Some(tx),
             task,
         })
@@ -198,6 +319,7 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     pub upstreams: HashMap<String, SocketAddr>,
     pub instance_id: String,
+    _tmp: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), weft_sidecar::SidecarError>>,
 }

@@ -173,6 +173,7 @@ pub struct ControlPlaneProc {
     pub proc: Proc,
     pub grpc: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    pub data_dir: std::path::PathBuf,
 }
 
 impl ControlPlaneProc {
@@ -195,11 +196,21 @@ impl ControlPlaneProc {
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn("weft-control-plane", &args)?;
         proc.wait_ready("the control-plane process", admin).await?;
-        Ok(ControlPlaneProc { proc, grpc, admin })
+        Ok(ControlPlaneProc {
+            proc,
+            grpc,
+            admin,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
+    }
+
+    /// Admin access through the credential it wrote.
+    pub fn access(&self) -> anyhow::Result<crate::mesh::CpAccess> {
+        crate::mesh::CpAccess::read(self.url(), &self.data_dir)
     }
 }
 
@@ -208,10 +219,29 @@ pub struct SidecarProc {
     pub proc: Proc,
     pub inbound: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    _tmp: tempfile::TempDir,
 }
 
 impl SidecarProc {
-    pub async fn start(service: &str, extra: &[String]) -> anyhow::Result<Self> {
+    /// Starts one joined to `access`'s mesh (a join token minted for it),
+    /// or standalone with `None` (then `extra` says where its config is).
+    pub async fn start(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let mut extra = extra.to_vec();
+        if let Some(a) = access {
+            let token = tmp.path().join("token");
+            std::fs::write(&token, a.token(service, Duration::from_secs(3600)).await?)?;
+            extra.extend([
+                "--control-plane".into(),
+                a.url.clone(),
+                "--token-file".into(),
+                token.display().to_string(),
+            ]);
+        }
         let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let outbound = format!("127.0.0.1:{}", free_port()?);
@@ -230,13 +260,14 @@ impl SidecarProc {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().cloned());
+        args.extend(extra);
         let proc = Proc::spawn("weft-sidecar", &args)?;
         proc.wait_ready("the sidecar process", admin).await?;
         Ok(SidecarProc {
             proc,
             inbound,
             admin,
+            _tmp: tmp,
         })
     }
 }

@@ -110,8 +110,17 @@ async fn services_are_learned_on_demand_and_unknown_ones_fail_fast() -> anyhow::
 async fn without_a_control_plane_calls_fail_within_the_discovery_timeout() -> anyhow::Result<()> {
     init_logs();
     let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?; // bound, then closed
+    let dir = tempfile::tempdir()?;
+    let token = weft_proto::identity::JoinToken {
+        td: "weft.local".into(),
+        id: "0".into(),
+        secret: "0".into(),
+        ca: "00".into(),
+    };
+    let token = write_temp(dir.path(), "token", &token.encode())?;
     let caller = SidecarSpec::new("caller")
-        .arg("--control-plane", format!("http://{dead}"))
+        .arg("--control-plane", format!("https://{dead}"))
+        .arg("--token-file", token.display())
         .arg("--discovery-timeout", "300ms")
         .upstream("echo")
         .start_unready()
@@ -180,6 +189,7 @@ impl Discovery for FakeControlPlane {
                 reset_endpoints: true,
                 endpoints: vec![endpoint(&self.echo_addr)],
                 removed: vec![],
+                inbound: None,
             }],
         };
         let bad = pb::DiscoveryUpdate {
@@ -238,7 +248,7 @@ async fn a_rejected_update_is_nacked_and_the_last_good_config_stays() -> anyhow:
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let caller = SidecarSpec::new("caller")
-        .arg("--control-plane", format!("http://{fake_addr}"))
+        .plaintext_control_plane(&format!("http://{fake_addr}"))
         .upstream("echo")
         .start()
         .await?;

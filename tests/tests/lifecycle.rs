@@ -77,12 +77,8 @@ async fn a_killed_sidecar_is_removed_after_the_grace_period() -> anyhow::Result<
         .await?;
     let sb = SidecarProc::start(
         "echo",
-        &[
-            "--control-plane".into(),
-            cp.url(),
-            "--app".into(),
-            b.addr.to_string(),
-        ],
+        Some(&cp.access),
+        &["--app".into(), b.addr.to_string()],
     )
     .await?;
     let caller = SidecarSpec::new("caller")
@@ -121,9 +117,8 @@ async fn sigterm_drains_in_flight_requests_leaves_at_once_and_exits_0() -> anyho
     let b = start_echo("b").await?;
     let mut sb = SidecarProc::start(
         "echo",
+        Some(&cp.access),
         &[
-            "--control-plane".into(),
-            cp.url(),
             "--app".into(),
             b.addr.to_string(),
             "--drain-timeout".into(),
@@ -180,8 +175,14 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
     let (gport, aport) = (free_port()?, free_port()?);
     let mut cp = ControlPlaneProc::start(gport, aport, data.path(), &[]).await?;
     let url = cp.url();
+    let credential = cp.data_dir.join("admin.credential").display().to_string();
     let weftctl = |args: &[&str], stdin: Option<&str>| {
-        let mut all = vec!["--control-plane", url.as_str()];
+        let mut all = vec![
+            "--control-plane",
+            url.as_str(),
+            "--credential",
+            credential.as_str(),
+        ];
         all.extend_from_slice(args);
         run("weftctl", &all, stdin)
     };
@@ -195,20 +196,20 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
     assert_eq!(out.trim(), "service/echo created");
 
     let (a, b) = echo_pair().await?;
-    let cp_url = cp.url();
+    let access = cp.access()?;
     let _sa = SidecarSpec::new("echo")
-        .arg("--control-plane", &cp_url)
+        .access(&access)
         .app(a.addr)
         .start()
         .await?;
     let _sb = SidecarSpec::new("echo")
-        .arg("--control-plane", &cp_url)
+        .access(&access)
         .app(b.addr)
         .start()
         .await?;
     let caller = Arc::new(
         SidecarSpec::new("caller")
-            .arg("--control-plane", &cp_url)
+            .access(&access)
             .upstream("echo")
             .start()
             .await?,
@@ -425,7 +426,14 @@ async fn grpc_health_on_the_control_plane_and_the_sidecar_admin_port() -> anyhow
             .connect()
             .await
     };
-    let mut h = HealthClient::new(channel(cp.url()).await?);
+    // The control plane serves TLS: a client verifying it as the mesh's control plane.
+    let tls = weft_control_plane::cli::connect_tls(
+        &cp.url(),
+        &cp.access.credential,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let mut h = HealthClient::new(tls);
     let r = h
         .check(HealthCheckRequest {
             service: "weft.v1.Discovery".into(),

@@ -30,7 +30,13 @@ fn ctl(
     stdin: Option<&str>,
 ) -> anyhow::Result<(i32, String, String)> {
     let url = cp.url();
-    let mut all = vec!["--control-plane", url.as_str()];
+    let credential = cp.data_dir.join("admin.credential").display().to_string();
+    let mut all = vec![
+        "--control-plane",
+        url.as_str(),
+        "--credential",
+        credential.as_str(),
+    ];
     all.extend_from_slice(args);
     run("weftctl", &all, stdin)
 }

@@ -31,6 +31,19 @@ struct Args {
     /// to reconnect before they are removed.
     #[arg(long, env = "WEFT_STARTUP_GRACE", default_value = "30s", value_parser = parse_duration)]
     startup_grace: Duration,
+    /// The SPIFFE trust domain: identities are spiffe://<domain>/service/<name>.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "weft.local")]
+    trust_domain: String,
+    /// The CA certificate (PEM) to sign with, instead of one generated in
+    /// --data-dir. Needs --ca-key.
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM). Needs --ca-cert.
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of the sidecars' certificates (renewed at about 70%).
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
     /// Log filter, e.g. info or weft_control_plane=debug.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -70,12 +83,25 @@ async fn run_main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on --admin {}", args.admin))?;
+    weft_proto::identity::validate_trust_domain(&args.trust_domain).map_err(|_| {
+        anyhow::anyhow!(
+            "--trust-domain {:?} is not a valid trust domain (e.g. example.org)",
+            args.trust_domain
+        )
+    })?;
+    if args.cert_ttl < Duration::from_secs(1) {
+        anyhow::bail!("--cert-ttl must be at least 1s");
+    }
+    weft_proto::identity::install_provider();
     let config = ControlPlaneConfig {
-        data_dir: Some(args.data_dir),
+        data_dir: args.data_dir,
         catalog: CatalogConfig {
             instance_grace: args.instance_grace,
             startup_grace: args.startup_grace,
         },
+        trust_domain: args.trust_domain,
+        ca_files: args.ca_cert.zip(args.ca_key),
+        leaf_ttl: args.cert_ttl,
     };
     run(config, grpc, admin, shutdown_signal()).await?;
     Ok(())

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use weft_proto::v1 as pb;
 
-use crate::resource::{Name, Resource, ServiceSpec};
+use crate::resource::{AuthorizationPolicySpec, Kind, Name, Resource, ServiceSpec};
 use crate::store::Store;
 
 /// Timing rules of the catalog.
@@ -56,6 +56,7 @@ pub struct SidecarStatus {
     pub sent_version: u64,
     pub applied_version: u64,
     pub nack: Option<(u64, String)>,
+    pub certificate_expires_unix_ms: u64,
 }
 
 /// A change to persist, in order.
@@ -67,7 +68,10 @@ enum Persist {
 #[derive(Default)]
 struct State {
     generation: u64,
+    /// `Service` resources.
     resources: BTreeMap<Name, ServiceSpec>,
+    /// `AuthorizationPolicy` resources, by policy name.
+    policies: BTreeMap<Name, AuthorizationPolicySpec>,
     instances: HashMap<String, Instance>,
     /// The generation at which each service (policy or endpoints) last changed.
     service_generation: HashMap<Name, u64>,
@@ -143,6 +147,9 @@ impl Catalog {
             match r {
                 Resource::Service(s) => {
                     state.resources.insert(s.name.clone(), s);
+                }
+                Resource::AuthorizationPolicy(p) => {
+                    state.policies.insert(p.name.clone(), p);
                 }
             }
         }
@@ -224,6 +231,15 @@ impl Catalog {
                         st.touch(&s.name);
                     }
                 }
+                Resource::AuthorizationPolicy(p) => {
+                    if st.policies.get(&p.name) != Some(p) {
+                        // The service it protected before, and the one now.
+                        if let Some(old) = st.policies.insert(p.name.clone(), p.clone()) {
+                            st.touch(&old.service);
+                        }
+                        st.touch(&p.service);
+                    }
+                }
             }
         }
         let g = st.generation;
@@ -231,10 +247,19 @@ impl Catalog {
         self.notify(g);
     }
 
-    pub fn remove_service_resource(&self, name: &Name) {
+    pub fn remove_resource(&self, kind: Kind, name: &Name) {
         let mut st = self.lock();
-        if st.resources.remove(name).is_some() {
-            st.touch(name);
+        match kind {
+            Kind::Service => {
+                if st.resources.remove(name).is_some() {
+                    st.touch(name);
+                }
+            }
+            Kind::AuthorizationPolicy => {
+                if let Some(p) = st.policies.remove(name) {
+                    st.touch(&p.service);
+                }
+            }
         }
         let g = st.generation;
         drop(st);
@@ -242,18 +267,26 @@ impl Catalog {
     }
 
     pub fn resources(&self) -> Vec<Resource> {
-        self.lock()
-            .resources
+        let st = self.lock();
+        let services = st.resources.values().cloned().map(Resource::Service);
+        let policies = st
+            .policies
             .values()
             .cloned()
-            .map(Resource::Service)
-            .collect()
+            .map(Resource::AuthorizationPolicy);
+        services.chain(policies).collect()
     }
 
     // ----- instances and sidecars -----------------------------------------
 
     /// A sidecar said hello on stream `stream`: (re)register its instance.
-    pub fn register(&self, stream: u64, reg: Registration, wanted: BTreeSet<String>) {
+    pub fn register(
+        &self,
+        stream: u64,
+        reg: Registration,
+        wanted: BTreeSet<String>,
+        certificate_expires_unix_ms: u64,
+    ) {
         let now = SystemTime::now();
         let mut st = self.lock();
         let service = reg.service.clone();
@@ -268,6 +301,7 @@ impl Catalog {
             sent_version: 0,
             applied_version: 0,
             nack: None,
+            certificate_expires_unix_ms,
         };
         let info = instance.to_info();
         if let Some(old) = st.instances.insert(instance.id.clone(), instance)
@@ -386,6 +420,12 @@ impl Catalog {
         }
     }
 
+    pub fn record_certificate(&self, stream: u64, expires_unix_ms: u64) {
+        if let Some(s) = self.lock().sidecars.get_mut(&stream) {
+            s.certificate_expires_unix_ms = expires_unix_ms;
+        }
+    }
+
     pub fn record_nack(&self, stream: u64, version: u64, reason: String) {
         if let Some(s) = self.lock().sidecars.get_mut(&stream) {
             s.nack = Some((version, reason));
@@ -413,7 +453,12 @@ impl Catalog {
                 _ => {}
             }
             let view = match &parsed {
-                Some(n) => view::build(n, st.resources.get(n), st.instances.values()),
+                Some(n) => view::build(
+                    n,
+                    st.resources.get(n),
+                    st.policies.values(),
+                    st.instances.values(),
+                ),
                 None => ServiceView::unknown(),
             };
             out.push((name.clone(), g, view));
@@ -455,7 +500,12 @@ impl Catalog {
         names
             .into_iter()
             .map(|n| {
-                let view = view::build(&n, st.resources.get(&n), st.instances.values());
+                let view = view::build(
+                    &n,
+                    st.resources.get(&n),
+                    st.policies.values(),
+                    st.instances.values(),
+                );
                 let healthy = view
                     .endpoints
                     .values()

@@ -40,7 +40,7 @@ fn view(c: &Catalog, name: &str) -> ServiceView {
 #[tokio::test(start_paused = true)]
 async fn a_disconnected_instance_stays_for_the_grace_period() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
     c.disconnect(1, false);
     assert_eq!(view(&c, "users").endpoints.len(), 1);
     tokio::time::advance(Duration::from_secs(9)).await;
@@ -56,10 +56,10 @@ async fn a_disconnected_instance_stays_for_the_grace_period() {
 #[tokio::test(start_paused = true)]
 async fn reconnecting_within_the_grace_keeps_the_instance() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
     c.disconnect(1, false);
     tokio::time::advance(Duration::from_secs(5)).await;
-    c.register(2, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(2, hello("users", "u-1", 1), BTreeSet::new(), 0);
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(c.reap(Instant::now()), 0);
     assert!(c.instances()[0].connected);
@@ -68,8 +68,8 @@ async fn reconnecting_within_the_grace_keeps_the_instance() {
 #[tokio::test(start_paused = true)]
 async fn an_old_stream_ending_does_not_evict_its_successor() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
-    c.register(2, hello("users", "u-1", 1), BTreeSet::new()); // took over
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
+    c.register(2, hello("users", "u-1", 1), BTreeSet::new(), 0); // took over
     c.disconnect(1, false);
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(c.reap(Instant::now()), 0);
@@ -79,7 +79,7 @@ async fn an_old_stream_ending_does_not_evict_its_successor() {
 #[tokio::test(start_paused = true)]
 async fn leave_removes_at_once() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
     c.disconnect(1, true);
     assert!(c.instances().is_empty());
 }
@@ -88,7 +88,7 @@ async fn leave_removes_at_once() {
 async fn health_changes_reach_the_view_and_wake_streams() {
     let c = Catalog::in_memory(config());
     let mut changed = c.subscribe();
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
     changed.borrow_and_update();
     c.set_health(1, pb::Health::Unhealthy, "down".into());
     assert!(changed.has_changed().unwrap_or(false));
@@ -121,7 +121,7 @@ async fn restored_instances_wait_for_the_startup_grace() {
 #[test]
 fn the_resource_decides_the_policy_else_the_instances() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
     let v = view(&c, "users");
     assert_eq!(
         v.policy.as_ref().map(|p| p.protocol),
@@ -139,8 +139,8 @@ fn the_resource_decides_the_policy_else_the_instances() {
 #[test]
 fn views_are_only_recomputed_for_services_that_changed() {
     let c = Catalog::in_memory(config());
-    c.register(1, hello("users", "u-1", 1), BTreeSet::new());
-    c.register(2, hello("orders", "o-1", 2), BTreeSet::new());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
+    c.register(2, hello("orders", "o-1", 2), BTreeSet::new(), 0);
     let w = wanted(&["users", "orders"]);
     let (_, all) = c.views_since(&w, &HashMap::new());
     let seen: HashMap<String, u64> = all.iter().map(|(n, g, _)| (n.clone(), *g)).collect();
@@ -165,23 +165,59 @@ fn diffs_carry_only_changes() {
         known: true,
         policy: Some(pb::ServiceSpec::default()),
         endpoints: Default::default(),
+        inbound: Default::default(),
     };
     old.endpoints
         .insert("a".into(), ep("a", pb::Health::Healthy));
     old.endpoints
         .insert("b".into(), ep("b", pb::Health::Healthy));
-    assert_eq!(old.diff("s", Some(&old)), None);
+    assert_eq!(old.diff("s", Some(&old), false), None);
     let mut new = old.clone();
     new.endpoints.remove("a");
     new.endpoints
         .insert("b".into(), ep("b", pb::Health::Unhealthy));
     new.endpoints
         .insert("c".into(), ep("c", pb::Health::Healthy));
-    let d = new.diff("s", Some(&old)).expect("a change");
+    let d = new.diff("s", Some(&old), false).expect("a change");
     assert!(!d.reset_endpoints && d.policy.is_none());
     assert_eq!(d.removed, vec!["a".to_string()]);
     let ids: Vec<_> = d.endpoints.iter().map(|e| e.instance_id.as_str()).collect();
     assert_eq!(ids, vec!["b", "c"]);
-    let full = new.diff("s", None).expect("new");
+    let full = new.diff("s", None, false).expect("new");
     assert!(full.reset_endpoints && full.policy.is_some());
+}
+
+#[test]
+fn the_inbound_policy_goes_to_the_service_own_sidecars_only() {
+    let c = Catalog::in_memory(config());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
+    let rs = parse_documents(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec: {inboundMode: permissive}\n---\n\
+         apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  service: users\n  rules: [{from: [orders]}]\n",
+    )
+    .expect("valid");
+    c.set_resources(&rs);
+    let v = view(&c, "users");
+    assert_eq!(v.inbound.mode, pb::InboundMode::Permissive as i32);
+    assert!(v.inbound.authorization);
+    assert_eq!(v.inbound.rules[0].from, vec!["orders".to_string()]);
+    assert!(v.full("users", true).inbound.is_some());
+    assert!(
+        v.full("users", false).inbound.is_none(),
+        "callers never see it"
+    );
+    // A policy change alone is a change for the own sidecars, not for callers.
+    let mut changed = v.clone();
+    changed.inbound.rules.clear();
+    assert!(changed.diff("users", Some(&v), false).is_none());
+    assert!(
+        changed
+            .diff("users", Some(&v), true)
+            .is_some_and(|u| u.inbound.is_some())
+    );
+    c.remove_resource(
+        crate::resource::Kind::AuthorizationPolicy,
+        &crate::resource::Name::parse("p").expect("name"),
+    );
+    assert!(!view(&c, "users").inbound.authorization);
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use weft_proto::v1 as pb;
 
 use super::Instance;
-use crate::resource::{Name, Protocol, ServiceSpec};
+use crate::resource::{AuthorizationPolicySpec, InboundMode, Name, Protocol, ServiceSpec};
 
 /// A service as pushed to sidecars.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -15,6 +15,8 @@ pub struct ServiceView {
     pub policy: Option<pb::ServiceSpec>,
     /// By instance id.
     pub endpoints: BTreeMap<String, pb::Endpoint>,
+    /// What the service's own sidecars enforce inbound; sent only to them.
+    pub inbound: pb::InboundPolicy,
 }
 
 impl ServiceView {
@@ -23,12 +25,23 @@ impl ServiceView {
     }
 
     /// The update that turns what a sidecar has (`old`) into `self`; `None`
-    /// when nothing changed.
-    pub fn diff(&self, name: &str, old: Option<&ServiceView>) -> Option<pb::ServiceUpdate> {
+    /// when nothing changed. `own`: the sidecar's own service, whose inbound
+    /// policy it enforces.
+    pub fn diff(
+        &self,
+        name: &str,
+        old: Option<&ServiceView>,
+        own: bool,
+    ) -> Option<pb::ServiceUpdate> {
         let Some(old) = old else {
-            return Some(self.full(name));
+            return Some(self.full(name, own));
         };
-        if old == self {
+        let inbound_changed = own && old.inbound != self.inbound;
+        if old.known == self.known
+            && old.policy == self.policy
+            && old.endpoints == self.endpoints
+            && !inbound_changed
+        {
             return None;
         }
         let mut u = pb::ServiceUpdate {
@@ -37,6 +50,7 @@ impl ServiceView {
             policy: (old.policy != self.policy)
                 .then(|| self.policy.clone())
                 .flatten(),
+            inbound: inbound_changed.then(|| self.inbound.clone()),
             ..Default::default()
         };
         for (id, e) in &self.endpoints {
@@ -53,7 +67,7 @@ impl ServiceView {
     }
 
     /// The whole service, replacing whatever the sidecar had.
-    pub fn full(&self, name: &str) -> pb::ServiceUpdate {
+    pub fn full(&self, name: &str, own: bool) -> pb::ServiceUpdate {
         pb::ServiceUpdate {
             name: name.to_string(),
             known: self.known,
@@ -61,16 +75,29 @@ impl ServiceView {
             reset_endpoints: true,
             endpoints: self.endpoints.values().cloned().collect(),
             removed: Vec::new(),
+            inbound: own.then(|| self.inbound.clone()),
         }
     }
 }
 
-/// Builds the view of `name` from its resource (if any) and its instances.
+/// Builds the view of `name` from its resource (if any), the authorization
+/// policies (those selecting it count), and its instances.
 pub fn build<'a>(
     name: &Name,
     resource: Option<&ServiceSpec>,
+    policies: impl Iterator<Item = &'a AuthorizationPolicySpec>,
     instances: impl Iterator<Item = &'a Instance>,
 ) -> ServiceView {
+    let mut inbound = pb::InboundPolicy {
+        mode: resource
+            .map_or(InboundMode::Strict, |r| r.inbound_mode)
+            .to_proto() as i32,
+        ..Default::default()
+    };
+    for p in policies.filter(|p| &p.service == name) {
+        inbound.authorization = true;
+        inbound.rules.extend(p.rules.iter().map(|r| r.to_proto()));
+    }
     let mut endpoints = BTreeMap::new();
     let mut declared: Option<Protocol> = None;
     for i in instances.filter(|i| &i.service == name) {
@@ -78,7 +105,11 @@ pub fn build<'a>(
         endpoints.insert(i.id.clone(), i.to_endpoint());
     }
     if resource.is_none() && endpoints.is_empty() {
-        return ServiceView::unknown();
+        // Unknown to callers, but its own sidecars still get the policy.
+        return ServiceView {
+            inbound,
+            ..ServiceView::unknown()
+        };
     }
     // The resource decides; otherwise what the instances declare; otherwise gRPC.
     let mut policy = match resource {
@@ -88,6 +119,7 @@ pub fn build<'a>(
             protocol: None,
             load_balancer: Default::default(),
             subsets: Vec::new(),
+            inbound_mode: InboundMode::Strict,
         }
         .to_proto(),
     };
@@ -98,5 +130,6 @@ pub fn build<'a>(
         known: true,
         policy: Some(policy),
         endpoints,
+        inbound,
     }
 }

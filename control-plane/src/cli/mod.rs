@@ -7,13 +7,16 @@ mod output;
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, certs_from_pem, root_store};
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_client::AdminClient;
 
+use crate::auth::AdminCredential;
 use crate::resource::parse_documents;
 
 #[derive(Debug, Parser)]
@@ -23,17 +26,28 @@ use crate::resource::parse_documents;
     about = "Configure and inspect a Weft mesh",
     long_about = "Configure and inspect a Weft mesh through its control plane.\n\n\
                   Examples:\n  weftctl apply -f services.yaml\n  weftctl get services\n  \
-                  weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status"
+                  weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status\n  \
+                  weftctl token create user-service --ttl 1h"
 )]
 pub struct Cli {
-    /// The control plane's gRPC API.
+    /// The control plane's gRPC API (TLS).
     #[arg(
         long,
         env = "WEFT_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:15012",
+        default_value = "https://127.0.0.1:15012",
         global = true
     )]
     pub control_plane: String,
+
+    /// The admin credential the control plane wrote at first start (the
+    /// admin token and the CA that signs the control plane's certificate).
+    #[arg(
+        long,
+        env = "WEFT_CREDENTIAL",
+        default_value = "weft-data/admin.credential",
+        global = true
+    )]
+    pub credential: PathBuf,
 
     /// How long to wait for the control plane to answer.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration, global = true)]
@@ -56,7 +70,7 @@ pub enum Command {
     },
     /// Show services, instances, sidecars or resources.
     Get {
-        /// services | instances | sidecars
+        /// services | instances | sidecars | authorizationpolicies
         what: GetWhat,
         /// Only this one (a service name).
         name: Option<String>,
@@ -70,10 +84,27 @@ pub enum Command {
         name: String,
     },
     /// Every connected sidecar: its service, since when, the version it
-    /// applied and its last rejection.
+    /// applied, its last rejection and its certificate's expiry.
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Join tokens: what a new sidecar needs for its first certificate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token that admits sidecars of SERVICE (only), and prints it.
+    /// Give it to the sidecar with --token-file or WEFT_TOKEN.
+    Create {
+        service: String,
+        /// How long the token admits new sidecars.
+        #[arg(long, default_value = "24h", value_parser = crate::duration::parse_duration)]
+        ttl: Duration,
     },
 }
 
@@ -85,6 +116,14 @@ pub enum GetWhat {
     Instances,
     #[value(alias = "sidecar")]
     Sidecars,
+    #[value(
+        name = "authorizationpolicies",
+        alias = "authorizationpolicy",
+        alias = "authz",
+        alias = "policies",
+        alias = "policy"
+    )]
+    AuthorizationPolicies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,16 +162,63 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, CliError> {
+/// Adds the admin token to every call.
+#[derive(Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+fn read_credential(path: &std::path::Path) -> Result<AdminCredential, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Input(format!(
+            "cannot read the admin credential {}: {e} (the control plane writes it to its \
+             --data-dir at first start; point --credential or WEFT_CREDENTIAL at it)",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::Input(format!(
+            "{} is not an admin credential: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// A TLS channel to the control plane, verified as `spiffe://<td>/control-plane`
+/// under the credential's CA.
+pub async fn connect_tls(
+    url: &str,
+    cred: &AdminCredential,
+    timeout: Duration,
+) -> Result<Channel, CliError> {
     let err = |reason: String| CliError::Connect {
-        url: cli.control_plane.clone(),
+        url: url.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(cli.control_plane.clone())
+    if !url.starts_with("https://") {
+        return Err(err(
+            "the control plane serves TLS: use an https:// URL".into()
+        ));
+    }
+    weft_proto::identity::install_provider();
+    let roots = certs_from_pem(&cred.ca)
+        .and_then(|c| root_store(&c))
+        .map_err(|e| CliError::Input(format!("the credential's CA: {e}")))?;
+    let verifier = SpiffeServerVerifier::new(roots, SpiffeId::control_plane(&cred.trust_domain));
+    let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| err(format!("not a valid URL ({e})")))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(cli.timeout);
-    let channel = endpoint.connect().await.map_err(|e| {
+        .timeout(timeout)
+        .tls_config_with_verifier(ClientTlsConfig::new(), Arc::new(verifier))
+        .map_err(|e| err(e.to_string()))?;
+    endpoint.connect().await.map_err(|e| {
         let mut reason = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -140,8 +226,16 @@ async fn connect(cli: &Cli) -> Result<AdminClient<Channel>, CliError> {
             src = s.source();
         }
         err(reason)
-    })?;
-    Ok(AdminClient::new(channel))
+    })
+}
+
+async fn connect(cli: &Cli) -> Result<Client, CliError> {
+    let cred = read_credential(&cli.credential)?;
+    let channel = connect_tls(&cli.control_plane, &cred, cli.timeout).await?;
+    let bearer = format!("Bearer {}", cred.token)
+        .parse()
+        .map_err(|_| CliError::Input("the credential's token is not valid text".into()))?;
+    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 fn read_input(file: &str) -> Result<String, CliError> {
@@ -226,6 +320,20 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                     }
                     output::sidecars(&s, *output)
                 }
+                GetWhat::AuthorizationPolicies => {
+                    let r = client
+                        .get(pb::GetRequest {
+                            kind: "AuthorizationPolicy".into(),
+                            name: name.clone().unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner()
+                        .resources;
+                    let rs = crate::resource::resources_from_proto(&r).map_err(|e| {
+                        CliError::Api(format!("the control plane sent an invalid policy: {e}"))
+                    })?;
+                    output::policies(&rs, *output)
+                }
             };
             w(out, text);
         }
@@ -247,6 +355,20 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 .into_inner()
                 .sidecars;
             w(out, output::status(&s, *output));
+        }
+        Command::Token {
+            command: TokenCommand::Create { service, ttl },
+        } => {
+            let mut client = connect(&cli).await?;
+            let resp = client
+                .create_token(pb::CreateTokenRequest {
+                    service: service.clone(),
+                    ttl_seconds: ttl.as_secs().max(1),
+                })
+                .await?
+                .into_inner();
+            // Only the token on stdout, so that it can go straight into a file.
+            w(out, format!("{}\n", resp.token));
         }
     }
     Ok(())

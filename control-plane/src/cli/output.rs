@@ -85,6 +85,26 @@ fn age(unix_ms: u64) -> String {
     }
 }
 
+/// Time left until `unix_ms`: `23h59m`, `41s`, or `expired`.
+fn cert_left(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if unix_ms <= now {
+        return "expired".into();
+    }
+    let s = (unix_ms - now) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 fn in_time(unix_ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,6 +161,31 @@ pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
             format,
         ),
         _ => to_yaml_documents(&resources),
+    }
+}
+
+pub fn policies(list: &[Resource], format: Format) -> String {
+    match format {
+        Format::Table => {
+            let rows = list
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::AuthorizationPolicy(p) => Some(vec![
+                        p.name.to_string(),
+                        p.service.to_string(),
+                        p.rules
+                            .iter()
+                            .map(|r| r.from.join("|"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ]),
+                    Resource::Service(_) => None,
+                })
+                .collect();
+            table(&["NAME", "SERVICE", "ALLOWED CALLERS"], rows)
+        }
+        Format::Json => structured(Value::Array(list.iter().map(to_value).collect()), format),
+        Format::Yaml => to_yaml_documents(list),
     }
 }
 
@@ -207,6 +252,7 @@ fn sidecar_json(s: &pb::SidecarInfo) -> Value {
         },
         "subscriptions": s.subscriptions,
         "sidecarVersion": s.sidecar_version,
+        "certificateExpiresUnixMs": s.certificate_expires_unix_ms,
     })
 }
 
@@ -238,6 +284,7 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
                 s.address.clone(),
                 age(s.connected_since_unix_ms),
                 format!("{} ({synced})", s.applied_version),
+                cert_left(s.certificate_expires_unix_ms),
                 if s.nack_version == 0 {
                     "-".into()
                 } else {
@@ -253,6 +300,7 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
             "ADDRESS",
             "CONNECTED FOR",
             "APPLIED VERSION",
+            "CERT EXPIRES IN",
             "LAST NACK",
         ],
         rows,

@@ -125,6 +125,35 @@ pub struct Subset {
     pub labels: LabelMap,
 }
 
+/// How a service's sidecar accepts inbound connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum InboundMode {
+    /// Mutual TLS only (the default).
+    #[default]
+    Strict,
+    /// Mutual TLS or plaintext: for migrating a service into the mesh.
+    Permissive,
+}
+
+impl InboundMode {
+    pub const CHOICES: &'static str = "strict, permissive";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundMode::Strict => "strict",
+            InboundMode::Permissive => "permissive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "strict" => Some(InboundMode::Strict),
+            "permissive" => Some(InboundMode::Permissive),
+            _ => None,
+        }
+    }
+}
+
 /// The `Service` resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -133,33 +162,69 @@ pub struct ServiceSpec {
     pub protocol: Option<Protocol>,
     pub load_balancer: LoadBalancer,
     pub subsets: Vec<Subset>,
+    pub inbound_mode: InboundMode,
+}
+
+/// HTTP requests an authorization rule allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMatch {
+    /// Upper-case methods; empty: any.
+    pub methods: Vec<String>,
+    /// Empty: any path.
+    pub path_prefix: String,
+}
+
+/// Who may call, and optionally what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRule {
+    /// Service names, or `*` for any caller with a mesh identity.
+    pub from: Vec<String>,
+    /// `/pkg.Service/Method` patterns with `*` wildcards.
+    pub grpc_methods: Vec<String>,
+    pub http: Vec<HttpMatch>,
+}
+
+/// The `AuthorizationPolicy` resource: allow rules for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationPolicySpec {
+    pub name: Name,
+    pub service: Name,
+    pub rules: Vec<AuthorizationRule>,
 }
 
 /// Any resource kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
     Service(ServiceSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 /// The kinds of resource, as users write them in `kind:` and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Service,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const CHOICES: &'static str = "Service";
+    pub const CHOICES: &'static str = "Service, AuthorizationPolicy";
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "Service",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
-    /// Accepts `Service`, `service`, `services` and `svc`, as kubectl users expect.
+    /// Accepts `Service`, `service`, `services`, `svc`, and likewise
+    /// `authorizationpolicy`, `authorizationpolicies`, `authz`, as kubectl
+    /// users expect.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "service" | "services" | "svc" => Some(Kind::Service),
+            "authorizationpolicy" | "authorizationpolicies" | "authz" | "policy" | "policies" => {
+                Some(Kind::AuthorizationPolicy)
+            }
             _ => None,
         }
     }
@@ -169,12 +234,14 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Service(_) => Kind::Service,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
     pub fn name(&self) -> &Name {
         match self {
             Resource::Service(s) => &s.name,
+            Resource::AuthorizationPolicy(p) => &p.name,
         }
     }
 
@@ -182,6 +249,54 @@ impl Resource {
     pub fn key(&self) -> String {
         format!("{}/{}", self.kind().as_str(), self.name())
     }
+}
+
+/// Checks one authorization rule; errors are (field under the rule, reason).
+pub fn validate_rule(r: &AuthorizationRule) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    if r.from.is_empty() {
+        errors.push((
+            "from".into(),
+            "name at least one caller service, or \"*\" for any".into(),
+        ));
+    }
+    for (i, f) in r.from.iter().enumerate() {
+        if f != "*"
+            && let Err(e) = Name::parse(f)
+        {
+            errors.push((format!("from[{i}]"), e));
+        }
+    }
+    for (i, m) in r.grpc_methods.iter().enumerate() {
+        let ok = m == "*"
+            || (m.starts_with('/')
+                && m.matches('/').count() == 2
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'*')));
+        if !ok {
+            errors.push((
+                format!("grpcMethods[{i}]"),
+                format!("{m:?} is not /package.Service/Method (\"*\" wildcards allowed)"),
+            ));
+        }
+    }
+    for (i, h) in r.http.iter().enumerate() {
+        for (j, m) in h.methods.iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                errors.push((
+                    format!("http[{i}].methods[{j}]"),
+                    format!("{m:?} is not an HTTP method such as GET"),
+                ));
+            }
+        }
+        if !h.path_prefix.is_empty() && !h.path_prefix.starts_with('/') {
+            errors.push((
+                format!("http[{i}].pathPrefix"),
+                format!("{:?} must start with /", h.path_prefix),
+            ));
+        }
+    }
+    errors
 }
 
 /// Checks the rules that span several resources of one request: one resource

@@ -4,8 +4,9 @@
 use weft_proto::v1 as pb;
 
 use super::{
-    FieldError, InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
-    check_unique, validate_labels,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
+    InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset, check_unique,
+    validate_labels, validate_rule,
 };
 
 impl Protocol {
@@ -48,6 +49,23 @@ impl LoadBalancer {
     }
 }
 
+impl InboundMode {
+    pub fn to_proto(self) -> pb::InboundMode {
+        match self {
+            InboundMode::Strict => pb::InboundMode::Strict,
+            InboundMode::Permissive => pb::InboundMode::Permissive,
+        }
+    }
+
+    pub fn from_proto(v: i32) -> Result<Self, String> {
+        match pb::InboundMode::try_from(v) {
+            Ok(pb::InboundMode::Unspecified | pb::InboundMode::Strict) => Ok(InboundMode::Strict),
+            Ok(pb::InboundMode::Permissive) => Ok(InboundMode::Permissive),
+            Err(_) => Err(format!("unknown inbound mode number {v}")),
+        }
+    }
+}
+
 impl ServiceSpec {
     pub fn to_proto(&self) -> pb::ServiceSpec {
         pb::ServiceSpec {
@@ -68,6 +86,7 @@ impl ServiceSpec {
                         .collect(),
                 })
                 .collect(),
+            inbound_mode: self.inbound_mode.to_proto() as i32,
         }
     }
 
@@ -83,6 +102,9 @@ impl ServiceSpec {
             .flatten();
         let load_balancer = LoadBalancer::from_proto(p.load_balancer)
             .map_err(|e| errors.push(("load_balancer".into(), e)))
+            .unwrap_or_default();
+        let inbound_mode = InboundMode::from_proto(p.inbound_mode)
+            .map_err(|e| errors.push(("inbound_mode".into(), e)))
             .unwrap_or_default();
         let mut subsets = Vec::new();
         for (i, s) in p.subsets.iter().enumerate() {
@@ -105,6 +127,75 @@ impl ServiceSpec {
                 protocol,
                 load_balancer,
                 subsets,
+                inbound_mode,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+impl AuthorizationRule {
+    pub fn to_proto(&self) -> pb::AuthorizationRule {
+        pb::AuthorizationRule {
+            from: self.from.clone(),
+            grpc_methods: self.grpc_methods.clone(),
+            http: self
+                .http
+                .iter()
+                .map(|h| pb::HttpMatch {
+                    methods: h.methods.clone(),
+                    path_prefix: h.path_prefix.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_proto(p: &pb::AuthorizationRule) -> Self {
+        AuthorizationRule {
+            from: p.from.clone(),
+            grpc_methods: p.grpc_methods.clone(),
+            http: p
+                .http
+                .iter()
+                .map(|h| HttpMatch {
+                    methods: h.methods.clone(),
+                    path_prefix: h.path_prefix.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AuthorizationPolicySpec {
+    pub fn to_proto(&self) -> pb::AuthorizationPolicySpec {
+        pb::AuthorizationPolicySpec {
+            name: self.name.to_string(),
+            service: self.service.to_string(),
+            rules: self.rules.iter().map(AuthorizationRule::to_proto).collect(),
+        }
+    }
+
+    /// Validates a protobuf policy; errors carry proto field paths.
+    pub fn from_proto(p: &pb::AuthorizationPolicySpec) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let name = Name::parse(&p.name)
+            .map_err(|e| errors.push(("name".into(), e)))
+            .ok();
+        let service = Name::parse(&p.service)
+            .map_err(|e| errors.push(("service".into(), e)))
+            .ok();
+        let rules: Vec<AuthorizationRule> =
+            p.rules.iter().map(AuthorizationRule::from_proto).collect();
+        for (i, r) in rules.iter().enumerate() {
+            for (path, reason) in validate_rule(r) {
+                errors.push((format!("rules[{i}].{path}"), reason));
+            }
+        }
+        match (name, service) {
+            (Some(name), Some(service)) if errors.is_empty() => Ok(AuthorizationPolicySpec {
+                name,
+                service,
+                rules,
             }),
             _ => Err(errors),
         }
@@ -115,37 +206,46 @@ impl Resource {
     pub fn to_proto(&self) -> pb::Resource {
         let kind = match self {
             Resource::Service(s) => pb::resource::Kind::Service(s.to_proto()),
+            Resource::AuthorizationPolicy(p) => {
+                pb::resource::Kind::AuthorizationPolicy(p.to_proto())
+            }
         };
         pb::Resource { kind: Some(kind) }
     }
 
     /// Validates one protobuf resource; `index` is its place in the request.
     pub fn from_proto(index: usize, p: &pb::Resource) -> Result<Self, Vec<FieldError>> {
-        let err = |resource: Option<String>, path: String, reason: String| FieldError {
-            document: index,
-            resource,
-            path,
-            reason,
+        let errs = |resource: String, prefix: &str, es: Vec<(String, String)>| {
+            es.into_iter()
+                .map(|(path, reason)| FieldError {
+                    document: index,
+                    resource: Some(resource.clone()),
+                    path: format!("{prefix}.{path}"),
+                    reason,
+                })
+                .collect::<Vec<_>>()
         };
         match &p.kind {
-            None => Err(vec![err(
-                None,
-                "kind".into(),
-                "no resource kind set".into(),
-            )]),
+            None => Err(vec![FieldError {
+                document: index,
+                resource: None,
+                path: "kind".into(),
+                reason: "no resource kind set".into(),
+            }]),
             Some(pb::resource::Kind::Service(s)) => ServiceSpec::from_proto(s)
                 .map(Resource::Service)
-                .map_err(|es| {
-                    es.into_iter()
-                        .map(|(path, reason)| {
-                            err(
-                                Some(format!("Service/{}", s.name)),
-                                format!("service.{path}"),
-                                reason,
-                            )
-                        })
-                        .collect()
-                }),
+                .map_err(|es| errs(format!("Service/{}", s.name), "service", es)),
+            Some(pb::resource::Kind::AuthorizationPolicy(a)) => {
+                AuthorizationPolicySpec::from_proto(a)
+                    .map(Resource::AuthorizationPolicy)
+                    .map_err(|es| {
+                        errs(
+                            format!("AuthorizationPolicy/{}", a.name),
+                            "authorization_policy",
+                            es,
+                        )
+                    })
+            }
         }
     }
 }
@@ -173,7 +273,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  protocol: http\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  protocol: http\n  inboundMode: permissive\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  service: a\n  rules:\n    - from: [b]\n      grpcMethods: [/x.Y/Z]\n      http: [{methods: [GET], pathPrefix: /users/}]\n";
         let rs = super::super::parse_documents(text).expect("valid");
         let ps: Vec<_> = rs.iter().map(Resource::to_proto).collect();
         assert_eq!(resources_from_proto(&ps).expect("valid"), rs);
@@ -190,5 +290,19 @@ mod tests {
             "{text}"
         );
         assert!(resources_from_proto(&[pb::Resource { kind: None }]).is_err());
+
+        let mut bad = ps[1].clone();
+        if let Some(pb::resource::Kind::AuthorizationPolicy(a)) = &mut bad.kind {
+            a.rules[0].from = vec![];
+            a.rules[0].grpc_methods = vec!["GetUser".into()];
+        }
+        let text = resources_from_proto(&[bad])
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            text.contains("authorization_policy.rules[0].from")
+                && text.contains("rules[0].grpcMethods[0]"),
+            "{text}"
+        );
     }
 }

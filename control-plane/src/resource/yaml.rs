@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    FieldError, InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource,
-    ServiceSpec, Subset, check_unique, validate_labels,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
+    InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
+    check_unique, validate_labels, validate_rule,
 };
 
 pub const API_VERSION: &str = "weft.dev/v1";
@@ -48,6 +49,7 @@ struct RawMetadata {
 struct RawServiceSpec {
     protocol: Option<String>,
     load_balancer: Option<String>,
+    inbound_mode: Option<String>,
     #[serde(default)]
     subsets: Vec<RawSubset>,
 }
@@ -159,43 +161,107 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
             None
         }
     };
-    let kind = if raw.kind == Kind::Service.as_str() {
-        Kind::Service
-    } else {
-        errs.push(
-            "kind",
-            format!(
-                "unknown kind {:?}, expected one of {}",
-                raw.kind,
-                Kind::CHOICES
-            ),
-        );
-        return None;
+    let kind = match raw.kind.as_str() {
+        "Service" => Kind::Service,
+        "AuthorizationPolicy" => Kind::AuthorizationPolicy,
+        other => {
+            errs.push(
+                "kind",
+                format!("unknown kind {other:?}, expected one of {}", Kind::CHOICES),
+            );
+            return None;
+        }
     };
     let spec = if raw.spec.is_null() {
         Value::Object(Map::new())
     } else {
         raw.spec
     };
+    let name = name.filter(|_| ok)?;
     match kind {
-        Kind::Service => {
-            let spec = parse_service_spec(spec, &mut errs);
-            match (name, spec, ok) {
-                (Some(name), Some(spec), true) => Some(Resource::Service(ServiceSpec {
-                    name,
-                    protocol: spec.0,
-                    load_balancer: spec.1,
-                    subsets: spec.2,
-                })),
-                _ => None,
-            }
+        Kind::Service => parse_service_spec(name, spec, &mut errs).map(Resource::Service),
+        Kind::AuthorizationPolicy => {
+            parse_policy_spec(name, spec, &mut errs).map(Resource::AuthorizationPolicy)
         }
     }
 }
 
-type ServiceParts = (Option<Protocol>, LoadBalancer, Vec<Subset>);
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPolicySpec {
+    service: String,
+    rules: Vec<RawRule>,
+}
 
-fn parse_service_spec(spec: Value, errs: &mut DocErrors<'_>) -> Option<ServiceParts> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRule {
+    from: Vec<String>,
+    #[serde(default)]
+    grpc_methods: Vec<String>,
+    #[serde(default)]
+    http: Vec<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHttp {
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    path_prefix: String,
+}
+
+fn parse_policy_spec(
+    name: Name,
+    spec: Value,
+    errs: &mut DocErrors<'_>,
+) -> Option<AuthorizationPolicySpec> {
+    let raw: RawPolicySpec = match typed(spec, "spec") {
+        Ok(r) => r,
+        Err((path, reason)) => {
+            errs.push(path, reason);
+            return None;
+        }
+    };
+    let mut ok = true;
+    let service = Name::parse(&raw.service)
+        .map_err(|e| {
+            errs.push("spec.service", e);
+            ok = false;
+        })
+        .ok();
+    let rules: Vec<AuthorizationRule> = raw
+        .rules
+        .into_iter()
+        .map(|r| AuthorizationRule {
+            from: r.from,
+            grpc_methods: r.grpc_methods,
+            http: r
+                .http
+                .into_iter()
+                .map(|h| HttpMatch {
+                    methods: h.methods,
+                    path_prefix: h.path_prefix,
+                })
+                .collect(),
+        })
+        .collect();
+    for (i, r) in rules.iter().enumerate() {
+        for (path, reason) in validate_rule(r) {
+            errs.push(format!("spec.rules[{i}].{path}"), reason);
+            ok = false;
+        }
+    }
+    let service = service?;
+    ok.then_some(AuthorizationPolicySpec {
+        name,
+        service,
+        rules,
+    })
+}
+
+fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option<ServiceSpec> {
     let raw: RawServiceSpec = match typed(spec, "spec") {
         Ok(r) => r,
         Err((path, reason)) => {
@@ -268,7 +334,27 @@ fn parse_service_spec(spec: Value, errs: &mut DocErrors<'_>) -> Option<ServicePa
             labels: s.labels,
         });
     }
-    ok.then_some((protocol, load_balancer, subsets))
+    let inbound_mode = match raw.inbound_mode.as_deref() {
+        None => InboundMode::default(),
+        Some(m) => InboundMode::parse(m).unwrap_or_else(|| {
+            errs.push(
+                "spec.inboundMode",
+                format!(
+                    "unknown inbound mode {m:?}, expected one of {}",
+                    InboundMode::CHOICES
+                ),
+            );
+            ok = false;
+            InboundMode::default()
+        }),
+    };
+    ok.then_some(ServiceSpec {
+        name,
+        protocol,
+        load_balancer,
+        subsets,
+        inbound_mode,
+    })
 }
 
 /// The YAML form of resources (`weftctl get -o yaml`), which `parse_documents`
@@ -301,11 +387,40 @@ pub fn to_value(r: &Resource) -> Value {
                     .collect();
                 spec.insert("subsets".into(), Value::Array(subsets));
             }
+            spec.insert("inboundMode".into(), json!(s.inbound_mode.as_str()));
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Service",
                 "metadata": {"name": s.name.as_str()},
                 "spec": spec,
+            })
+        }
+        Resource::AuthorizationPolicy(p) => {
+            let rules: Vec<Value> = p
+                .rules
+                .iter()
+                .map(|r| {
+                    let mut m = Map::new();
+                    m.insert("from".into(), json!(r.from));
+                    if !r.grpc_methods.is_empty() {
+                        m.insert("grpcMethods".into(), json!(r.grpc_methods));
+                    }
+                    if !r.http.is_empty() {
+                        let http: Vec<Value> = r
+                            .http
+                            .iter()
+                            .map(|h| json!({"methods": h.methods, "pathPrefix": h.path_prefix}))
+                            .collect();
+                        m.insert("http".into(), Value::Array(http));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "apiVersion": API_VERSION,
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": p.name.as_str()},
+                "spec": {"service": p.service.as_str(), "rules": rules},
             })
         }
     }
@@ -412,7 +527,9 @@ metadata: {name: order-service}
     fn parses_good_file() {
         let rs = parse_documents(GOOD).expect("valid");
         assert_eq!(rs.len(), 2);
-        let Resource::Service(s) = &rs[0];
+        let Resource::Service(s) = &rs[0] else {
+            panic!("a service")
+        };
         assert_eq!(s.name.as_str(), "user-service");
         assert_eq!(s.protocol, Some(Protocol::Grpc));
         assert_eq!(s.load_balancer, LoadBalancer::RoundRobin);
@@ -420,7 +537,9 @@ metadata: {name: order-service}
             s.subsets[0].labels.get("version").map(String::as_str),
             Some("v2")
         );
-        let Resource::Service(o) = &rs[1];
+        let Resource::Service(o) = &rs[1] else {
+            panic!("a service")
+        };
         assert_eq!(o.protocol, None);
         assert_eq!(o.load_balancer, LoadBalancer::P2cEwma);
     }
@@ -493,6 +612,29 @@ metadata: {name: order-service}
             "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\n",
         );
         assert!(dup[0].contains("duplicate of document 1"), "{dup:?}");
+    }
+
+    #[test]
+    fn authorization_policies() {
+        let text = "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: users-callers}\nspec:\n  service: users\n  rules:\n    - from: [orders, \"*\"]\n      grpcMethods: [\"/restaurant.v1.UserService/*\"]\n      http: [{methods: [GET], pathPrefix: /users/}]\n";
+        let rs = parse_documents(text).expect("valid");
+        let Resource::AuthorizationPolicy(p) = &rs[0] else {
+            panic!("a policy")
+        };
+        assert_eq!(p.service.as_str(), "users");
+        assert_eq!(p.rules[0].http[0].path_prefix, "/users/");
+        assert_eq!(
+            parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
+            rs
+        );
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  service: users\n  rules:\n    - from: []\n      http: [{methods: [get], pathPrefix: users}]\n",
+        );
+        let all = e.join("\n");
+        assert!(all.contains("spec.rules[0].from"), "{all}");
+        assert!(all.contains("spec.rules[0].http[0].methods[0]"), "{all}");
+        assert!(all.contains("spec.rules[0].http[0].pathPrefix"), "{all}");
+        assert!(errors("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {inboundMode: loose}\n")[0].contains("spec.inboundMode"));
     }
 
     #[test]

@@ -91,11 +91,15 @@ impl Procs {
     fn stop(&mut self) {
         while let Some((name, mut child)) = self.children.pop() {
             terminate(child.id());
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(15);
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => {
-                        println!("  stopped {name:<20} ({status})");
+                        println!(
+                            "  stopped {name:<22} ({status}, {:.1} s)",
+                            started.elapsed().as_secs_f64()
+                        );
                         break;
                     }
                     Ok(None) if Instant::now() < deadline => {
@@ -190,7 +194,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let cp = p.get(15012)?;
     let cp_admin = p.get(15014)?;
-    let cp_url = format!("http://127.0.0.1:{cp}");
+    let cp_url = format!("https://127.0.0.1:{cp}");
+    let credential = workdir.join("data").join("admin.credential");
     let up_users = p.get(9001)?;
     let up_orders = p.get(9002)?;
     let mut procs = Procs {
@@ -226,50 +231,89 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    // The services' policy, as a user would apply it.
-    let out = Command::new(bin_dir.join("weftctl"))
-        .args(["--control-plane", &cp_url, "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            if let Some(mut i) = c.stdin.take() {
-                i.write_all(include_str!("../../mesh.yaml").as_bytes())?;
-            }
-            c.wait_with_output()
+    // weftctl as a user runs it: the control plane's URL and the admin
+    // credential it wrote at first start.
+    let weftctl = |args: &[&str], stdin: Option<&str>| -> anyhow::Result<String> {
+        let mut cmd = Command::new(bin_dir.join("weftctl"));
+        cmd.args([
+            "--control-plane",
+            &cp_url,
+            "--credential",
+            &credential.display().to_string(),
+        ])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
         })
-        .context("cannot run weftctl")?;
-    if !out.status.success() {
-        bail!(
-            "weftctl apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("cannot run weftctl")?;
+        if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            i.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "weftctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    // The services' policy, as a user would apply it.
+    let applied = weftctl(&["apply", "-f", "-"], Some(include_str!("../../mesh.yaml")))?;
     println!("  $ weftctl apply -f examples/mesh.yaml");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in applied.lines() {
         println!("  {line}");
     }
+    // A join token per service: each sidecar's first certificate.
+    let token_dir = workdir.join("tokens");
+    std::fs::create_dir_all(&token_dir)?;
+    let mut token_files = std::collections::HashMap::new();
+    for service in ["user-service", "order-service", "quickstart-client"] {
+        let token = weftctl(&["token", "create", service, "--ttl", "1h"], None)?;
+        let path = token_dir.join(format!("{service}.token"));
+        std::fs::write(&path, token.trim())?;
+        token_files.insert(service, path.display().to_string());
+    }
+    println!(
+        "  $ weftctl token create SERVICE   (one join token per service; mTLS between all sidecars)"
+    );
 
     let mut sidecar_admins = Vec::new();
-    let sidecar =
-        |procs: &mut Procs, name: &str, base: u16, extra: &[String]| -> anyhow::Result<String> {
-            let (inbound, outbound, admin) = (p.get(base + 6)?, p.get(base + 1)?, p.get(base)?);
-            let mut a = s(&[
-                "--control-plane",
-                &cp_url,
-                "--inbound",
-                &format!("127.0.0.1:{inbound}"),
-                "--outbound",
-                &format!("127.0.0.1:{outbound}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-            ]);
-            a.extend_from_slice(extra);
-            procs.spawn(&format!("{name}-sidecar"), "weft-sidecar", &a)?;
-            Ok(format!("127.0.0.1:{admin}"))
-        };
+    let sidecar = |procs: &mut Procs,
+                   name: &str,
+                   service: &str,
+                   base: u16,
+                   extra: &[String]|
+     -> anyhow::Result<String> {
+        let (inbound, outbound, admin) = (p.get(base + 6)?, p.get(base + 1)?, p.get(base)?);
+        let mut a = s(&[
+            "--service",
+            service,
+            "--token-file",
+            token_files
+                .get(service)
+                .map(String::as_str)
+                .unwrap_or_default(),
+            "--control-plane",
+            &cp_url,
+            "--inbound",
+            &format!("127.0.0.1:{inbound}"),
+            "--outbound",
+            &format!("127.0.0.1:{outbound}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ]);
+        a.extend_from_slice(extra);
+        procs.spawn(&format!("{name}-sidecar"), "weft-sidecar", &a)?;
+        Ok(format!("127.0.0.1:{admin}"))
+    };
     for (i, (instance, version)) in [("user-1", "v1"), ("user-2", "v2")].iter().enumerate() {
         let app = p.get(8081 + i as u16)?;
         procs.spawn(
@@ -285,10 +329,9 @@ async fn main() -> anyhow::Result<()> {
         let admin = sidecar(
             &mut procs,
             instance,
+            "user-service",
             15100 + 100 * i as u16,
             &s(&[
-                "--service",
-                "user-service",
                 "--app",
                 &format!("127.0.0.1:{app}"),
                 "--protocol",
@@ -315,10 +358,9 @@ async fn main() -> anyhow::Result<()> {
     let admin = sidecar(
         &mut procs,
         "order-service",
+        "order-service",
         15300,
         &s(&[
-            "--service",
-            "order-service",
             "--app",
             &format!("127.0.0.1:{order_app}"),
             "--protocol",
@@ -334,10 +376,9 @@ async fn main() -> anyhow::Result<()> {
     let admin = sidecar(
         &mut procs,
         "client",
+        "quickstart-client",
         15400,
         &s(&[
-            "--service",
-            "quickstart-client",
             "--upstream",
             &format!("order-service=127.0.0.1:{up_orders}"),
             "--instance-id",
@@ -354,27 +395,30 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-    // Wait until the client's sidecar sees order-service, and order-service's
-    // sidecar sees both user-service instances healthy.
+    // Wait until every hop sees its upstream healthy: our client's sidecar
+    // sees order-service, order-service's sidecar both user-service instances.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let order = get(&http, &format!("http://{}/config", sidecar_admins[2].1))
-            .await?
-            .1;
-        let users: serde_json::Value = serde_json::from_str(&order).unwrap_or_default();
-        let healthy = users["services"]["user-service"]["endpoints"]
-            .as_array()
-            .map_or(0, |e| e.iter().filter(|x| x["health"] == "healthy").count());
-        if healthy == 2 {
-            break;
+    for (admin, service, want) in [
+        (&sidecar_admins[2].1, "user-service", 2),
+        (&sidecar_admins[3].1, "order-service", 1),
+    ] {
+        loop {
+            let config = get(&http, &format!("http://{admin}/config")).await?.1;
+            let v: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
+            let healthy = v["services"][service]["endpoints"]
+                .as_array()
+                .map_or(0, |e| e.iter().filter(|x| x["health"] == "healthy").count());
+            if healthy == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{service} did not become healthy; see {}",
+                    log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if Instant::now() > deadline {
-            bail!(
-                "user-service instances did not become healthy; see {}",
-                log_dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("  the mesh is up: control plane, 2 × user-service, 1 × order-service, 4 sidecars\n");
 
@@ -431,14 +475,8 @@ async fn main() -> anyhow::Result<()> {
             100.0 * f64::from(*n) / f64::from(ok.max(1))
         );
     }
-    if let Ok(out) = Command::new(bin_dir.join("weftctl"))
-        .args(["--control-plane", &cp_url, "status"])
-        .output()
-    {
-        println!(
-            "\n$ weftctl status\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+    if let Ok(out) = weftctl(&["status"], None) {
+        println!("\n$ weftctl status\n{out}");
     }
 
     if args.once {
@@ -447,8 +485,9 @@ async fn main() -> anyhow::Result<()> {
         println!("Try it:");
         println!("  curl 'http://127.0.0.1:{up_orders}/orders?userId=1'");
         println!(
-            "  {}/weftctl --control-plane {cp_url} get instances",
-            bin_dir.display()
+            "  {}/weftctl --control-plane {cp_url} --credential {} get instances",
+            bin_dir.display(),
+            credential.display()
         );
         println!("  curl http://{}/metrics", sidecar_admins[2].1);
         println!("Ctrl-C stops the mesh.");

@@ -9,6 +9,7 @@ use clap::Parser;
 use super::{
     ConfigError, SidecarConfig, Source, Timeouts, Upstream, load_static_file, parse_duration,
 };
+use crate::identity::IdentityConfig;
 use crate::model::{Labels, Protocol, ServiceName};
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
@@ -34,7 +35,18 @@ pub struct Args {
     #[arg(long, env = "WEFT_CONTROL_PLANE", conflicts_with = "config")]
     pub control_plane: Option<String>,
 
-    /// Run from a static mesh file instead of a control plane.
+    /// A file holding the join token for the sidecar's first certificate
+    /// (`weftctl token create SERVICE`). The token itself can be given in
+    /// WEFT_TOKEN instead.
+    #[arg(long, env = "WEFT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The mesh CA (PEM) to verify the control plane with. By default the
+    /// CA fingerprint carried in the join token is trusted.
+    #[arg(long, env = "WEFT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Run from a static mesh file instead of a control plane (no mTLS).
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -126,10 +138,16 @@ impl Args {
         let protocol = Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e))?;
         let source = match (self.control_plane, self.config) {
             (Some(url), None) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                if url.starts_with("http://") {
                     return Err(flag(
                         "control-plane",
-                        format!("{url:?} must be a URL such as http://127.0.0.1:15012"),
+                        format!("the control plane serves TLS: use https:// ({url:?})"),
+                    ));
+                }
+                if !url.starts_with("https://") {
+                    return Err(flag(
+                        "control-plane",
+                        format!("{url:?} must be a URL such as https://127.0.0.1:15012"),
                     ));
                 }
                 url.parse::<http::Uri>()
@@ -203,6 +221,47 @@ impl Args {
                 ),
             ));
         }
+        let identity = match &source {
+            Source::ControlPlane(url) => {
+                let token = match (&self.token_file, std::env::var("WEFT_TOKEN")) {
+                    (Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
+                        flag("token-file", format!("cannot read {}: {e}", path.display()))
+                    })?,
+                    (None, Ok(t)) => t,
+                    (None, Err(_)) => {
+                        return Err(flag(
+                            "token-file",
+                            "a sidecar needs a join token for its first certificate: \
+                             weftctl token create SERVICE > token; --token-file token (or WEFT_TOKEN)",
+                        ));
+                    }
+                };
+                let token = token.trim().to_string();
+                weft_proto::identity::JoinToken::decode(&token).ok_or_else(|| {
+                    flag(
+                        "token-file",
+                        "the join token is malformed (expected what weftctl token create printed)",
+                    )
+                })?;
+                let ca_pem = match &self.ca_file {
+                    Some(p) => {
+                        let pem = std::fs::read_to_string(p).map_err(|e| {
+                            flag("ca-file", format!("cannot read {}: {e}", p.display()))
+                        })?;
+                        weft_proto::identity::certs_from_pem(&pem)
+                            .map_err(|e| flag("ca-file", format!("{}: {e}", p.display())))?;
+                        Some(pem)
+                    }
+                    None => None,
+                };
+                Some(IdentityConfig {
+                    control_plane: url.clone(),
+                    token,
+                    ca_pem,
+                })
+            }
+            Source::Static { .. } => None,
+        };
         let instance_id = match self.instance_id {
             Some(id)
                 if !id.is_empty()
@@ -231,6 +290,7 @@ impl Args {
             advertise: self.advertise,
             upstreams,
             source,
+            identity,
             timeouts: Timeouts {
                 discovery: self.discovery_timeout,
                 connect: self.connect_timeout,
@@ -254,13 +314,30 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// A token file with a well-formed token.
+    fn token_file(dir: &std::path::Path) -> String {
+        let t = weft_proto::identity::JoinToken {
+            td: "weft.local".into(),
+            id: "1".into(),
+            secret: "2".into(),
+            ca: "ff".into(),
+        };
+        let path = dir.join("token");
+        std::fs::write(&path, t.encode()).expect("write");
+        path.display().to_string()
+    }
+
     #[test]
     fn good_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
         let c = parse(&[
             "--service",
             "order-service",
             "--control-plane",
-            "http://127.0.0.1:15012",
+            "https://127.0.0.1:15012",
+            "--token-file",
+            &token,
             "--inbound",
             "127.0.0.1:0",
             "--upstream",
@@ -276,17 +353,22 @@ mod tests {
         assert_eq!(c.labels.get("version").map(String::as_str), Some("v2"));
         assert_eq!(c.protocol, Protocol::Http);
         assert!(c.instance_id.starts_with("order-service-"));
+        assert!(c.identity.is_some_and(|i| i.token.starts_with("weft1.")));
     }
 
     #[test]
     fn bad_flags_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
         let base = [
             "--service",
             "a",
             "--control-plane",
-            "http://x:1",
+            "https://x:1",
             "--inbound",
             "127.0.0.1:0",
+            "--token-file",
+            &token,
         ];
         let with = |extra: &[&str]| {
             let mut v = base.to_vec();
@@ -297,27 +379,93 @@ mod tests {
         assert!(with(&["--upstream", "a=notaddr"]).contains("--upstream"));
         assert!(with(&["--label", "x"]).contains("--label"));
         assert!(with(&["--protocol", "udp"]).contains("--protocol"));
-        assert!(
-            parse(&["--service", "Bad", "--control-plane", "http://x:1"])
-                .expect_err("bad")
-                .contains("--service")
+        assert!(with(&["--discovery-timeout", "5"]).contains("unit"));
+        assert!(with(&["--ca-file", "/nonexistent.pem"]).contains("--ca-file"));
+        let fails = |args: &[&str], flag: &str| {
+            let e = parse(args).expect_err("must fail");
+            assert!(e.contains(flag), "{args:?}: {e}");
+        };
+        fails(
+            &["--service", "Bad", "--control-plane", "https://x:1"],
+            "--service",
         );
-        assert!(
-            parse(&["--service", "a"])
-                .expect_err("no source")
-                .contains("--control-plane")
+        fails(&["--service", "a"], "--control-plane");
+        fails(
+            &[
+                "--service",
+                "a",
+                "--control-plane",
+                "x",
+                "--inbound",
+                "127.0.0.1:0",
+            ],
+            "--control-plane",
         );
-        assert!(
-            parse(&["--service", "a", "--control-plane", "x"])
-                .expect_err("bad url")
-                .contains("--control-plane")
+        fails(
+            &[
+                "--service",
+                "a",
+                "--control-plane",
+                "http://x:1",
+                "--inbound",
+                "127.0.0.1:0",
+            ],
+            "https://",
         );
         // All interfaces without --advertise.
-        assert!(
-            parse(&["--service", "a", "--control-plane", "http://x:1"])
-                .expect_err("advertise")
-                .contains("--advertise")
+        fails(
+            &[
+                "--service",
+                "a",
+                "--control-plane",
+                "https://x:1",
+                "--token-file",
+                &token,
+            ],
+            "--advertise",
         );
-        assert!(with(&["--discovery-timeout", "5"]).contains("unit"));
+        // No token, a missing token file, a malformed token.
+        if std::env::var("WEFT_TOKEN").is_err() {
+            fails(
+                &[
+                    "--service",
+                    "a",
+                    "--control-plane",
+                    "https://x:1",
+                    "--inbound",
+                    "127.0.0.1:0",
+                ],
+                "--token-file",
+            );
+        }
+        fails(
+            &[
+                "--service",
+                "a",
+                "--control-plane",
+                "https://x:1",
+                "--inbound",
+                "127.0.0.1:0",
+                "--token-file",
+                "/nope",
+            ],
+            "--token-file",
+        );
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "not a token").expect("write");
+        let bad = bad.display().to_string();
+        fails(
+            &[
+                "--service",
+                "a",
+                "--control-plane",
+                "https://x:1",
+                "--inbound",
+                "127.0.0.1:0",
+                "--token-file",
+                &bad,
+            ],
+            "malformed",
+        );
     }
 }

@@ -49,6 +49,8 @@ pub struct SidecarConfig {
     pub advertise: Option<String>,
     pub upstreams: Vec<Upstream>,
     pub source: Source,
+    /// How to obtain a certificate; `None` with a static config (no mTLS).
+    pub identity: Option<crate::identity::IdentityConfig>,
     pub timeouts: Timeouts,
 }
 

@@ -13,14 +13,18 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
 use super::{Backoff, ConfigState, StatusCell, StreamState, convert_update};
+use arc_swap::ArcSwap;
+
+use crate::authz::InboundPolicy;
 use crate::drain;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};
 use crate::model::{Health, Labels, Protocol, ServiceName};
 use crate::table::{Routes, TableBuilder};
 
 /// Who this sidecar is, as it says in its hello.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct Member {
     pub service: ServiceName,
     pub instance_id: String,
     pub address: String,
@@ -30,7 +34,7 @@ pub struct Identity {
 
 pub struct DiscoveryClient {
     pub url: String,
-    pub identity: Identity,
+    pub member: Member,
     /// Declared upstreams plus every service asked for since.
     pub wanted: BTreeSet<ServiceName>,
     pub state: ConfigState,
@@ -41,6 +45,10 @@ pub struct DiscoveryClient {
     pub status: Arc<StatusCell>,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
+    /// The sidecar's identity: the stream runs over TLS with its certificate.
+    pub identity: Option<Arc<Identity>>,
+    /// Where the inbound policy for the proxy is published.
+    pub inbound: Arc<ArcSwap<InboundPolicy>>,
 }
 
 /// Why a session ended.
@@ -112,12 +120,12 @@ impl DiscoveryClient {
 
     fn hello(&self) -> pb::SidecarMessage {
         msg(pb::sidecar_message::Kind::Hello(pb::Hello {
-            service: self.identity.service.to_string(),
-            instance_id: self.identity.instance_id.clone(),
-            address: self.identity.address.clone(),
-            protocol: protocol_to_pb(self.identity.protocol) as i32,
+            service: self.member.service.to_string(),
+            instance_id: self.member.instance_id.clone(),
+            address: self.member.address.clone(),
+            protocol: protocol_to_pb(self.member.protocol) as i32,
             labels: self
-                .identity
+                .member
                 .labels
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -125,6 +133,7 @@ impl DiscoveryClient {
             upstreams: self.wanted.iter().map(ToString::to_string).collect(),
             health: health_to_pb(*self.health.borrow()) as i32,
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
+            certificate_expires_unix_ms: self.identity.as_ref().map_or(0, |i| *i.expiry().borrow()),
         }))
     }
 
@@ -133,14 +142,32 @@ impl DiscoveryClient {
             reason,
             synced: false,
         };
-        let endpoint = match Endpoint::from_shared(self.url.clone()) {
+        // Over TLS with the current certificate when the sidecar has an
+        // identity (the control plane's API is not open); plaintext only
+        // for tests of the stream alone.
+        let endpoint = match &self.identity {
+            Some(id) => id.control_plane_endpoint().map_err(|e| e.to_string()),
+            None => Endpoint::from_shared(self.url.clone()).map_err(|e| format!("bad URL: {e}")),
+        };
+        let endpoint = match endpoint {
             Ok(e) => e
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5)),
-            Err(e) => return lost(format!("bad URL: {e}")),
+            Err(e) => return lost(e),
         };
+        let mut expiry = match &self.identity {
+            Some(id) => id.expiry(),
+            None => watch::channel(0).1,
+        };
+        // The stream needs the sidecar's certificate: wait for the first one.
+        if self.identity.is_some() && *expiry.borrow() == 0 {
+            tokio::select! {
+                r = expiry.wait_for(|e| *e != 0) => if r.is_err() { return End::Shutdown },
+                _ = drain.signaled() => return End::Shutdown,
+            }
+        }
         let channel = tokio::select! {
             r = endpoint.connect() => match r {
                 Ok(c) => c,
@@ -179,6 +206,13 @@ impl DiscoveryClient {
                         }
                     }
                 },
+                r = expiry.changed() => {
+                    if r.is_ok() {
+                        let expires_unix_ms = *expiry.borrow_and_update();
+                        let m = msg(pb::sidecar_message::Kind::Certificate(pb::CertificateStatus { expires_unix_ms }));
+                        let _ = tx.send(m).await;
+                    }
+                },
                 r = self.health.changed() => {
                     if r.is_ok() {
                         let h = *self.health.borrow_and_update();
@@ -212,6 +246,11 @@ impl DiscoveryClient {
                     .builder
                     .build(self.state.known.iter(), self.state.unknown.iter());
                 self.routes.store(table);
+                let inbound = self.state.inbound.clone().unwrap_or_default();
+                if **self.inbound.load() != inbound {
+                    tracing::info!(policy = ?inbound, "inbound policy changed");
+                    self.inbound.store(Arc::new(inbound));
+                }
                 self.metrics
                     .updates
                     .get_or_create(&UpdateLabels { result: "ack" })

@@ -7,7 +7,7 @@ mod client;
 mod state;
 
 pub use backoff::Backoff;
-pub use client::{DiscoveryClient, Identity};
+pub use client::{DiscoveryClient, Member};
 pub use state::{ConfigState, convert_update};
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use weft_proto::v1 as pb;
 
+use crate::authz::InboundPolicy;
 use crate::model::{
     Balance, EndpointSpec, Health, Labels, Protocol, ServiceName, ServicePolicy, ServiceState,
     Subset, validate_addr,
@@ -15,6 +16,8 @@ use crate::model::{
 /// One service's change, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// What this sidecar enforces inbound (sent with its own service).
+    Inbound(InboundPolicy),
     Unknown(ServiceName),
     Known {
         name: ServiceName,
@@ -95,6 +98,11 @@ pub fn convert_update(u: &pb::DiscoveryUpdate) -> Result<Vec<Change>, String> {
     let mut out = Vec::with_capacity(u.services.len());
     for s in &u.services {
         let name = ServiceName::parse(&s.name).map_err(|e| format!("service {:?}: {e}", s.name))?;
+        if let Some(ib) = &s.inbound {
+            out.push(Change::Inbound(
+                InboundPolicy::from_proto(ib).map_err(|e| format!("service {name}: {e}"))?,
+            ));
+        }
         if !s.known {
             out.push(Change::Unknown(name));
             continue;
@@ -127,6 +135,9 @@ pub fn convert_update(u: &pb::DiscoveryUpdate) -> Result<Vec<Change>, String> {
 pub struct ConfigState {
     pub known: BTreeMap<ServiceName, ServiceState>,
     pub unknown: BTreeSet<ServiceName>,
+    /// `None` until the control plane sends one: the default (STRICT, no
+    /// authorization) is in force.
+    pub inbound: Option<InboundPolicy>,
 }
 
 impl ConfigState {
@@ -135,9 +146,11 @@ impl ConfigState {
         if full {
             self.known.clear();
             self.unknown.clear();
+            self.inbound = None;
         }
         for c in changes {
             match c {
+                Change::Inbound(p) => self.inbound = Some(p),
                 Change::Unknown(name) => {
                     self.known.remove(&name);
                     self.unknown.insert(name);
@@ -206,6 +219,14 @@ mod tests {
                         ep("a-2", "127.0.0.1:2", pb::Health::Healthy),
                     ],
                     removed: vec![],
+                    inbound: Some(pb::InboundPolicy {
+                        mode: pb::InboundMode::Permissive as i32,
+                        authorization: true,
+                        rules: vec![pb::AuthorizationRule {
+                            from: vec!["b".into()],
+                            ..Default::default()
+                        }],
+                    }),
                 },
                 pb::ServiceUpdate {
                     name: "nope".into(),

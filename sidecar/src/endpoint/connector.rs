@@ -18,12 +18,20 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 pub type BoxedIo = Box<dyn Io>;
 
-/// What to connect to: an address, and the service expected there (which
-/// TLS will verify).
+/// What a connection will carry, told to the peer by ALPN under TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    H2,
+    Tcp,
+}
+
+/// What to connect to: an address, the service expected there (which TLS
+/// verifies), and what the connection carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConnectTarget {
     pub addr: Arc<str>,
     pub service: ServiceName,
+    pub alpn: Alpn,
 }
 
 pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = Result<BoxedIo, ProxyError>> + Send + 'a>>;

@@ -5,7 +5,7 @@ mod connector;
 mod h2;
 mod load;
 
-pub use connector::{BoxedIo, ConnectTarget, Connector, TcpConnector};
+pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
 pub use h2::H2Client;
 pub use load::{Load, PendingGuard, prefer_second};
 

@@ -27,6 +27,8 @@ const METHODS: [&[u8]; 9] = [
 pub enum Detected {
     Http2,
     Http1,
+    /// A TLS ClientHello (a handshake record).
+    Tls,
     Tcp,
 }
 
@@ -34,6 +36,10 @@ pub enum Detected {
 pub fn classify(buf: &[u8]) -> Option<Detected> {
     if buf.is_empty() {
         return None;
+    }
+    // TLS record type 22 (handshake): no HTTP method starts with it.
+    if buf[0] == 0x16 {
+        return Some(Detected::Tls);
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
@@ -155,7 +161,7 @@ mod tests {
         assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
         assert_eq!(classify(b"P"), None); // POST, PUT, PATCH or PRI
         assert_eq!(classify(b"AMQP\x00\x00\x09\x01"), Some(Detected::Tcp));
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Tcp)); // a TLS ClientHello
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Tls)); // a TLS ClientHello
         assert_eq!(classify(b"GETX"), Some(Detected::Tcp));
     }
 

@@ -7,6 +7,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-weft-orig-proto");
 pub const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
+/// The caller's verified SPIFFE ID, set by the inbound sidecar for its app.
+/// Stripped from every incoming request first, so it cannot be forged.
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-weft-peer-identity");
+
 /// Removes connection-specific headers (RFC 9110 §7.6.1), which must not be
 /// forwarded and which HTTP/2 forbids. `te: trailers` is kept: gRPC needs it.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {

@@ -13,12 +13,13 @@ use hyper_util::rt::TokioExecutor;
 
 use super::Proxy;
 use super::exchange::Exchange;
-use super::headers::{ORIG_PROTO, is_grpc, strip_hop_by_hop};
+use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
 use crate::error::ProxyError;
-use crate::metrics::Direction;
+use crate::metrics::{AuthzLabels, Direction};
 use crate::model::{Protocol, ServiceName};
+use weft_proto::identity::SpiffeId;
 
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
 pub struct App {
@@ -37,6 +38,7 @@ impl App {
         let target = ConnectTarget {
             addr: addr.to_string().into(),
             service,
+            alpn: crate::endpoint::Alpn::H2,
         };
         let authority = Authority::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
@@ -70,17 +72,60 @@ impl App {
 }
 
 impl Proxy {
-    pub async fn inbound(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    /// Forwards one request to the app. `peer` is the caller's verified
+    /// identity (and its service name, when it is one of ours); `None` for
+    /// plaintext callers.
+    pub async fn inbound(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<&(SpiffeId, Option<ServiceName>)>,
+    ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
         let ex = Exchange::begin(
             self.metrics.clone(),
             Direction::inbound,
             self.service.clone(),
         );
+        let policy = self.inbound_policy.load();
+        let caller = peer.and_then(|p| p.1.as_ref());
+        if !policy.allows(caller, req.method(), req.uri().path(), grpc) {
+            let who = peer.map_or_else(
+                || "an unauthenticated caller".to_string(),
+                |p| p.0.to_string(),
+            );
+            self.metrics
+                .authz_denied
+                .get_or_create(&AuthzLabels {
+                    service: self.service.clone(),
+                    caller: caller.cloned().unwrap_or_else(ServiceName::unresolved),
+                })
+                .inc();
+            let what = if grpc {
+                req.uri().path().to_string()
+            } else {
+                format!("{} {}", req.method(), req.uri().path())
+            };
+            return ex.fail(
+                ProxyError::Forbidden {
+                    caller: who,
+                    service: self.service.to_string(),
+                    what,
+                },
+                grpc,
+            );
+        }
         let Some(app) = &self.app else {
             return ex.fail(ProxyError::NoApp, grpc);
         };
         let (mut parts, body) = req.into_parts();
+        // Only this sidecar says who the caller is: whatever the request
+        // carried is dropped.
+        parts.headers.remove(PEER_IDENTITY);
+        if let Some((id, _)) = peer
+            && let Ok(v) = HeaderValue::from_str(&id.to_string())
+        {
+            parts.headers.insert(PEER_IDENTITY, v);
+        }
         let orig_h1 = parts
             .headers
             .remove(ORIG_PROTO)

@@ -44,4 +44,9 @@ pub struct Proxy {
     /// Connections to the local app (always plain, on loopback).
     pub app_connector: Arc<TcpConnector>,
     pub timeouts: Timeouts,
+    /// Mutual TLS on the inbound listener; `None` with a static config,
+    /// which runs plaintext.
+    pub tls: Option<Arc<crate::identity::tls::LazyAcceptor>>,
+    /// What the inbound side enforces: mode and authorization.
+    pub inbound_policy: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
 }

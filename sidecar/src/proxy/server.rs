@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use weft_proto::identity::{SpiffeId, peer_id};
 
 use super::Proxy;
 use super::detect::{Detected, Prefixed, detect};
+use crate::authz::InboundMode;
 use crate::drain;
+use crate::identity::tls::{self, handshake_reason};
+use crate::metrics::HandshakeLabels;
 use crate::model::{Protocol, ServiceName};
 use crate::table::Entry;
 
@@ -58,12 +63,17 @@ pub async fn serve(listener: TcpListener, kind: Listener, proxy: Arc<Proxy>, dra
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 async fn connection(
     mut stream: TcpStream,
     kind: Listener,
     proxy: Arc<Proxy>,
     drain: drain::Watch,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), BoxError> {
+    if matches!(kind, Listener::Inbound) && proxy.tls.is_some() {
+        return inbound_connection(stream, proxy, drain).await;
+    }
     // Ports that are known to carry opaque TCP skip detection, so that
     // server-speaks-first protocols are never stalled.
     let known_tcp = match &kind {
@@ -82,9 +92,22 @@ async fn connection(
             None => return Ok(()),
         }
     };
-    let io = Prefixed::new(prefix, stream);
+    plain(Prefixed::new(prefix, stream), detected, kind, proxy, drain).await
+}
+
+/// A connection handled without TLS: HTTP or opaque TCP.
+async fn plain<I>(
+    io: I,
+    detected: Detected,
+    kind: Listener,
+    proxy: Arc<Proxy>,
+    drain: drain::Watch,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match detected {
-        Detected::Tcp => {
+        Detected::Tcp | Detected::Tls => {
             let _hold = drain; // counted until the copy ends
             match &kind {
                 Listener::Inbound => proxy.tcp_inbound(io).await?,
@@ -97,22 +120,106 @@ async fn connection(
             }
             Ok(())
         }
-        Detected::Http1 | Detected::Http2 => serve_http(io, detected, kind, proxy, drain).await,
+        Detected::Http1 | Detected::Http2 => {
+            serve_http(io, detected, kind, proxy, drain, None).await
+        }
     }
 }
 
-async fn serve_http(
-    io: Prefixed<TcpStream>,
+/// The inbound listener with mutual TLS: a TLS client (a peer sidecar) is
+/// authenticated and served by ALPN; a plaintext one only in PERMISSIVE mode.
+async fn inbound_connection(
+    mut stream: TcpStream,
+    proxy: Arc<Proxy>,
+    drain: drain::Watch,
+) -> Result<(), BoxError> {
+    let Some((detected, prefix)) = detect(&mut stream, DETECT_TIMEOUT).await? else {
+        return Ok(());
+    };
+    let io = Prefixed::new(prefix, stream);
+    if detected != Detected::Tls {
+        if proxy.inbound_policy.load().mode == InboundMode::Strict {
+            proxy
+                .metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels::failed("inbound", "plaintext-refused"))
+                .inc();
+            tracing::debug!("refused a plaintext connection: the inbound mode is STRICT");
+            return Ok(());
+        }
+        let detected = if proxy.protocol == Protocol::Tcp {
+            Detected::Tcp
+        } else {
+            detected
+        };
+        return plain(io, detected, Listener::Inbound, proxy, drain).await;
+    }
+    let Some(acceptor) = proxy.tls.as_ref().and_then(|t| t.get()) else {
+        proxy
+            .metrics
+            .handshakes
+            .get_or_create(&HandshakeLabels::failed("inbound", "no-certificate"))
+            .inc();
+        return Ok(());
+    };
+    let tls = match acceptor.accept(io).await {
+        Ok(t) => t,
+        Err(e) => {
+            proxy
+                .metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels::failed("inbound", handshake_reason(&e)))
+                .inc();
+            tracing::debug!(error = %e, "inbound TLS handshake failed");
+            return Ok(());
+        }
+    };
+    proxy
+        .metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels::ok("inbound"))
+        .inc();
+    let (_, session) = tls.get_ref();
+    let peer = session.peer_certificates().and_then(peer_id);
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    match alpn.as_deref() {
+        Some(tls::ALPN_H2) => {
+            serve_http(tls, Detected::Http2, Listener::Inbound, proxy, drain, peer).await
+        }
+        Some(tls::ALPN_TCP) => {
+            let _hold = drain;
+            proxy.tcp_inbound(tls).await?;
+            Ok(())
+        }
+        _ => {
+            tracing::debug!("a TLS client offered no known ALPN; closing");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
     detected: Detected,
     kind: Listener,
     proxy: Arc<Proxy>,
     mut drain: drain::Watch,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    peer: Option<SpiffeId>,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The caller's identity, for authorization and for the app; only the
+    // service name of our own trust domain counts.
+    let peer: Option<Arc<(SpiffeId, Option<ServiceName>)>> = peer.map(|id| {
+        let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
+        Arc::new((id, name))
+    });
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (proxy, kind) = (proxy.clone(), kind.clone());
+        let (proxy, kind, peer) = (proxy.clone(), kind.clone(), peer.clone());
         async move {
             let resp = match &kind {
-                Listener::Inbound => proxy.inbound(req).await,
+                Listener::Inbound => proxy.inbound(req, peer.as_deref()).await,
                 Listener::Outbound => proxy.outbound(req, None).await,
                 Listener::Upstream(s) => proxy.outbound(req, Some(s)).await,
             };

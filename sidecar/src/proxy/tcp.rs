@@ -30,6 +30,7 @@ impl Proxy {
             let ct = ConnectTarget {
                 addr: endpoint.spec.addr.clone(),
                 service: service.clone(),
+                alpn: crate::endpoint::Alpn::Tcp,
             };
             match self.connector.connect(&ct).await {
                 Ok(mut upstream) => {

@@ -1,0 +1,276 @@
+//! The sidecar's identity: a private key made here and never sent anywhere,
+//! a short-lived certificate for `spiffe://<trust-domain>/service/<name>`
+//! obtained from the control plane with a certificate signing request (the
+//! first with a join token, renewals with the current certificate), renewed
+//! at about 70% of its lifetime, and swapped in place so that no connection
+//! is dropped.
+
+mod renew;
+pub mod tls;
+
+pub use renew::renew_at;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use weft_proto::identity::{
+    JoinToken, SpiffeId, SpiffeServerVerifier, certs_from_pem, pem, provider, root_store,
+};
+use weft_proto::v1 as pb;
+use weft_proto::v1::identity_client::IdentityClient;
+
+use crate::model::ServiceName;
+
+/// What the sidecar needs to obtain an identity.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The control plane's URL (https).
+    pub control_plane: String,
+    /// The join token (its text), for the first certificate.
+    pub token: String,
+    /// The CA bundle (PEM) to verify the control plane with, instead of the
+    /// fingerprint pinned in the token.
+    pub ca_pem: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the join token is malformed (expected the text `weftctl token create` printed)")]
+    BadToken,
+    #[error("the control plane refused the certificate request: {0}")]
+    Refused(String),
+    #[error("cannot reach the control plane at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the control plane's answer is not usable: {0}")]
+    BadAnswer(String),
+    #[error("cannot make a key or a certificate request: {0}")]
+    Local(String),
+}
+
+impl IdentityError {
+    /// Whether trying again later may help (the control plane was down),
+    /// or not (the token is wrong, expired or for another service).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, IdentityError::Unreachable { .. })
+    }
+}
+
+/// A certificate and its key, ready for TLS.
+pub struct Credentials {
+    pub id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivatePkcs8KeyDer<'static>,
+    pub roots: Arc<RootCertStore>,
+    pub roots_der: Vec<CertificateDer<'static>>,
+    pub issued: SystemTime,
+    pub expires: SystemTime,
+    pub certified: Arc<CertifiedKey>,
+}
+
+impl Credentials {
+    pub fn expires_unix_ms(&self) -> u64 {
+        self.expires
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Certificate chain and key as PEM, for tonic's client identity.
+    fn pem(&self) -> (String, String) {
+        let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        (chain, pem("PRIVATE KEY", self.key.secret_pkcs8_der()))
+    }
+}
+
+/// The sidecar's identity, shared by everything that does TLS.
+pub struct Identity {
+    config: IdentityConfig,
+    token: JoinToken,
+    id: SpiffeId,
+    current: ArcSwapOption<Credentials>,
+    /// The current certificate's expiry (unix ms; 0: none yet).
+    expiry: watch::Sender<u64>,
+}
+
+impl Identity {
+    pub fn new(config: IdentityConfig, service: &ServiceName) -> Result<Arc<Self>, IdentityError> {
+        let token = JoinToken::decode(&config.token).ok_or(IdentityError::BadToken)?;
+        let id = SpiffeId::service(&token.td, service.as_str());
+        Ok(Arc::new(Identity {
+            config,
+            token,
+            id,
+            current: ArcSwapOption::empty(),
+            expiry: watch::channel(0).0,
+        }))
+    }
+
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.token.td
+    }
+
+    pub fn current(&self) -> Option<Arc<Credentials>> {
+        self.current.load_full()
+    }
+
+    /// Follows the current certificate's expiry (unix ms).
+    pub fn expiry(&self) -> watch::Receiver<u64> {
+        self.expiry.subscribe()
+    }
+
+    /// A TLS channel to the control plane: verified as
+    /// `spiffe://<td>/control-plane` under the mesh roots (or, before the
+    /// first certificate, the CA file or the token's pinned fingerprint),
+    /// presenting the current certificate when there is one.
+    pub fn control_plane_endpoint(&self) -> Result<Endpoint, IdentityError> {
+        let url = &self.config.control_plane;
+        let unreachable = |reason: String| IdentityError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let expected = SpiffeId::control_plane(&self.token.td);
+        let current = self.current();
+        let verifier = match (&current, &self.config.ca_pem) {
+            (Some(c), _) => SpiffeServerVerifier::new(c.roots.clone(), expected),
+            (None, Some(pem)) => {
+                let roots = certs_from_pem(pem)
+                    .and_then(|c| root_store(&c))
+                    .map_err(|e| IdentityError::Local(format!("--ca-file: {e}")))?;
+                SpiffeServerVerifier::new(roots, expected)
+            }
+            (None, None) => SpiffeServerVerifier::pinned(&self.token.ca, expected),
+        };
+        let mut tls = ClientTlsConfig::new();
+        if let Some(c) = &current {
+            let (chain, key) = c.pem();
+            tls = tls.identity(tonic::transport::Identity::from_pem(chain, key));
+        }
+        Endpoint::from_shared(url.clone())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .tls_config_with_verifier(tls, Arc::new(verifier))
+            .map_err(|e| unreachable(e.to_string()))
+    }
+
+    async fn channel(&self) -> Result<Channel, IdentityError> {
+        self.control_plane_endpoint()?
+            .connect()
+            .await
+            .map_err(|e| IdentityError::Unreachable {
+                url: self.config.control_plane.clone(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Makes a new key and asks for a certificate: with the join token the
+    /// first time, with the current certificate after that. Installs it.
+    pub async fn obtain(&self) -> Result<Arc<Credentials>, IdentityError> {
+        let key = KeyPair::generate().map_err(|e| IdentityError::Local(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let uri = self
+            .id
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| IdentityError::Local(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| IdentityError::Local(e.to_string()))?;
+        let renewing = self.current().is_some();
+        let mut client = IdentityClient::new(self.channel().await?);
+        let resp = client
+            .issue(pb::IssueRequest {
+                csr: csr.der().to_vec(),
+                token: if renewing {
+                    String::new()
+                } else {
+                    self.config.token.clone()
+                },
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                    IdentityError::Unreachable {
+                        url: self.config.control_plane.clone(),
+                        reason: s.message().to_string(),
+                    }
+                }
+                _ => IdentityError::Refused(s.message().to_string()),
+            })?
+            .into_inner();
+        let creds = Arc::new(self.credentials(key, resp)?);
+        tracing::info!(
+            identity = %creds.id,
+            expires_unix_ms = creds.expires_unix_ms(),
+            renewal = renewing,
+            "obtained a certificate"
+        );
+        self.current.store(Some(creds.clone()));
+        self.expiry.send_replace(creds.expires_unix_ms());
+        Ok(creds)
+    }
+
+    fn credentials(
+        &self,
+        key: KeyPair,
+        resp: pb::IssueResponse,
+    ) -> Result<Credentials, IdentityError> {
+        let bad = |e: String| IdentityError::BadAnswer(e);
+        if resp.spiffe_id != self.id.to_string() {
+            return Err(bad(format!(
+                "a certificate for {} instead of {}",
+                resp.spiffe_id, self.id
+            )));
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            resp.chain.into_iter().map(CertificateDer::from).collect();
+        let roots_der: Vec<CertificateDer<'static>> =
+            resp.roots.into_iter().map(CertificateDer::from).collect();
+        if chain.is_empty() || roots_der.is_empty() {
+            return Err(bad("no certificate or no roots".into()));
+        }
+        let roots = root_store(&roots_der).map_err(|e| bad(e.to_string()))?;
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        let certified = CertifiedKey::from_der(
+            chain.clone(),
+            PrivateKeyDer::Pkcs8(key.clone_key()),
+            &provider(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let expires = UNIX_EPOCH + Duration::from_millis(resp.expires_unix_ms);
+        Ok(Credentials {
+            id: self.id.clone(),
+            chain,
+            key,
+            roots,
+            roots_der,
+            issued: SystemTime::now(),
+            expires,
+            certified: Arc::new(certified),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}

@@ -1,0 +1,212 @@
+//! Mutual TLS between sidecars: TLS 1.3 only; ALPN `h2` for HTTP and
+//! `weft-tcp` for opaque TCP; both ends present the current certificate
+//! (read at every handshake, so a renewal needs no restart and drops no
+//! connection); the client checks that the server is the service it meant
+//! to reach, the server learns who the client is.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
+use rustls_pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, provider};
+
+use super::Identity;
+use crate::endpoint::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
+use crate::error::ProxyError;
+use crate::metrics::{HandshakeLabels, Metrics};
+
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_TCP: &[u8] = b"weft-tcp";
+
+/// Serves whatever certificate is current.
+struct CurrentCert(Arc<Identity>);
+
+impl fmt::Debug for CurrentCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CurrentCert({})", self.0.id())
+    }
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.certified.clone())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.current().is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("TLS configuration: {0}")]
+pub struct TlsConfigError(String);
+
+/// The inbound listener's TLS: client certificates required and checked
+/// against the mesh roots.
+pub fn acceptor(identity: &Arc<Identity>) -> Result<TlsAcceptor, TlsConfigError> {
+    let err = |e: &dyn fmt::Display| TlsConfigError(e.to_string());
+    let roots = identity
+        .current()
+        .ok_or_else(|| TlsConfigError("no certificate yet".into()))?
+        .roots
+        .clone();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| err(&e))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(CurrentCert(identity.clone())));
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The inbound acceptor, built once the first certificate (and with it the
+/// mesh roots) is there; until then TLS clients are turned away.
+pub struct LazyAcceptor {
+    identity: Arc<Identity>,
+    built: std::sync::OnceLock<TlsAcceptor>,
+}
+
+impl LazyAcceptor {
+    pub fn new(identity: Arc<Identity>) -> Self {
+        LazyAcceptor {
+            identity,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> Option<TlsAcceptor> {
+        if let Some(a) = self.built.get() {
+            return Some(a.clone());
+        }
+        match acceptor(&self.identity) {
+            Ok(a) => Some(self.built.get_or_init(|| a).clone()),
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound TLS is not ready");
+                None
+            }
+        }
+    }
+}
+
+/// Connects to peers over mutual TLS, verifying each as the service the
+/// caller meant to reach.
+pub struct MtlsConnector {
+    identity: Arc<Identity>,
+    tcp: Arc<TcpConnector>,
+    metrics: Arc<Metrics>,
+    /// One client config per (service, ALPN); built at the first connection.
+    configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
+}
+
+impl MtlsConnector {
+    pub fn new(identity: Arc<Identity>, tcp: Arc<TcpConnector>, metrics: Arc<Metrics>) -> Self {
+        MtlsConnector {
+            identity,
+            tcp,
+            metrics,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, ProxyError> {
+        let key = (expected.clone(), alpn);
+        if let Some(c) = self.configs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let roots = self
+            .identity
+            .current()
+            .ok_or(ProxyError::NoCertificate)?
+            .roots
+            .clone();
+        let verifier = SpiffeServerVerifier::new(roots, expected.clone());
+        let mut cfg = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ProxyError::Tls {
+                addr: String::new(),
+                reason: e.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.identity.clone())));
+        cfg.alpn_protocols = vec![match alpn {
+            Alpn::H2 => ALPN_H2.to_vec(),
+            Alpn::Tcp => ALPN_TCP.to_vec(),
+        }];
+        let cfg = Arc::new(cfg);
+        if let Ok(mut m) = self.configs.lock() {
+            m.insert(key, cfg.clone());
+        }
+        Ok(cfg)
+    }
+}
+
+/// A short reason for a failed handshake, for metrics labels.
+pub fn handshake_reason(e: &std::io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("not the expected") {
+        "wrong-identity"
+    } else if text.contains("UnknownIssuer")
+        || text.contains("unknown issuer")
+        || text.contains("BadSignature")
+    {
+        "untrusted"
+    } else if text.contains("Expired") || text.contains("expired") {
+        "expired"
+    } else if text.contains("certificate") || text.contains("Certificate") {
+        "bad-certificate"
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "closed"
+    } else {
+        "protocol"
+    }
+}
+
+impl Connector for MtlsConnector {
+    fn connect<'a>(&'a self, target: &'a ConnectTarget) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let expected = SpiffeId::service(self.identity.trust_domain(), target.service.as_str());
+            let cfg = self.config(&expected, target.alpn)?;
+            let tcp = self.tcp.connect_tcp(&target.addr).await?;
+            // Any valid name: the verifier checks the SPIFFE ID, not a DNS name.
+            let name = ServerName::try_from("peer.weft.mesh").map_err(|e| ProxyError::Tls {
+                addr: target.addr.to_string(),
+                reason: e.to_string(),
+            })?;
+            match TlsConnector::from(cfg).connect(name, tcp).await {
+                Ok(tls) => {
+                    self.metrics
+                        .handshakes
+                        .get_or_create(&HandshakeLabels::ok("outbound"))
+                        .inc();
+                    Ok(Box::new(tls) as BoxedIo)
+                }
+                Err(e) => {
+                    self.metrics
+                        .handshakes
+                        .get_or_create(&HandshakeLabels::failed("outbound", handshake_reason(&e)))
+                        .inc();
+                    Err(ProxyError::Tls {
+                        addr: target.addr.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        })
+    }
+}
