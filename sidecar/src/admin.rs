@@ -31,6 +31,7 @@ pub struct AdminState {
     pub shutdown: Arc<Notify>,
     /// `None` with a static config (no mTLS).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    pub inbound: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
 }
 
 /// gRPC health, boxed: its concrete type is opaque.
@@ -174,6 +175,7 @@ fn config_json(state: &AdminState) -> Value {
         "instance": state.instance_id,
         "advertise": state.advertise,
         "identity": identity,
+        "inbound": &**state.inbound.load(),
         "controlPlane": *state.status.get(),
         "services": services.into_iter().collect::<serde_json::Map<_, _>>(),
     })

@@ -129,6 +129,8 @@ pub async fn run(
         Source::ControlPlane(_) => Some(sub_tx),
     }));
 
+    let inbound_policy = Arc::new(ArcSwap::from_pointee(InboundPolicy::default()));
+
     // The admin endpoint first: /live answers while the certificate comes.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let shutdown_request = Arc::new(Notify::new());
@@ -141,6 +143,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown_request.clone(),
         identity: identity.clone(),
+        inbound: inbound_policy.clone(),
     });
     let health_service = admin::HealthService::new(health_service);
     tokio::spawn(admin::serve(
@@ -190,7 +193,6 @@ pub async fn run(
     let acceptor = identity
         .clone()
         .map(|id| Arc::new(tls::LazyAcceptor::new(id)));
-    let inbound_policy = Arc::new(ArcSwap::from_pointee(InboundPolicy::default()));
 
     let (health_tx, health_rx) = watch::channel(if cfg.app.is_some() {
         Health::Unknown

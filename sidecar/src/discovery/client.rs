@@ -142,6 +142,17 @@ impl DiscoveryClient {
             reason,
             synced: false,
         };
+        let mut expiry = match &self.identity {
+            Some(id) => id.expiry(),
+            None => watch::channel(0).1,
+        };
+        // The stream needs the sidecar's certificate: wait for the first one.
+        if self.identity.is_some() && *expiry.borrow() == 0 {
+            tokio::select! {
+                r = expiry.wait_for(|e| *e != 0) => if r.is_err() { return End::Shutdown },
+                _ = drain.signaled() => return End::Shutdown,
+            }
+        }
         // Over TLS with the current certificate when the sidecar has an
         // identity (the control plane's API is not open); plaintext only
         // for tests of the stream alone.
@@ -157,17 +168,6 @@ impl DiscoveryClient {
                 .keep_alive_timeout(Duration::from_secs(5)),
             Err(e) => return lost(e),
         };
-        let mut expiry = match &self.identity {
-            Some(id) => id.expiry(),
-            None => watch::channel(0).1,
-        };
-        // The stream needs the sidecar's certificate: wait for the first one.
-        if self.identity.is_some() && *expiry.borrow() == 0 {
-            tokio::select! {
-                r = expiry.wait_for(|e| *e != 0) => if r.is_err() { return End::Shutdown },
-                _ = drain.signaled() => return End::Shutdown,
-            }
-        }
         let channel = tokio::select! {
             r = endpoint.connect() => match r {
                 Ok(c) => c,
