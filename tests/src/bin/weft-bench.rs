@@ -1,7 +1,8 @@
 //! `weft-bench`: gRPC unary load, directly and through two Weft sidecars
-//! (real `weft-sidecar` processes from the same build), at a fixed rate and
-//! at the maximum rate. Prints latency percentiles, achieved RPS, the added
-//! latency of the mesh, and each sidecar's peak RSS and CPU time.
+//! (real `weft-sidecar` processes from the same build; a plaintext pair from
+//! static configs, and an mTLS pair joined to a control plane), at a fixed
+//! rate and at the maximum rate. Prints latency percentiles, achieved RPS,
+//! the added latency of each pair, and each sidecar's peak RSS and CPU time.
 //!
 //! Build and run (release):
 //!   cargo build --release --workspace --bins && target/release/weft-bench
@@ -17,6 +18,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::Mutex;
 use weft_tests::echo::{client, start_echo};
+use weft_tests::mesh::{ControlPlane, write_temp};
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
 
@@ -195,153 +197,198 @@ async fn start_sidecar(args: &[String], admin: SocketAddr) -> anyhow::Result<Pro
     Ok(p)
 }
 
+/// One way to reach the backend, and the sidecars on it.
+struct Path {
+    name: &'static str,
+    addr: SocketAddr,
+    /// (label, pid) of each sidecar on the path.
+    sidecars: Vec<(&'static str, i32)>,
+}
+
+fn port() -> anyhow::Result<SocketAddr> {
+    Ok(format!("127.0.0.1:{}", free_port()?).parse()?)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// A sidecar process on fresh ports; returns it and its inbound address.
+async fn sidecar(args: Vec<String>) -> anyhow::Result<(Proc, SocketAddr)> {
+    let (inbound, admin, outbound) = (port()?, port()?, port()?);
+    let mut all = args;
+    all.extend(strings(&[
+        "--inbound",
+        &inbound.to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--outbound",
+        &outbound.to_string(),
+        "--log",
+        "warn",
+    ]));
+    Ok((start_sidecar(&all, admin).await?, inbound))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    weft_proto::identity::install_provider();
     let backend = start_echo("backend").await?;
     let dir = tempfile::tempdir()?;
-    let port =
-        || -> anyhow::Result<SocketAddr> { Ok(format!("127.0.0.1:{}", free_port()?).parse()?) };
-    let (s_in, s_admin, s_out) = (port()?, port()?, port()?);
-    let (c_in, c_admin, c_out, c_up) = (port()?, port()?, port()?, port()?);
-    let empty = dir.path().join("empty.yaml");
-    std::fs::write(&empty, "services: []\n")?;
-    let mesh = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &mesh,
-        format!("services:\n  - name: echo\n    endpoints:\n      - address: {s_in}\n"),
+
+    // Plaintext pair: static configs, no control plane.
+    let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?
+        .display()
+        .to_string();
+    let (plain_server, plain_in) = sidecar(strings(&[
+        "--service",
+        "echo",
+        "--app",
+        &backend.addr.to_string(),
+        "--config",
+        &empty,
+    ]))
+    .await?;
+    let mesh = write_temp(
+        dir.path(),
+        "mesh.yaml",
+        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {plain_in}\n"),
     )?;
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
-    let log = ["--log", "warn"];
-    let server = start_sidecar(
-        &[
-            s(&[
-                "--service",
-                "echo",
-                "--app",
-                &backend.addr.to_string(),
-                "--config",
-                &empty.display().to_string(),
-            ]),
-            s(&[
-                "--inbound",
-                &s_in.to_string(),
-                "--admin",
-                &s_admin.to_string(),
-                "--outbound",
-                &s_out.to_string(),
-            ]),
-            s(&log),
-        ]
-        .concat(),
-        s_admin,
-    )
+    let plain_up = port()?;
+    let (plain_client, _) = sidecar(strings(&[
+        "--service",
+        "bench",
+        "--config",
+        &mesh.display().to_string(),
+        "--upstream",
+        &format!("echo={plain_up}"),
+    ]))
     .await?;
-    let client_side = start_sidecar(
-        &[
-            s(&[
-                "--service",
-                "bench",
-                "--config",
-                &mesh.display().to_string(),
-                "--upstream",
-                &format!("echo={c_up}"),
-            ]),
-            s(&[
-                "--inbound",
-                &c_in.to_string(),
-                "--admin",
-                &c_admin.to_string(),
-                "--outbound",
-                &c_out.to_string(),
-            ]),
-            s(&log),
-        ]
-        .concat(),
-        c_admin,
-    )
+
+    // mTLS pair: joined to a control plane (in this process), certificates
+    // from its CA, TLS 1.3 between the sidecars.
+    let cp = ControlPlane::start(None, Default::default()).await?;
+    let server_token = write_temp(dir.path(), "echo-tls", &cp.token("echo-tls").await?)?
+        .display()
+        .to_string();
+    let (tls_server, _) = sidecar(strings(&[
+        "--service",
+        "echo-tls",
+        "--app",
+        &backend.addr.to_string(),
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &server_token,
+    ]))
     .await?;
+    let tls_up = port()?;
+    let client_token = write_temp(dir.path(), "bench-tls", &cp.token("bench-tls").await?)?
+        .display()
+        .to_string();
+    let (tls_client, _) = sidecar(strings(&[
+        "--service",
+        "bench-tls",
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &client_token,
+        "--upstream",
+        &format!("echo-tls={tls_up}"),
+    ]))
+    .await?;
+
+    let paths = [
+        Path {
+            name: "direct",
+            addr: backend.addr,
+            sidecars: vec![],
+        },
+        Path {
+            name: "plaintext pair",
+            addr: plain_up,
+            sidecars: vec![
+                ("plaintext client-side", plain_client.pid()),
+                ("plaintext server-side", plain_server.pid()),
+            ],
+        },
+        Path {
+            name: "mTLS pair",
+            addr: tls_up,
+            sidecars: vec![
+                ("mTLS client-side", tls_client.pid()),
+                ("mTLS server-side", tls_server.pid()),
+            ],
+        },
+    ];
 
     eprintln!("warming up…");
-    fixed_rate("warmup", backend.addr, args.rate, 2, args.payload).await?;
-    fixed_rate("warmup", c_up, args.rate, 2, args.payload).await?;
-
-    let mut results = Vec::new();
-    let mut cpu = Vec::new();
-    for round in 1..=args.rounds {
-        eprintln!(
-            "round {round}: {} rps for {} s, direct then mesh…",
-            args.rate, args.seconds
-        );
-        results.push(
-            fixed_rate(
-                &format!("direct @{}", args.rate),
-                backend.addr,
-                args.rate,
-                args.seconds,
-                args.payload,
-            )
-            .await?,
-        );
-        let before = (usage(client_side.pid())?.1, usage(server.pid())?.1);
-        results.push(
-            fixed_rate(
-                &format!("mesh   @{}", args.rate),
-                c_up,
-                args.rate,
-                args.seconds,
-                args.payload,
-            )
-            .await?,
-        );
-        let after = (usage(client_side.pid())?.1, usage(server.pid())?.1);
-        cpu.push((
-            format!("mesh @{} (round {round})", args.rate),
-            after.0 - before.0,
-            after.1 - before.1,
-            args.seconds,
-        ));
+    for p in &paths {
+        fixed_rate("warmup", p.addr, args.rate, 2, args.payload).await?;
     }
-    eprintln!(
-        "maximum rate, {} in flight, direct then mesh…",
-        args.concurrency
-    );
-    results.push(
-        max_rate(
-            "direct max",
-            backend.addr,
+
+    // Runs alternate between the paths, so a noisy machine hits all alike.
+    let mut rows: Vec<(String, usize, Result)> = Vec::new();
+    let mut cpu: Vec<(String, &'static str, Duration, u64)> = Vec::new();
+    for round in 1..=args.rounds {
+        for (i, p) in paths.iter().enumerate() {
+            eprintln!(
+                "round {round}: {} at {} rps for {} s…",
+                p.name, args.rate, args.seconds
+            );
+            let before: Vec<Duration> = p
+                .sidecars
+                .iter()
+                .map(|(_, pid)| usage(*pid).map(|u| u.1))
+                .collect::<anyhow::Result<_>>()?;
+            let r = fixed_rate(
+                &format!("{} @{}", p.name, args.rate),
+                p.addr,
+                args.rate,
+                args.seconds,
+                args.payload,
+            )
+            .await?;
+            for ((label, pid), b) in p.sidecars.iter().zip(before) {
+                cpu.push((
+                    format!("@{} round {round}", args.rate),
+                    label,
+                    usage(*pid)?.1 - b,
+                    args.seconds,
+                ));
+            }
+            rows.push((format!("round {round}"), i, r));
+        }
+    }
+    for (i, p) in paths.iter().enumerate() {
+        eprintln!("maximum rate, {} in flight: {}…", args.concurrency, p.name);
+        let before: Vec<Duration> = p
+            .sidecars
+            .iter()
+            .map(|(_, pid)| usage(*pid).map(|u| u.1))
+            .collect::<anyhow::Result<_>>()?;
+        let r = max_rate(
+            &format!("{} max", p.name),
+            p.addr,
             args.concurrency,
             args.seconds,
             args.payload,
         )
-        .await?,
-    );
-    let before = (usage(client_side.pid())?.1, usage(server.pid())?.1);
-    results.push(
-        max_rate(
-            "mesh   max",
-            c_up,
-            args.concurrency,
-            args.seconds,
-            args.payload,
-        )
-        .await?,
-    );
-    let after = (usage(client_side.pid())?.1, usage(server.pid())?.1);
-    cpu.push((
-        "mesh max".into(),
-        after.0 - before.0,
-        after.1 - before.1,
-        args.seconds,
-    ));
+        .await?;
+        for ((label, pid), b) in p.sidecars.iter().zip(before) {
+            cpu.push(("max rate".into(), label, usage(*pid)?.1 - b, args.seconds));
+        }
+        rows.push(("max".into(), i, r));
+    }
 
     println!(
-        "\ngRPC unary, {} B payload, one HTTP/2 connection from the client; {} s per run; plaintext between sidecars\n",
+        "\ngRPC unary, {} B payload, one HTTP/2 connection from the client; {} s per run\n",
         args.payload, args.seconds
     );
     println!("| run | sent | failed | achieved rps | p50 µs | p90 µs | p99 µs | p99.9 µs |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &results {
+    for (_, _, r) in &rows {
         println!(
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
             r.name,
@@ -354,44 +401,42 @@ async fn main() -> anyhow::Result<()> {
             us(r.pct(0.999))
         );
     }
-    println!("\nAdded by two sidecars (mesh − direct, same round):\n");
-    println!("| round | added p50 µs | added p99 µs |");
-    println!("|---|---:|---:|");
-    for (i, pair) in results.chunks(2).enumerate() {
-        if let [d, m] = pair {
-            let label = if i < args.rounds as usize {
-                format!("@{} round {}", args.rate, i + 1)
-            } else {
-                "max".into()
-            };
-            let add = |a: Duration, b: Duration| {
-                format!("{:.0}", (b.as_secs_f64() - a.as_secs_f64()) * 1e6)
-            };
+    println!("\nAdded by two sidecars (pair − direct, same round):\n");
+    println!(
+        "| round | plaintext added p50 µs | plaintext added p99 µs | mTLS added p50 µs | mTLS added p99 µs | mTLS/plaintext added p50 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
+    for chunk in rows.chunks(3) {
+        if let [(label, _, d), (_, _, p), (_, _, t)] = chunk {
+            let (p50, t50) = (added(d.pct(0.5), p.pct(0.5)), added(d.pct(0.5), t.pct(0.5)));
             println!(
-                "| {label} | {} | {} |",
-                add(d.pct(0.5), m.pct(0.5)),
-                add(d.pct(0.99), m.pct(0.99))
+                "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                p50 * 1e6,
+                added(d.pct(0.99), p.pct(0.99)) * 1e6,
+                t50 * 1e6,
+                added(d.pct(0.99), t.pct(0.99)) * 1e6,
+                t50 / p50
             );
         }
     }
-    let (c_rss, _) = usage(client_side.pid())?;
-    let (s_rss, _) = usage(server.pid())?;
     println!("\nSidecars:\n");
-    println!("| | client-side sidecar | server-side sidecar |");
-    println!("|---|---:|---:|");
-    println!(
-        "| peak RSS | {:.1} MB | {:.1} MB |",
-        c_rss as f64 / 1024.0,
-        s_rss as f64 / 1024.0
-    );
-    for (label, c, s, secs) in &cpu {
+    println!("| sidecar | peak RSS |");
+    println!("|---|---:|");
+    for p in &paths {
+        for (label, pid) in &p.sidecars {
+            println!("| {label} | {:.1} MB |", usage(*pid)?.0 as f64 / 1024.0);
+        }
+    }
+    println!("\n| run | sidecar | CPU | of a core |");
+    println!("|---|---|---:|---:|");
+    for (run, label, t, secs) in &cpu {
         println!(
-            "| CPU in {label} | {:.2} s ({:.0}% of a core) | {:.2} s ({:.0}%) |",
-            c.as_secs_f64(),
-            100.0 * c.as_secs_f64() / *secs as f64,
-            s.as_secs_f64(),
-            100.0 * s.as_secs_f64() / *secs as f64
+            "| {run} | {label} | {:.2} s | {:.0}% |",
+            t.as_secs_f64(),
+            100.0 * t.as_secs_f64() / *secs as f64
         );
     }
+    drop((plain_client, plain_server, tls_client, tls_server));
     Ok(())
 }
