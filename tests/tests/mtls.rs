@@ -343,6 +343,32 @@ async fn the_app_learns_the_callers_identity_and_cannot_be_fooled() -> anyhow::R
         v["headers"]["x-weft-peer-identity"], "spiffe://weft.local/service/web",
         "{v}"
     );
+
+    // HTTP rules: GET under /users/ only.
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: users-web}\nspec:\n  service: users\n  rules:\n    - from: [web]\n      http: [{methods: [GET], pathPrefix: /users/}]\n",
+    )
+    .await?;
+    let send = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", web.upstream("users")))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+    };
+    wait_for(
+        "the HTTP rule on the users sidecar",
+        Duration::from_secs(10),
+        || async {
+            let r = http_send(send("GET", "/orders").ok()?).await.ok()?;
+            (r.status == 403).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(http_send(send("GET", "/users/7")?).await?.status, 200);
+    let denied = http_send(send("DELETE", "/users/7")?).await?;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.headers["x-weft-error"], "forbidden");
+    assert!(denied.body.contains("DELETE /users/7"), "{}", denied.body);
     Ok(())
 }
 
