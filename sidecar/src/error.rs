@@ -139,6 +139,18 @@ impl ProxyError {
     }
 }
 
+/// An error and its causes on one line, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
 /// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec): bytes outside
 /// printable ASCII, and `%` itself.
 pub fn percent_encode(s: &str) -> String {

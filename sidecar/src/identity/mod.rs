@@ -26,6 +26,7 @@ use weft_proto::identity::{
 use weft_proto::v1 as pb;
 use weft_proto::v1::identity_client::IdentityClient;
 
+use crate::error::error_chain;
 use crate::model::ServiceName;
 
 /// What the sidecar needs to obtain an identity.
@@ -262,15 +263,4 @@ impl Identity {
             certified: Arc::new(certified),
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }

@@ -16,7 +16,7 @@ use super::exchange::Exchange;
 use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, error_chain};
 use crate::metrics::{AuthzLabels, Direction};
 use crate::model::{Protocol, ServiceName};
 use weft_proto::identity::SpiffeId;
@@ -172,15 +172,4 @@ impl Proxy {
             Err(e) => ex.fail(e, grpc),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
