@@ -32,6 +32,8 @@ use tokio::time::Instant;
 const DECAY: Duration = Duration::from_secs(5);
 /// The least weight of one sample in the moving average.
 const MIN_WEIGHT: f64 = 0.1;
+/// Relative cost difference below which two endpoints are equally good.
+const TIE: f64 = 0.25;
 /// How far a lost comparison moves an estimate toward the winner's.
 const LOSS_WEIGHT: f64 = 0.1;
 
@@ -143,7 +145,10 @@ pub fn prefer_second(a: (&Load, u32), b: (&Load, u32)) -> bool {
     };
     let cost =
         |est: f64, l: &Load, w: u32| est * (f64::from(l.pending()) + 1.0) / f64::from(w.max(1));
-    let second = cost(eb, b.0, b.1) < cost(ea, a.0, a.1);
+    // Costs closer than the noise of a latency estimate are a tie, which
+    // keeps `a` (the random first pick): sequential traffic to equally fast
+    // endpoints spreads evenly instead of following noise.
+    let second = cost(eb, b.0, b.1) < cost(ea, a.0, a.1) * (1.0 - TIE);
     if second {
         a.0.lost_to(eb);
     } else {
