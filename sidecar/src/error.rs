@@ -50,6 +50,27 @@ pub enum ProxyError {
     NoCertificate,
     #[error("mutual TLS with {addr} failed: {reason}")]
     Tls { addr: String, reason: String },
+    #[error("upstream {addr} broke off the response: {reason}")]
+    Reset { addr: String, reason: String },
+    #[error("the deadline passed before {0:?} answered")]
+    DeadlineExceeded(String),
+    #[error("every try of {service:?} timed out after {per_try:?}")]
+    PerTryTimeout {
+        service: String,
+        per_try: std::time::Duration,
+    },
+    #[error("{service:?} is at its limit of {limit} {what}")]
+    Overloaded {
+        service: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error("a fault injected by the mesh's policy for {service:?}")]
+    FaultInjected {
+        service: String,
+        grpc_status: u16,
+        http_status: u16,
+    },
     #[error("{caller} may not call {what} on {service}")]
     Forbidden {
         caller: String,
@@ -59,6 +80,29 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// For retries: what kind of failure to reach the service this was;
+    /// `None` for failures that are not the upstream's.
+    pub fn retry_kind(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::Tls { .. }
+            | ProxyError::NoCertificate => Some("connect-failure"),
+            ProxyError::Upstream { source, .. } => {
+                // hyper reports an HTTP/2 REFUSED_STREAM (the server did not
+                // process the request) in its error chain.
+                if error_chain(source).to_ascii_lowercase().contains("refused") {
+                    Some("refused-stream")
+                } else {
+                    Some("reset")
+                }
+            }
+            ProxyError::Reset { .. } => Some("reset"),
+            _ => None,
+        }
+    }
+
     /// The value of `x-weft-error`: short, stable, greppable.
     pub fn code(&self) -> &'static str {
         match self {
@@ -76,6 +120,11 @@ impl ProxyError {
             ProxyError::NoCertificate => "no-certificate",
             ProxyError::Tls { .. } => "tls-failed",
             ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::Reset { .. } => "upstream-reset",
+            ProxyError::DeadlineExceeded(_) => "deadline-exceeded",
+            ProxyError::PerTryTimeout { .. } => "per-try-timeout",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
 
@@ -90,9 +139,16 @@ impl ProxyError {
 
     fn http_status(&self) -> StatusCode {
         match self {
-            ProxyError::Upstream { .. } | ProxyError::App { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } | ProxyError::Reset { .. } | ProxyError::App { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout { .. }
+            | ProxyError::DeadlineExceeded(_)
+            | ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::FaultInjected { http_status, .. } => {
+                StatusCode::from_u16(*http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -103,6 +159,8 @@ impl ProxyError {
     fn grpc_status(&self) -> u16 {
         match self {
             ProxyError::Forbidden { .. } => 7,
+            ProxyError::DeadlineExceeded(_) | ProxyError::PerTryTimeout { .. } => 4,
+            ProxyError::FaultInjected { grpc_status, .. } => *grpc_status,
             _ => 14,
         }
     }

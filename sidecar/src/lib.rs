@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod rand;
+pub mod resilience;
 pub mod run;
 pub mod table;
 

@@ -98,6 +98,24 @@ pub struct AuthzLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: ServiceName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub service: ServiceName,
+    /// Why the try before failed (unavailable, connect-failure, …).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointStateLabels {
+    pub service: ServiceName,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RenewalLabels {
     pub result: &'static str,
 }
@@ -118,6 +136,11 @@ pub struct Metrics {
     pub renewals: Family<RenewalLabels, Counter>,
     pub cert_expiry: Gauge,
     pub authz_denied: Family<AuthzLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retries_refused: Family<ServiceLabels, Counter>,
+    pub ejections: Family<ServiceLabels, Counter>,
+    pub overloaded: Family<ServiceLabels, Counter>,
+    pub ejected_endpoints: Family<ServiceLabels, Gauge>,
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where a sidecar's
@@ -222,6 +245,36 @@ impl Metrics {
             "Inbound requests denied by authorization, by service and caller",
             authz_denied.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        r.register(
+            "retries",
+            "Retries sent, by service and the reason for the retry",
+            retries.clone(),
+        );
+        let retries_refused = Family::<ServiceLabels, Counter>::default();
+        r.register(
+            "retries_budget_exhausted",
+            "Retries not sent because the service's retry budget was spent",
+            retries_refused.clone(),
+        );
+        let ejections = Family::<ServiceLabels, Counter>::default();
+        r.register(
+            "ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        let overloaded = Family::<ServiceLabels, Counter>::default();
+        r.register(
+            "overloaded",
+            "Requests answered at once because a concurrency or pending limit was reached",
+            overloaded.clone(),
+        );
+        let ejected_endpoints = Family::<ServiceLabels, Gauge>::default();
+        r.register(
+            "ejected_endpoints",
+            "Endpoints of a service ejected now (read at scrape time)",
+            ejected_endpoints.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -238,6 +291,11 @@ impl Metrics {
             renewals,
             cert_expiry,
             authz_denied,
+            retries,
+            retries_refused,
+            ejections,
+            overloaded,
+            ejected_endpoints,
         }
     }
 

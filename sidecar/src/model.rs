@@ -128,11 +128,12 @@ pub struct Subset {
 }
 
 /// How to reach a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServicePolicy {
     pub protocol: Protocol,
     pub balance: Balance,
     pub subsets: Vec<Subset>,
+    pub resilience: crate::resilience::Resilience,
 }
 
 impl Default for ServicePolicy {
@@ -141,6 +142,7 @@ impl Default for ServicePolicy {
             protocol: Protocol::Grpc,
             balance: Balance::P2cEwma,
             subsets: Vec::new(),
+            resilience: Default::default(),
         }
     }
 }
@@ -175,7 +177,7 @@ pub fn validate_addr(addr: &str) -> Result<(), String> {
 }
 
 /// A service as the sidecar knows it: its policy and all its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceState {
     pub policy: ServicePolicy,
     /// By endpoint id.

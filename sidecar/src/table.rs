@@ -15,6 +15,23 @@ use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
 use crate::model::{Balance, Health, ServiceName, ServicePolicy, ServiceState};
+use crate::resilience::breaker::{Admit, Transition};
+use crate::resilience::budget::RetryBudget;
+
+/// What lives across config updates for one service: the retry budget and
+/// the request counts the limits apply to.
+pub struct Runtime {
+    pub budget: RetryBudget,
+    pub in_flight: AtomicUsize,
+    pub pending: AtomicUsize,
+}
+
+/// The endpoint picked for one try.
+pub struct Pick {
+    pub endpoint: Arc<Endpoint>,
+    /// Half-open: this try is the one probe of an ejected endpoint.
+    pub probe: bool,
+}
 
 /// A service and its endpoints, ready for balancing.
 pub struct Target {
@@ -22,39 +39,166 @@ pub struct Target {
     pub policy: ServicePolicy,
     /// Every endpoint, healthy or not.
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Those that may receive traffic.
+    /// Those that may receive traffic (healthy or not checked).
     ready: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
+    /// How many of `ready` are ejected now.
+    ejected: AtomicUsize,
+    pub runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
 }
 
 impl Target {
     /// Picks the endpoint for one request.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+    pub fn pick(&self) -> Option<Pick> {
+        self.pick_excluding(&[])
+    }
+
+    /// Whether so many endpoints are ejected that ejection is ignored (panic
+    /// mode: better to spread over all than to overload the few left).
+    fn panic(&self) -> bool {
         let n = self.ready.len();
-        match (n, self.policy.balance) {
-            (0, _) => None,
-            (1, _) => self.ready.first(),
-            (_, Balance::RoundRobin) => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                self.ready.get(i)
+        let ejected = self.ejected.load(Ordering::Relaxed).min(n);
+        ejected == n
+            || ejected * 100 > n * self.policy.resilience.breaker.max_ejected_percent as usize
+    }
+
+    /// Picks an endpoint, avoiding `tried` (a retry goes elsewhere when it
+    /// can) and ejected ones (unless in panic mode).
+    pub fn pick_excluding(&self, tried: &[Arc<str>]) -> Option<Pick> {
+        let n = self.ready.len();
+        if n == 0 {
+            return None;
+        }
+        let panic = self.panic();
+        let now = Instant::now();
+        // May this endpoint take the request? (Marks a due probe as taken.)
+        let admit = |e: &Arc<Endpoint>| -> Admit {
+            if tried.contains(&e.spec.addr) && tried.len() < n {
+                return Admit::No;
             }
-            (_, Balance::P2cEwma) => {
-                // Power of two choices: two distinct endpoints at random, the
-                // one with the lower peak-EWMA cost (per unit of weight) wins.
-                let a = crate::rand::below(n);
-                let b = (a + 1 + crate::rand::below(n - 1)) % n;
-                let (ea, eb) = (&self.ready[a], &self.ready[b]);
-                let second = prefer_second(
-                    (&ea.peer.load, ea.spec.weight),
-                    (&eb.peer.load, eb.spec.weight),
-                );
-                Some(if second { eb } else { ea })
+            if panic {
+                Admit::Yes
+            } else {
+                e.peer.outlier.admit(now)
+            }
+        };
+        let probe = |e: &Arc<Endpoint>| Pick {
+            endpoint: e.clone(),
+            probe: true,
+        };
+        let yes = |e: &Arc<Endpoint>| Pick {
+            endpoint: e.clone(),
+            probe: false,
+        };
+        match self.policy.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                for k in 0..n {
+                    let e = &self.ready[(start + k) % n];
+                    match admit(e) {
+                        Admit::Yes => return Some(yes(e)),
+                        Admit::Probe => return Some(probe(e)),
+                        Admit::No => {}
+                    }
+                }
+                Some(yes(&self.ready[start % n]))
+            }
+            Balance::P2cEwma => {
+                // Power of two choices among admissible endpoints: two drawn at
+                // random, the lower peak-EWMA cost (per unit of weight) wins.
+                let mut found: Vec<&Arc<Endpoint>> = Vec::with_capacity(2);
+                let mut draws = 0;
+                while found.len() < 2 && draws < 8 {
+                    draws += 1;
+                    let e = &self.ready[crate::rand::below(n)];
+                    if found.iter().any(|f| Arc::ptr_eq(f, e)) {
+                        continue;
+                    }
+                    match admit(e) {
+                        Admit::Yes => found.push(e),
+                        Admit::Probe => return Some(probe(e)),
+                        Admit::No => {}
+                    }
+                }
+                if found.len() < 2 {
+                    // Few admissible: look at every endpoint once.
+                    for e in &self.ready {
+                        if found.len() == 2 {
+                            break;
+                        }
+                        if found.iter().any(|f| Arc::ptr_eq(f, e)) {
+                            continue;
+                        }
+                        match admit(e) {
+                            Admit::Yes => found.push(e),
+                            Admit::Probe => return Some(probe(e)),
+                            Admit::No => {}
+                        }
+                    }
+                }
+                match found.as_slice() {
+                    [] => Some(yes(&self.ready[crate::rand::below(n)])),
+                    [one] => Some(yes(one)),
+                    [a, b, ..] => {
+                        let second = prefer_second(
+                            (&a.peer.load, a.spec.weight),
+                            (&b.peer.load, b.spec.weight),
+                        );
+                        Some(yes(if second { b } else { a }))
+                    }
+                }
             }
         }
     }
 
+    /// Feeds one try's result to its endpoint's outlier detection.
+    pub fn report(&self, pick: &Pick, success: bool) {
+        let cfg = &self.policy.resilience.breaker;
+        let now = Instant::now();
+        let e = &pick.endpoint;
+        match e.peer.outlier.record(success, pick.probe, now, cfg) {
+            Transition::None => {}
+            Transition::WouldEject => {
+                // Never eject more than the allowed share of the endpoints.
+                let n = self.ready.len();
+                let ejected = self.ejected.load(Ordering::Relaxed);
+                if (ejected + 1) * 100 <= n * cfg.max_ejected_percent as usize {
+                    let until = e.peer.outlier.eject(now, cfg);
+                    self.ejected.fetch_add(1, Ordering::Relaxed);
+                    self.count_ejection();
+                    tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "endpoint ejected");
+                } else {
+                    tracing::debug!(service = %self.name, endpoint = %e.spec.id, "would eject, but the service cannot spare another endpoint");
+                }
+            }
+            Transition::Restored => {
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(service = %self.name, endpoint = %e.spec.id, "endpoint restored after a successful probe");
+            }
+            Transition::Reejected(until) => {
+                self.count_ejection();
+                tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "probe failed; endpoint ejected again");
+            }
+        }
+    }
+
+    fn count_ejection(&self) {
+        self.metrics
+            .ejections
+            .get_or_create(&crate::metrics::ServiceLabels {
+                service: self.name.clone(),
+            })
+            .inc();
+    }
+
     pub fn ready_count(&self) -> usize {
         self.ready.len()
+    }
+
+    /// How many of the ready endpoints are ejected now.
+    pub fn ejected_count(&self) -> usize {
+        self.ejected.load(Ordering::Relaxed)
     }
 }
 
@@ -86,6 +230,7 @@ impl Table {
 pub struct TableBuilder {
     connector: Arc<dyn Connector>,
     peers: HashMap<ConnectTarget, Arc<Peer>>,
+    runtimes: HashMap<ServiceName, Arc<Runtime>>,
     metrics: Arc<Metrics>,
 }
 
@@ -94,6 +239,7 @@ impl TableBuilder {
         TableBuilder {
             connector,
             peers: HashMap::new(),
+            runtimes: HashMap::new(),
             metrics,
         }
     }
@@ -105,6 +251,7 @@ impl TableBuilder {
         unknown: impl Iterator<Item = &'a ServiceName>,
     ) -> Table {
         let mut peers = HashMap::new();
+        let mut runtimes = HashMap::new();
         let mut services = HashMap::new();
         self.metrics.endpoints.clear();
         for (name, state) in known {
@@ -143,12 +290,28 @@ impl TableBuilder {
                     })
                     .set(n);
             }
+            // The budget and counts outlive config updates (a new budget
+            // only when its settings change).
+            let budget_cfg = state.policy.resilience.retry.budget;
+            let runtime = match self.runtimes.get(name) {
+                Some(r) if r.budget.config() == budget_cfg => r.clone(),
+                _ => Arc::new(Runtime {
+                    budget: RetryBudget::new(budget_cfg),
+                    in_flight: AtomicUsize::new(0),
+                    pending: AtomicUsize::new(0),
+                }),
+            };
+            runtimes.insert(name.clone(), runtime.clone());
+            let ejected = ready.iter().filter(|e| e.peer.outlier.is_ejected()).count();
             let target = Target {
                 name: name.clone(),
                 policy: state.policy.clone(),
                 endpoints,
                 ready,
                 next: AtomicUsize::new(0),
+                ejected: AtomicUsize::new(ejected),
+                runtime,
+                metrics: self.metrics.clone(),
             };
             services.insert(name.clone(), Entry::Known(Arc::new(target)));
         }
@@ -158,6 +321,7 @@ impl TableBuilder {
         // Peers no service lists any more are dropped here; their connections
         // close once the requests still using them finish.
         self.peers = peers;
+        self.runtimes = runtimes;
         Table { services }
     }
 }
@@ -293,7 +457,7 @@ mod tests {
         let t = builder().build([(&name, &s)].into_iter(), std::iter::empty());
         let t = target(&t, "a");
         let picks: Vec<_> = (0..4)
-            .map(|_| t.pick().map(|e| e.spec.addr.to_string()))
+            .map(|_| t.pick().map(|e| e.endpoint.spec.addr.to_string()))
             .collect();
         assert!(picks.iter().all(|p| p.as_deref() != Some("127.0.0.1:2")));
         assert_ne!(picks[0], picks[1]);
@@ -316,7 +480,9 @@ mod tests {
         let _guards: Vec<_> = (0..5).map(|_| busy.start()).collect();
         for _ in 0..50 {
             assert_eq!(
-                t.pick().map(|e| e.spec.addr.to_string()).as_deref(),
+                t.pick()
+                    .map(|e| e.endpoint.spec.addr.to_string())
+                    .as_deref(),
                 Some("127.0.0.1:2")
             );
         }

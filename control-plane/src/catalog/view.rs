@@ -120,6 +120,7 @@ pub fn build<'a>(
             load_balancer: Default::default(),
             subsets: Vec::new(),
             inbound_mode: InboundMode::Strict,
+            resilience: Default::default(),
         }
         .to_proto(),
     };

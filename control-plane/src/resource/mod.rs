@@ -7,6 +7,7 @@
 
 mod name;
 mod proto;
+pub mod resilience;
 mod yaml;
 
 pub use name::{LabelMap, Name, validate_labels};
@@ -155,7 +156,7 @@ impl InboundMode {
 }
 
 /// The `Service` resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
     pub name: Name,
     /// `None`: whatever the instances declare (gRPC when they say nothing).
@@ -163,6 +164,7 @@ pub struct ServiceSpec {
     pub load_balancer: LoadBalancer,
     pub subsets: Vec<Subset>,
     pub inbound_mode: InboundMode,
+    pub resilience: resilience::Resilience,
 }
 
 /// HTTP requests an authorization rule allows.
@@ -193,7 +195,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// Any resource kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Service(ServiceSpec),
     AuthorizationPolicy(AuthorizationPolicySpec),

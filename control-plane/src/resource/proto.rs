@@ -3,6 +3,7 @@
 
 use weft_proto::v1 as pb;
 
+use super::resilience::{self, Resilience};
 use super::{
     AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
     InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset, check_unique,
@@ -87,6 +88,11 @@ impl ServiceSpec {
                 })
                 .collect(),
             inbound_mode: self.inbound_mode.to_proto() as i32,
+            retry: self.resilience.retry.clone(),
+            timeouts: self.resilience.timeouts,
+            circuit_breaker: self.resilience.circuit_breaker,
+            hedge: self.resilience.hedge.clone(),
+            fault: self.resilience.fault,
         }
     }
 
@@ -121,6 +127,14 @@ impl ServiceSpec {
                 Err(e) => errors.push((format!("subsets[{i}].name"), e)),
             }
         }
+        let resilience = Resilience {
+            retry: p.retry.clone(),
+            timeouts: p.timeouts,
+            circuit_breaker: p.circuit_breaker,
+            hedge: p.hedge.clone(),
+            fault: p.fault,
+        };
+        errors.extend(resilience::validate(&resilience));
         match name {
             Some(name) if errors.is_empty() => Ok(ServiceSpec {
                 name,
@@ -128,6 +142,7 @@ impl ServiceSpec {
                 load_balancer,
                 subsets,
                 inbound_mode,
+                resilience,
             }),
             _ => Err(errors),
         }

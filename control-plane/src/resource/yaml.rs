@@ -20,6 +20,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::resilience;
 use super::{
     AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
     InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
@@ -50,6 +51,11 @@ struct RawServiceSpec {
     protocol: Option<String>,
     load_balancer: Option<String>,
     inbound_mode: Option<String>,
+    retries: Option<resilience::RawRetries>,
+    timeouts: Option<resilience::RawTimeouts>,
+    circuit_breaker: Option<resilience::RawBreaker>,
+    hedging: Option<resilience::RawHedge>,
+    faults: Option<resilience::RawFaults>,
     #[serde(default)]
     subsets: Vec<RawSubset>,
 }
@@ -348,12 +354,30 @@ fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Opti
             InboundMode::default()
         }),
     };
+    let raw_resilience = resilience::RawResilience {
+        retries: raw.retries,
+        timeouts: raw.timeouts,
+        circuit_breaker: raw.circuit_breaker,
+        hedging: raw.hedging,
+        faults: raw.faults,
+    };
+    let resilience = match raw_resilience.convert() {
+        Ok(r) => r,
+        Err(es) => {
+            for (path, reason) in es {
+                errs.push(format!("spec.{path}"), reason);
+            }
+            ok = false;
+            Default::default()
+        }
+    };
     ok.then_some(ServiceSpec {
         name,
         protocol,
         load_balancer,
         subsets,
         inbound_mode,
+        resilience,
     })
 }
 
@@ -388,6 +412,7 @@ pub fn to_value(r: &Resource) -> Value {
                 spec.insert("subsets".into(), Value::Array(subsets));
             }
             spec.insert("inboundMode".into(), json!(s.inbound_mode.as_str()));
+            resilience::to_value(&s.resilience, &mut spec);
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Service",
@@ -635,6 +660,47 @@ metadata: {name: order-service}
         assert!(all.contains("spec.rules[0].http[0].methods[0]"), "{all}");
         assert!(all.contains("spec.rules[0].http[0].pathPrefix"), "{all}");
         assert!(errors("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {inboundMode: loose}\n")[0].contains("spec.inboundMode"));
+    }
+
+    #[test]
+    fn resilience_settings_round_trip_and_are_checked() {
+        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  retries:\n    attempts: 3\n    on: [unavailable, reset]\n    perTryTimeout: 500ms\n    backoff: {base: 20ms, max: 1s}\n    budget: {ratio: 0.1, minPerSecond: 5}\n    nonIdempotent: true\n  timeouts: {request: 2s, idle: 5m}\n  circuitBreaker: {consecutiveFailures: 3, baseEjection: 10s, maxEjectedPercent: 30, maxConcurrentRequests: 100}\n  hedging: {grpcMethods: [\"/u.Users/Get*\"], delay: 15ms}\n  faults: {delay: {percent: 10, duration: 100ms}, abort: {percent: 5, grpcStatus: 14}}\n";
+        let rs = parse_documents(text).expect("valid");
+        let Resource::Service(s) = &rs[0] else {
+            panic!("a service")
+        };
+        let r = s.resilience.retry.as_ref().expect("retries");
+        assert_eq!(
+            (r.attempts, r.per_try_timeout_ms, r.backoff_max_ms),
+            (3, 500, 1000)
+        );
+        assert_eq!(
+            s.resilience
+                .timeouts
+                .as_ref()
+                .map(|t| (t.request_ms, t.idle_ms)),
+            Some((2000, 300_000))
+        );
+        assert_eq!(
+            s.resilience.fault.as_ref().map(|f| f.abort_grpc_status),
+            Some(14)
+        );
+        assert_eq!(
+            parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
+            rs
+        );
+
+        let e = errors("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  retries: {attempts: 0, on: [sometimes], perTryTimeout: soon, budget: {ratio: 2}}\n  faults: {abort: {percent: 120, httpStatus: 200}}\n").join("\n");
+        for path in [
+            "spec.retries.attempts",
+            "spec.retries.on[0]",
+            "spec.retries.perTryTimeout",
+            "spec.retries.budget.ratio",
+            "spec.faults.abort.percent",
+            "spec.faults.abort.httpStatus",
+        ] {
+            assert!(e.contains(path), "{path} missing in:\n{e}");
+        }
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (Str
                     protocol,
                     balance,
                     subsets: Vec::new(),
+                    resilience: Default::default(),
                 },
                 endpoints,
             },

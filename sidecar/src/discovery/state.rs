@@ -21,7 +21,7 @@ pub enum Change {
     Unknown(ServiceName),
     Known {
         name: ServiceName,
-        policy: Option<ServicePolicy>,
+        policy: Option<Box<ServicePolicy>>,
         reset: bool,
         upsert: Vec<EndpointSpec>,
         removed: Vec<Arc<str>>,
@@ -57,10 +57,12 @@ fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
                 .collect(),
         })
         .collect();
+    let resilience = crate::resilience::Resilience::from_proto(p)?;
     Ok(ServicePolicy {
         protocol,
         balance,
         subsets,
+        resilience,
     })
 }
 
@@ -110,7 +112,7 @@ pub fn convert_update(u: &pb::DiscoveryUpdate) -> Result<Vec<Change>, String> {
         let policy = s
             .policy
             .as_ref()
-            .map(convert_policy)
+            .map(|p| convert_policy(p).map(Box::new))
             .transpose()
             .map_err(|e| format!("service {name}: {e}"))?;
         let upsert = s
@@ -168,7 +170,7 @@ impl ConfigState {
                         endpoints: BTreeMap::new(),
                     });
                     if let Some(p) = policy {
-                        s.policy = p;
+                        s.policy = *p;
                     }
                     if reset {
                         s.endpoints.clear();

@@ -2,6 +2,7 @@
 //! reopened when it closes. Every request to that peer shares it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -94,12 +95,46 @@ impl H2Client {
     /// (which would make a new endpoint look slow to the balancer).
     pub async fn send(
         &self,
+        req: http::Request<BoxBody>,
+    ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
+        self.send_limited(req, None).await
+    }
+
+    /// `send`, with at most `limit` requests of the service waiting for a
+    /// connection or a stream (counted in `pending`); over it, the request
+    /// fails at once.
+    pub async fn send_limited(
+        &self,
         mut req: http::Request<BoxBody>,
+        pending: Option<(&AtomicUsize, usize)>,
     ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
         for attempt in 0..2 {
-            let shared = self.sender().await?;
-            let mut sender = (*shared).clone();
-            if sender.ready().await.is_err() {
+            let waiting = match pending {
+                Some((count, limit)) => {
+                    if count.fetch_add(1, Ordering::Relaxed) >= limit {
+                        count.fetch_sub(1, Ordering::Relaxed);
+                        return Err(ProxyError::Overloaded {
+                            service: self.target.service.to_string(),
+                            what: "requests waiting for a connection",
+                            limit,
+                        });
+                    }
+                    Some(count)
+                }
+                None => None,
+            };
+            let ready = async {
+                let shared = self.sender().await?;
+                let mut sender = (*shared).clone();
+                let ok = sender.ready().await.is_ok();
+                Ok::<_, ProxyError>((shared, sender, ok))
+            }
+            .await;
+            if let Some(c) = waiting {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+            let (shared, mut sender, ok) = ready?;
+            if !ok {
                 self.retire(&shared);
                 continue;
             }

@@ -20,6 +20,8 @@ pub struct Peer {
     pub addr: Arc<str>,
     pub load: Arc<Load>,
     pub client: H2Client,
+    /// Outlier detection: kept with the peer across config updates.
+    pub outlier: crate::resilience::breaker::Outlier,
 }
 
 impl Peer {
@@ -28,6 +30,7 @@ impl Peer {
             addr: target.addr.clone(),
             load: Arc::new(Load::new()),
             client: H2Client::new(target, connector),
+            outlier: Default::default(),
         }
     }
 }

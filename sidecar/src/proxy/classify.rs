@@ -35,6 +35,20 @@ impl Classification {
         }
     }
 
+    /// Whether the endpoint failed (for outlier detection): it could not
+    /// be reached or broke off, answered 5xx, or a gRPC status that means a
+    /// server fault. A caller that went away is not the endpoint's fault.
+    pub fn is_endpoint_failure(&self) -> bool {
+        match self.error {
+            Some("cancelled") => false,
+            Some(_) => true,
+            None => match self.grpc_status {
+                Some(code) => matches!(code, 2 | 13 | 14 | 15),
+                None => self.status.is_server_error(),
+            },
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.error.is_none()
             && match self.grpc_status {

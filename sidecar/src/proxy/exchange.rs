@@ -8,17 +8,18 @@ use tokio::time::Instant;
 
 use super::classify::{Classification, ClassifiedBody};
 use crate::body::{BoxBody, boxed};
-use crate::endpoint::PendingGuard;
 use crate::error::ProxyError;
 use crate::metrics::{Direction, Metrics, RequestLabels, ResponseLabels};
 use crate::model::ServiceName;
+
+/// Called with the final classification (outlier detection reads it).
+pub type Report = Box<dyn FnOnce(&Classification) + Send>;
 
 pub struct Exchange {
     metrics: Arc<Metrics>,
     labels: RequestLabels,
     start: Instant,
-    /// Keeps the endpoint's in-flight count until the response ends.
-    pending: Option<PendingGuard>,
+    report: Option<Report>,
 }
 
 impl Exchange {
@@ -29,19 +30,25 @@ impl Exchange {
             metrics,
             labels,
             start: Instant::now(),
-            pending: None,
+            report: None,
         }
     }
 
-    pub fn hold(&mut self, guard: PendingGuard) {
-        self.pending = Some(guard);
+    /// Also tells `report` how the exchange ended.
+    pub fn report_to(&mut self, report: Report) {
+        self.report = Some(report);
     }
 
     /// Wraps the response so that its end is classified and recorded.
     pub fn respond(self, resp: http::Response<Incoming>) -> http::Response<BoxBody> {
+        self.respond_boxed(resp.map(boxed))
+    }
+
+    /// The same, for a body already boxed (replayed frames, deadlines).
+    pub fn respond_boxed(self, resp: http::Response<BoxBody>) -> http::Response<BoxBody> {
         let class = Classification::from_headers(resp.status(), resp.headers());
         let (parts, body) = resp.into_parts();
-        let body = ClassifiedBody::new(boxed(body), class, Box::new(move |c| self.record(c)));
+        let body = ClassifiedBody::new(body, class, Box::new(move |c| self.record(c)));
         http::Response::from_parts(parts, crate::body::boxed(body))
     }
 
@@ -56,7 +63,10 @@ impl Exchange {
         resp
     }
 
-    fn record(self, c: &Classification) {
+    fn record(mut self, c: &Classification) {
+        if let Some(r) = self.report.take() {
+            r(c);
+        }
         let m = &self.metrics;
         m.latency
             .get_or_create(&self.labels)

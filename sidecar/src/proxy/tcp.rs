@@ -23,9 +23,8 @@ impl Proxy {
         let attempts = target.ready_count().clamp(1, 3);
         let mut last = ProxyError::NoEndpoints(service.to_string());
         for _ in 0..attempts {
-            let Some(endpoint) = target.pick().cloned() else {
-                break;
-            };
+            let Some(pick) = target.pick() else { break };
+            let endpoint = pick.endpoint.clone();
             let _pending = endpoint.peer.load.start();
             let ct = ConnectTarget {
                 addr: endpoint.spec.addr.clone(),

@@ -1,0 +1,346 @@
+//! Resilience on the outbound path: retries within a budget, deadlines
+//! (honouring and forwarding `grpc-timeout`), outlier ejection, request
+//! limits and fault injection. The settings come with a service's policy;
+//! this module holds them with their defaults resolved, and the small
+//! mechanisms; `proxy::outbound` drives them per request.
+
+pub mod breaker;
+pub mod budget;
+pub mod deadline;
+pub mod replay;
+pub mod timed;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use weft_proto::v1 as pb;
+
+use crate::authz::Pattern;
+use breaker::BreakerConfig;
+use budget::BudgetConfig;
+
+/// When a failed try may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Conditions {
+    pub unavailable: bool,
+    pub cancelled: bool,
+    pub resource_exhausted: bool,
+    pub deadline_exceeded: bool,
+    pub internal: bool,
+    pub http_5xx: bool,
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub refused_stream: bool,
+    pub reset: bool,
+}
+
+impl Conditions {
+    /// gRPC UNAVAILABLE, HTTP 502/503/504, and failures before the request
+    /// reached the service: always safe to try elsewhere.
+    pub fn defaults() -> Self {
+        Conditions {
+            unavailable: true,
+            gateway_error: true,
+            connect_failure: true,
+            refused_stream: true,
+            ..Default::default()
+        }
+    }
+
+    fn parse(names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(Self::defaults());
+        }
+        let mut c = Conditions::default();
+        for n in names {
+            match n.as_str() {
+                "unavailable" => c.unavailable = true,
+                "cancelled" => c.cancelled = true,
+                "resource-exhausted" => c.resource_exhausted = true,
+                "deadline-exceeded" => c.deadline_exceeded = true,
+                "internal" => c.internal = true,
+                "5xx" => c.http_5xx = true,
+                "gateway-error" => c.gateway_error = true,
+                "connect-failure" => c.connect_failure = true,
+                "refused-stream" => c.refused_stream = true,
+                "reset" => c.reset = true,
+                other => return Err(format!("retry.on: unknown condition {other:?}")),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether a gRPC status qualifies.
+    pub fn grpc(&self, code: u16) -> bool {
+        match code {
+            1 => self.cancelled,
+            4 => self.deadline_exceeded,
+            8 => self.resource_exhausted,
+            13 => self.internal,
+            14 => self.unavailable,
+            _ => false,
+        }
+    }
+
+    /// Whether an HTTP status qualifies (non-gRPC responses).
+    pub fn http(&self, status: u16) -> bool {
+        (self.http_5xx && status >= 500) || (self.gateway_error && matches!(status, 502..=504))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    pub on: Conditions,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    #[serde(skip)]
+    pub budget: BudgetConfig,
+    pub non_idempotent: bool,
+    pub max_replay_bytes: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            on: Conditions::defaults(),
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget: BudgetConfig::default(),
+            non_idempotent: false,
+            max_replay_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// A whole request; `None`: only the caller's `grpc-timeout`.
+    pub request: Option<Duration>,
+    /// A stream with nothing moving for this long is cancelled.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: None,
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_concurrent: Option<usize>,
+    pub max_pending: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HedgePolicy {
+    pub methods: Vec<Pattern>,
+    /// `None`: the observed p95.
+    pub delay: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FaultPolicy {
+    pub delay_percent: u32,
+    pub delay: Duration,
+    pub abort_percent: u32,
+    pub abort_grpc_status: u16,
+    pub abort_http_status: u16,
+}
+
+/// Everything a caller's sidecar applies to requests to one service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resilience {
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    #[serde(skip)]
+    pub breaker: BreakerConfig,
+    pub limits: Limits,
+    pub hedge: Option<HedgePolicy>,
+    pub fault: Option<FaultPolicy>,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Resilience {
+            retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+            breaker: BreakerConfig::default(),
+            limits: Limits {
+                max_concurrent: None,
+                max_pending: None,
+            },
+            hedge: None,
+            fault: None,
+        }
+    }
+}
+
+fn ms_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+fn nonzero_ms(ms: u64) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms))
+}
+
+impl Resilience {
+    /// From a service's wire policy; unset fields take the defaults.
+    pub fn from_proto(p: &pb::ServiceSpec) -> Result<Self, String> {
+        let d = Resilience::default();
+        let retry = match &p.retry {
+            None => d.retry,
+            Some(r) => RetryPolicy {
+                attempts: if r.attempts == 0 {
+                    d.retry.attempts
+                } else {
+                    r.attempts.min(10)
+                },
+                on: Conditions::parse(&r.on)?,
+                per_try_timeout: nonzero_ms(r.per_try_timeout_ms),
+                backoff_base: ms_or(r.backoff_base_ms, d.retry.backoff_base),
+                backoff_max: ms_or(r.backoff_max_ms, d.retry.backoff_max),
+                budget: BudgetConfig {
+                    ratio: if r.budget_ratio > 0.0 && r.budget_ratio <= 1.0 {
+                        r.budget_ratio
+                    } else {
+                        d.retry.budget.ratio
+                    },
+                    min_per_second: if r.budget_min_per_second == 0 {
+                        d.retry.budget.min_per_second
+                    } else {
+                        r.budget_min_per_second
+                    },
+                },
+                non_idempotent: r.non_idempotent,
+                max_replay_bytes: if r.max_replay_bytes == 0 {
+                    d.retry.max_replay_bytes
+                } else {
+                    r.max_replay_bytes as usize
+                },
+            },
+        };
+        let timeouts = p.timeouts.as_ref().map_or(d.timeouts, |t| Timeouts {
+            request: nonzero_ms(t.request_ms),
+            idle: ms_or(t.idle_ms, d.timeouts.idle),
+        });
+        let (breaker, limits) = match &p.circuit_breaker {
+            None => (d.breaker, d.limits),
+            Some(c) => (
+                BreakerConfig {
+                    consecutive_failures: if c.consecutive_failures == 0 {
+                        d.breaker.consecutive_failures
+                    } else {
+                        c.consecutive_failures
+                    },
+                    base: ms_or(c.base_ejection_ms, d.breaker.base),
+                    max: ms_or(c.max_ejection_ms, d.breaker.max),
+                    max_ejected_percent: if c.max_ejected_percent == 0 {
+                        d.breaker.max_ejected_percent
+                    } else {
+                        c.max_ejected_percent.min(100)
+                    },
+                },
+                Limits {
+                    max_concurrent: (c.max_concurrent_requests != 0)
+                        .then_some(c.max_concurrent_requests as usize),
+                    max_pending: (c.max_pending_requests != 0)
+                        .then_some(c.max_pending_requests as usize),
+                },
+            ),
+        };
+        let hedge = p
+            .hedge
+            .as_ref()
+            .map(|h| {
+                let methods = h
+                    .grpc_methods
+                    .iter()
+                    .map(|m| Pattern::parse(m))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("hedge.grpc_methods: {e}"))?;
+                Ok::<_, String>(HedgePolicy {
+                    methods,
+                    delay: nonzero_ms(h.delay_ms),
+                })
+            })
+            .transpose()?;
+        let fault = p.fault.as_ref().map(|f| FaultPolicy {
+            delay_percent: f.delay_percent.min(100),
+            delay: Duration::from_millis(f.delay_ms),
+            abort_percent: f.abort_percent.min(100),
+            abort_grpc_status: if f.abort_grpc_status == 0 {
+                14
+            } else {
+                f.abort_grpc_status as u16
+            },
+            abort_http_status: if f.abort_http_status == 0 {
+                503
+            } else {
+                f.abort_http_status as u16
+            },
+        });
+        Ok(Resilience {
+            retry,
+            timeouts,
+            breaker,
+            limits,
+            hedge,
+            fault,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d = Resilience::from_proto(&pb::ServiceSpec::default()).expect("valid");
+        assert_eq!(d, Resilience::default());
+        assert!(d.retry.on.grpc(14) && !d.retry.on.grpc(13));
+        assert!(d.retry.on.http(503) && !d.retry.on.http(500));
+        let p = pb::ServiceSpec {
+            retry: Some(pb::RetryPolicy {
+                attempts: 5,
+                on: vec!["internal".into(), "5xx".into()],
+                per_try_timeout_ms: 100,
+                ..Default::default()
+            }),
+            circuit_breaker: Some(pb::CircuitBreakerPolicy {
+                consecutive_failures: 2,
+                max_concurrent_requests: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = Resilience::from_proto(&p).expect("valid");
+        assert_eq!(r.retry.attempts, 5);
+        assert!(r.retry.on.grpc(13) && !r.retry.on.grpc(14) && r.retry.on.http(500));
+        assert_eq!(r.retry.per_try_timeout, Some(Duration::from_millis(100)));
+        assert_eq!(r.breaker.consecutive_failures, 2);
+        assert_eq!(r.breaker.base, Duration::from_secs(30));
+        assert_eq!(r.limits.max_concurrent, Some(10));
+        let bad = pb::ServiceSpec {
+            retry: Some(pb::RetryPolicy {
+                on: vec!["never".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(Resilience::from_proto(&bad).is_err());
+    }
+}

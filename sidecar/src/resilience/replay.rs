@@ -1,0 +1,199 @@
+//! Request bodies that can be sent again: frames are kept (up to a limit)
+//! as the first try streams them, so that a retry replays what was sent and
+//! then continues with what was not read yet. A body over the limit is
+//! streamed as usual and simply not retried.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame};
+
+use crate::body::{BoxBody, BoxError};
+
+struct State {
+    /// The original body, until it has been read to its end.
+    inner: Option<BoxBody>,
+    data: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    size: usize,
+    max: usize,
+    /// Went over `max`: the buffer is gone and no new try can be made.
+    capped: bool,
+}
+
+/// Shared by every try of one request.
+#[derive(Clone)]
+pub struct Replay(Arc<Mutex<State>>);
+
+impl Replay {
+    pub fn new(body: BoxBody, max: usize) -> Self {
+        Replay(Arc::new(Mutex::new(State {
+            inner: Some(body),
+            data: Vec::new(),
+            trailers: None,
+            size: 0,
+            max,
+            capped: false,
+        })))
+    }
+
+    /// Whether the caller's body has been read to its end (the request is
+    /// complete: no more to come from the caller).
+    pub fn finished(&self) -> bool {
+        self.0.lock().map(|s| s.inner.is_none()).unwrap_or(false)
+    }
+
+    /// A body for the next try; `None` once the request has outgrown the
+    /// replay limit.
+    pub fn body(&self) -> Option<ReplayBody> {
+        let st = self.0.lock().ok()?;
+        (!st.capped).then(|| ReplayBody {
+            shared: self.0.clone(),
+            pos: 0,
+            trailers_sent: false,
+        })
+    }
+}
+
+pub struct ReplayBody {
+    shared: Arc<Mutex<State>>,
+    /// How many kept frames this try has sent.
+    pos: usize,
+    trailers_sent: bool,
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Ok(mut st) = this.shared.lock() else {
+            return Poll::Ready(Some(Err("request body lock poisoned".into())));
+        };
+        if !st.capped && this.pos < st.data.len() {
+            let d = st.data[this.pos].clone();
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        let Some(inner) = st.inner.as_mut() else {
+            // Read to its end by an earlier try: replay the trailers, then end.
+            if !this.trailers_sent
+                && let Some(t) = st.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    if !st.capped {
+                        st.size += d.len();
+                        if st.size > st.max {
+                            st.capped = true;
+                            st.data = Vec::new();
+                        } else {
+                            st.data.push(d.clone());
+                            this.pos += 1;
+                        }
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    st.trailers = Some(t.clone());
+                    this.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                st.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The caller's body broke: nothing can be replayed.
+                st.capped = true;
+                st.inner = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Exact, so that the last data frame carries END_STREAM: an empty
+    /// DATA frame after every request would trip HTTP/2 servers' limits on
+    /// empty frames (h2 answers ENHANCE_YOUR_CALM).
+    fn is_end_stream(&self) -> bool {
+        let Ok(st) = self.shared.lock() else {
+            return true;
+        };
+        if !st.capped && self.pos < st.data.len() {
+            return false;
+        }
+        match &st.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => self.trailers_sent || st.trailers.is_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body(chunks: &[&'static [u8]], trailers: bool) -> BoxBody {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert("x-t", "1".parse().expect("value"));
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    async fn collect(b: ReplayBody) -> (Bytes, Option<HeaderMap>) {
+        let c = b.collect().await.expect("collect");
+        let t = c.trailers().cloned();
+        (c.to_bytes(), t)
+    }
+
+    #[tokio::test]
+    async fn a_retry_replays_everything_with_trailers() {
+        let r = Replay::new(body(&[b"ab", b"cd"], true), 100);
+        let (first, t1) = collect(r.body().expect("first")).await;
+        let (second, t2) = collect(r.body().expect("replay")).await;
+        assert_eq!(
+            (first.as_ref(), second.as_ref()),
+            (&b"abcd"[..], &b"abcd"[..])
+        );
+        assert!(t1.is_some() && t2.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_try_cut_short_is_completed_from_the_original() {
+        let r = Replay::new(body(&[b"ab", b"cd", b"ef"], false), 100);
+        let mut first = r.body().expect("first");
+        let f = first.frame().await.expect("a frame").expect("ok");
+        assert_eq!(f.data_ref().map(|d| d.as_ref()), Some(&b"ab"[..]));
+        drop(first); // the try failed after one frame
+        let (second, _) = collect(r.body().expect("replay")).await;
+        assert_eq!(second.as_ref(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_not_replayed() {
+        let r = Replay::new(body(&[b"abc", b"def"], false), 4);
+        let (first, _) = collect(r.body().expect("first")).await;
+        assert_eq!(first.as_ref(), b"abcdef", "the first try gets it all");
+        assert!(r.body().is_none());
+    }
+}
