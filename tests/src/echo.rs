@@ -26,6 +26,38 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct EchoService {
     pub instance: String,
     pub calls: Arc<AtomicU64>,
+    pub state: Arc<EchoState>,
+}
+
+/// What a test can steer and observe on a running echo server.
+#[derive(Default)]
+pub struct EchoState {
+    /// Non-zero: every call fails with this gRPC status.
+    pub fail_all: std::sync::atomic::AtomicU32,
+    /// Unary calls that ran to their end (a cancelled call does not).
+    pub completed: AtomicU64,
+    /// The `grpc-timeout` each call arrived with.
+    pub grpc_timeouts: std::sync::Mutex<Vec<String>>,
+}
+
+impl EchoState {
+    fn observe(&self, md: &MetadataMap) -> Option<Status> {
+        if let Ok(mut t) = self.grpc_timeouts.lock() {
+            t.push(
+                md.get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+        match self.fail_all.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(Status::new(
+                tonic::Code::from(code as i32),
+                "this instance fails every call",
+            )),
+        }
+    }
 }
 
 fn echo_metadata(from: &MetadataMap) -> MetadataMap {
@@ -76,11 +108,15 @@ fn done_trailer() -> Status {
 impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.state.observe(request.metadata()) {
+            return Err(s);
+        }
         let md = echo_metadata(request.metadata());
         let req = request.into_inner();
         if req.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(req.sleep_ms.into())).await;
         }
+        self.state.completed.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = failure(&req) {
             return Err(s);
         }
@@ -101,11 +137,20 @@ impl Echo for EchoService {
         request: Request<EchoRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let failing = self.state.observe(request.metadata());
         let md = echo_metadata(request.metadata());
         let req = request.into_inner();
-        if let Some(s) = failure(&req) {
-            return Err(s);
-        }
+        // `count` replies, then the end: OK with a trailer, or the requested
+        // failure (`fail_code`) in the trailers, or this instance's failure
+        // before any reply (headers first, then a status in the trailers).
+        let end = match (failing, failure(&req)) {
+            (Some(s), _) => {
+                let s = futures_util::stream::once(async move { Err(s) });
+                return Ok(Response::new(Box::pin(s) as ReplyStream));
+            }
+            (None, Some(s)) => s,
+            (None, None) => done_trailer(),
+        };
         let instance = self.instance.clone();
         let sleep = Duration::from_millis(req.sleep_ms.into());
         let replies = futures_util::stream::iter(0..req.count).then(move |i| {
@@ -122,7 +167,7 @@ impl Echo for EchoService {
                 })
             }
         });
-        let s = replies.chain(futures_util::stream::once(async { Err(done_trailer()) }));
+        let s = replies.chain(futures_util::stream::once(async move { Err(end) }));
         let mut resp = Response::new(Box::pin(s) as ReplyStream);
         *resp.metadata_mut() = with_instance(&self.instance, md);
         Ok(resp)
@@ -182,6 +227,7 @@ impl Echo for EchoService {
 pub struct EchoServerHandle {
     pub addr: SocketAddr,
     pub calls: Arc<AtomicU64>,
+    pub state: Arc<EchoState>,
     pub health: HealthReporter,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -216,12 +262,19 @@ impl Drop for EchoServerHandle {
 
 /// Starts an echo server with gRPC health on 127.0.0.1, port 0.
 pub async fn start_echo(instance: &str) -> anyhow::Result<EchoServerHandle> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_echo_on(instance, "127.0.0.1:0".parse()?).await
+}
+
+/// Starts one on `addr` (e.g. where an instance that was stopped listened).
+pub async fn start_echo_on(instance: &str, addr: SocketAddr) -> anyhow::Result<EchoServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let calls = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(EchoState::default());
     let svc = EchoService {
         instance: instance.to_string(),
         calls: calls.clone(),
+        state: state.clone(),
     };
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
@@ -246,6 +299,7 @@ pub async fn start_echo(instance: &str) -> anyhow::Result<EchoServerHandle> {
     Ok(EchoServerHandle {
         addr,
         calls,
+        state,
         health,
         stop: Some(tx),
     })
@@ -263,4 +317,46 @@ pub async fn client(
     Ok(crate::pb::echo_client::EchoClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// One unary gRPC call at the wire level (hyper's HTTP/2 client), for tests
+/// that must control every header: tonic's own client enforces a
+/// `grpc-timeout` it sends. Returns the gRPC status and how long it took.
+pub async fn raw_unary(
+    addr: SocketAddr,
+    path: &str,
+    msg: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(Option<u16>, Duration)> {
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+    tokio::spawn(conn);
+    let payload = msg.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(0);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(frame)))?;
+    let started = std::time::Instant::now();
+    let resp = send.send_request(req).await?;
+    let status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok())
+    };
+    if let Some(s) = status(resp.headers()) {
+        return Ok((Some(s), started.elapsed()));
+    }
+    let collected = resp.into_body().collect().await?;
+    Ok((collected.trailers().and_then(status), started.elapsed()))
 }

@@ -51,6 +51,17 @@ async fn handle(
         return r;
     }
     calls.fetch_add(1, Ordering::Relaxed);
+    if let Some(code) = req
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let mut r = Response::new(full(format!("status {code}")));
+        *r.status_mut() =
+            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        return r;
+    }
     let mut resp = if req.uri().path() == "/echo" {
         Response::new(req.into_body().boxed())
     } else {

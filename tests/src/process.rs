@@ -230,6 +230,18 @@ impl SidecarProc {
         access: Option<&crate::mesh::CpAccess>,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        Self::start_at(service, access, inbound, extra).await
+    }
+
+    /// The same, with its inbound listener on `inbound` (to come back where
+    /// an instance that was killed listened).
+    pub async fn start_at(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        inbound: std::net::SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let mut extra = extra.to_vec();
         if let Some(a) = access {
@@ -242,7 +254,6 @@ impl SidecarProc {
                 token.display().to_string(),
             ]);
         }
-        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let outbound = format!("127.0.0.1:{}", free_port()?);
         let mut args: Vec<String> = [

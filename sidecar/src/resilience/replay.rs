@@ -43,7 +43,10 @@ impl Replay {
     /// Whether the caller's body has been read to its end (the request is
     /// complete: no more to come from the caller).
     pub fn finished(&self) -> bool {
-        self.0.lock().map(|s| s.inner.is_none()).unwrap_or(false)
+        self.0
+            .lock()
+            .map(|s| s.inner.as_ref().is_none_or(|b| b.is_end_stream()))
+            .unwrap_or(false)
     }
 
     /// A body for the next try; `None` once the request has outgrown the
