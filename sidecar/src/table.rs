@@ -167,6 +167,7 @@ impl Target {
                     let until = e.peer.outlier.eject(now, cfg);
                     self.ejected.fetch_add(1, Ordering::Relaxed);
                     self.count_ejection();
+                    self.publish_ejected();
                     tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "endpoint ejected");
                 } else {
                     tracing::debug!(service = %self.name, endpoint = %e.spec.id, "would eject, but the service cannot spare another endpoint");
@@ -174,6 +175,7 @@ impl Target {
             }
             Transition::Restored => {
                 self.ejected.fetch_sub(1, Ordering::Relaxed);
+                self.publish_ejected();
                 tracing::info!(service = %self.name, endpoint = %e.spec.id, "endpoint restored after a successful probe");
             }
             Transition::Reejected(until) => {
@@ -181,6 +183,16 @@ impl Target {
                 tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "probe failed; endpoint ejected again");
             }
         }
+    }
+
+    /// Publishes how many endpoints are ejected now.
+    fn publish_ejected(&self) {
+        self.metrics
+            .ejected_endpoints
+            .get_or_create(&crate::metrics::ServiceLabels {
+                service: self.name.clone(),
+            })
+            .set(self.ejected.load(Ordering::Relaxed) as i64);
     }
 
     fn count_ejection(&self) {
@@ -313,6 +325,7 @@ impl TableBuilder {
                 runtime,
                 metrics: self.metrics.clone(),
             };
+            target.publish_ejected();
             services.insert(name.clone(), Entry::Known(Arc::new(target)));
         }
         for name in unknown {

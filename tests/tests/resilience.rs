@@ -261,6 +261,23 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
         || async { (ejections(&c.metrics().await.ok()?) >= 1.0).then_some(()) },
     )
     .await?;
+    let m = c.metrics().await?;
+    assert_eq!(
+        metric(&m, "weft_ejected_endpoints", &[("service", "echo")]),
+        Some(1.0),
+        "{m}"
+    );
+    let config = c.config().await?;
+    let out: Vec<_> = config["services"]["echo"]["endpoints"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|x| x["ejectedForMs"].is_u64())
+                .map(|x| x["id"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(out, vec![serde_json::json!("c-1")], "{config}");
     let ejected_after = killed.elapsed();
     assert!(
         ejected_after < Duration::from_millis(1500),

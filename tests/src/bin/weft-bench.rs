@@ -266,38 +266,53 @@ async fn main() -> anyhow::Result<()> {
     ]))
     .await?;
 
-    // mTLS pair: joined to a control plane (in this process), certificates
-    // from its CA, TLS 1.3 between the sidecars.
+    // mTLS pairs: joined to a control plane (in this process), certificates
+    // from its CA, TLS 1.3 between the sidecars. One with the resilience
+    // defaults (retries with a budget, outlier detection) plus a request
+    // timeout and limits configured; one bare (a single try, ejection out of
+    // reach), to see what resilience costs when nothing fails.
     let cp = ControlPlane::start(None, Default::default()).await?;
-    let server_token = write_temp(dir.path(), "echo-tls", &cp.token("echo-tls").await?)?
-        .display()
-        .to_string();
-    let (tls_server, _) = sidecar(strings(&[
-        "--service",
-        "echo-tls",
-        "--app",
-        &backend.addr.to_string(),
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &server_token,
-    ]))
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
+    )
     .await?;
-    let tls_up = port()?;
-    let client_token = write_temp(dir.path(), "bench-tls", &cp.token("bench-tls").await?)?
-        .display()
-        .to_string();
-    let (tls_client, _) = sidecar(strings(&[
-        "--service",
-        "bench-tls",
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &client_token,
-        "--upstream",
-        &format!("echo-tls={tls_up}"),
-    ]))
-    .await?;
+    let mut pairs = Vec::new();
+    for (server_service, client_service) in [("echo-tls", "bench-tls"), ("echo-bare", "bench-bare")]
+    {
+        let token = write_temp(dir.path(), server_service, &cp.token(server_service).await?)?
+            .display()
+            .to_string();
+        let (server, _) = sidecar(strings(&[
+            "--service",
+            server_service,
+            "--app",
+            &backend.addr.to_string(),
+            "--control-plane",
+            &cp.url(),
+            "--token-file",
+            &token,
+        ]))
+        .await?;
+        let up = port()?;
+        let token = write_temp(dir.path(), client_service, &cp.token(client_service).await?)?
+            .display()
+            .to_string();
+        let (client, _) = sidecar(strings(&[
+            "--service",
+            client_service,
+            "--control-plane",
+            &cp.url(),
+            "--token-file",
+            &token,
+            "--upstream",
+            &format!("{server_service}={up}"),
+        ]))
+        .await?;
+        pairs.push((client, server, up));
+    }
+    let (tls_client, tls_server, tls_up) = pairs.remove(0);
+    let (bare_client, bare_server, bare_up) = pairs.remove(0);
 
     let paths = [
         Path {
@@ -319,6 +334,14 @@ async fn main() -> anyhow::Result<()> {
             sidecars: vec![
                 ("mTLS client-side", tls_client.pid()),
                 ("mTLS server-side", tls_server.pid()),
+            ],
+        },
+        Path {
+            name: "mTLS bare",
+            addr: bare_up,
+            sidecars: vec![
+                ("bare client-side", bare_client.pid()),
+                ("bare server-side", bare_server.pid()),
             ],
         },
     ];
@@ -403,20 +426,26 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nAdded by two sidecars (pair − direct, same round):\n");
     println!(
-        "| round | plaintext added p50 µs | plaintext added p99 µs | mTLS added p50 µs | mTLS added p99 µs | mTLS/plaintext added p50 |"
+        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
-    for chunk in rows.chunks(3) {
-        if let [(label, _, d), (_, _, p), (_, _, t)] = chunk {
-            let (p50, t50) = (added(d.pct(0.5), p.pct(0.5)), added(d.pct(0.5), t.pct(0.5)));
+    for chunk in rows.chunks(paths.len()) {
+        if let [(label, _, d), (_, _, p), (_, _, t), (_, _, b)] = chunk {
+            let (p50, t50, b50) = (
+                added(d.pct(0.5), p.pct(0.5)),
+                added(d.pct(0.5), t.pct(0.5)),
+                added(d.pct(0.5), b.pct(0.5)),
+            );
             println!(
-                "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} |",
                 p50 * 1e6,
                 added(d.pct(0.99), p.pct(0.99)) * 1e6,
                 t50 * 1e6,
                 added(d.pct(0.99), t.pct(0.99)) * 1e6,
-                t50 / p50
+                b50 * 1e6,
+                t50 / p50,
+                t50 / b50
             );
         }
     }
@@ -437,6 +466,13 @@ async fn main() -> anyhow::Result<()> {
             100.0 * t.as_secs_f64() / *secs as f64
         );
     }
-    drop((plain_client, plain_server, tls_client, tls_server));
+    drop((
+        plain_client,
+        plain_server,
+        tls_client,
+        tls_server,
+        bare_client,
+        bare_server,
+    ));
     Ok(())
 }
