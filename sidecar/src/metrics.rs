@@ -141,6 +141,7 @@ pub struct Metrics {
     pub ejections: Family<ServiceLabels, Counter>,
     pub overloaded: Family<ServiceLabels, Counter>,
     pub ejected_endpoints: Family<ServiceLabels, Gauge>,
+    pub hedges: Family<ServiceLabels, Counter>,
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where a sidecar's
@@ -275,6 +276,12 @@ impl Metrics {
             "Endpoints of a service ejected now (read at scrape time)",
             ejected_endpoints.clone(),
         );
+        let hedges = Family::<ServiceLabels, Counter>::default();
+        r.register(
+            "hedges",
+            "Second copies of hedgeable calls sent after the hedge delay",
+            hedges.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -296,6 +303,7 @@ impl Metrics {
             ejections,
             overloaded,
             ejected_endpoints,
+            hedges,
         }
     }
 

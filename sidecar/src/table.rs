@@ -24,6 +24,8 @@ pub struct Runtime {
     pub budget: RetryBudget,
     pub in_flight: AtomicUsize,
     pub pending: AtomicUsize,
+    /// Recent latencies: the p95 that sets the hedge delay.
+    pub latencies: crate::resilience::hedge::Latencies,
 }
 
 /// The endpoint picked for one try.
@@ -311,6 +313,7 @@ impl TableBuilder {
                     budget: RetryBudget::new(budget_cfg),
                     in_flight: AtomicUsize::new(0),
                     pending: AtomicUsize::new(0),
+                    latencies: Default::default(),
                 }),
             };
             runtimes.insert(name.clone(), runtime.clone());

@@ -34,6 +34,8 @@ pub struct EchoService {
 pub struct EchoState {
     /// Non-zero: every call fails with this gRPC status.
     pub fail_all: std::sync::atomic::AtomicU32,
+    /// Added to every unary call (a slow instance).
+    pub delay_ms: AtomicU64,
     /// Unary calls that ran to their end (a cancelled call does not).
     pub completed: AtomicU64,
     /// The `grpc-timeout` each call arrived with.
@@ -113,8 +115,9 @@ impl Echo for EchoService {
         }
         let md = echo_metadata(request.metadata());
         let req = request.into_inner();
-        if req.sleep_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(req.sleep_ms.into())).await;
+        let sleep = u64::from(req.sleep_ms) + self.state.delay_ms.load(Ordering::Relaxed);
+        if sleep > 0 {
+            tokio::time::sleep(Duration::from_millis(sleep)).await;
         }
         self.state.completed.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = failure(&req) {

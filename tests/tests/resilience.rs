@@ -538,3 +538,48 @@ async fn long_streams_live_past_any_default_timeout_while_active() -> anyhow::Re
     assert!(e.message().contains("idle"), "{}", e.message());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_calls_do_not_wait_for_a_slow_instance() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    cp.apply_yaml(&service(
+        "  loadBalancer: round-robin\n  hedging: {grpcMethods: [\"/weft.test.v1.Echo/Unary\"], delay: 50ms}\n",
+    ))
+    .await?;
+    let instances = echo_instances(&cp, "echo", &["fast", "slow"]).await?;
+    let slow = &instances[1].0;
+    slow.state.delay_ms.store(400, Ordering::Relaxed);
+    let c = caller(&cp, "echo", 2).await?;
+    wait_for("the hedging policy", Duration::from_secs(10), || async {
+        c.config().await.ok()?["services"]["echo"]["policy"]["resilience"]["hedge"]
+            .as_object()
+            .map(|_| ())
+    })
+    .await?;
+    let mut g = client(c.upstream("echo")).await?;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = g.unary(EchoRequest::default()).await?;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.get_ref().instance, "fast");
+    }
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a call waited {slowest:?} for the slow instance"
+    );
+    let m = c.metrics().await?;
+    let hedges = metric(&m, "weft_hedges_total", &[("service", "echo")]).unwrap_or(0.0);
+    assert!(hedges >= 5.0, "{m}");
+    // The slow copies were cancelled: none ran to its end. (Time itself is
+    // under test here: wait out the slow copies' 400 ms.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(slow.calls() >= 5);
+    assert_eq!(
+        slow.state.completed.load(Ordering::Relaxed),
+        0,
+        "the losing copies were cancelled"
+    );
+    Ok(())
+}

@@ -212,7 +212,17 @@ impl Proxy {
         let retry = &res.retry;
         let may_retry =
             retry.attempts > 1 && (grpc || idempotent(&template.method) || retry.non_idempotent);
-        let (replay, mut once) = if may_retry {
+        // Hedging: gRPC methods the service marks hedgeable (idempotent by
+        // the user's word), after the configured delay or the observed p95.
+        let hedge_delay = match &res.hedge {
+            Some(h) if grpc && h.methods.iter().any(|m| m.matches(template.uri.path())) => Some(
+                h.delay
+                    .or_else(|| target.runtime.latencies.p95(Instant::now()))
+                    .unwrap_or(DEFAULT_HEDGE_DELAY),
+            ),
+            _ => None,
+        };
+        let (replay, mut once) = if may_retry || hedge_delay.is_some() {
             (Some(Replay::new(body, retry.max_replay_bytes)), None)
         } else {
             (None, Some(body))
@@ -244,9 +254,55 @@ impl Proxy {
             };
             let more = attempt < retry.attempts && may_retry;
             let req = template.request(body, if grpc { per_try } else { None });
-            let outcome = self
-                .one_try(&target, &pick, req, grpc, per_try, more, replay.as_ref())
-                .await;
+            let first = async {
+                (
+                    self.one_try(&target, &pick, req, grpc, per_try, more, replay.as_ref())
+                        .await,
+                    None,
+                )
+            };
+            let (outcome, hedged_pick) = match (attempt, hedge_delay, &replay) {
+                (1, Some(delay), Some(replay)) => {
+                    let second = || {
+                        // Only a request the caller has sent whole, to
+                        // another endpoint, within the retry budget.
+                        if !replay.finished() {
+                            return None;
+                        }
+                        let other = target.pick_excluding(&tried)?;
+                        if Arc::ptr_eq(&other.endpoint, &pick.endpoint)
+                            || !target.runtime.budget.try_withdraw(Instant::now())
+                        {
+                            return None;
+                        }
+                        let body = boxed(replay.body()?);
+                        self.metrics
+                            .hedges
+                            .get_or_create(&ServiceLabels {
+                                service: target.name.clone(),
+                            })
+                            .inc();
+                        let req = template.request(body, if grpc { per_try } else { None });
+                        let (target, replay) = (&target, Some(replay));
+                        Some(async move {
+                            let o = self
+                                .one_try(target, &other, req, grpc, per_try, more, replay)
+                                .await;
+                            (o, Some(other))
+                        })
+                    };
+                    crate::resilience::hedge::race(first, delay, second).await.0
+                }
+                _ => first.await,
+            };
+            // The try that answered is the one reported (and not retried to).
+            let pick = match hedged_pick {
+                Some(p) => {
+                    tried.push(p.endpoint.spec.addr.clone());
+                    p
+                }
+                None => pick,
+            };
             let (reason, endpoint_failed) = match &outcome {
                 (Try::Failed(e), _) => (
                     e.retry_kind().or(match e {
@@ -381,7 +437,9 @@ impl Proxy {
         };
         let resp = match sent {
             Ok((resp, rtt)) => {
-                peer.load.observe(rtt, Instant::now());
+                let now = Instant::now();
+                peer.load.observe(rtt, now);
+                rt.latencies.record(rtt, now);
                 resp
             }
             Err(ProxyError::Overloaded {
@@ -484,6 +542,9 @@ impl Proxy {
         }
     }
 }
+
+/// The hedge delay of a service without enough samples for a p95.
+const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(50);
 
 /// How long a retryable gRPC call waits for its first body frame before
 /// its headers go to the caller (and it can no longer be retried).

@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod deadline;
+pub mod hedge;
 pub mod replay;
 pub mod timed;
 
