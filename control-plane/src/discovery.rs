@@ -185,6 +185,10 @@ impl Session {
             Some(Kind::Certificate(c)) => {
                 self.catalog.record_certificate(self.id, c.expires_unix_ms)
             }
+            Some(Kind::Ejection(e)) => {
+                self.catalog
+                    .record_ejection(self.id, e.service, e.instance_id, e.until_unix_ms)
+            }
             Some(Kind::Hello(_)) | None => {
                 tracing::debug!(stream = self.id, "ignoring an unexpected message");
             }

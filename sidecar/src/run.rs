@@ -200,7 +200,11 @@ pub async fn run(
         // A sidecar with no app only makes calls: it must get no traffic.
         Health::Unhealthy
     });
+    let (ejections_tx, ejections_rx) = mpsc::unbounded_channel();
     let mut builder = TableBuilder::new(peer_connector.clone(), metrics.clone());
+    if matches!(cfg.source, Source::ControlPlane(_)) {
+        builder = builder.with_events(ejections_tx);
+    }
     match &cfg.source {
         Source::Static { services, path } => {
             routes.store(builder.build(services.iter().map(|(n, s)| (n, s)), std::iter::empty()));
@@ -228,6 +232,8 @@ pub async fn run(
                 connect_timeout: cfg.timeouts.connect,
                 identity: identity.clone(),
                 inbound: inbound_policy.clone(),
+                ejections: ejections_rx,
+                ejected: Default::default(),
             };
             tokio::spawn(client.run(drain_watch.clone()));
         }

@@ -28,6 +28,15 @@ pub struct Runtime {
     pub latencies: crate::resilience::hedge::Latencies,
 }
 
+/// Outlier detection ejected (`until`: `Some`) or restored an endpoint: told
+/// to the control plane, so that `weftctl get instances` shows it.
+#[derive(Debug, Clone)]
+pub struct EjectionEvent {
+    pub service: ServiceName,
+    pub instance: Arc<str>,
+    pub until: Option<std::time::SystemTime>,
+}
+
 /// The endpoint picked for one try.
 pub struct Pick {
     pub endpoint: Arc<Endpoint>,
@@ -48,6 +57,7 @@ pub struct Target {
     ejected: AtomicUsize,
     pub runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
+    events: Option<mpsc::UnboundedSender<EjectionEvent>>,
 }
 
 impl Target {
@@ -170,6 +180,7 @@ impl Target {
                     self.ejected.fetch_add(1, Ordering::Relaxed);
                     self.count_ejection();
                     self.publish_ejected();
+                    self.tell(e, Some(until));
                     tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "endpoint ejected");
                 } else {
                     tracing::debug!(service = %self.name, endpoint = %e.spec.id, "would eject, but the service cannot spare another endpoint");
@@ -178,10 +189,12 @@ impl Target {
             Transition::Restored => {
                 self.ejected.fetch_sub(1, Ordering::Relaxed);
                 self.publish_ejected();
+                self.tell(e, None);
                 tracing::info!(service = %self.name, endpoint = %e.spec.id, "endpoint restored after a successful probe");
             }
             Transition::Reejected(until) => {
                 self.count_ejection();
+                self.tell(e, Some(until));
                 tracing::warn!(service = %self.name, endpoint = %e.spec.id, for_ms = until.saturating_duration_since(now).as_millis() as u64, "probe failed; endpoint ejected again");
             }
         }
@@ -195,6 +208,19 @@ impl Target {
                 service: self.name.clone(),
             })
             .set(self.ejected.load(Ordering::Relaxed) as i64);
+    }
+
+    fn tell(&self, e: &Endpoint, until: Option<Instant>) {
+        if let Some(tx) = &self.events {
+            let now = Instant::now();
+            let until =
+                until.map(|u| std::time::SystemTime::now() + u.saturating_duration_since(now));
+            let _ = tx.send(EjectionEvent {
+                service: self.name.clone(),
+                instance: e.spec.id.clone(),
+                until,
+            });
+        }
     }
 
     fn count_ejection(&self) {
@@ -246,6 +272,7 @@ pub struct TableBuilder {
     peers: HashMap<ConnectTarget, Arc<Peer>>,
     runtimes: HashMap<ServiceName, Arc<Runtime>>,
     metrics: Arc<Metrics>,
+    events: Option<mpsc::UnboundedSender<EjectionEvent>>,
 }
 
 impl TableBuilder {
@@ -255,7 +282,14 @@ impl TableBuilder {
             peers: HashMap::new(),
             runtimes: HashMap::new(),
             metrics,
+            events: None,
         }
+    }
+
+    /// Tells ejections and restorations to `tx`.
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<EjectionEvent>) -> Self {
+        self.events = Some(tx);
+        self
     }
 
     /// A table of `known` services plus the names known not to exist.
@@ -327,6 +361,7 @@ impl TableBuilder {
                 ejected: AtomicUsize::new(ejected),
                 runtime,
                 metrics: self.metrics.clone(),
+                events: self.events.clone(),
             };
             target.publish_ejected();
             services.insert(name.clone(), Entry::Known(Arc::new(target)));

@@ -278,6 +278,39 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     assert_eq!(out, vec![serde_json::json!("c-1")], "{config}");
+    // weftctl shows which caller ejected it, and until when.
+    let credential = cp.data_dir.join("admin.credential").display().to_string();
+    let caller_id = c.instance_id.clone();
+    let shown = wait_for(
+        "the ejection in weftctl get instances",
+        Duration::from_secs(5),
+        || async {
+            let (code, out, _) = weft_tests::process::run(
+                "weftctl",
+                &[
+                    "--control-plane",
+                    &cp.url(),
+                    "--credential",
+                    &credential,
+                    "get",
+                    "instances",
+                    "echo",
+                ],
+                None,
+            )
+            .ok()?;
+            (code == 0
+                && out
+                    .lines()
+                    .any(|l| l.contains("c-1") && l.contains(&format!("by {caller_id} for"))))
+            .then_some(out)
+        },
+    )
+    .await?;
+    assert!(
+        shown.lines().next().is_some_and(|h| h.contains("EJECTED")),
+        "{shown}"
+    );
     let ejected_after = killed.elapsed();
     assert!(
         ejected_after < Duration::from_millis(1500),

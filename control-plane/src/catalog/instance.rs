@@ -150,6 +150,7 @@ impl Instance {
             health_detail: self.health_detail.clone(),
             connected: self.stream.is_some(),
             expires_at_unix_ms: 0,
+            ejected_by: Vec::new(),
         }
     }
 

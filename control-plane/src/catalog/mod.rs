@@ -57,6 +57,9 @@ pub struct SidecarStatus {
     pub applied_version: u64,
     pub nack: Option<(u64, String)>,
     pub certificate_expires_unix_ms: u64,
+    /// Endpoints this sidecar's outlier detection has ejected: (service,
+    /// instance id) → until (unix ms).
+    pub ejections: BTreeMap<(String, String), u64>,
 }
 
 /// A change to persist, in order.
@@ -302,6 +305,7 @@ impl Catalog {
             applied_version: 0,
             nack: None,
             certificate_expires_unix_ms,
+            ejections: BTreeMap::new(),
         };
         let info = instance.to_info();
         if let Some(old) = st.instances.insert(instance.id.clone(), instance)
@@ -426,6 +430,23 @@ impl Catalog {
         }
     }
 
+    /// The sidecar on `stream` ejected (until > 0) or restored an endpoint.
+    pub fn record_ejection(
+        &self,
+        stream: u64,
+        service: String,
+        instance: String,
+        until_unix_ms: u64,
+    ) {
+        if let Some(s) = self.lock().sidecars.get_mut(&stream) {
+            if until_unix_ms == 0 {
+                s.ejections.remove(&(service, instance));
+            } else {
+                s.ejections.insert((service, instance), until_unix_ms);
+            }
+        }
+    }
+
     pub fn record_nack(&self, stream: u64, version: u64, reason: String) {
         if let Some(s) = self.lock().sidecars.get_mut(&stream) {
             s.nack = Some((version, reason));
@@ -475,8 +496,9 @@ impl Catalog {
     pub fn instances(&self) -> Vec<pb::InstanceInfo> {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut v: Vec<_> = self
-            .lock()
+        let wall_ms = unix_ms(wall);
+        let st = self.lock();
+        let mut v: Vec<_> = st
             .instances
             .values()
             .map(|i| {
@@ -485,6 +507,17 @@ impl Catalog {
                 if let Some(t) = i.expires_at {
                     info.expires_at_unix_ms = unix_ms(wall + t.saturating_duration_since(now));
                 }
+                info.ejected_by = st
+                    .sidecars
+                    .values()
+                    .filter_map(|s| {
+                        let until = *s.ejections.get(&(i.service.to_string(), i.id.clone()))?;
+                        (until > wall_ms).then(|| pb::EjectedBy {
+                            instance_id: s.instance_id.clone(),
+                            until_unix_ms: until,
+                        })
+                    })
+                    .collect();
                 info
             })
             .collect();

@@ -205,6 +205,17 @@ pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
                         format!("no (removed in {})", in_time(i.expires_at_unix_ms))
                     },
                     labels(&i.labels),
+                    if i.ejected_by.is_empty() {
+                        "-".into()
+                    } else {
+                        i.ejected_by
+                            .iter()
+                            .map(|e| {
+                                format!("by {} for {}", e.instance_id, in_time(e.until_unix_ms))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
                 ]
             })
             .collect();
@@ -216,6 +227,7 @@ pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
                 "HEALTH",
                 "CONNECTED",
                 "LABELS",
+                "EJECTED",
             ],
             rows,
         );
@@ -233,6 +245,7 @@ pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
                 "connected": i.connected,
                 "expiresAtUnixMs": i.expires_at_unix_ms,
                 "labels": i.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "ejectedBy": i.ejected_by.iter().map(|e| json!({"instance": e.instance_id, "untilUnixMs": e.until_unix_ms})).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -20,7 +20,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};
 use crate::model::{Health, Labels, Protocol, ServiceName};
-use crate::table::{Routes, TableBuilder};
+use crate::table::{EjectionEvent, Routes, TableBuilder};
 
 /// Who this sidecar is, as it says in its hello.
 #[derive(Debug, Clone)]
@@ -49,6 +49,19 @@ pub struct DiscoveryClient {
     pub identity: Option<Arc<Identity>>,
     /// Where the inbound policy for the proxy is published.
     pub inbound: Arc<ArcSwap<InboundPolicy>>,
+    /// Ejections by this sidecar's outlier detection, to report.
+    pub ejections: mpsc::UnboundedReceiver<EjectionEvent>,
+    /// Those in force: (service, instance) → until (unix ms). Reported again
+    /// on every new stream.
+    pub ejected: std::collections::BTreeMap<(String, String), u64>,
+}
+
+fn ejection_msg(service: &str, instance: &str, until_unix_ms: u64) -> pb::SidecarMessage {
+    msg(pb::sidecar_message::Kind::Ejection(pb::Ejection {
+        service: service.to_string(),
+        instance_id: instance.to_string(),
+        until_unix_ms,
+    }))
 }
 
 /// Why a session ended.
@@ -177,6 +190,11 @@ impl DiscoveryClient {
         };
         let (tx, rx) = mpsc::channel::<pb::SidecarMessage>(16);
         let _ = tx.send(self.hello()).await;
+        let now_ms = crate::discovery::unix_ms(std::time::SystemTime::now());
+        self.ejected.retain(|_, until| *until > now_ms);
+        for ((service, instance), until) in &self.ejected {
+            let _ = tx.send(ejection_msg(service, instance, *until)).await;
+        }
         self.health.borrow_and_update();
         let mut client = GrpcClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
@@ -205,6 +223,16 @@ impl DiscoveryClient {
                             return End::Lost { reason: "request stream closed".into(), synced };
                         }
                     }
+                },
+                Some(e) = self.ejections.recv() => {
+                    let key = (e.service.to_string(), e.instance.to_string());
+                    let until = e.until.map_or(0, crate::discovery::unix_ms);
+                    if until == 0 {
+                        self.ejected.remove(&key);
+                    } else {
+                        self.ejected.insert(key.clone(), until);
+                    }
+                    let _ = tx.send(ejection_msg(&key.0, &key.1, until)).await;
                 },
                 r = expiry.changed() => {
                     if r.is_ok() {
