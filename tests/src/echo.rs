@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -320,6 +320,71 @@ pub async fn client(
     Ok(crate::pb::echo_client::EchoClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Unary calls to `addr` one after another with `pause` between them, until
+/// stopped or `max_calls` were made, counting successes and failures: the
+/// "steady load" under which instances die, certificates rotate and the
+/// control plane restarts.
+pub struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl SteadyLoad {
+    /// Starts the load on its own task.
+    pub fn start(addr: SocketAddr, pause: Duration, max_calls: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let task = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut grpc = client(addr).await?;
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) && n < max_calls {
+                    n += 1;
+                    match grpc.unary(EchoRequest::default()).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::error!(error = %e, "a call of the steady load failed");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+                anyhow::Ok(())
+            })
+        };
+        Self {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Calls that succeeded so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the load and returns (succeeded, failed).
+    pub async fn stop(self) -> anyhow::Result<(u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let counts = (self.ok, self.failed);
+        self.task.await??;
+        Ok((
+            counts.0.load(Ordering::Relaxed),
+            counts.1.load(Ordering::Relaxed),
+        ))
+    }
 }
 
 /// One unary gRPC call at the wire level (hyper's HTTP/2 client), for tests

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use weft_control_plane::catalog::CatalogConfig;
-use weft_tests::echo::{EchoServerHandle, client, start_echo};
+use weft_tests::echo::{EchoServerHandle, SteadyLoad, client, start_echo};
 use weft_tests::mesh::{ControlPlane, Sidecar, SidecarSpec, caller, echo_instances};
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{ControlPlaneProc, SidecarProc, free_port, run};
@@ -220,25 +220,8 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
 
     // Steady traffic, and a watch on the caller's endpoints, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, min_endpoints) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(u64::MAX)),
-    );
-    let traffic = {
-        let (stop, ok, failed, caller) = (stop.clone(), ok.clone(), failed.clone(), caller.clone());
-        tokio::spawn(async move {
-            let mut c = client(caller.upstream("echo")).await?;
-            while !stop.load(Ordering::Relaxed) {
-                match c.unary(EchoRequest::default()).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let min_endpoints = Arc::new(AtomicU64::new(u64::MAX));
+    let traffic = SteadyLoad::start(caller.upstream("echo"), Duration::from_millis(2), 200_000);
     let watch = {
         let (stop, min, caller) = (stop.clone(), min_endpoints.clone(), caller.clone());
         tokio::spawn(async move {
@@ -263,11 +246,11 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
         (state(caller.clone()).await.as_deref() == Some("stale")).then_some(())
     })
     .await?;
-    let during = ok.load(Ordering::Relaxed);
+    let during = traffic.ok();
     wait_for(
         "traffic to keep flowing without a control plane",
         Duration::from_secs(10),
-        || async { (ok.load(Ordering::Relaxed) >= during + 200).then_some(()) },
+        || async { (traffic.ok() >= during + 200).then_some(()) },
     )
     .await?;
 
@@ -301,13 +284,9 @@ async fn control_plane_killed_then_restarted_under_load() -> anyhow::Result<()> 
     .await?;
 
     stop.store(true, Ordering::Relaxed);
-    traffic.await??;
+    let (_, failed) = traffic.stop().await?;
     watch.await?;
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "calls failed while the control plane restarted"
-    );
+    assert_eq!(failed, 0, "calls failed while the control plane restarted");
     assert_eq!(
         min_endpoints.load(Ordering::Relaxed),
         2,

@@ -5,14 +5,13 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use weft_proto::v1 as pb;
-use weft_tests::echo::{client, start_echo};
+use weft_tests::echo::{SteadyLoad, client, start_echo};
 use weft_tests::http_app::start_http_app;
 use weft_tests::mesh::{ControlPlane, SidecarSpec, caller, echo_instances, write_temp};
 use weft_tests::pb::EchoRequest;
@@ -490,28 +489,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> anyhow::Re
     let mut echo = echo_instances(&cp, "echo", &["e"]).await?;
     let (_app, server) = echo.remove(0);
     let c = caller(&cp, "echo", 1).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, addr) =
-            (stop.clone(), ok.clone(), failed.clone(), c.upstream("echo"));
-        tokio::spawn(async move {
-            let mut grpc = client(addr).await?;
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) && n < 200_000 {
-                n += 1;
-                match grpc.unary(EchoRequest::default()).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a call failed during rotation");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let load = SteadyLoad::start(c.upstream("echo"), Duration::from_millis(2), 200_000);
     let renewals = |text: &str| {
         metric(text, "weft_certificate_renewals_total", &[("result", "ok")]).unwrap_or(0.0)
     };
@@ -524,14 +502,9 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> anyhow::Re
         },
     )
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    load.await??;
-    assert!(ok.load(Ordering::Relaxed) > 500, "the load ran");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during rotation"
-    );
+    let (ok, failed) = load.stop().await?;
+    assert!(ok > 500, "the load ran");
+    assert_eq!(failed, 0, "requests failed during rotation");
     // The connection between the sidecars outlived every rotation.
     let m = c.metrics().await?;
     assert_eq!(

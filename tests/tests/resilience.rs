@@ -3,15 +3,14 @@
 //! ejection of a dead instance and its return, limits, and what must not be
 //! retried.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::Full;
 use tonic::Code;
-use weft_tests::echo::{EchoServerHandle, client, start_echo_on};
+use weft_tests::echo::{EchoServerHandle, SteadyLoad, client, start_echo_on};
 use weft_tests::http_app::start_http_app;
 use weft_tests::mesh::{ControlPlane, SidecarSpec, caller, echo_instances};
 use weft_tests::pb::EchoRequest;
@@ -221,32 +220,11 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
     let c_sidecar = SidecarProc::start("echo", Some(&cp.access), &c_args).await?;
     let c_inbound = c_sidecar.inbound;
     let c = caller(&cp, "echo", 3).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, addr) =
-            (stop.clone(), ok.clone(), failed.clone(), c.upstream("echo"));
-        tokio::spawn(async move {
-            let mut g = client(addr).await?;
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) && n < 100_000 {
-                n += 1;
-                match g.unary(EchoRequest::default()).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a call failed");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let load = SteadyLoad::start(c.upstream("echo"), Duration::from_millis(1), 100_000);
     wait_for(
         "steady load on all three",
         Duration::from_secs(10),
-        || async { (c_app.calls() > 50 && ok.load(Ordering::Relaxed) > 300).then_some(()) },
+        || async { (c_app.calls() > 50 && load.ok() > 300).then_some(()) },
     )
     .await?;
 
@@ -316,9 +294,9 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
         ejected_after < Duration::from_millis(1500),
         "ejected after {ejected_after:?}"
     );
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     wait_for("load while it is out", Duration::from_secs(10), || async {
-        (ok.load(Ordering::Relaxed) > before + 300).then_some(())
+        (load.ok() > before + 300).then_some(())
     })
     .await?;
 
@@ -331,9 +309,7 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
         || async { (c_app.calls() > seen + 20).then_some(()) },
     )
     .await?;
-    stop.store(true, Ordering::Relaxed);
-    load.await??;
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await?;
     assert!(
         failed * 1000 <= ok + failed,
         "{failed} of {} calls failed",
