@@ -351,11 +351,15 @@ async fn main() -> anyhow::Result<()> {
         fixed_rate("warmup", p.addr, args.rate, 2, args.payload).await?;
     }
 
-    // Runs alternate between the paths, so a noisy machine hits all alike.
+    // Runs alternate between the paths, and each round starts with a
+    // different one, so a noisy machine (or a warming cache) hits all alike.
     let mut rows: Vec<(String, usize, Result)> = Vec::new();
     let mut cpu: Vec<(String, &'static str, Duration, u64)> = Vec::new();
     for round in 1..=args.rounds {
-        for (i, p) in paths.iter().enumerate() {
+        let first = rows.len();
+        for k in 0..paths.len() {
+            let i = (k + round as usize - 1) % paths.len();
+            let p = &paths[i];
             eprintln!(
                 "round {round}: {} at {} rps for {} s…",
                 p.name, args.rate, args.seconds
@@ -383,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
             }
             rows.push((format!("round {round}"), i, r));
         }
+        rows[first..].sort_by_key(|(_, i, _)| *i);
     }
     for (i, p) in paths.iter().enumerate() {
         eprintln!("maximum rate, {} in flight: {}…", args.concurrency, p.name);
@@ -430,6 +435,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
+    let (mut tls_ratios, mut resilience_ratios) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(paths.len()) {
         if let [(label, _, d), (_, _, p), (_, _, t), (_, _, b)] = chunk {
             let (p50, t50, b50) = (
@@ -447,8 +453,18 @@ async fn main() -> anyhow::Result<()> {
                 t50 / p50,
                 t50 / b50
             );
+            if label.starts_with("round") {
+                tls_ratios.push(t50 / p50);
+                resilience_ratios.push(t50 / b50);
+            }
         }
     }
+    println!(
+        "| median of {} rounds | | | | | | {:.2} | {:.2} |",
+        args.rounds,
+        median(&mut tls_ratios),
+        median(&mut resilience_ratios)
+    );
     println!("\nSidecars:\n");
     println!("| sidecar | peak RSS |");
     println!("|---|---:|");
@@ -475,4 +491,15 @@ async fn main() -> anyhow::Result<()> {
         bare_server,
     ));
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count): one
+/// noisy round moves it less than it moves the mean.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
