@@ -40,6 +40,9 @@ pub struct ControlPlaneConfig {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     /// Lifetime of the sidecars' certificates.
     pub leaf_ttl: Duration,
+    /// The process's log filter, for the admin port's `/log-level`; `None`
+    /// when an embedding program owns logging.
+    pub log_level: Option<Arc<weft_proto::logs::LogLevel>>,
 }
 
 impl ControlPlaneConfig {
@@ -51,6 +54,7 @@ impl ControlPlaneConfig {
             trust_domain: "weft.local".into(),
             ca_files: None,
             leaf_ttl: Duration::from_secs(24 * 3600),
+            log_level: None,
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn run(
         admin,
         catalog.clone(),
         metrics.clone(),
+        config.log_level.clone(),
         shutdown.clone(),
     ));
 
@@ -175,6 +180,7 @@ async fn serve_admin(
     listener: TcpListener,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
+    log_level: Option<Arc<weft_proto::logs::LogLevel>>,
     shutdown: impl Future<Output = ()> + Clone + Send + 'static,
 ) {
     let addr = listener
@@ -195,10 +201,15 @@ async fn serve_admin(
                 }
             },
         };
-        let (catalog, metrics) = (catalog.clone(), metrics.clone());
+        let (catalog, metrics, log_level) = (catalog.clone(), metrics.clone(), log_level.clone());
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = admin_response(&req, &catalog, &metrics);
-            async move { Ok::<_, Infallible>(resp) }
+            let (catalog, metrics, log_level) =
+                (catalog.clone(), metrics.clone(), log_level.clone());
+            async move {
+                Ok::<_, Infallible>(
+                    admin_response(req, &catalog, &metrics, log_level.as_deref()).await,
+                )
+            }
         });
         let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), svc)
@@ -211,12 +222,40 @@ async fn serve_admin(
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
 }
 
-fn admin_response(
-    req: &Request<Incoming>,
+async fn admin_response(
+    req: Request<Incoming>,
     catalog: &Catalog,
     metrics: &Metrics,
+    log_level: Option<&weft_proto::logs::LogLevel>,
 ) -> Response<AdminBody> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/log-level") => match log_level {
+            Some(l) => (StatusCode::OK, "text/plain", format!("{}\n", l.get())),
+            None => no_log_control(),
+        },
+        (&hyper::Method::PUT | &hyper::Method::POST, "/log-level") => match log_level {
+            Some(l) => {
+                use http_body_util::BodyExt;
+                match http_body_util::Limited::new(req.into_body(), 4096)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => match l.set(&String::from_utf8_lossy(&b.to_bytes())) {
+                        Ok(()) => {
+                            tracing::info!(filter = %l.get(), "log filter changed");
+                            (StatusCode::OK, "text/plain", format!("{}\n", l.get()))
+                        }
+                        Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                    },
+                    Err(e) => (
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("cannot read the filter: {e}\n"),
+                    ),
+                }
+            }
+            None => no_log_control(),
+        },
         (&hyper::Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
         (&hyper::Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         (&hyper::Method::GET, "/metrics") => (
@@ -227,7 +266,7 @@ fn admin_response(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready or /metrics\n".to_string(),
+            "not found: try /live, /ready, /metrics or /log-level\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -236,4 +275,12 @@ fn admin_response(
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+fn no_log_control() -> (StatusCode, &'static str, String) {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "text/plain",
+        "this control plane runs inside another program, which owns its logging\n".to_string(),
+    )
 }

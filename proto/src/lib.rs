@@ -1,12 +1,14 @@
 //! The Weft mesh API: the wire types of package `weft.v1` (generated from
 //! `proto/weft/v1/mesh.proto`), and the identity contract both ends must
 //! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
-//! checked).
+//! checked), and what both programs share ([`logs`]: JSON logs with a
+//! filter changeable at runtime).
 //!
 //! Both the control plane and the sidecar convert every message into their
 //! own validated domain types at the edge; no wire type reaches a data path.
 
 pub mod identity;
+pub mod logs;
 
 /// Package `weft.v1`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

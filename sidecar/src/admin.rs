@@ -1,11 +1,13 @@
 //! The admin endpoint: `/live`, `/ready`, `/metrics`, `/config`,
-//! `POST /shutdown`, and gRPC health (`grpc.health.v1`), all on one port.
+//! `/log-level` (GET it, PUT a new filter), `POST /shutdown`, and gRPC
+//! health (`grpc.health.v1`), all on one port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
@@ -32,6 +34,9 @@ pub struct AdminState {
     /// `None` with a static config (no mTLS).
     pub identity: Option<Arc<crate::identity::Identity>>,
     pub inbound: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
+    /// The process's log filter; `None` when the embedding process owns
+    /// logging (tests).
+    pub log_level: Option<Arc<weft_proto::logs::LogLevel>>,
 }
 
 /// gRPC health, boxed: its concrete type is opaque.
@@ -126,6 +131,36 @@ async fn handle(
             let body = serde_json::to_string_pretty(&config_json(state)).unwrap_or_default();
             text(StatusCode::OK, "application/json", body + "\n")
         }
+        (&Method::GET, "/log-level") => match &state.log_level {
+            Some(l) => text(StatusCode::OK, "text/plain", format!("{}\n", l.get())),
+            None => no_log_control(),
+        },
+        (&Method::PUT | &Method::POST, "/log-level") => {
+            let Some(l) = &state.log_level else {
+                return no_log_control();
+            };
+            let body = match http_body_util::Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("cannot read the filter: {e}\n"),
+                    );
+                }
+            };
+            let filter = String::from_utf8_lossy(&body);
+            match l.set(&filter) {
+                Ok(()) => {
+                    tracing::info!(filter = %l.get(), "log filter changed");
+                    text(StatusCode::OK, "text/plain", format!("{}\n", l.get()))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            }
+        }
         (&Method::POST, "/shutdown") => {
             state.shutdown.notify_one();
             text(StatusCode::OK, "text/plain", "shutting down\n".into())
@@ -133,9 +168,18 @@ async fn handle(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /live, /ready, /metrics, /config or POST /shutdown\n".into(),
+            "not found: try /live, /ready, /metrics, /config, /log-level or POST /shutdown\n"
+                .into(),
         ),
     }
+}
+
+fn no_log_control() -> Response<BoxBody> {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        "text/plain",
+        "this sidecar runs inside another program, which owns its logging\n".into(),
+    )
 }
 
 /// What the sidecar is running, as JSON.

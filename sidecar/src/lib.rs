@@ -20,5 +20,6 @@ pub mod rand;
 pub mod resilience;
 pub mod run;
 pub mod table;
+pub mod telemetry;
 
 pub use run::{Listeners, SidecarError, run};

@@ -39,14 +39,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run_main(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("--log {:?} is not a valid filter", args.log))?;
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let config = args.into_config()?;
+    let log_level = weft_proto::logs::init(&args.log).context("--log")?;
+    let mut config = args.into_config()?;
+    config.log_level = Some(log_level);
     let listeners = Listeners::bind(&config).await?;
     run(config, listeners, shutdown_signal()).await?;
     Ok(())

@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::model::ServiceName;
+use crate::telemetry::Route;
 
 impl EncodeLabelValue for ServiceName {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -27,12 +28,15 @@ pub enum Direction {
 pub struct RequestLabels {
     pub direction: Direction,
     pub service: ServiceName,
+    /// The gRPC method (`/pkg.Service/Method`); empty for HTTP.
+    pub route: Route,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
     pub direction: Direction,
     pub service: ServiceName,
+    pub route: Route,
     /// HTTP status code.
     pub status: u16,
     /// gRPC status code, from headers or trailers; empty for non-gRPC.
@@ -116,6 +120,11 @@ pub struct EndpointStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RenewalLabels {
     pub result: &'static str,
 }
@@ -142,6 +151,8 @@ pub struct Metrics {
     pub overloaded: Family<ServiceLabels, Counter>,
     pub ejected_endpoints: Family<ServiceLabels, Gauge>,
     pub hedges: Family<ServiceLabels, Counter>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Family<ReasonLabels, Counter>,
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where a sidecar's
@@ -163,13 +174,13 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "requests",
-            "Requests received, by direction and service",
+            "Requests received, by direction, service and route",
             requests.clone(),
         );
         let responses = Family::<ResponseLabels, Counter>::default();
         r.register(
             "responses",
-            "Responses completed, by direction, service, HTTP status, gRPC status and error",
+            "Responses completed, by direction, service, route, HTTP status, gRPC status and error",
             responses.clone(),
         );
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
@@ -282,6 +293,18 @@ impl Metrics {
             "Second copies of hedgeable calls sent after the hedge delay",
             hedges.clone(),
         );
+        let spans_exported = Counter::default();
+        r.register(
+            "spans_exported",
+            "Spans the OTLP collector accepted",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "spans_dropped",
+            "Spans not exported, by reason (queue-full, export-failed)",
+            spans_dropped.clone(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -304,6 +327,8 @@ impl Metrics {
             overloaded,
             ejected_endpoints,
             hedges,
+            spans_exported,
+            spans_dropped,
         }
     }
 

@@ -44,6 +44,8 @@ pub enum SidecarError {
     LocalAddr(std::io::Error),
     #[error("no certificate: {0}")]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tracing(#[from] crate::telemetry::TracerError),
 }
 
 impl Listeners {
@@ -102,6 +104,16 @@ pub async fn run(
     weft_proto::identity::install_provider();
     let mut shutdown = std::pin::pin!(shutdown);
     let metrics = Arc::new(Metrics::new());
+    let tracer = cfg
+        .tracing
+        .as_ref()
+        .map(|t| crate::telemetry::Tracer::new(t, cfg.service.as_str(), &cfg.instance_id, &metrics))
+        .transpose()?;
+    let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+        metrics.clone(),
+        tracer,
+        cfg.access_log,
+    ));
     let inbound_addr = listeners
         .inbound
         .local_addr()
@@ -144,6 +156,7 @@ pub async fn run(
         shutdown: shutdown_request.clone(),
         identity: identity.clone(),
         inbound: inbound_policy.clone(),
+        log_level: cfg.log_level.clone(),
     });
     let health_service = admin::HealthService::new(health_service);
     tokio::spawn(admin::serve(
@@ -256,6 +269,7 @@ pub async fn run(
         protocol: cfg.protocol,
         routes: routes.clone(),
         metrics: metrics.clone(),
+        telemetry: telemetry.clone(),
         app: cfg
             .app
             .map(|a| App::new(a, cfg.service.clone(), tcp.clone())),
@@ -345,5 +359,7 @@ pub async fn run(
     } else {
         tracing::warn!("drain timeout reached with connections still open; stopping");
     }
+    // The spans of the last requests go out before the process ends.
+    telemetry.flush().await;
     result
 }

@@ -69,14 +69,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .with_context(|| format!("--log {:?} is not a valid filter", args.log))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_level = weft_proto::logs::init(&args.log).context("--log")?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
@@ -102,6 +95,7 @@ async fn run_main() -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         ca_files: args.ca_cert.zip(args.ca_key),
         leaf_ttl: args.cert_ttl,
+        log_level: Some(log_level),
     };
     run(config, grpc, admin, shutdown_signal()).await?;
     Ok(())

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::{
-    ConfigError, SidecarConfig, Source, Timeouts, Upstream, load_static_file, parse_duration,
+    ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
+    parse_duration,
 };
 use crate::identity::IdentityConfig;
 use crate::model::{Labels, Protocol, ServiceName};
@@ -105,9 +106,31 @@ pub struct Args {
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// Log filter, e.g. info or weft_sidecar=debug.
+    /// Log filter, e.g. info or weft_sidecar=debug (changeable at runtime:
+    /// PUT /log-level on the admin port).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Export a span per request (client on outbound, server on inbound)
+    /// over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 (Jaeger
+    /// takes OTLP). Unset: no traces, and trace headers pass untouched.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of new traces recorded, 0 to 1. A request that arrives
+    /// with a traceparent follows its caller's decision (parent-based).
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+
+    /// Finished spans waiting for export, at most; beyond, spans are
+    /// dropped (and counted), never the requests slowed.
+    #[arg(long, env = "WEFT_TRACE_QUEUE", default_value_t = 2048)]
+    pub trace_queue: usize,
+
+    /// Write one JSON line per request to stdout (trace and span id,
+    /// service, upstream endpoint, status, duration, retries).
+    #[arg(long, env = "WEFT_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 fn flag(flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -278,6 +301,45 @@ impl Args {
             }
             None => format!("{service}-{}", random_suffix()),
         };
+        let tracing = match &self.otlp_endpoint {
+            None => None,
+            Some(e) if e.trim().is_empty() => None,
+            Some(e) => {
+                let uri: http::Uri = e
+                    .trim()
+                    .parse()
+                    .map_err(|err| flag("otlp-endpoint", format!("{e:?} is not a URL: {err}")))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(flag(
+                        "otlp-endpoint",
+                        format!("{e:?} must be an http(s) URL, e.g. http://127.0.0.1:4317"),
+                    ));
+                }
+                if uri.scheme_str() == Some("https") {
+                    return Err(flag(
+                        "otlp-endpoint",
+                        format!(
+                            "{e:?}: https collectors are not supported yet; run the collector \
+                             beside the sidecar and use http"
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&self.trace_sampling) {
+                    return Err(flag(
+                        "trace-sampling",
+                        format!("{} must be between 0 and 1", self.trace_sampling),
+                    ));
+                }
+                if self.trace_queue == 0 {
+                    return Err(flag("trace-queue", "must be at least 1"));
+                }
+                Some(TracingConfig {
+                    endpoint: uri,
+                    sampling: self.trace_sampling,
+                    queue: self.trace_queue,
+                })
+            }
+        };
         Ok(SidecarConfig {
             service,
             instance_id,
@@ -297,6 +359,9 @@ impl Args {
                 health_interval: self.health_interval,
                 drain: self.drain_timeout,
             },
+            tracing,
+            access_log: self.access_log,
+            log_level: None,
         })
     }
 }

@@ -52,6 +52,23 @@ pub struct SidecarConfig {
     /// How to obtain a certificate; `None` with a static config (no mTLS).
     pub identity: Option<crate::identity::IdentityConfig>,
     pub timeouts: Timeouts,
+    /// Where and how much to trace; `None`: no spans, headers untouched.
+    pub tracing: Option<TracingConfig>,
+    /// One JSON line per request on stdout.
+    pub access_log: bool,
+    /// The process's log filter, for `/log-level`; set by `main`.
+    pub log_level: Option<std::sync::Arc<weft_proto::logs::LogLevel>>,
+}
+
+/// Trace export, validated.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector.
+    pub endpoint: http::Uri,
+    /// The share of new traces recorded (0..=1).
+    pub sampling: f64,
+    /// Finished spans waiting for export, at most.
+    pub queue: usize,
 }
 
 /// Time limits of the sidecar.

@@ -1,36 +1,106 @@
-//! One request/response exchange as the metrics see it: counted when it
-//! starts, classified once and recorded when it ends.
+//! One request/response exchange as the mesh observes it: counted when it
+//! starts (and its trace context decided and passed on), classified once
+//! and recorded when it ends — metrics, the span, the access log line.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use http::{Method, Request};
 use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
 use super::classify::{Classification, ClassifiedBody};
 use crate::body::{BoxBody, boxed};
 use crate::error::ProxyError;
-use crate::metrics::{Direction, Metrics, RequestLabels, ResponseLabels};
+use crate::metrics::{Direction, RequestLabels, ResponseLabels};
 use crate::model::ServiceName;
+use crate::telemetry::access::{self, AccessLine};
+use crate::telemetry::tracer::{SpanRecord, Started};
+use crate::telemetry::{Route, Telemetry};
 
 /// Called with the final classification (outlier detection reads it).
 pub type Report = Box<dyn FnOnce(&Classification) + Send>;
 
 pub struct Exchange {
-    metrics: Arc<Metrics>,
+    tel: Arc<Telemetry>,
     labels: RequestLabels,
     start: Instant,
     report: Option<Report>,
+    /// Kept only when a span is recorded or the access log is on: the
+    /// common case allocates nothing more.
+    detail: Option<Box<Detail>>,
+}
+
+struct Detail {
+    trace: Option<Started>,
+    wall_start: SystemTime,
+    method: Method,
+    path: String,
+    grpc: bool,
+    caller: Option<ServiceName>,
+    upstream: Option<Arc<str>>,
+    tries: u32,
 }
 
 impl Exchange {
-    pub fn begin(metrics: Arc<Metrics>, direction: Direction, service: ServiceName) -> Self {
-        let labels = RequestLabels { direction, service };
-        metrics.requests.get_or_create(&labels).inc();
+    /// Starts observing `req`: counts it and, when tracing, writes this
+    /// hop's `traceparent` into its headers.
+    pub fn begin<B>(
+        tel: &Arc<Telemetry>,
+        direction: Direction,
+        service: ServiceName,
+        req: &mut Request<B>,
+        grpc: bool,
+    ) -> Self {
+        let route = if grpc {
+            tel.routes
+                .grpc(direction == Direction::inbound, &service, req.uri().path())
+        } else {
+            Route::default()
+        };
+        let labels = RequestLabels {
+            direction,
+            service,
+            route,
+        };
+        tel.metrics.requests.get_or_create(&labels).inc();
+        let trace = tel.tracer.as_ref().map(|t| t.start(req.headers_mut()));
+        let detail = (tel.access_log || trace.as_ref().is_some_and(|t| t.ctx.sampled)).then(|| {
+            Box::new(Detail {
+                trace,
+                wall_start: SystemTime::now(),
+                method: req.method().clone(),
+                path: req.uri().path().to_string(),
+                grpc,
+                caller: None,
+                upstream: None,
+                tries: 0,
+            })
+        });
         Exchange {
-            metrics,
+            tel: tel.clone(),
             labels,
             start: Instant::now(),
             report: None,
+            detail,
+        }
+    }
+
+    /// The service that called (inbound, when mTLS named it).
+    pub fn set_caller(&mut self, caller: Option<&ServiceName>) {
+        if let Some(d) = &mut self.detail {
+            d.caller = caller.cloned();
+        }
+    }
+
+    /// A try went to `upstream` (an endpoint, or the local app).
+    pub fn attempt(&mut self, upstream: &Arc<str>) {
+        if let Some(d) = &mut self.detail {
+            d.tries += 1;
+            d.upstream = Some(upstream.clone());
         }
     }
 
@@ -67,18 +137,150 @@ impl Exchange {
         if let Some(r) = self.report.take() {
             r(c);
         }
-        let m = &self.metrics;
+        let elapsed = self.start.elapsed();
+        let m = &self.tel.metrics;
         m.latency
             .get_or_create(&self.labels)
-            .observe(self.start.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         m.responses
             .get_or_create(&ResponseLabels {
                 direction: self.labels.direction,
                 service: self.labels.service.clone(),
+                route: self.labels.route.clone(),
                 status: c.status.as_u16(),
                 grpc_status: c.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
                 error: c.error.unwrap_or(""),
             })
             .inc();
+        let Some(d) = self.detail.take() else {
+            return;
+        };
+        let retries = d.tries.saturating_sub(1);
+        if let (Some(tracer), Some(started)) = (&self.tel.tracer, &d.trace)
+            && started.ctx.sampled
+        {
+            let (name, attributes) = span_attributes(&self.labels, &d, c, retries);
+            tracer.finish(
+                started,
+                SpanRecord {
+                    kind: match self.labels.direction {
+                        Direction::outbound => SpanKind::Client,
+                        Direction::inbound => SpanKind::Server,
+                    },
+                    name,
+                    start: d.wall_start,
+                    end: d.wall_start + elapsed,
+                    attributes,
+                    error: span_error(self.labels.direction, c),
+                },
+            );
+        }
+        if self.tel.access_log {
+            let ids = d.trace.as_ref().map(|t| t.ctx);
+            access::write(&AccessLine {
+                timestamp: access::rfc3339(d.wall_start),
+                direction: match self.labels.direction {
+                    Direction::outbound => "outbound",
+                    Direction::inbound => "inbound",
+                },
+                service: self.labels.service.as_str(),
+                caller: d.caller.as_ref().map(ServiceName::as_str),
+                protocol: if d.grpc { "grpc" } else { "http" },
+                method: d.method.as_str(),
+                path: &d.path,
+                status: c.status.as_u16(),
+                grpc_status: c.grpc_status,
+                error: c.error,
+                upstream: d.upstream.as_deref(),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                retries,
+                trace_id: ids.map(|t| format!("{:032x}", t.trace_id)),
+                span_id: ids.map(|t| format!("{:016x}", t.span_id)),
+            });
+        }
+    }
+}
+
+/// OpenTelemetry semantic conventions: `rpc.*` for gRPC (named
+/// `service/method`), `http.*` otherwise (named by the method, as a path
+/// is no route), and the peer.
+fn span_attributes(
+    labels: &RequestLabels,
+    d: &Detail,
+    c: &Classification,
+    retries: u32,
+) -> (Cow<'static, str>, Vec<KeyValue>) {
+    let mut a = Vec::with_capacity(10);
+    let name: Cow<'static, str>;
+    if d.grpc {
+        let (svc, method) = d
+            .path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or(("", ""));
+        name = Cow::Owned(format!("{svc}/{method}"));
+        a.push(KeyValue::new("rpc.system", "grpc"));
+        a.push(KeyValue::new("rpc.service", svc.to_string()));
+        a.push(KeyValue::new("rpc.method", method.to_string()));
+        if let Some(code) = c.grpc_status {
+            a.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        }
+    } else {
+        name = Cow::Owned(d.method.as_str().to_string());
+        a.push(KeyValue::new(
+            "http.request.method",
+            d.method.as_str().to_string(),
+        ));
+        a.push(KeyValue::new("url.path", d.path.clone()));
+    }
+    a.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(c.status.as_u16()),
+    ));
+    let peer = match labels.direction {
+        Direction::outbound => Some(labels.service.as_str().to_string()),
+        Direction::inbound => d.caller.as_ref().map(|s| s.as_str().to_string()),
+    };
+    if let Some(p) = peer {
+        a.push(KeyValue::new("peer.service", p));
+    }
+    if let Some(u) = &d.upstream
+        && let Some((host, port)) = u.rsplit_once(':')
+    {
+        a.push(KeyValue::new(
+            "network.peer.address",
+            host.trim_matches(['[', ']']).to_string(),
+        ));
+        if let Ok(port) = port.parse::<i64>() {
+            a.push(KeyValue::new("network.peer.port", port));
+        }
+    }
+    a.push(KeyValue::new("weft.retries", i64::from(retries)));
+    if let Some(e) = c.error {
+        a.push(KeyValue::new("weft.error", e));
+    }
+    (name, a)
+}
+
+/// Whether the span is an error, by the conventions: on the client every
+/// non-OK gRPC status and every 4xx/5xx; on the server only the statuses
+/// that are the server's fault, and 5xx.
+fn span_error(direction: Direction, c: &Classification) -> Option<String> {
+    if let Some(e) = c.error {
+        return Some(e.to_string());
+    }
+    match (direction, c.grpc_status) {
+        (Direction::outbound, Some(code)) if code != 0 => Some(format!("grpc-status {code}")),
+        (Direction::inbound, Some(code)) if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) => {
+            Some(format!("grpc-status {code}"))
+        }
+        (_, Some(_)) => None,
+        (Direction::outbound, None) if c.status.as_u16() >= 400 => {
+            Some(format!("HTTP {}", c.status.as_u16()))
+        }
+        (Direction::inbound, None) if c.status.is_server_error() => {
+            Some(format!("HTTP {}", c.status.as_u16()))
+        }
+        _ => None,
     }
 }

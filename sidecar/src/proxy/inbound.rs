@@ -24,6 +24,8 @@ use weft_proto::identity::SpiffeId;
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
 pub struct App {
     pub addr: SocketAddr,
+    /// `addr` as text, for the access log and spans.
+    name: Arc<str>,
     authority: Authority,
     h1: Client<HttpConnector, BoxBody>,
     h2: H2Client,
@@ -44,6 +46,7 @@ impl App {
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         App {
             addr,
+            name: Arc::from(addr.to_string()),
             authority,
             h1,
             h2: H2Client::new(target, connector as Arc<dyn Connector>),
@@ -77,17 +80,20 @@ impl Proxy {
     /// plaintext callers.
     pub async fn inbound(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: Option<&(SpiffeId, Option<ServiceName>)>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
-        let ex = Exchange::begin(
-            self.metrics.clone(),
+        let mut ex = Exchange::begin(
+            &self.telemetry,
             Direction::inbound,
             self.service.clone(),
+            &mut req,
+            grpc,
         );
         let policy = self.inbound_policy.load();
         let caller = peer.and_then(|p| p.1.as_ref());
+        ex.set_caller(caller);
         if !policy.allows(caller, req.method(), req.uri().path(), grpc) {
             let who = peer.map_or_else(
                 || "an unauthenticated caller".to_string(),
@@ -117,6 +123,7 @@ impl Proxy {
         let Some(app) = &self.app else {
             return ex.fail(ProxyError::NoApp, grpc);
         };
+        ex.attempt(&app.name);
         let (mut parts, body) = req.into_parts();
         // Only this sidecar says who the caller is: whatever the request
         // carried is dropped.

@@ -38,6 +38,8 @@ pub struct Proxy {
     pub protocol: Protocol,
     pub routes: Arc<Routes>,
     pub metrics: Arc<Metrics>,
+    /// Spans, the access log and route names (the metrics too).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub app: Option<App>,
     /// Connections to peers (TLS will wrap this).
     pub connector: Arc<dyn Connector>,

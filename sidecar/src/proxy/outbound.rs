@@ -107,7 +107,7 @@ impl Proxy {
     /// upstream port; `None` routes by authority.
     pub async fn outbound(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         fixed: Option<&ServiceName>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
@@ -117,9 +117,11 @@ impl Proxy {
             (None, Some(a)) => host_of(a).to_string(),
             (None, None) => {
                 let ex = Exchange::begin(
-                    self.metrics.clone(),
+                    &self.telemetry,
                     Direction::outbound,
                     ServiceName::unresolved(),
+                    &mut req,
+                    grpc,
                 );
                 return ex.fail(
                     ProxyError::NoRoute(
@@ -133,7 +135,7 @@ impl Proxy {
             .cloned()
             .or_else(|| ServiceName::parse(&name).ok())
             .unwrap_or_else(ServiceName::unresolved);
-        let ex = Exchange::begin(self.metrics.clone(), Direction::outbound, label);
+        let ex = Exchange::begin(&self.telemetry, Direction::outbound, label, &mut req, grpc);
         let target = match self.routes.resolve(&name, self.timeouts.discovery).await {
             Ok(t) => t,
             Err(e) => return ex.fail(e, grpc),
@@ -200,7 +202,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn tries(
         &self,
-        ex: Exchange,
+        mut ex: Exchange,
         target: Arc<Target>,
         template: Template,
         body: BoxBody,
@@ -243,6 +245,7 @@ impl Proxy {
                 return ex.fail(ProxyError::NoEndpoints(target.name.to_string()), grpc);
             };
             tried.push(pick.endpoint.spec.addr.clone());
+            ex.attempt(&pick.endpoint.spec.addr);
             let now = Instant::now();
             let left = deadline.map(|d| d.saturating_duration_since(now));
             if left.is_some_and(|l| l.is_zero()) {
@@ -299,6 +302,7 @@ impl Proxy {
             let pick = match hedged_pick {
                 Some(p) => {
                     tried.push(p.endpoint.spec.addr.clone());
+                    ex.attempt(&p.endpoint.spec.addr);
                     p
                 }
                 None => pick,

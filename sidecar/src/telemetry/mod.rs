@@ -1,0 +1,44 @@
+//! What the sidecar tells about the traffic it carries, beside the
+//! Prometheus metrics: OpenTelemetry spans (W3C trace context read and
+//! propagated), the access log, and the `route` label's bounded names.
+//! Everything is decided once per request, in the exchange
+//! (`proxy::exchange`), and recorded once, when the response ends.
+
+pub mod access;
+pub mod context;
+pub mod routes;
+pub mod tracer;
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+pub use routes::{Route, RouteNames};
+pub use tracer::{Tracer, TracerError};
+
+/// Shared by every listener of one sidecar.
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    /// `None` without `--otlp-endpoint`: no spans, trace headers untouched.
+    pub tracer: Option<Tracer>,
+    /// `--access-log`.
+    pub access_log: bool,
+    pub routes: RouteNames,
+}
+
+impl Telemetry {
+    pub fn new(metrics: Arc<Metrics>, tracer: Option<Tracer>, access_log: bool) -> Self {
+        Telemetry {
+            metrics,
+            tracer,
+            access_log,
+            routes: RouteNames::new(),
+        }
+    }
+
+    /// Exports the spans still queued (at shutdown).
+    pub async fn flush(&self) {
+        if let Some(t) = &self.tracer {
+            t.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The `route` label of request metrics: for gRPC the method
+//! (`/pkg.Service/Method`), interned so that a request costs a lookup, not
+//! an allocation. The label set is bounded: a service that is called with
+//! more distinct methods than [`MAX_ROUTES_PER_SERVICE`] (a scanner, a
+//! client gone wrong) has the rest counted as `(other)`, so that no peer can
+//! grow the sidecar's memory through its metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+
+use crate::model::ServiceName;
+
+/// Distinct routes kept per service and direction.
+pub const MAX_ROUTES_PER_SERVICE: usize = 200;
+
+/// A route label value; empty where no route is known (HTTP until routes
+/// are configured, opaque TCP).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Route(Option<Arc<str>>);
+
+impl Route {
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// The routes seen for one (inbound?, service).
+type RoutesByPath = HashMap<Arc<str>, Route>;
+
+#[derive(Default)]
+pub struct RouteNames {
+    by_service: Mutex<HashMap<(bool, ServiceName), RoutesByPath>>,
+    other: Route,
+}
+
+impl RouteNames {
+    pub fn new() -> Self {
+        RouteNames {
+            by_service: Mutex::default(),
+            other: Route(Some(Arc::from("(other)"))),
+        }
+    }
+
+    /// The route of a gRPC call to `path` of `service` (`inbound` tells the
+    /// two directions' budgets apart).
+    pub fn grpc(&self, inbound: bool, service: &ServiceName, path: &str) -> Route {
+        if !is_grpc_method(path) {
+            return self.other.clone();
+        }
+        let Ok(mut map) = self.by_service.lock() else {
+            return self.other.clone();
+        };
+        // Looked up without allocating; the key is cloned only once per
+        // new service.
+        if let Some(routes) = map.get(&(inbound, service.clone()))
+            && let Some(r) = routes.get(path)
+        {
+            return r.clone();
+        }
+        let routes = map.entry((inbound, service.clone())).or_default();
+        if routes.len() >= MAX_ROUTES_PER_SERVICE {
+            return self.other.clone();
+        }
+        let name: Arc<str> = Arc::from(path);
+        let route = Route(Some(name.clone()));
+        routes.insert(name, route.clone());
+        route
+    }
+}
+
+/// `/package.Service/Method`: printable, two segments, bounded length.
+fn is_grpc_method(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let Some((svc, method)) = rest.split_once('/') else {
+        return false;
+    };
+    path.len() <= 256
+        && !svc.is_empty()
+        && !method.is_empty()
+        && !method.contains('/')
+        && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_interned_and_bounded() {
+        let names = RouteNames::new();
+        let svc = ServiceName::parse("users").expect("name");
+        let a = names.grpc(false, &svc, "/users.v1.Users/Get");
+        assert_eq!(a.as_str(), "/users.v1.Users/Get");
+        let b = names.grpc(false, &svc, "/users.v1.Users/Get");
+        assert!(matches!((&a.0, &b.0), (Some(x), Some(y)) if Arc::ptr_eq(x, y)));
+        for bad in ["", "/", "/x", "/x/", "//m", "/a/b/c", "/a/b c"] {
+            assert_eq!(names.grpc(false, &svc, bad).as_str(), "(other)", "{bad:?}");
+        }
+        for i in 0..MAX_ROUTES_PER_SERVICE + 10 {
+            names.grpc(true, &svc, &format!("/s.S/M{i}"));
+        }
+        assert_eq!(names.grpc(true, &svc, "/s.S/Extra").as_str(), "(other)");
+        assert_eq!(names.grpc(true, &svc, "/s.S/M1").as_str(), "/s.S/M1");
+        // The other direction has its own budget.
+        assert_eq!(names.grpc(false, &svc, "/s.S/Extra").as_str(), "/s.S/Extra");
+    }
+}

@@ -1,0 +1,273 @@
+//! Spans, one per request on each side: the sampling decision when the
+//! request arrives (parent-based, then the trace-id ratio), and at its end a
+//! finished span handed to OpenTelemetry's batch processor, which exports
+//! over OTLP/gRPC from its own thread.
+//!
+//! The data path never waits for export: spans beyond `--trace-queue` are
+//! dropped and counted (`weft_spans_dropped_total`), as are spans whose
+//! export failed. Unsampled requests cost a header parse and a header write;
+//! no span object is ever built for them.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanExporter, SpanLinks,
+    SpanProcessor,
+};
+use prometheus_client::metrics::counter::Counter;
+
+use super::context::{TRACEPARENT, TRACESTATE, TraceContext, new_span_id, new_trace_id, sample};
+use crate::config::TracingConfig;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up trace export to {endpoint}: {reason}")]
+pub struct TracerError {
+    endpoint: String,
+    reason: String,
+}
+
+/// This hop's place in a trace, decided when the request arrived.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// This hop's span (its id goes on to the next hop).
+    pub ctx: TraceContext,
+    parent: Option<TraceContext>,
+    tracestate: Option<HeaderValue>,
+}
+
+/// What the finished span says.
+pub struct SpanRecord {
+    pub kind: SpanKind,
+    pub name: Cow<'static, str>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    /// `Some(description)` marks the span as an error.
+    pub error: Option<String>,
+}
+
+pub struct Tracer {
+    ratio: f64,
+    processor: Arc<BatchSpanProcessor>,
+    /// Spans handed to the processor and not yet to the exporter.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+    scope: InstrumentationScope,
+    dropped_queue_full: Counter,
+}
+
+impl Tracer {
+    /// Sets up export to the collector. Must run inside the tokio runtime:
+    /// the exporter's channel is driven by it.
+    pub fn new(
+        cfg: &TracingConfig,
+        service: &str,
+        instance: &str,
+        metrics: &Metrics,
+    ) -> Result<Self, TracerError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(cfg.endpoint.to_string())
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| TracerError {
+                endpoint: cfg.endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let exporter = Counting {
+            inner: exporter,
+            queued: queued.clone(),
+            exported: metrics.spans_exported.clone(),
+            failed: metrics
+                .spans_dropped
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "export-failed",
+                })
+                .clone(),
+            failing: AtomicBool::new(false),
+            endpoint: cfg.endpoint.to_string(),
+        };
+        let mut processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    // Our own bound is in front; the processor's is never hit.
+                    .with_max_queue_size(cfg.queue + 1)
+                    .with_max_export_batch_size(512.min(cfg.queue))
+                    // Traces show up in Jaeger within a second or so.
+                    .with_scheduled_delay(Duration::from_secs(1))
+                    .build(),
+            )
+            .build();
+        processor.set_resource(
+            &Resource::builder_empty()
+                .with_service_name(service.to_string())
+                .with_attributes([
+                    KeyValue::new("service.instance.id", instance.to_string()),
+                    KeyValue::new("weft.component", "sidecar"),
+                ])
+                .build(),
+        );
+        Ok(Tracer {
+            ratio: cfg.sampling,
+            processor: Arc::new(processor),
+            queued,
+            max_queued: cfg.queue,
+            scope: InstrumentationScope::builder("weft-sidecar")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            dropped_queue_full: metrics
+                .spans_dropped
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "queue-full",
+                })
+                .clone(),
+        })
+    }
+
+    /// Decides this hop's span for a request with `headers` and writes its
+    /// `traceparent` there for the next hop. A caller's sampling decision
+    /// stands; a request without (or with an invalid) traceparent starts a
+    /// new trace, recorded at the configured ratio.
+    pub fn start(&self, headers: &mut HeaderMap) -> Started {
+        let parent = headers.get(TRACEPARENT).and_then(TraceContext::parse);
+        let ctx = match parent {
+            Some(p) => TraceContext {
+                trace_id: p.trace_id,
+                span_id: new_span_id(),
+                sampled: p.sampled,
+            },
+            None => {
+                let trace_id = new_trace_id();
+                TraceContext {
+                    trace_id,
+                    span_id: new_span_id(),
+                    sampled: sample(trace_id, self.ratio),
+                }
+            }
+        };
+        headers.insert(TRACEPARENT, ctx.to_header());
+        let tracestate = if parent.is_some() && ctx.sampled {
+            headers.get(TRACESTATE).cloned()
+        } else {
+            None
+        };
+        Started {
+            ctx,
+            parent,
+            tracestate,
+        }
+    }
+
+    /// Hands a finished, sampled span to the exporter (or drops it, counted,
+    /// when the queue is full).
+    pub fn finish(&self, started: &Started, span: SpanRecord) {
+        if !started.ctx.sampled {
+            return;
+        }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped_queue_full.inc();
+            return;
+        }
+        let trace_state = started
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| TraceState::from_str(s).ok())
+            .unwrap_or_default();
+        let data = SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes(started.ctx.trace_id.to_be_bytes()),
+                SpanId::from_bytes(started.ctx.span_id.to_be_bytes()),
+                TraceFlags::SAMPLED,
+                false,
+                trace_state,
+            ),
+            parent_span_id: started.parent.map_or(SpanId::INVALID, |p| {
+                SpanId::from_bytes(p.span_id.to_be_bytes())
+            }),
+            parent_span_is_remote: started.parent.is_some(),
+            span_kind: span.kind,
+            name: span.name,
+            start_time: span.start,
+            end_time: span.end,
+            attributes: span.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: match span.error {
+                Some(description) => Status::Error {
+                    description: description.into(),
+                },
+                None => Status::Unset,
+            },
+            instrumentation_scope: self.scope.clone(),
+        };
+        self.processor.on_end(data);
+    }
+
+    /// Exports what is queued and stops the export thread (bounded by the
+    /// exporter's timeout). The processor blocks, so it runs off the
+    /// runtime's threads while the runtime drives the export.
+    pub async fn shutdown(&self) {
+        let p = self.processor.clone();
+        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    }
+}
+
+/// The OTLP exporter, counting what it sent and what it could not.
+#[derive(Debug)]
+struct Counting {
+    inner: opentelemetry_otlp::SpanExporter,
+    queued: Arc<AtomicUsize>,
+    exported: Counter,
+    failed: Counter,
+    /// Whether the last export failed: one warning per outage, not per batch.
+    failing: AtomicBool,
+    endpoint: String,
+}
+
+impl SpanExporter for Counting {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                self.exported.inc_by(n);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint = %self.endpoint, "trace export works again");
+                }
+            }
+            Err(e) => {
+                self.failed.inc_by(n);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "trace export failed; spans are dropped until it works");
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
