@@ -5,9 +5,10 @@
 //! sends only what changed, each update with a new version that the sidecar
 //! ACKs or NACKs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -91,6 +92,7 @@ impl Discovery for DiscoveryService {
             wanted,
             seen: HashMap::new(),
             sent: HashMap::new(),
+            unanswered: VecDeque::new(),
             tx,
         };
         tokio::spawn(session.run(reg, certificate_expires, inbound));
@@ -110,6 +112,8 @@ struct Session {
     seen: HashMap<String, u64>,
     /// Per wanted service, what the sidecar was last sent.
     sent: HashMap<String, ServiceView>,
+    /// Updates sent and not yet ACKed or NACKed, oldest first (bounded).
+    unanswered: VecDeque<(u64, Instant)>,
     tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
 }
 
@@ -157,8 +161,12 @@ impl Session {
     async fn handle(&mut self, m: pb::SidecarMessage) -> Handled {
         use pb::sidecar_message::Kind;
         match m.kind {
-            Some(Kind::Ack(a)) => self.catalog.record_ack(self.id, a.version),
+            Some(Kind::Ack(a)) => {
+                self.answered(a.version);
+                self.catalog.record_ack(self.id, a.version)
+            }
             Some(Kind::Nack(n)) => {
+                self.answered(n.version);
                 tracing::warn!(stream = self.id, version = n.version, reason = %n.reason, "sidecar rejected an update");
                 self.metrics.nacks.inc();
                 self.catalog.record_nack(self.id, n.version, n.reason);
@@ -196,6 +204,21 @@ impl Session {
         Handled::Continue
     }
 
+    /// Observes the push latency of `version` (and of older updates still
+    /// unanswered: a sidecar answers each, but one it skipped is settled by
+    /// a later answer).
+    fn answered(&mut self, version: u64) {
+        while let Some(&(v, sent)) = self.unanswered.front() {
+            if v > version {
+                break;
+            }
+            self.unanswered.pop_front();
+            self.metrics
+                .push_duration
+                .observe(sent.elapsed().as_secs_f64());
+        }
+    }
+
     /// Sends what changed (everything when `full`). Returns false once the
     /// sidecar is gone.
     async fn push(&mut self, full: bool) -> bool {
@@ -229,9 +252,15 @@ impl Session {
         update.version = self.catalog.next_version();
         let version = update.version;
         let n = update.services.len();
+        let sent = Instant::now();
         if self.tx.send(Ok(update)).await.is_err() {
             return false;
         }
+        // A sidecar that never answers must not grow this without bound.
+        if self.unanswered.len() >= 64 {
+            self.unanswered.pop_front();
+        }
+        self.unanswered.push_back((version, sent));
         self.catalog.record_sent(self.id, version);
         self.metrics
             .pushes

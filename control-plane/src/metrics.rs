@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::catalog::Catalog;
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub sidecars_connected: Gauge,
     pub pushes: Family<PushLabels, Counter>,
     pub nacks: Counter,
+    /// From an update sent to its ACK or NACK.
+    pub push_duration: Histogram,
     pub applies: Family<ApplyLabels, Counter>,
     pub issued: Family<IssueLabels, Counter>,
     instances: Gauge,
@@ -59,6 +62,16 @@ impl Metrics {
         );
         let nacks = Counter::default();
         registry.register("nacks", "Updates a sidecar rejected", nacks.clone());
+        // 0.5 ms .. 8 s: a push on loopback is answered in about a
+        // millisecond; seconds mean a sidecar or the network is struggling.
+        let push_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 15),
+        );
+        registry.register(
+            "push_duration_seconds",
+            "Time from sending an update to a sidecar to its ACK or NACK",
+            push_duration.clone(),
+        );
         let applies = Family::<ApplyLabels, Counter>::default();
         registry.register(
             "applies",
@@ -84,6 +97,7 @@ impl Metrics {
             sidecars_connected,
             pushes,
             nacks,
+            push_duration,
             applies,
             issued,
             instances,

@@ -228,6 +228,7 @@ async fn admin_response(
     metrics: &Metrics,
     log_level: Option<&weft_proto::logs::LogLevel>,
 ) -> Response<AdminBody> {
+    tracing::debug!(method = %req.method(), path = req.uri().path(), "admin request");
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/log-level") => match log_level {
             Some(l) => (StatusCode::OK, "text/plain", format!("{}\n", l.get())),

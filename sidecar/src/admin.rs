@@ -101,6 +101,7 @@ async fn handle(
             Err(never) => match never {},
         };
     }
+    tracing::debug!(method = %req.method(), path = req.uri().path(), "admin request");
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
         (&Method::GET, "/ready") => {

@@ -40,17 +40,23 @@ pub struct EchoState {
     pub completed: AtomicU64,
     /// The `grpc-timeout` each call arrived with.
     pub grpc_timeouts: std::sync::Mutex<Vec<String>>,
+    /// The `traceparent` each call arrived with (empty: none).
+    pub traceparents: std::sync::Mutex<Vec<String>>,
 }
 
 impl EchoState {
     fn observe(&self, md: &MetadataMap) -> Option<Status> {
+        let header = |name: &str| {
+            md.get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
         if let Ok(mut t) = self.grpc_timeouts.lock() {
-            t.push(
-                md.get("grpc-timeout")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string(),
-            );
+            t.push(header("grpc-timeout"));
+        }
+        if let Ok(mut t) = self.traceparents.lock() {
+            t.push(header("traceparent"));
         }
         match self.fail_all.load(Ordering::Relaxed) {
             0 => None,

@@ -1,11 +1,12 @@
 //! The harness of Weft's end-to-end tests and benchmark: test services (a
 //! gRPC echo service with every kind of call, an HTTP/1.1 app), an in-process
 //! control plane and sidecars on 127.0.0.1 port 0, child processes of the
-//! real binaries, and polling helpers with bounded deadlines.
+//! real binaries, an OTLP trace receiver, and polling helpers with bounded deadlines.
 
 pub mod echo;
 pub mod http_app;
 pub mod mesh;
+pub mod otlp;
 pub mod process;
 pub mod util;
 
