@@ -1,6 +1,7 @@
 //! Shared pieces of the restaurant example: the user API, the users it
-//! knows, logging, and serving gRPC and REST on one port.
+//! knows, logging, tracing, and serving gRPC and REST on one port.
 
+pub mod otel;
 pub mod serve;
 
 /// Generated code of `proto/user.proto`.

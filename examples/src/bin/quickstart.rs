@@ -17,6 +17,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use weft_examples::otel::Otel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +42,24 @@ struct Args {
     /// Where the processes write their logs (default: a new temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Send traces of every app and sidecar to this OTLP/gRPC collector,
+    /// e.g. Jaeger's http://127.0.0.1:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Where to look at the traces (default: Jaeger's UI on the
+    /// collector's host, port 16686).
+    #[arg(long)]
+    jaeger_ui: Option<String>,
+}
+
+/// Jaeger's UI beside its OTLP port: same host, port 16686.
+fn jaeger_ui(endpoint: &str) -> String {
+    let host = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("http://{host}:16686")
 }
 
 /// Hands out the well-known port, or a free one.
@@ -60,6 +81,8 @@ impl Ports {
 struct Procs {
     bin_dir: PathBuf,
     log_dir: PathBuf,
+    /// Set in every process (the OTLP endpoint).
+    env: Vec<(&'static str, String)>,
     children: Vec<(String, Child)>,
 }
 
@@ -75,6 +98,7 @@ impl Procs {
         let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
         let child = Command::new(&path)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -138,7 +162,17 @@ async fn get(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
 ) -> anyhow::Result<(http::StatusCode, String)> {
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse()?)).await??;
+    get_with(client, url, http::HeaderMap::new()).await
+}
+
+async fn get_with(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+    headers: http::HeaderMap,
+) -> anyhow::Result<(http::StatusCode, String)> {
+    let mut req = http::Request::get(url).body(Empty::new())?;
+    *req.headers_mut() = headers;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await??;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -198,9 +232,14 @@ async fn main() -> anyhow::Result<()> {
     let credential = workdir.join("data").join("admin.credential");
     let up_users = p.get(9001)?;
     let up_orders = p.get(9002)?;
+    let otlp = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
     let mut procs = Procs {
         bin_dir: bin_dir.clone(),
         log_dir: log_dir.clone(),
+        env: otlp
+            .iter()
+            .map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT", e.clone()))
+            .collect(),
         children: Vec::new(),
     };
     let http: Client<HttpConnector, Empty<Bytes>> =
@@ -428,6 +467,9 @@ async fn main() -> anyhow::Result<()> {
         "Sending {} requests at {}/s: GET /orders?userId=N through the mesh",
         args.requests, args.rate
     );
+    // Our client traces its requests too: each one is a trace through the
+    // whole restaurant.
+    let otel = Otel::init_with("quickstart-client", otlp.as_deref())?;
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let mut tick = tokio::time::interval(period);
     let mut latencies = Vec::new();
@@ -436,8 +478,28 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.requests {
         tick.tick().await;
         let url = format!("http://127.0.0.1:{up_orders}/orders?userId={}", i % 5 + 1);
+        let cx = otel.start(
+            &opentelemetry::Context::new(),
+            SpanKind::Client,
+            "GET /orders",
+            vec![
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("url.full", url.clone()),
+            ],
+        );
+        let mut headers = http::HeaderMap::new();
+        otel.inject(&cx, &mut headers);
         let started = Instant::now();
-        match get(&http, &url).await {
+        let result = get_with(&http, &url, headers).await;
+        otel.end(
+            &cx,
+            match &result {
+                Ok((s, _)) if s.is_success() => None,
+                Ok((s, _)) => Some(format!("HTTP {s}")),
+                Err(e) => Some(e.to_string()),
+            },
+        );
+        match result {
             Ok((status, body)) if status.is_success() => {
                 latencies.push(started.elapsed());
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -453,6 +515,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => *failures.entry(e.to_string()).or_default() += 1,
         }
     }
+    otel.shutdown().await;
     latencies.sort();
     let ok = latencies.len() as u32;
     println!("  succeeded {ok}, failed {}", args.requests - ok);
@@ -477,6 +540,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Ok(out) = weftctl(&["status"], None) {
         println!("\n$ weftctl status\n{out}");
+    }
+    if let Some(endpoint) = &otlp {
+        let ui = args
+            .jaeger_ui
+            .clone()
+            .unwrap_or_else(|| jaeger_ui(endpoint));
+        println!("Traces went to {endpoint}; see them in Jaeger:");
+        println!("  {ui}/search?service=quickstart-client");
     }
 
     if args.once {

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use clap::Parser;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tonic::{Request, Response, Status};
+use weft_examples::otel::Otel;
 use weft_examples::pb::user_service_server::{UserService, UserServiceServer};
 use weft_examples::pb::{UserRequest, UserResponse};
 use weft_examples::serve::{Rest, json, serve};
@@ -26,6 +29,7 @@ struct Args {
 
 struct Users {
     instance: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    otel: Arc<Otel>,
 }
 
 #[tonic::async_trait]
@@ -34,8 +38,24 @@ impl UserService for Users {
         &self,
         request: Request<UserRequest>,
     ) -> Result<Response<UserResponse>, Status> {
+        // This app's span, a child of its sidecar's.
+        let cx = self.otel.start(
+            &self
+                .otel
+                .extract(&request.metadata().clone().into_headers()),
+            SpanKind::Server,
+            "restaurant.v1.UserService/GetUser",
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "restaurant.v1.UserService"),
+                KeyValue::new("rpc.method", "GetUser"),
+            ],
+        );
         let id = request.get_ref().id;
-        let user = find_user(id).ok_or_else(|| Status::not_found(format!("no user {id}")))?;
+        let found = find_user(id);
+        // NOT_FOUND is the caller's problem, not an error of this server.
+        self.otel.end(&cx, None);
+        let user = found.ok_or_else(|| Status::not_found(format!("no user {id}")))?;
         let mut resp = Response::new(UserResponse {
             id: user.id,
             name: user.name.into(),
@@ -51,11 +71,15 @@ impl UserService for Users {
 async fn main() -> anyhow::Result<()> {
     init_logs();
     let args = Args::parse();
+    let otel = Arc::new(Otel::init("user-service")?);
     let instance: tonic::metadata::MetadataValue<_> = args.instance.parse()?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<UserServiceServer<Users>>().await;
-    let routes = tonic::service::Routes::new(health_svc)
-        .add_service(UserServiceServer::new(Users { instance }));
+    let routes =
+        tonic::service::Routes::new(health_svc).add_service(UserServiceServer::new(Users {
+            instance,
+            otel: otel.clone(),
+        }));
     let name = args.instance.clone();
     let rest: Rest = Arc::new(move |req| {
         let name = name.clone();
@@ -86,5 +110,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, instance = %args.instance, "user-service listening");
     serve(listener, Some(routes), rest, shutdown_signal()).await;
+    otel.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,160 @@
+//! One request through the restaurant is one trace: the quick start runs
+//! the real binaries with their traces sent to an OTLP/gRPC receiver in this
+//! test process, and the spans of one request must form the chain
+//! client app → its sidecar → order-service's sidecar → order-service →
+//! its sidecar → a user-service sidecar → user-service, each the parent of
+//! the next.
+
+use std::time::Duration;
+
+use weft_tests::otlp::{Collector, Span, SpanKind};
+
+/// One hop of the expected chain: (service, app or sidecar, kind, name).
+const CHAIN: [(&str, &str, SpanKind, &str); 8] = [
+    ("quickstart-client", "app", SpanKind::Client, "GET /orders"),
+    ("quickstart-client", "sidecar", SpanKind::Client, "GET"),
+    ("order-service", "sidecar", SpanKind::Server, "GET"),
+    ("order-service", "app", SpanKind::Server, "GET /orders"),
+    (
+        "order-service",
+        "app",
+        SpanKind::Client,
+        "restaurant.v1.UserService/GetUser",
+    ),
+    (
+        "order-service",
+        "sidecar",
+        SpanKind::Client,
+        "restaurant.v1.UserService/GetUser",
+    ),
+    (
+        "user-service",
+        "sidecar",
+        SpanKind::Server,
+        "restaurant.v1.UserService/GetUser",
+    ),
+    (
+        "user-service",
+        "app",
+        SpanKind::Server,
+        "restaurant.v1.UserService/GetUser",
+    ),
+];
+
+/// The spans of `trace`, ordered root first along the parent links; an
+/// error names what is missing or branched.
+fn chain(spans: &[Span], trace: &str) -> anyhow::Result<Vec<Span>> {
+    let of: Vec<&Span> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let mut out = Vec::new();
+    let mut parent = String::new();
+    loop {
+        let children: Vec<&&Span> = of.iter().filter(|s| s.parent_span_id == parent).collect();
+        match children.as_slice() {
+            [] => break,
+            [one] => {
+                parent = one.span_id.clone();
+                out.push((**one).clone());
+            }
+            many => anyhow::bail!("span {parent:?} has {} children: {many:#?}", many.len()),
+        }
+    }
+    anyhow::ensure!(
+        out.len() == of.len(),
+        "{} of the trace's {} spans are not on one chain from the root: {of:#?}",
+        of.len() - out.len(),
+        of.len()
+    );
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()> {
+    let collector = Collector::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    cmd.args([
+        "--once",
+        "--free-ports",
+        "--requests",
+        "3",
+        "--rate",
+        "50",
+        "--otlp-endpoint",
+    ])
+    .arg(collector.endpoint())
+    .arg("--workdir")
+    .arg(dir.path());
+    // The quick start bounds its own waits and stops every process it started.
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:16686/search?service=quickstart-client"),
+        "the quick start prints where to see the traces:\n{stdout}"
+    );
+
+    // Every process flushed its spans when it stopped; three requests, three
+    // traces of eight spans each.
+    let spans = collector
+        .wait_for("3 traces of 8 spans", Duration::from_secs(10), |s| {
+            s.len() >= 24
+        })
+        .await?;
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 3, "one root per request: {roots:#?}");
+    for root in roots {
+        let hops = chain(&spans, &root.trace_id)?;
+        let got: Vec<_> = hops
+            .iter()
+            .map(|s| {
+                (
+                    s.service.as_str(),
+                    s.resource.get("weft.component").map_or("", String::as_str),
+                    s.kind,
+                    s.name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got, CHAIN.to_vec(), "trace {}", root.trace_id);
+        for s in &hops {
+            assert_eq!(s.status_code, 0, "no errors: {s:#?}");
+            assert!(s.start_unix_nano <= s.end_unix_nano);
+        }
+        // Semantic-convention attributes on the sidecars' spans.
+        let [_, client_sc, order_in, _, _, order_out, user_in, _] = hops.as_slice() else {
+            unreachable!("the chain has 8 hops")
+        };
+        assert_eq!(client_sc.attr("http.request.method"), Some("GET"));
+        assert_eq!(client_sc.attr("url.path"), Some("/orders"));
+        assert_eq!(client_sc.attr("http.response.status_code"), Some("200"));
+        assert_eq!(client_sc.attr("peer.service"), Some("order-service"));
+        assert_eq!(order_in.attr("peer.service"), Some("quickstart-client"));
+        assert_eq!(order_out.attr("rpc.system"), Some("grpc"));
+        assert_eq!(
+            order_out.attr("rpc.service"),
+            Some("restaurant.v1.UserService")
+        );
+        assert_eq!(order_out.attr("rpc.method"), Some("GetUser"));
+        assert_eq!(order_out.attr("rpc.grpc.status_code"), Some("0"));
+        assert_eq!(order_out.attr("peer.service"), Some("user-service"));
+        assert_eq!(order_out.attr("weft.retries"), Some("0"));
+        assert_eq!(user_in.attr("peer.service"), Some("order-service"));
+        let instance = user_in
+            .resource
+            .get("service.instance.id")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ["user-1", "user-2"].contains(&instance.as_str()),
+            "{instance}"
+        );
+    }
+    Ok(())
+}
