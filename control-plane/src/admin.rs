@@ -1,5 +1,5 @@
 //! The `Admin` gRPC service that `weftctl` talks to: apply, get and delete
-//! resources; list services, instances and sidecars.
+//! resources; list services, instances and sidecars; live traffic (`Top`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use weft_proto::identity::JoinToken;
 
 use crate::auth::{TokenBook, TokenRecord, random_hex};
 use crate::ca::Ca;
-use crate::catalog::{Catalog, unix_millis};
+use crate::catalog::{Catalog, TopError, TopQuery, unix_millis};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::{Kind, Name, resources_from_proto};
 use crate::store::{Store, StoreError};
@@ -88,6 +88,13 @@ async fn blocking<T: Send + 'static>(
             tracing::error!(error = %e, "store error");
             Status::internal(e.to_string())
         })
+}
+
+fn top_status(e: TopError) -> Status {
+    match e {
+        TopError::WindowTooLong | TopError::BadName(_) => Status::invalid_argument(e.to_string()),
+        TopError::UnknownService(_) => Status::not_found(e.to_string()),
+    }
 }
 
 fn parse_kind(kind: &str) -> Result<Kind, Status> {
@@ -246,6 +253,15 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse { sidecars }))
+    }
+
+    async fn top(
+        &self,
+        request: Request<pb::TopRequest>,
+    ) -> Result<Response<pb::TopResponse>, Status> {
+        let query = TopQuery::try_from(request.get_ref()).map_err(top_status)?;
+        let top = self.catalog.top(&query).map_err(top_status)?;
+        Ok(Response::new(top))
     }
 
     async fn create_token(

@@ -197,6 +197,7 @@ impl Session {
                 self.catalog
                     .record_ejection(self.id, e.service, e.instance_id, e.until_unix_ms)
             }
+            Some(Kind::Stats(s)) => self.catalog.record_stats(self.id, &s),
             Some(Kind::Hello(_)) | None => {
                 tracing::debug!(stream = self.id, "ignoring an unexpected message");
             }

@@ -2,13 +2,15 @@
 //! `proto/weft/v1/mesh.proto`), and the identity contract both ends must
 //! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
 //! checked), and what both programs share ([`logs`]: JSON logs with a
-//! filter changeable at runtime).
+//! filter changeable at runtime; [`stats`]: the latency buckets of
+//! `weftctl top`).
 //!
 //! Both the control plane and the sidecar convert every message into their
 //! own validated domain types at the edge; no wire type reaches a data path.
 
 pub mod identity;
 pub mod logs;
+pub mod stats;
 
 /// Package `weft.v1`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

@@ -247,6 +247,7 @@ pub async fn run(
                 inbound: inbound_policy.clone(),
                 ejections: ejections_rx,
                 ejected: Default::default(),
+                telemetry: telemetry.clone(),
             };
             tokio::spawn(client.run(drain_watch.clone()));
         }

@@ -177,3 +177,94 @@ async fn rejected_input_changes_nothing() -> anyhow::Result<()> {
     assert_eq!(before, after, "the valid half was not applied either");
     Ok(())
 }
+
+/// `weftctl top` after known traffic: 130 calls to two instances, 20 of
+/// them failing by the server's fault (INTERNAL) and 10 by the caller's
+/// (NOT_FOUND, no failure of the service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let instances = weft_tests::mesh::echo_instances(&cp, "echo", &["echo-1", "echo-2"]).await?;
+    let caller = weft_tests::mesh::caller(&cp, "echo", 2).await?;
+    let mut c = weft_tests::echo::client(caller.upstream("echo")).await?;
+    for i in 0..130 {
+        let fail_code = match i % 13 {
+            0 | 1 => 13,
+            2 => 5,
+            _ => 0,
+        };
+        let r = c
+            .unary(weft_tests::pb::EchoRequest {
+                fail_code,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(r.is_ok(), fail_code == 0, "call {i}: {r:?}");
+    }
+
+    // The sidecars report every second; wait until all 130 arrived.
+    let top = weft_tests::util::wait_for(
+        "weftctl top to count 130 requests",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (code, out, _) = ctl(
+                &cp,
+                &["top", "echo", "--once", "-o", "json", "--window", "60s"],
+                None,
+            )
+            .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (code == 0 && v["services"][0]["requests"] == 130).then_some(v)
+        },
+    )
+    .await?;
+    let echo = &top["services"][0];
+    assert_eq!(echo["service"], "echo", "{top:#}");
+    assert_eq!(echo["failures"], 20, "{top:#}");
+    let success = echo["success_rate"].as_f64().unwrap_or(-1.0);
+    assert!((success - 110.0 / 130.0).abs() < 1e-9, "{success}");
+    assert_eq!(echo["endpoints"], 2);
+    assert_eq!(echo["healthy_endpoints"], 2);
+    let (p50, p99) = (
+        echo["p50_ms"].as_f64().unwrap_or(0.0),
+        echo["p99_ms"].as_f64().unwrap_or(0.0),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "p50 {p50} p99 {p99}");
+    assert!(echo["rps"].as_f64().unwrap_or(0.0) > 0.0);
+    let rows = echo["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{top:#}");
+    let mut sum = 0;
+    for i in &rows {
+        assert_eq!(i["reporting"], true, "{i:#}");
+        assert_eq!(i["health"], "healthy", "{i:#}");
+        let n = i["requests"].as_u64().unwrap_or(0);
+        assert!(n > 0, "both instances served: {top:#}");
+        sum += n;
+    }
+    assert_eq!(sum, 130);
+
+    // The table a person reads.
+    let (code, out, err) = ctl(&cp, &["top", "--once", "--window", "60s"], None)?;
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("echo "))
+        .unwrap_or_default();
+    assert!(line.contains("84.62%"), "success rate in the row:\n{out}");
+    assert!(
+        line.contains("2/2"),
+        "healthy/total endpoints in the row:\n{out}"
+    );
+    assert!(out.contains("caller"), "every service is listed:\n{out}");
+    for (_, sidecar) in &instances {
+        let id = &sidecar.instance_id;
+        assert!(out.contains(id.as_str()), "instance {id} listed:\n{out}");
+    }
+
+    // An unknown service is named.
+    let (code, _, err) = ctl(&cp, &["top", "nosuch", "--once"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuch"), "{err}");
+    Ok(())
+}

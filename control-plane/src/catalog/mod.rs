@@ -8,9 +8,13 @@
 //! writer so that a restarted control plane starts from the last catalog.
 
 mod instance;
+pub mod stats;
+pub mod top;
 mod view;
 
 pub use instance::{Instance, Registration};
+pub use stats::{Recorded, StatsError, TrafficRing};
+pub use top::{TopError, TopQuery};
 pub use view::ServiceView;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -79,6 +83,9 @@ struct State {
     /// The generation at which each service (policy or endpoints) last changed.
     service_generation: HashMap<Name, u64>,
     sidecars: HashMap<u64, SidecarStatus>,
+    /// Per connected stream, its sidecar's recent `TrafficStats`. Apart from
+    /// `SidecarStatus` so that listing sidecars does not copy them.
+    traffic: HashMap<u64, TrafficRing>,
 }
 
 impl State {
@@ -325,6 +332,7 @@ impl Catalog {
     /// otherwise its instance waits out the grace period.
     pub fn disconnect(&self, stream: u64, left: bool) {
         let mut st = self.lock();
+        st.traffic.remove(&stream);
         let Some(status) = st.sidecars.remove(&stream) else {
             return;
         };
@@ -447,6 +455,26 @@ impl Catalog {
         }
     }
 
+    /// The sidecar on `stream` reported its cumulative traffic. Malformed
+    /// reports are dropped: they would only make `weftctl top` lie.
+    pub fn record_stats(&self, stream: u64, stats: &pb::TrafficStats) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if !st.sidecars.contains_key(&stream) {
+            return;
+        }
+        match st.traffic.entry(stream).or_default().record(stats, now) {
+            Ok(Recorded::Added) => {}
+            Ok(Recorded::Restarted) => {
+                tracing::debug!(
+                    stream,
+                    "traffic counters went back; starting their history over"
+                )
+            }
+            Err(e) => tracing::debug!(stream, error = %e, "ignoring malformed traffic stats"),
+        }
+    }
+
     pub fn record_nack(&self, stream: u64, version: u64, reason: String) {
         if let Some(s) = self.lock().sidecars.get_mut(&stream) {
             s.nack = Some((version, reason));
@@ -485,6 +513,35 @@ impl Catalog {
             out.push((name.clone(), g, view));
         }
         (st.generation, out)
+    }
+
+    /// Traffic per service (every service with an instance, or the one
+    /// asked for) and per instance over the query's window.
+    pub fn top(&self, query: &TopQuery) -> Result<pb::TopResponse, TopError> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut services: BTreeMap<Name, top::ServiceInstances<'_>> = BTreeMap::new();
+        for i in st.instances.values() {
+            if query.service.as_ref().is_some_and(|s| s != &i.service) {
+                continue;
+            }
+            let ring = i.stream.and_then(|s| st.traffic.get(&s));
+            services
+                .entry(i.service.clone())
+                .or_default()
+                .push((i, ring));
+        }
+        if let Some(name) = &query.service
+            && services.is_empty()
+        {
+            // A service with a resource but no instance (yet) is known: it
+            // has no traffic rather than no existence.
+            if !st.resources.contains_key(name) {
+                return Err(TopError::UnknownService(name.to_string()));
+            }
+            services.insert(name.clone(), Vec::new());
+        }
+        Ok(top::build(services, query.window, now))
     }
 
     pub fn sidecars(&self) -> Vec<SidecarStatus> {

@@ -2,10 +2,12 @@
 //!
 //! kubectl habits: `apply -f FILE|-`, `get KIND [NAME] -o yaml|json`,
 //! `delete KIND NAME`; errors on stderr, a non-zero exit code on failure.
+//! `top` is the one live view: traffic per service, redrawn until Ctrl-C.
 
 mod output;
+pub mod top;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +29,8 @@ use crate::resource::parse_documents;
     long_about = "Configure and inspect a Weft mesh through its control plane.\n\n\
                   Examples:\n  weftctl apply -f services.yaml\n  weftctl get services\n  \
                   weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status\n  \
-                  weftctl token create user-service --ttl 1h"
+                  weftctl token create user-service --ttl 1h\n  weftctl top\n  \
+                  weftctl top user-service --window 1m --once\n  weftctl top -o json"
 )]
 pub struct Cli {
     /// The control plane's gRPC API (TLS).
@@ -93,6 +96,27 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Live traffic per service and per instance: requests per second,
+    /// success rate, p50 and p99 latency over a sliding window, and healthy
+    /// endpoints. Redraws every --interval until Ctrl-C; `-` marks an
+    /// instance whose sidecar has not reported traffic.
+    Top {
+        /// Only this service.
+        service: Option<String>,
+        /// The window rates and percentiles cover: whole seconds, 1s to 300s.
+        #[arg(long, default_value = "10s", value_parser = top::parse_window)]
+        window: Duration,
+        /// How often the live view redraws.
+        #[arg(long, default_value = "1s", value_parser = top::parse_interval)]
+        interval: Duration,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// table: the live view; json | yaml: one answer with the API's
+        /// field names (implies --once).
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -369,6 +393,27 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 .into_inner();
             // Only the token on stdout, so that it can go straight into a file.
             w(out, format!("{}\n", resp.token));
+        }
+        Command::Top {
+            service,
+            window,
+            interval,
+            once,
+            output,
+        } => {
+            let mut client = connect(&cli).await?;
+            let args = top::TopArgs {
+                url: cli.control_plane.clone(),
+                request: pb::TopRequest {
+                    service: service.clone().unwrap_or_default(),
+                    window_seconds: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
+                },
+                interval: *interval,
+                once: *once,
+                output: *output,
+                tty: std::io::stdout().is_terminal(),
+            };
+            top::run(&mut client, &args, out).await?;
         }
     }
     Ok(())

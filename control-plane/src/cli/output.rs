@@ -36,7 +36,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn structured(v: Value, format: Format) -> String {
+pub(super) fn structured(v: Value, format: Format) -> String {
     match format {
         Format::Json => format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
         _ => value_to_yaml(&v),
@@ -52,12 +52,9 @@ fn protocol(p: i32) -> &'static str {
     }
 }
 
+/// The same strings as `weftctl top` (from the control plane) uses.
 fn health(h: i32) -> &'static str {
-    match pb::Health::try_from(h) {
-        Ok(pb::Health::Healthy) => "healthy",
-        Ok(pb::Health::Unhealthy) => "unhealthy",
-        _ => "unknown",
-    }
+    pb::Health::try_from(h).map_or("unknown", crate::catalog::top::health_str)
 }
 
 fn labels(l: &std::collections::HashMap<String, String>) -> String {

@@ -54,7 +54,12 @@ pub struct DiscoveryClient {
     /// Those in force: (service, instance) → until (unix ms). Reported again
     /// on every new stream.
     pub ejected: std::collections::BTreeMap<(String, String), u64>,
+    /// Its inbound traffic totals, reported every second for `weftctl top`.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
+
+/// How often traffic totals are reported (when they changed).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn ejection_msg(service: &str, instance: &str, until_unix_ms: u64) -> pb::SidecarMessage {
     msg(pb::sidecar_message::Kind::Ejection(pb::Ejection {
@@ -202,6 +207,11 @@ impl DiscoveryClient {
             Err(s) => return lost(format!("open stream: {}", s.message())),
         };
         let mut synced = false;
+        // Totals last reported on this stream: the first report follows the
+        // first update applied, then one per interval while they change.
+        let mut reported: Option<pb::TrafficStats> = None;
+        let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 m = inbound.message() => match m {
@@ -210,6 +220,11 @@ impl DiscoveryClient {
                         synced |= matches!(reply.kind, Some(pb::sidecar_message::Kind::Ack(_)));
                         if tx.send(reply).await.is_err() {
                             return End::Lost { reason: "request stream closed".into(), synced };
+                        }
+                        if synced && reported.is_none() {
+                            let s = self.telemetry.traffic.snapshot();
+                            let _ = tx.send(msg(pb::sidecar_message::Kind::Stats(s.clone()))).await;
+                            reported = Some(s);
                         }
                     }
                     Ok(None) => return End::Lost { reason: "closed by the control plane".into(), synced },
@@ -233,6 +248,13 @@ impl DiscoveryClient {
                         self.ejected.insert(key.clone(), until);
                     }
                     let _ = tx.send(ejection_msg(&key.0, &key.1, until)).await;
+                },
+                _ = stats_tick.tick(), if reported.is_some() => {
+                    let s = self.telemetry.traffic.snapshot();
+                    if reported.as_ref() != Some(&s) {
+                        let _ = tx.send(msg(pb::sidecar_message::Kind::Stats(s.clone()))).await;
+                        reported = Some(s);
+                    }
                 },
                 r = expiry.changed() => {
                     if r.is_ok() {

@@ -138,6 +138,9 @@ impl Exchange {
             r(c);
         }
         let elapsed = self.start.elapsed();
+        if self.labels.direction == Direction::inbound {
+            self.tel.traffic.record(elapsed, server_fault(c));
+        }
         let m = &self.tel.metrics;
         m.latency
             .get_or_create(&self.labels)
@@ -262,6 +265,18 @@ fn span_attributes(
     (name, a)
 }
 
+/// Whether the exchange failed by the server's fault (or the mesh's): a
+/// mesh error, gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+/// UNAVAILABLE or DATA_LOSS, or an HTTP 5xx. A client's mistake (NOT_FOUND,
+/// 404) is no failure of the server.
+fn server_fault(c: &Classification) -> bool {
+    c.error.is_some()
+        || match c.grpc_status {
+            Some(code) => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+            None => c.status.is_server_error(),
+        }
+}
+
 /// Whether the span is an error, by the conventions: on the client every
 /// non-OK gRPC status and every 4xx/5xx; on the server only the statuses
 /// that are the server's fault, and 5xx.
@@ -271,9 +286,7 @@ fn span_error(direction: Direction, c: &Classification) -> Option<String> {
     }
     match (direction, c.grpc_status) {
         (Direction::outbound, Some(code)) if code != 0 => Some(format!("grpc-status {code}")),
-        (Direction::inbound, Some(code)) if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) => {
-            Some(format!("grpc-status {code}"))
-        }
+        (Direction::inbound, Some(code)) if server_fault(c) => Some(format!("grpc-status {code}")),
         (_, Some(_)) => None,
         (Direction::outbound, None) if c.status.as_u16() >= 400 => {
             Some(format!("HTTP {}", c.status.as_u16()))

@@ -1,6 +1,7 @@
 //! What the sidecar tells about the traffic it carries, beside the
 //! Prometheus metrics: OpenTelemetry spans (W3C trace context read and
-//! propagated), the access log, and the `route` label's bounded names.
+//! propagated), the access log, the `route` label's bounded names, and the
+//! inbound traffic summary sent to the control plane for `weftctl top`.
 //! Everything is decided once per request, in the exchange
 //! (`proxy::exchange`), and recorded once, when the response ends.
 
@@ -8,12 +9,14 @@ pub mod access;
 pub mod context;
 pub mod routes;
 pub mod tracer;
+pub mod traffic;
 
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
 pub use routes::{Route, RouteNames};
 pub use tracer::{Tracer, TracerError};
+pub use traffic::Traffic;
 
 /// Shared by every listener of one sidecar.
 pub struct Telemetry {
@@ -23,6 +26,8 @@ pub struct Telemetry {
     /// `--access-log`.
     pub access_log: bool,
     pub routes: RouteNames,
+    /// Inbound totals for `weftctl top`.
+    pub traffic: Traffic,
 }
 
 impl Telemetry {
@@ -32,6 +37,7 @@ impl Telemetry {
             tracer,
             access_log,
             routes: RouteNames::new(),
+            traffic: Traffic::default(),
         }
     }
 

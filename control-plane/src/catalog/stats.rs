@@ -1,0 +1,431 @@
+//! Traffic samples from one sidecar (its cumulative `TrafficStats`) and what
+//! they say about a window of time: requests, failures, rate and latency.
+//!
+//! Sidecars send cumulative counters so that a lost message loses nothing;
+//! a window's traffic is the difference between two samples.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use weft_proto::stats::{BUCKETS, percentile};
+use weft_proto::v1 as pb;
+
+/// The longest window `Top` answers for; older samples are dropped.
+pub const MAX_WINDOW: Duration = Duration::from_secs(300);
+
+/// How often a sidecar sends `TrafficStats` while its counters change
+/// (mesh.proto, `TrafficStats`). A gap longer than this after a sample means
+/// the counters did not move during the gap.
+const REPORT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Samples closer together than this replace the newest one instead of
+/// adding another, so that a sidecar sending faster than it should cannot
+/// shorten the history the ring covers.
+const MIN_SPACING: Duration = Duration::from_millis(500);
+
+/// A hard cap on the ring whatever the timing; with [`MIN_SPACING`] a
+/// [`MAX_WINDOW`] needs at most about 600 samples.
+pub const MAX_SAMPLES: usize = 640;
+
+/// One sidecar's counters at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    at: Instant,
+    requests: u64,
+    failures: u64,
+    buckets: [u64; BUCKETS],
+}
+
+impl Sample {
+    /// Whether `self` (newer) has any counter below `older`: the sidecar
+    /// restarted its counting.
+    fn went_back_from(&self, older: &Sample) -> bool {
+        self.requests < older.requests
+            || self.failures < older.failures
+            || self.buckets.iter().zip(&older.buckets).any(|(n, o)| n < o)
+    }
+}
+
+/// A `TrafficStats` message that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    #[error("latency_buckets has {got} entries, expected {expected}")]
+    BucketCount { got: usize, expected: usize },
+}
+
+/// What recording a sample did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Added,
+    /// The counters went backwards: the history was cleared and starts here.
+    Restarted,
+}
+
+/// Traffic over a window: counts are differences, `buckets` cumulative
+/// like the wire format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    pub requests: u64,
+    pub failures: u64,
+    pub buckets: [u64; BUCKETS],
+    pub rps: f64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            requests: 0,
+            failures: 0,
+            buckets: [0; BUCKETS],
+            rps: 0.0,
+        }
+    }
+}
+
+impl Traffic {
+    /// Adds another instance's traffic (a service is the sum of its instances).
+    pub fn add(&mut self, other: &Traffic) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failures = self.failures.saturating_add(other.failures);
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a = a.saturating_add(*b);
+        }
+        self.rps += other.rps;
+    }
+
+    /// 0..1; 1 without requests.
+    pub fn success_rate(&self) -> f64 {
+        if self.requests == 0 {
+            return 1.0;
+        }
+        1.0 - self.failures.min(self.requests) as f64 / self.requests as f64
+    }
+
+    /// The `q` latency quantile in milliseconds; 0 without requests.
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        percentile(&self.buckets, q).unwrap_or(0.0)
+    }
+}
+
+/// The recent samples of one discovery stream, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficRing {
+    samples: VecDeque<Sample>,
+}
+
+impl TrafficRing {
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Adds the counters a sidecar reported at `at`.
+    pub fn record(
+        &mut self,
+        stats: &pb::TrafficStats,
+        at: Instant,
+    ) -> Result<Recorded, StatsError> {
+        let buckets: [u64; BUCKETS] =
+            stats
+                .latency_buckets
+                .as_slice()
+                .try_into()
+                .map_err(|_| StatsError::BucketCount {
+                    got: stats.latency_buckets.len(),
+                    expected: BUCKETS,
+                })?;
+        let sample = Sample {
+            at,
+            requests: stats.requests,
+            failures: stats.failures,
+            buckets,
+        };
+        let mut recorded = Recorded::Added;
+        if self
+            .samples
+            .back()
+            .is_some_and(|last| sample.went_back_from(last))
+        {
+            self.samples.clear();
+            recorded = Recorded::Restarted;
+        }
+        let n = self.samples.len();
+        let crowded = n >= 2 && at.saturating_duration_since(self.samples[n - 2].at) < MIN_SPACING;
+        if crowded {
+            self.samples.pop_back();
+        }
+        self.samples.push_back(sample);
+        if self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        // Keep the newest sample at or before the longest window's start: it
+        // is that window's base.
+        if let Some(cutoff) = at.checked_sub(MAX_WINDOW) {
+            while self.samples.len() >= 2 && self.samples[1].at <= cutoff {
+                self.samples.pop_front();
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// The traffic over the `window` that ends at `now`; `None` before the
+    /// first sample.
+    ///
+    /// The base is the newest sample at or before the window's start (or
+    /// the oldest one if none is that old), the end the newest sample. A
+    /// sidecar stops sending while its counters stand still, so the newest
+    /// sample may be old: its counts still hold at `now`. Likewise a gap
+    /// after the base means nothing moved during it, so the rate is taken
+    /// over the time since the window's start (or the gap's end, if later)
+    /// rather than since the base — otherwise traffic starting after a quiet
+    /// spell would read as a fraction of its rate for a whole window.
+    pub fn window(&self, now: Instant, window: Duration) -> Option<Traffic> {
+        let last = self.samples.back()?;
+        let cutoff = now.checked_sub(window);
+        let base_index = cutoff
+            .and_then(|c| self.samples.iter().rposition(|s| s.at <= c))
+            .unwrap_or(0);
+        let base = &self.samples[base_index];
+        let mut buckets = [0u64; BUCKETS];
+        for (d, (l, b)) in buckets
+            .iter_mut()
+            .zip(last.buckets.iter().zip(&base.buckets))
+        {
+            *d = l.saturating_sub(*b);
+        }
+        let requests = last.requests.saturating_sub(base.requests);
+        let mut start = base.at;
+        if let (Some(cutoff), Some(next)) = (cutoff, self.samples.get(base_index + 1)) {
+            let quiet_until = next.at.checked_sub(REPORT_PERIOD).unwrap_or(base.at);
+            start = start.max(cutoff.min(quiet_until));
+        }
+        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+        let rps = if elapsed > 0.0 {
+            requests as f64 / elapsed
+        } else {
+            0.0
+        };
+        Some(Traffic {
+            requests,
+            failures: last.failures.saturating_sub(base.failures),
+            buckets,
+            rps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::stats::{LATENCY_BOUNDS_MS, bucket_of};
+
+    /// Cumulative stats of `requests` requests of `ms` each, `failures` failed.
+    fn stats(requests: u64, failures: u64, ms: f64) -> pb::TrafficStats {
+        let first = bucket_of(ms);
+        let latency_buckets = (0..BUCKETS)
+            .map(|i| if i >= first { requests } else { 0 })
+            .collect();
+        pb::TrafficStats {
+            requests,
+            failures,
+            latency_buckets,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    async fn record_at(ring: &mut TrafficRing, t0: Instant, at: u64, s: pb::TrafficStats) {
+        let now = Instant::now();
+        let target = t0 + secs(at);
+        if target > now {
+            tokio::time::advance(target - now).await;
+        }
+        ring.record(&s, Instant::now())
+            .expect("a well-formed sample");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_sequence_gives_exact_numbers() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        // 100 requests a second, 1 in 100 failing, from t=0 to t=20.
+        for t in 0..=20 {
+            record_at(&mut ring, t0, t, stats(100 * t, t, 1.0)).await;
+        }
+        let w = ring.window(Instant::now(), secs(10)).expect("samples");
+        assert_eq!(w.requests, 1000);
+        assert_eq!(w.failures, 10);
+        assert_eq!(w.rps, 100.0);
+        assert_eq!(w.success_rate(), 0.99);
+        assert_eq!(w.buckets[BUCKETS - 1], 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_base_is_the_newest_sample_before_the_window_or_the_oldest() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        record_at(&mut ring, t0, 0, stats(0, 0, 1.0)).await;
+        record_at(&mut ring, t0, 4, stats(40, 0, 1.0)).await;
+        record_at(&mut ring, t0, 5, stats(50, 0, 1.0)).await;
+        record_at(&mut ring, t0, 8, stats(80, 0, 1.0)).await;
+        tokio::time::advance(secs(2)).await; // now t=10
+        let now = Instant::now();
+
+        // Window 5 s: the start is t=5, and the sample at t=5 is the base
+        // (at or before counts), not the one at t=4.
+        let w = ring.window(now, secs(5)).expect("samples");
+        assert_eq!(w.requests, 30);
+        assert_eq!(w.rps, 6.0);
+
+        // Window 7 s: start t=3, base the sample at t=0; the next sample
+        // came at t=4, so nothing moved before t=3 and the rate is over 7 s.
+        let w = ring.window(now, secs(7)).expect("samples");
+        assert_eq!(w.requests, 80);
+        assert_eq!(w.rps, 80.0 / 7.0);
+
+        // Window 60 s: nothing that old; the oldest sample is the base.
+        let w = ring.window(now, secs(60)).expect("samples");
+        assert_eq!(w.requests, 80);
+        assert_eq!(w.rps, 8.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_sidecar_keeps_its_last_counts_and_its_rate_decays() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        record_at(&mut ring, t0, 0, stats(0, 0, 1.0)).await;
+        record_at(&mut ring, t0, 1, stats(10, 0, 1.0)).await;
+        record_at(&mut ring, t0, 2, stats(20, 0, 1.0)).await;
+        // The sidecar goes quiet: no samples for a long time.
+        tokio::time::advance(secs(600)).await;
+        let w = ring
+            .window(Instant::now(), secs(10))
+            .expect("still reporting");
+        assert_eq!((w.requests, w.rps), (0, 0.0));
+        // Traffic again after the quiet spell: the 10 s window holds 5 s of
+        // 10 rps, i.e. 5 rps — not 50 requests over the 600 s since the base.
+        let t1 = Instant::now();
+        for t in 1..=5 {
+            record_at(&mut ring, t1, t, stats(20 + 10 * t, 0, 1.0)).await;
+        }
+        let w = ring.window(Instant::now(), secs(10)).expect("samples");
+        assert_eq!(w.requests, 50);
+        assert_eq!(w.rps, 5.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_sample_reports_zeros() {
+        let mut ring = TrafficRing::default();
+        assert_eq!(ring.window(Instant::now(), secs(10)), None);
+        ring.record(&stats(500, 5, 1.0), Instant::now())
+            .expect("well-formed");
+        let w = ring.window(Instant::now(), secs(10)).expect("one sample");
+        assert_eq!(w, Traffic::default());
+        assert_eq!(w.success_rate(), 1.0);
+        assert_eq!(w.percentile_ms(0.5), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counters_going_back_restart_the_history() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        for t in 0..=5 {
+            record_at(&mut ring, t0, t, stats(1000 + 100 * t, 0, 1.0)).await;
+        }
+        tokio::time::advance(secs(1)).await;
+        let r = ring.record(&stats(30, 3, 1.0), Instant::now());
+        assert_eq!(r, Ok(Recorded::Restarted));
+        assert_eq!(ring.len(), 1);
+        record_at(&mut ring, t0, 8, stats(50, 3, 1.0)).await;
+        let w = ring.window(Instant::now(), secs(10)).expect("samples");
+        assert_eq!((w.requests, w.failures, w.rps), (20, 0, 10.0));
+        // A bucket alone going back is a restart too.
+        let mut s = stats(60, 3, 1.0);
+        s.latency_buckets[5] = 0;
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(ring.record(&s, Instant::now()), Ok(Recorded::Restarted));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_bucket_count_is_ignored() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        record_at(&mut ring, t0, 0, stats(0, 0, 1.0)).await;
+        tokio::time::advance(secs(1)).await;
+        let mut bad = stats(10_000, 0, 1.0);
+        bad.latency_buckets.pop();
+        assert_eq!(
+            ring.record(&bad, Instant::now()),
+            Err(StatsError::BucketCount {
+                got: BUCKETS - 1,
+                expected: BUCKETS
+            })
+        );
+        bad.latency_buckets = vec![10_000; BUCKETS + 1];
+        assert!(ring.record(&bad, Instant::now()).is_err());
+        assert_eq!(ring.len(), 1);
+        record_at(&mut ring, t0, 2, stats(20, 0, 1.0)).await;
+        let w = ring.window(Instant::now(), secs(10)).expect("samples");
+        assert_eq!((w.requests, w.rps), (20, 10.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn percentiles_of_merged_instances() {
+        let t0 = Instant::now();
+        let (mut fast, mut slow) = (TrafficRing::default(), TrafficRing::default());
+        record_at(&mut fast, t0, 0, stats(0, 0, 0.8)).await;
+        slow.record(&stats(0, 0, 40.0), Instant::now())
+            .expect("well-formed");
+        record_at(&mut fast, t0, 10, stats(90, 0, 0.8)).await;
+        slow.record(&stats(10, 0, 40.0), Instant::now())
+            .expect("well-formed");
+        let now = Instant::now();
+        let mut sum = Traffic::default();
+        let f = fast.window(now, secs(10)).expect("samples");
+        let s = slow.window(now, secs(10)).expect("samples");
+        sum.add(&f);
+        sum.add(&s);
+        assert_eq!((sum.requests, sum.rps), (100, 10.0));
+        let p50 = sum.percentile_ms(0.5);
+        assert!(p50 > LATENCY_BOUNDS_MS[0] && p50 <= 1.0, "{p50}");
+        let p99 = sum.percentile_ms(0.99);
+        assert!(p99 > 30.0 && p99 <= 50.0, "{p99}");
+        // Each alone: all fast, all slow.
+        assert!(f.percentile_ms(0.99) <= 1.0);
+        assert!(s.percentile_ms(0.5) > 30.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ring_stays_bounded() {
+        let mut ring = TrafficRing::default();
+        // One sample a second for an hour: only the longest window (and its
+        // base) is kept.
+        for t in 0..3600 {
+            ring.record(&stats(t, 0, 1.0), Instant::now())
+                .expect("well-formed");
+            tokio::time::advance(secs(1)).await;
+        }
+        assert!(ring.len() <= 302, "{}", ring.len());
+        // Now t=3600: the base is the sample at t=3300, the last at t=3599.
+        let w = ring.window(Instant::now(), MAX_WINDOW).expect("samples");
+        assert_eq!(w.requests, 299);
+        // A sidecar sending far too often: the ring neither grows past the
+        // cap nor loses the older history.
+        for i in 0..100_000u64 {
+            ring.record(&stats(3600 + i, 0, 1.0), Instant::now())
+                .expect("well-formed");
+            if i % 100 == 0 {
+                tokio::time::advance(Duration::from_millis(10)).await;
+            }
+        }
+        assert!(ring.len() <= MAX_SAMPLES, "{}", ring.len());
+        let w = ring.window(Instant::now(), secs(60)).expect("samples");
+        assert!(w.requests > 100_000, "{}", w.requests);
+    }
+}
