@@ -56,6 +56,9 @@ struct Shared {
     arrived: Notify,
     exports: AtomicU64,
     stall: AtomicBool,
+    /// Count spans without keeping them (the benchmark's sink).
+    discard: AtomicBool,
+    received: AtomicU64,
 }
 
 struct Receiver(Arc<Shared>);
@@ -97,7 +100,12 @@ impl TraceService for Receiver {
                 }
             }
         }
-        if let Ok(mut spans) = self.0.spans.lock() {
+        self.0
+            .received
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        if !self.0.discard.load(Ordering::Relaxed)
+            && let Ok(mut spans) = self.0.spans.lock()
+        {
             spans.extend(got);
         }
         self.0.arrived.notify_waiters();
@@ -160,6 +168,49 @@ impl Collector {
         })
     }
 
+    /// The same on a thread with its own runtime, so that decoding spans
+    /// never delays the caller's tasks (the benchmark measures latency on
+    /// its runtime).
+    pub fn start_on_thread() -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("otlp-receiver".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+                    match Collector::start().await {
+                        Ok(c) => {
+                            // The collector's own stop is chained to the
+                            // thread: it ends when the handle is dropped.
+                            let shared = c.shared.clone();
+                            let addr = c.addr;
+                            let _ = tx.send(Ok(Collector {
+                                addr,
+                                shared,
+                                _stop: stopped_tx,
+                            }));
+                            let _ = stopped_rx.await;
+                            drop(c);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        rx.recv()?
+    }
+
     /// The value for `--otlp-endpoint` / `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -168,6 +219,16 @@ impl Collector {
     /// From now on, exports are accepted and never answered.
     pub fn stall(&self) {
         self.shared.stall.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on spans are counted, not kept.
+    pub fn discard(&self) {
+        self.shared.discard.store(true, Ordering::Relaxed);
+    }
+
+    /// Spans received (kept or not).
+    pub fn received(&self) -> u64 {
+        self.shared.received.load(Ordering::Relaxed)
     }
 
     /// Export calls received (answered or not).

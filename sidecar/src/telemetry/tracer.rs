@@ -1,7 +1,8 @@
 //! Spans, one per request on each side: the sampling decision when the
 //! request arrives (parent-based, then the trace-id ratio), and at its end a
 //! finished span handed to OpenTelemetry's batch processor, which exports
-//! over OTLP/gRPC from its own thread.
+//! over OTLP/gRPC from its own thread, through a connection driven by a
+//! runtime of its own.
 //!
 //! The data path never waits for export: spans beyond `--trace-queue` are
 //! dropped and counted (`weft_spans_dropped_total`), as are spans whose
@@ -67,26 +68,77 @@ pub struct Tracer {
     max_queued: usize,
     scope: InstrumentationScope,
     dropped_queue_full: Counter,
+    /// Ends the export thread's runtime, after the last export.
+    stop_exporter: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// Builds the OTLP exporter on a thread with its own single-threaded tokio
+/// runtime, which then drives the exporter's connection until told to stop.
+/// Encoding and sending a batch (a thousand spans a second at 100%
+/// sampling) so never runs on the threads that carry requests: the proxy
+/// runs on one thread by default, where a batch being encoded would hold up
+/// every request behind it.
+fn export_thread(
+    endpoint: &str,
+) -> Result<
+    (
+        opentelemetry_otlp::SpanExporter,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+    TracerError,
+> {
+    let error = |reason: String| TracerError {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let (built_tx, built_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let target = endpoint.to_string();
+    std::thread::Builder::new()
+        .name("weft-otlp".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = built_tx.send(Err(format!("cannot start its runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let built = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(target)
+                    .with_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| e.to_string());
+                let ok = built.is_ok();
+                let _ = built_tx.send(built);
+                if ok {
+                    let _ = stop_rx.await;
+                }
+            });
+        })
+        .map_err(|e| error(format!("cannot start its thread: {e}")))?;
+    let exporter = built_rx
+        .recv()
+        .map_err(|_| error("its thread ended".into()))?
+        .map_err(error)?;
+    Ok((exporter, stop_tx))
 }
 
 impl Tracer {
-    /// Sets up export to the collector. Must run inside the tokio runtime:
-    /// the exporter's channel is driven by it.
+    /// Sets up export to the collector, on a thread of its own (see
+    /// [`export_thread`]).
     pub fn new(
         cfg: &TracingConfig,
         service: &str,
         instance: &str,
         metrics: &Metrics,
     ) -> Result<Self, TracerError> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(cfg.endpoint.to_string())
-            .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| TracerError {
-                endpoint: cfg.endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
+        let (exporter, stop_exporter) = export_thread(&cfg.endpoint.to_string())?;
         let queued = Arc::new(AtomicUsize::new(0));
         let exporter = Counting {
             inner: exporter,
@@ -122,6 +174,7 @@ impl Tracer {
                 .build(),
         );
         Ok(Tracer {
+            stop_exporter: std::sync::Mutex::new(Some(stop_exporter)),
             ratio: cfg.sampling,
             processor: Arc::new(processor),
             queued,
@@ -226,6 +279,9 @@ impl Tracer {
     pub async fn shutdown(&self) {
         let p = self.processor.clone();
         let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+        if let Some(stop) = self.stop_exporter.lock().ok().and_then(|mut s| s.take()) {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `weft-bench`: gRPC unary load, directly and through two Weft sidecars
 //! (real `weft-sidecar` processes from the same build; a plaintext pair from
-//! static configs, and an mTLS pair joined to a control plane), at a fixed
-//! rate and at the maximum rate. Prints latency percentiles, achieved RPS,
+//! static configs, mTLS pairs joined to a control plane: with resilience,
+//! bare, and bare with 100% and 1% of traces exported over OTLP to a receiver
+//! in this process), at a fixed rate and at the maximum rate. Prints latency percentiles, achieved RPS,
 //! the added latency of each pair, and each sidecar's peak RSS and CPU time.
 //!
 //! Build and run (release):
@@ -19,6 +20,7 @@ use clap::Parser;
 use tokio::sync::Mutex;
 use weft_tests::echo::{client, start_echo};
 use weft_tests::mesh::{ControlPlane, write_temp};
+use weft_tests::otlp::Collector;
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
 
@@ -274,16 +276,28 @@ async fn main() -> anyhow::Result<()> {
     let cp = ControlPlane::start(None, Default::default()).await?;
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
-         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-t100}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-t1}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
     )
     .await?;
+    // Tracing's cost: bare pairs again, exporting every trace or 1% of them
+    // to an OTLP receiver in this process (it counts the spans, keeps none).
+    let collector = Collector::start_on_thread()?;
+    collector.discard();
+    let endpoint = collector.endpoint();
+    let traced = |ratio: &str| strings(&["--otlp-endpoint", &endpoint, "--trace-sampling", ratio]);
     let mut pairs = Vec::new();
-    for (server_service, client_service) in [("echo-tls", "bench-tls"), ("echo-bare", "bench-bare")]
-    {
+    for (server_service, client_service, extra) in [
+        ("echo-tls", "bench-tls", vec![]),
+        ("echo-bare", "bench-bare", vec![]),
+        ("echo-t100", "bench-t100", traced("1")),
+        ("echo-t1", "bench-t1", traced("0.01")),
+    ] {
         let token = write_temp(dir.path(), server_service, &cp.token(server_service).await?)?
             .display()
             .to_string();
-        let (server, _) = sidecar(strings(&[
+        let mut server_args = strings(&[
             "--service",
             server_service,
             "--app",
@@ -292,13 +306,14 @@ async fn main() -> anyhow::Result<()> {
             &cp.url(),
             "--token-file",
             &token,
-        ]))
-        .await?;
+        ]);
+        server_args.extend(extra.iter().cloned());
+        let (server, _) = sidecar(server_args).await?;
         let up = port()?;
         let token = write_temp(dir.path(), client_service, &cp.token(client_service).await?)?
             .display()
             .to_string();
-        let (client, _) = sidecar(strings(&[
+        let mut client_args = strings(&[
             "--service",
             client_service,
             "--control-plane",
@@ -307,12 +322,15 @@ async fn main() -> anyhow::Result<()> {
             &token,
             "--upstream",
             &format!("{server_service}={up}"),
-        ]))
-        .await?;
+        ]);
+        client_args.extend(extra);
+        let (client, _) = sidecar(client_args).await?;
         pairs.push((client, server, up));
     }
     let (tls_client, tls_server, tls_up) = pairs.remove(0);
     let (bare_client, bare_server, bare_up) = pairs.remove(0);
+    let (t100_client, t100_server, t100_up) = pairs.remove(0);
+    let (t1_client, t1_server, t1_up) = pairs.remove(0);
 
     let paths = [
         Path {
@@ -342,6 +360,22 @@ async fn main() -> anyhow::Result<()> {
             sidecars: vec![
                 ("bare client-side", bare_client.pid()),
                 ("bare server-side", bare_server.pid()),
+            ],
+        },
+        Path {
+            name: "mTLS bare, traced 100%",
+            addr: t100_up,
+            sidecars: vec![
+                ("traced 100% client-side", t100_client.pid()),
+                ("traced 100% server-side", t100_server.pid()),
+            ],
+        },
+        Path {
+            name: "mTLS bare, traced 1%",
+            addr: t1_up,
+            sidecars: vec![
+                ("traced 1% client-side", t1_client.pid()),
+                ("traced 1% server-side", t1_server.pid()),
             ],
         },
     ];
@@ -431,39 +465,55 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nAdded by two sidecars (pair − direct, same round):\n");
     println!(
-        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) |"
+        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) | traced 100%/bare p50 | traced 1%/bare p50 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
     let (mut tls_ratios, mut resilience_ratios) = (Vec::new(), Vec::new());
+    let (mut t100_ratios, mut t1_ratios) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(paths.len()) {
-        if let [(label, _, d), (_, _, p), (_, _, t), (_, _, b)] = chunk {
-            let (p50, t50, b50) = (
-                added(d.pct(0.5), p.pct(0.5)),
-                added(d.pct(0.5), t.pct(0.5)),
-                added(d.pct(0.5), b.pct(0.5)),
-            );
+        if let [
+            (label, _, d),
+            (_, _, p),
+            (_, _, t),
+            (_, _, b),
+            (_, _, t100),
+            (_, _, t1),
+        ] = chunk
+        {
+            let p50 = |r: &Result| added(d.pct(0.5), r.pct(0.5));
+            let (pl50, t50, b50) = (p50(p), p50(t), p50(b));
             println!(
-                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} |",
-                p50 * 1e6,
+                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} | {:.2} |",
+                pl50 * 1e6,
                 added(d.pct(0.99), p.pct(0.99)) * 1e6,
                 t50 * 1e6,
                 added(d.pct(0.99), t.pct(0.99)) * 1e6,
                 b50 * 1e6,
-                t50 / p50,
-                t50 / b50
+                t50 / pl50,
+                t50 / b50,
+                p50(t100) / b50,
+                p50(t1) / b50,
             );
             if label.starts_with("round") {
-                tls_ratios.push(t50 / p50);
+                tls_ratios.push(t50 / pl50);
                 resilience_ratios.push(t50 / b50);
+                t100_ratios.push(p50(t100) / b50);
+                t1_ratios.push(p50(t1) / b50);
             }
         }
     }
     println!(
-        "| median of {} rounds | | | | | | {:.2} | {:.2} |",
+        "| median of {} rounds | | | | | | {:.2} | {:.2} | {:.2} | {:.2} |",
         args.rounds,
         median(&mut tls_ratios),
-        median(&mut resilience_ratios)
+        median(&mut resilience_ratios),
+        median(&mut t100_ratios),
+        median(&mut t1_ratios)
+    );
+    println!(
+        "\nSpans received by the OTLP receiver: {}",
+        collector.received()
     );
     println!("\nSidecars:\n");
     println!("| sidecar | peak RSS |");
@@ -489,6 +539,10 @@ async fn main() -> anyhow::Result<()> {
         tls_server,
         bare_client,
         bare_server,
+        t100_client,
+        t100_server,
+        t1_client,
+        t1_server,
     ));
     Ok(())
 }
