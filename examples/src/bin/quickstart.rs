@@ -541,6 +541,10 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(out) = weftctl(&["status"], None) {
         println!("\n$ weftctl status\n{out}");
     }
+    // What the sidecars reported (every second) over the last 10 s.
+    if let Ok(out) = weftctl(&["top", "--once"], None) {
+        println!("$ weftctl top --once\n{out}");
+    }
     if let Some(endpoint) = &otlp {
         let ui = args
             .jaeger_ui
@@ -557,6 +561,11 @@ async fn main() -> anyhow::Result<()> {
         println!("  curl 'http://127.0.0.1:{up_orders}/orders?userId=1'");
         println!(
             "  {}/weftctl --control-plane {cp_url} --credential {} get instances",
+            bin_dir.display(),
+            credential.display()
+        );
+        println!(
+            "  {}/weftctl --control-plane {cp_url} --credential {} top",
             bin_dir.display(),
             credential.display()
         );
