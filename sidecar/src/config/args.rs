@@ -301,6 +301,17 @@ impl Args {
             }
             None => format!("{service}-{}", random_suffix()),
         };
+        // Checked with or without an endpoint: a wrong value is a mistake
+        // even while tracing is off.
+        if !(0.0..=1.0).contains(&self.trace_sampling) {
+            return Err(flag(
+                "trace-sampling",
+                format!("{} must be between 0 and 1", self.trace_sampling),
+            ));
+        }
+        if self.trace_queue == 0 {
+            return Err(flag("trace-queue", "must be at least 1"));
+        }
         let tracing = match &self.otlp_endpoint {
             None => None,
             Some(e) if e.trim().is_empty() => None,
@@ -323,15 +334,6 @@ impl Args {
                              beside the sidecar and use http"
                         ),
                     ));
-                }
-                if !(0.0..=1.0).contains(&self.trace_sampling) {
-                    return Err(flag(
-                        "trace-sampling",
-                        format!("{} must be between 0 and 1", self.trace_sampling),
-                    ));
-                }
-                if self.trace_queue == 0 {
-                    return Err(flag("trace-queue", "must be at least 1"));
                 }
                 Some(TracingConfig {
                     endpoint: uri,
@@ -419,6 +421,28 @@ mod tests {
         assert_eq!(c.protocol, Protocol::Http);
         assert!(c.instance_id.starts_with("order-service-"));
         assert!(c.identity.is_some_and(|i| i.token.starts_with("weft1.")));
+        assert!(c.tracing.is_none(), "no endpoint, no tracing");
+        let c = parse(&[
+            "--service",
+            "a",
+            "--control-plane",
+            "https://x:1",
+            "--inbound",
+            "127.0.0.1:0",
+            "--token-file",
+            &token,
+            "--otlp-endpoint",
+            "http://collector:4317",
+            "--trace-sampling",
+            "0.25",
+            "--access-log",
+        ])
+        .expect("valid");
+        let t = c.tracing.expect("tracing configured");
+        assert_eq!(t.endpoint.to_string(), "http://collector:4317/");
+        assert_eq!(t.sampling, 0.25);
+        assert_eq!(t.queue, 2048);
+        assert!(c.access_log);
     }
 
     #[test]
@@ -446,6 +470,17 @@ mod tests {
         assert!(with(&["--protocol", "udp"]).contains("--protocol"));
         assert!(with(&["--discovery-timeout", "5"]).contains("unit"));
         assert!(with(&["--ca-file", "/nonexistent.pem"]).contains("--ca-file"));
+        for bad in ["127.0.0.1:4317", "ftp://x:1", "http://", "not a url"] {
+            let e = with(&["--otlp-endpoint", bad]);
+            assert!(e.contains("--otlp-endpoint"), "{bad}: {e}");
+        }
+        assert!(with(&["--otlp-endpoint", "https://x:4317"]).contains("--otlp-endpoint"));
+        for bad in ["1.5", "-0.1", "NaN"] {
+            let e = with(&[&format!("--trace-sampling={bad}")]);
+            assert!(e.contains("--trace-sampling"), "{bad}: {e}");
+        }
+        let e = with(&["--trace-queue", "0"]);
+        assert!(e.contains("--trace-queue"), "{e}");
         let fails = |args: &[&str], flag: &str| {
             let e = parse(args).expect_err("must fail");
             assert!(e.contains(flag), "{args:?}: {e}");
