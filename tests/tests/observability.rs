@@ -621,3 +621,94 @@ async fn the_log_level_changes_at_runtime() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A CA and a server certificate from it for 127.0.0.1: (CA PEM, chain PEM,
+/// key PEM).
+fn collector_cert() -> anyhow::Result<(String, String, String)> {
+    use rcgen::{CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse()?)];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    let pem = weft_proto::identity::pem;
+    Ok((
+        pem("CERTIFICATE", ca_cert.der()),
+        pem("CERTIFICATE", cert.der()),
+        pem("PRIVATE KEY", &key.serialize_der()),
+    ))
+}
+
+#[tokio::test]
+async fn spans_go_to_an_https_collector_that_the_given_ca_vouches_for() -> anyhow::Result<()> {
+    init_logs();
+    let (ca, chain, key) = collector_cert()?;
+    let collector = Collector::start_tls(&chain, &key).await?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = weft_tests::mesh::write_temp(dir.path(), "ca.pem", &ca)?;
+    let endpoint = format!("https://{}", collector.addr);
+    let cp = ControlPlane::start_fast().await?;
+    let (_app, _server, caller) = pair(
+        &cp,
+        &[
+            ("--otlp-endpoint", endpoint.clone()),
+            ("--otlp-ca-file", ca_file.display().to_string()),
+        ],
+    )
+    .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    c.unary(EchoRequest::default()).await?;
+    let spans = collector
+        .wait_for("both spans over TLS", Duration::from_secs(10), |s| {
+            s.len() >= 2
+        })
+        .await?;
+    assert_eq!(spans.len(), 2);
+
+    // A CA that did not sign the collector's certificate: nothing is sent,
+    // the spans are counted as failed, the requests are untouched.
+    let (other_ca, _, _) = collector_cert()?;
+    let other = weft_tests::mesh::write_temp(dir.path(), "other.pem", &other_ca)?;
+    let caller = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .upstream("echo")
+        .arg("--otlp-endpoint", &endpoint)
+        .arg("--otlp-ca-file", other.display())
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "the echo instance", |e| e.len() == 1)
+        .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    for _ in 0..5 {
+        c.unary(EchoRequest::default()).await?;
+    }
+    wait_for(
+        "failed exports counted",
+        Duration::from_secs(15),
+        || async {
+            let m = caller.metrics().await.ok()?;
+            (metric(
+                &m,
+                "weft_spans_dropped_total",
+                &[("reason", "export-failed")],
+            )? >= 5.0)
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        collector
+            .spans()
+            .iter()
+            .filter(|s| s.service == "caller")
+            .count(),
+        1,
+        "only the first caller's span arrived"
+    );
+    Ok(())
+}

@@ -127,6 +127,12 @@ pub struct Args {
     #[arg(long, env = "WEFT_TRACE_QUEUE", default_value_t = 2048)]
     pub trace_queue: usize,
 
+    /// For an https --otlp-endpoint: the CA certificates (PEM) the
+    /// collector's certificate must chain to. Default: the system's bundle
+    /// (/etc/ssl/certs/ca-certificates.crt or /etc/pki/tls/certs/ca-bundle.crt).
+    #[arg(long, env = "WEFT_OTLP_CA_FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+
     /// Write one JSON line per request to stdout (trace and span id,
     /// service, upstream endpoint, status, duration, retries).
     #[arg(long, env = "WEFT_ACCESS_LOG")]
@@ -326,19 +332,16 @@ impl Args {
                         format!("{e:?} must be an http(s) URL, e.g. http://127.0.0.1:4317"),
                     ));
                 }
-                if uri.scheme_str() == Some("https") {
-                    return Err(flag(
-                        "otlp-endpoint",
-                        format!(
-                            "{e:?}: https collectors are not supported yet; run the collector \
-                             beside the sidecar and use http"
-                        ),
-                    ));
-                }
+                let ca_pem = if uri.scheme_str() == Some("https") {
+                    Some(otlp_ca(self.otlp_ca_file.as_deref())?)
+                } else {
+                    None
+                };
                 Some(TracingConfig {
                     endpoint: uri,
                     sampling: self.trace_sampling,
                     queue: self.trace_queue,
+                    ca_pem,
                 })
             }
         };
@@ -366,6 +369,44 @@ impl Args {
             log_level: None,
         })
     }
+}
+
+/// Where distributions keep their CA bundle.
+const SYSTEM_CA_BUNDLES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The CA certificates for an https collector: `--otlp-ca-file`, or the
+/// system's bundle; refused unless it holds at least one PEM certificate.
+fn otlp_ca(file: Option<&std::path::Path>) -> Result<Vec<u8>, ConfigError> {
+    let path = match file {
+        Some(p) => p.to_path_buf(),
+        None => SYSTEM_CA_BUNDLES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                flag(
+                    "otlp-ca-file",
+                    "an https collector needs CA certificates and this system has no bundle \
+                     at /etc/ssl/certs/ca-certificates.crt: give the file",
+                )
+            })?,
+    };
+    let pem = std::fs::read(&path).map_err(|e| {
+        flag(
+            "otlp-ca-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(flag(
+            "otlp-ca-file",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
 }
 
 #[cfg(test)]
@@ -474,7 +515,25 @@ mod tests {
             let e = with(&["--otlp-endpoint", bad]);
             assert!(e.contains("--otlp-endpoint"), "{bad}: {e}");
         }
-        assert!(with(&["--otlp-endpoint", "https://x:4317"]).contains("--otlp-endpoint"));
+        let e = with(&[
+            "--otlp-endpoint",
+            "https://x:4317",
+            "--otlp-ca-file",
+            "/nonexistent.pem",
+        ]);
+        assert!(
+            e.contains("--otlp-ca-file") && e.contains("/nonexistent.pem"),
+            "{e}"
+        );
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let e = with(&[
+            "--otlp-endpoint",
+            "https://x:4317",
+            "--otlp-ca-file",
+            &not_pem.display().to_string(),
+        ]);
+        assert!(e.contains("no PEM certificate"), "{e}");
         for bad in ["1.5", "-0.1", "NaN"] {
             let e = with(&[&format!("--trace-sampling={bad}")]);
             assert!(e.contains("--trace-sampling"), "{bad}: {e}");

@@ -69,6 +69,9 @@ pub struct TracingConfig {
     pub sampling: f64,
     /// Finished spans waiting for export, at most.
     pub queue: usize,
+    /// For an https collector: the CA certificates (PEM) its certificate
+    /// must chain to.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Time limits of the sidecar.

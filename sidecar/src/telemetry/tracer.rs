@@ -20,7 +20,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -79,7 +79,7 @@ pub struct Tracer {
 /// runs on one thread by default, where a batch being encoded would hold up
 /// every request behind it.
 fn export_thread(
-    endpoint: &str,
+    cfg: &TracingConfig,
 ) -> Result<
     (
         opentelemetry_otlp::SpanExporter,
@@ -87,13 +87,15 @@ fn export_thread(
     ),
     TracerError,
 > {
+    let endpoint = cfg.endpoint.to_string();
     let error = |reason: String| TracerError {
-        endpoint: endpoint.to_string(),
+        endpoint: endpoint.clone(),
         reason,
     };
+    let ca_pem = cfg.ca_pem.clone();
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let target = endpoint.to_string();
+    let target = endpoint.clone();
     std::thread::Builder::new()
         .name("weft-otlp".into())
         .spawn(move || {
@@ -108,12 +110,31 @@ fn export_thread(
                 }
             };
             rt.block_on(async move {
-                let built = opentelemetry_otlp::SpanExporter::builder()
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
-                    .with_endpoint(target)
-                    .with_timeout(Duration::from_secs(5))
-                    .build()
-                    .map_err(|e| e.to_string());
+                    .with_endpoint(target.clone())
+                    .with_timeout(Duration::from_secs(5));
+                // https: our own channel, trusting exactly the given CAs.
+                if let Some(pem) = ca_pem {
+                    let tls = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    match tonic::transport::Endpoint::from_shared(target)
+                        .and_then(|e| e.tls_config(tls))
+                    {
+                        Ok(e) => {
+                            builder = builder.with_channel(
+                                e.connect_timeout(Duration::from_secs(5))
+                                    .timeout(Duration::from_secs(5))
+                                    .connect_lazy(),
+                            );
+                        }
+                        Err(e) => {
+                            let _ = built_tx.send(Err(format!("TLS: {e}")));
+                            return;
+                        }
+                    }
+                }
+                let built = builder.build().map_err(|e| e.to_string());
                 let ok = built.is_ok();
                 let _ = built_tx.send(built);
                 if ok {
@@ -138,7 +159,7 @@ impl Tracer {
         instance: &str,
         metrics: &Metrics,
     ) -> Result<Self, TracerError> {
-        let (exporter, stop_exporter) = export_thread(&cfg.endpoint.to_string())?;
+        let (exporter, stop_exporter) = export_thread(cfg)?;
         let queued = Arc::new(AtomicUsize::new(0));
         let exporter = Counting {
             inner: exporter,
