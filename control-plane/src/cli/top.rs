@@ -201,22 +201,15 @@ enum Align {
     Right,
 }
 
-const SERVICE_COLUMNS: [(&str, Align); 6] = [
-    ("SERVICE", Align::Left),
-    ("RPS", Align::Right),
-    ("SUCCESS", Align::Right),
-    ("P50", Align::Right),
-    ("P99", Align::Right),
-    ("ENDPOINTS", Align::Right),
-];
-
-const INSTANCE_COLUMNS: [(&str, Align); 6] = [
-    ("INSTANCE", Align::Left),
+/// One table: each service's row, then its instances indented under it.
+const COLUMNS: [(&str, Align); 7] = [
+    ("SERVICE / INSTANCE", Align::Left),
     ("HEALTH", Align::Left),
     ("RPS", Align::Right),
     ("SUCCESS", Align::Right),
     ("P50", Align::Right),
     ("P99", Align::Right),
+    ("ENDPOINTS", Align::Right),
 ];
 
 /// Widths over every row of every service, so that the blocks line up
@@ -238,12 +231,11 @@ fn widths<const N: usize>(columns: &[(&str, Align); N], rows: &[[String; N]]) ->
 }
 
 fn line<const N: usize>(
-    indent: &str,
     cells: &[String; N],
     columns: &[(&str, Align); N],
     w: &[usize; N],
 ) -> String {
-    let mut l = indent.to_string();
+    let mut l = String::new();
     for (i, c) in cells.iter().enumerate() {
         if i > 0 {
             l.push_str("   ");
@@ -257,39 +249,24 @@ fn line<const N: usize>(
 }
 
 fn services_table(services: &[pb::ServiceTop]) -> String {
-    let service_rows: Vec<[String; 6]> = services.iter().map(service_row).collect();
-    let instance_rows: Vec<Vec<[String; 6]>> = services
-        .iter()
-        .map(|s| s.instances.iter().map(instance_row).collect())
-        .collect();
-    let all: Vec<[String; 6]> = instance_rows.iter().flatten().cloned().collect();
-    let sw = widths(&SERVICE_COLUMNS, &service_rows);
-    let iw = widths(&INSTANCE_COLUMNS, &all);
-    let service_header = SERVICE_COLUMNS.map(|(h, _)| h.to_string());
-    let instance_header = INSTANCE_COLUMNS.map(|(h, _)| h.to_string());
-    let mut out = String::new();
-    for (i, (row, instances)) in service_rows.iter().zip(&instance_rows).enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(&line("", &service_header, &SERVICE_COLUMNS, &sw));
-        out.push_str(&line("", row, &SERVICE_COLUMNS, &sw));
-        if instances.is_empty() {
-            out.push_str("  (no instances)\n");
-            continue;
-        }
-        out.push_str(&line("  ", &instance_header, &INSTANCE_COLUMNS, &iw));
-        for r in instances {
-            out.push_str(&line("  ", r, &INSTANCE_COLUMNS, &iw));
-        }
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for svc in services {
+        rows.push(service_row(svc));
+        rows.extend(svc.instances.iter().map(instance_row));
+    }
+    let w = widths(&COLUMNS, &rows);
+    let mut out = line(&COLUMNS.map(|(h, _)| h.to_string()), &COLUMNS, &w);
+    for r in &rows {
+        out.push_str(&line(r, &COLUMNS, &w));
     }
     out
 }
 
-fn service_row(s: &pb::ServiceTop) -> [String; 6] {
+fn service_row(s: &pb::ServiceTop) -> [String; 7] {
     let reporting = s.instances.iter().any(|i| i.reporting);
     [
         s.service.clone(),
+        String::new(),
         if reporting { rps(s.rps) } else { "-".into() },
         success(s.requests, s.failures),
         latency(s.requests, s.p50_ms),
@@ -298,25 +275,28 @@ fn service_row(s: &pb::ServiceTop) -> [String; 6] {
     ]
 }
 
-fn instance_row(i: &pb::InstanceTop) -> [String; 6] {
+fn instance_row(i: &pb::InstanceTop) -> [String; 7] {
+    let name = format!("  {}", i.instance_id);
     if !i.reporting {
         let dash = || "-".to_string();
         return [
-            i.instance_id.clone(),
+            name,
             i.health.clone(),
             dash(),
             dash(),
             dash(),
             dash(),
+            String::new(),
         ];
     }
     [
-        i.instance_id.clone(),
+        name,
         i.health.clone(),
         rps(i.rps),
         success(i.requests, i.failures),
         latency(i.requests, i.p50_ms),
         latency(i.requests, i.p99_ms),
+        String::new(),
     ]
 }
 
@@ -441,16 +421,12 @@ mod tests {
         let expected = "\
 weftctl top   https://cp:15012   window 10s   2025-06-01 12:00:03 UTC
 
-SERVICE       RPS   SUCCESS       P50       P99   ENDPOINTS
-orders          -         -         -         -         0/1
-  INSTANCE   HEALTH        RPS   SUCCESS       P50       P99
-  o-1        unknown         -         -         -         -
-
-SERVICE       RPS   SUCCESS       P50       P99   ENDPOINTS
-users        20.0    99.50%    0.84ms    12.3ms         2/2
-  INSTANCE   HEALTH        RPS   SUCCESS       P50       P99
-  u-1        healthy      20.0    99.50%    0.84ms    12.3ms
-  u-2        healthy       0.0         -         -         -
+SERVICE / INSTANCE   HEALTH        RPS   SUCCESS       P50       P99   ENDPOINTS
+orders                               -         -         -         -         0/1
+  o-1                unknown         -         -         -         -
+users                             20.0    99.50%    0.84ms    12.3ms         2/2
+  u-1                healthy      20.0    99.50%    0.84ms    12.3ms
+  u-2                healthy       0.0         -         -         -
 ";
         assert_eq!(f, expected, "\n{f}");
     }
