@@ -291,6 +291,29 @@ async fn a_stalled_collector_drops_spans_and_never_requests() -> anyhow::Result<
     Ok(())
 }
 
+/// Makes `calls` calls through `caller`, which succeed, and waits until
+/// their client spans are counted as failed exports.
+async fn calls_with_failed_exports(caller: &Sidecar, calls: u32) -> anyhow::Result<()> {
+    let mut c = client(caller.upstream("echo")).await?;
+    for _ in 0..calls {
+        c.unary(EchoRequest::default()).await?;
+    }
+    wait_for(
+        "failed exports counted",
+        Duration::from_secs(15),
+        || async {
+            let m = caller.metrics().await.ok()?;
+            let failed = metric(
+                &m,
+                "weft_spans_dropped_total",
+                &[("reason", "export-failed")],
+            )?;
+            (failed >= f64::from(calls)).then_some(())
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn an_absent_collector_counts_failed_exports() -> anyhow::Result<()> {
     init_logs();
@@ -302,24 +325,7 @@ async fn an_absent_collector_counts_failed_exports() -> anyhow::Result<()> {
         &[("--otlp-endpoint", format!("http://127.0.0.1:{port}"))],
     )
     .await?;
-    let mut c = client(caller.upstream("echo")).await?;
-    for _ in 0..20 {
-        c.unary(EchoRequest::default()).await?;
-    }
-    wait_for(
-        "failed exports counted",
-        Duration::from_secs(15),
-        || async {
-            let m = caller.metrics().await.ok()?;
-            (metric(
-                &m,
-                "weft_spans_dropped_total",
-                &[("reason", "export-failed")],
-            )? >= 20.0)
-                .then_some(())
-        },
-    )
-    .await?;
+    calls_with_failed_exports(&caller, 20).await?;
     Ok(())
 }
 
@@ -683,24 +689,7 @@ async fn spans_go_to_an_https_collector_that_the_given_ca_vouches_for() -> anyho
     caller
         .wait_endpoints("echo", "the echo instance", |e| e.len() == 1)
         .await?;
-    let mut c = client(caller.upstream("echo")).await?;
-    for _ in 0..5 {
-        c.unary(EchoRequest::default()).await?;
-    }
-    wait_for(
-        "failed exports counted",
-        Duration::from_secs(15),
-        || async {
-            let m = caller.metrics().await.ok()?;
-            (metric(
-                &m,
-                "weft_spans_dropped_total",
-                &[("reason", "export-failed")],
-            )? >= 5.0)
-                .then_some(())
-        },
-    )
-    .await?;
+    calls_with_failed_exports(&caller, 5).await?;
     assert_eq!(
         collector
             .spans()
