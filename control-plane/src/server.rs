@@ -230,33 +230,10 @@ async fn admin_response(
 ) -> Response<AdminBody> {
     tracing::debug!(method = %req.method(), path = req.uri().path(), "admin request");
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/log-level") => match log_level {
-            Some(l) => (StatusCode::OK, "text/plain", format!("{}\n", l.get())),
-            None => no_log_control(),
-        },
-        (&hyper::Method::PUT | &hyper::Method::POST, "/log-level") => match log_level {
-            Some(l) => {
-                use http_body_util::BodyExt;
-                match http_body_util::Limited::new(req.into_body(), 4096)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => match l.set(&String::from_utf8_lossy(&b.to_bytes())) {
-                        Ok(()) => {
-                            tracing::info!(filter = %l.get(), "log filter changed");
-                            (StatusCode::OK, "text/plain", format!("{}\n", l.get()))
-                        }
-                        Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-                    },
-                    Err(e) => (
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        format!("cannot read the filter: {e}\n"),
-                    ),
-                }
-            }
-            None => no_log_control(),
-        },
+        (&hyper::Method::GET | &hyper::Method::PUT | &hyper::Method::POST, "/log-level") => {
+            let (status, body) = weft_proto::logs::admin_request(log_level, req).await;
+            (status, "text/plain", body)
+        }
         (&hyper::Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
         (&hyper::Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         (&hyper::Method::GET, "/metrics") => (
@@ -276,12 +253,4 @@ async fn admin_response(
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
-}
-
-fn no_log_control() -> (StatusCode, &'static str, String) {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        "text/plain",
-        "this control plane runs inside another program, which owns its logging\n".to_string(),
-    )
 }

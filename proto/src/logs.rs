@@ -62,6 +62,57 @@ impl LogLevel {
     }
 }
 
+/// The admin ports' `/log-level` (both programs answer it alike): GET
+/// shows the filter in force, PUT or POST puts the body (at most 4 KiB) in
+/// force, an invalid filter is refused with the reason and changes nothing.
+/// `level` is `None` when the program runs inside another that owns
+/// logging. Returns the status and a plain-text body.
+pub async fn admin_request<B>(
+    level: Option<&LogLevel>,
+    req: http::Request<B>,
+) -> (http::StatusCode, String)
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    let Some(level) = level else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "this program runs inside another, which owns its logging\n".into(),
+        );
+    };
+    match *req.method() {
+        http::Method::GET => (StatusCode::OK, format!("{}\n", level.get())),
+        http::Method::PUT | http::Method::POST => {
+            let body = match http_body_util::Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the filter: {e}\n"),
+                    );
+                }
+            };
+            match level.set(&String::from_utf8_lossy(&body)) {
+                Ok(()) => {
+                    tracing::info!(filter = %level.get(), "log filter changed");
+                    (StatusCode::OK, format!("{}\n", level.get()))
+                }
+                Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET the log filter, or PUT a new one\n".into(),
+        ),
+    }
+}
+
 /// Installs JSON logging on stderr with `filter`, for the whole process.
 pub fn init(filter: &str) -> Result<Arc<LogLevel>, LogError> {
     let (layer, handle) = reload::Layer::new(parse(filter)?);

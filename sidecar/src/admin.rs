@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
@@ -132,35 +131,10 @@ async fn handle(
             let body = serde_json::to_string_pretty(&config_json(state)).unwrap_or_default();
             text(StatusCode::OK, "application/json", body + "\n")
         }
-        (&Method::GET, "/log-level") => match &state.log_level {
-            Some(l) => text(StatusCode::OK, "text/plain", format!("{}\n", l.get())),
-            None => no_log_control(),
-        },
-        (&Method::PUT | &Method::POST, "/log-level") => {
-            let Some(l) = &state.log_level else {
-                return no_log_control();
-            };
-            let body = match http_body_util::Limited::new(req.into_body(), 4096)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        format!("cannot read the filter: {e}\n"),
-                    );
-                }
-            };
-            let filter = String::from_utf8_lossy(&body);
-            match l.set(&filter) {
-                Ok(()) => {
-                    tracing::info!(filter = %l.get(), "log filter changed");
-                    text(StatusCode::OK, "text/plain", format!("{}\n", l.get()))
-                }
-                Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-            }
+        (&Method::GET | &Method::PUT | &Method::POST, "/log-level") => {
+            let (status, body) =
+                weft_proto::logs::admin_request(state.log_level.as_deref(), req).await;
+            text(status, "text/plain", body)
         }
         (&Method::POST, "/shutdown") => {
             state.shutdown.notify_one();
@@ -173,14 +147,6 @@ async fn handle(
                 .into(),
         ),
     }
-}
-
-fn no_log_control() -> Response<BoxBody> {
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        "text/plain",
-        "this sidecar runs inside another program, which owns its logging\n".into(),
-    )
 }
 
 /// What the sidecar is running, as JSON.
