@@ -269,7 +269,6 @@ pub async fn run(
         service: cfg.service.clone(),
         protocol: cfg.protocol,
         routes: routes.clone(),
-        metrics: metrics.clone(),
         telemetry: telemetry.clone(),
         app: cfg
             .app

@@ -99,7 +99,8 @@ impl Proxy {
                 || "an unauthenticated caller".to_string(),
                 |p| p.0.to_string(),
             );
-            self.metrics
+            self.telemetry
+                .metrics
                 .authz_denied
                 .get_or_create(&AuthzLabels {
                     service: self.service.clone(),

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use crate::config::Timeouts;
 use crate::endpoint::{Connector, TcpConnector};
-use crate::metrics::Metrics;
 use crate::model::{Protocol, ServiceName};
 use crate::table::Routes;
 
@@ -37,8 +36,7 @@ pub struct Proxy {
     /// The local app's protocol.
     pub protocol: Protocol,
     pub routes: Arc<Routes>,
-    pub metrics: Arc<Metrics>,
-    /// Spans, the access log and route names (the metrics too).
+    /// Metrics, spans, the access log and route names.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub app: Option<App>,
     /// Connections to peers (TLS will wrap this).

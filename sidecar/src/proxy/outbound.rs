@@ -169,7 +169,8 @@ impl Proxy {
                 {
                     rt.in_flight
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    self.metrics
+                    self.telemetry
+                        .metrics
                         .overloaded
                         .get_or_create(&ServiceLabels {
                             service: target.name.clone(),
@@ -279,7 +280,8 @@ impl Proxy {
                             return None;
                         }
                         let body = boxed(replay.body()?);
-                        self.metrics
+                        self.telemetry
+                            .metrics
                             .hedges
                             .get_or_create(&ServiceLabels {
                                 service: target.name.clone(),
@@ -353,7 +355,8 @@ impl Proxy {
             }
             target.report(&pick, !endpoint_failed);
             if !target.runtime.budget.try_withdraw(Instant::now()) {
-                self.metrics
+                self.telemetry
+                    .metrics
                     .retries_refused
                     .get_or_create(&ServiceLabels {
                         service: target.name.clone(),
@@ -382,7 +385,8 @@ impl Proxy {
                     res.timeouts.idle,
                 );
             }
-            self.metrics
+            self.telemetry
+                .metrics
                 .retries
                 .get_or_create(&RetryLabels {
                     service: target.name.clone(),
@@ -451,7 +455,8 @@ impl Proxy {
                 what,
                 limit,
             }) => {
-                self.metrics
+                self.telemetry
+                    .metrics
                     .overloaded
                     .get_or_create(&ServiceLabels {
                         service: target.name.clone(),

@@ -140,6 +140,7 @@ async fn inbound_connection(
     if detected != Detected::Tls {
         if proxy.inbound_policy.load().mode == InboundMode::Strict {
             proxy
+                .telemetry
                 .metrics
                 .handshakes
                 .get_or_create(&HandshakeLabels::failed("inbound", "plaintext-refused"))
@@ -156,6 +157,7 @@ async fn inbound_connection(
     }
     let Some(acceptor) = proxy.tls.as_ref().and_then(|t| t.get()) else {
         proxy
+            .telemetry
             .metrics
             .handshakes
             .get_or_create(&HandshakeLabels::failed("inbound", "no-certificate"))
@@ -166,6 +168,7 @@ async fn inbound_connection(
         Ok(t) => t,
         Err(e) => {
             proxy
+                .telemetry
                 .metrics
                 .handshakes
                 .get_or_create(&HandshakeLabels::failed("inbound", handshake_reason(&e)))
@@ -175,6 +178,7 @@ async fn inbound_connection(
         }
     };
     proxy
+        .telemetry
         .metrics
         .handshakes
         .get_or_create(&HandshakeLabels::ok("inbound"))

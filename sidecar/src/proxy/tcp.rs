@@ -73,7 +73,11 @@ impl Proxy {
             direction,
             service: service.clone(),
         };
-        self.metrics.tcp_connections.get_or_create(&labels).inc();
+        self.telemetry
+            .metrics
+            .tcp_connections
+            .get_or_create(&labels)
+            .inc();
         let (sent, received) = match tokio::io::copy_bidirectional(a, b).await {
             Ok(n) => n,
             Err(e) => {
@@ -81,11 +85,13 @@ impl Proxy {
                 (0, 0)
             }
         };
-        self.metrics
+        self.telemetry
+            .metrics
             .tcp_bytes_sent
             .get_or_create(&labels)
             .inc_by(sent);
-        self.metrics
+        self.telemetry
+            .metrics
             .tcp_bytes_received
             .get_or_create(&labels)
             .inc_by(received);
