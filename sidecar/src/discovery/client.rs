@@ -222,9 +222,7 @@ impl DiscoveryClient {
                             return End::Lost { reason: "request stream closed".into(), synced };
                         }
                         if synced && reported.is_none() {
-                            let s = self.telemetry.traffic.snapshot();
-                            let _ = tx.send(msg(pb::sidecar_message::Kind::Stats(s.clone()))).await;
-                            reported = Some(s);
+                            stats_tick.reset_immediately();
                         }
                     }
                     Ok(None) => return End::Lost { reason: "closed by the control plane".into(), synced },
@@ -249,7 +247,7 @@ impl DiscoveryClient {
                     }
                     let _ = tx.send(ejection_msg(&key.0, &key.1, until)).await;
                 },
-                _ = stats_tick.tick(), if reported.is_some() => {
+                _ = stats_tick.tick(), if synced => {
                     let s = self.telemetry.traffic.snapshot();
                     if reported.as_ref() != Some(&s) {
                         let _ = tx.send(msg(pb::sidecar_message::Kind::Stats(s.clone()))).await;
