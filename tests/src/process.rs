@@ -67,23 +67,40 @@ impl Proc {
         Ok(Proc { child, log })
     }
 
-    /// Polls `http://{admin}/ready` until it answers 2xx (bounded); the
-    /// error carries the process's log.
-    pub async fn wait_ready(&self, what: &str, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    /// Polls `http://{admin}/ready` until it answers 2xx (bounded), and
+    /// fails at once if the process exits first (then whatever answers on
+    /// that port is not it). The error carries the process's log.
+    pub async fn wait_ready(
+        &mut self,
+        what: &str,
+        admin: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
         let url = format!("http://{admin}/ready");
-        crate::util::wait_for(
+        let child = &mut self.child;
+        let ready = crate::util::wait_for(
             &format!("{what} to be ready"),
             Duration::from_secs(20),
-            || async {
-                crate::util::http_get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status.is_success())
+            || {
+                let exited = child.try_wait().ok().flatten();
+                let url = &url;
+                async move {
+                    if let Some(status) = exited {
+                        return Some(Err(status));
+                    }
+                    let r = crate::util::http_get(url).await.ok()?;
+                    r.status.is_success().then_some(Ok(()))
+                }
             },
         )
-        .await
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log_text()))
+        .await;
+        match ready {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => anyhow::bail!(
+                "{what} exited ({status}) before it was ready; log:\n{}",
+                self.log_text()
+            ),
+            Err(e) => anyhow::bail!("{e}; log:\n{}", self.log_text()),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -159,12 +176,37 @@ pub fn run(
     ))
 }
 
-/// A free port on 127.0.0.1 for a child process that must be restarted on
-/// the same address. (Bind port 0, read it, release it.)
+/// A free port on 127.0.0.1 for a child process to bind later, and again
+/// after it is killed and restarted on the same address.
+///
+/// Picked at random *below* the kernel's ephemeral range and checked by
+/// binding it. Ports handed out by `bind(0)` and taken by outgoing
+/// connections come from that range, so while the port is free (before the
+/// child binds it, or between a kill and the restart) no other test can be
+/// given it. A port from `bind(0)` could be, and was: another test's admin
+/// server took a killed control plane's admin port, answered its `/ready`,
+/// and the restarted process could not bind. A port is handed out once per
+/// test process.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = 10_000.min(low / 2);
+    let span = u64::from(low - floor);
+    anyhow::ensure!(span > 0, "no ports below the ephemeral range ({low})");
+    let seed = RandomState::new().hash_one((std::process::id(), std::time::Instant::now()));
+    for i in 0..500u64 {
+        let port = floor + (seed.wrapping_add(i.wrapping_mul(7919)) % span) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port found in 127.0.0.1:{floor}..{low}")
 }
 
 /// `weft-control-plane` as a child process on fixed loopback ports (so that
@@ -194,7 +236,7 @@ impl ControlPlaneProc {
             data_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn("weft-control-plane", &args)?;
+        let mut proc = Proc::spawn("weft-control-plane", &args)?;
         proc.wait_ready("the control-plane process", admin).await?;
         Ok(ControlPlaneProc {
             proc,
@@ -272,7 +314,7 @@ impl SidecarProc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra);
-        let proc = Proc::spawn("weft-sidecar", &args)?;
+        let mut proc = Proc::spawn("weft-sidecar", &args)?;
         proc.wait_ready("the sidecar process", admin).await?;
         Ok(SidecarProc {
             proc,

@@ -65,6 +65,7 @@ fn jaeger_ui(endpoint: &str) -> String {
 /// Hands out the well-known port, or a free one.
 struct Ports {
     free: bool,
+    given: std::cell::RefCell<Vec<u16>>,
 }
 
 impl Ports {
@@ -72,9 +73,25 @@ impl Ports {
         if !self.free {
             return Ok(well_known);
         }
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
+        // Below the kernel's ephemeral range, so that nothing else running
+        // (tests in parallel) is handed the port by bind(0) or an outgoing
+        // connection before our process binds it.
+        use std::hash::{BuildHasher, RandomState};
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let floor = 10_000.min(low / 2);
+        let span = u64::from(low - floor).max(1);
+        let seed = RandomState::new().hash_one((std::process::id(), well_known));
+        (0..500u64)
+            .map(|i| floor + (seed.wrapping_add(i.wrapping_mul(7919)) % span) as u16)
+            .find(|port| {
+                !self.given.borrow().contains(port)
+                    && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
+            })
+            .inspect(|port| self.given.borrow_mut().push(*port))
+            .context("no free port below the ephemeral range")
     }
 }
 
@@ -225,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         .context("no directory for this binary")?;
     let p = Ports {
         free: args.free_ports,
+        given: Default::default(),
     };
     let cp = p.get(15012)?;
     let cp_admin = p.get(15014)?;

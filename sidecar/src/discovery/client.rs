@@ -189,7 +189,7 @@ impl DiscoveryClient {
         let channel = tokio::select! {
             r = endpoint.connect() => match r {
                 Ok(c) => c,
-                Err(e) => return lost(format!("connect: {e}")),
+                Err(e) => return lost(format!("connect: {}", crate::error::error_chain(&e))),
             },
             _ = drain.signaled() => return End::Shutdown,
         };

@@ -194,7 +194,7 @@ fn usage(pid: i32) -> anyhow::Result<(u64, Duration)> {
 }
 
 async fn start_sidecar(args: &[String], admin: SocketAddr) -> anyhow::Result<Proc> {
-    let p = Proc::spawn("weft-sidecar", args)?;
+    let mut p = Proc::spawn("weft-sidecar", args)?;
     p.wait_ready("a sidecar", admin).await?;
     Ok(p)
 }
