@@ -8,7 +8,6 @@ pub mod ca;
 pub mod catalog;
 pub mod cli;
 pub mod discovery;
-pub mod duration;
 pub mod identity;
 pub mod metrics;
 pub mod resource;

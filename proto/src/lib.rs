@@ -3,13 +3,16 @@
 //! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
 //! checked), and what both programs share ([`logs`]: JSON logs with a
 //! filter changeable at runtime; [`stats`]: the latency buckets of
-//! `weftctl top`).
+//! `weftctl top`; [`duration`]: `10s`-style durations; [`shutdown`]: the
+//! stop signal).
 //!
 //! Both the control plane and the sidecar convert every message into their
 //! own validated domain types at the edge; no wire type reaches a data path.
 
+pub mod duration;
 pub mod identity;
 pub mod logs;
+pub mod shutdown;
 pub mod stats;
 
 /// Package `weft.v1`.

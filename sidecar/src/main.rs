@@ -43,18 +43,6 @@ async fn run_main(args: Args) -> anyhow::Result<()> {
     let mut config = args.into_config()?;
     config.log_level = Some(log_level);
     let listeners = Listeners::bind(&config).await?;
-    run(config, listeners, shutdown_signal()).await?;
+    run(config, listeners, weft_proto::shutdown::on_signal()).await?;
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

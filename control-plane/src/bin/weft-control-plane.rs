@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use weft_control_plane::catalog::CatalogConfig;
-use weft_control_plane::duration::parse_duration;
 use weft_control_plane::{ControlPlaneConfig, run};
+use weft_proto::duration::parse_duration;
 
 /// The Weft control plane: keeps the catalog of services and instances and
 /// the mesh policy, and streams each sidecar the configuration it needs.
@@ -97,18 +97,6 @@ async fn run_main() -> anyhow::Result<()> {
         leaf_ttl: args.cert_ttl,
         log_level: Some(log_level),
     };
-    run(config, grpc, admin, shutdown_signal()).await?;
+    run(config, grpc, admin, weft_proto::shutdown::on_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -53,7 +53,7 @@ pub struct Cli {
     pub credential: PathBuf,
 
     /// How long to wait for the control plane to answer.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration, global = true)]
+    #[arg(long, default_value = "10s", value_parser = weft_proto::duration::parse_duration, global = true)]
     pub timeout: Duration,
 
     #[command(subcommand)]
@@ -127,7 +127,7 @@ pub enum TokenCommand {
     Create {
         service: String,
         /// How long the token admits new sidecars.
-        #[arg(long, default_value = "24h", value_parser = crate::duration::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = weft_proto::duration::parse_duration)]
         ttl: Duration,
     },
 }

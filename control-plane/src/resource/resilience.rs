@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use weft_proto::v1 as pb;
 
-use crate::duration::parse_duration;
+use weft_proto::duration::parse_duration;
 
 /// The settings as pushed; `None`: all defaults.
 #[derive(Debug, Clone, PartialEq, Default)]

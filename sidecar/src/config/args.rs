@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use weft_proto::duration::parse_duration;
+
 use super::{
     ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
-    parse_duration,
 };
 use crate::identity::IdentityConfig;
 use crate::model::{Labels, Protocol, ServiceName};

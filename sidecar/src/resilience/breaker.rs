@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BreakerConfig {
     pub consecutive_failures: u32,
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub base: Duration,
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub max: Duration,
     pub max_ejected_percent: u32,
 }

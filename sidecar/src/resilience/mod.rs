@@ -94,8 +94,11 @@ pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: u32,
     pub on: Conditions,
+    #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub per_try_timeout: Option<Duration>,
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub backoff_base: Duration,
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub backoff_max: Duration,
     #[serde(skip)]
     pub budget: BudgetConfig,
@@ -121,8 +124,10 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     /// A whole request; `None`: only the caller's `grpc-timeout`.
+    #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub request: Option<Duration>,
     /// A stream with nothing moving for this long is cancelled.
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub idle: Duration,
 }
 
@@ -145,12 +150,14 @@ pub struct Limits {
 pub struct HedgePolicy {
     pub methods: Vec<Pattern>,
     /// `None`: the observed p95.
+    #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FaultPolicy {
     pub delay_percent: u32,
+    #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub delay: Duration,
     pub abort_percent: u32,
     pub abort_grpc_status: u16,
@@ -162,7 +169,6 @@ pub struct FaultPolicy {
 pub struct Resilience {
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
-    #[serde(skip)]
     pub breaker: BreakerConfig,
     pub limits: Limits,
     pub hedge: Option<HedgePolicy>,
@@ -307,6 +313,16 @@ impl Resilience {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_shows_durations_as_text() {
+        let v = serde_json::to_value(Resilience::default()).expect("serializes");
+        assert_eq!(v["retry"]["backoff_base"], "25ms");
+        assert_eq!(v["retry"]["per_try_timeout"], serde_json::Value::Null);
+        assert_eq!(v["timeouts"]["idle"], "5m");
+        assert_eq!(v["breaker"]["base"], "30s");
+        assert_eq!(v["breaker"]["consecutive_failures"], 5);
+    }
 
     #[test]
     fn defaults_and_overrides() {
