@@ -156,6 +156,18 @@ impl Collector {
         Self::start_with(Some(tls)).await
     }
 
+    /// The same, and a client certificate from `client_ca` is required.
+    pub async fn start_mtls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca: &str,
+    ) -> anyhow::Result<Self> {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(client_ca));
+        Self::start_with(Some(tls)).await
+    }
+
     async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

@@ -628,6 +628,68 @@ async fn the_log_level_changes_at_runtime() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_collector_that_asks_for_a_client_certificate_gets_spans_from_sidecars_that_have_one()
+-> anyhow::Result<()> {
+    init_logs();
+    let (ca, chain, key) = collector_cert()?;
+    let (client_ca, client_chain, client_key) = collector_cert()?;
+    let collector = Collector::start_mtls(&chain, &key, &client_ca).await?;
+    let dir = tempfile::tempdir()?;
+    let file = |name: &str, text: &str| {
+        weft_tests::mesh::write_temp(dir.path(), name, text).map(|p| p.display().to_string())
+    };
+    let (ca_file, cert_file, key_file) = (
+        file("ca.pem", &ca)?,
+        file("client.pem", &client_chain)?,
+        file("client.key", &client_key)?,
+    );
+    let endpoint = format!("https://{}", collector.addr);
+    let cp = ControlPlane::start_fast().await?;
+    let (_app, _server, caller) = pair(
+        &cp,
+        &[
+            ("--otlp-endpoint", endpoint.clone()),
+            ("--otlp-ca-file", ca_file.clone()),
+            ("--otlp-cert-file", cert_file),
+            ("--otlp-key-file", key_file),
+        ],
+    )
+    .await?;
+    let mut c = client(caller.upstream("echo")).await?;
+    c.unary(EchoRequest::default()).await?;
+    let spans = collector
+        .wait_for("both spans over mutual TLS", Duration::from_secs(10), |s| {
+            s.len() >= 2
+        })
+        .await?;
+    assert_eq!(spans.len(), 2);
+
+    // Without a client certificate the collector refuses the connection:
+    // nothing arrives, the spans are counted as failed, requests succeed.
+    let caller = SidecarSpec::new("caller")
+        .control_plane(&cp)
+        .upstream("echo")
+        .arg("--otlp-endpoint", &endpoint)
+        .arg("--otlp-ca-file", &ca_file)
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "the echo instance", |e| e.len() == 1)
+        .await?;
+    calls_with_failed_exports(&caller, 5).await?;
+    assert_eq!(
+        collector
+            .spans()
+            .iter()
+            .filter(|s| s.service == "caller")
+            .count(),
+        1,
+        "only the first caller's span arrived"
+    );
+    Ok(())
+}
+
 /// A CA and a server certificate from it for 127.0.0.1: (CA PEM, chain PEM,
 /// key PEM).
 fn collector_cert() -> anyhow::Result<(String, String, String)> {

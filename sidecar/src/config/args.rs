@@ -131,8 +131,26 @@ pub struct Args {
     /// For an https --otlp-endpoint: the CA certificates (PEM) the
     /// collector's certificate must chain to. Default: the system's bundle
     /// (/etc/ssl/certs/ca-certificates.crt or /etc/pki/tls/certs/ca-bundle.crt).
-    #[arg(long, env = "WEFT_OTLP_CA_FILE")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
     pub otlp_ca_file: Option<PathBuf>,
+
+    /// For an https --otlp-endpoint that asks for a client certificate
+    /// (mutual TLS to the collector): the certificate chain (PEM) the
+    /// sidecar presents. Needs --otlp-key-file.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        requires = "otlp_key_file"
+    )]
+    pub otlp_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --otlp-cert-file.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        requires = "otlp_cert_file"
+    )]
+    pub otlp_key_file: Option<PathBuf>,
 
     /// Write one JSON line per request to stdout (trace and span id,
     /// service, upstream endpoint, status, duration, retries).
@@ -333,16 +351,30 @@ impl Args {
                         format!("{e:?} must be an http(s) URL, e.g. http://127.0.0.1:4317"),
                     ));
                 }
-                let ca_pem = if uri.scheme_str() == Some("https") {
+                let https = uri.scheme_str() == Some("https");
+                let ca_pem = if https {
                     Some(otlp_ca(self.otlp_ca_file.as_deref())?)
                 } else {
                     None
+                };
+                let client_identity = match (&self.otlp_cert_file, &self.otlp_key_file) {
+                    (Some(cert), Some(key)) if https => Some(otlp_client_identity(cert, key)?),
+                    (Some(_), _) | (_, Some(_)) => {
+                        return Err(flag(
+                            "otlp-cert-file",
+                            format!(
+                                "a client certificate is for an https --otlp-endpoint; {e:?} is not one"
+                            ),
+                        ));
+                    }
+                    (None, None) => None,
                 };
                 Some(TracingConfig {
                     endpoint: uri,
                     sampling: self.trace_sampling,
                     queue: self.trace_queue,
                     ca_pem,
+                    client_identity,
                 })
             }
         };
@@ -408,6 +440,45 @@ fn otlp_ca(file: Option<&std::path::Path>) -> Result<Vec<u8>, ConfigError> {
         ));
     }
     Ok(pem)
+}
+
+/// The certificate chain and key the sidecar shows a collector that asks
+/// for one: both read and parsed, and the key checked to be the
+/// certificate's, so that a wrong pair fails at start and not at the first
+/// export.
+fn otlp_client_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<crate::config::PemIdentity, ConfigError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let read = |name: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| flag(name, format!("cannot read {}: {e}", path.display())))
+    };
+    let (cert_pem, key_pem) = (read("otlp-cert-file", cert)?, read("otlp-key-file", key)?);
+    let chain = weft_proto::identity::certs_from_pem(&String::from_utf8_lossy(&cert_pem))
+        .map_err(|e| flag("otlp-cert-file", format!("{}: {e}", cert.display())))?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        flag(
+            "otlp-key-file",
+            format!("{} holds no PEM private key: {e}", key.display()),
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
+        flag(
+            "otlp-key-file",
+            format!(
+                "{} is not the key of the certificate in {}: {e}",
+                key.display(),
+                cert.display()
+            ),
+        )
+    })?;
+    Ok(crate::config::PemIdentity {
+        chain: cert_pem,
+        key: key_pem,
+    })
 }
 
 #[cfg(test)]
@@ -485,6 +556,111 @@ mod tests {
         assert_eq!(t.sampling, 0.25);
         assert_eq!(t.queue, 2048);
         assert!(c.access_log);
+    }
+
+    /// A self-signed certificate and its key, PEM, written to `dir`.
+    fn cert_pair(dir: &std::path::Path, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["sidecar".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, weft_proto::identity::pem("CERTIFICATE", cert.der())).expect("write");
+        std::fs::write(
+            &k,
+            weft_proto::identity::pem("PRIVATE KEY", &key.serialize_der()),
+        )
+        .expect("write");
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    #[test]
+    fn a_client_certificate_for_the_collector_is_checked_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let (cert, key) = cert_pair(dir.path(), "a");
+        let (_, other_key) = cert_pair(dir.path(), "b");
+        let ca = cert.clone();
+        let with = |endpoint: &str, extra: &[&str]| {
+            let mut v = vec![
+                "--service",
+                "a",
+                "--control-plane",
+                "https://x:1",
+                "--inbound",
+                "127.0.0.1:0",
+                "--token-file",
+                &token,
+                "--otlp-endpoint",
+                endpoint,
+                "--otlp-ca-file",
+                &ca,
+            ];
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(
+            "https://x:4317",
+            &["--otlp-cert-file", &cert, "--otlp-key-file", &key],
+        )
+        .expect("valid pair");
+        let id = c.tracing.and_then(|t| t.client_identity).expect("identity");
+        assert!(String::from_utf8_lossy(&id.chain).contains("BEGIN CERTIFICATE"));
+        assert!(
+            !format!("{id:?}").contains("PRIVATE"),
+            "the key is not printed"
+        );
+
+        let fails = |endpoint: &str, extra: &[&str], want: &[&str]| {
+            let e = with(endpoint, extra).expect_err("must fail");
+            for w in want {
+                assert!(e.contains(w), "{extra:?}: want {w:?} in {e}");
+            }
+        };
+        fails(
+            "https://x:4317",
+            &["--otlp-cert-file", &cert],
+            &["--otlp-key-file"],
+        );
+        fails(
+            "https://x:4317",
+            &["--otlp-key-file", &key],
+            &["--otlp-cert-file"],
+        );
+        fails(
+            "http://x:4317",
+            &["--otlp-cert-file", &cert, "--otlp-key-file", &key],
+            &["--otlp-cert-file", "https"],
+        );
+        fails(
+            "https://x:4317",
+            &[
+                "--otlp-cert-file",
+                "/nonexistent.crt",
+                "--otlp-key-file",
+                &key,
+            ],
+            &["--otlp-cert-file", "/nonexistent.crt"],
+        );
+        fails(
+            "https://x:4317",
+            &["--otlp-cert-file", &key, "--otlp-key-file", &key],
+            &["--otlp-cert-file", "CERTIFICATE"],
+        );
+        fails(
+            "https://x:4317",
+            &["--otlp-cert-file", &cert, "--otlp-key-file", &cert],
+            &["--otlp-key-file", "no PEM private key"],
+        );
+        fails(
+            "https://x:4317",
+            &["--otlp-cert-file", &cert, "--otlp-key-file", &other_key],
+            &["--otlp-key-file", "is not the key of the certificate"],
+        );
     }
 
     #[test]

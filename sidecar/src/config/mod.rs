@@ -72,6 +72,25 @@ pub struct TracingConfig {
     /// For an https collector: the CA certificates (PEM) its certificate
     /// must chain to.
     pub ca_pem: Option<Vec<u8>>,
+    /// For a collector that asks for one: the client certificate shown.
+    pub client_identity: Option<PemIdentity>,
+}
+
+/// A certificate chain and its private key, PEM, checked to belong
+/// together.
+#[derive(Clone)]
+pub struct PemIdentity {
+    pub chain: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemIdentity {
+    /// The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemIdentity")
+            .field("chain_bytes", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Time limits of the sidecar.

@@ -93,6 +93,7 @@ fn export_thread(
         reason,
     };
     let ca_pem = cfg.ca_pem.clone();
+    let client_identity = cfg.client_identity.clone();
     let (built_tx, built_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let target = endpoint.clone();
@@ -114,10 +115,14 @@ fn export_thread(
                     .with_tonic()
                     .with_endpoint(target.clone())
                     .with_timeout(Duration::from_secs(5));
-                // https: our own channel, trusting exactly the given CAs.
+                // https: our own channel, trusting exactly the given CAs,
+                // and showing a client certificate when one is given.
                 if let Some(pem) = ca_pem {
-                    let tls = tonic::transport::ClientTlsConfig::new()
+                    let mut tls = tonic::transport::ClientTlsConfig::new()
                         .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    if let Some(id) = client_identity {
+                        tls = tls.identity(tonic::transport::Identity::from_pem(id.chain, id.key));
+                    }
                     match tonic::transport::Endpoint::from_shared(target)
                         .and_then(|e| e.tls_config(tls))
                     {
