@@ -2,7 +2,7 @@
 //! resources; list services, instances and sidecars; live traffic (`Top`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tonic::{Request, Response, Status};
 use weft_proto::v1 as pb;
@@ -281,6 +281,12 @@ impl Admin for AdminService {
             }
             s => Duration::from_secs(s),
         };
+        // Expired tokens are forgotten here, so the store does not grow
+        // with every token ever made.
+        let gone = self.tokens.remove_expired(SystemTime::now());
+        if !gone.is_empty() {
+            blocking(&self.store, (), move |s| s.delete_tokens(&gone)).await?;
+        }
         let id = random_hex(8)?;
         let secret = random_hex(32)?;
         let record = TokenRecord::new(service.as_str(), &secret, ttl);
@@ -290,14 +296,59 @@ impl Admin for AdminService {
         self.tokens.insert(id.clone(), record);
         let token = JoinToken {
             td: self.ca.trust_domain().to_string(),
-            id,
+            id: id.clone(),
             secret,
             ca: self.ca.fingerprint(),
         };
-        tracing::info!(%service, ttl_s = ttl.as_secs(), "created a join token");
+        tracing::info!(%service, token = %id, ttl_s = ttl.as_secs(), "created a join token");
         Ok(Response::new(pb::CreateTokenResponse {
             token: token.encode(),
             expires_unix_ms: expires,
+            id,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let tokens = self
+            .tokens
+            .list(SystemTime::now())
+            .into_iter()
+            .map(|(id, r)| pb::TokenInfo {
+                id,
+                service: r.service,
+                created_unix_ms: r.created_unix_ms,
+                expires_unix_ms: r.expires_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let id = request.into_inner().id.trim().to_string();
+        let known = self
+            .tokens
+            .list(SystemTime::now())
+            .into_iter()
+            .find(|(k, _)| *k == id);
+        let Some((_, record)) = known else {
+            return Err(Status::not_found(format!(
+                "no join token {id:?} in date (weftctl token list shows them)"
+            )));
+        };
+        // The store first: if it fails, the token still works and the
+        // caller is told; never revoked in memory but back after a restart.
+        let ids = vec![id.clone()];
+        blocking(&self.store, (), move |s| s.delete_tokens(&ids)).await?;
+        self.tokens.remove(&id);
+        tracing::info!(service = %record.service, token = %id, "revoked a join token");
+        Ok(Response::new(pb::RevokeTokenResponse {
+            service: record.service,
         }))
     }
 }

@@ -130,6 +130,9 @@ pub struct TokenRecord {
     pub service: String,
     /// Hex SHA-256 of the secret.
     pub secret_hash: String,
+    /// 0 in records stored before it was kept.
+    #[serde(default)]
+    pub created_unix_ms: u64,
     pub expires_unix_ms: u64,
 }
 
@@ -158,8 +161,13 @@ impl TokenRecord {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
+            created_unix_ms: unix_ms(SystemTime::now()),
             expires_unix_ms: unix_ms(SystemTime::now() + ttl),
         }
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        unix_ms(now) >= self.expires_unix_ms
     }
 
     /// The service this token admits, if `token` matches it and it is in date.
@@ -171,7 +179,7 @@ impl TokenRecord {
         if !constant_time_eq(hash.as_bytes(), self.secret_hash.as_bytes()) {
             return Err(TokenError::Unknown);
         }
-        if unix_ms(now) >= self.expires_unix_ms {
+        if self.expired(now) {
             return Err(TokenError::Expired);
         }
         Ok(&self.service)
@@ -195,6 +203,42 @@ impl TokenBook {
         if let Ok(mut t) = self.tokens.lock() {
             t.insert(id, record);
         }
+    }
+
+    /// The tokens in date at `now`, oldest first.
+    pub fn list(&self, now: SystemTime) -> Vec<(String, TokenRecord)> {
+        let Ok(book) = self.tokens.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = book
+            .iter()
+            .filter(|(_, r)| !r.expired(now))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        v.sort_by(|a, b| (a.1.created_unix_ms, &a.0).cmp(&(b.1.created_unix_ms, &b.0)));
+        v
+    }
+
+    /// Forgets one token; what it was, if it was known.
+    pub fn remove(&self, id: &str) -> Option<TokenRecord> {
+        self.tokens.lock().ok()?.remove(id)
+    }
+
+    /// Forgets the tokens expired at `now`, and says which they were (for
+    /// the store to forget them too).
+    pub fn remove_expired(&self, now: SystemTime) -> Vec<String> {
+        let Ok(mut book) = self.tokens.lock() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = book
+            .iter()
+            .filter(|(_, r)| r.expired(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            book.remove(id);
+        }
+        gone
     }
 
     /// The service a token string admits now.
@@ -246,6 +290,39 @@ mod tests {
         .encode();
         assert_eq!(book.admit(&other, now), Err(TokenError::Unknown));
         assert_eq!(book.admit("nonsense", now), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn tokens_are_listed_in_date_revoked_and_expired_ones_forgotten() {
+        let now = SystemTime::now();
+        let rec = |service: &str, created: u64, ttl_s: u64| TokenRecord {
+            service: service.into(),
+            secret_hash: String::new(),
+            created_unix_ms: created,
+            expires_unix_ms: unix_ms(now) + ttl_s * 1000,
+        };
+        let book = TokenBook::new(vec![
+            ("b".into(), rec("orders", 2, 60)),
+            ("a".into(), rec("users", 1, 60)),
+            ("old".into(), rec("users", 0, 0)),
+        ]);
+        let ids = |v: Vec<(String, TokenRecord)>| v.into_iter().map(|x| x.0).collect::<Vec<_>>();
+        assert_eq!(ids(book.list(now)), ["a", "b"], "in date, oldest first");
+        assert_eq!(book.remove_expired(now), ["old"]);
+        assert!(book.remove_expired(now).is_empty());
+        assert_eq!(
+            book.remove("a").map(|r| r.service).as_deref(),
+            Some("users")
+        );
+        assert!(book.remove("a").is_none());
+        assert_eq!(ids(book.list(now)), ["b"]);
+        let token = JoinToken {
+            td: "weft.local".into(),
+            id: "a".into(),
+            secret: String::new(),
+            ca: "ff".into(),
+        };
+        assert_eq!(book.admit(&token.encode(), now), Err(TokenError::Unknown));
     }
 
     #[test]

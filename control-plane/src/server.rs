@@ -102,6 +102,7 @@ pub async fn run(
                 &ca.root_pem(),
             )?;
             let tokens = TokenBook::new(store.load_tokens()?);
+            store.delete_tokens(&tokens.remove_expired(std::time::SystemTime::now()))?;
             Ok((Arc::new(ca), auth, Arc::new(tokens)))
         })
         .await??
@@ -109,8 +110,8 @@ pub async fn run(
     let (serving_cert, serving_key) = ca.serving_identity()?;
     let metrics = Arc::new(Metrics::new());
 
-    tokio::spawn(run_reaper(catalog.clone(), shutdown.clone()));
-    tokio::spawn(serve_admin(
+    let reaper = tokio::spawn(run_reaper(catalog.clone(), shutdown.clone()));
+    let admin = tokio::spawn(serve_admin(
         admin,
         catalog.clone(),
         metrics.clone(),
@@ -170,6 +171,9 @@ pub async fn run(
             shutdown,
         )
         .await?;
+    // Returning means everything is released (the store's file lock
+    // included), so that a library user can start again on the same data.
+    let _ = tokio::join!(reaper, admin);
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -189,6 +193,7 @@ async fn serve_admin(
         .unwrap_or_default();
     tracing::info!(admin = %addr, "admin endpoint listening");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -215,11 +220,15 @@ async fn serve_admin(
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _ = conn.await;
         });
+        // Reap the finished ones as we go, so the set stays small.
+        while conns.try_join_next().is_some() {}
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    // Connections that did not finish in time are cut.
+    conns.shutdown().await;
 }
 
 async fn admin_response(

@@ -163,6 +163,19 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets tokens; unknown ids are no error.
+    pub fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(TOKENS)?;
+            for id in ids {
+                table.remove(id.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn load_tokens(&self) -> Result<Vec<(String, crate::auth::TokenRecord)>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TOKENS)?;
@@ -183,6 +196,23 @@ impl Store {
 mod tests {
     use super::*;
     use crate::resource::parse_documents;
+
+    #[test]
+    fn deleted_tokens_stay_deleted_after_reopen() -> anyhow::Result<()> {
+        use crate::auth::TokenRecord;
+        let dir = tempfile::tempdir()?;
+        {
+            let store = Store::open(dir.path())?;
+            let rec = TokenRecord::new("users", "s", std::time::Duration::from_secs(60));
+            store.put_token("a", &rec)?;
+            store.put_token("b", &rec)?;
+            store.delete_tokens(&["a".into(), "unknown".into()])?;
+        }
+        let store = Store::open(dir.path())?;
+        let ids: Vec<String> = store.load_tokens()?.into_iter().map(|t| t.0).collect();
+        assert_eq!(ids, ["b"]);
+        Ok(())
+    }
 
     #[test]
     fn resources_survive_reopen() -> anyhow::Result<()> {

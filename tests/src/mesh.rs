@@ -104,12 +104,26 @@ impl ControlPlane {
             let _ = rx.await;
         }));
         let url = format!("http://{admin_addr}/ready");
-        wait_for(
+        let ready = wait_for(
             "the control plane to be ready",
             Duration::from_secs(10),
-            || async { http_get(&url).await.ok().filter(|r| r.status.is_success()) },
+            || async {
+                if task.is_finished() {
+                    return Some(Err(()));
+                }
+                http_get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status.is_success())
+                    .map(Ok)
+            },
         )
         .await?;
+        if ready.is_err() {
+            // It stopped before it was ready: say why.
+            task.await??;
+            anyhow::bail!("the control plane stopped before it was ready");
+        }
         let access = CpAccess::read(format!("https://{grpc_addr}"), &dir)?;
         Ok(ControlPlane {
             grpc: grpc_addr,

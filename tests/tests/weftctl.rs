@@ -268,3 +268,133 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
     assert!(err.contains("nosuch"), "{err}");
     Ok(())
 }
+
+/// `weftctl token list` and `token revoke` against a real control plane: a
+/// revoked token admits no sidecar, also after a restart; the others do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use weft_control_plane::catalog::CatalogConfig;
+    init_logs();
+    let data = tempfile::tempdir()?;
+    let fast = || CatalogConfig {
+        instance_grace: Duration::from_millis(300),
+        startup_grace: Duration::from_secs(5),
+    };
+    let cp = ControlPlane::start(Some(data.path()), fast()).await?;
+    let create = |service: &str| -> anyhow::Result<(String, String)> {
+        let (code, out, err) = ctl(&cp, &["token", "create", service, "--ttl", "1h"], None)?;
+        assert_eq!(code, 0, "{err}");
+        let token = out.trim().to_string();
+        let id = weft_proto::identity::JoinToken::decode(&token)
+            .map(|t| t.id)
+            .ok_or_else(|| anyhow::anyhow!("not a token: {token}"))?;
+        Ok((id, token))
+    };
+    let (id_a, users_a) = create("users")?;
+    let (id_b, users_b) = create("users")?;
+    let (id_o, _) = create("orders")?;
+
+    let listed = |cp: &ControlPlane| -> anyhow::Result<Vec<serde_json::Value>> {
+        let (code, out, err) = ctl(cp, &["token", "list", "-o", "json"], None)?;
+        assert_eq!(code, 0, "{err}");
+        Ok(serde_json::from_str(&out)?)
+    };
+    let ids = |l: &[serde_json::Value]| {
+        let mut v: Vec<String> = l
+            .iter()
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let list = listed(&cp)?;
+    assert_eq!(
+        ids(&list),
+        sorted(vec![id_a.clone(), id_b.clone(), id_o.clone()])
+    );
+    for t in &list {
+        let want = if t["id"] == id_o.as_str() {
+            "orders"
+        } else {
+            "users"
+        };
+        assert_eq!(t["service"], want, "{t}");
+        let (created, expires) = (
+            t["createdUnixMs"].as_u64().unwrap_or(0),
+            t["expiresUnixMs"].as_u64().unwrap_or(0),
+        );
+        assert!(created > 0, "{t}");
+        assert!((3_600_000..3_601_000).contains(&(expires - created)), "{t}");
+    }
+    let (_, table, _) = ctl(&cp, &["token", "list"], None)?;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["ID", "SERVICE", "AGE", "EXPIRES", "IN"]
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    let row_a = lines
+        .iter()
+        .find(|l| l.starts_with(&id_a))
+        .copied()
+        .unwrap_or_default();
+    assert!(row_a.contains("users") && row_a.contains("59m"), "{table}");
+
+    // Revoked: gone from the list, refused for a first certificate.
+    let (code, out, err) = ctl(&cp, &["token", "revoke", &id_a], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("token/{id_a} revoked (it admitted users)\n"));
+    let (code, _, err) = ctl(&cp, &["token", "revoke", &id_a], None)?;
+    assert_eq!(code, 1);
+    assert!(err.contains(&id_a) && err.contains("token list"), "{err}");
+    assert_eq!(ids(&listed(&cp)?), sorted(vec![id_b.clone(), id_o.clone()]));
+    let refused = |cp: &ControlPlane, token: &str| -> anyhow::Result<String> {
+        let path = weft_tests::mesh::write_temp(data.path(), "revoked.token", token)?;
+        let args: Vec<String> = [
+            "--service",
+            "users",
+            "--control-plane",
+            &cp.url(),
+            "--token-file",
+            &path.display().to_string(),
+            "--inbound",
+            "127.0.0.1:0",
+            "--outbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut p = weft_tests::process::Proc::spawn("weft-sidecar", &args)?;
+        let code = p.wait(Duration::from_secs(15))?;
+        assert_ne!(code, 0, "a revoked token admitted a sidecar");
+        Ok(p.log_text())
+    };
+    let log = tokio::task::block_in_place(|| refused(&cp, &users_a))?;
+    assert!(log.contains("not known to this control plane"), "{log}");
+
+    // After a restart on the same data: still revoked; the others still work.
+    cp.stop().await?;
+    let cp = ControlPlane::start(Some(data.path()), fast()).await?;
+    assert_eq!(ids(&listed(&cp)?), sorted(vec![id_b, id_o]));
+    let log = tokio::task::block_in_place(|| refused(&cp, &users_a))?;
+    assert!(log.contains("not known to this control plane"), "{log}");
+    let token_b = weft_tests::mesh::write_temp(data.path(), "b.token", &users_b)?;
+    let s = SidecarSpec::new("users")
+        .access(&cp.access)
+        .arg("--token-file", token_b.display())
+        .start()
+        .await?;
+    assert_eq!(
+        s.config().await?["identity"]["spiffeId"],
+        "spiffe://weft.local/service/users"
+    );
+    Ok(())
+}

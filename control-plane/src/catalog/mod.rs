@@ -100,9 +100,23 @@ pub struct Catalog {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     persist: Option<std::sync::mpsc::Sender<Persist>>,
+    /// The thread that writes `persist`'s records; joined on drop.
+    writer: Option<std::thread::JoinHandle<()>>,
     config: CatalogConfig,
     next_stream: std::sync::atomic::AtomicU64,
     next_version: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Catalog {
+    /// Closes the channel and waits for the writer: the records still
+    /// queued reach the store, and the store (and its file lock) is released
+    /// by the time the catalog is gone.
+    fn drop(&mut self) {
+        self.persist.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -126,7 +140,7 @@ impl Catalog {
         let resources = store.load_resources()?;
         let instances = store.load_instances()?;
         let (tx, rx) = std::sync::mpsc::channel::<Persist>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("weft-store-writer".into())
             .spawn(move || {
                 for op in rx {
@@ -143,7 +157,9 @@ impl Catalog {
                 key: "writer thread".into(),
                 reason: e.to_string(),
             })?;
-        Ok(Arc::new(Self::new(config, Some(tx), resources, instances)))
+        let mut catalog = Self::new(config, Some(tx), resources, instances);
+        catalog.writer = Some(writer);
+        Ok(Arc::new(catalog))
     }
 
     fn new(
@@ -187,6 +203,7 @@ impl Catalog {
             state: Mutex::new(state),
             changed: watch::channel(0).0,
             persist,
+            writer: None,
             config,
             next_stream: 1.into(),
             next_version: first_version.into(),

@@ -29,7 +29,8 @@ use crate::resource::parse_documents;
     long_about = "Configure and inspect a Weft mesh through its control plane.\n\n\
                   Examples:\n  weftctl apply -f services.yaml\n  weftctl get services\n  \
                   weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status\n  \
-                  weftctl token create user-service --ttl 1h\n  weftctl top\n  \
+                  weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
+                  weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
                   weftctl top user-service --window 1m --once\n  weftctl top -o json"
 )]
 pub struct Cli {
@@ -130,6 +131,14 @@ pub enum TokenCommand {
         #[arg(long, default_value = "24h", value_parser = weft_proto::duration::parse_duration)]
         ttl: Duration,
     },
+    /// The tokens that still admit sidecars: id, service, age, time left.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Revokes a token at once (ID from `token list`): it admits no new
+    /// sidecar. Sidecars that joined with it keep their certificates.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -393,6 +402,30 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 .into_inner();
             // Only the token on stdout, so that it can go straight into a file.
             w(out, format!("{}\n", resp.token));
+        }
+        Command::Token {
+            command: TokenCommand::List { output },
+        } => {
+            let mut client = connect(&cli).await?;
+            let t = client
+                .list_tokens(pb::ListTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens;
+            w(out, output::tokens(&t, *output));
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => {
+            let mut client = connect(&cli).await?;
+            let r = client
+                .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            w(
+                out,
+                format!("token/{id} revoked (it admitted {})\n", r.service),
+            );
         }
         Command::Top {
             service,

@@ -83,7 +83,7 @@ fn age(unix_ms: u64) -> String {
 }
 
 /// Time left until `unix_ms`: `23h59m`, `41s`, or `expired`.
-fn cert_left(unix_ms: u64) -> String {
+fn time_left(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();
     }
@@ -270,6 +270,42 @@ pub fn sidecars(list: &[pb::SidecarInfo], format: Format) -> String {
     status(list, format)
 }
 
+pub fn tokens(list: &[pb::TokenInfo], format: Format) -> String {
+    if format != Format::Table {
+        let v = list
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "service": t.service,
+                    "createdUnixMs": t.created_unix_ms,
+                    "expiresUnixMs": t.expires_unix_ms,
+                })
+            })
+            .collect();
+        return structured(Value::Array(v), format);
+    }
+    if list.is_empty() {
+        return "no join tokens in date\n".into();
+    }
+    let rows = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.service.clone(),
+                if t.created_unix_ms == 0 {
+                    "-".into()
+                } else {
+                    age(t.created_unix_ms)
+                },
+                time_left(t.expires_unix_ms),
+            ]
+        })
+        .collect();
+    table(&["ID", "SERVICE", "AGE", "EXPIRES IN"], rows)
+}
+
 pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
     if format != Format::Table {
         return structured(
@@ -294,7 +330,7 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
                 s.address.clone(),
                 age(s.connected_since_unix_ms),
                 format!("{} ({synced})", s.applied_version),
-                cert_left(s.certificate_expires_unix_ms),
+                time_left(s.certificate_expires_unix_ms),
                 if s.nack_version == 0 {
                     "-".into()
                 } else {
