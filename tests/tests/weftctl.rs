@@ -355,24 +355,11 @@ async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
     assert_eq!(ids(&listed(&cp)?), sorted(vec![id_b.clone(), id_o.clone()]));
     let refused = |cp: &ControlPlane, token: &str| -> anyhow::Result<String> {
         let path = weft_tests::mesh::write_temp(data.path(), "revoked.token", token)?;
-        let args: Vec<String> = [
-            "--service",
-            "users",
-            "--control-plane",
-            &cp.url(),
-            "--token-file",
-            &path.display().to_string(),
-            "--inbound",
-            "127.0.0.1:0",
-            "--outbound",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut p = weft_tests::process::Proc::spawn("weft-sidecar", &args)?;
+        // The flags of an in-process sidecar, given to the real binary.
+        let spec = SidecarSpec::new("users")
+            .arg("--control-plane", cp.url())
+            .arg("--token-file", path.display());
+        let mut p = weft_tests::process::Proc::spawn("weft-sidecar", &spec.args[1..])?;
         let code = p.wait(Duration::from_secs(15))?;
         assert_ne!(code, 0, "a revoked token admitted a sidecar");
         Ok(p.log_text())

@@ -494,6 +494,23 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// A sidecar that joins a control plane with the token in `token`, and
+    /// `extra` flags.
+    fn parse_joined(token: &str, extra: &[&str]) -> Result<SidecarConfig, String> {
+        let mut v = vec![
+            "--service",
+            "a",
+            "--control-plane",
+            "https://x:1",
+            "--inbound",
+            "127.0.0.1:0",
+            "--token-file",
+            token,
+        ];
+        v.extend_from_slice(extra);
+        parse(&v)
+    }
+
     /// A token file with a well-formed token.
     fn token_file(dir: &std::path::Path) -> String {
         let t = weft_proto::identity::JoinToken {
@@ -535,21 +552,16 @@ mod tests {
         assert!(c.instance_id.starts_with("order-service-"));
         assert!(c.identity.is_some_and(|i| i.token.starts_with("weft1.")));
         assert!(c.tracing.is_none(), "no endpoint, no tracing");
-        let c = parse(&[
-            "--service",
-            "a",
-            "--control-plane",
-            "https://x:1",
-            "--inbound",
-            "127.0.0.1:0",
-            "--token-file",
+        let c = parse_joined(
             &token,
-            "--otlp-endpoint",
-            "http://collector:4317",
-            "--trace-sampling",
-            "0.25",
-            "--access-log",
-        ])
+            &[
+                "--otlp-endpoint",
+                "http://collector:4317",
+                "--trace-sampling",
+                "0.25",
+                "--access-log",
+            ],
+        )
         .expect("valid");
         let t = c.tracing.expect("tracing configured");
         assert_eq!(t.endpoint.to_string(), "http://collector:4317/");
@@ -586,22 +598,9 @@ mod tests {
         let (_, other_key) = cert_pair(dir.path(), "b");
         let ca = cert.clone();
         let with = |endpoint: &str, extra: &[&str]| {
-            let mut v = vec![
-                "--service",
-                "a",
-                "--control-plane",
-                "https://x:1",
-                "--inbound",
-                "127.0.0.1:0",
-                "--token-file",
-                &token,
-                "--otlp-endpoint",
-                endpoint,
-                "--otlp-ca-file",
-                &ca,
-            ];
+            let mut v = vec!["--otlp-endpoint", endpoint, "--otlp-ca-file", &ca];
             v.extend_from_slice(extra);
-            parse(&v)
+            parse_joined(&token, &v)
         };
         let c = with(
             "https://x:4317",
@@ -667,21 +666,7 @@ mod tests {
     fn bad_flags_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = token_file(dir.path());
-        let base = [
-            "--service",
-            "a",
-            "--control-plane",
-            "https://x:1",
-            "--inbound",
-            "127.0.0.1:0",
-            "--token-file",
-            &token,
-        ];
-        let with = |extra: &[&str]| {
-            let mut v = base.to_vec();
-            v.extend_from_slice(extra);
-            parse(&v).expect_err("must fail")
-        };
+        let with = |extra: &[&str]| parse_joined(&token, extra).expect_err("must fail");
         assert!(with(&["--upstream", "nope"]).contains("--upstream"));
         assert!(with(&["--upstream", "a=notaddr"]).contains("--upstream"));
         assert!(with(&["--label", "x"]).contains("--label"));
