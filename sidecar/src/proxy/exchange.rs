@@ -104,6 +104,16 @@ impl Exchange {
         }
     }
 
+    /// This hop's trace and span id as logs print them, when the exchange
+    /// is recorded (so that a debug line joins its trace and access line).
+    pub fn log_ids(&self) -> Option<(String, String)> {
+        let t = self.detail.as_ref()?.trace.as_ref()?;
+        Some((
+            format!("{:032x}", t.ctx.trace_id),
+            format!("{:016x}", t.ctx.span_id),
+        ))
+    }
+
     /// Also tells `report` how the exchange ended.
     pub fn report_to(&mut self, report: Report) {
         self.report = Some(report);
@@ -125,7 +135,10 @@ impl Exchange {
     /// The mesh answers instead of the service.
     pub fn fail(self, err: ProxyError, grpc: bool) -> http::Response<BoxBody> {
         let code = err.code();
-        tracing::debug!(direction = ?self.labels.direction, service = %self.labels.service, error = %err, "request failed in the mesh");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let (trace_id, span_id) = self.log_ids().unzip();
+            tracing::debug!(direction = ?self.labels.direction, service = %self.labels.service, error = %err, trace_id, span_id, "request failed in the mesh");
+        }
         let resp = err.into_response(grpc);
         let mut class = Classification::from_headers(resp.status(), resp.headers());
         class.error = Some(code);
@@ -295,5 +308,56 @@ fn span_error(direction: Direction, c: &Classification) -> Option<String> {
             Some(format!("HTTP {}", c.status.as_u16()))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TracingConfig;
+    use crate::metrics::Metrics;
+    use crate::telemetry::tracer::Tracer;
+
+    fn telemetry(sampling: f64) -> Arc<Telemetry> {
+        let metrics = Arc::new(Metrics::new());
+        let cfg = TracingConfig {
+            // Nothing listens there; no span is exported in these tests.
+            endpoint: http::Uri::from_static("http://127.0.0.1:9"),
+            sampling,
+            queue: 16,
+            ca_pem: None,
+            client_identity: None,
+        };
+        let tracer = Tracer::new(&cfg, "echo", "echo-1", &metrics).expect("tracer");
+        Arc::new(Telemetry::new(metrics, Some(tracer), false))
+    }
+
+    #[tokio::test]
+    async fn debug_lines_carry_the_ids_this_hop_passes_on() {
+        let tel = telemetry(1.0);
+        let trace = "7bf92f3577b34da6a3ce929d0e0e4739";
+        let mut req = Request::builder()
+            .uri("/echo.Echo/Unary")
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .body(())
+            .expect("request");
+        let service = ServiceName::parse("echo").expect("name");
+        let ex = Exchange::begin(&tel, Direction::outbound, service.clone(), &mut req, true);
+        let (t, s) = ex.log_ids().expect("a recorded exchange has ids");
+        assert_eq!(t, trace);
+        assert_ne!(s, "00f067aa0ba902b7", "a new span id for this hop");
+        assert_eq!(
+            req.headers()["traceparent"],
+            format!("00-{t}-{s}-01").as_str()
+        );
+
+        // Not recorded (the caller did not sample, no access log): no ids.
+        let mut req = Request::builder()
+            .uri("/echo.Echo/Unary")
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-00"))
+            .body(())
+            .expect("request");
+        let ex = Exchange::begin(&tel, Direction::outbound, service, &mut req, true);
+        assert_eq!(ex.log_ids(), None);
     }
 }

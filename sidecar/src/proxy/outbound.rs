@@ -362,7 +362,10 @@ impl Proxy {
                         service: target.name.clone(),
                     })
                     .inc();
-                tracing::debug!(service = %target.name, "retry budget spent; not retrying");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let (trace_id, span_id) = ex.log_ids().unzip();
+                    tracing::debug!(service = %target.name, trace_id, span_id, "retry budget spent; not retrying");
+                }
                 return self.finish(
                     ex,
                     result,
