@@ -17,8 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_server::Discovery;
 
-use crate::catalog::{Catalog, Registration, ServiceView};
+use crate::catalog::{Catalog, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceView, clip};
 use crate::metrics::Metrics;
+use crate::resource::Name;
 
 pub struct DiscoveryService {
     catalog: Arc<Catalog>,
@@ -167,16 +168,32 @@ impl Session {
             }
             Some(Kind::Nack(n)) => {
                 self.answered(n.version);
-                tracing::warn!(stream = self.id, version = n.version, reason = %n.reason, "sidecar rejected an update");
+                let reason = clip(n.reason, MAX_REPORTED_TEXT);
+                tracing::warn!(stream = self.id, version = n.version, %reason, "sidecar rejected an update");
                 self.metrics.nacks.inc();
-                self.catalog.record_nack(self.id, n.version, n.reason);
+                self.catalog.record_nack(self.id, n.version, reason);
             }
             Some(Kind::Subscribe(s)) => {
+                // Names that cannot be services are dropped (no such service
+                // can ever exist), and so is anything past MAX_WANTED.
+                let room = MAX_WANTED.saturating_sub(self.wanted.len());
+                let asked = s.services.len();
                 let new: Vec<String> = s
                     .services
                     .into_iter()
-                    .filter(|x| !self.wanted.contains(x))
+                    .filter(|x| !self.wanted.contains(x) && Name::parse(x).is_ok())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .take(room)
                     .collect();
+                if new.len() < asked && asked > 0 {
+                    tracing::debug!(
+                        stream = self.id,
+                        asked,
+                        kept = new.len(),
+                        "subscription names dropped (invalid, repeated, or over the limit)"
+                    );
+                }
                 if !new.is_empty() {
                     self.catalog.add_subscriptions(self.id, &new);
                     self.wanted.extend(new);
@@ -187,7 +204,8 @@ impl Session {
             }
             Some(Kind::Health(h)) => {
                 let health = pb::Health::try_from(h.health).unwrap_or(pb::Health::Unknown);
-                self.catalog.set_health(self.id, health, h.detail);
+                self.catalog
+                    .set_health(self.id, health, clip(h.detail, MAX_REPORTED_TEXT));
             }
             Some(Kind::Leave(_)) => return Handled::Leave,
             Some(Kind::Certificate(c)) => {

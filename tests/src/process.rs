@@ -261,6 +261,8 @@ pub struct SidecarProc {
     pub proc: Proc,
     pub inbound: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    /// Where its app sends traffic for any service (by Host / authority).
+    pub outbound: std::net::SocketAddr,
     _tmp: tempfile::TempDir,
 }
 
@@ -297,7 +299,7 @@ impl SidecarProc {
             ]);
         }
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let outbound = format!("127.0.0.1:{}", free_port()?);
+        let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<String> = [
             "--service",
             service,
@@ -306,7 +308,7 @@ impl SidecarProc {
             "--admin",
             &admin.to_string(),
             "--outbound",
-            &outbound,
+            &outbound.to_string(),
             "--health-interval",
             "100ms",
         ]
@@ -320,6 +322,7 @@ impl SidecarProc {
             proc,
             inbound,
             admin,
+            outbound,
             _tmp: tmp,
         })
     }

@@ -48,6 +48,28 @@ fn validate_instance_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most services one sidecar may want (declared and subscribed). Far
+/// more than any app calls; it bounds what one stream can make us keep.
+pub const MAX_WANTED: usize = 10_000;
+
+/// Text a sidecar reports (a NACK reason, a health detail, its version)
+/// is kept and logged up to this many bytes.
+pub const MAX_REPORTED_TEXT: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with `…`
+/// when cut.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 impl Registration {
     /// Validates a hello; returns the registration and the services it wants.
     pub fn from_hello(h: &pb::Hello) -> Result<(Self, BTreeSet<String>), String> {
@@ -63,7 +85,21 @@ impl Registration {
             .collect();
         validate_labels(&labels).map_err(|e| format!("hello.labels: {e}"))?;
         let health = pb::Health::try_from(h.health).unwrap_or(pb::Health::Unknown);
-        let wanted = h.upstreams.iter().cloned().collect();
+        if h.upstreams.len() > MAX_WANTED {
+            return Err(format!(
+                "hello.upstreams: {} services, at most {MAX_WANTED}",
+                h.upstreams.len()
+            ));
+        }
+        let wanted = h
+            .upstreams
+            .iter()
+            .map(|u| {
+                Name::parse(u)
+                    .map(|n| n.to_string())
+                    .map_err(|e| format!("hello.upstreams: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok((
             Registration {
                 service,
@@ -72,7 +108,7 @@ impl Registration {
                 protocol,
                 labels,
                 health,
-                sidecar_version: h.sidecar_version.clone(),
+                sidecar_version: clip(h.sidecar_version.clone(), 64),
             },
             wanted,
         ))
@@ -207,6 +243,32 @@ mod tests {
             Registration::from_hello(&h)
                 .expect_err("bad")
                 .starts_with("hello.instance_id")
+        );
+        h.instance_id = "u-1".into();
+        h.upstreams = vec!["a".into(), "Not A Name".into()];
+        let e = Registration::from_hello(&h).expect_err("bad upstream");
+        assert!(
+            e.starts_with("hello.upstreams") && e.contains("Not A Name"),
+            "{e}"
+        );
+        h.upstreams = vec!["a".into(); MAX_WANTED + 1];
+        let e = Registration::from_hello(&h).expect_err("too many");
+        assert!(e.starts_with("hello.upstreams"), "{e}");
+        h.upstreams = vec![];
+        h.sidecar_version = "v".repeat(1000);
+        let (r, _) = Registration::from_hello(&h).expect("valid");
+        assert!(r.sidecar_version.len() <= 64 + '…'.len_utf8());
+    }
+
+    #[test]
+    fn reported_text_is_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short".into(), 10), "short");
+        assert_eq!(clip("abcdef".into(), 3), "abc…");
+        // 'é' is two bytes: a cut inside it moves back to its start.
+        assert_eq!(clip("aé".into(), 2), "a…");
+        assert_eq!(
+            clip("r".repeat(1 << 20), MAX_REPORTED_TEXT).len(),
+            MAX_REPORTED_TEXT + 3
         );
     }
 }

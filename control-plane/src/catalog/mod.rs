@@ -12,7 +12,7 @@ pub mod stats;
 pub mod top;
 mod view;
 
-pub use instance::{Instance, Registration};
+pub use instance::{Instance, MAX_REPORTED_TEXT, MAX_WANTED, Registration, clip};
 pub use stats::{Recorded, StatsError, TrafficRing};
 pub use top::{TopError, TopQuery};
 pub use view::ServiceView;
@@ -463,10 +463,17 @@ impl Catalog {
         instance: String,
         until_unix_ms: u64,
     ) {
-        if let Some(s) = self.lock().sidecars.get_mut(&stream) {
+        let mut st = self.lock();
+        // Only instances that exist, of the service named: anything else
+        // would be kept for nothing (and a peer could fill memory with it).
+        let known = st
+            .instances
+            .get(&instance)
+            .is_some_and(|i| i.service.as_str() == service);
+        if let Some(s) = st.sidecars.get_mut(&stream) {
             if until_unix_ms == 0 {
                 s.ejections.remove(&(service, instance));
-            } else {
+            } else if known {
                 s.ejections.insert((service, instance), until_unix_ms);
             }
         }

@@ -54,6 +54,33 @@ async fn a_disconnected_instance_stays_for_the_grace_period() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ejections_are_kept_only_for_instances_that_exist() {
+    let c = Catalog::in_memory(config());
+    c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
+    c.register(2, hello("orders", "o-1", 2), BTreeSet::new(), 0);
+    let far = u64::MAX;
+    // Unknown instance, and a known instance under the wrong service: dropped.
+    c.record_ejection(2, "users".into(), "nobody".into(), far);
+    c.record_ejection(2, "orders".into(), "u-1".into(), far);
+    c.record_ejection(2, "users".into(), "u-1".into(), far);
+    let ejected = |c: &Catalog| -> Vec<(String, usize)> {
+        c.instances()
+            .into_iter()
+            .map(|i| (i.instance_id, i.ejected_by.len()))
+            .collect()
+    };
+    assert_eq!(
+        ejected(&c),
+        [("o-1".to_string(), 0), ("u-1".to_string(), 1)]
+    );
+    c.record_ejection(2, "users".into(), "u-1".into(), 0);
+    assert_eq!(
+        ejected(&c),
+        [("o-1".to_string(), 0), ("u-1".to_string(), 0)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn reconnecting_within_the_grace_keeps_the_instance() {
     let c = Catalog::in_memory(config());
     c.register(1, hello("users", "u-1", 1), BTreeSet::new(), 0);
