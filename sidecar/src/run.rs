@@ -129,7 +129,7 @@ pub async fn run(
     let identity = cfg
         .identity
         .clone()
-        .map(|c| Identity::new(c, &cfg.service))
+        .map(|c| Identity::from_source(c, &cfg.service))
         .transpose()?;
     let status = StatusCell::new(match cfg.source {
         Source::Static { .. } => StreamState::Static,

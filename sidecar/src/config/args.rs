@@ -11,7 +11,7 @@ use weft_proto::duration::parse_duration;
 use super::{
     ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
 };
-use crate::identity::IdentityConfig;
+use crate::identity::{CertFiles, IdentityConfig, IdentitySource};
 use crate::model::{Labels, Protocol, ServiceName};
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
@@ -43,10 +43,23 @@ pub struct Args {
     #[arg(long, env = "WEFT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// The mesh CA (PEM) to verify the control plane with. By default the
-    /// CA fingerprint carried in the join token is trusted.
+    /// The mesh CA (PEM). With a control plane: to verify it with (by
+    /// default the CA fingerprint carried in the join token is trusted).
+    /// Without one (--config, with --cert-file): the CAs peers' certificates
+    /// must chain to.
     #[arg(long, env = "WEFT_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+
+    /// Without a control plane (--config): this sidecar's certificate chain
+    /// (PEM, leaf first) for mutual TLS with other sidecars. Its one URI SAN
+    /// must be spiffe://<trust-domain>/service/<--service>. Needs --key-file
+    /// and --ca-file; the files are re-read when they change.
+    #[arg(long, env = "WEFT_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, env = "WEFT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
 
     /// Run from a static mesh file instead of a control plane (no mTLS).
     #[arg(long, env = "WEFT_CONFIG")]
@@ -302,13 +315,54 @@ impl Args {
                     }
                     None => None,
                 };
-                Some(IdentityConfig {
+                if self.cert_file.is_some() || self.key_file.is_some() {
+                    let which = if self.cert_file.is_some() {
+                        "cert-file"
+                    } else {
+                        "key-file"
+                    };
+                    return Err(flag(
+                        which,
+                        "certificate files are for running without a control plane (--config); \
+                         with --control-plane the sidecar gets its certificate from it",
+                    ));
+                }
+                Some(IdentitySource::ControlPlane(IdentityConfig {
                     control_plane: url.clone(),
                     token,
                     ca_pem,
-                })
+                }))
             }
-            Source::Static { .. } => None,
+            Source::Static { .. } => {
+                match (&self.cert_file, &self.key_file, &self.ca_file) {
+                    (None, None, None) => None,
+                    (Some(cert), Some(key), Some(ca)) => {
+                        let files = CertFiles {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                            ca: ca.clone(),
+                        };
+                        // Checked now, so that a wrong file stops the
+                        // sidecar before it listens.
+                        files.load(&service).map_err(|e| flag(e.flag, e.reason))?;
+                        Some(IdentitySource::Files(files))
+                    }
+                    (cert, key, _) => {
+                        let missing = if cert.is_none() {
+                            "cert-file"
+                        } else if key.is_none() {
+                            "key-file"
+                        } else {
+                            "ca-file"
+                        };
+                        return Err(flag(
+                            missing,
+                            "mutual TLS without a control plane needs all of --cert-file, \
+                             --key-file and --ca-file",
+                        ));
+                    }
+                }
+            }
         };
         let instance_id = match self.instance_id {
             Some(id)
@@ -550,7 +604,9 @@ mod tests {
         assert_eq!(c.labels.get("version").map(String::as_str), Some("v2"));
         assert_eq!(c.protocol, Protocol::Http);
         assert!(c.instance_id.starts_with("order-service-"));
-        assert!(c.identity.is_some_and(|i| i.token.starts_with("weft1.")));
+        assert!(c.identity.is_some_and(
+            |i| matches!(i, IdentitySource::ControlPlane(c) if c.token.starts_with("weft1."))
+        ));
         assert!(c.tracing.is_none(), "no endpoint, no tracing");
         let c = parse_joined(
             &token,

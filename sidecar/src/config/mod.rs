@@ -49,8 +49,9 @@ pub struct SidecarConfig {
     pub advertise: Option<String>,
     pub upstreams: Vec<Upstream>,
     pub source: Source,
-    /// How to obtain a certificate; `None` with a static config (no mTLS).
-    pub identity: Option<crate::identity::IdentityConfig>,
+    /// Where the certificate comes from; `None` with a static config and no
+    /// certificate files (plaintext).
+    pub identity: Option<crate::identity::IdentitySource>,
     pub timeouts: Timeouts,
     /// Where and how much to trace; `None`: no spans, headers untouched.
     pub tracing: Option<TracingConfig>,

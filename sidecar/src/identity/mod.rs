@@ -3,11 +3,14 @@
 //! obtained from the control plane with a certificate signing request (the
 //! first with a join token, renewals with the current certificate), renewed
 //! at about 70% of its lifetime, and swapped in place so that no connection
-//! is dropped.
+//! is dropped. Without a control plane, the certificate comes from files
+//! ([`files`]), re-read when they change.
 
+pub mod files;
 mod renew;
 pub mod tls;
 
+pub use files::{CertFiles, FilesError};
 pub use renew::renew_at;
 
 use std::sync::Arc;
@@ -29,7 +32,14 @@ use weft_proto::v1::identity_client::IdentityClient;
 use crate::error::error_chain;
 use crate::model::ServiceName;
 
-/// What the sidecar needs to obtain an identity.
+/// Where the sidecar's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    ControlPlane(IdentityConfig),
+    Files(CertFiles),
+}
+
+/// What the sidecar needs to obtain an identity from the control plane.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     /// The control plane's URL (https).
@@ -53,6 +63,10 @@ pub enum IdentityError {
     BadAnswer(String),
     #[error("cannot make a key or a certificate request: {0}")]
     Local(String),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("this sidecar's certificate comes from files, not from a control plane")]
+    NoControlPlane,
 }
 
 impl IdentityError {
@@ -67,7 +81,7 @@ impl IdentityError {
 pub struct Credentials {
     pub id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
-    key: PrivatePkcs8KeyDer<'static>,
+    key: PrivateKeyDer<'static>,
     pub roots: Arc<RootCertStore>,
     pub roots_der: Vec<CertificateDer<'static>>,
     pub issued: SystemTime,
@@ -86,14 +100,30 @@ impl Credentials {
     /// Certificate chain and key as PEM, for tonic's client identity.
     fn pem(&self) -> (String, String) {
         let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
-        (chain, pem("PRIVATE KEY", self.key.secret_pkcs8_der()))
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        (chain, pem(label, self.key.secret_der()))
     }
+}
+
+/// Who issues the certificates.
+enum Issuer {
+    ControlPlane {
+        config: IdentityConfig,
+        token: JoinToken,
+    },
+    Files {
+        files: CertFiles,
+        service: ServiceName,
+    },
 }
 
 /// The sidecar's identity, shared by everything that does TLS.
 pub struct Identity {
-    config: IdentityConfig,
-    token: JoinToken,
+    issuer: Issuer,
     id: SpiffeId,
     current: ArcSwapOption<Credentials>,
     /// The current certificate's expiry (unix ms; 0: none yet).
@@ -105,12 +135,46 @@ impl Identity {
         let token = JoinToken::decode(&config.token).ok_or(IdentityError::BadToken)?;
         let id = SpiffeId::service(&token.td, service.as_str());
         Ok(Arc::new(Identity {
-            config,
-            token,
+            issuer: Issuer::ControlPlane { config, token },
             id,
             current: ArcSwapOption::empty(),
             expiry: watch::channel(0).0,
         }))
+    }
+
+    /// An identity from certificate files, loaded (and checked) now.
+    pub fn from_files(files: CertFiles, service: &ServiceName) -> Result<Arc<Self>, IdentityError> {
+        let creds = Arc::new(files.load(service)?);
+        let identity = Identity {
+            id: creds.id.clone(),
+            issuer: Issuer::Files {
+                files,
+                service: service.clone(),
+            },
+            current: ArcSwapOption::empty(),
+            expiry: watch::channel(0).0,
+        };
+        identity.install(creds);
+        Ok(Arc::new(identity))
+    }
+
+    /// Either kind, from the validated config.
+    pub fn from_source(
+        source: IdentitySource,
+        service: &ServiceName,
+    ) -> Result<Arc<Self>, IdentityError> {
+        match source {
+            IdentitySource::ControlPlane(c) => Self::new(c, service),
+            IdentitySource::Files(f) => Self::from_files(f, service),
+        }
+    }
+
+    /// The files, when the certificate comes from files.
+    pub fn files(&self) -> Option<&CertFiles> {
+        match &self.issuer {
+            Issuer::Files { files, .. } => Some(files),
+            Issuer::ControlPlane { .. } => None,
+        }
     }
 
     pub fn id(&self) -> &SpiffeId {
@@ -118,7 +182,23 @@ impl Identity {
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.token.td
+        self.id.trust_domain()
+    }
+
+    fn control_plane(&self) -> Result<(&IdentityConfig, &JoinToken), IdentityError> {
+        match &self.issuer {
+            Issuer::ControlPlane { config, token } => Ok((config, token)),
+            Issuer::Files { .. } => Err(IdentityError::NoControlPlane),
+        }
+    }
+
+    /// Makes `creds` the certificate every handshake from now on uses.
+    fn install(&self, creds: Arc<Credentials>) {
+        // Stored before the expiry is announced: whoever wakes on the
+        // announcement reads the new certificate.
+        let expires = creds.expires_unix_ms();
+        self.current.store(Some(creds));
+        self.expiry.send_replace(expires);
     }
 
     pub fn current(&self) -> Option<Arc<Credentials>> {
@@ -135,14 +215,15 @@ impl Identity {
     /// first certificate, the CA file or the token's pinned fingerprint),
     /// presenting the current certificate when there is one.
     pub fn control_plane_endpoint(&self) -> Result<Endpoint, IdentityError> {
-        let url = &self.config.control_plane;
+        let (config, token) = self.control_plane()?;
+        let url = &config.control_plane;
         let unreachable = |reason: String| IdentityError::Unreachable {
             url: url.clone(),
             reason,
         };
-        let expected = SpiffeId::control_plane(&self.token.td);
+        let expected = SpiffeId::control_plane(&token.td);
         let current = self.current();
-        let verifier = match (&current, &self.config.ca_pem) {
+        let verifier = match (&current, &config.ca_pem) {
             (Some(c), _) => SpiffeServerVerifier::new(c.roots.clone(), expected),
             (None, Some(pem)) => {
                 let roots = certs_from_pem(pem)
@@ -150,7 +231,7 @@ impl Identity {
                     .map_err(|e| IdentityError::Local(format!("--ca-file: {e}")))?;
                 SpiffeServerVerifier::new(roots, expected)
             }
-            (None, None) => SpiffeServerVerifier::pinned(&self.token.ca, expected),
+            (None, None) => SpiffeServerVerifier::pinned(&token.ca, expected),
         };
         let mut tls = ClientTlsConfig::new();
         if let Some(c) = &current {
@@ -171,14 +252,39 @@ impl Identity {
             .connect()
             .await
             .map_err(|e| IdentityError::Unreachable {
-                url: self.config.control_plane.clone(),
+                url: self
+                    .control_plane()
+                    .map(|(c, _)| c.control_plane.clone())
+                    .unwrap_or_default(),
                 reason: error_chain(&e),
             })
     }
 
     /// Makes a new key and asks for a certificate: with the join token the
     /// first time, with the current certificate after that. Installs it.
+    /// (From files: reads and checks them again.)
     pub async fn obtain(&self) -> Result<Arc<Credentials>, IdentityError> {
+        let (config, _) = match &self.issuer {
+            Issuer::Files { files, service } => {
+                let creds = Arc::new(files.load(service)?);
+                if creds.id != self.id {
+                    return Err(FilesError {
+                        flag: "cert-file",
+                        reason: format!(
+                            "{}: the new certificate is for {}, this sidecar is {}",
+                            files.cert.display(),
+                            creds.id,
+                            self.id
+                        ),
+                    }
+                    .into());
+                }
+                tracing::info!(identity = %creds.id, expires_unix_ms = creds.expires_unix_ms(), "loaded the certificate files");
+                self.install(creds.clone());
+                return Ok(creds);
+            }
+            Issuer::ControlPlane { config, token } => (config, token),
+        };
         let key = KeyPair::generate().map_err(|e| IdentityError::Local(e.to_string()))?;
         let mut params = CertificateParams::default();
         let uri = self
@@ -198,14 +304,14 @@ impl Identity {
                 token: if renewing {
                     String::new()
                 } else {
-                    self.config.token.clone()
+                    config.token.clone()
                 },
             })
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
                     IdentityError::Unreachable {
-                        url: self.config.control_plane.clone(),
+                        url: config.control_plane.clone(),
                         reason: s.message().to_string(),
                     }
                 }
@@ -219,8 +325,7 @@ impl Identity {
             renewal = renewing,
             "obtained a certificate"
         );
-        self.current.store(Some(creds.clone()));
-        self.expiry.send_replace(creds.expires_unix_ms());
+        self.install(creds.clone());
         Ok(creds)
     }
 
@@ -244,13 +349,9 @@ impl Identity {
             return Err(bad("no certificate or no roots".into()));
         }
         let roots = root_store(&roots_der).map_err(|e| bad(e.to_string()))?;
-        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
-        let certified = CertifiedKey::from_der(
-            chain.clone(),
-            PrivateKeyDer::Pkcs8(key.clone_key()),
-            &provider(),
-        )
-        .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider())
+            .map_err(|e| bad(e.to_string()))?;
         let expires = UNIX_EPOCH + Duration::from_millis(resp.expires_unix_ms);
         Ok(Credentials {
             id: self.id.clone(),

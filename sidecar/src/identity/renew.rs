@@ -1,6 +1,7 @@
 //! Renewal: at about 70% of a certificate's lifetime (spread by jitter so
 //! that sidecars started together do not renew together), retried with
-//! backoff until it works.
+//! backoff until it works. From files: the files are checked every
+//! [`FILE_CHECK`] and loaded again when they change.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,9 +18,15 @@ pub fn renew_at(issued: SystemTime, expires: SystemTime, r: f64) -> SystemTime {
     issued + life.mul_f64(0.65 + 0.10 * r.clamp(0.0, 1.0))
 }
 
+/// How often certificate files are looked at for a change.
+pub const FILE_CHECK: Duration = Duration::from_secs(2);
+
 impl Identity {
     /// Renews the certificate for as long as the sidecar runs.
     pub async fn run_renewal(self: Arc<Self>, metrics: Arc<Metrics>, mut drain: drain::Watch) {
+        if self.files().is_some() {
+            return self.watch_files(metrics, drain).await;
+        }
         loop {
             let Some(current) = self.current() else {
                 return;
@@ -54,6 +61,38 @@ impl Identity {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Identity {
+    /// Loads the files again whenever one changes. A set that does not load
+    /// (half written, wrong key, another service) is refused and counted;
+    /// the current certificate stays until a good set arrives.
+    async fn watch_files(self: Arc<Self>, metrics: Arc<Metrics>, mut drain: drain::Watch) {
+        let Some(files) = self.files() else { return };
+        let mut seen = files.stamp();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FILE_CHECK) => {}
+                _ = drain.signaled() => return,
+            }
+            let now = files.stamp();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let result = match self.obtain().await {
+                Ok(_) => "ok",
+                Err(e) => {
+                    tracing::warn!(error = %e, "the certificate files changed but cannot be used; keeping the current certificate");
+                    "failed"
+                }
+            };
+            metrics
+                .renewals
+                .get_or_create(&RenewalLabels { result })
+                .inc();
         }
     }
 }
