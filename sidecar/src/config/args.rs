@@ -61,7 +61,8 @@ pub struct Args {
     #[arg(long, env = "WEFT_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// Run from a static mesh file instead of a control plane (no mTLS).
+    /// Run from a static mesh file instead of a control plane (plaintext,
+    /// or mutual TLS with --cert-file, --key-file and --ca-file).
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
 
