@@ -285,6 +285,69 @@ async fn a_static_caller_refuses_a_server_that_is_not_the_service_it_meant() -> 
     Ok(())
 }
 
+/// The CA bundle is rotated like the certificates: a sidecar that did not
+/// trust a peer's CA does once its `--ca-file` gains that CA, on both ends
+/// of a connection, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ca_in_the_bundle_is_trusted_after_the_reload() -> anyhow::Result<()> {
+    init_logs();
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let (old, new) = (Ca::new()?, Ca::new()?);
+    let both = format!("{}{}", old.pem, new.pem);
+
+    // Outbound: echo's certificate is from the new CA; the caller trusts
+    // only the old one, until its bundle gains the new one.
+    let app = start_echo("echo-1").await?;
+    let echo_files = Files::write(dir, &new, "echo")?;
+    std::fs::write(&echo_files.ca, &both)?;
+    let echo = echo_files
+        .on(server(dir, "echo", app.addr)?)
+        .start()
+        .await?;
+    let (caller_files, caller) =
+        start(dir, &old, "caller", caller_of_echo_at(dir, echo.inbound)?).await?;
+    let e = refused(&caller).await?;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    replace(&caller_files.ca, &both)?;
+    wait_for(
+        "the caller to trust the new CA",
+        Duration::from_secs(15),
+        || async {
+            let mut c = client(caller.upstream("echo")).await.ok()?;
+            c.unary(EchoRequest::default()).await.ok().map(|_| ())
+        },
+    )
+    .await?;
+
+    // Inbound: a caller with a certificate from the new CA reaches a
+    // server that trusted only the old one, once the server's bundle
+    // gains the new CA.
+    let app = start_echo("echo-2").await?;
+    let (server_files, server) = start(dir, &old, "echo", server(dir, "echo", app.addr)?).await?;
+    let newcomer = Files::write(dir, &new, "caller")?;
+    std::fs::write(&newcomer.ca, &both)?;
+    let newcomer = newcomer
+        .on(caller_of_echo_at(dir, server.inbound)?)
+        .start()
+        .await?;
+    let e = refused(&newcomer).await?;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(app.calls(), 0);
+    replace(&server_files.ca, &both)?;
+    wait_for(
+        "the server to trust the new CA",
+        Duration::from_secs(15),
+        || async {
+            let mut c = client(newcomer.upstream("echo")).await.ok()?;
+            c.unary(EchoRequest::default()).await.ok().map(|_| ())
+        },
+    )
+    .await?;
+    assert!(app.calls() >= 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_files_are_reloaded_when_they_change() -> anyhow::Result<()> {
     init_logs();

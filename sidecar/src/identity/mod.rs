@@ -144,7 +144,7 @@ impl Identity {
 
     /// An identity from certificate files, loaded (and checked) now.
     pub fn from_files(files: CertFiles, service: &ServiceName) -> Result<Arc<Self>, IdentityError> {
-        let creds = Arc::new(files.load(service)?);
+        let creds = files.load(service)?;
         let identity = Identity {
             id: creds.id.clone(),
             issuer: Issuer::Files {
@@ -193,12 +193,20 @@ impl Identity {
     }
 
     /// Makes `creds` the certificate every handshake from now on uses.
-    fn install(&self, creds: Arc<Credentials>) {
+    fn install(&self, mut creds: Credentials) -> Arc<Credentials> {
+        // The same roots as before keep the same `Arc`: the TLS configs
+        // built on them are rebuilt only when the roots really change.
+        if let Some(prev) = self.current()
+            && prev.roots_der == creds.roots_der
+        {
+            creds.roots = prev.roots.clone();
+        }
+        let creds = Arc::new(creds);
         // Stored before the expiry is announced: whoever wakes on the
         // announcement reads the new certificate.
-        let expires = creds.expires_unix_ms();
-        self.current.store(Some(creds));
-        self.expiry.send_replace(expires);
+        self.current.store(Some(creds.clone()));
+        self.expiry.send_replace(creds.expires_unix_ms());
+        creds
     }
 
     pub fn current(&self) -> Option<Arc<Credentials>> {
@@ -266,7 +274,7 @@ impl Identity {
     pub async fn obtain(&self) -> Result<Arc<Credentials>, IdentityError> {
         let (config, _) = match &self.issuer {
             Issuer::Files { files, service } => {
-                let creds = Arc::new(files.load(service)?);
+                let creds = files.load(service)?;
                 if creds.id != self.id {
                     return Err(FilesError {
                         flag: "cert-file",
@@ -280,8 +288,7 @@ impl Identity {
                     .into());
                 }
                 tracing::info!(identity = %creds.id, expires_unix_ms = creds.expires_unix_ms(), "loaded the certificate files");
-                self.install(creds.clone());
-                return Ok(creds);
+                return Ok(self.install(creds));
             }
             Issuer::ControlPlane { config, token } => (config, token),
         };
@@ -318,14 +325,14 @@ impl Identity {
                 _ => IdentityError::Refused(s.message().to_string()),
             })?
             .into_inner();
-        let creds = Arc::new(self.credentials(key, resp)?);
+        let creds = self.credentials(key, resp)?;
         tracing::info!(
             identity = %creds.id,
             expires_unix_ms = creds.expires_unix_ms(),
             renewal = renewing,
             "obtained a certificate"
         );
-        self.install(creds.clone());
+        let creds = self.install(creds);
         Ok(creds)
     }
 

@@ -1,8 +1,10 @@
 //! Mutual TLS between sidecars: TLS 1.3 only; ALPN `h2` for HTTP and
 //! `weft-tcp` for opaque TCP; both ends present the current certificate
 //! (read at every handshake, so a renewal needs no restart and drops no
-//! connection); the client checks that the server is the service it meant
-//! to reach, the server learns who the client is.
+//! connection) and verify the peer under the current roots (the TLS
+//! configs are rebuilt when those change: a new CA bundle applies to the
+//! next handshake); the client checks that the server is the service it
+//! meant to reach, the server learns who the client is.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, provider};
@@ -54,14 +56,12 @@ impl ResolvesClientCert for CurrentCert {
 pub struct TlsConfigError(String);
 
 /// The inbound listener's TLS: client certificates required and checked
-/// against the mesh roots.
-pub fn acceptor(identity: &Arc<Identity>) -> Result<TlsAcceptor, TlsConfigError> {
+/// against the mesh `roots`.
+pub fn acceptor(
+    identity: &Arc<Identity>,
+    roots: Arc<RootCertStore>,
+) -> Result<TlsAcceptor, TlsConfigError> {
     let err = |e: &dyn fmt::Display| TlsConfigError(e.to_string());
-    let roots = identity
-        .current()
-        .ok_or_else(|| TlsConfigError("no certificate yet".into()))?
-        .roots
-        .clone();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| err(&e))?;
@@ -75,33 +75,50 @@ pub fn acceptor(identity: &Arc<Identity>) -> Result<TlsAcceptor, TlsConfigError>
 }
 
 /// The inbound acceptor, built once the first certificate (and with it the
-/// mesh roots) is there; until then TLS clients are turned away.
+/// mesh roots) is there, and again when the roots change (a new CA bundle);
+/// until the first one TLS clients are turned away.
 pub struct LazyAcceptor {
     identity: Arc<Identity>,
-    built: std::sync::OnceLock<TlsAcceptor>,
+    /// The acceptor and the roots it checks clients against.
+    built: Mutex<Option<(Arc<RootCertStore>, TlsAcceptor)>>,
 }
 
 impl LazyAcceptor {
     pub fn new(identity: Arc<Identity>) -> Self {
         LazyAcceptor {
             identity,
-            built: std::sync::OnceLock::new(),
+            built: Mutex::new(None),
         }
     }
 
+    /// Called once per accepted connection: a pointer comparison, and a
+    /// rebuild only after the roots changed.
     pub fn get(&self) -> Option<TlsAcceptor> {
-        if let Some(a) = self.built.get() {
+        let Some(current) = self.identity.current() else {
+            tracing::debug!("inbound TLS is not ready: no certificate yet");
+            return None;
+        };
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((roots, a)) = &*built
+            && Arc::ptr_eq(roots, &current.roots)
+        {
             return Some(a.clone());
         }
-        match acceptor(&self.identity) {
-            Ok(a) => Some(self.built.get_or_init(|| a).clone()),
+        match acceptor(&self.identity, current.roots.clone()) {
+            Ok(a) => {
+                *built = Some((current.roots.clone(), a.clone()));
+                Some(a)
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "inbound TLS is not ready");
+                tracing::warn!(error = %e, "cannot set up inbound TLS");
                 None
             }
         }
     }
 }
+
+/// A client config and the roots it was built with.
+type BuiltFor = (Arc<RootCertStore>, Arc<ClientConfig>);
 
 /// Connects to peers over mutual TLS, verifying each as the service the
 /// caller meant to reach.
@@ -109,8 +126,10 @@ pub struct MtlsConnector {
     identity: Arc<Identity>,
     tcp: Arc<TcpConnector>,
     metrics: Arc<Metrics>,
-    /// One client config per (service, ALPN); built at the first connection.
-    configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
+    /// One client config per (service, ALPN), with the roots it verifies
+    /// servers against; built at the first connection, and again when the
+    /// roots change.
+    configs: Mutex<HashMap<(SpiffeId, Alpn), BuiltFor>>,
 }
 
 impl MtlsConnector {
@@ -125,16 +144,18 @@ impl MtlsConnector {
 
     fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, ProxyError> {
         let key = (expected.clone(), alpn);
-        if let Some(c) = self.configs.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(c);
-        }
         let roots = self
             .identity
             .current()
             .ok_or(ProxyError::NoCertificate)?
             .roots
             .clone();
-        let verifier = SpiffeServerVerifier::new(roots, expected.clone());
+        if let Some((built_for, c)) = self.configs.lock().ok().and_then(|m| m.get(&key).cloned())
+            && Arc::ptr_eq(&built_for, &roots)
+        {
+            return Ok(c);
+        }
+        let verifier = SpiffeServerVerifier::new(roots.clone(), expected.clone());
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ProxyError::Tls {
@@ -150,7 +171,7 @@ impl MtlsConnector {
         }];
         let cfg = Arc::new(cfg);
         if let Ok(mut m) = self.configs.lock() {
-            m.insert(key, cfg.clone());
+            m.insert(key, (roots, cfg.clone()));
         }
         Ok(cfg)
     }
