@@ -233,6 +233,7 @@ pub async fn run(
                     address: advertise.clone(),
                     protocol: cfg.protocol,
                     labels: cfg.labels.clone(),
+                    no_app: cfg.app.is_none(),
                 },
                 wanted: cfg.upstreams.iter().map(|u| u.service.clone()).collect(),
                 state: ConfigState::default(),

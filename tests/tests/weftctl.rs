@@ -257,6 +257,25 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
         "healthy/total endpoints in the row:\n{out}"
     );
     assert!(out.contains("caller"), "every service is listed:\n{out}");
+    // The caller has no app: it is a caller, not a failed endpoint.
+    let caller_rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("caller "))
+        .take(2)
+        .collect();
+    assert!(
+        caller_rows.len() == 2
+            && caller_rows[0].contains("0/0")
+            && caller_rows[1].contains("no app"),
+        "the caller's rows:\n{out}"
+    );
+    let (_, instances_out, _) = ctl(&cp, &["get", "instances", "-o", "json"], None)?;
+    let listed: serde_json::Value = serde_json::from_str(&instances_out)?;
+    let caller_health = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["service"] == "caller"))
+        .map(|i| i["health"].clone());
+    assert_eq!(caller_health, Some("no app".into()), "{instances_out}");
     for (_, sidecar) in &instances {
         let id = &sidecar.instance_id;
         assert!(out.contains(id.as_str()), "instance {id} listed:\n{out}");

@@ -17,6 +17,8 @@ pub struct Registration {
     pub labels: LabelMap,
     pub health: pb::Health,
     pub sidecar_version: String,
+    /// No app behind the sidecar: a caller only.
+    pub no_app: bool,
 }
 
 /// Checks `host:port` (an IP address or a DNS name, and a non-zero port).
@@ -109,6 +111,7 @@ impl Registration {
                 labels,
                 health,
                 sidecar_version: clip(h.sidecar_version.clone(), 64),
+                no_app: h.no_app,
             },
             wanted,
         ))
@@ -126,6 +129,8 @@ pub struct Instance {
     pub health: pb::Health,
     pub health_detail: String,
     pub sidecar_version: String,
+    /// No app behind the sidecar: a caller only.
+    pub no_app: bool,
     /// The stream that keeps it alive; `None` while it waits out a grace period.
     pub stream: Option<u64>,
     /// When a disconnected instance is removed.
@@ -143,6 +148,7 @@ impl Instance {
             health: r.health,
             health_detail: String::new(),
             sidecar_version: r.sidecar_version,
+            no_app: r.no_app,
             stream: Some(stream),
             expires_at: None,
         }
@@ -158,6 +164,7 @@ impl Instance {
             protocol: info.protocol,
             labels: info.labels.clone(),
             health: info.health,
+            no_app: info.no_app,
             ..Default::default()
         };
         let (r, _) = Registration::from_hello(&hello)?;
@@ -187,6 +194,7 @@ impl Instance {
             connected: self.stream.is_some(),
             expires_at_unix_ms: 0,
             ejected_by: Vec::new(),
+            no_app: self.no_app,
         }
     }
 

@@ -59,6 +59,10 @@ pub fn health_str(h: pb::Health) -> &'static str {
     }
 }
 
+/// What a sidecar with no app shows instead of its health: it is a caller,
+/// not an endpoint that failed.
+pub const NO_APP: &str = "no app";
+
 /// One service's instances, each with the samples of the stream that keeps
 /// it (none while it is disconnected or its sidecar has not reported).
 pub type ServiceInstances<'a> = Vec<(&'a Instance, Option<&'a TrafficRing>)>;
@@ -99,7 +103,12 @@ fn service_top(
             sum.add(&t);
             pb::InstanceTop {
                 instance_id: i.id.clone(),
-                health: health_str(i.health).into(),
+                health: if i.no_app {
+                    NO_APP
+                } else {
+                    health_str(i.health)
+                }
+                .into(),
                 rps: t.rps,
                 requests: t.requests,
                 failures: t.failures,
@@ -122,7 +131,9 @@ fn service_top(
         success_rate: sum.success_rate(),
         p50_ms: sum.percentile_ms(0.5),
         p99_ms: sum.percentile_ms(0.99),
-        endpoints: u32::try_from(instances.len()).unwrap_or(u32::MAX),
+        // Callers without an app are not endpoints.
+        endpoints: u32::try_from(instances.iter().filter(|(i, _)| !i.no_app).count())
+            .unwrap_or(u32::MAX),
         healthy_endpoints: u32::try_from(healthy).unwrap_or(u32::MAX),
         instances: tops,
     }
@@ -175,6 +186,21 @@ mod tests {
         register(&c, 2, "users", "u-1", pb::Health::Healthy);
         register(&c, 3, "users", "u-3", pb::Health::Unhealthy);
         register(&c, 4, "orders", "o-1", pb::Health::Unknown);
+        // A caller-only sidecar of orders: listed, not an endpoint.
+        let gateway = pb::Hello {
+            service: "orders".into(),
+            instance_id: "o-gw".into(),
+            address: "127.0.0.1:1100".into(),
+            health: pb::Health::Unhealthy as i32,
+            no_app: true,
+            ..Default::default()
+        };
+        c.register(
+            5,
+            Registration::from_hello(&gateway).expect("valid hello").0,
+            BTreeSet::new(),
+            0,
+        );
         c.record_stats(2, &stats(0, 0, 0.8));
         c.record_stats(1, &stats(0, 0, 40.0));
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -221,6 +247,13 @@ mod tests {
         let orders = &top.services[0];
         assert_eq!((orders.endpoints, orders.healthy_endpoints), (1, 0));
         assert_eq!(orders.instances[0].health, "unknown");
+        assert_eq!(
+            (
+                orders.instances[1].instance_id.as_str(),
+                orders.instances[1].health.as_str()
+            ),
+            ("o-gw", NO_APP)
+        );
         assert_eq!(
             (orders.rps, orders.success_rate, orders.p99_ms),
             (0.0, 1.0, 0.0)

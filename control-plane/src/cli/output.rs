@@ -57,6 +57,15 @@ fn health(h: i32) -> &'static str {
     pb::Health::try_from(h).map_or("unknown", crate::catalog::top::health_str)
 }
 
+/// An instance's health, or `no app` for a caller-only sidecar.
+fn instance_health(i: &pb::InstanceInfo) -> &'static str {
+    if i.no_app {
+        crate::catalog::top::NO_APP
+    } else {
+        health(i.health)
+    }
+}
+
 fn labels(l: &std::collections::HashMap<String, String>) -> String {
     let mut v: Vec<_> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
     v.sort();
@@ -195,7 +204,7 @@ pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
                     i.service.clone(),
                     i.instance_id.clone(),
                     i.address.clone(),
-                    health(i.health).into(),
+                    instance_health(i).into(),
                     if i.connected {
                         "yes".into()
                     } else {
@@ -237,7 +246,7 @@ pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {
                 "instance": i.instance_id,
                 "address": i.address,
                 "protocol": protocol(i.protocol),
-                "health": health(i.health),
+                "health": instance_health(i),
                 "healthDetail": i.health_detail,
                 "connected": i.connected,
                 "expiresAtUnixMs": i.expires_at_unix_ms,

@@ -30,6 +30,8 @@ pub struct Member {
     pub address: String,
     pub protocol: Protocol,
     pub labels: Labels,
+    /// No app behind this sidecar: it only makes calls.
+    pub no_app: bool,
 }
 
 pub struct DiscoveryClient {
@@ -152,6 +154,7 @@ impl DiscoveryClient {
             health: health_to_pb(*self.health.borrow()) as i32,
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
             certificate_expires_unix_ms: self.identity.as_ref().map_or(0, |i| *i.expiry().borrow()),
+            no_app: self.member.no_app,
         }))
     }
 
