@@ -310,11 +310,12 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
     )
     .await?;
     let (ok, failed) = load.stop().await?;
-    assert!(
-        failed * 1000 <= ok + failed,
-        "{failed} of {} calls failed",
-        ok + failed
-    );
+    // The load is one call at a time: only the call on c's connection when
+    // c was killed may fail ("connection error"; a request already sent is
+    // not retried). Everything after is retried elsewhere or not sent to c.
+    // (A share of the calls made was the bound before: on a loaded machine
+    // fewer calls are made and that one failure went over it.)
+    assert!(failed <= 1, "{failed} of {} calls failed", ok + failed);
     assert!(instances.iter().all(|(a, _)| a.calls() > 0));
     Ok(())
 }
