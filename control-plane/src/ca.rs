@@ -50,6 +50,9 @@ pub struct Ca {
     cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
     leaf_ttl: Duration,
+    /// More trust anchors than the signing CA (`--trust-bundle`): the CA
+    /// being rotated in, or out.
+    extra_roots: Vec<CertificateDer<'static>>,
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -141,7 +144,44 @@ impl Ca {
             cert,
             issuer,
             leaf_ttl,
+            extra_roots: Vec::new(),
         })
+    }
+
+    /// Also trusts the CA certificates in `path` (PEM): while a CA is
+    /// rotated, the old and the new one are trusted together.
+    pub fn trust_bundle(mut self, path: &Path) -> Result<Self, CaError> {
+        let text = read(path)?;
+        let certs = CertificateDer::pem_slice_iter(&text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CaError::File {
+                path: path.to_owned(),
+                reason: format!("not PEM certificates: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(CaError::File {
+                path: path.to_owned(),
+                reason: "no CERTIFICATE in it".into(),
+            });
+        }
+        for c in certs {
+            if c != self.cert && !self.extra_roots.contains(&c) {
+                self.extra_roots.push(c);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Every trust anchor of the mesh: the signing CA first.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(self.cert.clone())
+            .chain(self.extra_roots.iter().cloned())
+            .collect()
+    }
+
+    /// The same as PEM.
+    pub fn roots_pem(&self) -> String {
+        self.roots().iter().map(|c| pem("CERTIFICATE", c)).collect()
     }
 
     /// A new CA certificate and key, valid for ten years.

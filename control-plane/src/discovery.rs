@@ -27,6 +27,8 @@ pub struct DiscoveryService {
     /// Streams must come with a certificate of this trust domain naming the
     /// service they register; `None` accepts any (tests of the catalog alone).
     trust_domain: Option<String>,
+    /// The mesh's trust anchors (DER), sent in every full state.
+    roots: Arc<Vec<Vec<u8>>>,
 }
 
 impl DiscoveryService {
@@ -35,7 +37,14 @@ impl DiscoveryService {
             catalog,
             metrics,
             trust_domain,
+            roots: Arc::new(Vec::new()),
         }
+    }
+
+    /// Sends `roots` to every sidecar in each full state.
+    pub fn with_roots(mut self, roots: Vec<Vec<u8>>) -> Self {
+        self.roots = Arc::new(roots);
+        self
     }
 }
 
@@ -95,6 +104,7 @@ impl Discovery for DiscoveryService {
             sent: HashMap::new(),
             unanswered: VecDeque::new(),
             tx,
+            roots: self.roots.clone(),
         };
         tokio::spawn(session.run(reg, certificate_expires, inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -116,6 +126,7 @@ struct Session {
     /// Updates sent and not yet ACKed or NACKed, oldest first (bounded).
     unanswered: VecDeque<(u64, Instant)>,
     tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
+    roots: Arc<Vec<Vec<u8>>>,
 }
 
 impl Session {
@@ -251,6 +262,11 @@ impl Session {
             version: 0,
             full,
             services: Vec::new(),
+            roots: if full {
+                self.roots.as_ref().clone()
+            } else {
+                Vec::new()
+            },
         };
         for (name, generation, view) in views {
             self.seen.insert(name.clone(), generation);

@@ -90,7 +90,7 @@ impl Identity for IdentityService {
         tracing::info!(identity = %allowed, authorised_by = how, expires_unix_ms = unix_ms(expires), "issued a certificate");
         Ok(Response::new(pb::IssueResponse {
             chain: vec![cert.to_vec()],
-            roots: vec![self.ca.root().to_vec()],
+            roots: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
             expires_unix_ms: unix_ms(expires),
             spiffe_id: allowed.to_string(),
         }))

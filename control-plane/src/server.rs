@@ -38,6 +38,8 @@ pub struct ControlPlaneConfig {
     pub trust_domain: String,
     /// A CA from files (`--ca-cert`, `--ca-key`); `None`: generated in `data_dir`.
     pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// More CA certificates to trust (`--trust-bundle`), for rotating a CA.
+    pub trust_bundle: Option<PathBuf>,
     /// Lifetime of the sidecars' certificates.
     pub leaf_ttl: Duration,
     /// The process's log filter, for the admin port's `/log-level`; `None`
@@ -53,6 +55,7 @@ impl ControlPlaneConfig {
             catalog: CatalogConfig::default(),
             trust_domain: "weft.local".into(),
             ca_files: None,
+            trust_bundle: None,
             leaf_ttl: Duration::from_secs(24 * 3600),
             log_level: None,
         }
@@ -95,11 +98,16 @@ pub async fn run(
                 },
                 None => CaSource::DataDir(cfg.data_dir.clone()),
             };
-            let ca = Ca::load_or_create(&source, &cfg.trust_domain, cfg.leaf_ttl)?;
+            let mut ca = Ca::load_or_create(&source, &cfg.trust_domain, cfg.leaf_ttl)?;
+            if let Some(bundle) = &cfg.trust_bundle {
+                ca = ca.trust_bundle(bundle)?;
+            }
+            // weftctl verifies the control plane under every root, so that
+            // its credential keeps working across a rotation.
             let auth = AdminAuth::load_or_create(
                 &cfg.data_dir.join(CREDENTIAL_FILE),
                 &cfg.trust_domain,
-                &ca.root_pem(),
+                &ca.roots_pem(),
             )?;
             let tokens = TokenBook::new(store.load_tokens()?);
             store.delete_tokens(&tokens.remove_expired(std::time::SystemTime::now()))?;
@@ -138,7 +146,9 @@ pub async fn run(
     // call (with a join token) has none. Each service checks what it needs.
     let tls = ServerTlsConfig::new()
         .identity(TlsIdentity::from_pem(serving_cert, serving_key))
-        .client_ca_root(TlsCertificate::from_pem(ca.root_pem()))
+        // Every root: a sidecar whose certificate is from the CA being
+        // rotated out still renews and keeps its stream.
+        .client_ca_root(TlsCertificate::from_pem(ca.roots_pem()))
         .client_auth_optional(true);
     let admin_service = AdminService::new(
         catalog.clone(),
@@ -153,11 +163,14 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_service)
-        .add_service(DiscoveryServer::new(DiscoveryService::new(
-            catalog.clone(),
-            metrics.clone(),
-            Some(config.trust_domain.clone()),
-        )))
+        .add_service(DiscoveryServer::new(
+            DiscoveryService::new(
+                catalog.clone(),
+                metrics.clone(),
+                Some(config.trust_domain.clone()),
+            )
+            .with_roots(ca.roots().iter().map(|c| c.to_vec()).collect()),
+        ))
         .add_service(IdentityServer::new(IdentityService::new(
             ca.clone(),
             tokens,

@@ -180,6 +180,8 @@ fn config_json(state: &AdminState) -> Value {
         json!({
             "spiffeId": i.id().to_string(),
             "certificateExpiresUnixMs": i.current().map(|c| c.expires_unix_ms()),
+            // SHA-256 fingerprints of the CAs peers are verified under.
+            "roots": i.current().map(|c| c.roots_der.iter().map(|r| weft_proto::identity::fingerprint(r)).collect::<Vec<_>>()),
         })
     });
     json!({

@@ -191,6 +191,7 @@ impl Discovery for FakeControlPlane {
                 removed: vec![],
                 inbound: None,
             }],
+            roots: vec![],
         };
         let bad = pb::DiscoveryUpdate {
             version: 2,
@@ -202,6 +203,7 @@ impl Discovery for FakeControlPlane {
                 endpoints: vec![endpoint("not an address")],
                 ..Default::default()
             }],
+            roots: vec![],
         };
         tokio::spawn(async move {
             let _ = tx.send(Ok(good)).await;

@@ -41,6 +41,12 @@ struct Args {
     /// The CA's private key (PEM). Needs --ca-cert.
     #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// More CA certificates (PEM) to trust besides the signing CA, sent to
+    /// every sidecar: to rotate a CA, trust the new one here first, then
+    /// sign with it (--ca-cert/--ca-key) trusting the old one here, then,
+    /// a certificate lifetime later, drop the old one.
+    #[arg(long, env = "WEFT_TRUST_BUNDLE")]
+    trust_bundle: Option<PathBuf>,
     /// Lifetime of the sidecars' certificates (renewed at about 70%).
     #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
@@ -94,6 +100,7 @@ async fn run_main() -> anyhow::Result<()> {
         },
         trust_domain: args.trust_domain,
         ca_files: args.ca_cert.zip(args.ca_key),
+        trust_bundle: args.trust_bundle,
         leaf_ttl: args.cert_ttl,
         log_level: Some(log_level),
     };

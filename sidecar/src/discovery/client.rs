@@ -290,7 +290,16 @@ impl DiscoveryClient {
     /// Validates and applies one update; returns the ACK or NACK to send.
     fn apply(&mut self, update: &pb::DiscoveryUpdate) -> pb::SidecarMessage {
         let version = update.version;
-        match convert_update(update) {
+        // New trust anchors first: a rotation's new CA is trusted before
+        // anything signed by it arrives.
+        let converted = convert_update(update).and_then(|changes| {
+            match &self.identity {
+                Some(id) if !update.roots.is_empty() => id.set_roots(&update.roots)?,
+                _ => {}
+            }
+            Ok(changes)
+        });
+        match converted {
             Ok(changes) => {
                 self.state.apply(update.full, changes);
                 let table = self

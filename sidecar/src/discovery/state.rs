@@ -206,6 +206,7 @@ mod tests {
         let full = pb::DiscoveryUpdate {
             version: 1,
             full: true,
+            roots: vec![],
             services: vec![
                 pb::ServiceUpdate {
                     name: "a".into(),
@@ -249,6 +250,7 @@ mod tests {
         let delta = pb::DiscoveryUpdate {
             version: 2,
             full: false,
+            roots: vec![],
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,
@@ -276,6 +278,7 @@ mod tests {
         let u = pb::DiscoveryUpdate {
             version: 3,
             full: false,
+            roots: vec![],
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,

@@ -192,6 +192,35 @@ impl Identity {
         }
     }
 
+    /// Trusts `roots` (DER, from the control plane) from the next handshake
+    /// on, keeping the certificate. Before the first certificate there is
+    /// nothing to do: it comes with its roots.
+    pub fn set_roots(&self, roots: &[Vec<u8>]) -> Result<(), String> {
+        let Some(cur) = self.current() else {
+            return Ok(());
+        };
+        let der: Vec<CertificateDer<'static>> = roots
+            .iter()
+            .map(|r| CertificateDer::from(r.clone()))
+            .collect();
+        if cur.roots_der == der {
+            return Ok(());
+        }
+        let store = root_store(&der).map_err(|e| format!("roots: {e}"))?;
+        tracing::info!(roots = der.len(), "the mesh's trust anchors changed");
+        self.install(Credentials {
+            id: cur.id.clone(),
+            chain: cur.chain.clone(),
+            key: cur.key.clone_key(),
+            roots: store,
+            roots_der: der,
+            issued: cur.issued,
+            expires: cur.expires,
+            certified: cur.certified.clone(),
+        });
+        Ok(())
+    }
+
     /// Makes `creds` the certificate every handshake from now on uses.
     fn install(&self, mut creds: Credentials) -> Arc<Credentials> {
         // The same roots as before keep the same `Arc`: the TLS configs
