@@ -24,6 +24,8 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub enum CaError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error("--trust-bundle {path}: {reason}")]
+    TrustBundle { path: PathBuf, reason: String },
     #[error("cannot create the CA: {0}")]
     Create(String),
     #[error("the certificate signing request is not valid: {0}")]
@@ -151,18 +153,16 @@ impl Ca {
     /// Also trusts the CA certificates in `path` (PEM): while a CA is
     /// rotated, the old and the new one are trusted together.
     pub fn trust_bundle(mut self, path: &Path) -> Result<Self, CaError> {
-        let text = read(path)?;
+        let fail = |reason: String| CaError::TrustBundle {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let certs = CertificateDer::pem_slice_iter(&text)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CaError::File {
-                path: path.to_owned(),
-                reason: format!("not PEM certificates: {e}"),
-            })?;
+            .map_err(|e| fail(format!("not PEM certificates: {e}")))?;
         if certs.is_empty() {
-            return Err(CaError::File {
-                path: path.to_owned(),
-                reason: "no CERTIFICATE in it".into(),
-            });
+            return Err(fail("no CERTIFICATE in it".into()));
         }
         for c in certs {
             if c != self.cert && !self.extra_roots.contains(&c) {

@@ -135,4 +135,36 @@ fn control_plane_rejects_bad_flags() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--instance-grace"), "{err}");
+
+    // A trust bundle that cannot be read, or holds no certificate: the
+    // control plane does not start, and says which flag and file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "junk").expect("write");
+    for (bundle, why) in [
+        (dir.path().join("missing.pem"), "No such file"),
+        (junk, "no CERTIFICATE"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft-control-plane"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .output()
+            .expect("runs");
+        assert_ne!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--trust-bundle")
+                && err.contains(&bundle.display().to_string())
+                && err.contains(why),
+            "{err}"
+        );
+    }
 }
