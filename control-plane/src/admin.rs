@@ -331,12 +331,7 @@ impl Admin for AdminService {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let id = request.into_inner().id.trim().to_string();
-        let known = self
-            .tokens
-            .list(SystemTime::now())
-            .into_iter()
-            .find(|(k, _)| *k == id);
-        let Some((_, record)) = known else {
+        let Some(record) = self.tokens.get(&id, SystemTime::now()) else {
             return Err(Status::not_found(format!(
                 "no join token {id:?} in date (weftctl token list shows them)"
             )));

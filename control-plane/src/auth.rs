@@ -219,6 +219,12 @@ impl TokenBook {
         v
     }
 
+    /// One token, if it is known and in date at `now`.
+    pub fn get(&self, id: &str, now: SystemTime) -> Option<TokenRecord> {
+        let book = self.tokens.lock().ok()?;
+        book.get(id).filter(|r| !r.expired(now)).cloned()
+    }
+
     /// Forgets one token; what it was, if it was known.
     pub fn remove(&self, id: &str) -> Option<TokenRecord> {
         self.tokens.lock().ok()?.remove(id)

@@ -97,6 +97,24 @@ impl Credentials {
             .unwrap_or(0)
     }
 
+    /// The same certificate and key, verifying peers under other roots.
+    fn with_roots(
+        &self,
+        roots: Arc<RootCertStore>,
+        roots_der: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        Credentials {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots,
+            roots_der,
+            issued: self.issued,
+            expires: self.expires,
+            certified: self.certified.clone(),
+        }
+    }
+
     /// Certificate chain and key as PEM, for tonic's client identity.
     fn pem(&self) -> (String, String) {
         let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
@@ -208,16 +226,7 @@ impl Identity {
         }
         let store = root_store(&der).map_err(|e| format!("roots: {e}"))?;
         tracing::info!(roots = der.len(), "the mesh's trust anchors changed");
-        self.install(Credentials {
-            id: cur.id.clone(),
-            chain: cur.chain.clone(),
-            key: cur.key.clone_key(),
-            roots: store,
-            roots_der: der,
-            issued: cur.issued,
-            expires: cur.expires,
-            certified: cur.certified.clone(),
-        });
+        self.install(cur.with_roots(store, der));
         Ok(())
     }
 

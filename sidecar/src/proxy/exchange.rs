@@ -45,6 +45,17 @@ struct Detail {
     tries: u32,
 }
 
+impl Detail {
+    /// The trace and span id as logs print them (hex, W3C widths).
+    fn log_ids(&self) -> Option<(String, String)> {
+        let t = self.trace.as_ref()?;
+        Some((
+            format!("{:032x}", t.ctx.trace_id),
+            format!("{:016x}", t.ctx.span_id),
+        ))
+    }
+}
+
 impl Exchange {
     /// Starts observing `req`: counts it and, when tracing, writes this
     /// hop's `traceparent` into its headers.
@@ -107,11 +118,7 @@ impl Exchange {
     /// This hop's trace and span id as logs print them, when the exchange
     /// is recorded (so that a debug line joins its trace and access line).
     pub fn log_ids(&self) -> Option<(String, String)> {
-        let t = self.detail.as_ref()?.trace.as_ref()?;
-        Some((
-            format!("{:032x}", t.ctx.trace_id),
-            format!("{:016x}", t.ctx.span_id),
-        ))
+        self.detail.as_deref().and_then(Detail::log_ids)
     }
 
     /// Also tells `report` how the exchange ended.
@@ -192,7 +199,7 @@ impl Exchange {
             );
         }
         if self.tel.access_log {
-            let ids = d.trace.as_ref().map(|t| t.ctx);
+            let (trace_id, span_id) = d.log_ids().unzip();
             access::write(&AccessLine {
                 timestamp: access::rfc3339(d.wall_start),
                 direction: match self.labels.direction {
@@ -210,8 +217,8 @@ impl Exchange {
                 upstream: d.upstream.as_deref(),
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 retries,
-                trace_id: ids.map(|t| format!("{:032x}", t.trace_id)),
-                span_id: ids.map(|t| format!("{:016x}", t.span_id)),
+                trace_id,
+                span_id,
             });
         }
     }
