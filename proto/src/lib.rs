@@ -10,6 +10,7 @@
 //! own validated domain types at the edge; no wire type reaches a data path.
 
 pub mod duration;
+pub mod grpc;
 pub mod identity;
 pub mod logs;
 pub mod shutdown;

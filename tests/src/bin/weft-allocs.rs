@@ -1,0 +1,286 @@
+//! `weft-allocs`: heap allocations per request in two sidecars, counted by
+//! a counting global allocator.
+//!
+//! The sidecars run in this process on a thread of their own (a
+//! current-thread runtime); only allocations made on that thread are
+//! counted, so the client, the echo backend and the control plane (on the
+//! main runtime) do not blur the figure. Each path carries a fixed number
+//! of unary calls after a warm-up, a few in flight at a time, and the table
+//! shows allocations and bytes per call for the pair (both sidecars
+//! together): a plaintext pair from static files, and mTLS pairs joined to
+//! a control plane with resilience configured and bare.
+//!
+//! Build and run (release):
+//!   cargo build --release -p weft-tests --bin weft-allocs && target/release/weft-allocs
+//!
+//! The count is exact for a given build and input, so unlike latency it can
+//! be compared between builds; background work (health checks, traffic
+//! reports each second) adds a little, spread over the calls.
+
+// A global allocator is an `unsafe impl`; this file is the only place.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+use weft_tests::echo::{client, start_echo};
+use weft_tests::mesh::{ControlPlane, CpAccess, Sidecar, SidecarSpec, write_temp};
+use weft_tests::pb::EchoRequest;
+use weft_tests::pb::echo_client::EchoClient;
+
+thread_local! {
+    /// Set on the sidecars' thread: only its allocations count.
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+struct Counting;
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// counters are atomics and the thread-local is const-initialised (reading
+// it allocates nothing).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn count(bytes: usize) {
+    if COUNTED.try_with(Cell::get).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-allocs",
+    about = "Heap allocations per request in a pair of Weft sidecars"
+)]
+struct Args {
+    /// Measured calls per path.
+    #[arg(long, default_value_t = 20_000)]
+    calls: u32,
+    /// Calls in flight at a time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// Request and response payload, bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+}
+
+/// What the caller learns of a sidecar started on the sidecars' thread.
+struct Ports {
+    inbound: SocketAddr,
+    upstreams: HashMap<String, SocketAddr>,
+}
+
+/// Something for the sidecars' thread to start: a spec, answered with the
+/// running sidecar's ports.
+type Job = (SidecarSpec, oneshot::Sender<anyhow::Result<Ports>>);
+
+/// Starts the thread the sidecars live on; send it specs to start.
+fn sidecar_thread() -> anyhow::Result<mpsc::UnboundedSender<Job>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sidecars".into())
+        .spawn(move || {
+            COUNTED.with(|c| c.set(true));
+            rt.block_on(async move {
+                // The sidecars keep running here until the process ends.
+                let mut running: Vec<Sidecar> = Vec::new();
+                while let Some((spec, reply)) = rx.recv().await {
+                    let ports = spec.start().await.map(|s| {
+                        let ports = Ports {
+                            inbound: s.inbound,
+                            upstreams: s.upstreams.clone(),
+                        };
+                        running.push(s);
+                        ports
+                    });
+                    let _ = reply.send(ports);
+                }
+            });
+        })?;
+    Ok(tx)
+}
+
+async fn start(thread: &mpsc::UnboundedSender<Job>, spec: SidecarSpec) -> anyhow::Result<Ports> {
+    let (tx, rx) = oneshot::channel();
+    thread
+        .send((spec, tx))
+        .map_err(|_| anyhow::anyhow!("the sidecars' thread stopped"))?;
+    rx.await?
+}
+
+/// `calls` unary calls to `addr`, `concurrency` at a time; the allocations
+/// counted on the sidecars' thread meanwhile.
+async fn measure(addr: SocketAddr, args: &Args) -> anyhow::Result<(u64, u64, u32)> {
+    let c = client(addr).await?;
+    let call = |mut c: EchoClient<Channel>, payload: usize| async move {
+        let req = EchoRequest {
+            payload: vec![1; payload],
+            ..Default::default()
+        };
+        tokio::time::timeout(Duration::from_secs(5), c.unary(req))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some()
+    };
+    // Warm up: connections open, buffers grown, routes interned.
+    for _ in 0..500 {
+        call(c.clone(), args.payload).await;
+    }
+    let (a0, b0) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    let mut failed = 0;
+    let per_worker = args.calls / args.concurrency;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (c, payload) = (c.clone(), args.payload);
+        workers.spawn(async move {
+            let mut failed = 0u32;
+            for _ in 0..per_worker {
+                if !call(c.clone(), payload).await {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+    }
+    while let Some(f) = workers.join_next().await {
+        failed += f?;
+    }
+    let (a1, b1) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    Ok((a1 - a0, b1 - b0, failed))
+}
+
+/// A server-side and a client-side sidecar joined to `cp` for `service`;
+/// returns the client side's local port for it.
+async fn joined_pair(
+    thread: &mpsc::UnboundedSender<Job>,
+    cp: &CpAccess,
+    service: &str,
+    backend: SocketAddr,
+) -> anyhow::Result<SocketAddr> {
+    start(
+        thread,
+        SidecarSpec::new(service)
+            .access(cp)
+            .app(backend)
+            .arg("--log", "warn"),
+    )
+    .await?;
+    let client = start(
+        thread,
+        SidecarSpec::new(&format!("{service}-caller"))
+            .access(cp)
+            .upstream(service)
+            .arg("--log", "warn"),
+    )
+    .await?;
+    Ok(client.upstreams[service])
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    weft_proto::identity::install_provider();
+    let backend = start_echo("backend").await?;
+    let dir = tempfile::tempdir()?;
+    let thread = sidecar_thread()?;
+
+    let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
+    let plain_in = start(
+        &thread,
+        SidecarSpec::new("echo")
+            .static_config(&empty)
+            .app(backend.addr)
+            .arg("--log", "warn"),
+    )
+    .await?
+    .inbound;
+    let mesh = write_temp(
+        dir.path(),
+        "mesh.yaml",
+        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {plain_in}\n"),
+    )?;
+    let plain_client = start(
+        &thread,
+        SidecarSpec::new("bench")
+            .static_config(&mesh)
+            .upstream("echo")
+            .arg("--log", "warn"),
+    )
+    .await?;
+
+    let cp = ControlPlane::start(None, Default::default()).await?;
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
+    )
+    .await?;
+    let tls_up = joined_pair(&thread, &cp.access, "echo-tls", backend.addr).await?;
+    let bare_up = joined_pair(&thread, &cp.access, "echo-bare", backend.addr).await?;
+
+    let paths = [
+        ("plaintext pair", plain_client.upstreams["echo"]),
+        ("mTLS pair, resilience", tls_up),
+        ("mTLS pair, bare", bare_up),
+    ];
+    println!(
+        "| path ({} calls, {} in flight, {}-byte messages) | allocations per call | bytes per call | failed |",
+        args.calls, args.concurrency, args.payload
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, addr) in paths {
+        let (allocs, bytes, failed) = measure(addr, &args).await?;
+        let n = f64::from(args.calls / args.concurrency * args.concurrency);
+        println!(
+            "| {name} | {:.1} | {:.0} | {failed} |",
+            allocs as f64 / n,
+            bytes as f64 / n
+        );
+    }
+    Ok(())
+}
