@@ -1,10 +1,12 @@
-//! The Weft mesh API: the wire types of package `weft.v1` (generated from
-//! `proto/weft/v1/mesh.proto`), and the identity contract both ends must
-//! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
-//! checked), and what both programs share ([`logs`]: JSON logs with a
-//! filter changeable at runtime; [`stats`]: the latency buckets of
-//! `weftctl top`; [`duration`]: `10s`-style durations; [`shutdown`]: the
-//! stop signal).
+//! The Weft mesh API and the vocabulary both programs validate it with.
+//!
+//! - [`v1`]: the wire types of package `weft.v1` (generated from
+//!   `proto/weft/v1/mesh.proto`).
+//! - [`identity`]: the identity contract both ends must agree on (SPIFFE
+//!   IDs, join tokens, how a server's certificate is checked).
+//! - [`grpc`]: gRPC status codes and what they mean to the mesh.
+//! - [`duration`]: `10s`-style durations, parsed and printed alike.
+//! - [`stats`]: the latency buckets of `weftctl top`.
 //!
 //! Both the control plane and the sidecar convert every message into their
 //! own validated domain types at the edge; no wire type reaches a data path.
@@ -12,8 +14,6 @@
 pub mod duration;
 pub mod grpc;
 pub mod identity;
-pub mod logs;
-pub mod shutdown;
 pub mod stats;
 
 /// Package `weft.v1`.

@@ -58,7 +58,7 @@ pub struct SidecarConfig {
     /// One JSON line per request on stdout.
     pub access_log: bool,
     /// The process's log filter, for `/log-level`; set by `main`.
-    pub log_level: Option<std::sync::Arc<weft_proto::logs::LogLevel>>,
+    pub log_level: Option<std::sync::Arc<weft_process::logs::LogLevel>>,
 }
 
 /// Trace export, validated.
