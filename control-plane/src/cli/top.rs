@@ -20,7 +20,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `--window`: whole seconds, 1s to 300s (what `Top` accepts).
 pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let d = weft_proto::duration::parse_duration(s)?;
+    let d = weft_proto::duration::parse_duration(s).map_err(|e| e.to_string())?;
     if d.subsec_nanos() != 0 || d.is_zero() || d > MAX_WINDOW {
         return Err(format!(
             "{s:?}: the window is whole seconds from 1s to {}s",
@@ -32,7 +32,7 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
 
 /// `--interval`: at least [`MIN_INTERVAL`].
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = weft_proto::duration::parse_duration(s)?;
+    let d = weft_proto::duration::parse_duration(s).map_err(|e| e.to_string())?;
     if d < MIN_INTERVAL {
         return Err(format!(
             "{s:?}: the interval is at least {}ms",

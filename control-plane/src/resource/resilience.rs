@@ -27,11 +27,12 @@
 //!     abort: {percent: 5, grpcStatus: 14, httpStatus: 503}
 //! ```
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use weft_proto::duration::{format_duration, parse_duration};
 use weft_proto::v1 as pb;
-
-use weft_proto::duration::parse_duration;
 
 /// The settings as pushed; `None`: all defaults.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -151,7 +152,7 @@ fn ms(s: &Option<String>, path: &str, errs: &mut Vec<(String, String)>) -> u64 {
             }
             Ok(d) => d.as_millis() as u64,
             Err(e) => {
-                errs.push((path.into(), e));
+                errs.push((path.into(), e.to_string()));
                 0
             }
         },
@@ -319,14 +320,10 @@ impl RawResilience {
     }
 }
 
+/// A duration in milliseconds as the text users write, printed as
+/// everywhere else in the mesh (`/config` too).
 fn dur(ms: u64) -> Value {
-    if ms.is_multiple_of(60_000) {
-        json!(format!("{}m", ms / 60_000))
-    } else if ms.is_multiple_of(1000) {
-        json!(format!("{}s", ms / 1000))
-    } else {
-        json!(format!("{ms}ms"))
-    }
+    json!(format_duration(Duration::from_millis(ms)))
 }
 
 /// Puts a key in `m` unless the value is a default (0, empty).
