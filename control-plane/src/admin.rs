@@ -12,7 +12,7 @@ use weft_proto::identity::JoinToken;
 
 use crate::auth::{TokenBook, TokenRecord, random_hex};
 use crate::ca::Ca;
-use crate::catalog::{Catalog, TopError, TopQuery, unix_millis};
+use crate::catalog::{Catalog, TopError, TopQuery};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::{Kind, Name, resources_from_proto};
 use crate::store::{Store, StoreError};
@@ -242,7 +242,7 @@ impl Admin for AdminService {
                 service: s.service.to_string(),
                 instance_id: s.instance_id,
                 address: s.address,
-                connected_since_unix_ms: unix_millis(s.connected_since),
+                connected_since_unix_ms: weft_proto::time::unix_ms(s.connected_since),
                 sent_version: s.sent_version,
                 applied_version: s.applied_version,
                 nack_version: s.nack.as_ref().map_or(0, |n| n.0),

@@ -7,6 +7,7 @@
 //! - [`grpc`]: gRPC status codes and what they mean to the mesh.
 //! - [`duration`]: `10s`-style durations, parsed and printed alike.
 //! - [`stats`]: the latency buckets of `weftctl top`.
+//! - [`time`]: wall-clock times as the API carries them (`unix_ms`).
 //!
 //! Both the control plane and the sidecar convert every message into their
 //! own validated domain types at the edge; no wire type reaches a data path.
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod stats;
+pub mod time;
 
 /// Package `weft.v1`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

@@ -19,10 +19,11 @@ pub use view::ServiceView;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use weft_proto::time::unix_ms;
 use weft_proto::v1 as pb;
 
 use crate::resource::{AuthorizationPolicySpec, Kind, Name, Resource, ServiceSpec};
@@ -117,12 +118,6 @@ impl Drop for Catalog {
             let _ = writer.join();
         }
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Catalog {
@@ -661,10 +656,6 @@ pub async fn run_reaper(catalog: Arc<Catalog>, shutdown: impl std::future::Futur
             _ = tick.tick() => { catalog.reap(Instant::now()); }
         }
     }
-}
-
-pub fn unix_millis(t: SystemTime) -> u64 {
-    unix_ms(t)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! How `weftctl` prints things: aligned tables for people, YAML and JSON for programs.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 use weft_proto::v1 as pb;
@@ -78,10 +78,7 @@ fn labels(l: &std::collections::HashMap<String, String>) -> String {
 
 /// `3m12s`, like kubectl's AGE column.
 fn age(unix_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     let s = now.saturating_sub(unix_ms) / 1000;
     match s {
         0..=59 => format!("{s}s"),
@@ -96,10 +93,7 @@ fn time_left(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     if unix_ms <= now {
         return "expired".into();
     }
@@ -112,10 +106,7 @@ fn time_left(unix_ms: u64) -> String {
 }
 
 fn in_time(unix_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     format!("{}ms", unix_ms.saturating_sub(now))
 }
 

@@ -198,7 +198,7 @@ impl DiscoveryClient {
         };
         let (tx, rx) = mpsc::channel::<pb::SidecarMessage>(16);
         let _ = tx.send(self.hello()).await;
-        let now_ms = crate::discovery::unix_ms(std::time::SystemTime::now());
+        let now_ms = weft_proto::time::unix_ms(std::time::SystemTime::now());
         self.ejected.retain(|_, until| *until > now_ms);
         for ((service, instance), until) in &self.ejected {
             let _ = tx.send(ejection_msg(service, instance, *until)).await;
@@ -242,7 +242,7 @@ impl DiscoveryClient {
                 },
                 Some(e) = self.ejections.recv() => {
                     let key = (e.service.to_string(), e.instance.to_string());
-                    let until = e.until.map_or(0, crate::discovery::unix_ms);
+                    let until = e.until.map_or(0, weft_proto::time::unix_ms);
                     if until == 0 {
                         self.ejected.remove(&key);
                     } else {

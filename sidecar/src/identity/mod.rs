@@ -91,10 +91,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn expires_unix_ms(&self) -> u64 {
-        self.expires
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        weft_proto::time::unix_ms(self.expires)
     }
 
     /// The same certificate and key, verifying peers under other roots.
