@@ -2,6 +2,8 @@
 //!
 //! - [`v1`]: the wire types of package `weft.v1` (generated from
 //!   `proto/weft/v1/mesh.proto`).
+//! - [`name`]: service names, instance ids and advertised addresses.
+//! - [`labels`]: `key=value` labels of instances and subsets.
 //! - [`identity`]: the identity contract both ends must agree on (SPIFFE
 //!   IDs, join tokens, how a server's certificate is checked).
 //! - [`grpc`]: gRPC status codes and what they mean to the mesh.
@@ -15,6 +17,8 @@
 pub mod duration;
 pub mod grpc;
 pub mod identity;
+pub mod labels;
+pub mod name;
 pub mod stats;
 pub mod time;
 

@@ -7,9 +7,8 @@
 //! Validated from the control plane's `InboundPolicy` at the edge; the data
 //! path only matches prepared patterns.
 
+use weft_proto::name::ServiceName;
 use weft_proto::v1 as pb;
-
-use crate::model::ServiceName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]

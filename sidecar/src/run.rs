@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
+use weft_proto::name::ServiceName;
 
 use crate::admin::{self, AdminState};
 use crate::authz::InboundPolicy;
@@ -20,7 +21,7 @@ use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
 use crate::identity::{Identity, IdentityError, tls};
 use crate::metrics::Metrics;
-use crate::model::{Health, ServiceName};
+use crate::model::Health;
 use crate::proxy::{self, App, Listener, Proxy};
 use crate::table::{Routes, TableBuilder};
 

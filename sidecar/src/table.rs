@@ -10,11 +10,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use weft_proto::name::ServiceName;
 
 use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
-use crate::model::{Balance, Health, ServiceName, ServicePolicy, ServiceState};
+use crate::model::{Balance, Health, ServicePolicy, ServiceState};
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
 
@@ -451,8 +452,9 @@ impl Routes {
 mod tests {
     use super::*;
     use crate::endpoint::TcpConnector;
-    use crate::model::{EndpointSpec, Labels};
+    use crate::model::EndpointSpec;
     use std::collections::BTreeMap;
+    use weft_proto::labels::Labels;
 
     fn state(balance: Balance, addrs: &[(&str, Health)]) -> ServiceState {
         let mut endpoints = BTreeMap::new();

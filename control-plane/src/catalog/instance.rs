@@ -3,9 +3,11 @@
 use std::collections::BTreeSet;
 
 use tokio::time::Instant;
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::name::{validate_address, validate_instance_id};
 use weft_proto::v1 as pb;
 
-use crate::resource::{LabelMap, Name, Protocol, validate_labels};
+use crate::resource::{Name, Protocol};
 
 /// A validated `Hello`: who a sidecar is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,40 +16,11 @@ pub struct Registration {
     pub instance_id: String,
     pub address: String,
     pub protocol: Option<Protocol>,
-    pub labels: LabelMap,
+    pub labels: Labels,
     pub health: pb::Health,
     pub sidecar_version: String,
     /// No app behind the sidecar: a caller only.
     pub no_app: bool,
-}
-
-/// Checks `host:port` (an IP address or a DNS name, and a non-zero port).
-pub fn validate_address(addr: &str) -> Result<(), String> {
-    if addr
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.port() != 0)
-    {
-        return Ok(());
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} is not host:port"));
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => {}
-        _ => return Err(format!("{addr:?} has no valid port")),
-    }
-    Name::parse(host)
-        .map(|_| ())
-        .map_err(|_| format!("{addr:?} has no valid host"))
-}
-
-fn validate_instance_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "instance id {id:?} must be 1 to 253 printable characters without spaces"
-        ));
-    }
-    Ok(())
 }
 
 /// The most services one sidecar may want (declared and subscribed). Far
@@ -80,7 +53,7 @@ impl Registration {
         validate_address(&h.address).map_err(|e| format!("hello.address: {e}"))?;
         let protocol =
             Protocol::from_proto(h.protocol).map_err(|e| format!("hello.protocol: {e}"))?;
-        let labels: LabelMap = h
+        let labels: Labels = h
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -125,7 +98,7 @@ pub struct Instance {
     pub id: String,
     pub address: String,
     pub protocol: Option<Protocol>,
-    pub labels: LabelMap,
+    pub labels: Labels,
     pub health: pb::Health,
     pub health_detail: String,
     pub sidecar_version: String,
@@ -216,16 +189,6 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses() {
-        for ok in ["127.0.0.1:15006", "[::1]:80", "user-1.mesh:15006"] {
-            assert!(validate_address(ok).is_ok(), "{ok}");
-        }
-        for bad in ["127.0.0.1", "127.0.0.1:0", "host:x", ":80", "Bad_Host:80"] {
-            assert!(validate_address(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn hello_validation_names_the_field() {

@@ -5,17 +5,20 @@
 //! through validation here, so the rest of the control plane only ever holds
 //! resources that are known to be good.
 
-mod name;
 mod proto;
 pub mod resilience;
 mod yaml;
 
-pub use name::{LabelMap, Name, validate_labels};
 pub use proto::resources_from_proto;
+/// The name of a resource of any kind: the one service-name rule (a DNS
+/// subdomain), so that a `Service` and its policies are named alike.
+pub use weft_proto::name::ServiceName as Name;
 pub use yaml::{API_VERSION, parse_documents, to_value, to_yaml_documents, value_to_yaml};
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use weft_proto::labels::Labels;
 
 /// One reason a resource was rejected: which document (or request entry),
 /// which field, and why.
@@ -123,7 +126,7 @@ impl LoadBalancer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {
     pub name: Name,
-    pub labels: LabelMap,
+    pub labels: Labels,
 }
 
 /// How a service's sidecar accepts inbound connections.
@@ -266,7 +269,7 @@ pub fn validate_rule(r: &AuthorizationRule) -> Vec<(String, String)> {
         if f != "*"
             && let Err(e) = Name::parse(f)
         {
-            errors.push((format!("from[{i}]"), e));
+            errors.push((format!("from[{i}]"), e.to_string()));
         }
     }
     for (i, m) in r.grpc_methods.iter().enumerate() {

@@ -1,13 +1,14 @@
 //! Conversions between resources and their protobuf form (admin API, store,
 //! and the policy pushed to sidecars). Protobuf in is validated like YAML in.
 
+use weft_proto::labels::validate_labels;
 use weft_proto::v1 as pb;
 
 use super::resilience::{self, Resilience};
 use super::{
     AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
     InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset, check_unique,
-    validate_labels, validate_rule,
+    validate_rule,
 };
 
 impl Protocol {
@@ -100,7 +101,7 @@ impl ServiceSpec {
     pub fn from_proto(p: &pb::ServiceSpec) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let name = Name::parse(&p.name)
-            .map_err(|e| errors.push(("name".into(), e)))
+            .map_err(|e| errors.push(("name".into(), e.to_string())))
             .ok();
         let protocol = Protocol::from_proto(p.protocol)
             .map_err(|e| errors.push(("protocol".into(), e)))
@@ -120,11 +121,11 @@ impl ServiceSpec {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if let Err(e) = validate_labels(&labels) {
-                errors.push((format!("subsets[{i}].labels"), e));
+                errors.push((format!("subsets[{i}].labels"), e.to_string()));
             }
             match Name::parse(&s.name) {
                 Ok(name) => subsets.push(Subset { name, labels }),
-                Err(e) => errors.push((format!("subsets[{i}].name"), e)),
+                Err(e) => errors.push((format!("subsets[{i}].name"), e.to_string())),
             }
         }
         let resilience = Resilience {
@@ -194,10 +195,10 @@ impl AuthorizationPolicySpec {
     pub fn from_proto(p: &pb::AuthorizationPolicySpec) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let name = Name::parse(&p.name)
-            .map_err(|e| errors.push(("name".into(), e)))
+            .map_err(|e| errors.push(("name".into(), e.to_string())))
             .ok();
         let service = Name::parse(&p.service)
-            .map_err(|e| errors.push(("service".into(), e)))
+            .map_err(|e| errors.push(("service".into(), e.to_string())))
             .ok();
         let rules: Vec<AuthorizationRule> =
             p.rules.iter().map(AuthorizationRule::from_proto).collect();

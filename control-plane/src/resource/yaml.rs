@@ -19,12 +19,13 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use weft_proto::labels::{Labels, validate_labels};
 
 use super::resilience;
 use super::{
     AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
-    InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
-    check_unique, validate_labels, validate_rule,
+    InvalidResources, Kind, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
+    check_unique, validate_rule,
 };
 
 pub const API_VERSION: &str = "weft.dev/v1";
@@ -65,7 +66,7 @@ struct RawServiceSpec {
 struct RawSubset {
     name: String,
     #[serde(default)]
-    labels: LabelMap,
+    labels: Labels,
 }
 
 /// Collects the errors of one document.
@@ -76,12 +77,12 @@ struct DocErrors<'a> {
 }
 
 impl DocErrors<'_> {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    fn push(&mut self, path: impl Into<String>, reason: impl ToString) {
         self.errors.push(FieldError {
             document: self.document,
             resource: self.resource.clone(),
             path: path.into(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         });
     }
 }

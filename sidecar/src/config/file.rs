@@ -18,11 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::name::{ServiceName, validate_address};
 
-use crate::model::{
-    Balance, EndpointSpec, Health, Labels, Protocol, ServiceName, ServicePolicy, ServiceState,
-    validate_addr,
-};
+use crate::model::{Balance, EndpointSpec, Health, Protocol, ServicePolicy, ServiceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
@@ -87,7 +86,7 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (Str
     let mut out: Vec<(ServiceName, ServiceState)> = Vec::new();
     for (i, s) in raw.services.into_iter().enumerate() {
         let at = |f: &str| format!("services[{i}].{f}");
-        let name = ServiceName::parse(&s.name).map_err(|e| (at("name"), e))?;
+        let name = ServiceName::parse(&s.name).map_err(|e| (at("name"), e.to_string()))?;
         if out.iter().any(|(n, _)| n == &name) {
             return Err((at("name"), format!("service {name} is listed twice")));
         }
@@ -102,7 +101,8 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (Str
         let mut endpoints = BTreeMap::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
             let at = |f: &str| format!("services[{i}].endpoints[{j}].{f}");
-            validate_addr(&e.address).map_err(|r| (at("address"), r))?;
+            validate_address(&e.address).map_err(|r| (at("address"), r.to_string()))?;
+            validate_labels(&e.labels).map_err(|r| (at("labels"), r.to_string()))?;
             let id: Arc<str> = e.id.unwrap_or_else(|| e.address.clone()).into();
             if endpoints.contains_key(&id) {
                 return Err((at("id"), format!("endpoint {id} is listed twice")));

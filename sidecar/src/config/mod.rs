@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::model::{Labels, Protocol, ServiceName, ServiceState};
+use weft_proto::labels::Labels;
+use weft_proto::name::ServiceName;
+
+use crate::model::{Protocol, ServiceState};
 
 /// Where the sidecar's view of the mesh comes from.
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
+use weft_proto::labels::Labels;
+use weft_proto::name::ServiceName;
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
@@ -19,7 +21,7 @@ use crate::authz::InboundPolicy;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};
-use crate::model::{Health, Labels, Protocol, ServiceName};
+use crate::model::{Health, Protocol};
 use crate::table::{EjectionEvent, Routes, TableBuilder};
 
 /// Who this sidecar is, as it says in its hello.

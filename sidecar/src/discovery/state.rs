@@ -5,13 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use weft_proto::labels::Labels;
+use weft_proto::name::{ServiceName, validate_address};
 use weft_proto::v1 as pb;
 
 use crate::authz::InboundPolicy;
-use crate::model::{
-    Balance, EndpointSpec, Health, Labels, Protocol, ServiceName, ServicePolicy, ServiceState,
-    Subset, validate_addr,
-};
+use crate::model::{Balance, EndpointSpec, Health, Protocol, ServicePolicy, ServiceState, Subset};
 
 /// One service's change, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +69,8 @@ fn convert_endpoint(e: &pb::Endpoint) -> Result<EndpointSpec, String> {
     if e.instance_id.is_empty() {
         return Err("endpoint without instance_id".into());
     }
-    validate_addr(&e.address).map_err(|r| format!("endpoint {}: address: {r}", e.instance_id))?;
+    validate_address(&e.address)
+        .map_err(|r| format!("endpoint {}: address: {r}", e.instance_id))?;
     let health = match pb::Health::try_from(e.health) {
         Ok(pb::Health::Unknown) => Health::Unknown,
         Ok(pb::Health::Healthy) => Health::Healthy,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use weft_proto::name::ServiceName;
 
 use crate::error::ProxyError;
-use crate::model::ServiceName;
 
 /// Any byte stream a connector returns.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

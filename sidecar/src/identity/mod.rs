@@ -26,11 +26,11 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use weft_proto::identity::{
     JoinToken, SpiffeId, SpiffeServerVerifier, certs_from_pem, pem, provider, root_store,
 };
+use weft_proto::name::ServiceName;
 use weft_proto::v1 as pb;
 use weft_proto::v1::identity_client::IdentityClient;
 
 use crate::error::error_chain;
-use crate::model::ServiceName;
 
 /// Where the sidecar's certificate comes from.
 #[derive(Debug, Clone)]

@@ -11,12 +11,12 @@ use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
+use weft_proto::name::ServiceName;
 
 use super::classify::{Classification, ClassifiedBody};
 use crate::body::{BoxBody, boxed};
 use crate::error::ProxyError;
 use crate::metrics::{Direction, RequestLabels, ResponseLabels};
-use crate::model::ServiceName;
 use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::tracer::{SpanRecord, Started};
 use crate::telemetry::{Route, Telemetry};

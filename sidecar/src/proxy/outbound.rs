@@ -14,6 +14,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use weft_proto::name::ServiceName;
 
 use super::Proxy;
 use super::classify::grpc_status;
@@ -23,7 +24,6 @@ use crate::body::{BoxBody, BoxError, boxed};
 use crate::discovery::Backoff;
 use crate::error::ProxyError;
 use crate::metrics::{Direction, RetryLabels, ServiceLabels};
-use crate::model::ServiceName;
 use crate::resilience::replay::Replay;
 use crate::resilience::timed::{ActiveBody, Activity, TimedBody};
 use crate::resilience::{FaultPolicy, deadline};

@@ -2,12 +2,12 @@
 //! (AMQP to a broker, databases). Balanced per connection.
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use weft_proto::name::ServiceName;
 
 use super::Proxy;
 use crate::endpoint::ConnectTarget;
 use crate::error::ProxyError;
 use crate::metrics::{Direction, TcpLabels};
-use crate::model::ServiceName;
 
 impl Proxy {
     /// Carries one connection from the local app to `service`. A failed

@@ -1,0 +1,298 @@
+//! The sidecar and the control plane accept exactly the same words: each
+//! name, label, instance id, address and protocol below goes through the
+//! sidecar's flag parsing and through the control plane's validation of
+//! resources and of a sidecar's `Hello`, and all must agree with the
+//! expected answer. A sidecar can then never start with a value its
+//! control plane will refuse.
+
+use clap::Parser;
+use serde_json::json;
+use weft_control_plane::catalog::Registration;
+use weft_control_plane::resource::parse_documents;
+use weft_proto::identity::{JoinToken, SpiffeId};
+use weft_proto::v1 as pb;
+use weft_sidecar::config::Args;
+
+/// Flag parsing of a sidecar that joins a control plane, with `extra`
+/// flags (as `--flag=value`, so values starting with `-` stay values).
+struct Sidecar {
+    _dir: tempfile::TempDir,
+    token: String,
+}
+
+impl Sidecar {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = JoinToken {
+            td: "weft.local".into(),
+            id: "1".into(),
+            secret: "2".into(),
+            ca: "ff".into(),
+        };
+        let path = dir.path().join("token");
+        std::fs::write(&path, token.encode()).expect("write the token");
+        Sidecar {
+            token: path.display().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// Whether the sidecar starts with these flags; `service` replaces the
+    /// default `--service`.
+    fn accepts(&self, service: &str, extra: &[String]) -> Result<(), String> {
+        let mut argv = vec![
+            "weft-sidecar".to_string(),
+            format!("--service={service}"),
+            "--control-plane=https://127.0.0.1:15012".into(),
+            "--inbound=127.0.0.1:0".into(),
+            format!("--token-file={}", self.token),
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(&argv).map_err(|e| e.to_string())?;
+        args.into_config().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// A `Hello` the control plane accepts, changed by `f`.
+fn hello(f: impl FnOnce(&mut pb::Hello)) -> Result<(), String> {
+    let mut h = pb::Hello {
+        service: "a".into(),
+        instance_id: "a-1".into(),
+        address: "127.0.0.1:15006".into(),
+        ..Default::default()
+    };
+    f(&mut h);
+    Registration::from_hello(&h).map(|_| ())
+}
+
+/// Whether the control plane accepts this YAML (written as JSON, which is
+/// YAML too, so that no value needs quoting by hand).
+fn resource(doc: serde_json::Value) -> Result<(), String> {
+    parse_documents(&doc.to_string())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn service(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "weft.dev/v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Asserts that every check gave `want` for `input`.
+fn agree(what: &str, input: &str, want: bool, checks: &[(&str, Result<(), String>)]) {
+    for (by, got) in checks {
+        assert_eq!(
+            got.is_ok(),
+            want,
+            "{what} {input:?}: {by} says {got:?}, expected {}",
+            if want { "accepted" } else { "refused" }
+        );
+    }
+}
+
+#[test]
+fn service_names_are_judged_alike() {
+    let sidecar = Sidecar::new();
+    let longest = ["a"; 127].join(".");
+    let too_long = ["a"; 128].join(".");
+    let label63 = "a".repeat(63);
+    let label64 = "a".repeat(64);
+    let cases: &[(&str, bool)] = &[
+        ("a", true),
+        ("user-service", true),
+        ("user-service.prod", true),
+        ("0abc", true),
+        ("127.0.0.1", true),
+        (&label63, true),
+        (&longest, true),
+        ("", false),
+        ("User", false),
+        ("-a", false),
+        ("a-", false),
+        ("a..b", false),
+        (".a", false),
+        ("a_b", false),
+        ("a b", false),
+        ("a/b", false),
+        ("é", false),
+        (&label64, false),
+        (&too_long, false),
+    ];
+    for &(name, want) in cases {
+        agree(
+            "service name",
+            name,
+            want,
+            &[
+                ("sidecar --service", sidecar.accepts(name, &[])),
+                (
+                    "sidecar --upstream",
+                    sidecar.accepts("a", &[format!("--upstream={name}=127.0.0.1:0")]),
+                ),
+                ("Service metadata.name", resource(service(name, json!({})))),
+                ("Hello.service", hello(|h| h.service = name.into())),
+                (
+                    "Hello.upstreams",
+                    hello(|h| h.upstreams = vec![name.into()]),
+                ),
+                (
+                    "SPIFFE ID",
+                    SpiffeId::parse(&format!("spiffe://weft.local/service/{name}"))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                ),
+            ],
+        );
+    }
+}
+
+#[test]
+fn labels_are_judged_alike() {
+    let sidecar = Sidecar::new();
+    let key63 = format!("{}=v", "k".repeat(63));
+    let key64 = format!("{}=v", "k".repeat(64));
+    let value63 = format!("k={}", "v".repeat(63));
+    let value64 = format!("k={}", "v".repeat(64));
+    let cases: &[(&str, bool)] = &[
+        ("version=v2", true),
+        ("app.kubernetes.io/name=web", true),
+        ("tier=", true),
+        ("a=A-b_c.9", true),
+        ("9_=x", true),
+        (&key63, true),
+        (&value63, true),
+        // The sidecar took these before there was one rule.
+        ("_a=b", false),
+        ("/a=b", false),
+        (".a=b", false),
+        ("-a=b", false),
+        ("=v", false),
+        ("bad key=x", false),
+        ("é=x", false),
+        ("k=bad value", false),
+        ("k=a/b", false),
+        ("k=a=b", false),
+        ("k=é", false),
+        (&key64, false),
+        (&value64, false),
+    ];
+    for &(label, want) in cases {
+        let (k, v) = label.split_once('=').expect("cases are key=value");
+        let subset = json!({"subsets": [{"name": "s", "labels": {k: v}}]});
+        agree(
+            "label",
+            label,
+            want,
+            &[
+                (
+                    "sidecar --label",
+                    sidecar.accepts("a", &[format!("--label={label}")]),
+                ),
+                ("Service subset labels", resource(service("a", subset))),
+                (
+                    "Hello.labels",
+                    hello(|h| {
+                        h.labels.insert(k.into(), v.into());
+                    }),
+                ),
+            ],
+        );
+    }
+    assert!(
+        sidecar.accepts("a", &["--label=x".into()]).is_err(),
+        "a label needs key=value"
+    );
+}
+
+#[test]
+fn instance_ids_are_judged_alike() {
+    let sidecar = Sidecar::new();
+    let longest = "i".repeat(253);
+    let too_long = "i".repeat(254);
+    let cases: &[(&str, bool)] = &[
+        ("a-1", true),
+        ("10.0.0.5:15006", true),
+        ("pod/abc_1", true),
+        ("Upper.Case", true),
+        (&longest, true),
+        ("", false),
+        ("has space", false),
+        ("tab\tin", false),
+        ("é", false),
+        (&too_long, false),
+    ];
+    for &(id, want) in cases {
+        agree(
+            "instance id",
+            id,
+            want,
+            &[
+                (
+                    "sidecar --instance-id",
+                    sidecar.accepts("a", &[format!("--instance-id={id}")]),
+                ),
+                ("Hello.instance_id", hello(|h| h.instance_id = id.into())),
+            ],
+        );
+    }
+}
+
+#[test]
+fn advertised_addresses_are_judged_alike() {
+    let sidecar = Sidecar::new();
+    let cases: &[(&str, bool)] = &[
+        ("127.0.0.1:15006", true),
+        ("[::1]:80", true),
+        ("user-1.mesh:15006", true),
+        ("127.0.0.1", false),
+        ("127.0.0.1:0", false),
+        ("nohost", false),
+        ("host:x", false),
+        ("host:70000", false),
+        (":80", false),
+        ("Bad_Host:80", false),
+    ];
+    for &(addr, want) in cases {
+        agree(
+            "address",
+            addr,
+            want,
+            &[
+                (
+                    "sidecar --advertise",
+                    sidecar.accepts("a", &[format!("--advertise={addr}")]),
+                ),
+                ("Hello.address", hello(|h| h.address = addr.into())),
+            ],
+        );
+    }
+}
+
+#[test]
+fn protocols_are_judged_alike() {
+    let sidecar = Sidecar::new();
+    let cases: &[(&str, bool)] = &[
+        ("grpc", true),
+        ("http", true),
+        ("tcp", true),
+        ("udp", false),
+        ("GRPC", false),
+        ("", false),
+    ];
+    for &(protocol, want) in cases {
+        agree(
+            "protocol",
+            protocol,
+            want,
+            &[
+                (
+                    "sidecar --protocol",
+                    sidecar.accepts("a", &[format!("--protocol={protocol}")]),
+                ),
+                (
+                    "Service spec.protocol",
+                    resource(service("a", json!({"protocol": protocol}))),
+                ),
+            ],
+        );
+    }
+}
