@@ -4,6 +4,7 @@
 //!   `proto/weft/v1/mesh.proto`).
 //! - [`name`]: service names, instance ids and advertised addresses.
 //! - [`labels`]: `key=value` labels of instances and subsets.
+//! - [`protocol`]: a service's protocol, load balancer and inbound mode.
 //! - [`identity`]: the identity contract both ends must agree on (SPIFFE
 //!   IDs, join tokens, how a server's certificate is checked).
 //! - [`grpc`]: gRPC status codes and what they mean to the mesh.
@@ -19,6 +20,7 @@ pub mod grpc;
 pub mod identity;
 pub mod labels;
 pub mod name;
+pub mod protocol;
 pub mod stats;
 pub mod time;
 

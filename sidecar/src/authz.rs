@@ -8,14 +8,8 @@
 //! path only matches prepared patterns.
 
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::InboundMode;
 use weft_proto::v1 as pb;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum InboundMode {
-    Strict,
-    Permissive,
-}
 
 /// Who a rule admits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -110,11 +104,7 @@ impl Default for InboundPolicy {
 impl InboundPolicy {
     /// Validates the control plane's policy; errors name the rule and field.
     pub fn from_proto(p: &pb::InboundPolicy) -> Result<Self, String> {
-        let mode = match pb::InboundMode::try_from(p.mode) {
-            Ok(pb::InboundMode::Unspecified | pb::InboundMode::Strict) => InboundMode::Strict,
-            Ok(pb::InboundMode::Permissive) => InboundMode::Permissive,
-            Err(_) => return Err(format!("inbound.mode: unknown value {}", p.mode)),
-        };
+        let mode = InboundMode::from_proto(p.mode).map_err(|e| format!("inbound.mode: {e}"))?;
         if !p.authorization {
             return Ok(InboundPolicy { mode, rules: None });
         }

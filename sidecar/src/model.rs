@@ -7,59 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use weft_proto::labels::Labels;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Grpc,
-    Http,
-    Tcp,
-}
-
-impl Protocol {
-    pub const CHOICES: &'static str = "grpc, http, tcp";
-
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "grpc" => Ok(Protocol::Grpc),
-            "http" => Ok(Protocol::Http),
-            "tcp" => Ok(Protocol::Tcp),
-            _ => Err(format!(
-                "unknown protocol {s:?}, expected one of {}",
-                Self::CHOICES
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-            Protocol::Tcp => "tcp",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Balance {
-    #[default]
-    #[serde(rename = "p2c-ewma")]
-    P2cEwma,
-    #[serde(rename = "round-robin")]
-    RoundRobin,
-}
-
-impl Balance {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "p2c-ewma" => Ok(Balance::P2cEwma),
-            "round-robin" => Ok(Balance::RoundRobin),
-            _ => Err(format!(
-                "unknown load balancer {s:?}, expected one of p2c-ewma, round-robin"
-            )),
-        }
-    }
-}
+use weft_proto::protocol::{LoadBalancer, Protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,7 +29,7 @@ pub struct Subset {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServicePolicy {
     pub protocol: Protocol,
-    pub balance: Balance,
+    pub balance: LoadBalancer,
     pub subsets: Vec<Subset>,
     pub resilience: crate::resilience::Resilience,
 }
@@ -90,7 +38,7 @@ impl Default for ServicePolicy {
     fn default() -> Self {
         ServicePolicy {
             protocol: Protocol::Grpc,
-            balance: Balance::P2cEwma,
+            balance: LoadBalancer::P2cEwma,
             subsets: Vec::new(),
             resilience: Default::default(),
         }

@@ -11,11 +11,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::LoadBalancer;
 
 use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
-use crate::model::{Balance, Health, ServicePolicy, ServiceState};
+use crate::model::{Health, ServicePolicy, ServiceState};
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
 
@@ -105,7 +106,7 @@ impl Target {
             probe: false,
         };
         match self.policy.balance {
-            Balance::RoundRobin => {
+            LoadBalancer::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 for k in 0..n {
                     let e = &self.ready[(start + k) % n];
@@ -117,7 +118,7 @@ impl Target {
                 }
                 Some(yes(&self.ready[start % n]))
             }
-            Balance::P2cEwma => {
+            LoadBalancer::P2cEwma => {
                 // Power of two choices among admissible endpoints: two drawn at
                 // random, the lower peak-EWMA cost (per unit of weight) wins.
                 let mut found: Vec<&Arc<Endpoint>> = Vec::with_capacity(2);
@@ -456,7 +457,7 @@ mod tests {
     use std::collections::BTreeMap;
     use weft_proto::labels::Labels;
 
-    fn state(balance: Balance, addrs: &[(&str, Health)]) -> ServiceState {
+    fn state(balance: LoadBalancer, addrs: &[(&str, Health)]) -> ServiceState {
         let mut endpoints = BTreeMap::new();
         for (a, h) in addrs {
             let id: Arc<str> = (*a).into();
@@ -500,7 +501,7 @@ mod tests {
     async fn unhealthy_endpoints_get_no_traffic_and_rr_alternates() {
         let name = ServiceName::parse("a").expect("name");
         let s = state(
-            Balance::RoundRobin,
+            LoadBalancer::RoundRobin,
             &[
                 ("127.0.0.1:1", Health::Healthy),
                 ("127.0.0.1:2", Health::Unhealthy),
@@ -521,7 +522,7 @@ mod tests {
     async fn p2c_prefers_the_less_loaded_endpoint() {
         let name = ServiceName::parse("a").expect("name");
         let s = state(
-            Balance::P2cEwma,
+            LoadBalancer::P2cEwma,
             &[
                 ("127.0.0.1:1", Health::Healthy),
                 ("127.0.0.1:2", Health::Healthy),
@@ -545,10 +546,10 @@ mod tests {
     async fn peers_survive_rebuilds() {
         let name = ServiceName::parse("a").expect("name");
         let mut b = builder();
-        let s1 = state(Balance::P2cEwma, &[("127.0.0.1:1", Health::Healthy)]);
+        let s1 = state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", Health::Healthy)]);
         let t1 = b.build([(&name, &s1)].into_iter(), std::iter::empty());
         let s2 = state(
-            Balance::P2cEwma,
+            LoadBalancer::P2cEwma,
             &[
                 ("127.0.0.1:1", Health::Unhealthy),
                 ("127.0.0.1:2", Health::Healthy),

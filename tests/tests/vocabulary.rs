@@ -1,8 +1,8 @@
 //! The sidecar and the control plane accept exactly the same words: each
-//! name, label, instance id, address and protocol below goes through the
-//! sidecar's flag parsing and through the control plane's validation of
-//! resources and of a sidecar's `Hello`, and all must agree with the
-//! expected answer. A sidecar can then never start with a value its
+//! name, label, instance id, address, protocol and load balancer below goes
+//! through the sidecar's flag (or static file) parsing and through the
+//! control plane's validation of resources and of a sidecar's `Hello`, and
+//! all must agree with the expected answer. A sidecar can then never start with a value its
 //! control plane will refuse.
 
 use clap::Parser;
@@ -11,7 +11,7 @@ use weft_control_plane::catalog::Registration;
 use weft_control_plane::resource::parse_documents;
 use weft_proto::identity::{JoinToken, SpiffeId};
 use weft_proto::v1 as pb;
-use weft_sidecar::config::Args;
+use weft_sidecar::config::{Args, parse_static};
 
 /// Flag parsing of a sidecar that joins a control plane, with `extra`
 /// flags (as `--flag=value`, so values starting with `-` stay values).
@@ -73,6 +73,14 @@ fn resource(doc: serde_json::Value) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether the sidecar takes a static mesh file (`--config`) listing this
+/// one service.
+fn static_file(service: serde_json::Value) -> Result<(), String> {
+    parse_static(&json!({"services": [service]}).to_string())
+        .map(|_| ())
+        .map_err(|(path, reason)| format!("{path}: {reason}"))
+}
+
 fn service(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "weft.dev/v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
 }
@@ -128,6 +136,7 @@ fn service_names_are_judged_alike() {
                     "sidecar --upstream",
                     sidecar.accepts("a", &[format!("--upstream={name}=127.0.0.1:0")]),
                 ),
+                ("static file name", static_file(json!({"name": name}))),
                 ("Service metadata.name", resource(service(name, json!({})))),
                 ("Hello.service", hello(|h| h.service = name.into())),
                 (
@@ -186,6 +195,12 @@ fn labels_are_judged_alike() {
                 (
                     "sidecar --label",
                     sidecar.accepts("a", &[format!("--label={label}")]),
+                ),
+                (
+                    "static file endpoint labels",
+                    static_file(json!({"name": "a", "endpoints": [
+                        {"address": "127.0.0.1:1", "labels": {k: v}}
+                    ]})),
                 ),
                 ("Service subset labels", resource(service("a", subset))),
                 (
@@ -261,6 +276,10 @@ fn advertised_addresses_are_judged_alike() {
                     "sidecar --advertise",
                     sidecar.accepts("a", &[format!("--advertise={addr}")]),
                 ),
+                (
+                    "static file endpoint address",
+                    static_file(json!({"name": "a", "endpoints": [{"address": addr}]})),
+                ),
                 ("Hello.address", hello(|h| h.address = addr.into())),
             ],
         );
@@ -289,8 +308,40 @@ fn protocols_are_judged_alike() {
                     sidecar.accepts("a", &[format!("--protocol={protocol}")]),
                 ),
                 (
+                    "static file protocol",
+                    static_file(json!({"name": "a", "protocol": protocol})),
+                ),
+                (
                     "Service spec.protocol",
                     resource(service("a", json!({"protocol": protocol}))),
+                ),
+            ],
+        );
+    }
+}
+
+#[test]
+fn load_balancers_are_judged_alike() {
+    let cases: &[(&str, bool)] = &[
+        ("p2c-ewma", true),
+        ("round-robin", true),
+        ("random", false),
+        ("Round-Robin", false),
+        ("", false),
+    ];
+    for &(lb, want) in cases {
+        agree(
+            "load balancer",
+            lb,
+            want,
+            &[
+                (
+                    "static file loadBalancer",
+                    static_file(json!({"name": "a", "loadBalancer": lb})),
+                ),
+                (
+                    "Service spec.loadBalancer",
+                    resource(service("a", json!({"loadBalancer": lb}))),
                 ),
             ],
         );

@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use tokio::time::Instant;
 use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::name::{validate_address, validate_instance_id};
+use weft_proto::protocol::Protocol;
 use weft_proto::v1 as pb;
 
-use crate::resource::{Name, Protocol};
+use crate::resource::Name;
 
 /// A validated `Hello`: who a sidecar is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use weft_proto::protocol::{InboundMode, Protocol};
 use weft_proto::v1 as pb;
 
 use super::Instance;
-use crate::resource::{AuthorizationPolicySpec, InboundMode, Name, Protocol, ServiceSpec};
+use crate::resource::{AuthorizationPolicySpec, Name, ServiceSpec};
 
 /// A service as pushed to sidecars.
 #[derive(Debug, Clone, PartialEq, Default)]

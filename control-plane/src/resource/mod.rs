@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use weft_proto::labels::Labels;
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 /// One reason a resource was rejected: which document (or request entry),
 /// which field, and why.
@@ -65,97 +66,11 @@ impl fmt::Display for InvalidResources {
     }
 }
 
-/// The application protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Grpc,
-    Http,
-    Tcp,
-}
-
-impl Protocol {
-    pub const CHOICES: &'static str = "grpc, http, tcp";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-            Protocol::Tcp => "tcp",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "grpc" => Some(Protocol::Grpc),
-            "http" => Some(Protocol::Http),
-            "tcp" => Some(Protocol::Tcp),
-            _ => None,
-        }
-    }
-}
-
-/// How a caller's sidecar picks an instance for each request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LoadBalancer {
-    /// Power of two choices over peak-EWMA latency (the default).
-    #[default]
-    P2cEwma,
-    RoundRobin,
-}
-
-impl LoadBalancer {
-    pub const CHOICES: &'static str = "p2c-ewma, round-robin";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoadBalancer::P2cEwma => "p2c-ewma",
-            LoadBalancer::RoundRobin => "round-robin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "p2c-ewma" => Some(LoadBalancer::P2cEwma),
-            "round-robin" => Some(LoadBalancer::RoundRobin),
-            _ => None,
-        }
-    }
-}
-
 /// A named group of instances selected by labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {
     pub name: Name,
     pub labels: Labels,
-}
-
-/// How a service's sidecar accepts inbound connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum InboundMode {
-    /// Mutual TLS only (the default).
-    #[default]
-    Strict,
-    /// Mutual TLS or plaintext: for migrating a service into the mesh.
-    Permissive,
-}
-
-impl InboundMode {
-    pub const CHOICES: &'static str = "strict, permissive";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboundMode::Strict => "strict",
-            InboundMode::Permissive => "permissive",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "strict" => Some(InboundMode::Strict),
-            "permissive" => Some(InboundMode::Permissive),
-            _ => None,
-        }
-    }
 }
 
 /// The `Service` resource.

@@ -2,71 +2,14 @@
 //! and the policy pushed to sidecars). Protobuf in is validated like YAML in.
 
 use weft_proto::labels::validate_labels;
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use super::resilience::{self, Resilience};
 use super::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
-    InvalidResources, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset, check_unique,
-    validate_rule,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Name,
+    Resource, ServiceSpec, Subset, check_unique, validate_rule,
 };
-
-impl Protocol {
-    pub fn to_proto(self) -> pb::Protocol {
-        match self {
-            Protocol::Grpc => pb::Protocol::Grpc,
-            Protocol::Http => pb::Protocol::Http,
-            Protocol::Tcp => pb::Protocol::Tcp,
-        }
-    }
-
-    /// `None` for `PROTOCOL_UNSPECIFIED`; an error for numbers this build does not know.
-    pub fn from_proto(v: i32) -> Result<Option<Self>, String> {
-        match pb::Protocol::try_from(v) {
-            Ok(pb::Protocol::Unspecified) => Ok(None),
-            Ok(pb::Protocol::Grpc) => Ok(Some(Protocol::Grpc)),
-            Ok(pb::Protocol::Http) => Ok(Some(Protocol::Http)),
-            Ok(pb::Protocol::Tcp) => Ok(Some(Protocol::Tcp)),
-            Err(_) => Err(format!("unknown protocol number {v}")),
-        }
-    }
-}
-
-impl LoadBalancer {
-    pub fn to_proto(self) -> pb::LoadBalancer {
-        match self {
-            LoadBalancer::P2cEwma => pb::LoadBalancer::P2cEwma,
-            LoadBalancer::RoundRobin => pb::LoadBalancer::RoundRobin,
-        }
-    }
-
-    pub fn from_proto(v: i32) -> Result<Self, String> {
-        match pb::LoadBalancer::try_from(v) {
-            Ok(pb::LoadBalancer::Unspecified | pb::LoadBalancer::P2cEwma) => {
-                Ok(LoadBalancer::P2cEwma)
-            }
-            Ok(pb::LoadBalancer::RoundRobin) => Ok(LoadBalancer::RoundRobin),
-            Err(_) => Err(format!("unknown load balancer number {v}")),
-        }
-    }
-}
-
-impl InboundMode {
-    pub fn to_proto(self) -> pb::InboundMode {
-        match self {
-            InboundMode::Strict => pb::InboundMode::Strict,
-            InboundMode::Permissive => pb::InboundMode::Permissive,
-        }
-    }
-
-    pub fn from_proto(v: i32) -> Result<Self, String> {
-        match pb::InboundMode::try_from(v) {
-            Ok(pb::InboundMode::Unspecified | pb::InboundMode::Strict) => Ok(InboundMode::Strict),
-            Ok(pb::InboundMode::Permissive) => Ok(InboundMode::Permissive),
-            Err(_) => Err(format!("unknown inbound mode number {v}")),
-        }
-    }
-}
 
 impl ServiceSpec {
     pub fn to_proto(&self) -> pb::ServiceSpec {
@@ -104,14 +47,14 @@ impl ServiceSpec {
             .map_err(|e| errors.push(("name".into(), e.to_string())))
             .ok();
         let protocol = Protocol::from_proto(p.protocol)
-            .map_err(|e| errors.push(("protocol".into(), e)))
+            .map_err(|e| errors.push(("protocol".into(), e.to_string())))
             .ok()
             .flatten();
         let load_balancer = LoadBalancer::from_proto(p.load_balancer)
-            .map_err(|e| errors.push(("load_balancer".into(), e)))
+            .map_err(|e| errors.push(("load_balancer".into(), e.to_string())))
             .unwrap_or_default();
         let inbound_mode = InboundMode::from_proto(p.inbound_mode)
-            .map_err(|e| errors.push(("inbound_mode".into(), e)))
+            .map_err(|e| errors.push(("inbound_mode".into(), e.to_string())))
             .unwrap_or_default();
         let mut subsets = Vec::new();
         for (i, s) in p.subsets.iter().enumerate() {

@@ -9,12 +9,12 @@ use clap::Parser;
 use weft_proto::duration::parse_duration;
 use weft_proto::labels::{Labels, parse_label};
 use weft_proto::name::{ServiceName, validate_address, validate_instance_id};
+use weft_proto::protocol::Protocol;
 
 use super::{
     ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
 };
 use crate::identity::{CertFiles, IdentityConfig, IdentitySource};
-use crate::model::Protocol;
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
 /// from the rest of the mesh.
@@ -200,7 +200,8 @@ impl Args {
     pub fn into_config(self) -> Result<SidecarConfig, ConfigError> {
         let service =
             ServiceName::parse(&self.service).map_err(|e| flag("service", e.to_string()))?;
-        let protocol = Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e))?;
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e.to_string()))?;
         let source = match (self.control_plane, self.config) {
             (Some(url), None) => {
                 if url.starts_with("http://") {

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::name::{ServiceName, validate_address};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 
-use crate::model::{Balance, EndpointSpec, Health, Protocol, ServicePolicy, ServiceState};
+use crate::model::{EndpointSpec, Health, ServicePolicy, ServiceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
@@ -92,11 +93,11 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (Str
         }
         let protocol = match s.protocol.as_deref() {
             None => Protocol::Grpc,
-            Some(p) => Protocol::parse(p).map_err(|e| (at("protocol"), e))?,
+            Some(p) => Protocol::parse(p).map_err(|e| (at("protocol"), e.to_string()))?,
         };
         let balance = match s.load_balancer.as_deref() {
-            None => Balance::default(),
-            Some(b) => Balance::parse(b).map_err(|e| (at("loadBalancer"), e))?,
+            None => LoadBalancer::default(),
+            Some(b) => LoadBalancer::parse(b).map_err(|e| (at("loadBalancer"), e.to_string()))?,
         };
         let mut endpoints = BTreeMap::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
@@ -149,7 +150,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(s[0].0.as_str(), "user-service");
-        assert_eq!(s[0].1.policy.balance, Balance::RoundRobin);
+        assert_eq!(s[0].1.policy.balance, LoadBalancer::RoundRobin);
         assert_eq!(s[0].1.endpoints.len(), 1);
 
         let e = parse_static("services:\n  - name: a\n    endpoints:\n      - address: nope\n")

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use weft_proto::labels::Labels;
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 
-use crate::model::{Protocol, ServiceState};
+use crate::model::ServiceState;
 
 /// Where the sidecar's view of the mesh comes from.
 #[derive(Debug, Clone)]

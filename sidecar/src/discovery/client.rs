@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use weft_proto::labels::Labels;
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
@@ -21,7 +22,7 @@ use crate::authz::InboundPolicy;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};
-use crate::model::{Health, Protocol};
+use crate::model::Health;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
 
 /// Who this sidecar is, as it says in its hello.
@@ -92,14 +93,6 @@ fn health_to_pb(h: Health) -> pb::Health {
     }
 }
 
-fn protocol_to_pb(p: Protocol) -> pb::Protocol {
-    match p {
-        Protocol::Grpc => pb::Protocol::Grpc,
-        Protocol::Http => pb::Protocol::Http,
-        Protocol::Tcp => pb::Protocol::Tcp,
-    }
-}
-
 fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
     pb::SidecarMessage { kind: Some(kind) }
 }
@@ -145,7 +138,7 @@ impl DiscoveryClient {
             service: self.member.service.to_string(),
             instance_id: self.member.instance_id.clone(),
             address: self.member.address.clone(),
-            protocol: protocol_to_pb(self.member.protocol) as i32,
+            protocol: self.member.protocol.to_proto() as i32,
             labels: self
                 .member
                 .labels

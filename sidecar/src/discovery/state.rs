@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use weft_proto::labels::Labels;
 use weft_proto::name::{ServiceName, validate_address};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use crate::authz::InboundPolicy;
-use crate::model::{Balance, EndpointSpec, Health, Protocol, ServicePolicy, ServiceState, Subset};
+use crate::model::{EndpointSpec, Health, ServicePolicy, ServiceState, Subset};
 
 /// One service's change, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,22 +29,11 @@ pub enum Change {
 }
 
 fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
-    let protocol = match pb::Protocol::try_from(p.protocol) {
-        Ok(pb::Protocol::Grpc | pb::Protocol::Unspecified) => Protocol::Grpc,
-        Ok(pb::Protocol::Http) => Protocol::Http,
-        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
-        Err(_) => return Err(format!("policy.protocol: unknown value {}", p.protocol)),
-    };
-    let balance = match pb::LoadBalancer::try_from(p.load_balancer) {
-        Ok(pb::LoadBalancer::Unspecified | pb::LoadBalancer::P2cEwma) => Balance::P2cEwma,
-        Ok(pb::LoadBalancer::RoundRobin) => Balance::RoundRobin,
-        Err(_) => {
-            return Err(format!(
-                "policy.load_balancer: unknown value {}",
-                p.load_balancer
-            ));
-        }
-    };
+    let protocol = Protocol::from_proto(p.protocol)
+        .map_err(|e| format!("policy.protocol: {e}"))?
+        .unwrap_or(Protocol::Grpc);
+    let balance = LoadBalancer::from_proto(p.load_balancer)
+        .map_err(|e| format!("policy.load_balancer: {e}"))?;
     let subsets = p
         .subsets
         .iter()

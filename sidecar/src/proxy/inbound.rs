@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 
 use super::Proxy;
 use super::exchange::Exchange;
@@ -19,7 +20,6 @@ use crate::body::{BoxBody, boxed};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
 use crate::error::{ProxyError, error_chain};
 use crate::metrics::{AuthzLabels, Direction};
-use crate::model::Protocol;
 use weft_proto::identity::SpiffeId;
 
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.

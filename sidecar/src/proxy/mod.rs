@@ -25,10 +25,10 @@ pub use server::{Listener, serve};
 use std::sync::Arc;
 
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 
 use crate::config::Timeouts;
 use crate::endpoint::{Connector, TcpConnector};
-use crate::model::Protocol;
 use crate::table::Routes;
 
 /// What every listener of one sidecar shares.

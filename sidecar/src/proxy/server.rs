@@ -12,14 +12,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proto::identity::{SpiffeId, peer_id};
 use weft_proto::name::ServiceName;
+use weft_proto::protocol::{InboundMode, Protocol};
 
 use super::Proxy;
 use super::detect::{Detected, Prefixed, detect};
-use crate::authz::InboundMode;
 use crate::drain;
 use crate::identity::tls::{self, handshake_reason};
 use crate::metrics::HandshakeLabels;
-use crate::model::Protocol;
 use crate::table::Entry;
 
 /// How long to wait for a client's first bytes before treating the
