@@ -1,8 +1,9 @@
 //! The sidecar and the control plane accept exactly the same words: each
-//! name, label, instance id, address, protocol and load balancer below goes
-//! through the sidecar's flag (or static file) parsing and through the
-//! control plane's validation of resources and of a sidecar's `Hello`, and
-//! all must agree with the expected answer. A sidecar can then never start with a value its
+//! name, label, instance id, address, protocol, load balancer and retry
+//! condition below goes through the sidecar's parsing (flags, static file,
+//! or a policy pushed to it) and through the control plane's validation of
+//! resources and of a sidecar's `Hello`, and all must agree with the
+//! expected answer. A sidecar can then never start with a value its
 //! control plane will refuse.
 
 use clap::Parser;
@@ -342,6 +343,66 @@ fn load_balancers_are_judged_alike() {
                 (
                     "Service spec.loadBalancer",
                     resource(service("a", json!({"loadBalancer": lb}))),
+                ),
+            ],
+        );
+    }
+}
+
+/// Whether the sidecar applies a pushed policy for service `a`.
+fn pushed(policy: pb::ServiceSpec) -> Result<(), String> {
+    weft_sidecar::discovery::convert_update(&pb::DiscoveryUpdate {
+        services: vec![pb::ServiceUpdate {
+            name: "a".into(),
+            known: true,
+            policy: Some(pb::ServiceSpec {
+                name: "a".into(),
+                ..policy
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .map(|_| ())
+}
+
+#[test]
+fn retry_conditions_are_judged_alike() {
+    let cases: &[(&str, bool)] = &[
+        ("unavailable", true),
+        ("cancelled", true),
+        ("resource-exhausted", true),
+        ("deadline-exceeded", true),
+        ("internal", true),
+        ("5xx", true),
+        ("gateway-error", true),
+        ("connect-failure", true),
+        ("refused-stream", true),
+        ("reset", true),
+        ("never", false),
+        ("Unavailable", false),
+        ("unknown", false),
+        ("", false),
+    ];
+    for &(condition, want) in cases {
+        agree(
+            "retry condition",
+            condition,
+            want,
+            &[
+                (
+                    "Service spec.retries.on",
+                    resource(service("a", json!({"retries": {"on": [condition]}}))),
+                ),
+                (
+                    "sidecar applying a pushed policy",
+                    pushed(pb::ServiceSpec {
+                        retry: Some(pb::RetryPolicy {
+                            on: vec![condition.into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                 ),
             ],
         );

@@ -32,6 +32,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use weft_proto::duration::{format_duration, parse_duration};
+use weft_proto::grpc::GrpcCode;
+use weft_proto::retry::RetryCondition;
 use weft_proto::v1 as pb;
 
 /// The settings as pushed; `None`: all defaults.
@@ -44,20 +46,6 @@ pub struct Resilience {
     pub fault: Option<pb::FaultPolicy>,
 }
 
-/// The retry conditions users may name.
-pub const CONDITIONS: [&str; 10] = [
-    "unavailable",
-    "cancelled",
-    "resource-exhausted",
-    "deadline-exceeded",
-    "internal",
-    "5xx",
-    "gateway-error",
-    "connect-failure",
-    "refused-stream",
-    "reset",
-];
-
 /// Checks the settings; errors are (field path under `spec`, reason).
 pub fn validate(r: &Resilience) -> Vec<(String, String)> {
     let mut e = Vec::new();
@@ -66,14 +54,8 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
             e.push(("retries.attempts".into(), "at most 10 tries".into()));
         }
         for (i, c) in p.on.iter().enumerate() {
-            if !CONDITIONS.contains(&c.as_str()) {
-                e.push((
-                    format!("retries.on[{i}]"),
-                    format!(
-                        "unknown condition {c:?}, expected one of {}",
-                        CONDITIONS.join(", ")
-                    ),
-                ));
+            if let Err(err) = RetryCondition::parse(c) {
+                e.push((format!("retries.on[{i}]"), err.to_string()));
             }
         }
         if !(0.0..=1.0).contains(&p.budget_ratio) || p.budget_ratio.is_nan() {
@@ -126,7 +108,11 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
                 e.push((field.into(), "a percentage, at most 100".into()));
             }
         }
-        if f.abort_grpc_status > 16 {
+        // 0 is unset (the sidecar's default, UNAVAILABLE).
+        let code = u16::try_from(f.abort_grpc_status)
+            .ok()
+            .and_then(GrpcCode::from_u16);
+        if code.is_none() {
             e.push((
                 "faults.abort.grpcStatus".into(),
                 "a gRPC status code, 1 to 16".into(),

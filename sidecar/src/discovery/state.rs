@@ -46,7 +46,7 @@ fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
                 .collect(),
         })
         .collect();
-    let resilience = crate::resilience::Resilience::from_proto(p)?;
+    let resilience = crate::resilience::Resilience::from_proto(p).map_err(|e| e.to_string())?;
     Ok(ServicePolicy {
         protocol,
         balance,

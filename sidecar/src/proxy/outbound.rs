@@ -14,7 +14,9 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use weft_proto::grpc::GrpcCode;
 use weft_proto::name::ServiceName;
+use weft_proto::retry::RetryCondition;
 
 use super::Proxy;
 use super::classify::grpc_status;
@@ -320,7 +322,10 @@ impl Proxy {
                 (Try::Response(r), class) => {
                     let failed = class.as_ref().is_some_and(|c| c.is_endpoint_failure());
                     let retryable = match class.as_ref().and_then(|c| c.grpc_status) {
-                        Some(code) if grpc => retry.on.grpc(code).then_some(grpc_reason(code)),
+                        Some(code) if grpc => retry
+                            .on
+                            .grpc(GrpcCode::lenient(code))
+                            .then_some(grpc_reason(code)),
                         _ if !grpc => retry.on.http(r.status().as_u16()).then_some("http-status"),
                         _ => None,
                     };
@@ -331,9 +336,9 @@ impl Proxy {
             // Retry when the failure allows it, a try is left, the budget
             // has room, and the deadline leaves time for the backoff.
             let retryable = reason.is_some_and(|r| match r {
-                "connect-failure" => retry.on.connect_failure,
-                "refused-stream" => retry.on.refused_stream,
-                "reset" => retry.on.reset,
+                "connect-failure" => retry.on.contains(RetryCondition::ConnectFailure),
+                "refused-stream" => retry.on.contains(RetryCondition::RefusedStream),
+                "reset" => retry.on.contains(RetryCondition::Reset),
                 "per-try-timeout" => true,
                 _ => true, // statuses were checked against the conditions above
             });
