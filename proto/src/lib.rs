@@ -6,6 +6,7 @@
 //! - [`labels`]: `key=value` labels of instances and subsets.
 //! - [`protocol`]: a service's protocol, load balancer and inbound mode.
 //! - [`retry`]: the conditions a failed try may be retried on.
+//! - [`pattern`]: `/package.Service/Method` patterns with `*`.
 //! - [`identity`]: the identity contract both ends must agree on (SPIFFE
 //!   IDs, join tokens, how a server's certificate is checked).
 //! - [`grpc`]: gRPC status codes and what they mean to the mesh.
@@ -21,6 +22,7 @@ pub mod grpc;
 pub mod identity;
 pub mod labels;
 pub mod name;
+pub mod pattern;
 pub mod protocol;
 pub mod retry;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! The sidecar and the control plane accept exactly the same words: each
-//! name, label, instance id, address, protocol, load balancer and retry
-//! condition below goes through the sidecar's parsing (flags, static file,
+//! name, label, instance id, address, protocol, load balancer, retry
+//! condition and gRPC method pattern below goes through the sidecar's parsing (flags, static file,
 //! or a policy pushed to it) and through the control plane's validation of
 //! resources and of a sidecar's `Hello`, and all must agree with the
 //! expected answer. A sidecar can then never start with a value its
@@ -399,6 +399,70 @@ fn retry_conditions_are_judged_alike() {
                     pushed(pb::ServiceSpec {
                         retry: Some(pb::RetryPolicy {
                             on: vec![condition.into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                ),
+            ],
+        );
+    }
+}
+
+#[test]
+fn method_patterns_are_judged_alike() {
+    let cases: &[(&str, bool)] = &[
+        ("*", true),
+        ("/users.v1.Users/GetUser", true),
+        ("/users.v1.Users/*", true),
+        ("/*.Users/Get*", true),
+        ("/u.Users/Get_User2", true),
+        ("", false),
+        ("GetUser", false),
+        ("/users.v1.Users", false),
+        ("/a/b/c", false),
+        ("/users-v1.Users/Get", false),
+        ("/u.Users/Get User", false),
+    ];
+    for &(method, want) in cases {
+        let policy = json!({"apiVersion": "weft.dev/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"service": "a", "rules": [{"from": ["b"], "grpcMethods": [method]}]}});
+        let inbound = pb::DiscoveryUpdate {
+            services: vec![pb::ServiceUpdate {
+                name: "a".into(),
+                inbound: Some(pb::InboundPolicy {
+                    authorization: true,
+                    rules: vec![pb::AuthorizationRule {
+                        from: vec!["b".into()],
+                        grpc_methods: vec![method.into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        agree(
+            "method pattern",
+            method,
+            want,
+            &[
+                ("AuthorizationPolicy grpcMethods", resource(policy)),
+                (
+                    "Service spec.hedging.grpcMethods",
+                    resource(service("a", json!({"hedging": {"grpcMethods": [method]}}))),
+                ),
+                (
+                    "sidecar applying a pushed inbound policy",
+                    weft_sidecar::discovery::convert_update(&inbound).map(|_| ()),
+                ),
+                (
+                    "sidecar applying a pushed hedging policy",
+                    pushed(pb::ServiceSpec {
+                        hedge: Some(pb::HedgePolicy {
+                            grpc_methods: vec![method.into()],
                             ..Default::default()
                         }),
                         ..Default::default()

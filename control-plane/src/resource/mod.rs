@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use weft_proto::labels::Labels;
+use weft_proto::pattern::MethodPattern;
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 /// One reason a resource was rejected: which document (or request entry),
@@ -188,16 +189,8 @@ pub fn validate_rule(r: &AuthorizationRule) -> Vec<(String, String)> {
         }
     }
     for (i, m) in r.grpc_methods.iter().enumerate() {
-        let ok = m == "*"
-            || (m.starts_with('/')
-                && m.matches('/').count() == 2
-                && m.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'*')));
-        if !ok {
-            errors.push((
-                format!("grpcMethods[{i}]"),
-                format!("{m:?} is not /package.Service/Method (\"*\" wildcards allowed)"),
-            ));
+        if let Err(e) = MethodPattern::parse(m) {
+            errors.push((format!("grpcMethods[{i}]"), e.to_string()));
         }
     }
     for (i, h) in r.http.iter().enumerate() {

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use weft_proto::duration::{format_duration, parse_duration};
 use weft_proto::grpc::GrpcCode;
+use weft_proto::pattern::MethodPattern;
 use weft_proto::retry::RetryCondition;
 use weft_proto::v1 as pb;
 
@@ -91,11 +92,8 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
             ));
         }
         for (i, m) in h.grpc_methods.iter().enumerate() {
-            if !(m == "*" || (m.starts_with('/') && m.matches('/').count() == 2)) {
-                e.push((
-                    format!("hedging.grpcMethods[{i}]"),
-                    format!("{m:?} is not /package.Service/Method"),
-                ));
+            if let Err(err) = MethodPattern::parse(m) {
+                e.push((format!("hedging.grpcMethods[{i}]"), err.to_string()));
             }
         }
     }

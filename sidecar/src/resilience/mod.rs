@@ -14,11 +14,11 @@ pub mod timed;
 use std::time::Duration;
 
 use serde::Serialize;
+use weft_proto::pattern::{MethodPattern, PatternError};
 use weft_proto::protocol::ChoiceError;
 use weft_proto::retry::RetryConditions;
 use weft_proto::v1 as pb;
 
-use crate::authz::Pattern;
 use breaker::BreakerConfig;
 use budget::BudgetConfig;
 
@@ -81,7 +81,7 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HedgePolicy {
-    pub methods: Vec<Pattern>,
+    pub methods: Vec<MethodPattern>,
     /// `None`: the observed p95.
     #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub delay: Option<Duration>,
@@ -130,7 +130,7 @@ pub enum ResilienceError {
     #[error("retry.on: {0}")]
     RetryOn(ChoiceError),
     #[error("hedge.grpc_methods: {0}")]
-    HedgeMethod(String),
+    HedgeMethod(PatternError),
 }
 
 fn ms_or(ms: u64, default: Duration) -> Duration {
@@ -217,7 +217,7 @@ impl Resilience {
                 let methods = h
                     .grpc_methods
                     .iter()
-                    .map(|m| Pattern::parse(m))
+                    .map(|m| MethodPattern::parse(m))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(ResilienceError::HedgeMethod)?;
                 Ok::<_, ResilienceError>(HedgePolicy {
