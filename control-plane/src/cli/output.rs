@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use super::Format;
@@ -43,13 +44,12 @@ pub(super) fn structured(v: Value, format: Format) -> String {
     }
 }
 
+/// A protocol as users write it; `-` when none is declared.
 fn protocol(p: i32) -> &'static str {
-    match pb::Protocol::try_from(p) {
-        Ok(pb::Protocol::Grpc) => "grpc",
-        Ok(pb::Protocol::Http) => "http",
-        Ok(pb::Protocol::Tcp) => "tcp",
-        _ => "-",
-    }
+    Protocol::from_proto(p)
+        .ok()
+        .flatten()
+        .map_or("-", Protocol::as_str)
 }
 
 /// The same strings as `weftctl top` (from the control plane) uses.
@@ -116,14 +116,11 @@ pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
             .iter()
             .map(|s| {
                 let spec = s.spec.clone().unwrap_or_default();
-                let lb = match pb::LoadBalancer::try_from(spec.load_balancer) {
-                    Ok(pb::LoadBalancer::RoundRobin) => "round-robin",
-                    _ => "p2c-ewma",
-                };
+                let lb = LoadBalancer::from_proto(spec.load_balancer).unwrap_or_default();
                 vec![
                     s.name.clone(),
                     protocol(spec.protocol).into(),
-                    lb.into(),
+                    lb.as_str().into(),
                     format!("{}/{}", s.healthy_instances, s.instances),
                     if s.has_resource {
                         "resource"
