@@ -14,8 +14,10 @@
 //! - [`stats`]: the latency buckets of `weftctl top`.
 //! - [`time`]: wall-clock times as the API carries them (`unix_ms`).
 //!
-//! Both the control plane and the sidecar convert every message into their
-//! own validated domain types at the edge; no wire type reaches a data path.
+//! Both programs check every flag, file, resource and message with the words
+//! defined here, so they accept exactly the same inputs; each converts
+//! messages into its own validated domain types at the edge, and no wire
+//! type reaches a data path.
 
 pub mod duration;
 pub mod grpc;
