@@ -1,8 +1,10 @@
 //! Inbound: requests from other sidecars (and, in permissive mode, plain
 //! clients) forwarded to the local app, in the protocol the app speaks.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, Version};
@@ -14,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use arc_swap::ArcSwap;
 use weft_proto::identity::SpiffeId;
 
+use super::HttpFuture;
 use super::exchange::Exchange;
 use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
 use super::outcome::Outcome;
@@ -96,6 +99,38 @@ pub struct Inbound {
     pub tls: Option<Arc<LazyAcceptor>>,
     /// What the inbound side enforces: mode and authorization.
     pub policy: Arc<ArcSwap<InboundPolicy>>,
+}
+
+/// The inbound half as the tower service of one connection, whose caller
+/// mutual TLS proved (or not, for a plaintext connection).
+#[derive(Clone)]
+pub struct InboundService {
+    inbound: Arc<Inbound>,
+    peer: Option<Arc<Peer>>,
+}
+
+impl Inbound {
+    pub fn service(self: &Arc<Self>, peer: Option<Arc<Peer>>) -> InboundService {
+        InboundService {
+            inbound: self.clone(),
+            peer,
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for InboundService {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = HttpFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.inbound.handle(req, this.peer.as_deref()).await) })
+    }
 }
 
 /// The caller as mutual TLS proved it: its SPIFFE ID, and its service when

@@ -23,7 +23,17 @@ mod server;
 mod tcp;
 
 pub use detect::{Detected, classify as detect_protocol};
-pub use inbound::{App, Inbound, Peer};
-pub use outbound::{Backend, Backends, Outbound, Route, RoutePolicy};
+pub use inbound::{App, Inbound, InboundService, Peer};
+pub use outbound::{Backend, Backends, Outbound, OutboundService, Route, RoutePolicy};
 pub use outcome::{Failure, Outcome};
 pub use server::{Listener, serve};
+
+/// The future of either half's tower service: boxed at this boundary, so
+/// that listeners, hyper and any layer put in front see one type.
+pub type HttpFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<crate::body::BoxBody>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proto::identity::{SpiffeId, peer_id};
 
+use super::HttpFuture;
 use super::detect::{Detected, Prefixed, detect};
 use super::inbound::{Inbound, Peer};
 use super::outbound::Outbound;
@@ -63,7 +65,7 @@ pub async fn serve(listener: TcpListener, kind: Listener, drain: drain::Watch) {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::body::{BoxBody, BoxError};
 
 async fn connection(
     mut stream: TcpStream,
@@ -188,33 +190,52 @@ async fn inbound_connection(
     }
 }
 
+/// Serves HTTP on `io` with the half of the sidecar `kind` names.
 async fn serve_http<I>(
     io: I,
     detected: Detected,
     kind: Listener,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
     peer: Option<SpiffeId>,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The caller's identity, for authorization and for the app; only the
-    // service name of our own trust domain counts.
-    let peer: Option<Arc<Peer>> = peer.map(|id| {
-        let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
-        Arc::new((id, name))
-    });
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (kind, peer) = (kind.clone(), peer.clone());
-        async move {
-            let resp = match &kind {
-                Listener::Inbound(inbound) => inbound.handle(req, peer.as_deref()).await,
-                Listener::Outbound(outbound) => outbound.handle(req, None).await,
-                Listener::Upstream(outbound, s) => outbound.handle(req, Some(s)).await,
-            };
-            Ok::<_, Infallible>(resp)
+    match kind {
+        Listener::Outbound(o) => serve_with(io, detected, o.service(None), drain).await,
+        Listener::Upstream(o, s) => serve_with(io, detected, o.service(Some(s)), drain).await,
+        Listener::Inbound(i) => {
+            // The caller's identity, for authorization and for the app;
+            // only the service name of our own trust domain counts.
+            let peer: Option<Arc<Peer>> = peer.map(|id| {
+                let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
+                Arc::new((id, name))
+            });
+            serve_with(io, detected, i.service(peer), drain).await
         }
-    });
+    }
+}
+
+/// One connection served by hyper (HTTP/2 or HTTP/1.1) with `svc`, until
+/// it closes or draining asks it to finish gracefully.
+async fn serve_with<I, S>(
+    io: I,
+    detected: Detected,
+    svc: S,
+    mut drain: drain::Watch,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<BoxBody>,
+            Error = Infallible,
+            Future = HttpFuture,
+        > + Clone
+        + Send
+        + 'static,
+{
+    let svc = TowerToHyperService::new(svc);
     let io = TokioIo::new(io);
     if detected == Detected::Http2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -20,7 +20,9 @@ mod route;
 
 pub use route::{Backend, Backends, Destination, Route, RoutePolicy};
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -32,6 +34,7 @@ use crate::endpoint::Connector;
 use crate::error::ProxyError;
 use crate::metrics::Direction;
 use crate::model::ServiceName;
+use crate::proxy::HttpFuture;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
@@ -141,6 +144,40 @@ impl Outbound {
             Ok(settled) => respond(ex, settled, &call, activity),
             Err(e) => ex.fail(e, grpc),
         }
+    }
+}
+
+/// The outbound half as the tower service one listener serves: the app's
+/// requests to `fixed` (an upstream port's service) or by authority.
+#[derive(Clone)]
+pub struct OutboundService {
+    outbound: Arc<Outbound>,
+    fixed: Option<ServiceName>,
+}
+
+impl Outbound {
+    pub fn service(self: &Arc<Self>, fixed: Option<ServiceName>) -> OutboundService {
+        OutboundService {
+            outbound: self.clone(),
+            fixed,
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for OutboundService {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = HttpFuture;
+
+    /// Always ready: limits refuse a request at once rather than hold
+    /// the connection back.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.outbound.handle(req, this.fixed.as_ref()).await) })
     }
 }
 
