@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! request ─► route    which service, which backends, which policy  (Route)
+//!         ─► fault injection (a delay, or the mesh answers)
 //!         ─► plan     deadline, attempts, per-try limit, hedge      (Plan, pure)
-//!         ─► fault injection, the concurrency limit, the retry budget's count
+//!         ─► the concurrency limit, the retry budget's count
 //!         ─► attempt  pick an endpoint, send, read the answer       (Attempt, Outcome)
 //!         ─► retry    another attempt, or this answer stands        (Next, pure)
 //!         ─► one response, its body layered once                    (proxy::response)
@@ -91,6 +92,12 @@ impl Outbound {
         mut ex: Exchange,
         grpc: bool,
     ) -> Response<BoxBody> {
+        // Injected delays come first: the request's time starts after them.
+        if let Some(f) = &route.policy.fault
+            && let Some(e) = fault::inject(f, &route.service).await
+        {
+            return ex.fail(e, grpc);
+        }
         let start = Instant::now();
         let Some(primary) = route.backends.primary().cloned() else {
             return ex.fail(ProxyError::NoEndpoints(route.service.to_string()), grpc);
@@ -106,11 +113,6 @@ impl Outbound {
         let plan = Plan::new(&route.policy, &facts, start, || {
             primary.runtime.latencies.p95(start)
         });
-        if let Some(f) = &route.policy.fault
-            && let Some(e) = fault::inject(f, &route.service).await
-        {
-            return ex.fail(e, grpc);
-        }
         // Counted until the response's headers are back (the limit is on
         // requests waiting for the service, not on long streams).
         let limit = primary.policy.resilience.limits.max_concurrent;
