@@ -17,15 +17,19 @@ use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
 use crate::model::{Health, ServicePolicy, ServiceState};
+use crate::resilience::RoutePolicy;
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::limit::Limit;
 
 /// What lives across config updates for one service: the retry budget and
 /// the request counts the limits apply to.
 pub struct Runtime {
     pub budget: RetryBudget,
-    pub in_flight: AtomicUsize,
-    pub pending: AtomicUsize,
+    /// Requests waiting for their response's headers (`maxConcurrentRequests`).
+    pub concurrent: Limit,
+    /// Requests waiting for a connection or a stream (`maxPendingRequests`).
+    pub pending: Limit,
     /// Recent latencies: the p95 that sets the hedge delay.
     pub latencies: crate::resilience::hedge::Latencies,
 }
@@ -50,6 +54,8 @@ pub struct Pick {
 pub struct Target {
     pub name: ServiceName,
     pub policy: ServicePolicy,
+    /// The policy of the service's default route, built once per table.
+    pub route_policy: Arc<RoutePolicy>,
     /// Every endpoint, healthy or not.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Those that may receive traffic (healthy or not checked).
@@ -347,8 +353,8 @@ impl TableBuilder {
                 Some(r) if r.budget.config() == budget_cfg => r.clone(),
                 _ => Arc::new(Runtime {
                     budget: RetryBudget::new(budget_cfg),
-                    in_flight: AtomicUsize::new(0),
-                    pending: AtomicUsize::new(0),
+                    concurrent: Limit::default(),
+                    pending: Limit::default(),
                     latencies: Default::default(),
                 }),
             };
@@ -356,6 +362,7 @@ impl TableBuilder {
             let ejected = ready.iter().filter(|e| e.peer.outlier.is_ejected()).count();
             let target = Target {
                 name: name.clone(),
+                route_policy: Arc::new(RoutePolicy::of_service(&state.policy.resilience)),
                 policy: state.policy.clone(),
                 endpoints,
                 ready,

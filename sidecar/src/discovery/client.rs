@@ -15,10 +15,11 @@ use weft_proto::protocol::Protocol;
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
-use super::{Backoff, ConfigState, StatusCell, StreamState, convert_update};
+use super::{ConfigState, StatusCell, StreamState, convert_update};
 use arc_swap::ArcSwap;
 
 use crate::authz::InboundPolicy;
+use crate::backoff::Backoff;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};

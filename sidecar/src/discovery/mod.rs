@@ -2,11 +2,9 @@
 //! update (or reject it with a reason), keep the last good config through
 //! control-plane outages, and reconnect with jittered backoff.
 
-mod backoff;
 mod client;
 mod state;
 
-pub use backoff::Backoff;
 pub use client::{DiscoveryClient, Member};
 pub use state::{ConfigState, convert_update};
 

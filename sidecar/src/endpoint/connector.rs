@@ -1,5 +1,7 @@
-//! The one way the sidecar opens a connection to a peer. Plain TCP for now;
-//! mutual TLS wraps this same trait, so nothing above it changes.
+//! The one way the sidecar opens a connection to a peer: a [`Connector`].
+//! [`TcpConnector`] is plain TCP (to the local app, and between sidecars
+//! running plaintext from a static file); `identity::tls::MtlsConnector`
+//! wraps it in mutual TLS, so nothing above this trait knows which.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -7,13 +7,16 @@
 pub mod breaker;
 pub mod budget;
 pub mod deadline;
+pub mod fault;
 pub mod hedge;
+pub mod limit;
 pub mod replay;
 pub mod timed;
 
 use std::time::Duration;
 
 use serde::Serialize;
+use weft_proto::grpc::GrpcCode;
 use weft_proto::pattern::{MethodPattern, PatternError};
 use weft_proto::protocol::ChoiceError;
 use weft_proto::retry::RetryConditions;
@@ -93,8 +96,36 @@ pub struct FaultPolicy {
     #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub delay: Duration,
     pub abort_percent: u32,
-    pub abort_grpc_status: u16,
+    #[serde(serialize_with = "grpc_code_number")]
+    pub abort_grpc_status: GrpcCode,
     pub abort_http_status: u16,
+}
+
+/// What a request to a route is held to: the service's own settings for
+/// its default route; a route's rule may override them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePolicy {
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub hedge: Option<HedgePolicy>,
+    pub fault: Option<FaultPolicy>,
+}
+
+impl RoutePolicy {
+    /// A service's default route follows the service's own policy.
+    pub fn of_service(r: &Resilience) -> Self {
+        RoutePolicy {
+            timeouts: r.timeouts,
+            retry: r.retry.clone(),
+            hedge: r.hedge.clone(),
+            fault: r.fault,
+        }
+    }
+}
+
+/// `/config` shows the status as its number, as the YAML takes it.
+fn grpc_code_number<S: serde::Serializer>(c: &GrpcCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(c.as_u16())
 }
 
 /// Everything a caller's sidecar applies to requests to one service.
@@ -131,6 +162,8 @@ pub enum ResilienceError {
     RetryOn(ChoiceError),
     #[error("hedge.grpc_methods: {0}")]
     HedgeMethod(PatternError),
+    #[error("fault.abort_grpc_status: {0} is not a gRPC status")]
+    FaultStatus(u32),
 }
 
 fn ms_or(ms: u64, default: Duration) -> Duration {
@@ -226,21 +259,30 @@ impl Resilience {
                 })
             })
             .transpose()?;
-        let fault = p.fault.as_ref().map(|f| FaultPolicy {
-            delay_percent: f.delay_percent.min(100),
-            delay: Duration::from_millis(f.delay_ms),
-            abort_percent: f.abort_percent.min(100),
-            abort_grpc_status: if f.abort_grpc_status == 0 {
-                14
-            } else {
-                f.abort_grpc_status as u16
-            },
-            abort_http_status: if f.abort_http_status == 0 {
-                503
-            } else {
-                f.abort_http_status as u16
-            },
-        });
+        let fault = p
+            .fault
+            .as_ref()
+            .map(|f| {
+                let abort_grpc_status = match f.abort_grpc_status {
+                    0 => GrpcCode::Unavailable,
+                    n => u16::try_from(n)
+                        .ok()
+                        .and_then(GrpcCode::from_u16)
+                        .ok_or(ResilienceError::FaultStatus(n))?,
+                };
+                Ok::<_, ResilienceError>(FaultPolicy {
+                    delay_percent: f.delay_percent.min(100),
+                    delay: Duration::from_millis(f.delay_ms),
+                    abort_percent: f.abort_percent.min(100),
+                    abort_grpc_status,
+                    abort_http_status: if f.abort_http_status == 0 {
+                        503
+                    } else {
+                        f.abort_http_status as u16
+                    },
+                })
+            })
+            .transpose()?;
         Ok(Resilience {
             retry,
             timeouts,
