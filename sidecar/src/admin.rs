@@ -17,8 +17,8 @@ use tower::ServiceExt;
 use crate::body::{BoxBody, boxed, full};
 use crate::discovery::StatusCell;
 use crate::drain;
-use crate::metrics::Metrics;
 use crate::table::{Entry, Routes};
+use crate::telemetry::metrics::Metrics;
 
 /// What the admin endpoint reads.
 pub struct AdminState {
@@ -32,7 +32,7 @@ pub struct AdminState {
     pub shutdown: Arc<Notify>,
     /// `None` with a static config (no mTLS).
     pub identity: Option<Arc<crate::identity::Identity>>,
-    pub inbound: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
+    pub inbound: Arc<arc_swap::ArcSwap<crate::model::inbound::InboundPolicy>>,
     /// The process's log filter; `None` when the embedding process owns
     /// logging (tests).
     pub log_level: Option<Arc<weft_process::logs::LogLevel>>,

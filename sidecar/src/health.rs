@@ -21,8 +21,8 @@ use tonic_health::pb::health_client::HealthClient;
 use weft_proto::protocol::Protocol;
 
 use crate::drain;
-use crate::metrics::Metrics;
 use crate::model::Health;
+use crate::telemetry::metrics::Metrics;
 
 /// How soon an app that is not healthy is checked again (at most).
 const UNHEALTHY_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);

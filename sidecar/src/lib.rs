@@ -14,7 +14,6 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod identity;
-pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod rand;

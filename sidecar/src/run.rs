@@ -13,7 +13,6 @@ use tokio::sync::{Notify, mpsc, watch};
 use weft_proto::name::ServiceName;
 
 use crate::admin::{self, AdminState};
-use crate::authz::InboundPolicy;
 use crate::backoff::Backoff;
 use crate::config::{SidecarConfig, Source};
 use crate::discovery::{ConfigState, DiscoveryClient, Member, StatusCell, StreamState};
@@ -21,10 +20,11 @@ use crate::drain;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
 use crate::identity::{Identity, IdentityError, tls};
-use crate::metrics::Metrics;
 use crate::model::Health;
+use crate::model::inbound::InboundPolicy;
 use crate::proxy::{self, App, Inbound, Listener, Outbound};
 use crate::table::{Routes, TableBuilder};
+use crate::telemetry::metrics::Metrics;
 
 /// The sidecar's sockets, bound before `run` so that tests can use port 0.
 pub struct Listeners {

@@ -15,12 +15,12 @@ use weft_proto::protocol::LoadBalancer;
 
 use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
-use crate::metrics::{EndpointLabels, Metrics};
+use crate::model::policy::RoutePolicy;
 use crate::model::{Health, ServicePolicy, ServiceState};
-use crate::resilience::RoutePolicy;
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limit::Limit;
+use crate::telemetry::metrics::{EndpointLabels, Metrics};
 
 /// What lives across config updates for one service: the retry budget and
 /// the request counts the limits apply to.
@@ -212,7 +212,7 @@ impl Target {
     fn publish_ejected(&self) {
         self.metrics
             .ejected_endpoints
-            .get_or_create(&crate::metrics::ServiceLabels {
+            .get_or_create(&crate::telemetry::metrics::ServiceLabels {
                 service: self.name.clone(),
             })
             .set(self.ejected.load(Ordering::Relaxed) as i64);
@@ -234,7 +234,7 @@ impl Target {
     fn count_ejection(&self) {
         self.metrics
             .ejections
-            .get_or_create(&crate::metrics::ServiceLabels {
+            .get_or_create(&crate::telemetry::metrics::ServiceLabels {
                 service: self.name.clone(),
             })
             .inc();

@@ -364,6 +364,7 @@ fn pushed(policy: pb::ServiceSpec) -> Result<(), String> {
         ..Default::default()
     })
     .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -456,7 +457,9 @@ fn method_patterns_are_judged_alike() {
                 ),
                 (
                     "sidecar applying a pushed inbound policy",
-                    weft_sidecar::discovery::convert_update(&inbound).map(|_| ()),
+                    weft_sidecar::discovery::convert_update(&inbound)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                 ),
                 (
                     "sidecar applying a pushed hedging policy",

@@ -11,10 +11,9 @@ use weft_proto::labels::{Labels, parse_label};
 use weft_proto::name::{ServiceName, validate_address, validate_instance_id};
 use weft_proto::protocol::Protocol;
 
-use super::{
-    ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
-};
+use super::{ConfigError, SidecarConfig, Source, Timeouts, Upstream, load_static_file};
 use crate::identity::{CertFiles, IdentityConfig, IdentitySource};
+use crate::telemetry::TracingConfig;
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
 /// from the rest of the mesh.
@@ -487,7 +486,7 @@ fn otlp_ca(file: Option<&std::path::Path>) -> Result<Vec<u8>, ConfigError> {
 fn otlp_client_identity(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<crate::config::PemIdentity, ConfigError> {
+) -> Result<crate::telemetry::PemIdentity, ConfigError> {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
     let read = |name: &'static str, path: &std::path::Path| {
@@ -513,7 +512,7 @@ fn otlp_client_identity(
             ),
         )
     })?;
-    Ok(crate::config::PemIdentity {
+    Ok(crate::telemetry::PemIdentity {
         chain: cert_pem,
         key: key_pem,
     })

@@ -17,6 +17,7 @@ use weft_proto::name::ServiceName;
 use weft_proto::protocol::Protocol;
 
 use crate::model::ServiceState;
+use crate::telemetry::TracingConfig;
 
 /// Where the sidecar's view of the mesh comes from.
 #[derive(Debug, Clone)]
@@ -63,39 +64,6 @@ pub struct SidecarConfig {
     pub access_log: bool,
     /// The process's log filter, for `/log-level`; set by `main`.
     pub log_level: Option<std::sync::Arc<weft_process::logs::LogLevel>>,
-}
-
-/// Trace export, validated.
-#[derive(Debug, Clone)]
-pub struct TracingConfig {
-    /// The OTLP/gRPC collector.
-    pub endpoint: http::Uri,
-    /// The share of new traces recorded (0..=1).
-    pub sampling: f64,
-    /// Finished spans waiting for export, at most.
-    pub queue: usize,
-    /// For an https collector: the CA certificates (PEM) its certificate
-    /// must chain to.
-    pub ca_pem: Option<Vec<u8>>,
-    /// For a collector that asks for one: the client certificate shown.
-    pub client_identity: Option<PemIdentity>,
-}
-
-/// A certificate chain and its private key, PEM, checked to belong
-/// together.
-#[derive(Clone)]
-pub struct PemIdentity {
-    pub chain: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for PemIdentity {
-    /// The key never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PemIdentity")
-            .field("chain_bytes", &self.chain.len())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Time limits of the sidecar.

@@ -15,16 +15,17 @@ use weft_proto::protocol::Protocol;
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
-use super::{ConfigState, StatusCell, StreamState, convert_update};
+use super::convert::{ConvertError, convert_update, health_to_proto};
+use super::{ConfigState, StatusCell, StreamState};
 use arc_swap::ArcSwap;
 
-use crate::authz::InboundPolicy;
 use crate::backoff::Backoff;
 use crate::drain;
-use crate::identity::Identity;
-use crate::metrics::{Metrics, UpdateLabels};
+use crate::identity::{Identity, IdentityError};
 use crate::model::Health;
+use crate::model::inbound::InboundPolicy;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
+use crate::telemetry::metrics::{Metrics, UpdateLabels};
 
 /// Who this sidecar is, as it says in its hello.
 #[derive(Debug, Clone)]
@@ -86,12 +87,13 @@ enum End {
     },
 }
 
-fn health_to_pb(h: Health) -> pb::Health {
-    match h {
-        Health::Unknown => pb::Health::Unknown,
-        Health::Healthy => pb::Health::Healthy,
-        Health::Unhealthy => pb::Health::Unhealthy,
-    }
+/// Why an update is refused; its text is the NACK reason.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Roots(#[from] IdentityError),
 }
 
 fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
@@ -147,7 +149,7 @@ impl DiscoveryClient {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             upstreams: self.wanted.iter().map(ToString::to_string).collect(),
-            health: health_to_pb(*self.health.borrow()) as i32,
+            health: health_to_proto(*self.health.borrow()) as i32,
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
             certificate_expires_unix_ms: self.identity.as_ref().map_or(0, |i| *i.expiry().borrow()),
             no_app: self.member.no_app,
@@ -263,7 +265,7 @@ impl DiscoveryClient {
                 r = self.health.changed() => {
                     if r.is_ok() {
                         let h = *self.health.borrow_and_update();
-                        let m = msg(pb::sidecar_message::Kind::Health(pb::AppHealth { health: health_to_pb(h) as i32, detail: String::new() }));
+                        let m = msg(pb::sidecar_message::Kind::Health(pb::AppHealth { health: health_to_proto(h) as i32, detail: String::new() }));
                         let _ = tx.send(m).await;
                     }
                 },
@@ -288,13 +290,15 @@ impl DiscoveryClient {
         let version = update.version;
         // New trust anchors first: a rotation's new CA is trusted before
         // anything signed by it arrives.
-        let converted = convert_update(update).and_then(|changes| {
-            match &self.identity {
-                Some(id) if !update.roots.is_empty() => id.set_roots(&update.roots)?,
-                _ => {}
-            }
-            Ok(changes)
-        });
+        let converted = convert_update(update)
+            .map_err(Refused::from)
+            .and_then(|changes| {
+                match &self.identity {
+                    Some(id) if !update.roots.is_empty() => id.set_roots(&update.roots)?,
+                    _ => {}
+                }
+                Ok(changes)
+            });
         match converted {
             Ok(changes) => {
                 self.state.apply(update.full, changes);
@@ -324,7 +328,8 @@ impl DiscoveryClient {
                 );
                 msg(pb::sidecar_message::Kind::Ack(pb::Ack { version }))
             }
-            Err(reason) => {
+            Err(refused) => {
+                let reason = refused.to_string();
                 tracing::warn!(version, %reason, "rejected an update; keeping the last good config");
                 self.metrics
                     .updates

@@ -3,10 +3,12 @@
 //! control-plane outages, and reconnect with jittered backoff.
 
 mod client;
+pub mod convert;
 mod state;
 
 pub use client::{DiscoveryClient, Member};
-pub use state::{ConfigState, convert_update};
+pub use convert::{ConvertError, convert_update};
+pub use state::ConfigState;
 
 use std::sync::Arc;
 

@@ -1,126 +1,14 @@
-//! Applying discovery updates: every update is converted and validated whole
-//! before anything changes, so a bad one is NACKed and the last good config
-//! stays in force.
+//! Applying discovery updates: the changes of an update, converted and
+//! validated whole first (`convert`), so that a bad one is NACKed and the
+//! last good config stays in force, are applied to what the sidecar knows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use weft_proto::labels::Labels;
-use weft_proto::name::{ServiceName, validate_address};
-use weft_proto::protocol::{LoadBalancer, Protocol};
-use weft_proto::v1 as pb;
+use weft_proto::name::ServiceName;
 
-use crate::authz::InboundPolicy;
-use crate::model::{EndpointSpec, Health, ServicePolicy, ServiceState, Subset};
-
-/// One service's change, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// What this sidecar enforces inbound (sent with its own service).
-    Inbound(InboundPolicy),
-    Unknown(ServiceName),
-    Known {
-        name: ServiceName,
-        policy: Option<Box<ServicePolicy>>,
-        reset: bool,
-        upsert: Vec<EndpointSpec>,
-        removed: Vec<Arc<str>>,
-    },
-}
-
-fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
-    let protocol = Protocol::from_proto(p.protocol)
-        .map_err(|e| format!("policy.protocol: {e}"))?
-        .unwrap_or(Protocol::Grpc);
-    let balance = LoadBalancer::from_proto(p.load_balancer)
-        .map_err(|e| format!("policy.load_balancer: {e}"))?;
-    let subsets = p
-        .subsets
-        .iter()
-        .map(|s| Subset {
-            name: s.name.clone(),
-            labels: s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        })
-        .collect();
-    let resilience = crate::resilience::Resilience::from_proto(p).map_err(|e| e.to_string())?;
-    Ok(ServicePolicy {
-        protocol,
-        balance,
-        subsets,
-        resilience,
-    })
-}
-
-fn convert_endpoint(e: &pb::Endpoint) -> Result<EndpointSpec, String> {
-    if e.instance_id.is_empty() {
-        return Err("endpoint without instance_id".into());
-    }
-    validate_address(&e.address)
-        .map_err(|r| format!("endpoint {}: address: {r}", e.instance_id))?;
-    let health = match pb::Health::try_from(e.health) {
-        Ok(pb::Health::Unknown) => Health::Unknown,
-        Ok(pb::Health::Healthy) => Health::Healthy,
-        Ok(pb::Health::Unhealthy) => Health::Unhealthy,
-        Err(_) => {
-            return Err(format!(
-                "endpoint {}: unknown health {}",
-                e.instance_id, e.health
-            ));
-        }
-    };
-    Ok(EndpointSpec {
-        id: e.instance_id.as_str().into(),
-        addr: e.address.as_str().into(),
-        labels: e
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Labels>(),
-        health,
-        weight: e.weight.max(1),
-    })
-}
-
-/// Validates a whole update; the first problem is the NACK reason.
-pub fn convert_update(u: &pb::DiscoveryUpdate) -> Result<Vec<Change>, String> {
-    let mut out = Vec::with_capacity(u.services.len());
-    for s in &u.services {
-        let name = ServiceName::parse(&s.name).map_err(|e| format!("service {:?}: {e}", s.name))?;
-        if let Some(ib) = &s.inbound {
-            out.push(Change::Inbound(
-                InboundPolicy::from_proto(ib).map_err(|e| format!("service {name}: {e}"))?,
-            ));
-        }
-        if !s.known {
-            out.push(Change::Unknown(name));
-            continue;
-        }
-        let policy = s
-            .policy
-            .as_ref()
-            .map(|p| convert_policy(p).map(Box::new))
-            .transpose()
-            .map_err(|e| format!("service {name}: {e}"))?;
-        let upsert = s
-            .endpoints
-            .iter()
-            .map(convert_endpoint)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("service {name}: {e}"))?;
-        out.push(Change::Known {
-            name,
-            policy,
-            reset: s.reset_endpoints,
-            upsert,
-            removed: s.removed.iter().map(|r| r.as_str().into()).collect(),
-        });
-    }
-    Ok(out)
-}
+use super::convert::Change;
+use crate::model::inbound::InboundPolicy;
+use crate::model::{ServicePolicy, ServiceState};
 
 /// Everything the sidecar knows about the services it wants.
 #[derive(Debug, Default, Clone)]
@@ -180,6 +68,10 @@ impl ConfigState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::convert::convert_update;
+    use crate::model::Health;
+    use weft_proto::protocol::Protocol;
+    use weft_proto::v1 as pb;
 
     fn ep(id: &str, addr: &str, health: pb::Health) -> pb::Endpoint {
         pb::Endpoint {
@@ -276,7 +168,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let e = convert_update(&u).expect_err("invalid");
+        let e = convert_update(&u).expect_err("invalid").to_string();
         assert!(e.contains("a-1") && e.contains("address"), "{e}");
         let u = pb::DiscoveryUpdate {
             services: vec![pb::ServiceUpdate {
@@ -293,6 +185,7 @@ mod tests {
         assert!(
             convert_update(&u)
                 .expect_err("invalid")
+                .to_string()
                 .contains("protocol")
         );
     }

@@ -67,6 +67,8 @@ pub enum IdentityError {
     Files(#[from] FilesError),
     #[error("this sidecar's certificate comes from files, not from a control plane")]
     NoControlPlane,
+    #[error("roots: {0}")]
+    Roots(weft_proto::identity::IdentityError),
 }
 
 impl IdentityError {
@@ -210,7 +212,7 @@ impl Identity {
     /// Trusts `roots` (DER, from the control plane) from the next handshake
     /// on, keeping the certificate. Before the first certificate there is
     /// nothing to do: it comes with its roots.
-    pub fn set_roots(&self, roots: &[Vec<u8>]) -> Result<(), String> {
+    pub fn set_roots(&self, roots: &[Vec<u8>]) -> Result<(), IdentityError> {
         let Some(cur) = self.current() else {
             return Ok(());
         };
@@ -221,7 +223,7 @@ impl Identity {
         if cur.roots_der == der {
             return Ok(());
         }
-        let store = root_store(&der).map_err(|e| format!("roots: {e}"))?;
+        let store = root_store(&der).map_err(IdentityError::Roots)?;
         tracing::info!(roots = der.len(), "the mesh's trust anchors changed");
         self.install(cur.with_roots(store, der));
         Ok(())

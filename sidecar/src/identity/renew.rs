@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::Identity;
 use crate::backoff::Backoff;
 use crate::drain;
-use crate::metrics::{Metrics, RenewalLabels};
+use crate::telemetry::metrics::{Metrics, RenewalLabels};
 
 /// When to renew a certificate valid from `issued` to `expires`: at a
 /// fraction of its lifetime drawn from [0.65, 0.75) by `r` in [0, 1).

@@ -21,7 +21,7 @@ use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, provider};
 use super::Identity;
 use crate::endpoint::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
 use crate::error::ProxyError;
-use crate::metrics::{HandshakeLabels, Metrics};
+use crate::telemetry::metrics::{HandshakeLabels, Metrics};
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_TCP: &[u8] = b"weft-tcp";

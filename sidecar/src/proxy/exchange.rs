@@ -18,8 +18,8 @@ use weft_proto::name::ServiceName;
 use super::outcome::Outcome;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
-use crate::metrics::{Direction, RequestLabels, ResponseLabels};
 use crate::telemetry::access::{self, AccessLine};
+use crate::telemetry::metrics::{Direction, RequestLabels, ResponseLabels};
 use crate::telemetry::tracer::{SpanRecord, Started};
 use crate::telemetry::{Route, Telemetry};
 
@@ -290,8 +290,8 @@ fn span_error(direction: Direction, c: &Outcome) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TracingConfig;
-    use crate::metrics::Metrics;
+    use crate::telemetry::TracingConfig;
+    use crate::telemetry::metrics::Metrics;
     use crate::telemetry::tracer::Tracer;
 
     fn telemetry(sampling: f64) -> Arc<Telemetry> {

@@ -23,13 +23,13 @@ use super::exchange::Exchange;
 use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
 use super::outcome::Outcome;
 use super::response::{self, Layers};
-use crate::authz::InboundPolicy;
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
 use crate::error::{ProxyError, error_chain};
 use crate::identity::tls::LazyAcceptor;
-use crate::metrics::Direction;
+use crate::model::inbound::InboundPolicy;
 use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::Direction;
 
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
 pub struct App {

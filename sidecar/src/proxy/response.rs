@@ -198,9 +198,9 @@ impl<B: Body> Drop for ResponseBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics};
     use crate::resilience::timed::Activity;
     use crate::telemetry::Telemetry;
+    use crate::telemetry::metrics::{Direction, Metrics};
     use http_body_util::{BodyExt, StreamBody};
     use std::time::Duration;
     use tokio::time::Instant;

@@ -13,8 +13,8 @@ use super::inbound::Inbound;
 use super::outbound::{Destination, Outbound};
 use crate::endpoint::{Alpn, ConnectTarget};
 use crate::error::ProxyError;
-use crate::metrics::Direction;
 use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::Direction;
 
 /// At most this many endpoints are tried for one connection.
 const MAX_CONNECT_ATTEMPTS: usize = 3;

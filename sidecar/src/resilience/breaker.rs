@@ -10,26 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct BreakerConfig {
-    pub consecutive_failures: u32,
-    #[serde(serialize_with = "weft_proto::duration::serialize")]
-    pub base: Duration,
-    #[serde(serialize_with = "weft_proto::duration::serialize")]
-    pub max: Duration,
-    pub max_ejected_percent: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            consecutive_failures: 5,
-            base: Duration::from_secs(30),
-            max: Duration::from_secs(300),
-            max_ejected_percent: 50,
-        }
-    }
-}
+use crate::model::policy::BreakerConfig;
 
 /// May this endpoint take a request now?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

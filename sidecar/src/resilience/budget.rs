@@ -9,22 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::policy::BudgetConfig;
+
 const BUCKETS: usize = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetConfig {
-    pub ratio: f64,
-    pub min_per_second: u32,
-}
-
-impl Default for BudgetConfig {
-    fn default() -> Self {
-        BudgetConfig {
-            ratio: 0.2,
-            min_per_second: 10,
-        }
-    }
-}
 
 struct Bucket {
     /// The second this bucket counts (seconds since `start`, + 1; 0: empty).

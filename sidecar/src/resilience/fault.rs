@@ -5,7 +5,7 @@
 use weft_proto::name::ServiceName;
 
 use crate::error::ProxyError;
-use crate::resilience::FaultPolicy;
+use crate::model::policy::FaultPolicy;
 
 /// Delays the request if the dice say so, then says whether to abort it.
 pub async fn inject(f: &FaultPolicy, service: &ServiceName) -> Option<ProxyError> {

@@ -1,5 +1,5 @@
-//! What the sidecar tells about the traffic it carries, beside the
-//! Prometheus metrics: OpenTelemetry spans (W3C trace context read and
+//! What the sidecar tells about the traffic it carries: the Prometheus
+//! metrics ([`metrics`]), OpenTelemetry spans (W3C trace context read and
 //! propagated), the access log, the `route` label's bounded names, and the
 //! inbound traffic summary sent to the control plane for `weftctl top`.
 //! Everything is decided once per request, in the exchange
@@ -7,15 +7,16 @@
 
 pub mod access;
 pub mod context;
+pub mod metrics;
 pub mod routes;
 pub mod tracer;
 pub mod traffic;
 
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+pub use metrics::Metrics;
 pub use routes::{Route, RouteNames};
-pub use tracer::{Tracer, TracerError};
+pub use tracer::{PemIdentity, Tracer, TracerError, TracingConfig};
 pub use traffic::Traffic;
 
 /// Shared by every listener of one sidecar.

@@ -30,8 +30,40 @@ use opentelemetry_sdk::trace::{
 use prometheus_client::metrics::counter::Counter;
 
 use super::context::{TRACEPARENT, TRACESTATE, TraceContext, new_span_id, new_trace_id, sample};
-use crate::config::TracingConfig;
-use crate::metrics::Metrics;
+use super::metrics::{Metrics, ReasonLabels};
+
+/// Trace export, validated (built from the flags by `config`).
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector.
+    pub endpoint: http::Uri,
+    /// The share of new traces recorded (0..=1).
+    pub sampling: f64,
+    /// Finished spans waiting for export, at most.
+    pub queue: usize,
+    /// For an https collector: the CA certificates (PEM) its certificate
+    /// must chain to.
+    pub ca_pem: Option<Vec<u8>>,
+    /// For a collector that asks for one: the client certificate shown.
+    pub client_identity: Option<PemIdentity>,
+}
+
+/// A certificate chain and its private key, PEM, checked to belong
+/// together.
+#[derive(Clone)]
+pub struct PemIdentity {
+    pub chain: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemIdentity {
+    /// The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemIdentity")
+            .field("chain_bytes", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up trace export to {endpoint}: {reason}")]
@@ -172,7 +204,7 @@ impl Tracer {
             exported: metrics.spans_exported.clone(),
             failed: metrics
                 .spans_dropped
-                .get_or_create(&crate::metrics::ReasonLabels {
+                .get_or_create(&ReasonLabels {
                     reason: "export-failed",
                 })
                 .clone(),
@@ -210,7 +242,7 @@ impl Tracer {
                 .build(),
             dropped_queue_full: metrics
                 .spans_dropped
-                .get_or_create(&crate::metrics::ReasonLabels {
+                .get_or_create(&ReasonLabels {
                     reason: "queue-full",
                 })
                 .clone(),

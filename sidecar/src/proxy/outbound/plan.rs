@@ -109,7 +109,7 @@ fn idempotent(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resilience::{HedgePolicy, Resilience, RetryPolicy, Timeouts};
+    use crate::model::policy::{HedgePolicy, Resilience, RetryPolicy, Timeouts};
     use weft_proto::pattern::MethodPattern;
 
     fn policy() -> RoutePolicy {

@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
 
 use crate::error::ProxyError;
+pub use crate::model::policy::RoutePolicy;
 use crate::proxy::headers::host_of;
-pub use crate::resilience::RoutePolicy;
 use crate::table::{Pick, Routes, Target};
 
 /// One backend of a route and its share of the requests.

@@ -1,6 +1,12 @@
-//! The sidecar's validated domain types: what a service is and where its
-//! endpoints are. Built from the control plane's updates or a static file at
-//! the edge; the data path only ever sees these.
+//! The sidecar's validated domain types: what a service is, where its
+//! endpoints are, the policy requests to it are held to ([`policy`]) and
+//! what its own sidecar enforces inbound ([`inbound`]). Built from the
+//! control plane's updates (`discovery::convert`) or a static file
+//! (`config`) at the edge; the data path only ever sees these. A leaf:
+//! nothing here depends on the rest of the sidecar.
+
+pub mod inbound;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +37,7 @@ pub struct ServicePolicy {
     pub protocol: Protocol,
     pub balance: LoadBalancer,
     pub subsets: Vec<Subset>,
-    pub resilience: crate::resilience::Resilience,
+    pub resilience: policy::Resilience,
 }
 
 impl Default for ServicePolicy {
