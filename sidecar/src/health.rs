@@ -63,9 +63,7 @@ impl Checker {
                 Protocol::Http => check_http(&http, self.app, self.timeout).await,
                 Protocol::Tcp => check_tcp(self.app, self.timeout).await,
             };
-            self.metrics
-                .app_healthy
-                .set(i64::from(health == Health::Healthy));
+            self.metrics.set_app_healthy(health == Health::Healthy);
             let changed = self.tx.send_if_modified(|h| {
                 let c = *h != health;
                 *h = health;

@@ -189,8 +189,7 @@ pub async fn run(
         let (mut expiry, m) = (id.expiry(), metrics.clone());
         tokio::spawn(async move {
             loop {
-                m.cert_expiry
-                    .set((*expiry.borrow_and_update() / 1000) as i64);
+                m.set_certificate_expiry(*expiry.borrow_and_update());
                 if expiry.changed().await.is_err() {
                     return;
                 }

@@ -20,7 +20,7 @@ use crate::model::{Health, ServicePolicy, ServiceState};
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limit::Limit;
-use crate::telemetry::metrics::{EndpointLabels, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 /// What lives across config updates for one service: the retry budget and
 /// the request counts the limits apply to.
@@ -211,11 +211,7 @@ impl Target {
     /// Publishes how many endpoints are ejected now.
     fn publish_ejected(&self) {
         self.metrics
-            .ejected_endpoints
-            .get_or_create(&crate::telemetry::metrics::ServiceLabels {
-                service: self.name.clone(),
-            })
-            .set(self.ejected.load(Ordering::Relaxed) as i64);
+            .set_ejected_endpoints(&self.name, self.ejected.load(Ordering::Relaxed));
     }
 
     fn tell(&self, e: &Endpoint, until: Option<Instant>) {
@@ -232,12 +228,7 @@ impl Target {
     }
 
     fn count_ejection(&self) {
-        self.metrics
-            .ejections
-            .get_or_create(&crate::telemetry::metrics::ServiceLabels {
-                service: self.name.clone(),
-            })
-            .inc();
+        self.metrics.count_ejection(&self.name);
     }
 
     pub fn ready_count(&self) -> usize {
@@ -309,7 +300,7 @@ impl TableBuilder {
         let mut peers = HashMap::new();
         let mut runtimes = HashMap::new();
         let mut services = HashMap::new();
-        self.metrics.endpoints.clear();
+        self.metrics.clear_endpoints();
         for (name, state) in known {
             let mut endpoints = Vec::with_capacity(state.endpoints.len());
             let mut ready = Vec::with_capacity(state.endpoints.len());
@@ -337,15 +328,7 @@ impl TableBuilder {
                 }
                 endpoints.push(e);
             }
-            for (health, n) in [("healthy", healthy), ("unhealthy", unhealthy)] {
-                self.metrics
-                    .endpoints
-                    .get_or_create(&EndpointLabels {
-                        service: name.clone(),
-                        health,
-                    })
-                    .set(n);
-            }
+            self.metrics.set_endpoints(name, healthy, unhealthy);
             // The budget and counts outlive config updates (a new budget
             // only when its settings change).
             let budget_cfg = state.policy.resilience.retry.budget;

@@ -25,7 +25,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::model::Health;
 use crate::model::inbound::InboundPolicy;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
-use crate::telemetry::metrics::{Metrics, UpdateLabels};
+use crate::telemetry::metrics::Metrics;
 
 /// Who this sidecar is, as it says in its hello.
 #[derive(Debug, Clone)]
@@ -311,10 +311,7 @@ impl DiscoveryClient {
                     tracing::info!(policy = ?inbound, "inbound policy changed");
                     self.inbound.store(Arc::new(inbound));
                 }
-                self.metrics
-                    .updates
-                    .get_or_create(&UpdateLabels { result: "ack" })
-                    .inc();
+                self.metrics.count_update_acked();
                 self.status.update(|s| {
                     s.version = version;
                     s.has_config = true;
@@ -331,10 +328,7 @@ impl DiscoveryClient {
             Err(refused) => {
                 let reason = refused.to_string();
                 tracing::warn!(version, %reason, "rejected an update; keeping the last good config");
-                self.metrics
-                    .updates
-                    .get_or_create(&UpdateLabels { result: "nack" })
-                    .inc();
+                self.metrics.count_update_rejected();
                 let r = reason.clone();
                 self.status
                     .update(|s| s.last_nack = Some(format!("{version}: {r}")));

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::Identity;
 use crate::backoff::Backoff;
 use crate::drain;
-use crate::telemetry::metrics::{Metrics, RenewalLabels};
+use crate::telemetry::metrics::Metrics;
 
 /// When to renew a certificate valid from `issued` to `expires`: at a
 /// fraction of its lifetime drawn from [0.65, 0.75) by `r` in [0, 1).
@@ -41,17 +41,11 @@ impl Identity {
             loop {
                 match self.obtain().await {
                     Ok(_) => {
-                        metrics
-                            .renewals
-                            .get_or_create(&RenewalLabels { result: "ok" })
-                            .inc();
+                        metrics.count_renewal_ok();
                         break;
                     }
                     Err(e) => {
-                        metrics
-                            .renewals
-                            .get_or_create(&RenewalLabels { result: "failed" })
-                            .inc();
+                        metrics.count_renewal_failed();
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "certificate renewal failed");
                         tokio::select! {
@@ -82,17 +76,13 @@ impl Identity {
                 continue;
             }
             seen = now;
-            let result = match self.obtain().await {
-                Ok(_) => "ok",
+            match self.obtain().await {
+                Ok(_) => metrics.count_renewal_ok(),
                 Err(e) => {
                     tracing::warn!(error = %e, "the certificate files changed but cannot be used; keeping the current certificate");
-                    "failed"
+                    metrics.count_renewal_failed();
                 }
-            };
-            metrics
-                .renewals
-                .get_or_create(&RenewalLabels { result })
-                .inc();
+            }
         }
     }
 }

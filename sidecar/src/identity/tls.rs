@@ -21,7 +21,7 @@ use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, provider};
 use super::Identity;
 use crate::endpoint::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
 use crate::error::ProxyError;
-use crate::telemetry::metrics::{HandshakeLabels, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
@@ -211,17 +211,12 @@ impl Connector for MtlsConnector {
             })?;
             match TlsConnector::from(cfg).connect(name, tcp).await {
                 Ok(tls) => {
-                    self.metrics
-                        .handshakes
-                        .get_or_create(&HandshakeLabels::ok("outbound"))
-                        .inc();
+                    self.metrics.count_handshake_ok("outbound");
                     Ok(Box::new(tls) as BoxedIo)
                 }
                 Err(e) => {
                     self.metrics
-                        .handshakes
-                        .get_or_create(&HandshakeLabels::failed("outbound", handshake_reason(&e)))
-                        .inc();
+                        .count_handshake_failed("outbound", handshake_reason(&e));
                     Err(ProxyError::Tls {
                         addr: target.addr.to_string(),
                         reason: e.to_string(),

@@ -19,7 +19,7 @@ use super::outcome::Outcome;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::telemetry::access::{self, AccessLine};
-use crate::telemetry::metrics::{Direction, RequestLabels, ResponseLabels};
+use crate::telemetry::metrics::{Direction, RequestLabels};
 use crate::telemetry::tracer::{SpanRecord, Started};
 use crate::telemetry::{Route, Telemetry};
 
@@ -75,7 +75,7 @@ impl Exchange {
             service,
             route,
         };
-        tel.metrics.requests.get_or_create(&labels).inc();
+        tel.metrics.count_request(&labels);
         let trace = tel.tracer.as_ref().map(|t| t.start(req.headers_mut()));
         let detail = (tel.access_log || trace.as_ref().is_some_and(|t| t.ctx.sampled)).then(|| {
             Box::new(Detail {
@@ -136,19 +136,8 @@ impl Exchange {
             self.tel.traffic.record(elapsed, c.is_server_fault());
         }
         let m = &self.tel.metrics;
-        m.latency
-            .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
-        m.responses
-            .get_or_create(&ResponseLabels {
-                direction: self.labels.direction,
-                service: self.labels.service.clone(),
-                route: self.labels.route.clone(),
-                status: c.status.as_u16(),
-                grpc_status: c.grpc.map(|s| s.to_string()).unwrap_or_default(),
-                error: c.error_label(),
-            })
-            .inc();
+        m.observe_duration(&self.labels, elapsed);
+        m.count_response(&self.labels, c.status.as_u16(), c.grpc, c.error_label());
         let Some(d) = self.detail.take() else {
             return;
         };

@@ -1,12 +1,19 @@
 //! The sidecar's Prometheus metrics, served at `/metrics` on the admin port.
 //! Names and labels are stable and documented in docs/metrics.md.
+//!
+//! Callers say what happened (`count_*` for counters, `set_*` for gauges,
+//! `observe_*` for histograms); the families and their label sets stay in
+//! here, so a label is spelled in one place.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
+use std::time::Duration;
+
+use weft_proto::grpc::GrpcCode;
 use weft_proto::name::ServiceName;
 
 use super::routes::Route;
@@ -27,51 +34,51 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabels {
-    pub direction: Direction,
-    pub service: ServiceName,
-    pub route: Route,
+struct ResponseLabels {
+    direction: Direction,
+    service: ServiceName,
+    route: Route,
     /// HTTP status code.
-    pub status: u16,
+    status: u16,
     /// gRPC status code, from headers or trailers; empty for non-gRPC.
-    pub grpc_status: String,
+    grpc_status: String,
     /// What went wrong: empty when the exchange completed; otherwise the
     /// mesh's error code (`x-weft-error`) or `stream-error`.
-    pub error: &'static str,
+    error: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub service: ServiceName,
-    pub health: &'static str,
+struct EndpointLabels {
+    service: ServiceName,
+    health: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
+struct StateLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpdateLabels {
-    pub result: &'static str,
+struct UpdateLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    pub direction: Direction,
-    pub service: ServiceName,
+struct TcpLabels {
+    direction: Direction,
+    service: ServiceName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandshakeLabels {
-    pub direction: &'static str,
-    pub result: &'static str,
+struct HandshakeLabels {
+    direction: &'static str,
+    result: &'static str,
     /// Why it failed; empty when it succeeded.
-    pub reason: &'static str,
+    reason: &'static str,
 }
 
 impl HandshakeLabels {
-    pub fn ok(direction: &'static str) -> Self {
+    fn ok(direction: &'static str) -> Self {
         HandshakeLabels {
             direction,
             result: "ok",
@@ -79,7 +86,7 @@ impl HandshakeLabels {
         }
     }
 
-    pub fn failed(direction: &'static str, reason: &'static str) -> Self {
+    fn failed(direction: &'static str, reason: &'static str) -> Self {
         HandshakeLabels {
             direction,
             result: "failed",
@@ -89,64 +96,68 @@ impl HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthzLabels {
-    pub service: ServiceName,
+struct AuthzLabels {
+    service: ServiceName,
     /// The caller's service; `(unresolved)` without a mesh identity.
-    pub caller: ServiceName,
+    caller: ServiceName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
-    pub service: ServiceName,
+struct ServiceLabels {
+    service: ServiceName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RetryLabels {
-    pub service: ServiceName,
+struct RetryLabels {
+    service: ServiceName,
     /// Why the try before failed (unavailable, connect-failure, …).
-    pub reason: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointStateLabels {
-    pub service: ServiceName,
-    pub endpoint: String,
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+struct RenewalLabels {
+    result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RenewalLabels {
-    pub result: &'static str,
-}
-
+/// Every metric of one sidecar, registered once.
 pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<RequestLabels, Histogram>,
+    endpoints: Family<EndpointLabels, Gauge>,
+    stream_state: Family<StateLabels, Gauge>,
+    updates: Family<UpdateLabels, Counter>,
+    app_healthy: Gauge,
+    tcp_connections: Family<TcpLabels, Counter>,
+    tcp_bytes_sent: Family<TcpLabels, Counter>,
+    tcp_bytes_received: Family<TcpLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    renewals: Family<RenewalLabels, Counter>,
+    cert_expiry: Gauge,
+    authz_denied: Family<AuthzLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    retries_refused: Family<ServiceLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
+    overloaded: Family<ServiceLabels, Counter>,
+    ejected_endpoints: Family<ServiceLabels, Gauge>,
+    hedges: Family<ServiceLabels, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<ReasonLabels, Counter>,
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub responses: Family<ResponseLabels, Counter>,
-    pub latency: Family<RequestLabels, Histogram>,
-    pub endpoints: Family<EndpointLabels, Gauge>,
-    pub stream_state: Family<StateLabels, Gauge>,
-    pub updates: Family<UpdateLabels, Counter>,
-    pub app_healthy: Gauge,
-    pub tcp_connections: Family<TcpLabels, Counter>,
-    pub tcp_bytes_sent: Family<TcpLabels, Counter>,
-    pub tcp_bytes_received: Family<TcpLabels, Counter>,
-    pub handshakes: Family<HandshakeLabels, Counter>,
-    pub renewals: Family<RenewalLabels, Counter>,
-    pub cert_expiry: Gauge,
-    pub authz_denied: Family<AuthzLabels, Counter>,
-    pub retries: Family<RetryLabels, Counter>,
-    pub retries_refused: Family<ServiceLabels, Counter>,
-    pub ejections: Family<ServiceLabels, Counter>,
-    pub overloaded: Family<ServiceLabels, Counter>,
-    pub ejected_endpoints: Family<ServiceLabels, Gauge>,
-    pub hedges: Family<ServiceLabels, Counter>,
-    pub spans_exported: Counter,
-    pub spans_dropped: Family<ReasonLabels, Counter>,
+}
+
+/// The span counters, for the exporter's own thread and the tracer's
+/// queue: held as handles, so that counting a span is one atomic add.
+#[derive(Clone)]
+pub struct SpanCounters {
+    pub exported: Counter,
+    pub export_failed: Counter,
+    pub queue_full: Counter,
 }
 
 fn service_labels(service: &ServiceName) -> ServiceLabels {
@@ -169,6 +180,12 @@ const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Registers `metric` as `weft_<name>` and hands it back.
+fn registered<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -178,202 +195,223 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("weft");
-        let requests = Family::<RequestLabels, Counter>::default();
-        r.register(
-            "requests",
-            "Requests received, by direction, service and route",
-            requests.clone(),
-        );
-        let responses = Family::<ResponseLabels, Counter>::default();
-        r.register(
-            "responses",
-            "Responses completed, by direction, service, route, HTTP status, gRPC status and error",
-            responses.clone(),
-        );
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
         );
-        r.register(
-            "request_duration_seconds",
-            "Time from a request's headers to the end of its response",
-            latency.clone(),
-        );
-        let endpoints = Family::<EndpointLabels, Gauge>::default();
-        r.register(
-            "endpoints",
-            "Endpoints known per service, by health",
-            endpoints.clone(),
-        );
-        let stream_state = Family::<StateLabels, Gauge>::default();
-        r.register(
-            "control_plane_stream",
-            "1 for the current state of the control-plane stream (connecting, synced, stale, static)",
-            stream_state.clone(),
-        );
-        let updates = Family::<UpdateLabels, Counter>::default();
-        r.register(
-            "control_plane_updates",
-            "Updates from the control plane, by result (ack, nack)",
-            updates.clone(),
-        );
-        let app_healthy = Gauge::default();
-        r.register(
-            "app_healthy",
-            "1 when the local app passed its last health check",
-            app_healthy.clone(),
-        );
-        let tcp_connections = Family::<TcpLabels, Counter>::default();
-        r.register(
-            "tcp_connections",
-            "Opaque TCP connections proxied",
-            tcp_connections.clone(),
-        );
-        let tcp_bytes_sent = Family::<TcpLabels, Counter>::default();
-        r.register(
-            "tcp_sent_bytes",
-            "Bytes sent to the upstream of opaque TCP connections",
-            tcp_bytes_sent.clone(),
-        );
-        let tcp_bytes_received = Family::<TcpLabels, Counter>::default();
-        r.register(
-            "tcp_received_bytes",
-            "Bytes received from the upstream of opaque TCP connections",
-            tcp_bytes_received.clone(),
-        );
-        let handshakes = Family::<HandshakeLabels, Counter>::default();
-        r.register(
-            "tls_handshakes",
-            "Mutual TLS handshakes with peers, by direction, result and reason",
-            handshakes.clone(),
-        );
-        let renewals = Family::<RenewalLabels, Counter>::default();
-        r.register(
-            "certificate_renewals",
-            "Certificate renewals by result",
-            renewals.clone(),
-        );
-        let cert_expiry = Gauge::default();
-        r.register(
-            "certificate_expiry_timestamp_seconds",
-            "When this sidecar's certificate expires (unix seconds; 0: no certificate)",
-            cert_expiry.clone(),
-        );
-        let authz_denied = Family::<AuthzLabels, Counter>::default();
-        r.register(
-            "authorization_denied",
-            "Inbound requests denied by authorization, by service and caller",
-            authz_denied.clone(),
-        );
-        let retries = Family::<RetryLabels, Counter>::default();
-        r.register(
-            "retries",
-            "Retries sent, by service and the reason for the retry",
-            retries.clone(),
-        );
-        let retries_refused = Family::<ServiceLabels, Counter>::default();
-        r.register(
-            "retries_budget_exhausted",
-            "Retries not sent because the service's retry budget was spent",
-            retries_refused.clone(),
-        );
-        let ejections = Family::<ServiceLabels, Counter>::default();
-        r.register(
-            "ejections",
-            "Endpoints ejected by outlier detection",
-            ejections.clone(),
-        );
-        let overloaded = Family::<ServiceLabels, Counter>::default();
-        r.register(
-            "overloaded",
-            "Requests answered at once because a concurrency or pending limit was reached",
-            overloaded.clone(),
-        );
-        let ejected_endpoints = Family::<ServiceLabels, Gauge>::default();
-        r.register(
-            "ejected_endpoints",
-            "Endpoints of a service ejected now (read at scrape time)",
-            ejected_endpoints.clone(),
-        );
-        let hedges = Family::<ServiceLabels, Counter>::default();
-        r.register(
-            "hedges",
-            "Second copies of hedgeable calls sent after the hedge delay",
-            hedges.clone(),
-        );
-        let spans_exported = Counter::default();
-        r.register(
-            "spans_exported",
-            "Spans the OTLP collector accepted",
-            spans_exported.clone(),
-        );
-        let spans_dropped = Family::<ReasonLabels, Counter>::default();
-        r.register(
-            "spans_dropped",
-            "Spans not exported, by reason (queue-full, export-failed)",
-            spans_dropped.clone(),
-        );
+        // Registered (and shown) in the order written; the registry is moved
+        // in last, once every metric is in it.
         Metrics {
+            requests: registered(
+                &mut r,
+                "requests",
+                "Requests received, by direction, service and route",
+                Family::default(),
+            ),
+            responses: registered(
+                &mut r,
+                "responses",
+                "Responses completed, by direction, service, route, HTTP status, gRPC status and error",
+                Family::default(),
+            ),
+            latency: registered(
+                &mut r,
+                "request_duration_seconds",
+                "Time from a request's headers to the end of its response",
+                latency,
+            ),
+            endpoints: registered(
+                &mut r,
+                "endpoints",
+                "Endpoints known per service, by health",
+                Family::default(),
+            ),
+            stream_state: registered(
+                &mut r,
+                "control_plane_stream",
+                "1 for the current state of the control-plane stream (connecting, synced, stale, static)",
+                Family::default(),
+            ),
+            updates: registered(
+                &mut r,
+                "control_plane_updates",
+                "Updates from the control plane, by result (ack, nack)",
+                Family::default(),
+            ),
+            app_healthy: registered(
+                &mut r,
+                "app_healthy",
+                "1 when the local app passed its last health check",
+                Gauge::default(),
+            ),
+            tcp_connections: registered(
+                &mut r,
+                "tcp_connections",
+                "Opaque TCP connections proxied",
+                Family::default(),
+            ),
+            tcp_bytes_sent: registered(
+                &mut r,
+                "tcp_sent_bytes",
+                "Bytes sent to the upstream of opaque TCP connections",
+                Family::default(),
+            ),
+            tcp_bytes_received: registered(
+                &mut r,
+                "tcp_received_bytes",
+                "Bytes received from the upstream of opaque TCP connections",
+                Family::default(),
+            ),
+            handshakes: registered(
+                &mut r,
+                "tls_handshakes",
+                "Mutual TLS handshakes with peers, by direction, result and reason",
+                Family::default(),
+            ),
+            renewals: registered(
+                &mut r,
+                "certificate_renewals",
+                "Certificate renewals by result",
+                Family::default(),
+            ),
+            cert_expiry: registered(
+                &mut r,
+                "certificate_expiry_timestamp_seconds",
+                "When this sidecar's certificate expires (unix seconds; 0: no certificate)",
+                Gauge::default(),
+            ),
+            authz_denied: registered(
+                &mut r,
+                "authorization_denied",
+                "Inbound requests denied by authorization, by service and caller",
+                Family::default(),
+            ),
+            retries: registered(
+                &mut r,
+                "retries",
+                "Retries sent, by service and the reason for the retry",
+                Family::default(),
+            ),
+            retries_refused: registered(
+                &mut r,
+                "retries_budget_exhausted",
+                "Retries not sent because the service's retry budget was spent",
+                Family::default(),
+            ),
+            ejections: registered(
+                &mut r,
+                "ejections",
+                "Endpoints ejected by outlier detection",
+                Family::default(),
+            ),
+            overloaded: registered(
+                &mut r,
+                "overloaded",
+                "Requests answered at once because a concurrency or pending limit was reached",
+                Family::default(),
+            ),
+            ejected_endpoints: registered(
+                &mut r,
+                "ejected_endpoints",
+                "Endpoints of a service ejected now (read at scrape time)",
+                Family::default(),
+            ),
+            hedges: registered(
+                &mut r,
+                "hedges",
+                "Second copies of hedgeable calls sent after the hedge delay",
+                Family::default(),
+            ),
+            spans_exported: registered(
+                &mut r,
+                "spans_exported",
+                "Spans the OTLP collector accepted",
+                Counter::default(),
+            ),
+            spans_dropped: registered(
+                &mut r,
+                "spans_dropped",
+                "Spans not exported, by reason (queue-full, export-failed)",
+                Family::default(),
+            ),
             registry: r,
-            requests,
-            responses,
-            latency,
-            endpoints,
-            stream_state,
-            updates,
-            app_healthy,
-            tcp_connections,
-            tcp_bytes_sent,
-            tcp_bytes_received,
-            handshakes,
-            renewals,
-            cert_expiry,
-            authz_denied,
-            retries,
-            retries_refused,
-            ejections,
-            overloaded,
-            ejected_endpoints,
-            hedges,
-            spans_exported,
-            spans_dropped,
         }
     }
 
-    /// A request refused at once by a concurrency or pending limit.
-    pub fn count_overloaded(&self, service: &ServiceName) {
-        self.overloaded
-            .get_or_create(&service_labels(service))
+    /// A request received.
+    pub fn count_request(&self, request: &RequestLabels) {
+        self.requests.get_or_create(request).inc();
+    }
+
+    /// How long a request took, from its headers to the end of its response.
+    pub fn observe_duration(&self, request: &RequestLabels, elapsed: Duration) {
+        self.latency
+            .get_or_create(request)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// How a request's exchange ended: its HTTP status, gRPC status and,
+    /// when it did not complete, the error's code.
+    pub fn count_response(
+        &self,
+        request: &RequestLabels,
+        status: u16,
+        grpc: Option<GrpcCode>,
+        error: &'static str,
+    ) {
+        let labels = ResponseLabels {
+            direction: request.direction,
+            service: request.service.clone(),
+            route: request.route.clone(),
+            status,
+            grpc_status: grpc.map(|g| g.to_string()).unwrap_or_default(),
+            error,
+        };
+        self.responses.get_or_create(&labels).inc();
+    }
+
+    /// Forgets every service's endpoint counts (before a new table sets
+    /// those of the services it has).
+    pub fn clear_endpoints(&self) {
+        self.endpoints.clear();
+    }
+
+    /// The endpoints known for `service`, by health.
+    pub fn set_endpoints(&self, service: &ServiceName, healthy: i64, unhealthy: i64) {
+        for (health, n) in [("healthy", healthy), ("unhealthy", unhealthy)] {
+            let labels = EndpointLabels {
+                service: service.clone(),
+                health,
+            };
+            self.endpoints.get_or_create(&labels).set(n);
+        }
+    }
+
+    /// Marks `state` as the control-plane stream's current state.
+    pub fn set_stream_state(&self, state: &'static str) {
+        for s in ["connecting", "synced", "stale", "static"] {
+            self.stream_state
+                .get_or_create(&StateLabels { state: s })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// An update from the control plane applied (ACK).
+    pub fn count_update_acked(&self) {
+        self.updates
+            .get_or_create(&UpdateLabels { result: "ack" })
             .inc();
     }
 
-    /// A retry sent, and why the attempt before failed.
-    pub fn count_retry(&self, service: &ServiceName, reason: &'static str) {
-        let labels = RetryLabels {
-            service: service.clone(),
-            reason,
-        };
-        self.retries.get_or_create(&labels).inc();
-    }
-
-    /// A retry not sent because the service's budget was spent.
-    pub fn count_retry_budget_spent(&self, service: &ServiceName) {
-        self.retries_refused
-            .get_or_create(&service_labels(service))
+    /// An update from the control plane rejected (NACK).
+    pub fn count_update_rejected(&self) {
+        self.updates
+            .get_or_create(&UpdateLabels { result: "nack" })
             .inc();
     }
 
-    /// A second copy of a hedgeable call sent.
-    pub fn count_hedge(&self, service: &ServiceName) {
-        self.hedges.get_or_create(&service_labels(service)).inc();
-    }
-
-    /// An inbound request authorization denied.
-    pub fn count_denied(&self, service: &ServiceName, caller: &ServiceName) {
-        let labels = AuthzLabels {
-            service: service.clone(),
-            caller: caller.clone(),
-        };
-        self.authz_denied.get_or_create(&labels).inc();
+    /// Whether the local app passed its last health check.
+    pub fn set_app_healthy(&self, healthy: bool) {
+        self.app_healthy.set(i64::from(healthy));
     }
 
     /// An opaque TCP connection proxied.
@@ -412,12 +450,85 @@ impl Metrics {
             .inc();
     }
 
-    /// Marks `state` as the control-plane stream's current state.
-    pub fn set_stream_state(&self, state: &'static str) {
-        for s in ["connecting", "synced", "stale", "static"] {
-            self.stream_state
-                .get_or_create(&StateLabels { state: s })
-                .set(i64::from(s == state));
+    /// A certificate renewed (or, from files, a changed set loaded).
+    pub fn count_renewal_ok(&self) {
+        self.renewals
+            .get_or_create(&RenewalLabels { result: "ok" })
+            .inc();
+    }
+
+    /// A renewal that failed (or changed files that could not be used).
+    pub fn count_renewal_failed(&self) {
+        self.renewals
+            .get_or_create(&RenewalLabels { result: "failed" })
+            .inc();
+    }
+
+    /// When the current certificate expires (unix ms; 0: none yet).
+    pub fn set_certificate_expiry(&self, unix_ms: u64) {
+        self.cert_expiry.set((unix_ms / 1000) as i64);
+    }
+
+    /// An inbound request authorization denied.
+    pub fn count_denied(&self, service: &ServiceName, caller: &ServiceName) {
+        let labels = AuthzLabels {
+            service: service.clone(),
+            caller: caller.clone(),
+        };
+        self.authz_denied.get_or_create(&labels).inc();
+    }
+
+    /// A retry sent, and why the attempt before failed.
+    pub fn count_retry(&self, service: &ServiceName, reason: &'static str) {
+        let labels = RetryLabels {
+            service: service.clone(),
+            reason,
+        };
+        self.retries.get_or_create(&labels).inc();
+    }
+
+    /// A retry not sent because the service's budget was spent.
+    pub fn count_retry_budget_spent(&self, service: &ServiceName) {
+        self.retries_refused
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
+    /// An endpoint of `service` ejected by outlier detection.
+    pub fn count_ejection(&self, service: &ServiceName) {
+        self.ejections.get_or_create(&service_labels(service)).inc();
+    }
+
+    /// A request refused at once by a concurrency or pending limit.
+    pub fn count_overloaded(&self, service: &ServiceName) {
+        self.overloaded
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
+    /// How many endpoints of `service` are ejected now.
+    pub fn set_ejected_endpoints(&self, service: &ServiceName, ejected: usize) {
+        self.ejected_endpoints
+            .get_or_create(&service_labels(service))
+            .set(ejected as i64);
+    }
+
+    /// A second copy of a hedgeable call sent.
+    pub fn count_hedge(&self, service: &ServiceName) {
+        self.hedges.get_or_create(&service_labels(service)).inc();
+    }
+
+    /// The counters of spans exported and dropped, as handles.
+    pub fn span_counters(&self) -> SpanCounters {
+        let dropped = |reason| {
+            self.spans_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .clone()
+        };
+        SpanCounters {
+            exported: self.spans_exported.clone(),
+            export_failed: dropped("export-failed"),
+            queue_full: dropped("queue-full"),
         }
     }
 
@@ -427,5 +538,115 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric, recorded once through the methods callers use.
+    fn recorded() -> String {
+        let m = Metrics::new();
+        let svc = ServiceName::parse("users").expect("name");
+        let req = RequestLabels {
+            direction: Direction::outbound,
+            service: svc.clone(),
+            route: Route::default(),
+        };
+        m.count_request(&req);
+        m.observe_duration(&req, Duration::from_millis(3));
+        m.count_response(&req, 200, Some(GrpcCode::Unavailable), "");
+        m.set_endpoints(&svc, 2, 1);
+        m.set_stream_state("synced");
+        m.count_update_acked();
+        m.count_update_rejected();
+        m.set_app_healthy(true);
+        m.count_tcp_connection(Direction::inbound, &svc);
+        m.count_tcp_bytes(Direction::inbound, &svc, 10, 20);
+        m.count_handshake_ok("outbound");
+        m.count_handshake_failed("inbound", "untrusted");
+        m.count_renewal_ok();
+        m.count_renewal_failed();
+        m.set_certificate_expiry(5_000);
+        m.count_denied(&svc, &ServiceName::unresolved());
+        m.count_retry(&svc, "unavailable");
+        m.count_retry_budget_spent(&svc);
+        m.count_ejection(&svc);
+        m.count_overloaded(&svc);
+        m.set_ejected_endpoints(&svc, 1);
+        m.count_hedge(&svc);
+        let spans = m.span_counters();
+        spans.exported.inc();
+        spans.export_failed.inc();
+        spans.queue_full.inc();
+        m.render()
+    }
+
+    #[test]
+    fn each_method_records_under_its_documented_name_and_labels() {
+        let text = recorded();
+        for line in [
+            r#"weft_requests_total{direction="outbound",service="users",route=""} 1"#,
+            r#"weft_responses_total{direction="outbound",service="users",route="",status="200",grpc_status="14",error=""} 1"#,
+            r#"weft_request_duration_seconds_count{direction="outbound",service="users",route=""} 1"#,
+            r#"weft_endpoints{service="users",health="healthy"} 2"#,
+            r#"weft_endpoints{service="users",health="unhealthy"} 1"#,
+            r#"weft_control_plane_stream{state="synced"} 1"#,
+            r#"weft_control_plane_stream{state="stale"} 0"#,
+            r#"weft_control_plane_updates_total{result="ack"} 1"#,
+            r#"weft_control_plane_updates_total{result="nack"} 1"#,
+            "weft_app_healthy 1",
+            r#"weft_tcp_connections_total{direction="inbound",service="users"} 1"#,
+            r#"weft_tcp_sent_bytes_total{direction="inbound",service="users"} 10"#,
+            r#"weft_tcp_received_bytes_total{direction="inbound",service="users"} 20"#,
+            r#"weft_tls_handshakes_total{direction="outbound",result="ok",reason=""} 1"#,
+            r#"weft_tls_handshakes_total{direction="inbound",result="failed",reason="untrusted"} 1"#,
+            r#"weft_certificate_renewals_total{result="ok"} 1"#,
+            r#"weft_certificate_renewals_total{result="failed"} 1"#,
+            "weft_certificate_expiry_timestamp_seconds 5",
+            r#"weft_authorization_denied_total{service="users",caller="(unresolved)"} 1"#,
+            r#"weft_retries_total{service="users",reason="unavailable"} 1"#,
+            r#"weft_retries_budget_exhausted_total{service="users"} 1"#,
+            r#"weft_ejections_total{service="users"} 1"#,
+            r#"weft_overloaded_total{service="users"} 1"#,
+            r#"weft_ejected_endpoints{service="users"} 1"#,
+            r#"weft_hedges_total{service="users"} 1"#,
+            "weft_spans_exported_total 1",
+            r#"weft_spans_dropped_total{reason="export-failed"} 1"#,
+            r#"weft_spans_dropped_total{reason="queue-full"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_metric_is_in_the_docs() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let docs = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let text = recorded();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(names.len(), 22, "{names:?}");
+        for name in names {
+            let shown = if text.contains(&format!("{name}_total")) {
+                format!("`{name}_total`")
+            } else {
+                format!("`{name}`")
+            };
+            assert!(docs.contains(&shown), "{shown} is not in docs/metrics.md");
+        }
+    }
+
+    #[test]
+    fn clearing_endpoints_forgets_services_gone() {
+        let m = Metrics::new();
+        let svc = ServiceName::parse("users").expect("name");
+        m.set_endpoints(&svc, 1, 0);
+        m.clear_endpoints();
+        assert!(!m.render().contains("weft_endpoints{"), "{}", m.render());
     }
 }

@@ -30,7 +30,7 @@ use opentelemetry_sdk::trace::{
 use prometheus_client::metrics::counter::Counter;
 
 use super::context::{TRACEPARENT, TRACESTATE, TraceContext, new_span_id, new_trace_id, sample};
-use super::metrics::{Metrics, ReasonLabels};
+use super::metrics::Metrics;
 
 /// Trace export, validated (built from the flags by `config`).
 #[derive(Debug, Clone)]
@@ -198,16 +198,12 @@ impl Tracer {
     ) -> Result<Self, TracerError> {
         let (exporter, stop_exporter) = export_thread(cfg)?;
         let queued = Arc::new(AtomicUsize::new(0));
+        let counters = metrics.span_counters();
         let exporter = Counting {
             inner: exporter,
             queued: queued.clone(),
-            exported: metrics.spans_exported.clone(),
-            failed: metrics
-                .spans_dropped
-                .get_or_create(&ReasonLabels {
-                    reason: "export-failed",
-                })
-                .clone(),
+            exported: counters.exported,
+            failed: counters.export_failed,
             failing: AtomicBool::new(false),
             endpoint: cfg.endpoint.to_string(),
         };
@@ -240,12 +236,7 @@ impl Tracer {
             scope: InstrumentationScope::builder("weft-sidecar")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-            dropped_queue_full: metrics
-                .spans_dropped
-                .get_or_create(&ReasonLabels {
-                    reason: "queue-full",
-                })
-                .clone(),
+            dropped_queue_full: counters.queue_full,
         })
     }
 
