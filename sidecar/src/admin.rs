@@ -190,7 +190,7 @@ fn config_json(state: &AdminState) -> Value {
         "advertise": state.advertise,
         "identity": identity,
         "inbound": &**state.inbound.load(),
-        "controlPlane": *state.status.get(),
+        "controlPlane": state.status.get(),
         "services": services.into_iter().collect::<serde_json::Map<_, _>>(),
     })
 }

@@ -1,30 +1,38 @@
 //! Wiring: the sidecar as a library function. Give it bound listeners and a
-//! shutdown future; it obtains its certificate, serves until the future
-//! resolves (or `POST /shutdown`), then stops accepting, leaves the mesh,
-//! and drains in-flight requests.
+//! shutdown future; [`run`] builds the parts its tasks share, spawns the
+//! tasks (admin, identity, what keeps the routing table current, the app's
+//! health checks, the listeners, gRPC health), waits for a reason to stop
+//! (the future, `POST /shutdown`, or a certificate the control plane
+//! refuses), then stops accepting, leaves the mesh, and drains in-flight
+//! requests.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tonic_health::server::HealthReporter;
 use weft_proto::name::ServiceName;
 
 use crate::admin::{self, AdminState};
 use crate::backoff::Backoff;
 use crate::config::{SidecarConfig, Source};
-use crate::discovery::{ConfigState, DiscoveryClient, Member, StatusCell, StreamState};
+use crate::discovery::{ConfigState, DiscoveryClient, Member, Status, StatusCell, StreamState};
 use crate::drain;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
-use crate::identity::{Identity, IdentityError, tls};
-use crate::model::Health;
+use crate::identity::tls::{self, MtlsConnector};
+use crate::identity::{Identity, IdentityError};
 use crate::model::inbound::InboundPolicy;
+use crate::model::{Health, ServiceState};
 use crate::proxy::{self, App, Inbound, Listener, Outbound};
 use crate::table::{Routes, TableBuilder};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{Telemetry, Tracer};
 
 /// The sidecar's sockets, bound before `run` so that tests can use port 0.
 pub struct Listeners {
@@ -74,12 +82,193 @@ impl Listeners {
     }
 }
 
+/// Runs the sidecar until `shutdown` resolves, then drains.
+pub async fn run(
+    cfg: SidecarConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SidecarError> {
+    weft_proto::identity::install_provider();
+    let Listeners {
+        inbound,
+        outbound,
+        admin,
+        upstreams,
+    } = listeners;
+    let inbound_addr = inbound.local_addr().map_err(SidecarError::LocalAddr)?;
+    let (parts, feed) = Parts::new(&cfg, inbound_addr)?;
+    let (drain_signal, drain) = drain::channel();
+
+    // The admin endpoint first: /live answers while the certificate comes.
+    let stop_request = Arc::new(Notify::new());
+    let health = spawn_admin(admin, &cfg, &parts, &stop_request, &drain);
+    let refused = parts
+        .identity
+        .as_ref()
+        .map(|id| spawn_identity(id, &parts.metrics, &drain));
+    let app_health = spawn_app_checks(&cfg, &parts.metrics, &drain);
+    spawn_feed(feed, &cfg, &parts, app_health, &drain);
+    serve_traffic(&cfg, &parts, inbound, outbound, upstreams, &drain);
+    tokio::spawn(follow_readiness(
+        parts.status.watch(),
+        health,
+        drain.clone(),
+    ));
+    drop(drain);
+
+    let result = stopped(shutdown, &stop_request, refused).await;
+    drain_connections(drain_signal, cfg.timeouts.drain).await;
+    // The spans of the last requests go out before the process ends.
+    parts.telemetry.flush().await;
+    result
+}
+
+/// What the sidecar's tasks share, built before any of them starts.
+struct Parts {
+    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
+    /// `None` with a static config and no certificate files (plaintext).
+    identity: Option<Arc<Identity>>,
+    status: Arc<StatusCell>,
+    routes: Arc<Routes>,
+    /// What the inbound half enforces, as the control plane last said.
+    inbound_policy: Arc<ArcSwap<InboundPolicy>>,
+    /// Plain TCP: to the app, and under TLS to peers.
+    tcp: Arc<TcpConnector>,
+    /// The one way to a peer sidecar (mutual TLS when there is an identity).
+    peers: Arc<dyn Connector>,
+    /// What other sidecars dial.
+    advertise: String,
+}
+
+/// What keeps the routing table current, ready to start.
+enum Feed {
+    Static {
+        path: PathBuf,
+        services: Vec<(ServiceName, ServiceState)>,
+    },
+    ControlPlane {
+        url: String,
+        /// Services the app called that the table did not know.
+        subscriptions: mpsc::UnboundedReceiver<ServiceName>,
+    },
+}
+
+impl Parts {
+    fn new(cfg: &SidecarConfig, inbound: SocketAddr) -> Result<(Self, Feed), SidecarError> {
+        let metrics = Arc::new(Metrics::new());
+        let tracer = cfg
+            .tracing
+            .as_ref()
+            .map(|t| Tracer::new(t, cfg.service.as_str(), &cfg.instance_id, &metrics))
+            .transpose()?;
+        let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer, cfg.access_log));
+        let identity = cfg
+            .identity
+            .clone()
+            .map(|c| Identity::from_source(c, &cfg.service))
+            .transpose()?;
+        let tcp = Arc::new(TcpConnector {
+            timeout: cfg.timeouts.connect,
+        });
+        let peers: Arc<dyn Connector> = match &identity {
+            Some(id) => Arc::new(MtlsConnector::new(id.clone(), tcp.clone(), metrics.clone())),
+            None => tcp.clone(),
+        };
+        let (subscribe, feed, state) = match &cfg.source {
+            Source::Static { path, services } => {
+                let feed = Feed::Static {
+                    path: path.clone(),
+                    services: services.clone(),
+                };
+                (None, feed, StreamState::Static)
+            }
+            Source::ControlPlane(url) => {
+                let (tx, subscriptions) = mpsc::unbounded_channel();
+                let feed = Feed::ControlPlane {
+                    url: url.clone(),
+                    subscriptions,
+                };
+                (Some(tx), feed, StreamState::Connecting)
+            }
+        };
+        let parts = Parts {
+            metrics,
+            telemetry,
+            identity,
+            status: StatusCell::new(state),
+            routes: Arc::new(Routes::new(subscribe)),
+            inbound_policy: Arc::new(ArcSwap::from_pointee(InboundPolicy::default())),
+            tcp,
+            peers,
+            advertise: cfg.advertise.clone().unwrap_or_else(|| inbound.to_string()),
+        };
+        Ok((parts, feed))
+    }
+}
+
+/// Serves the admin endpoint; returns what sets its gRPC health.
+fn spawn_admin(
+    listener: TcpListener,
+    cfg: &SidecarConfig,
+    parts: &Parts,
+    stop_request: &Arc<Notify>,
+    drain: &drain::Watch,
+) -> HealthReporter {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let state = Arc::new(AdminState {
+        service: cfg.service.to_string(),
+        instance_id: cfg.instance_id.clone(),
+        advertise: parts.advertise.clone(),
+        status: parts.status.clone(),
+        routes: parts.routes.clone(),
+        metrics: parts.metrics.clone(),
+        shutdown: stop_request.clone(),
+        identity: parts.identity.clone(),
+        inbound: parts.inbound_policy.clone(),
+        log_level: cfg.log_level.clone(),
+    });
+    let health = admin::HealthService::new(health);
+    tokio::spawn(admin::serve(listener, state, health, drain.clone()));
+    reporter
+}
+
+/// Obtains the certificate in the background, so that the listeners serve
+/// from the start (calls fail fast with `no-certificate` until it arrives,
+/// and /ready says so), then renews it; keeps the expiry gauge current. A
+/// refused token comes back on the returned channel: it stops the sidecar.
+fn spawn_identity(
+    identity: &Arc<Identity>,
+    metrics: &Arc<Metrics>,
+    drain: &drain::Watch,
+) -> oneshot::Receiver<IdentityError> {
+    let (refused_tx, refused) = oneshot::channel();
+    let (id, m, mut d) = (identity.clone(), metrics.clone(), drain.clone());
+    tokio::spawn(async move {
+        match bootstrap(&id, &mut d).await {
+            Ok(true) => id.run_renewal(m, d).await,
+            Ok(false) => {}
+            Err(e) => {
+                let _ = refused_tx.send(e);
+            }
+        }
+    });
+    let (mut expiry, m) = (identity.expiry(), metrics.clone());
+    tokio::spawn(async move {
+        loop {
+            m.set_certificate_expiry(*expiry.borrow_and_update());
+            if expiry.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    refused
+}
+
 /// Obtains the first certificate, retrying while the control plane is
 /// unreachable; a refusal (bad, expired or foreign token) is final.
-async fn bootstrap(
-    identity: &Identity,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<bool, IdentityError> {
+/// `Ok(false)`: draining began first.
+async fn bootstrap(identity: &Identity, drain: &mut drain::Watch) -> Result<bool, IdentityError> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match identity.obtain().await {
@@ -89,7 +278,7 @@ async fn bootstrap(
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no certificate yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = &mut *shutdown => return Ok(false),
+                    _ = drain.signaled() => return Ok(false),
                 }
             }
             Err(e) => return Err(e),
@@ -97,271 +286,191 @@ async fn bootstrap(
     }
 }
 
-/// Runs the sidecar until `shutdown` resolves, then drains.
-pub async fn run(
-    cfg: SidecarConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), SidecarError> {
-    weft_proto::identity::install_provider();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let metrics = Arc::new(Metrics::new());
-    let tracer = cfg
-        .tracing
-        .as_ref()
-        .map(|t| crate::telemetry::Tracer::new(t, cfg.service.as_str(), &cfg.instance_id, &metrics))
-        .transpose()?;
-    let telemetry = Arc::new(crate::telemetry::Telemetry::new(
-        metrics.clone(),
-        tracer,
-        cfg.access_log,
-    ));
-    let inbound_addr = listeners
-        .inbound
-        .local_addr()
-        .map_err(SidecarError::LocalAddr)?;
-    let advertise = cfg
-        .advertise
-        .clone()
-        .unwrap_or_else(|| inbound_addr.to_string());
-    let tcp = Arc::new(TcpConnector {
-        timeout: cfg.timeouts.connect,
-    });
-    let (drain_signal, drain_watch) = drain::channel();
-    let identity = cfg
-        .identity
-        .clone()
-        .map(|c| Identity::from_source(c, &cfg.service))
-        .transpose()?;
-    let status = StatusCell::new(match cfg.source {
-        Source::Static { .. } => StreamState::Static,
-        Source::ControlPlane(_) => StreamState::Connecting,
-    });
-    let (sub_tx, sub_rx) = mpsc::unbounded_channel();
-    let routes = Arc::new(Routes::new(match cfg.source {
-        Source::Static { .. } => None,
-        Source::ControlPlane(_) => Some(sub_tx),
-    }));
-
-    let inbound_policy = Arc::new(ArcSwap::from_pointee(InboundPolicy::default()));
-
-    // The admin endpoint first: /live answers while the certificate comes.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let shutdown_request = Arc::new(Notify::new());
-    let admin_state = Arc::new(AdminState {
-        service: cfg.service.to_string(),
-        instance_id: cfg.instance_id.clone(),
-        advertise: advertise.clone(),
-        status: status.clone(),
-        routes: routes.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown_request.clone(),
-        identity: identity.clone(),
-        inbound: inbound_policy.clone(),
-        log_level: cfg.log_level.clone(),
-    });
-    let health_service = admin::HealthService::new(health_service);
-    tokio::spawn(admin::serve(
-        listeners.admin,
-        admin_state,
-        health_service,
-        drain_watch.clone(),
-    ));
-
-    // The certificate comes in the background: listeners serve from the
-    // start (calls fail fast with `no-certificate` until it arrives, and
-    // /ready says so); a refused token stops the sidecar with its reason.
-    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<IdentityError>();
-    if let Some(id) = &identity {
-        let (task_id, m, d) = (id.clone(), metrics.clone(), drain_watch.clone());
-        tokio::spawn(async move {
-            let mut stop = d.clone();
-            let got = bootstrap(&task_id, &mut std::pin::pin!(stop.signaled())).await;
-            drop(stop);
-            match got {
-                Ok(true) => task_id.run_renewal(m, d).await,
-                Ok(false) => {}
-                Err(e) => {
-                    let _ = fatal_tx.send(e);
-                }
-            }
-        });
-        let (mut expiry, m) = (id.expiry(), metrics.clone());
-        tokio::spawn(async move {
-            loop {
-                m.set_certificate_expiry(*expiry.borrow_and_update());
-                if expiry.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let peer_connector: Arc<dyn Connector> = match &identity {
-        Some(id) => Arc::new(tls::MtlsConnector::new(
-            id.clone(),
-            tcp.clone(),
-            metrics.clone(),
-        )),
-        None => tcp.clone(),
-    };
-    let acceptor = identity
-        .clone()
-        .map(|id| Arc::new(tls::LazyAcceptor::new(id)));
-
-    let (health_tx, health_rx) = watch::channel(if cfg.app.is_some() {
-        Health::Unknown
-    } else {
+/// Checks the local app's health on an interval; returns what follows it.
+fn spawn_app_checks(
+    cfg: &SidecarConfig,
+    metrics: &Arc<Metrics>,
+    drain: &drain::Watch,
+) -> watch::Receiver<Health> {
+    let Some(app) = cfg.app else {
         // A sidecar with no app only makes calls: it must get no traffic.
-        Health::Unhealthy
-    });
-    let (ejections_tx, ejections_rx) = mpsc::unbounded_channel();
-    let mut builder = TableBuilder::new(peer_connector.clone(), metrics.clone());
-    if matches!(cfg.source, Source::ControlPlane(_)) {
-        builder = builder.with_events(ejections_tx);
-    }
-    match &cfg.source {
-        Source::Static { services, path } => {
-            routes.store(builder.build(services.iter().map(|(n, s)| (n, s)), std::iter::empty()));
-            metrics.set_stream_state("static");
-            tracing::info!(file = %path.display(), services = services.len(), "running from a static config");
-        }
-        Source::ControlPlane(url) => {
-            let client = DiscoveryClient {
-                url: url.clone(),
-                member: Member {
-                    service: cfg.service.clone(),
-                    instance_id: cfg.instance_id.clone(),
-                    address: advertise.clone(),
-                    protocol: cfg.protocol,
-                    labels: cfg.labels.clone(),
-                    no_app: cfg.app.is_none(),
-                },
-                wanted: cfg.upstreams.iter().map(|u| u.service.clone()).collect(),
-                state: ConfigState::default(),
-                builder,
-                routes: routes.clone(),
-                subscriptions: sub_rx,
-                health: health_rx,
-                status: status.clone(),
-                metrics: metrics.clone(),
-                connect_timeout: cfg.timeouts.connect,
-                identity: identity.clone(),
-                inbound: inbound_policy.clone(),
-                ejections: ejections_rx,
-                ejected: Default::default(),
-                telemetry: telemetry.clone(),
-            };
-            tokio::spawn(client.run(drain_watch.clone()));
-        }
-    }
-
-    if let Some(app) = cfg.app {
-        let checker = Checker {
-            app,
-            protocol: cfg.protocol,
-            interval: cfg.timeouts.health_interval,
-            timeout: cfg.timeouts.connect,
-            tx: health_tx,
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(checker.run(drain_watch.clone()));
-    }
-
-    let outbound = Arc::new(Outbound {
-        routes: routes.clone(),
-        telemetry: telemetry.clone(),
-        connector: peer_connector,
-        discovery_timeout: cfg.timeouts.discovery,
-    });
-    let inbound = Arc::new(Inbound {
-        service: cfg.service.clone(),
+        return watch::channel(Health::Unhealthy).1;
+    };
+    let (tx, rx) = watch::channel(Health::Unknown);
+    let checker = Checker {
+        app,
         protocol: cfg.protocol,
-        telemetry: telemetry.clone(),
-        app: cfg
-            .app
-            .map(|a| App::new(a, cfg.service.clone(), tcp.clone())),
-        app_connector: tcp,
-        tls: acceptor,
-        policy: inbound_policy,
-    });
+        interval: cfg.timeouts.health_interval,
+        timeout: cfg.timeouts.connect,
+        tx,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(checker.run(drain.clone()));
+    rx
+}
 
+/// Starts what keeps the routing table current: one table built now from
+/// a static file, or the discovery client.
+fn spawn_feed(
+    feed: Feed,
+    cfg: &SidecarConfig,
+    parts: &Parts,
+    app_health: watch::Receiver<Health>,
+    drain: &drain::Watch,
+) {
+    let mut builder = TableBuilder::new(parts.peers.clone(), parts.metrics.clone());
+    let (url, subscriptions) = match feed {
+        Feed::Static { path, services } => {
+            let known = services.iter().map(|(n, s)| (n, s));
+            parts.routes.store(builder.build(known, std::iter::empty()));
+            parts.metrics.set_stream_state("static");
+            tracing::info!(file = %path.display(), services = services.len(), "running from a static config");
+            return;
+        }
+        Feed::ControlPlane { url, subscriptions } => (url, subscriptions),
+    };
+    let (ejections_tx, ejections) = mpsc::unbounded_channel();
+    let client = DiscoveryClient {
+        url,
+        member: Member {
+            service: cfg.service.clone(),
+            instance_id: cfg.instance_id.clone(),
+            address: parts.advertise.clone(),
+            protocol: cfg.protocol,
+            labels: cfg.labels.clone(),
+            no_app: cfg.app.is_none(),
+        },
+        wanted: cfg.upstreams.iter().map(|u| u.service.clone()).collect(),
+        state: ConfigState::default(),
+        builder: builder.with_events(ejections_tx),
+        routes: parts.routes.clone(),
+        subscriptions,
+        health: app_health,
+        status: parts.status.clone(),
+        metrics: parts.metrics.clone(),
+        connect_timeout: cfg.timeouts.connect,
+        identity: parts.identity.clone(),
+        inbound: parts.inbound_policy.clone(),
+        ejections,
+        ejected: Default::default(),
+        telemetry: parts.telemetry.clone(),
+    };
+    tokio::spawn(client.run(drain.clone()));
+}
+
+/// The data path: the outbound half on the outbound listener and on each
+/// upstream port, the inbound half on the inbound listener.
+fn serve_traffic(
+    cfg: &SidecarConfig,
+    parts: &Parts,
+    inbound: TcpListener,
+    outbound: TcpListener,
+    upstreams: Vec<(ServiceName, TcpListener)>,
+    drain: &drain::Watch,
+) {
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         service = %cfg.service,
         instance = %cfg.instance_id,
-        identity = %identity.as_ref().map(|i| i.id().to_string()).unwrap_or_else(|| "none (static config: plaintext)".into()),
-        inbound = %inbound_addr,
-        outbound = %addr(&listeners.outbound),
-        advertise = %advertise,
-        upstreams = ?listeners.upstreams.iter().map(|(s, l)| format!("{s}={}", addr(l))).collect::<Vec<_>>(),
+        identity = %parts.identity.as_ref().map(|i| i.id().to_string()).unwrap_or_else(|| "none (static config: plaintext)".into()),
+        inbound = %addr(&inbound),
+        outbound = %addr(&outbound),
+        advertise = %parts.advertise,
+        upstreams = ?upstreams.iter().map(|(s, l)| format!("{s}={}", addr(l))).collect::<Vec<_>>(),
         "sidecar listening"
     );
-    tokio::spawn(proxy::serve(
-        listeners.inbound,
-        Listener::Inbound(inbound),
-        drain_watch.clone(),
-    ));
-    tokio::spawn(proxy::serve(
-        listeners.outbound,
-        Listener::Outbound(outbound.clone()),
-        drain_watch.clone(),
-    ));
-    for (service, l) in listeners.upstreams {
-        tokio::spawn(proxy::serve(
-            l,
-            Listener::Upstream(outbound.clone(), service),
-            drain_watch.clone(),
-        ));
-    }
-
-    // gRPC health follows readiness: SERVING once there is a config.
-    let ready_status = status.clone();
-    let mut ready_drain = drain_watch.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = ready_drain.signaled() => break,
-            }
-            if ready_status.get().has_config {
-                health_reporter
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-                ready_drain.signaled().await;
-                break;
-            }
-        }
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+    let to_peers = Arc::new(Outbound {
+        routes: parts.routes.clone(),
+        telemetry: parts.telemetry.clone(),
+        connector: parts.peers.clone(),
+        discovery_timeout: cfg.timeouts.discovery,
     });
-    drop(drain_watch);
+    let to_app = Arc::new(Inbound {
+        service: cfg.service.clone(),
+        protocol: cfg.protocol,
+        telemetry: parts.telemetry.clone(),
+        app: cfg
+            .app
+            .map(|a| App::new(a, cfg.service.clone(), parts.tcp.clone())),
+        app_connector: parts.tcp.clone(),
+        tls: parts
+            .identity
+            .clone()
+            .map(|id| Arc::new(tls::LazyAcceptor::new(id))),
+        policy: parts.inbound_policy.clone(),
+    });
+    tokio::spawn(proxy::serve(
+        inbound,
+        Listener::Inbound(to_app),
+        drain.clone(),
+    ));
+    tokio::spawn(proxy::serve(
+        outbound,
+        Listener::Outbound(to_peers.clone()),
+        drain.clone(),
+    ));
+    for (service, l) in upstreams {
+        let kind = Listener::Upstream(to_peers.clone(), service);
+        tokio::spawn(proxy::serve(l, kind, drain.clone()));
+    }
+}
 
-    let fatal = async {
-        match fatal_rx.await {
-            Ok(e) => e,
-            Err(_) => std::future::pending().await,
+/// gRPC health follows readiness: SERVING once there is a config (woken by
+/// the status changing), NOT_SERVING once draining begins.
+async fn follow_readiness(
+    mut status: watch::Receiver<Status>,
+    health: HealthReporter,
+    mut drain: drain::Watch,
+) {
+    let ready = tokio::select! {
+        r = status.wait_for(|s| s.has_config) => r.is_ok(),
+        _ = drain.signaled() => false,
+    };
+    if ready {
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        drain.signaled().await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
+/// Waits for a reason to stop: `shutdown`, `POST /shutdown`, or the
+/// control plane refusing the first certificate (then an error).
+async fn stopped(
+    shutdown: impl Future<Output = ()>,
+    stop_request: &Notify,
+    refused: Option<oneshot::Receiver<IdentityError>>,
+) -> Result<(), SidecarError> {
+    let refused = async {
+        match refused {
+            Some(rx) => match rx.await {
+                Ok(e) => e,
+                // Renewing, or draining: never a reason to stop.
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        _ = shutdown_request.notified() => Ok(()),
-        e = fatal => {
+    tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = stop_request.notified() => Ok(()),
+        e = refused => {
             tracing::error!(error = %e, "cannot obtain a certificate; stopping");
             Err(SidecarError::Identity(e))
         }
-    };
-    tracing::info!(
-        timeout_ms = cfg.timeouts.drain.as_millis() as u64,
-        "draining"
-    );
-    if drain_signal.drain(cfg.timeouts.drain).await {
+    }
+}
+
+/// Tells every connection and task to finish, and waits for them up to
+/// `timeout`.
+async fn drain_connections(signal: drain::Signal, timeout: Duration) {
+    tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining");
+    if signal.drain(timeout).await {
         tracing::info!("drained; stopping");
     } else {
         tracing::warn!("drain timeout reached with connections still open; stopping");
     }
-    // The spans of the last requests go out before the process ends.
-    telemetry.flush().await;
-    result
 }

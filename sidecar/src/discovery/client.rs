@@ -208,6 +208,7 @@ impl DiscoveryClient {
             Err(s) => return lost(format!("open stream: {}", s.message())),
         };
         let mut synced = false;
+        let mut app_checked = true;
         // Totals last reported on this stream: the first report follows the
         // first update applied, then one per interval while they change.
         let mut reported: Option<pb::TrafficStats> = None;
@@ -262,12 +263,15 @@ impl DiscoveryClient {
                         let _ = tx.send(m).await;
                     }
                 },
-                r = self.health.changed() => {
-                    if r.is_ok() {
+                r = self.health.changed(), if app_checked => match r {
+                    Ok(()) => {
                         let h = *self.health.borrow_and_update();
                         let m = msg(pb::sidecar_message::Kind::Health(pb::AppHealth { health: health_to_proto(h) as i32, detail: String::new() }));
                         let _ = tx.send(m).await;
                     }
+                    // Nothing checks an app (there is none): its health
+                    // stays what the hello said.
+                    Err(_) => app_checked = false,
                 },
                 _ = drain.signaled() => {
                     // Tell the control plane to remove this instance now, then

@@ -12,8 +12,8 @@ pub use state::ConfigState;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 /// The stream's state, as `/config`, `/ready` and the metrics show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,12 +53,14 @@ pub struct Status {
     pub reconnects: u64,
 }
 
-/// Shared, lock-free view of [`Status`].
-pub struct StatusCell(ArcSwap<Status>);
+/// The shared [`Status`]: read by the admin endpoint, written by the
+/// discovery client, and followed (gRPC health turns SERVING on the first
+/// config) without polling.
+pub struct StatusCell(watch::Sender<Status>);
 
 impl StatusCell {
     pub fn new(state: StreamState) -> Arc<Self> {
-        Arc::new(StatusCell(ArcSwap::from_pointee(Status {
+        Arc::new(StatusCell(watch::Sender::new(Status {
             state,
             version: 0,
             has_config: state == StreamState::Static,
@@ -67,15 +69,16 @@ impl StatusCell {
         })))
     }
 
-    pub fn get(&self) -> Arc<Status> {
-        self.0.load_full()
+    pub fn get(&self) -> Status {
+        self.0.borrow().clone()
     }
 
-    pub fn update(&self, f: impl Fn(&mut Status)) {
-        self.0.rcu(|s| {
-            let mut s = Status::clone(s);
-            f(&mut s);
-            s
-        });
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        self.0.send_modify(f);
+    }
+
+    /// Follows the status: woken by every update.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.0.subscribe()
     }
 }
