@@ -148,6 +148,8 @@ enum Feed {
         services: Vec<(ServiceName, ServiceState)>,
     },
     ControlPlane {
+        /// The stream runs over TLS with its certificate.
+        identity: Arc<Identity>,
         url: String,
         /// Services the app called that the table did not know.
         subscriptions: mpsc::UnboundedReceiver<ServiceName>,
@@ -163,11 +165,33 @@ impl Parts {
             .map(|t| Tracer::new(t, cfg.service.as_str(), &cfg.instance_id, &metrics))
             .transpose()?;
         let telemetry = Arc::new(Telemetry::new(metrics.clone(), tracer, cfg.access_log));
-        let identity = cfg
-            .identity
-            .clone()
-            .map(|c| Identity::from_source(c, &cfg.service))
-            .transpose()?;
+        let (identity, subscribe, feed) = match &cfg.source {
+            Source::Static {
+                path,
+                services,
+                certificates,
+            } => {
+                let identity = certificates
+                    .as_ref()
+                    .map(|files| Identity::from_files(files.clone(), &cfg.service))
+                    .transpose()?;
+                let feed = Feed::Static {
+                    path: path.clone(),
+                    services: services.clone(),
+                };
+                (identity, None, feed)
+            }
+            Source::ControlPlane(join) => {
+                let identity = Identity::new(join.clone(), &cfg.service)?;
+                let (tx, subscriptions) = mpsc::unbounded_channel();
+                let feed = Feed::ControlPlane {
+                    identity: identity.clone(),
+                    url: join.control_plane.clone(),
+                    subscriptions,
+                };
+                (Some(identity), Some(tx), feed)
+            }
+        };
         let tcp = Arc::new(TcpConnector {
             timeout: cfg.timeouts.connect,
         });
@@ -175,22 +199,9 @@ impl Parts {
             Some(id) => Arc::new(MtlsConnector::new(id.clone(), tcp.clone(), metrics.clone())),
             None => tcp.clone(),
         };
-        let (subscribe, feed, state) = match &cfg.source {
-            Source::Static { path, services } => {
-                let feed = Feed::Static {
-                    path: path.clone(),
-                    services: services.clone(),
-                };
-                (None, feed, StreamState::Static)
-            }
-            Source::ControlPlane(url) => {
-                let (tx, subscriptions) = mpsc::unbounded_channel();
-                let feed = Feed::ControlPlane {
-                    url: url.clone(),
-                    subscriptions,
-                };
-                (Some(tx), feed, StreamState::Connecting)
-            }
+        let state = match feed {
+            Feed::Static { .. } => StreamState::Static,
+            Feed::ControlPlane { .. } => StreamState::Connecting,
         };
         let parts = Parts {
             metrics,
@@ -319,7 +330,7 @@ fn spawn_feed(
     drain: &drain::Watch,
 ) {
     let mut builder = TableBuilder::new(parts.peers.clone(), parts.metrics.clone());
-    let (url, subscriptions) = match feed {
+    let (identity, url, subscriptions) = match feed {
         Feed::Static { path, services } => {
             let known = services.iter().map(|(n, s)| (n, s));
             parts.routes.store(builder.build(known, std::iter::empty()));
@@ -327,7 +338,11 @@ fn spawn_feed(
             tracing::info!(file = %path.display(), services = services.len(), "running from a static config");
             return;
         }
-        Feed::ControlPlane { url, subscriptions } => (url, subscriptions),
+        Feed::ControlPlane {
+            identity,
+            url,
+            subscriptions,
+        } => (identity, url, subscriptions),
     };
     let (ejections_tx, ejections) = mpsc::unbounded_channel();
     let client = DiscoveryClient {
@@ -349,7 +364,7 @@ fn spawn_feed(
         status: parts.status.clone(),
         metrics: parts.metrics.clone(),
         connect_timeout: cfg.timeouts.connect,
-        identity: parts.identity.clone(),
+        identity,
         inbound: parts.inbound_policy.clone(),
         ejections,
         ejected: Default::default(),

@@ -189,9 +189,6 @@ pub struct SidecarSpec {
     pub args: Vec<String>,
     /// Mint a join token from this control plane at start.
     token_from: Option<CpAccess>,
-    /// A control plane spoken to in plaintext, with no identity: only for
-    /// tests that stand in a fake control plane (the binary cannot do this).
-    plaintext_control_plane: Option<String>,
 }
 
 impl SidecarSpec {
@@ -213,7 +210,6 @@ impl SidecarSpec {
         SidecarSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             token_from: None,
-            plaintext_control_plane: None,
         }
     }
 
@@ -226,12 +222,6 @@ impl SidecarSpec {
     /// Joins `cp`'s mesh, with a join token minted at start.
     pub fn control_plane(self, cp: &ControlPlane) -> Self {
         self.access(&cp.access)
-    }
-
-    /// Talks plaintext to a (fake) control plane at `url`, without identity.
-    pub fn plaintext_control_plane(mut self, url: &str) -> Self {
-        self.plaintext_control_plane = Some(url.to_string());
-        self
     }
 
     pub fn access(mut self, access: &CpAccess) -> Self {
@@ -285,20 +275,7 @@ impl SidecarSpec {
             )?;
             self = self.arg("--token-file", path.display());
         }
-        let mut args = self.args.clone();
-        if self.plaintext_control_plane.is_some() {
-            args.extend([
-                "--config".into(),
-                write_temp(tmp.path(), "empty.yaml", "services: []\n")?
-                    .display()
-                    .to_string(),
-            ]);
-        }
-        let mut config = Args::try_parse_from(&args)?.into_config()?;
-        if let Some(url) = &self.plaintext_control_plane {
-            config.source = weft_sidecar::config::Source::ControlPlane(url.clone());
-            config.identity = None;
-        }
+        let config = Args::try_parse_from(&self.args)?.into_config()?;
         let listeners = Listeners::bind(&config).await?;
         let inbound = listeners.inbound.local_addr()?;
         let outbound = listeners.outbound.local_addr()?;

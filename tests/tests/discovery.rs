@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use futures_util::Stream;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Certificate, Identity as TlsIdentity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_server::{Discovery, DiscoveryServer};
+use weft_proto::v1::identity_server::{Identity, IdentityServer};
+use weft_tests::ca::{TRUST_DOMAIN, TestCa, spiffe};
 use weft_tests::echo::{MAX_MESSAGE, client, start_echo};
 use weft_tests::mesh::{ControlPlane, SidecarSpec, write_temp};
 use weft_tests::pb::EchoRequest;
@@ -149,17 +152,54 @@ async fn without_a_control_plane_calls_fail_within_the_discovery_timeout() -> an
     Ok(())
 }
 
-/// A control plane of our own that sends a good full state, then an update
-/// no sidecar may accept, and records what the sidecar answers.
+/// A control plane of our own, over real TLS with a test CA: it signs the
+/// sidecar's certificate for its join token (the `Identity` service), sends
+/// a good full state, then an update no sidecar may accept, and records
+/// what the sidecar answers.
 struct FakeControlPlane {
+    ca: Arc<TestCa>,
+    /// The one token it admits, and the service it is for.
+    token: String,
+    service: String,
     echo_addr: String,
     replies: Arc<Mutex<Vec<pb::sidecar_message::Kind>>>,
 }
 
 type Updates = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryUpdate, Status>> + Send>>;
 
+#[derive(Clone)]
+struct FakeIdentity(Arc<FakeControlPlane>);
+
 #[tonic::async_trait]
-impl Discovery for FakeControlPlane {
+impl Identity for FakeIdentity {
+    async fn issue(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        let req = request.into_inner();
+        if req.token != self.0.token {
+            return Err(Status::unauthenticated("not the token this test minted"));
+        }
+        let id = spiffe(&self.0.service);
+        let (leaf, expires_unix_ms) = self
+            .0
+            .ca
+            .sign_request(&req.csr, &id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::IssueResponse {
+            chain: vec![leaf],
+            roots: vec![self.0.ca.der().to_vec()],
+            expires_unix_ms,
+            spiffe_id: id,
+        }))
+    }
+}
+
+#[derive(Clone)]
+struct FakeDiscovery(Arc<FakeControlPlane>);
+
+#[tonic::async_trait]
+impl Discovery for FakeDiscovery {
     type StreamStream = Updates;
 
     async fn stream(
@@ -168,7 +208,7 @@ impl Discovery for FakeControlPlane {
     ) -> Result<Response<Updates>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let replies = self.replies.clone();
+        let replies = self.0.replies.clone();
         let endpoint = |addr: &str| pb::Endpoint {
             instance_id: "echo-1".into(),
             address: addr.into(),
@@ -187,7 +227,7 @@ impl Discovery for FakeControlPlane {
                     ..Default::default()
                 }),
                 reset_endpoints: true,
-                endpoints: vec![endpoint(&self.echo_addr)],
+                endpoints: vec![endpoint(&self.0.echo_addr)],
                 removed: vec![],
                 inbound: None,
             }],
@@ -224,33 +264,77 @@ impl Discovery for FakeControlPlane {
     }
 }
 
+/// Serves `fake` on 127.0.0.1 over TLS as the real control plane does
+/// (its certificate chains to the test CA; client certificates optional,
+/// since the first `Issue` has none). Returns its address.
+async fn serve_fake(fake: FakeControlPlane) -> anyhow::Result<std::net::SocketAddr> {
+    let (chain, key) = fake.ca.control_plane_identity()?;
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(chain, key))
+        .client_ca_root(Certificate::from_pem(&fake.ca.pem))
+        .client_auth_optional(true);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let fake = Arc::new(fake);
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(IdentityServer::new(FakeIdentity(fake.clone())))
+        .add_service(DiscoveryServer::new(FakeDiscovery(fake)))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    Ok(addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_update_is_nacked_and_the_last_good_config_stays() -> anyhow::Result<()> {
     init_logs();
     let app = start_echo("e1").await?;
-    // The real server-side sidecar, from a static file: no control plane needed.
+    let ca = Arc::new(TestCa::new()?);
     let dir = tempfile::tempdir()?;
+    // The real server-side sidecar, from a static file with certificate
+    // files from the same CA: no control plane needed.
+    let (chain, key) = ca.leaf("echo", (2040, 1, 1))?;
     let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
     let server = SidecarSpec::new("echo")
         .static_config(&empty)
         .app(app.addr)
+        .arg(
+            "--cert-file",
+            write_temp(dir.path(), "echo.crt", &chain)?.display(),
+        )
+        .arg(
+            "--key-file",
+            write_temp(dir.path(), "echo.key", &key)?.display(),
+        )
+        .arg(
+            "--ca-file",
+            write_temp(dir.path(), "ca.pem", &ca.pem)?.display(),
+        )
         .start()
         .await?;
 
+    let token = weft_proto::identity::JoinToken {
+        td: TRUST_DOMAIN.into(),
+        id: "fake".into(),
+        secret: "only-this-test".into(),
+        ca: ca.fingerprint(),
+    }
+    .encode();
     let replies = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let fake_addr = listener.local_addr()?;
-    let fake = FakeControlPlane {
+    let fake_addr = serve_fake(FakeControlPlane {
+        ca: ca.clone(),
+        token: token.clone(),
+        service: "caller".into(),
         echo_addr: server.inbound.to_string(),
         replies: replies.clone(),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DiscoveryServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    })
+    .await?;
     let caller = SidecarSpec::new("caller")
-        .plaintext_control_plane(&format!("http://{fake_addr}"))
+        .arg("--control-plane", format!("https://{fake_addr}"))
+        .arg(
+            "--token-file",
+            write_temp(dir.path(), "token", &token)?.display(),
+        )
         .upstream("echo")
         .start()
         .await?;

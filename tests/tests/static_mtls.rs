@@ -10,13 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
-use weft_proto::identity::pem;
+use weft_tests::ca::{TestCa as Ca, spiffe};
 use weft_tests::echo::{EchoService, SteadyLoad, client, start_echo};
 use weft_tests::mesh::{Sidecar, SidecarSpec, write_temp};
 use weft_tests::pb::EchoRequest;
@@ -28,48 +25,8 @@ use weft_tests::util::{init_logs, metric, wait_for};
 const FIRST: (i32, u8, u8) = (2040, 1, 1);
 const SECOND: (i32, u8, u8) = (2041, 6, 1);
 
-fn spiffe(service: &str) -> String {
-    format!("spiffe://weft.local/service/{service}")
-}
-
 fn expiry_ms((y, m, d): (i32, u8, u8)) -> i64 {
     rcgen::date_time_ymd(y, m, d).unix_timestamp() * 1000
-}
-
-/// A mesh CA: its certificate (PEM) and what signs leaves with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> anyhow::Result<Self> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            pem: pem("CERTIFICATE", cert.der()),
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    /// A leaf for `service` expiring on `expires`: (chain PEM, key PEM).
-    fn leaf(&self, service: &str, expires: (i32, u8, u8)) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.subject_alt_names = vec![SanType::URI(spiffe(service).try_into()?)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_after = rcgen::date_time_ymd(expires.0, expires.1, expires.2);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((
-            pem("CERTIFICATE", cert.der()),
-            pem("PRIVATE KEY", &key.serialize_der()),
-        ))
-    }
 }
 
 /// One sidecar's three files.

@@ -12,7 +12,7 @@ use weft_proto::name::{ServiceName, validate_address, validate_instance_id};
 use weft_proto::protocol::Protocol;
 
 use super::{ConfigError, SidecarConfig, Source, Timeouts, Upstream, load_static_file};
-use crate::identity::{CertFiles, IdentityConfig, IdentitySource};
+use crate::identity::{CertFiles, IdentityConfig};
 use crate::telemetry::TracingConfig;
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
@@ -201,7 +201,12 @@ impl Args {
             ServiceName::parse(&self.service).map_err(|e| flag("service", e.to_string()))?;
         let protocol =
             Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e.to_string()))?;
-        let source = match (self.control_plane, self.config) {
+        // Which source first (its flags' syntax), then what it needs.
+        enum Chosen {
+            ControlPlane(String),
+            Static(PathBuf, Vec<(ServiceName, crate::model::ServiceState)>),
+        }
+        let chosen = match (self.control_plane, self.config) {
             (Some(url), None) => {
                 if url.starts_with("http://") {
                     return Err(flag(
@@ -217,11 +222,11 @@ impl Args {
                 }
                 url.parse::<http::Uri>()
                     .map_err(|e| flag("control-plane", format!("{url:?} is not a URL: {e}")))?;
-                Source::ControlPlane(url)
+                Chosen::ControlPlane(url)
             }
             (None, Some(path)) => {
                 let services = load_static_file(&path)?;
-                Source::Static { path, services }
+                Chosen::Static(path, services)
             }
             (None, None) => {
                 return Err(flag(
@@ -263,7 +268,7 @@ impl Args {
         }
         if let Some(a) = &self.advertise {
             validate_address(a).map_err(|e| flag("advertise", e.to_string()))?;
-        } else if self.inbound.ip().is_unspecified() && matches!(source, Source::ControlPlane(_)) {
+        } else if self.inbound.ip().is_unspecified() && matches!(chosen, Chosen::ControlPlane(_)) {
             return Err(flag(
                 "advertise",
                 format!(
@@ -274,8 +279,8 @@ impl Args {
                 ),
             ));
         }
-        let identity = match &source {
-            Source::ControlPlane(url) => {
+        let source = match chosen {
+            Chosen::ControlPlane(url) => {
                 let token = match (&self.token_file, std::env::var("WEFT_TOKEN")) {
                     (Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
                         flag("token-file", format!("cannot read {}: {e}", path.display()))
@@ -319,14 +324,14 @@ impl Args {
                          with --control-plane the sidecar gets its certificate from it",
                     ));
                 }
-                Some(IdentitySource::ControlPlane(IdentityConfig {
-                    control_plane: url.clone(),
+                Source::ControlPlane(IdentityConfig {
+                    control_plane: url,
                     token,
                     ca_pem,
-                }))
+                })
             }
-            Source::Static { .. } => {
-                match (&self.cert_file, &self.key_file, &self.ca_file) {
+            Chosen::Static(path, services) => {
+                let certificates = match (&self.cert_file, &self.key_file, &self.ca_file) {
                     (None, None, None) => None,
                     (Some(cert), Some(key), Some(ca)) => {
                         let files = CertFiles {
@@ -337,7 +342,7 @@ impl Args {
                         // Checked now, so that a wrong file stops the
                         // sidecar before it listens.
                         files.load(&service).map_err(|e| flag(e.flag, e.reason))?;
-                        Some(IdentitySource::Files(files))
+                        Some(files)
                     }
                     (cert, key, _) => {
                         let missing = if cert.is_none() {
@@ -353,6 +358,11 @@ impl Args {
                              --key-file and --ca-file",
                         ));
                     }
+                };
+                Source::Static {
+                    path,
+                    services,
+                    certificates,
                 }
             }
         };
@@ -427,7 +437,6 @@ impl Args {
             advertise: self.advertise,
             upstreams,
             source,
-            identity,
             timeouts: Timeouts {
                 discovery: self.discovery_timeout,
                 connect: self.connect_timeout,
@@ -587,9 +596,9 @@ mod tests {
         assert_eq!(c.labels.get("version").map(String::as_str), Some("v2"));
         assert_eq!(c.protocol, Protocol::Http);
         assert!(c.instance_id.starts_with("order-service-"));
-        assert!(c.identity.is_some_and(
-            |i| matches!(i, IdentitySource::ControlPlane(c) if c.token.starts_with("weft1."))
-        ));
+        assert!(
+            matches!(&c.source, Source::ControlPlane(join) if join.token.starts_with("weft1."))
+        );
         assert!(c.tracing.is_none(), "no endpoint, no tracing");
         let c = parse_joined(
             &token,

@@ -16,18 +16,23 @@ use weft_proto::labels::Labels;
 use weft_proto::name::ServiceName;
 use weft_proto::protocol::Protocol;
 
+use crate::identity::{CertFiles, IdentityConfig};
 use crate::model::ServiceState;
 use crate::telemetry::TracingConfig;
 
-/// Where the sidecar's view of the mesh comes from.
+/// Where the sidecar's view of the mesh, and its certificate, come from:
+/// each variant carries exactly what it needs.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Streamed from the control plane at this URL.
-    ControlPlane(String),
-    /// A static file, read once at start.
+    /// The control plane: the mesh streamed over mutual TLS, with a
+    /// certificate it signs (the first for the join token).
+    ControlPlane(IdentityConfig),
+    /// A static file, read once at start: mutual TLS with certificate
+    /// files, plaintext without.
     Static {
         path: PathBuf,
         services: Vec<(ServiceName, ServiceState)>,
+        certificates: Option<CertFiles>,
     },
 }
 
@@ -54,9 +59,6 @@ pub struct SidecarConfig {
     pub advertise: Option<String>,
     pub upstreams: Vec<Upstream>,
     pub source: Source,
-    /// Where the certificate comes from; `None` with a static config and no
-    /// certificate files (plaintext).
-    pub identity: Option<crate::identity::IdentitySource>,
     pub timeouts: Timeouts,
     /// Where and how much to trace; `None`: no spans, headers untouched.
     pub tracing: Option<TracingConfig>,

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use weft_proto::labels::Labels;
 use weft_proto::name::ServiceName;
 use weft_proto::protocol::Protocol;
@@ -53,7 +52,7 @@ pub struct DiscoveryClient {
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
     /// The sidecar's identity: the stream runs over TLS with its certificate.
-    pub identity: Option<Arc<Identity>>,
+    pub identity: Arc<Identity>,
     /// Where the inbound policy for the proxy is published.
     pub inbound: Arc<ArcSwap<InboundPolicy>>,
     /// Ejections by this sidecar's outlier detection, to report.
@@ -151,7 +150,7 @@ impl DiscoveryClient {
             upstreams: self.wanted.iter().map(ToString::to_string).collect(),
             health: health_to_proto(*self.health.borrow()) as i32,
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
-            certificate_expires_unix_ms: self.identity.as_ref().map_or(0, |i| *i.expiry().borrow()),
+            certificate_expires_unix_ms: *self.identity.expiry().borrow(),
             no_app: self.member.no_app,
         }))
     }
@@ -161,31 +160,23 @@ impl DiscoveryClient {
             reason,
             synced: false,
         };
-        let mut expiry = match &self.identity {
-            Some(id) => id.expiry(),
-            None => watch::channel(0).1,
-        };
+        let mut expiry = self.identity.expiry();
         // The stream needs the sidecar's certificate: wait for the first one.
-        if self.identity.is_some() && *expiry.borrow() == 0 {
+        if *expiry.borrow() == 0 {
             tokio::select! {
                 r = expiry.wait_for(|e| *e != 0) => if r.is_err() { return End::Shutdown },
                 _ = drain.signaled() => return End::Shutdown,
             }
         }
-        // Over TLS with the current certificate when the sidecar has an
-        // identity (the control plane's API is not open); plaintext only
-        // for tests of the stream alone.
-        let endpoint = match &self.identity {
-            Some(id) => id.control_plane_endpoint().map_err(|e| e.to_string()),
-            None => Endpoint::from_shared(self.url.clone()).map_err(|e| format!("bad URL: {e}")),
-        };
-        let endpoint = match endpoint {
+        // Over TLS with the current certificate: the control plane's API
+        // is not open.
+        let endpoint = match self.identity.control_plane_endpoint() {
             Ok(e) => e
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5)),
-            Err(e) => return lost(e),
+            Err(e) => return lost(e.to_string()),
         };
         let channel = tokio::select! {
             r = endpoint.connect() => match r {
@@ -297,9 +288,8 @@ impl DiscoveryClient {
         let converted = convert_update(update)
             .map_err(Refused::from)
             .and_then(|changes| {
-                match &self.identity {
-                    Some(id) if !update.roots.is_empty() => id.set_roots(&update.roots)?,
-                    _ => {}
+                if !update.roots.is_empty() {
+                    self.identity.set_roots(&update.roots)?;
                 }
                 Ok(changes)
             });

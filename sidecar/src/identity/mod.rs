@@ -32,15 +32,10 @@ use weft_proto::v1::identity_client::IdentityClient;
 
 use crate::error::error_chain;
 
-/// Where the sidecar's certificate comes from.
-#[derive(Debug, Clone)]
-pub enum IdentitySource {
-    ControlPlane(IdentityConfig),
-    Files(CertFiles),
-}
-
-/// What the sidecar needs to obtain an identity from the control plane.
-#[derive(Debug, Clone)]
+/// What the sidecar needs to join the mesh through the control plane: where
+/// it is, the join token for the first certificate, and optionally the CA
+/// to verify it with.
+#[derive(Clone)]
 pub struct IdentityConfig {
     /// The control plane's URL (https).
     pub control_plane: String,
@@ -49,6 +44,16 @@ pub struct IdentityConfig {
     /// The CA bundle (PEM) to verify the control plane with, instead of the
     /// fingerprint pinned in the token.
     pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for IdentityConfig {
+    /// The token's secret never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityConfig")
+            .field("control_plane", &self.control_plane)
+            .field("ca_pem", &self.ca_pem.as_ref().map(String::len))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,17 +178,6 @@ impl Identity {
         };
         identity.install(creds);
         Ok(Arc::new(identity))
-    }
-
-    /// Either kind, from the validated config.
-    pub fn from_source(
-        source: IdentitySource,
-        service: &ServiceName,
-    ) -> Result<Arc<Self>, IdentityError> {
-        match source {
-            IdentitySource::ControlPlane(c) => Self::new(c, service),
-            IdentitySource::Files(f) => Self::from_files(f, service),
-        }
     }
 
     /// The files, when the certificate comes from files.
