@@ -100,3 +100,19 @@ pub enum ConfigError {
     #[error(transparent)]
     File(#[from] StaticFileError),
 }
+
+impl ConfigError {
+    /// `--flag: reason`.
+    pub fn flag_says(flag: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Flag {
+            flag,
+            reason: reason.into(),
+        }
+    }
+
+    /// For `map_err`: a validation error's text as the reason `flag` is
+    /// refused.
+    pub fn flag<E: std::fmt::Display>(flag: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| Self::flag_says(flag, e.to_string())
+    }
+}

@@ -1,0 +1,108 @@
+//! Where the sidecar listens and what it calls: the app, the inbound,
+//! outbound and admin listeners, the advertised address, and one local
+//! port per declared upstream.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use weft_proto::name::{ServiceName, validate_address};
+
+use crate::config::{ConfigError, Upstream};
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The local app's address (inbound traffic goes there). Leave out for a
+    /// sidecar that only makes calls.
+    #[arg(long, env = "WEFT_APP")]
+    pub app: Option<SocketAddr>,
+
+    /// Where other sidecars connect.
+    #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+
+    /// Where the local app sends calls, routed by Host / :authority.
+    #[arg(long, env = "WEFT_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+
+    /// Admin endpoint: /live /ready /metrics /config, gRPC health.
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// The address other sidecars dial (host:port). Defaults to the inbound
+    /// address; required when --inbound binds all interfaces.
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// A local port for one dependency: NAME=ADDR, e.g.
+    /// user-service=127.0.0.1:9001. Repeatable.
+    #[arg(long = "upstream", env = "WEFT_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+}
+
+/// The addresses, validated.
+pub(super) struct Listen {
+    pub app: Option<SocketAddr>,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub advertise: Option<String>,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl ListenArgs {
+    /// `joins_control_plane`: other sidecars learn the advertised address
+    /// from it, so it must be one they can dial.
+    pub(super) fn validate(self, joins_control_plane: bool) -> Result<Listen, ConfigError> {
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for u in &self.upstreams {
+            let upstream = parse_upstream(u)?;
+            let port = upstream.listen;
+            if port.port() != 0 && upstreams.iter().any(|x| x.listen == port) {
+                return Err(ConfigError::flag_says(
+                    "upstream",
+                    format!("{port} is given twice"),
+                ));
+            }
+            upstreams.push(upstream);
+        }
+        if let Some(a) = &self.advertise {
+            validate_address(a).map_err(ConfigError::flag("advertise"))?;
+        } else if self.inbound.ip().is_unspecified() && joins_control_plane {
+            return Err(ConfigError::flag_says(
+                "advertise",
+                format!(
+                    "--inbound {} listens on all interfaces; say which address other sidecars \
+                     dial, e.g. --advertise 10.0.0.5:{}",
+                    self.inbound,
+                    self.inbound.port()
+                ),
+            ));
+        }
+        Ok(Listen {
+            app: self.app,
+            inbound: self.inbound,
+            outbound: self.outbound,
+            admin: self.admin,
+            advertise: self.advertise,
+            upstreams,
+        })
+    }
+}
+
+/// `NAME=ADDR`.
+fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
+    let (name, addr) = text.split_once('=').ok_or_else(|| {
+        ConfigError::flag_says(
+            "upstream",
+            format!("{text:?} must be NAME=ADDR, e.g. user-service=127.0.0.1:9001"),
+        )
+    })?;
+    let service = ServiceName::parse(name).map_err(ConfigError::flag("upstream"))?;
+    let listen: SocketAddr = addr.parse().map_err(|_| {
+        ConfigError::flag_says(
+            "upstream",
+            format!("{addr:?} in {text:?} is not an IP:port"),
+        )
+    })?;
+    Ok(Upstream { service, listen })
+}
