@@ -30,7 +30,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Notified by `POST /shutdown`.
     pub shutdown: Arc<Notify>,
-    /// `None` with a static config (no mTLS).
+    /// `None` with a static config and no certificate files (plaintext).
     pub identity: Option<Arc<crate::identity::Identity>>,
     pub inbound: Arc<arc_swap::ArcSwap<crate::model::inbound::InboundPolicy>>,
     /// The process's log filter; `None` when the embedding process owns

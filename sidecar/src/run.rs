@@ -362,7 +362,6 @@ fn spawn_feed(
         subscriptions,
         health: app_health,
         status: parts.status.clone(),
-        metrics: parts.metrics.clone(),
         connect_timeout: cfg.timeouts.connect,
         identity,
         inbound: parts.inbound_policy.clone(),

@@ -79,7 +79,7 @@ fn resource(doc: serde_json::Value) -> Result<(), String> {
 fn static_file(service: serde_json::Value) -> Result<(), String> {
     parse_static(&json!({"services": [service]}).to_string())
         .map(|_| ())
-        .map_err(|(path, reason)| format!("{path}: {reason}"))
+        .map_err(|e| e.to_string())
 }
 
 fn service(name: &str, spec: serde_json::Value) -> serde_json::Value {

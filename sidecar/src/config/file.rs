@@ -31,12 +31,24 @@ pub enum StaticFileError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("--config {path}: {path_in_file}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        path_in_file: String,
-        reason: String,
-    },
+    #[error("--config {path}: {problem}")]
+    Invalid { path: PathBuf, problem: FileProblem },
+}
+
+/// What is wrong in the file, and where (`services[0].endpoints[1].address`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path_in_file}: {reason}")]
+pub struct FileProblem {
+    pub path_in_file: String,
+    pub reason: String,
+}
+
+/// A problem at `path_in_file`.
+fn at(path_in_file: String, reason: impl ToString) -> FileProblem {
+    FileProblem {
+        path_in_file,
+        reason: reason.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -71,46 +83,45 @@ pub fn load_static_file(path: &Path) -> Result<Vec<(ServiceName, ServiceState)>,
         path: path.to_owned(),
         error,
     })?;
-    parse_static(&text).map_err(|(path_in_file, reason)| StaticFileError::Invalid {
+    parse_static(&text).map_err(|problem| StaticFileError::Invalid {
         path: path.to_owned(),
-        path_in_file,
-        reason,
+        problem,
     })
 }
 
-/// Parses the file's text; errors are (field path, reason).
-pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (String, String)> {
+/// Parses the file's text; a problem names the field.
+pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, FileProblem> {
     let value: serde_json::Value = serde_saphyr::from_str(text)
-        .map_err(|e| ("(file)".to_string(), format!("not valid YAML: {e}")))?;
+        .map_err(|e| at("(file)".into(), format!("not valid YAML: {e}")))?;
     let raw: RawFile = serde_path_to_error::deserialize(value)
-        .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))?;
+        .map_err(|e| at(e.path().to_string(), e.into_inner()))?;
     let mut out: Vec<(ServiceName, ServiceState)> = Vec::new();
     for (i, s) in raw.services.into_iter().enumerate() {
-        let at = |f: &str| format!("services[{i}].{f}");
-        let name = ServiceName::parse(&s.name).map_err(|e| (at("name"), e.to_string()))?;
+        let field = |f: &str| format!("services[{i}].{f}");
+        let name = ServiceName::parse(&s.name).map_err(|e| at(field("name"), e))?;
         if out.iter().any(|(n, _)| n == &name) {
-            return Err((at("name"), format!("service {name} is listed twice")));
+            return Err(at(field("name"), format!("service {name} is listed twice")));
         }
         let protocol = match s.protocol.as_deref() {
             None => Protocol::Grpc,
-            Some(p) => Protocol::parse(p).map_err(|e| (at("protocol"), e.to_string()))?,
+            Some(p) => Protocol::parse(p).map_err(|e| at(field("protocol"), e))?,
         };
         let balance = match s.load_balancer.as_deref() {
             None => LoadBalancer::default(),
-            Some(b) => LoadBalancer::parse(b).map_err(|e| (at("loadBalancer"), e.to_string()))?,
+            Some(b) => LoadBalancer::parse(b).map_err(|e| at(field("loadBalancer"), e))?,
         };
         let mut endpoints = BTreeMap::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
-            let at = |f: &str| format!("services[{i}].endpoints[{j}].{f}");
-            validate_address(&e.address).map_err(|r| (at("address"), r.to_string()))?;
-            validate_labels(&e.labels).map_err(|r| (at("labels"), r.to_string()))?;
+            let field = |f: &str| format!("services[{i}].endpoints[{j}].{f}");
+            validate_address(&e.address).map_err(|r| at(field("address"), r))?;
+            validate_labels(&e.labels).map_err(|r| at(field("labels"), r))?;
             let id: Arc<str> = e.id.unwrap_or_else(|| e.address.clone()).into();
             if endpoints.contains_key(&id) {
-                return Err((at("id"), format!("endpoint {id} is listed twice")));
+                return Err(at(field("id"), format!("endpoint {id} is listed twice")));
             }
             let weight = e.weight.unwrap_or(1);
             if weight == 0 {
-                return Err((at("weight"), "must be at least 1".into()));
+                return Err(at(field("weight"), "must be at least 1"));
             }
             endpoints.insert(
                 id.clone(),
@@ -155,10 +166,10 @@ mod tests {
 
         let e = parse_static("services:\n  - name: a\n    endpoints:\n      - address: nope\n")
             .expect_err("bad");
-        assert_eq!(e.0, "services[0].endpoints[0].address");
+        assert_eq!(e.path_in_file, "services[0].endpoints[0].address");
         let e = parse_static("services:\n  - name: a\n    protcol: grpc\n").expect_err("bad");
-        assert!(e.1.contains("unknown field"), "{e:?}");
+        assert!(e.reason.contains("unknown field"), "{e:?}");
         let e = parse_static("services:\n  - name: a\n    protocol: udp\n").expect_err("bad");
-        assert_eq!(e.0, "services[0].protocol");
+        assert_eq!(e.path_in_file, "services[0].protocol");
     }
 }

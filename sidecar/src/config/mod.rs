@@ -6,7 +6,7 @@ mod args;
 mod file;
 
 pub use args::Args;
-pub use file::{StaticFileError, load_static_file, parse_static};
+pub use file::{FileProblem, StaticFileError, load_static_file, parse_static};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

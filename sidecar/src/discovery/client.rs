@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_proto::labels::Labels;
@@ -16,7 +17,6 @@ use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
 use super::convert::{ConvertError, convert_update, health_to_proto};
 use super::{ConfigState, StatusCell, StreamState};
-use arc_swap::ArcSwap;
 
 use crate::backoff::Backoff;
 use crate::drain;
@@ -24,7 +24,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::model::Health;
 use crate::model::inbound::InboundPolicy;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Who this sidecar is, as it says in its hello.
 #[derive(Debug, Clone)]
@@ -38,7 +38,10 @@ pub struct Member {
     pub no_app: bool,
 }
 
+/// One sidecar's discovery stream, with what it keeps current (the routing
+/// table, the inbound policy, the status) and what it reports.
 pub struct DiscoveryClient {
+    /// The control plane's URL, for logs (the identity connects to it).
     pub url: String,
     pub member: Member,
     /// Declared upstreams plus every service asked for since.
@@ -49,7 +52,6 @@ pub struct DiscoveryClient {
     pub subscriptions: mpsc::UnboundedReceiver<ServiceName>,
     pub health: watch::Receiver<Health>,
     pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
     /// The sidecar's identity: the stream runs over TLS with its certificate.
     pub identity: Arc<Identity>,
@@ -60,8 +62,9 @@ pub struct DiscoveryClient {
     /// Those in force: (service, instance) → until (unix ms). Reported again
     /// on every new stream.
     pub ejected: std::collections::BTreeMap<(String, String), u64>,
-    /// Its inbound traffic totals, reported every second for `weftctl top`.
-    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Its metrics, and its inbound traffic totals, reported every second
+    /// for `weftctl top`.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// How often traffic totals are reported (when they changed).
@@ -101,7 +104,7 @@ fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
 
 impl DiscoveryClient {
     fn set_state(&self, state: StreamState) {
-        self.metrics.set_stream_state(state.as_str());
+        self.telemetry.metrics.set_stream_state(state.as_str());
         self.status.update(|s| s.state = state);
     }
 
@@ -305,7 +308,7 @@ impl DiscoveryClient {
                     tracing::info!(policy = ?inbound, "inbound policy changed");
                     self.inbound.store(Arc::new(inbound));
                 }
-                self.metrics.count_update_acked();
+                self.telemetry.metrics.count_update_acked();
                 self.status.update(|s| {
                     s.version = version;
                     s.has_config = true;
@@ -322,7 +325,7 @@ impl DiscoveryClient {
             Err(refused) => {
                 let reason = refused.to_string();
                 tracing::warn!(version, %reason, "rejected an update; keeping the last good config");
-                self.metrics.count_update_rejected();
+                self.telemetry.metrics.count_update_rejected();
                 let r = reason.clone();
                 self.status
                     .update(|s| s.last_nack = Some(format!("{version}: {r}")));

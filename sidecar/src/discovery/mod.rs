@@ -1,6 +1,7 @@
 //! The sidecar's side of the discovery stream: say who we are, apply each
 //! update (or reject it with a reason), keep the last good config through
-//! control-plane outages, and reconnect with jittered backoff.
+//! control-plane outages, and reconnect with jittered backoff. Every
+//! message from the wire becomes model types in [`convert`] first.
 
 mod client;
 pub mod convert;

@@ -11,7 +11,6 @@ mod renew;
 pub mod tls;
 
 pub use files::{CertFiles, FilesError};
-pub use renew::renew_at;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
