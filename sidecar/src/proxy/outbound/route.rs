@@ -153,3 +153,50 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Health;
+    use crate::table::fixtures::{builder, state, target};
+    use weft_proto::protocol::LoadBalancer;
+
+    fn service(name: &str, health: Health) -> (ServiceName, crate::model::ServiceState) {
+        let name = ServiceName::parse(name).expect("name");
+        (
+            name,
+            state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", health)]),
+        )
+    }
+
+    #[tokio::test]
+    async fn weights_share_the_requests_and_a_backend_without_endpoints_gives_its_share_away() {
+        let (stable, s1) = service("stable", Health::Healthy);
+        let (canary, s2) = service("canary", Health::Healthy);
+        let (down, s3) = service("down", Health::Unhealthy);
+        let table = builder().build(
+            [(&stable, &s1), (&canary, &s2), (&down, &s3)].into_iter(),
+            std::iter::empty(),
+        );
+        let backend = |n: &str, weight| Backend {
+            target: target(&table, n),
+            weight,
+        };
+        let split = Backends::Weighted(Arc::from(vec![
+            backend("stable", 90),
+            backend("canary", 10),
+            backend("down", 100),
+        ]));
+        let mut canaries = 0;
+        for _ in 0..10_000 {
+            let t = split.choose().expect("a backend");
+            assert_ne!(t.name.as_str(), "down", "no endpoint ready there");
+            canaries += usize::from(t.name.as_str() == "canary");
+        }
+        // 10% of 10 000, within a generous margin for the dice.
+        assert!((800..1200).contains(&canaries), "{canaries}");
+        assert_eq!(split.primary().map(|t| t.name.as_str()), Some("stable"));
+        let one = Backends::One(target(&table, "canary"));
+        assert_eq!(one.choose().map(|t| t.name.as_str()), Some("canary"));
+    }
+}
