@@ -7,12 +7,14 @@
 
 mod name;
 mod proto;
+mod render;
 pub mod resilience;
 mod yaml;
 
 pub use name::{LabelMap, Name, validate_labels};
 pub use proto::resources_from_proto;
-pub use yaml::{API_VERSION, parse_documents, to_value, to_yaml_documents, value_to_yaml};
+pub use render::{to_value, to_yaml_documents, value_to_yaml};
+pub use yaml::{API_VERSION, parse_documents};
 
 use std::collections::BTreeMap;
 use std::fmt;
