@@ -5,11 +5,11 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use weft_proto::stats::MAX_WINDOW;
 use weft_proto::v1 as pb;
 
 use super::output::structured;
 use super::{CliError, Client, Format};
-use crate::catalog::stats::MAX_WINDOW;
 
 /// Moves the cursor home and clears the screen (ANSI), so each frame
 /// replaces the last one on a terminal.
