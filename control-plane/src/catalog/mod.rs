@@ -198,10 +198,6 @@ impl Catalog {
         self.changed.send_replace(generation);
     }
 
-    pub fn config(&self) -> CatalogConfig {
-        self.config
-    }
-
     /// Wakes whenever the catalog changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -370,7 +366,7 @@ impl Catalog {
 
 /// Removes expired instances until `shutdown` resolves.
 pub async fn run_reaper(catalog: Arc<Catalog>, shutdown: impl std::future::Future<Output = ()>) {
-    let cfg = catalog.config();
+    let cfg = catalog.config;
     let period = (cfg.instance_grace.min(cfg.startup_grace) / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
