@@ -76,3 +76,41 @@ impl Resources {
         self.policies.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_documents;
+
+    fn policy_for(service: &str) -> Vec<Resource> {
+        parse_documents(&format!(
+            "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  service: {service}\n  rules: [{{from: [orders]}}]\n"
+        ))
+        .expect("valid")
+    }
+
+    fn names(v: &[Name]) -> Vec<&str> {
+        v.iter().map(Name::as_str).collect()
+    }
+
+    #[test]
+    fn a_change_touches_the_services_whose_view_it_changes() {
+        let mut r = Resources::default();
+        assert_eq!(names(&r.apply(&policy_for("users"))), ["users"]);
+        assert!(r.apply(&policy_for("users")).is_empty(), "unchanged");
+        // A policy moved to another service changes what both enforce.
+        assert_eq!(
+            names(&r.apply(&policy_for("billing"))),
+            ["users", "billing"]
+        );
+        let p = Name::parse("p").expect("name");
+        assert_eq!(
+            r.remove(Kind::AuthorizationPolicy, &p)
+                .as_ref()
+                .map(Name::as_str),
+            Some("billing")
+        );
+        assert_eq!(r.remove(Kind::AuthorizationPolicy, &p), None);
+        assert!(r.all().is_empty());
+    }
+}
