@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
@@ -19,7 +19,8 @@ use weft_proto::v1::discovery_server::Discovery;
 
 use crate::api::convert::{health_from_proto, registration_from_hello};
 use crate::catalog::{
-    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, ServiceView, SidecarStream, clip,
+    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceView, SidecarStream,
+    clip,
 };
 use crate::metrics::Metrics;
 use crate::resource::Name;
@@ -97,31 +98,8 @@ impl Discovery for DiscoveryService {
         wanted.insert(reg.service.clone());
         let certificate_expires = hello.certificate_expires_unix_ms;
         let (tx, rx) = mpsc::channel(16);
-        let (catalog, metrics, roots) = (
-            self.catalog.clone(),
-            self.metrics.clone(),
-            self.roots.clone(),
-        );
-        tokio::spawn(async move {
-            let mut changed = catalog.subscribe();
-            let (service, instance) = (reg.service.clone(), reg.instance_id.clone());
-            let stream = catalog.connect(reg, wanted.clone(), certificate_expires);
-            tracing::info!(stream = stream.id(), %service, %instance, "sidecar connected");
-            changed.borrow_and_update();
-            let session = Session {
-                stream,
-                own_service: service,
-                catalog,
-                metrics,
-                wanted,
-                seen: HashMap::new(),
-                sent: HashMap::new(),
-                unanswered: VecDeque::new(),
-                tx,
-                roots,
-            };
-            session.run(instance, changed, inbound).await
-        });
+        let session = Session::open(self, reg, wanted, certificate_expires, tx);
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -132,7 +110,10 @@ struct Session {
     stream: SidecarStream,
     /// The sidecar's own service: only its updates carry the inbound policy.
     own_service: Name,
+    instance: String,
     catalog: Arc<Catalog>,
+    /// Wakes when the catalog changed.
+    changed: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     wanted: BTreeSet<Name>,
     /// Per wanted service, the generation last looked at.
@@ -146,12 +127,38 @@ struct Session {
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        instance: String,
-        mut changed: tokio::sync::watch::Receiver<u64>,
-        mut inbound: Streaming<pb::SidecarMessage>,
-    ) {
+    /// Registers the sidecar: from here on the catalog counts it connected.
+    fn open(
+        service: &DiscoveryService,
+        reg: Registration,
+        wanted: BTreeSet<Name>,
+        certificate_expires: u64,
+        tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
+    ) -> Self {
+        let catalog = service.catalog.clone();
+        // Subscribed before registering, so no change after it is missed.
+        let mut changed = catalog.subscribe();
+        let (own_service, instance) = (reg.service.clone(), reg.instance_id.clone());
+        let stream = catalog.connect(reg, wanted.clone(), certificate_expires);
+        tracing::info!(stream = stream.id(), service = %own_service, %instance, "sidecar connected");
+        changed.borrow_and_update();
+        Session {
+            stream,
+            own_service,
+            instance,
+            catalog,
+            changed,
+            metrics: service.metrics.clone(),
+            wanted,
+            seen: HashMap::new(),
+            sent: HashMap::new(),
+            unanswered: VecDeque::new(),
+            tx,
+            roots: service.roots.clone(),
+        }
+    }
+
+    async fn run(mut self, mut inbound: Streaming<pb::SidecarMessage>) {
         self.metrics.sidecars_connected.inc();
         let mut left = false;
         let mut ok = self.push(true).await;
@@ -168,13 +175,13 @@ impl Session {
                         break;
                     }
                 },
-                r = changed.changed() => {
+                r = self.changed.changed() => {
                     if r.is_err() { break; }
                     ok = self.push(false).await;
                 }
             }
         }
-        let (id, service) = (self.stream.id(), self.own_service);
+        let (id, service, instance) = (self.stream.id(), self.own_service, self.instance);
         self.stream.close(left);
         self.metrics.sidecars_connected.dec();
         tracing::info!(stream = id, %service, %instance, left, "sidecar disconnected");
