@@ -173,6 +173,10 @@ impl Instances {
         self.by_id.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     pub fn get(&self, id: &str) -> Option<&Instance> {
         self.by_id.get(id)
     }

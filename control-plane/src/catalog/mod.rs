@@ -162,7 +162,7 @@ impl Catalog {
             instances: Instances::restored(instances, Instant::now() + config.startup_grace),
             ..Parts::default()
         };
-        if parts.instances.len() > 0 {
+        if !parts.instances.is_empty() {
             tracing::info!(
                 instances = parts.instances.len(),
                 grace_ms = config.startup_grace.as_millis() as u64,
