@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
 use weft_proto::identity::JoinToken;
+use weft_proto::time::unix_ms;
 
 use crate::ca::{CaError, write_private};
 
@@ -135,12 +136,6 @@ pub enum TokenError {
     Unknown,
     #[error("the join token expired")]
     Expired,
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl TokenRecord {

@@ -7,10 +7,11 @@ use std::time::SystemTime;
 
 use tonic::{Request, Response, Status};
 use weft_proto::identity::{SpiffeId, peer_id};
+use weft_proto::time::unix_ms;
 use weft_proto::v1 as pb;
 use weft_proto::v1::identity_server::Identity;
 
-use crate::auth::{TokenBook, unix_ms};
+use crate::auth::TokenBook;
 use crate::ca::{Ca, CaError};
 use crate::metrics::{IssueLabels, Metrics};
 

@@ -44,7 +44,7 @@ pub struct ControlPlaneConfig {
     pub leaf_ttl: Duration,
     /// The process's log filter, for the admin port's `/log-level`; `None`
     /// when an embedding program owns logging.
-    pub log_level: Option<Arc<weft_proto::logs::LogLevel>>,
+    pub log_level: Option<Arc<weft_process::logs::LogLevel>>,
 }
 
 impl ControlPlaneConfig {
@@ -203,7 +203,7 @@ async fn serve_admin(
     listener: TcpListener,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
-    log_level: Option<Arc<weft_proto::logs::LogLevel>>,
+    log_level: Option<Arc<weft_process::logs::LogLevel>>,
     shutdown: impl Future<Output = ()> + Clone + Send + 'static,
 ) {
     let addr = listener
@@ -254,12 +254,12 @@ async fn admin_response(
     req: Request<Incoming>,
     catalog: &Catalog,
     metrics: &Metrics,
-    log_level: Option<&weft_proto::logs::LogLevel>,
+    log_level: Option<&weft_process::logs::LogLevel>,
 ) -> Response<AdminBody> {
     tracing::debug!(method = %req.method(), path = req.uri().path(), "admin request");
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&hyper::Method::GET | &hyper::Method::PUT | &hyper::Method::POST, "/log-level") => {
-            let (status, body) = weft_proto::logs::admin_request(log_level, req).await;
+            let (status, body) = weft_process::logs::admin_request(log_level, req).await;
             (status, "text/plain", body)
         }
         (&hyper::Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),

@@ -5,21 +5,31 @@
 
 use std::time::Duration;
 
-/// Parses `<whole number><unit>` with unit `ms`, `s`, `m` or `h`. The error
-/// names the text and says what is expected.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Text that is not a duration; says what was given and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// No whole number in front (or one too large for 64 bits).
+    #[error("{0:?} is not a duration (e.g. 250ms, 10s, 5m, 1h)")]
+    NotANumber(String),
+    /// A number without one of the units.
+    #[error("{0:?} needs a unit: ms, s, m or h (e.g. 10s)")]
+    NoUnit(String),
+}
+
+/// Parses `<whole number><unit>` with unit `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 10s, 5m, 1h)"))?;
+        .map_err(|_| DurationError::NotANumber(s.to_string()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{s:?} needs a unit: ms, s, m or h (e.g. 10s)")),
+        _ => return Err(DurationError::NoUnit(s.to_string())),
     };
     Ok(d)
 }
@@ -72,9 +82,17 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         for bad in ["", "10", "s", "1.5s", "-1s", "10x", "10 s"] {
-            let e = parse_duration(bad).expect_err(bad);
+            let e = parse_duration(bad).expect_err(bad).to_string();
             assert!(e.contains(&format!("{:?}", bad.trim())), "{bad}: {e}");
         }
+        assert!(matches!(
+            parse_duration("10"),
+            Err(DurationError::NoUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(DurationError::NotANumber(_))
+        ));
     }
 
     #[test]

@@ -13,6 +13,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::name::ServiceName;
+
 /// A failure to read or check a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -55,13 +57,12 @@ impl SpiffeId {
             && td.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
             });
+        // The service part follows the one service-name rule, so every
+        // identity names a service the control plane could have registered.
         let path_ok = path == "control-plane"
-            || path.strip_prefix("service/").is_some_and(|n| {
-                !n.is_empty()
-                    && n.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.')
-                    })
-            });
+            || path
+                .strip_prefix("service/")
+                .is_some_and(|n| ServiceName::parse(n).is_ok());
         if !td_ok || !path_ok {
             return Err(bad());
         }
@@ -359,6 +360,10 @@ mod tests {
             "spiffe:///service/x",
             "spiffe://Weft/service/x",
             "spiffe://weft.local/service/a/b",
+            // The service-name rule, as everywhere in the mesh.
+            "spiffe://weft.local/service/-a",
+            "spiffe://weft.local/service/a..b",
+            "spiffe://weft.local/service/a-",
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "{bad}");
         }

@@ -1,20 +1,34 @@
-//! The Weft mesh API: the wire types of package `weft.v1` (generated from
-//! `proto/weft/v1/mesh.proto`), and the identity contract both ends must
-//! agree on ([`identity`]: SPIFFE IDs and how a peer's certificate is
-//! checked), and what both programs share ([`logs`]: JSON logs with a
-//! filter changeable at runtime; [`stats`]: the latency buckets of
-//! `weftctl top`; [`duration`]: `10s`-style durations; [`shutdown`]: the
-//! stop signal).
+//! The Weft mesh API and the vocabulary both programs validate it with.
 //!
-//! Both the control plane and the sidecar convert every message into their
-//! own validated domain types at the edge; no wire type reaches a data path.
+//! - [`v1`]: the wire types of package `weft.v1` (generated from
+//!   `proto/weft/v1/mesh.proto`).
+//! - [`name`]: service names, instance ids and advertised addresses.
+//! - [`labels`]: `key=value` labels of instances and subsets.
+//! - [`protocol`]: a service's protocol, load balancer and inbound mode.
+//! - [`retry`]: the conditions a failed try may be retried on.
+//! - [`pattern`]: `/package.Service/Method` patterns with `*`.
+//! - [`identity`]: the identity contract both ends must agree on (SPIFFE
+//!   IDs, join tokens, how a server's certificate is checked).
+//! - [`grpc`]: gRPC status codes and what they mean to the mesh.
+//! - [`duration`]: `10s`-style durations, parsed and printed alike.
+//! - [`stats`]: the latency buckets of `weftctl top`.
+//! - [`time`]: wall-clock times as the API carries them (`unix_ms`).
+//!
+//! Both programs check every flag, file, resource and message with the words
+//! defined here, so they accept exactly the same inputs; each converts
+//! messages into its own validated domain types at the edge, and no wire
+//! type reaches a data path.
 
 pub mod duration;
 pub mod grpc;
 pub mod identity;
-pub mod logs;
-pub mod shutdown;
+pub mod labels;
+pub mod name;
+pub mod pattern;
+pub mod protocol;
+pub mod retry;
 pub mod stats;
+pub mod time;
 
 /// Package `weft.v1`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

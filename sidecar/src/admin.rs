@@ -35,7 +35,7 @@ pub struct AdminState {
     pub inbound: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
     /// The process's log filter; `None` when the embedding process owns
     /// logging (tests).
-    pub log_level: Option<Arc<weft_proto::logs::LogLevel>>,
+    pub log_level: Option<Arc<weft_process::logs::LogLevel>>,
 }
 
 /// gRPC health, boxed: its concrete type is opaque.
@@ -133,7 +133,7 @@ async fn handle(
         }
         (&Method::GET | &Method::PUT | &Method::POST, "/log-level") => {
             let (status, body) =
-                weft_proto::logs::admin_request(state.log_level.as_deref(), req).await;
+                weft_process::logs::admin_request(state.log_level.as_deref(), req).await;
             text(status, "text/plain", body)
         }
         (&Method::POST, "/shutdown") => {

@@ -7,16 +7,10 @@
 //! Validated from the control plane's `InboundPolicy` at the edge; the data
 //! path only matches prepared patterns.
 
+use weft_proto::name::ServiceName;
+use weft_proto::pattern::MethodPattern;
+use weft_proto::protocol::InboundMode;
 use weft_proto::v1 as pb;
-
-use crate::model::ServiceName;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum InboundMode {
-    Strict,
-    Permissive,
-}
 
 /// Who a rule admits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,45 +25,6 @@ pub enum Caller {
 pub enum AnyCaller {
     #[serde(rename = "*")]
     Any,
-}
-
-/// A `/pkg.Service/Method` pattern where `*` matches any run of characters.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(transparent)]
-pub struct Pattern(String);
-
-impl Pattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if !s.starts_with('/') && s != "*" {
-            return Err(format!(
-                "gRPC method {s:?} must look like /package.Service/Method (\"*\" allowed)"
-            ));
-        }
-        Ok(Pattern(s.to_string()))
-    }
-
-    /// Glob match with `*` only: linear in the input for our short patterns.
-    pub fn matches(&self, text: &str) -> bool {
-        let parts: Vec<&str> = self.0.split('*').collect();
-        if parts.len() == 1 {
-            return self.0 == text;
-        }
-        let (first, last) = (parts[0], parts[parts.len() - 1]);
-        if !text.starts_with(first)
-            || !text.ends_with(last)
-            || text.len() < first.len() + last.len()
-        {
-            return false;
-        }
-        let mut rest = &text[first.len()..text.len() - last.len()];
-        for mid in &parts[1..parts.len() - 1] {
-            match rest.find(mid) {
-                Some(i) => rest = &rest[i + mid.len()..],
-                None => return false,
-            }
-        }
-        true
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -87,7 +42,7 @@ fn methods_as_text<S: serde::Serializer>(m: &[http::Method], s: S) -> Result<S::
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rule {
     pub from: Vec<Caller>,
-    pub grpc: Vec<Pattern>,
+    pub grpc: Vec<MethodPattern>,
     pub http: Vec<HttpRule>,
 }
 
@@ -111,11 +66,7 @@ impl Default for InboundPolicy {
 impl InboundPolicy {
     /// Validates the control plane's policy; errors name the rule and field.
     pub fn from_proto(p: &pb::InboundPolicy) -> Result<Self, String> {
-        let mode = match pb::InboundMode::try_from(p.mode) {
-            Ok(pb::InboundMode::Unspecified | pb::InboundMode::Strict) => InboundMode::Strict,
-            Ok(pb::InboundMode::Permissive) => InboundMode::Permissive,
-            Err(_) => return Err(format!("inbound.mode: unknown value {}", p.mode)),
-        };
+        let mode = InboundMode::from_proto(p.mode).map_err(|e| format!("inbound.mode: {e}"))?;
         if !p.authorization {
             return Ok(InboundPolicy { mode, rules: None });
         }
@@ -137,7 +88,7 @@ impl InboundPolicy {
             let grpc = r
                 .grpc_methods
                 .iter()
-                .map(|m| Pattern::parse(m))
+                .map(|m| MethodPattern::parse(m))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("{}: {e}", at("grpc_methods")))?;
             let http = r
@@ -219,18 +170,6 @@ mod tests {
             rules,
         })
         .expect("valid")
-    }
-
-    #[test]
-    fn patterns() {
-        let p = Pattern::parse("/restaurant.v1.UserService/*").expect("valid");
-        assert!(p.matches("/restaurant.v1.UserService/GetUser"));
-        assert!(!p.matches("/restaurant.v1.OrderService/GetUser"));
-        let p = Pattern::parse("/*.UserService/Get*").expect("valid");
-        assert!(p.matches("/a.b.UserService/GetUser"));
-        assert!(!p.matches("/a.b.UserService/ListUsers"));
-        assert!(Pattern::parse("*").expect("valid").matches("/x/y"));
-        assert!(Pattern::parse("GetUser").is_err());
     }
 
     #[test]

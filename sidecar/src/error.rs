@@ -5,19 +5,12 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
+use weft_proto::grpc::GrpcCode;
+
 use crate::body::{BoxBody, full};
 
 /// The header that names why the mesh answered instead of the service.
 pub const ERROR_HEADER: &str = "x-weft-error";
-
-/// Who was at fault, for metrics and for deciding what may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The caller asked for something that does not exist.
-    Caller,
-    /// The mesh could not find or reach a healthy upstream.
-    Upstream,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -44,8 +37,6 @@ pub enum ProxyError {
     NoApp,
     #[error("the local app at {addr} failed the request: {reason}")]
     App { addr: String, reason: String },
-    #[error("the sidecar is shutting down")]
-    ShuttingDown,
     #[error("this sidecar has no certificate yet")]
     NoCertificate,
     #[error("mutual TLS with {addr} failed: {reason}")]
@@ -68,7 +59,7 @@ pub enum ProxyError {
     #[error("a fault injected by the mesh's policy for {service:?}")]
     FaultInjected {
         service: String,
-        grpc_status: u16,
+        grpc_status: GrpcCode,
         http_status: u16,
     },
     #[error("{caller} may not call {what} on {service}")]
@@ -79,65 +70,142 @@ pub enum ProxyError {
     },
 }
 
-impl ProxyError {
-    /// For retries: what kind of failure to reach the service this was;
-    /// `None` for failures that are not the upstream's.
-    pub fn retry_kind(&self) -> Option<&'static str> {
+/// What kind of failure a [`ProxyError`] is: a small copyable value that
+/// retries, outlier ejection, metrics and logs decide on, so that none of
+/// them reads error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    UnknownService,
+    DiscoveryTimeout,
+    NoRoute,
+    NoEndpoints,
+    ConnectFailed,
+    ConnectTimeout,
+    HandshakeFailed,
+    /// The peer refused the HTTP/2 stream (REFUSED_STREAM): it did not
+    /// process the request.
+    RefusedStream,
+    UpstreamFailed,
+    NoApp,
+    AppFailed,
+    NoCertificate,
+    TlsFailed,
+    Forbidden,
+    UpstreamReset,
+    DeadlineExceeded,
+    PerTryTimeout,
+    Overloaded,
+    FaultInjected,
+}
+
+/// How an attempt failed to reach the service, as retry conditions name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// No connection (TCP, TLS or HTTP/2 setup failed, or no certificate
+    /// yet): the request never left.
+    ConnectFailure,
+    /// The peer refused the stream: it never processed the request.
+    RefusedStream,
+    /// The connection or stream broke after the request was sent.
+    Reset,
+    /// The try's own time limit passed.
+    PerTryTimeout,
+}
+
+impl Transport {
+    /// The `reason` label of retries.
+    pub fn name(self) -> &'static str {
         match self {
-            ProxyError::Connect { .. }
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::Handshake { .. }
-            | ProxyError::Tls { .. }
-            | ProxyError::NoCertificate => Some("connect-failure"),
-            ProxyError::Upstream { source, .. } => {
-                // hyper reports an HTTP/2 REFUSED_STREAM (the server did not
-                // process the request) in its error chain.
-                if error_chain(source).to_ascii_lowercase().contains("refused") {
-                    Some("refused-stream")
-                } else {
-                    Some("reset")
-                }
-            }
-            ProxyError::Reset { .. } => Some("reset"),
+            Transport::ConnectFailure => "connect-failure",
+            Transport::RefusedStream => "refused-stream",
+            Transport::Reset => "reset",
+            Transport::PerTryTimeout => "per-try-timeout",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The value of `x-weft-error`: short, stable, greppable.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownService => "unknown-service",
+            ErrorKind::DiscoveryTimeout => "discovery-timeout",
+            ErrorKind::NoRoute => "no-route",
+            ErrorKind::NoEndpoints => "no-healthy-endpoints",
+            ErrorKind::ConnectFailed => "connect-failed",
+            ErrorKind::ConnectTimeout => "connect-timeout",
+            ErrorKind::HandshakeFailed => "handshake-failed",
+            // The same code as any failed request: a refused stream is told
+            // apart for retries, not for the caller.
+            ErrorKind::RefusedStream | ErrorKind::UpstreamFailed => "upstream-failed",
+            ErrorKind::NoApp => "no-app",
+            ErrorKind::AppFailed => "app-failed",
+            ErrorKind::NoCertificate => "no-certificate",
+            ErrorKind::TlsFailed => "tls-failed",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::UpstreamReset => "upstream-reset",
+            ErrorKind::DeadlineExceeded => "deadline-exceeded",
+            ErrorKind::PerTryTimeout => "per-try-timeout",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::FaultInjected => "fault-injected",
+        }
+    }
+
+    /// For retries: how the attempt failed to reach the service; `None`
+    /// for failures that are not the upstream's (and never retried).
+    pub fn transport(self) -> Option<Transport> {
+        match self {
+            ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::HandshakeFailed
+            | ErrorKind::TlsFailed
+            | ErrorKind::NoCertificate => Some(Transport::ConnectFailure),
+            ErrorKind::RefusedStream => Some(Transport::RefusedStream),
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamReset => Some(Transport::Reset),
+            ErrorKind::PerTryTimeout => Some(Transport::PerTryTimeout),
             _ => None,
         }
     }
+}
 
-    /// The value of `x-weft-error`: short, stable, greppable.
+impl ProxyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::UnknownService(_) => ErrorKind::UnknownService,
+            ProxyError::DiscoveryTimeout(_) => ErrorKind::DiscoveryTimeout,
+            ProxyError::NoRoute(_) => ErrorKind::NoRoute,
+            ProxyError::NoEndpoints(_) => ErrorKind::NoEndpoints,
+            ProxyError::Connect { .. } => ErrorKind::ConnectFailed,
+            ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
+            ProxyError::Handshake { .. } => ErrorKind::HandshakeFailed,
+            ProxyError::Upstream { source, .. } if refused_stream(source) => {
+                ErrorKind::RefusedStream
+            }
+            ProxyError::Upstream { .. } => ErrorKind::UpstreamFailed,
+            ProxyError::NoApp => ErrorKind::NoApp,
+            ProxyError::App { .. } => ErrorKind::AppFailed,
+            ProxyError::NoCertificate => ErrorKind::NoCertificate,
+            ProxyError::Tls { .. } => ErrorKind::TlsFailed,
+            ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
+            ProxyError::Reset { .. } => ErrorKind::UpstreamReset,
+            ProxyError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            ProxyError::PerTryTimeout { .. } => ErrorKind::PerTryTimeout,
+            ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
+            ProxyError::FaultInjected { .. } => ErrorKind::FaultInjected,
+        }
+    }
+
+    /// The value of `x-weft-error`.
     pub fn code(&self) -> &'static str {
-        match self {
-            ProxyError::UnknownService(_) => "unknown-service",
-            ProxyError::DiscoveryTimeout(_) => "discovery-timeout",
-            ProxyError::NoRoute(_) => "no-route",
-            ProxyError::NoEndpoints(_) => "no-healthy-endpoints",
-            ProxyError::Connect { .. } => "connect-failed",
-            ProxyError::ConnectTimeout { .. } => "connect-timeout",
-            ProxyError::Handshake { .. } => "handshake-failed",
-            ProxyError::Upstream { .. } => "upstream-failed",
-            ProxyError::NoApp => "no-app",
-            ProxyError::App { .. } => "app-failed",
-            ProxyError::ShuttingDown => "shutting-down",
-            ProxyError::NoCertificate => "no-certificate",
-            ProxyError::Tls { .. } => "tls-failed",
-            ProxyError::Forbidden { .. } => "forbidden",
-            ProxyError::Reset { .. } => "upstream-reset",
-            ProxyError::DeadlineExceeded(_) => "deadline-exceeded",
-            ProxyError::PerTryTimeout { .. } => "per-try-timeout",
-            ProxyError::Overloaded { .. } => "overloaded",
-            ProxyError::FaultInjected { .. } => "fault-injected",
-        }
+        self.kind().code()
     }
 
-    pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::UnknownService(_)
-            | ProxyError::NoRoute(_)
-            | ProxyError::Forbidden { .. } => Fault::Caller,
-            _ => Fault::Upstream,
+    /// The HTTP status of the mesh's answer: for gRPC callers always 200
+    /// (the status travels in `grpc-status`).
+    pub fn http_status(&self, grpc: bool) -> StatusCode {
+        if grpc {
+            return StatusCode::OK;
         }
-    }
-
-    fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::Upstream { .. } | ProxyError::Reset { .. } | ProxyError::App { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -153,15 +221,18 @@ impl ProxyError {
         }
     }
 
-    /// The gRPC status code: PERMISSION_DENIED (7) for authorization,
-    /// UNAVAILABLE (14) for every failure to reach a service, which is what
-    /// gRPC clients treat as "try again elsewhere".
-    fn grpc_status(&self) -> u16 {
+    /// The gRPC status: PERMISSION_DENIED for authorization,
+    /// DEADLINE_EXCEEDED for time limits, UNAVAILABLE for every failure to
+    /// reach a service, which is what gRPC clients treat as "try again
+    /// elsewhere".
+    pub fn grpc_code(&self) -> GrpcCode {
         match self {
-            ProxyError::Forbidden { .. } => 7,
-            ProxyError::DeadlineExceeded(_) | ProxyError::PerTryTimeout { .. } => 4,
+            ProxyError::Forbidden { .. } => GrpcCode::PermissionDenied,
+            ProxyError::DeadlineExceeded(_) | ProxyError::PerTryTimeout { .. } => {
+                GrpcCode::DeadlineExceeded
+            }
             ProxyError::FaultInjected { grpc_status, .. } => *grpc_status,
-            _ => 14,
+            _ => GrpcCode::Unavailable,
         }
     }
 
@@ -177,14 +248,14 @@ impl ProxyError {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            h.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            h.insert("grpc-status", self.grpc_code().header_value());
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
                 h.insert("grpc-message", v);
             }
             r
         } else {
             let mut r = Response::new(full(Bytes::from(format!("{message}\n"))));
-            *r.status_mut() = self.http_status();
+            *r.status_mut() = self.http_status(false);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -195,6 +266,20 @@ impl ProxyError {
             .insert(ERROR_HEADER, HeaderValue::from_static(code));
         resp
     }
+}
+
+/// Whether hyper's error is the peer refusing the stream (HTTP/2
+/// REFUSED_STREAM: RFC 9113 §8.7, the request was not processed), read
+/// from the typed h2 error in its cause chain.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`.

@@ -18,10 +18,11 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use weft_proto::protocol::Protocol;
 
 use crate::drain;
 use crate::metrics::Metrics;
-use crate::model::{Health, Protocol};
+use crate::model::Health;
 
 /// How soon an app that is not healthy is checked again (at most).
 const UNHEALTHY_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod backoff;
 pub mod body;
 pub mod config;
 pub mod discovery;

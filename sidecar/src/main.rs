@@ -39,10 +39,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run_main(args: Args) -> anyhow::Result<()> {
-    let log_level = weft_proto::logs::init(&args.log).context("--log")?;
+    let log_level = weft_process::logs::init(&args.log).context("--log")?;
     let mut config = args.into_config()?;
     config.log_level = Some(log_level);
     let listeners = Listeners::bind(&config).await?;
-    run(config, listeners, weft_proto::shutdown::on_signal()).await?;
+    run(config, listeners, weft_process::shutdown::on_signal()).await?;
     Ok(())
 }

@@ -1,21 +1,15 @@
 //! The sidecar's Prometheus metrics, served at `/metrics` on the admin port.
 //! Names and labels are stable and documented in docs/metrics.md.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use weft_proto::name::ServiceName;
 
-use crate::model::ServiceName;
 use crate::telemetry::Route;
-
-impl EncodeLabelValue for ServiceName {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -153,6 +147,19 @@ pub struct Metrics {
     pub hedges: Family<ServiceLabels, Counter>,
     pub spans_exported: Counter,
     pub spans_dropped: Family<ReasonLabels, Counter>,
+}
+
+fn service_labels(service: &ServiceName) -> ServiceLabels {
+    ServiceLabels {
+        service: service.clone(),
+    }
+}
+
+fn tcp_labels(direction: Direction, service: &ServiceName) -> TcpLabels {
+    TcpLabels {
+        direction,
+        service: service.clone(),
+    }
 }
 
 /// Latency buckets in seconds: fine below a millisecond, where a sidecar's
@@ -330,6 +337,79 @@ impl Metrics {
             spans_exported,
             spans_dropped,
         }
+    }
+
+    /// A request refused at once by a concurrency or pending limit.
+    pub fn count_overloaded(&self, service: &ServiceName) {
+        self.overloaded
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
+    /// A retry sent, and why the attempt before failed.
+    pub fn count_retry(&self, service: &ServiceName, reason: &'static str) {
+        let labels = RetryLabels {
+            service: service.clone(),
+            reason,
+        };
+        self.retries.get_or_create(&labels).inc();
+    }
+
+    /// A retry not sent because the service's budget was spent.
+    pub fn count_retry_budget_spent(&self, service: &ServiceName) {
+        self.retries_refused
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
+    /// A second copy of a hedgeable call sent.
+    pub fn count_hedge(&self, service: &ServiceName) {
+        self.hedges.get_or_create(&service_labels(service)).inc();
+    }
+
+    /// An inbound request authorization denied.
+    pub fn count_denied(&self, service: &ServiceName, caller: &ServiceName) {
+        let labels = AuthzLabels {
+            service: service.clone(),
+            caller: caller.clone(),
+        };
+        self.authz_denied.get_or_create(&labels).inc();
+    }
+
+    /// An opaque TCP connection proxied.
+    pub fn count_tcp_connection(&self, direction: Direction, service: &ServiceName) {
+        self.tcp_connections
+            .get_or_create(&tcp_labels(direction, service))
+            .inc();
+    }
+
+    /// The bytes an opaque TCP connection carried each way.
+    pub fn count_tcp_bytes(
+        &self,
+        direction: Direction,
+        service: &ServiceName,
+        sent: u64,
+        received: u64,
+    ) {
+        let labels = tcp_labels(direction, service);
+        self.tcp_bytes_sent.get_or_create(&labels).inc_by(sent);
+        self.tcp_bytes_received
+            .get_or_create(&labels)
+            .inc_by(received);
+    }
+
+    /// A mutual TLS handshake with a peer that succeeded.
+    pub fn count_handshake_ok(&self, direction: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels::ok(direction))
+            .inc();
+    }
+
+    /// A mutual TLS handshake with a peer that failed, and why.
+    pub fn count_handshake_failed(&self, direction: &'static str, reason: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels::failed(direction, reason))
+            .inc();
     }
 
     /// Marks `state` as the control-plane stream's current state.

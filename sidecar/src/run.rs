@@ -10,18 +10,20 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
+use weft_proto::name::ServiceName;
 
 use crate::admin::{self, AdminState};
 use crate::authz::InboundPolicy;
+use crate::backoff::Backoff;
 use crate::config::{SidecarConfig, Source};
-use crate::discovery::{Backoff, ConfigState, DiscoveryClient, Member, StatusCell, StreamState};
+use crate::discovery::{ConfigState, DiscoveryClient, Member, StatusCell, StreamState};
 use crate::drain;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
 use crate::identity::{Identity, IdentityError, tls};
 use crate::metrics::Metrics;
-use crate::model::{Health, ServiceName};
-use crate::proxy::{self, App, Listener, Proxy};
+use crate::model::Health;
+use crate::proxy::{self, App, Inbound, Listener, Outbound};
 use crate::table::{Routes, TableBuilder};
 
 /// The sidecar's sockets, bound before `run` so that tests can use port 0.
@@ -266,19 +268,22 @@ pub async fn run(
         tokio::spawn(checker.run(drain_watch.clone()));
     }
 
-    let proxy = Arc::new(Proxy {
+    let outbound = Arc::new(Outbound {
+        routes: routes.clone(),
+        telemetry: telemetry.clone(),
+        connector: peer_connector,
+        discovery_timeout: cfg.timeouts.discovery,
+    });
+    let inbound = Arc::new(Inbound {
         service: cfg.service.clone(),
         protocol: cfg.protocol,
-        routes: routes.clone(),
         telemetry: telemetry.clone(),
         app: cfg
             .app
             .map(|a| App::new(a, cfg.service.clone(), tcp.clone())),
-        connector: peer_connector,
         app_connector: tcp,
-        timeouts: cfg.timeouts,
         tls: acceptor,
-        inbound_policy,
+        policy: inbound_policy,
     });
 
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -294,21 +299,18 @@ pub async fn run(
     );
     tokio::spawn(proxy::serve(
         listeners.inbound,
-        Listener::Inbound,
-        proxy.clone(),
+        Listener::Inbound(inbound),
         drain_watch.clone(),
     ));
     tokio::spawn(proxy::serve(
         listeners.outbound,
-        Listener::Outbound,
-        proxy.clone(),
+        Listener::Outbound(outbound.clone()),
         drain_watch.clone(),
     ));
     for (service, l) in listeners.upstreams {
         tokio::spawn(proxy::serve(
             l,
-            Listener::Upstream(service),
-            proxy.clone(),
+            Listener::Upstream(outbound.clone(), service),
             drain_watch.clone(),
         ));
     }

@@ -10,20 +10,26 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use weft_proto::name::ServiceName;
+use weft_proto::protocol::LoadBalancer;
 
 use crate::endpoint::{ConnectTarget, Connector, Endpoint, Peer, prefer_second};
 use crate::error::ProxyError;
 use crate::metrics::{EndpointLabels, Metrics};
-use crate::model::{Balance, Health, ServiceName, ServicePolicy, ServiceState};
+use crate::model::{Health, ServicePolicy, ServiceState};
+use crate::resilience::RoutePolicy;
 use crate::resilience::breaker::{Admit, Transition};
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::limit::Limit;
 
 /// What lives across config updates for one service: the retry budget and
 /// the request counts the limits apply to.
 pub struct Runtime {
     pub budget: RetryBudget,
-    pub in_flight: AtomicUsize,
-    pub pending: AtomicUsize,
+    /// Requests waiting for their response's headers (`maxConcurrentRequests`).
+    pub concurrent: Limit,
+    /// Requests waiting for a connection or a stream (`maxPendingRequests`).
+    pub pending: Limit,
     /// Recent latencies: the p95 that sets the hedge delay.
     pub latencies: crate::resilience::hedge::Latencies,
 }
@@ -48,6 +54,8 @@ pub struct Pick {
 pub struct Target {
     pub name: ServiceName,
     pub policy: ServicePolicy,
+    /// The policy of the service's default route, built once per table.
+    pub route_policy: Arc<RoutePolicy>,
     /// Every endpoint, healthy or not.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Those that may receive traffic (healthy or not checked).
@@ -104,7 +112,7 @@ impl Target {
             probe: false,
         };
         match self.policy.balance {
-            Balance::RoundRobin => {
+            LoadBalancer::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 for k in 0..n {
                     let e = &self.ready[(start + k) % n];
@@ -116,7 +124,7 @@ impl Target {
                 }
                 Some(yes(&self.ready[start % n]))
             }
-            Balance::P2cEwma => {
+            LoadBalancer::P2cEwma => {
                 // Power of two choices among admissible endpoints: two drawn at
                 // random, the lower peak-EWMA cost (per unit of weight) wins.
                 let mut found: Vec<&Arc<Endpoint>> = Vec::with_capacity(2);
@@ -345,8 +353,8 @@ impl TableBuilder {
                 Some(r) if r.budget.config() == budget_cfg => r.clone(),
                 _ => Arc::new(Runtime {
                     budget: RetryBudget::new(budget_cfg),
-                    in_flight: AtomicUsize::new(0),
-                    pending: AtomicUsize::new(0),
+                    concurrent: Limit::default(),
+                    pending: Limit::default(),
                     latencies: Default::default(),
                 }),
             };
@@ -354,6 +362,7 @@ impl TableBuilder {
             let ejected = ready.iter().filter(|e| e.peer.outlier.is_ejected()).count();
             let target = Target {
                 name: name.clone(),
+                route_policy: Arc::new(RoutePolicy::of_service(&state.policy.resilience)),
                 policy: state.policy.clone(),
                 endpoints,
                 ready,
@@ -451,10 +460,11 @@ impl Routes {
 mod tests {
     use super::*;
     use crate::endpoint::TcpConnector;
-    use crate::model::{EndpointSpec, Labels};
+    use crate::model::EndpointSpec;
     use std::collections::BTreeMap;
+    use weft_proto::labels::Labels;
 
-    fn state(balance: Balance, addrs: &[(&str, Health)]) -> ServiceState {
+    fn state(balance: LoadBalancer, addrs: &[(&str, Health)]) -> ServiceState {
         let mut endpoints = BTreeMap::new();
         for (a, h) in addrs {
             let id: Arc<str> = (*a).into();
@@ -498,7 +508,7 @@ mod tests {
     async fn unhealthy_endpoints_get_no_traffic_and_rr_alternates() {
         let name = ServiceName::parse("a").expect("name");
         let s = state(
-            Balance::RoundRobin,
+            LoadBalancer::RoundRobin,
             &[
                 ("127.0.0.1:1", Health::Healthy),
                 ("127.0.0.1:2", Health::Unhealthy),
@@ -519,7 +529,7 @@ mod tests {
     async fn p2c_prefers_the_less_loaded_endpoint() {
         let name = ServiceName::parse("a").expect("name");
         let s = state(
-            Balance::P2cEwma,
+            LoadBalancer::P2cEwma,
             &[
                 ("127.0.0.1:1", Health::Healthy),
                 ("127.0.0.1:2", Health::Healthy),
@@ -543,10 +553,10 @@ mod tests {
     async fn peers_survive_rebuilds() {
         let name = ServiceName::parse("a").expect("name");
         let mut b = builder();
-        let s1 = state(Balance::P2cEwma, &[("127.0.0.1:1", Health::Healthy)]);
+        let s1 = state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", Health::Healthy)]);
         let t1 = b.build([(&name, &s1)].into_iter(), std::iter::empty());
         let s2 = state(
-            Balance::P2cEwma,
+            LoadBalancer::P2cEwma,
             &[
                 ("127.0.0.1:1", Health::Unhealthy),
                 ("127.0.0.1:2", Health::Healthy),

@@ -16,9 +16,9 @@ use weft_control_plane::auth::AdminCredential;
 use weft_control_plane::catalog::CatalogConfig;
 use weft_control_plane::cli::{Bearer, connect_tls};
 use weft_control_plane::{ControlPlaneConfig, run as run_control_plane};
+use weft_proto::name::ServiceName;
 use weft_proto::v1::admin_client::AdminClient;
 use weft_sidecar::config::Args;
-use weft_sidecar::model::ServiceName;
 use weft_sidecar::{Listeners, run as run_sidecar};
 
 use crate::util::{http_get, wait_for};

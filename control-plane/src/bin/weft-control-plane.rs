@@ -75,7 +75,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let log_level = weft_proto::logs::init(&args.log).context("--log")?;
+    let log_level = weft_process::logs::init(&args.log).context("--log")?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
@@ -104,6 +104,6 @@ async fn run_main() -> anyhow::Result<()> {
         leaf_ttl: args.cert_ttl,
         log_level: Some(log_level),
     };
-    run(config, grpc, admin, weft_proto::shutdown::on_signal()).await?;
+    run(config, grpc, admin, weft_process::shutdown::on_signal()).await?;
     Ok(())
 }

@@ -9,7 +9,10 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use crate::resource::{LabelMap, Name, Protocol};
+use weft_proto::labels::Labels;
+use weft_proto::protocol::Protocol;
+
+use crate::resource::Name;
 
 /// An app's health, as its sidecar reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -27,7 +30,7 @@ pub struct Registration {
     pub instance_id: String,
     pub address: String,
     pub protocol: Option<Protocol>,
-    pub labels: LabelMap,
+    pub labels: Labels,
     pub health: Health,
     pub sidecar_version: String,
     /// No app behind the sidecar: a caller only.
@@ -43,7 +46,7 @@ pub struct InstanceRecord {
     pub instance_id: String,
     pub address: String,
     pub protocol: Option<Protocol>,
-    pub labels: LabelMap,
+    pub labels: Labels,
     pub health: Health,
     pub health_detail: String,
     /// No app behind the sidecar: a caller only.
@@ -81,49 +84,6 @@ pub struct InstanceView {
     /// When a disconnected instance will be removed.
     pub expires_at: Option<SystemTime>,
     pub ejected_by: Vec<EjectedBy>,
-}
-
-/// Why an advertised address is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AddressError {
-    #[error("{0:?} is not host:port")]
-    NotHostPort(String),
-    #[error("{0:?} has no valid port")]
-    Port(String),
-    #[error("{0:?} has no valid host")]
-    Host(String),
-}
-
-/// Checks `host:port` (an IP address or a DNS name, and a non-zero port).
-pub fn check_address(addr: &str) -> Result<(), AddressError> {
-    if addr
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.port() != 0)
-    {
-        return Ok(());
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(AddressError::NotHostPort(addr.to_string()));
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => {}
-        _ => return Err(AddressError::Port(addr.to_string())),
-    }
-    Name::parse(host)
-        .map(|_| ())
-        .map_err(|_| AddressError::Host(addr.to_string()))
-}
-
-/// An instance id that is empty, too long, or not printable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("instance id {0:?} must be 1 to 253 printable characters without spaces")]
-pub struct InstanceIdError(pub String);
-
-pub fn check_instance_id(id: &str) -> Result<(), InstanceIdError> {
-    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(InstanceIdError(id.to_string()));
-    }
-    Ok(())
 }
 
 /// An instance in the catalog: its record, and what keeps it there.
@@ -274,29 +234,6 @@ impl Instance {
                 .expires_at
                 .map(|t| wall + t.saturating_duration_since(now)),
             ejected_by,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses() {
-        for ok in ["127.0.0.1:15006", "[::1]:80", "user-1.mesh:15006"] {
-            assert!(check_address(ok).is_ok(), "{ok}");
-        }
-        for bad in ["127.0.0.1", "127.0.0.1:0", "host:x", ":80", "Bad_Host:80"] {
-            assert!(check_address(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn instance_ids() {
-        assert!(check_instance_id("u-1").is_ok());
-        for bad in ["", "has space", &"x".repeat(254)] {
-            assert!(check_instance_id(bad).is_err(), "{bad:?}");
         }
     }
 }

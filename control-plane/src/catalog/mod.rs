@@ -21,10 +21,7 @@ mod top;
 mod view;
 
 pub use bounds::{MAX_REPORTED_TEXT, MAX_VERSION_TEXT, MAX_WANTED, clip};
-pub use instances::{
-    AddressError, EjectedBy, Health, InstanceIdError, InstanceRecord, InstanceView, Registration,
-    check_address, check_instance_id,
-};
+pub use instances::{EjectedBy, Health, InstanceRecord, InstanceView, Registration};
 pub use persistence::InstanceStore;
 pub use sidecars::{Nack, SidecarStatus};
 pub use stats::Counters;
@@ -35,10 +32,11 @@ pub use view::{Endpoint, InboundPolicy, ServiceUpdate, ServiceView};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use weft_proto::time::unix_ms;
 
 use crate::resource::{Kind, Name, Resource, ServiceSpec};
 use instances::Instances;
@@ -114,12 +112,6 @@ pub struct Catalog {
     config: CatalogConfig,
     next_stream: AtomicU64,
     next_version: AtomicU64,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Catalog {
@@ -378,10 +370,6 @@ pub async fn run_reaper(catalog: Arc<Catalog>, shutdown: impl std::future::Futur
             _ = tick.tick() => { catalog.reap(Instant::now()); }
         }
     }
-}
-
-pub fn unix_millis(t: SystemTime) -> u64 {
-    unix_ms(t)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::resource::{InboundMode, LoadBalancer, Protocol, parse_documents};
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+
+use crate::resource::parse_documents;
 
 fn name(s: &str) -> Name {
     Name::parse(s).expect("a valid name")

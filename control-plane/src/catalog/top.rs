@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use weft_proto::name::NameError;
 use weft_proto::stats::MAX_WINDOW;
 
 use super::instances::{Health, Instance};
@@ -28,7 +29,7 @@ pub enum TopError {
     #[error("window_seconds: at most {max} seconds", max = MAX_WINDOW.as_secs())]
     WindowTooLong,
     #[error("service: {0}")]
-    BadName(String),
+    BadName(NameError),
     #[error("service {0:?} not found")]
     UnknownService(String),
 }

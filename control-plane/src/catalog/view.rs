@@ -6,17 +6,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use weft_proto::labels::Labels;
+use weft_proto::protocol::{InboundMode, Protocol};
+
 use super::instances::{Health, Instance};
-use crate::resource::{
-    AuthorizationPolicySpec, AuthorizationRule, InboundMode, LabelMap, Name, Protocol, ServiceSpec,
-};
+use crate::resource::{AuthorizationPolicySpec, AuthorizationRule, Name, ServiceSpec};
 
 /// One instance as callers' sidecars see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub instance_id: String,
     pub address: String,
-    pub labels: LabelMap,
+    pub labels: Labels,
     pub health: Health,
     pub weight: u32,
 }

@@ -1,8 +1,9 @@
 //! How `weftctl` prints things: aligned tables for people, YAML and JSON for programs.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use super::Format;
@@ -45,13 +46,12 @@ pub(super) fn structured(v: Value, format: Format) -> String {
     }
 }
 
+/// A protocol as users write it; `-` when none is declared.
 fn protocol(p: i32) -> &'static str {
-    match pb::Protocol::try_from(p) {
-        Ok(pb::Protocol::Grpc) => "grpc",
-        Ok(pb::Protocol::Http) => "http",
-        Ok(pb::Protocol::Tcp) => "tcp",
-        _ => "-",
-    }
+    Protocol::from_proto(p)
+        .ok()
+        .flatten()
+        .map_or("-", Protocol::as_str)
 }
 
 /// An instance's health in the words `weftctl top` (from the control
@@ -75,10 +75,7 @@ fn labels(l: &std::collections::HashMap<String, String>) -> String {
 
 /// `3m12s`, like kubectl's AGE column.
 fn age(unix_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     let s = now.saturating_sub(unix_ms) / 1000;
     match s {
         0..=59 => format!("{s}s"),
@@ -93,10 +90,7 @@ fn time_left(unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     if unix_ms <= now {
         return "expired".into();
     }
@@ -109,10 +103,7 @@ fn time_left(unix_ms: u64) -> String {
 }
 
 fn in_time(unix_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = weft_proto::time::unix_ms(SystemTime::now());
     format!("{}ms", unix_ms.saturating_sub(now))
 }
 
@@ -122,14 +113,11 @@ pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
             .iter()
             .map(|s| {
                 let spec = s.spec.clone().unwrap_or_default();
-                let lb = match pb::LoadBalancer::try_from(spec.load_balancer) {
-                    Ok(pb::LoadBalancer::RoundRobin) => "round-robin",
-                    _ => "p2c-ewma",
-                };
+                let lb = LoadBalancer::from_proto(spec.load_balancer).unwrap_or_default();
                 vec![
                     s.name.clone(),
                     protocol(spec.protocol).into(),
-                    lb.into(),
+                    lb.as_str().into(),
                     format!("{}/{}", s.healthy_instances, s.instances),
                     if s.has_resource {
                         "resource"

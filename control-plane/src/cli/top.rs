@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use weft_proto::duration::{DurationError, parse_duration};
 use weft_proto::stats::MAX_WINDOW;
 use weft_proto::v1 as pb;
 
@@ -21,22 +22,18 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// A `--window` or `--interval` that `weftctl top` refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlagError {
-    /// Not a duration at all (the parser's reason).
-    #[error("{0}")]
-    Duration(String),
+    /// Not a duration at all.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
     #[error("{0:?}: the window is whole seconds from 1s to {max}s", max = MAX_WINDOW.as_secs())]
     Window(String),
     #[error("{0:?}: the interval is at least {min}ms", min = MIN_INTERVAL.as_millis())]
     Interval(String),
 }
 
-fn duration(s: &str) -> Result<Duration, FlagError> {
-    weft_proto::duration::parse_duration(s).map_err(|e| FlagError::Duration(e.to_string()))
-}
-
 /// `--window`: whole seconds, 1s to 300s (what `Top` accepts).
 pub fn parse_window(s: &str) -> Result<Duration, FlagError> {
-    let d = duration(s)?;
+    let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 || d.is_zero() || d > MAX_WINDOW {
         return Err(FlagError::Window(s.to_string()));
     }
@@ -45,7 +42,7 @@ pub fn parse_window(s: &str) -> Result<Duration, FlagError> {
 
 /// `--interval`: at least [`MIN_INTERVAL`].
 pub fn parse_interval(s: &str) -> Result<Duration, FlagError> {
-    let d = duration(s)?;
+    let d = parse_duration(s)?;
     if d < MIN_INTERVAL {
         return Err(FlagError::Interval(s.to_string()));
     }

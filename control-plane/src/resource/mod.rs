@@ -6,17 +6,22 @@
 //! store there) goes through the same rules, so the rest of the control
 //! plane only ever holds resources that are known to be good.
 
-mod name;
 mod render;
 pub mod resilience;
 mod yaml;
 
-pub use name::{LabelMap, Name, validate_labels};
 pub use render::{to_value, to_yaml_documents, value_to_yaml};
+/// The name of a resource of any kind: the one service-name rule (a DNS
+/// subdomain), so that a `Service` and its policies are named alike.
+pub use weft_proto::name::ServiceName as Name;
 pub use yaml::{API_VERSION, parse_documents};
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use weft_proto::labels::Labels;
+use weft_proto::pattern::MethodPattern;
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 /// One reason a resource was rejected: which document (or request entry),
 /// which field, and why.
@@ -63,97 +68,11 @@ impl fmt::Display for InvalidResources {
     }
 }
 
-/// The application protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Grpc,
-    Http,
-    Tcp,
-}
-
-impl Protocol {
-    pub const CHOICES: &'static str = "grpc, http, tcp";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-            Protocol::Tcp => "tcp",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "grpc" => Some(Protocol::Grpc),
-            "http" => Some(Protocol::Http),
-            "tcp" => Some(Protocol::Tcp),
-            _ => None,
-        }
-    }
-}
-
-/// How a caller's sidecar picks an instance for each request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LoadBalancer {
-    /// Power of two choices over peak-EWMA latency (the default).
-    #[default]
-    P2cEwma,
-    RoundRobin,
-}
-
-impl LoadBalancer {
-    pub const CHOICES: &'static str = "p2c-ewma, round-robin";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoadBalancer::P2cEwma => "p2c-ewma",
-            LoadBalancer::RoundRobin => "round-robin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "p2c-ewma" => Some(LoadBalancer::P2cEwma),
-            "round-robin" => Some(LoadBalancer::RoundRobin),
-            _ => None,
-        }
-    }
-}
-
 /// A named group of instances selected by labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {
     pub name: Name,
-    pub labels: LabelMap,
-}
-
-/// How a service's sidecar accepts inbound connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum InboundMode {
-    /// Mutual TLS only (the default).
-    #[default]
-    Strict,
-    /// Mutual TLS or plaintext: for migrating a service into the mesh.
-    Permissive,
-}
-
-impl InboundMode {
-    pub const CHOICES: &'static str = "strict, permissive";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboundMode::Strict => "strict",
-            InboundMode::Permissive => "permissive",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "strict" => Some(InboundMode::Strict),
-            "permissive" => Some(InboundMode::Permissive),
-            _ => None,
-        }
-    }
+    pub labels: Labels,
 }
 
 /// The `Service` resource.
@@ -267,20 +186,12 @@ pub fn validate_rule(r: &AuthorizationRule) -> Vec<(String, String)> {
         if f != "*"
             && let Err(e) = Name::parse(f)
         {
-            errors.push((format!("from[{i}]"), e));
+            errors.push((format!("from[{i}]"), e.to_string()));
         }
     }
     for (i, m) in r.grpc_methods.iter().enumerate() {
-        let ok = m == "*"
-            || (m.starts_with('/')
-                && m.matches('/').count() == 2
-                && m.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'*')));
-        if !ok {
-            errors.push((
-                format!("grpcMethods[{i}]"),
-                format!("{m:?} is not /package.Service/Method (\"*\" wildcards allowed)"),
-            ));
+        if let Err(e) = MethodPattern::parse(m) {
+            errors.push((format!("grpcMethods[{i}]"), e.to_string()));
         }
     }
     for (i, h) in r.http.iter().enumerate() {

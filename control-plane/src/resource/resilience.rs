@@ -27,11 +27,15 @@
 //!     abort: {percent: 5, grpcStatus: 14, httpStatus: 503}
 //! ```
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use weft_proto::duration::{format_duration, parse_duration};
+use weft_proto::grpc::GrpcCode;
+use weft_proto::pattern::MethodPattern;
+use weft_proto::retry::RetryCondition;
 use weft_proto::v1 as pb;
-
-use weft_proto::duration::parse_duration;
 
 /// The settings as pushed; `None`: all defaults.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -43,20 +47,6 @@ pub struct Resilience {
     pub fault: Option<pb::FaultPolicy>,
 }
 
-/// The retry conditions users may name.
-pub const CONDITIONS: [&str; 10] = [
-    "unavailable",
-    "cancelled",
-    "resource-exhausted",
-    "deadline-exceeded",
-    "internal",
-    "5xx",
-    "gateway-error",
-    "connect-failure",
-    "refused-stream",
-    "reset",
-];
-
 /// Checks the settings; errors are (field path under `spec`, reason).
 pub fn validate(r: &Resilience) -> Vec<(String, String)> {
     let mut e = Vec::new();
@@ -65,14 +55,8 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
             e.push(("retries.attempts".into(), "at most 10 tries".into()));
         }
         for (i, c) in p.on.iter().enumerate() {
-            if !CONDITIONS.contains(&c.as_str()) {
-                e.push((
-                    format!("retries.on[{i}]"),
-                    format!(
-                        "unknown condition {c:?}, expected one of {}",
-                        CONDITIONS.join(", ")
-                    ),
-                ));
+            if let Err(err) = RetryCondition::parse(c) {
+                e.push((format!("retries.on[{i}]"), err.to_string()));
             }
         }
         if !(0.0..=1.0).contains(&p.budget_ratio) || p.budget_ratio.is_nan() {
@@ -108,11 +92,8 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
             ));
         }
         for (i, m) in h.grpc_methods.iter().enumerate() {
-            if !(m == "*" || (m.starts_with('/') && m.matches('/').count() == 2)) {
-                e.push((
-                    format!("hedging.grpcMethods[{i}]"),
-                    format!("{m:?} is not /package.Service/Method"),
-                ));
+            if let Err(err) = MethodPattern::parse(m) {
+                e.push((format!("hedging.grpcMethods[{i}]"), err.to_string()));
             }
         }
     }
@@ -125,7 +106,11 @@ pub fn validate(r: &Resilience) -> Vec<(String, String)> {
                 e.push((field.into(), "a percentage, at most 100".into()));
             }
         }
-        if f.abort_grpc_status > 16 {
+        // 0 is unset (the sidecar's default, UNAVAILABLE).
+        let code = u16::try_from(f.abort_grpc_status)
+            .ok()
+            .and_then(GrpcCode::from_u16);
+        if code.is_none() {
             e.push((
                 "faults.abort.grpcStatus".into(),
                 "a gRPC status code, 1 to 16".into(),
@@ -151,7 +136,7 @@ fn ms(s: &Option<String>, path: &str, errs: &mut Vec<(String, String)>) -> u64 {
             }
             Ok(d) => d.as_millis() as u64,
             Err(e) => {
-                errs.push((path.into(), e));
+                errs.push((path.into(), e.to_string()));
                 0
             }
         },
@@ -319,14 +304,10 @@ impl RawResilience {
     }
 }
 
+/// A duration in milliseconds as the text users write, printed as
+/// everywhere else in the mesh (`/config` too).
 fn dur(ms: u64) -> Value {
-    if ms.is_multiple_of(60_000) {
-        json!(format!("{}m", ms / 60_000))
-    } else if ms.is_multiple_of(1000) {
-        json!(format!("{}s", ms / 1000))
-    } else {
-        json!(format!("{ms}ms"))
-    }
+    json!(format_duration(Duration::from_millis(ms)))
 }
 
 /// Puts a key in `m` unless the value is a default (0, empty).

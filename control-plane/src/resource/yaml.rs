@@ -19,12 +19,13 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 use super::resilience;
 use super::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
-    InvalidResources, Kind, LabelMap, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
-    check_unique, validate_labels, validate_rule,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Kind,
+    Name, Resource, ServiceSpec, Subset, check_unique, validate_rule,
 };
 
 pub const API_VERSION: &str = "weft.dev/v1";
@@ -65,7 +66,7 @@ struct RawServiceSpec {
 struct RawSubset {
     name: String,
     #[serde(default)]
-    labels: LabelMap,
+    labels: Labels,
 }
 
 /// Collects the errors of one document.
@@ -76,12 +77,12 @@ struct DocErrors<'a> {
 }
 
 impl DocErrors<'_> {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    fn push(&mut self, path: impl Into<String>, reason: impl ToString) {
         self.errors.push(FieldError {
             document: self.document,
             resource: self.resource.clone(),
             path: path.into(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         });
     }
 }
@@ -279,15 +280,9 @@ fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Opti
     let protocol = match raw.protocol.as_deref() {
         None => None,
         Some(p) => match Protocol::parse(p) {
-            Some(p) => Some(p),
-            None => {
-                errs.push(
-                    "spec.protocol",
-                    format!(
-                        "unknown protocol {p:?}, expected one of {}",
-                        Protocol::CHOICES
-                    ),
-                );
+            Ok(p) => Some(p),
+            Err(e) => {
+                errs.push("spec.protocol", e);
                 ok = false;
                 None
             }
@@ -295,14 +290,8 @@ fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Opti
     };
     let load_balancer = match raw.load_balancer.as_deref() {
         None => LoadBalancer::default(),
-        Some(lb) => LoadBalancer::parse(lb).unwrap_or_else(|| {
-            errs.push(
-                "spec.loadBalancer",
-                format!(
-                    "unknown load balancer {lb:?}, expected one of {}",
-                    LoadBalancer::CHOICES
-                ),
-            );
+        Some(lb) => LoadBalancer::parse(lb).unwrap_or_else(|e| {
+            errs.push("spec.loadBalancer", e);
             ok = false;
             LoadBalancer::default()
         }),
@@ -342,14 +331,8 @@ fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Opti
     }
     let inbound_mode = match raw.inbound_mode.as_deref() {
         None => InboundMode::default(),
-        Some(m) => InboundMode::parse(m).unwrap_or_else(|| {
-            errs.push(
-                "spec.inboundMode",
-                format!(
-                    "unknown inbound mode {m:?}, expected one of {}",
-                    InboundMode::CHOICES
-                ),
-            );
+        Some(m) => InboundMode::parse(m).unwrap_or_else(|e| {
+            errs.push("spec.inboundMode", e);
             ok = false;
             InboundMode::default()
         }),

@@ -7,12 +7,14 @@ use std::time::Duration;
 use clap::Parser;
 
 use weft_proto::duration::parse_duration;
+use weft_proto::labels::{Labels, parse_label};
+use weft_proto::name::{ServiceName, validate_address, validate_instance_id};
+use weft_proto::protocol::Protocol;
 
 use super::{
     ConfigError, SidecarConfig, Source, Timeouts, TracingConfig, Upstream, load_static_file,
 };
 use crate::identity::{CertFiles, IdentityConfig, IdentitySource};
-use crate::model::{Labels, Protocol, ServiceName};
 
 /// The Weft sidecar: carries a service's gRPC, HTTP and TCP traffic to and
 /// from the rest of the mesh.
@@ -196,8 +198,10 @@ fn random_suffix() -> String {
 impl Args {
     /// Validates every flag; the first problem is named.
     pub fn into_config(self) -> Result<SidecarConfig, ConfigError> {
-        let service = ServiceName::parse(&self.service).map_err(|e| flag("service", e))?;
-        let protocol = Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e))?;
+        let service =
+            ServiceName::parse(&self.service).map_err(|e| flag("service", e.to_string()))?;
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| flag("protocol", e.to_string()))?;
         let source = match (self.control_plane, self.config) {
             (Some(url), None) => {
                 if url.starts_with("http://") {
@@ -241,7 +245,7 @@ impl Args {
                     format!("{u:?} must be NAME=ADDR, e.g. user-service=127.0.0.1:9001"),
                 )
             })?;
-            let service = ServiceName::parse(name).map_err(|e| flag("upstream", e))?;
+            let service = ServiceName::parse(name).map_err(|e| flag("upstream", e.to_string()))?;
             let listen: SocketAddr = addr
                 .parse()
                 .map_err(|_| flag("upstream", format!("{addr:?} in {u:?} is not an IP:port")))?;
@@ -255,23 +259,11 @@ impl Args {
         }
         let mut labels = Labels::new();
         for l in &self.labels {
-            let (k, v) = l.split_once('=').ok_or_else(|| {
-                flag("label", format!("{l:?} must be key=value, e.g. version=v2"))
-            })?;
-            let key_ok = !k.is_empty()
-                && k.len() <= 63
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
-            let value_ok = v.len() <= 63
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-            if !key_ok || !value_ok {
-                return Err(flag("label", format!("{l:?} is not a valid label")));
-            }
-            labels.insert(k.to_string(), v.to_string());
+            let (k, v) = parse_label(l).map_err(|e| flag("label", e.to_string()))?;
+            labels.insert(k, v);
         }
         if let Some(a) = &self.advertise {
-            crate::model::validate_addr(a).map_err(|e| flag("advertise", e))?;
+            validate_address(a).map_err(|e| flag("advertise", e.to_string()))?;
         } else if self.inbound.ip().is_unspecified() && matches!(source, Source::ControlPlane(_)) {
             return Err(flag(
                 "advertise",
@@ -366,18 +358,9 @@ impl Args {
             }
         };
         let instance_id = match self.instance_id {
-            Some(id)
-                if !id.is_empty()
-                    && id.len() <= 253
-                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
-                id
-            }
             Some(id) => {
-                return Err(flag(
-                    "instance-id",
-                    format!("{id:?} must be printable, without spaces"),
-                ));
+                validate_instance_id(&id).map_err(|e| flag("instance-id", e.to_string()))?;
+                id
             }
             None => format!("{service}-{}", random_suffix()),
         };

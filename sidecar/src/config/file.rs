@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::name::{ServiceName, validate_address};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 
-use crate::model::{
-    Balance, EndpointSpec, Health, Labels, Protocol, ServiceName, ServicePolicy, ServiceState,
-    validate_addr,
-};
+use crate::model::{EndpointSpec, Health, ServicePolicy, ServiceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
@@ -87,22 +87,23 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, (Str
     let mut out: Vec<(ServiceName, ServiceState)> = Vec::new();
     for (i, s) in raw.services.into_iter().enumerate() {
         let at = |f: &str| format!("services[{i}].{f}");
-        let name = ServiceName::parse(&s.name).map_err(|e| (at("name"), e))?;
+        let name = ServiceName::parse(&s.name).map_err(|e| (at("name"), e.to_string()))?;
         if out.iter().any(|(n, _)| n == &name) {
             return Err((at("name"), format!("service {name} is listed twice")));
         }
         let protocol = match s.protocol.as_deref() {
             None => Protocol::Grpc,
-            Some(p) => Protocol::parse(p).map_err(|e| (at("protocol"), e))?,
+            Some(p) => Protocol::parse(p).map_err(|e| (at("protocol"), e.to_string()))?,
         };
         let balance = match s.load_balancer.as_deref() {
-            None => Balance::default(),
-            Some(b) => Balance::parse(b).map_err(|e| (at("loadBalancer"), e))?,
+            None => LoadBalancer::default(),
+            Some(b) => LoadBalancer::parse(b).map_err(|e| (at("loadBalancer"), e.to_string()))?,
         };
         let mut endpoints = BTreeMap::new();
         for (j, e) in s.endpoints.into_iter().enumerate() {
             let at = |f: &str| format!("services[{i}].endpoints[{j}].{f}");
-            validate_addr(&e.address).map_err(|r| (at("address"), r))?;
+            validate_address(&e.address).map_err(|r| (at("address"), r.to_string()))?;
+            validate_labels(&e.labels).map_err(|r| (at("labels"), r.to_string()))?;
             let id: Arc<str> = e.id.unwrap_or_else(|| e.address.clone()).into();
             if endpoints.contains_key(&id) {
                 return Err((at("id"), format!("endpoint {id} is listed twice")));
@@ -149,7 +150,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(s[0].0.as_str(), "user-service");
-        assert_eq!(s[0].1.policy.balance, Balance::RoundRobin);
+        assert_eq!(s[0].1.policy.balance, LoadBalancer::RoundRobin);
         assert_eq!(s[0].1.endpoints.len(), 1);
 
         let e = parse_static("services:\n  - name: a\n    endpoints:\n      - address: nope\n")

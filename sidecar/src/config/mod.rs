@@ -12,7 +12,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::model::{Labels, Protocol, ServiceName, ServiceState};
+use weft_proto::labels::Labels;
+use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
+
+use crate::model::ServiceState;
 
 /// Where the sidecar's view of the mesh comes from.
 #[derive(Debug, Clone)]
@@ -58,7 +62,7 @@ pub struct SidecarConfig {
     /// One JSON line per request on stdout.
     pub access_log: bool,
     /// The process's log filter, for `/log-level`; set by `main`.
-    pub log_level: Option<std::sync::Arc<weft_proto::logs::LogLevel>>,
+    pub log_level: Option<std::sync::Arc<weft_process::logs::LogLevel>>,
 }
 
 /// Trace export, validated.

@@ -9,17 +9,21 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
+use weft_proto::labels::Labels;
+use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
-use super::{Backoff, ConfigState, StatusCell, StreamState, convert_update};
+use super::{ConfigState, StatusCell, StreamState, convert_update};
 use arc_swap::ArcSwap;
 
 use crate::authz::InboundPolicy;
+use crate::backoff::Backoff;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, UpdateLabels};
-use crate::model::{Health, Labels, Protocol, ServiceName};
+use crate::model::Health;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
 
 /// Who this sidecar is, as it says in its hello.
@@ -90,14 +94,6 @@ fn health_to_pb(h: Health) -> pb::Health {
     }
 }
 
-fn protocol_to_pb(p: Protocol) -> pb::Protocol {
-    match p {
-        Protocol::Grpc => pb::Protocol::Grpc,
-        Protocol::Http => pb::Protocol::Http,
-        Protocol::Tcp => pb::Protocol::Tcp,
-    }
-}
-
 fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
     pb::SidecarMessage { kind: Some(kind) }
 }
@@ -143,7 +139,7 @@ impl DiscoveryClient {
             service: self.member.service.to_string(),
             instance_id: self.member.instance_id.clone(),
             address: self.member.address.clone(),
-            protocol: protocol_to_pb(self.member.protocol) as i32,
+            protocol: self.member.protocol.to_proto() as i32,
             labels: self
                 .member
                 .labels
@@ -198,7 +194,7 @@ impl DiscoveryClient {
         };
         let (tx, rx) = mpsc::channel::<pb::SidecarMessage>(16);
         let _ = tx.send(self.hello()).await;
-        let now_ms = crate::discovery::unix_ms(std::time::SystemTime::now());
+        let now_ms = weft_proto::time::unix_ms(std::time::SystemTime::now());
         self.ejected.retain(|_, until| *until > now_ms);
         for ((service, instance), until) in &self.ejected {
             let _ = tx.send(ejection_msg(service, instance, *until)).await;
@@ -242,7 +238,7 @@ impl DiscoveryClient {
                 },
                 Some(e) = self.ejections.recv() => {
                     let key = (e.service.to_string(), e.instance.to_string());
-                    let until = e.until.map_or(0, crate::discovery::unix_ms);
+                    let until = e.until.map_or(0, weft_proto::time::unix_ms);
                     if until == 0 {
                         self.ejected.remove(&key);
                     } else {

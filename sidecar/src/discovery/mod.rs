@@ -2,11 +2,9 @@
 //! update (or reject it with a reason), keep the last good config through
 //! control-plane outages, and reconnect with jittered backoff.
 
-mod backoff;
 mod client;
 mod state;
 
-pub use backoff::Backoff;
 pub use client::{DiscoveryClient, Member};
 pub use state::{ConfigState, convert_update};
 
@@ -14,13 +12,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The stream's state, as `/config`, `/ready` and the metrics show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

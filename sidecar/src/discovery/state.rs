@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use weft_proto::labels::Labels;
+use weft_proto::name::{ServiceName, validate_address};
+use weft_proto::protocol::{LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use crate::authz::InboundPolicy;
-use crate::model::{
-    Balance, EndpointSpec, Health, Labels, Protocol, ServiceName, ServicePolicy, ServiceState,
-    Subset, validate_addr,
-};
+use crate::model::{EndpointSpec, Health, ServicePolicy, ServiceState, Subset};
 
 /// One service's change, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,22 +29,11 @@ pub enum Change {
 }
 
 fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
-    let protocol = match pb::Protocol::try_from(p.protocol) {
-        Ok(pb::Protocol::Grpc | pb::Protocol::Unspecified) => Protocol::Grpc,
-        Ok(pb::Protocol::Http) => Protocol::Http,
-        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
-        Err(_) => return Err(format!("policy.protocol: unknown value {}", p.protocol)),
-    };
-    let balance = match pb::LoadBalancer::try_from(p.load_balancer) {
-        Ok(pb::LoadBalancer::Unspecified | pb::LoadBalancer::P2cEwma) => Balance::P2cEwma,
-        Ok(pb::LoadBalancer::RoundRobin) => Balance::RoundRobin,
-        Err(_) => {
-            return Err(format!(
-                "policy.load_balancer: unknown value {}",
-                p.load_balancer
-            ));
-        }
-    };
+    let protocol = Protocol::from_proto(p.protocol)
+        .map_err(|e| format!("policy.protocol: {e}"))?
+        .unwrap_or(Protocol::Grpc);
+    let balance = LoadBalancer::from_proto(p.load_balancer)
+        .map_err(|e| format!("policy.load_balancer: {e}"))?;
     let subsets = p
         .subsets
         .iter()
@@ -57,7 +46,7 @@ fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, String> {
                 .collect(),
         })
         .collect();
-    let resilience = crate::resilience::Resilience::from_proto(p)?;
+    let resilience = crate::resilience::Resilience::from_proto(p).map_err(|e| e.to_string())?;
     Ok(ServicePolicy {
         protocol,
         balance,
@@ -70,7 +59,8 @@ fn convert_endpoint(e: &pb::Endpoint) -> Result<EndpointSpec, String> {
     if e.instance_id.is_empty() {
         return Err("endpoint without instance_id".into());
     }
-    validate_addr(&e.address).map_err(|r| format!("endpoint {}: address: {r}", e.instance_id))?;
+    validate_address(&e.address)
+        .map_err(|r| format!("endpoint {}: address: {r}", e.instance_id))?;
     let health = match pb::Health::try_from(e.health) {
         Ok(pb::Health::Unknown) => Health::Unknown,
         Ok(pb::Health::Healthy) => Health::Healthy,

@@ -1,5 +1,7 @@
-//! The one way the sidecar opens a connection to a peer. Plain TCP for now;
-//! mutual TLS wraps this same trait, so nothing above it changes.
+//! The one way the sidecar opens a connection to a peer: a [`Connector`].
+//! [`TcpConnector`] is plain TCP (to the local app, and between sidecars
+//! running plaintext from a static file); `identity::tls::MtlsConnector`
+//! wraps it in mutual TLS, so nothing above this trait knows which.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,9 +10,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use weft_proto::name::ServiceName;
 
 use crate::error::ProxyError;
-use crate::model::ServiceName;
 
 /// Any byte stream a connector returns.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

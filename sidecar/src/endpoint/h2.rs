@@ -2,7 +2,6 @@
 //! reopened when it closes. Every request to that peer shares it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -13,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::connector::{ConnectTarget, Connector};
 use crate::body::BoxBody;
 use crate::error::ProxyError;
+use crate::resilience::limit::Limit;
 
 pub struct H2Client {
     target: ConnectTarget,
@@ -31,10 +31,6 @@ impl H2Client {
             conn: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.target.addr
     }
 
     /// Whether a connection is open now (for `/config` and metrics).
@@ -86,40 +82,31 @@ impl H2Client {
             .compare_and_swap(broken, None::<Arc<SendRequest<BoxBody>>>);
     }
 
-    /// Sends one request. A request the connection refused before sending
-    /// anything (it had just closed) is sent once more on a new connection;
-    /// that is not a retry in the policy sense, the peer never saw it.
+    /// Sends one request, with at most `limit.1` requests of the service
+    /// waiting for a connection or a stream (counted in `limit.0`); over
+    /// it, the request fails at once. A request the connection refused
+    /// before sending anything (it had just closed) is sent once more on a
+    /// new connection; that is not a retry in the policy sense, the peer
+    /// never saw it.
     ///
     /// Also returns the time from handing the request to a ready connection
     /// to the response headers: the peer's latency without connection setup
     /// (which would make a new endpoint look slow to the balancer).
     pub async fn send(
         &self,
-        req: http::Request<BoxBody>,
-    ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
-        self.send_limited(req, None).await
-    }
-
-    /// `send`, with at most `limit` requests of the service waiting for a
-    /// connection or a stream (counted in `pending`); over it, the request
-    /// fails at once.
-    pub async fn send_limited(
-        &self,
         mut req: http::Request<BoxBody>,
-        pending: Option<(&AtomicUsize, usize)>,
+        limit: Option<(&Limit, usize)>,
     ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
         for attempt in 0..2 {
-            let waiting = match pending {
-                Some((count, limit)) => {
-                    if count.fetch_add(1, Ordering::Relaxed) >= limit {
-                        count.fetch_sub(1, Ordering::Relaxed);
-                        return Err(ProxyError::Overloaded {
+            let waiting = match limit {
+                Some((count, max)) => {
+                    count
+                        .acquire(Some(max))
+                        .map_err(|over| ProxyError::Overloaded {
                             service: self.target.service.to_string(),
                             what: "requests waiting for a connection",
-                            limit,
-                        });
-                    }
-                    Some(count)
+                            limit: over.limit,
+                        })?
                 }
                 None => None,
             };
@@ -130,9 +117,7 @@ impl H2Client {
                 Ok::<_, ProxyError>((shared, sender, ok))
             }
             .await;
-            if let Some(c) = waiting {
-                c.fetch_sub(1, Ordering::Relaxed);
-            }
+            drop(waiting);
             let (shared, mut sender, ok) = ready?;
             if !ok {
                 self.retire(&shared);

@@ -15,9 +15,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, UnixTime};
 use weft_proto::identity::{CertInfo, SpiffeId, certs_from_pem, provider, root_store};
+use weft_proto::name::ServiceName;
 
 use super::Credentials;
-use crate::model::ServiceName;
 
 /// Where the certificate, its key and the CA bundle are.
 #[derive(Debug, Clone, PartialEq, Eq)]

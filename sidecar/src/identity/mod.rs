@@ -26,11 +26,11 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use weft_proto::identity::{
     JoinToken, SpiffeId, SpiffeServerVerifier, certs_from_pem, pem, provider, root_store,
 };
+use weft_proto::name::ServiceName;
 use weft_proto::v1 as pb;
 use weft_proto::v1::identity_client::IdentityClient;
 
 use crate::error::error_chain;
-use crate::model::ServiceName;
 
 /// Where the sidecar's certificate comes from.
 #[derive(Debug, Clone)]
@@ -91,10 +91,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn expires_unix_ms(&self) -> u64 {
-        self.expires
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        weft_proto::time::unix_ms(self.expires)
     }
 
     /// The same certificate and key, verifying peers under other roots.

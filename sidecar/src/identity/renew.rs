@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::Identity;
-use crate::discovery::Backoff;
+use crate::backoff::Backoff;
 use crate::drain;
 use crate::metrics::{Metrics, RenewalLabels};
 

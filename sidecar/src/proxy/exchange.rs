@@ -1,34 +1,32 @@
 //! One request/response exchange as the mesh observes it: counted when it
-//! starts (and its trace context decided and passed on), classified once
-//! and recorded when it ends — metrics, the span, the access log line.
+//! starts (and its trace context decided and passed on), and recorded once
+//! when it ends, from its [`Outcome`] — metrics, the span, the access log
+//! line. The response body (`proxy::response`) calls [`Exchange::finish`]
+//! when the stream ends; a mesh error finishes it at once.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{Method, Request};
-use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
+use weft_proto::grpc::GrpcCode;
+use weft_proto::name::ServiceName;
 
-use super::classify::{Classification, ClassifiedBody};
-use crate::body::{BoxBody, boxed};
+use super::outcome::Outcome;
+use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::metrics::{Direction, RequestLabels, ResponseLabels};
-use crate::model::ServiceName;
 use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::tracer::{SpanRecord, Started};
 use crate::telemetry::{Route, Telemetry};
-
-/// Called with the final classification (outlier detection reads it).
-pub type Report = Box<dyn FnOnce(&Classification) + Send>;
 
 pub struct Exchange {
     tel: Arc<Telemetry>,
     labels: RequestLabels,
     start: Instant,
-    report: Option<Report>,
     /// Kept only when a span is recorded or the access log is on: the
     /// common case allocates nothing more.
     detail: Option<Box<Detail>>,
@@ -95,7 +93,6 @@ impl Exchange {
             tel: tel.clone(),
             labels,
             start: Instant::now(),
-            report: None,
             detail,
         }
     }
@@ -121,45 +118,22 @@ impl Exchange {
         self.detail.as_deref().and_then(Detail::log_ids)
     }
 
-    /// Also tells `report` how the exchange ended.
-    pub fn report_to(&mut self, report: Report) {
-        self.report = Some(report);
-    }
-
-    /// Wraps the response so that its end is classified and recorded.
-    pub fn respond(self, resp: http::Response<Incoming>) -> http::Response<BoxBody> {
-        self.respond_boxed(resp.map(boxed))
-    }
-
-    /// The same, for a body already boxed (replayed frames, deadlines).
-    pub fn respond_boxed(self, resp: http::Response<BoxBody>) -> http::Response<BoxBody> {
-        let class = Classification::from_headers(resp.status(), resp.headers());
-        let (parts, body) = resp.into_parts();
-        let body = ClassifiedBody::new(body, class, Box::new(move |c| self.record(c)));
-        http::Response::from_parts(parts, crate::body::boxed(body))
-    }
-
     /// The mesh answers instead of the service.
     pub fn fail(self, err: ProxyError, grpc: bool) -> http::Response<BoxBody> {
-        let code = err.code();
         if tracing::enabled!(tracing::Level::DEBUG) {
             let (trace_id, span_id) = self.log_ids().unzip();
             tracing::debug!(direction = ?self.labels.direction, service = %self.labels.service, error = %err, trace_id, span_id, "request failed in the mesh");
         }
-        let resp = err.into_response(grpc);
-        let mut class = Classification::from_headers(resp.status(), resp.headers());
-        class.error = Some(code);
-        self.record(&class);
-        resp
+        let outcome = Outcome::from_error(&err, grpc);
+        self.finish(&outcome);
+        err.into_response(grpc)
     }
 
-    fn record(mut self, c: &Classification) {
-        if let Some(r) = self.report.take() {
-            r(c);
-        }
+    /// Records how the exchange ended.
+    pub fn finish(mut self, c: &Outcome) {
         let elapsed = self.start.elapsed();
         if self.labels.direction == Direction::inbound {
-            self.tel.traffic.record(elapsed, server_fault(c));
+            self.tel.traffic.record(elapsed, c.is_server_fault());
         }
         let m = &self.tel.metrics;
         m.latency
@@ -171,8 +145,8 @@ impl Exchange {
                 service: self.labels.service.clone(),
                 route: self.labels.route.clone(),
                 status: c.status.as_u16(),
-                grpc_status: c.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
-                error: c.error.unwrap_or(""),
+                grpc_status: c.grpc.map(|s| s.to_string()).unwrap_or_default(),
+                error: c.error_label(),
             })
             .inc();
         let Some(d) = self.detail.take() else {
@@ -212,8 +186,8 @@ impl Exchange {
                 method: d.method.as_str(),
                 path: &d.path,
                 status: c.status.as_u16(),
-                grpc_status: c.grpc_status,
-                error: c.error,
+                grpc_status: c.grpc.map(|g| g.as_u16()),
+                error: c.failure.map(|f| f.label()),
                 upstream: d.upstream.as_deref(),
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 retries,
@@ -230,7 +204,7 @@ impl Exchange {
 fn span_attributes(
     labels: &RequestLabels,
     d: &Detail,
-    c: &Classification,
+    c: &Outcome,
     retries: u32,
 ) -> (Cow<'static, str>, Vec<KeyValue>) {
     let mut a = Vec::with_capacity(10);
@@ -245,8 +219,11 @@ fn span_attributes(
         a.push(KeyValue::new("rpc.system", "grpc"));
         a.push(KeyValue::new("rpc.service", svc.to_string()));
         a.push(KeyValue::new("rpc.method", method.to_string()));
-        if let Some(code) = c.grpc_status {
-            a.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        if let Some(code) = c.grpc {
+            a.push(KeyValue::new(
+                "rpc.grpc.status_code",
+                i64::from(code.as_u16()),
+            ));
         }
     } else {
         name = Cow::Owned(d.method.as_str().to_string());
@@ -279,34 +256,26 @@ fn span_attributes(
         }
     }
     a.push(KeyValue::new("weft.retries", i64::from(retries)));
-    if let Some(e) = c.error {
-        a.push(KeyValue::new("weft.error", e));
+    if let Some(f) = c.failure {
+        a.push(KeyValue::new("weft.error", f.label()));
     }
     (name, a)
-}
-
-/// Whether the exchange failed by the server's fault (or the mesh's): a
-/// mesh error, gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
-/// UNAVAILABLE or DATA_LOSS, or an HTTP 5xx. A client's mistake (NOT_FOUND,
-/// 404) is no failure of the server.
-fn server_fault(c: &Classification) -> bool {
-    c.error.is_some()
-        || match c.grpc_status {
-            Some(code) => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
-            None => c.status.is_server_error(),
-        }
 }
 
 /// Whether the span is an error, by the conventions: on the client every
 /// non-OK gRPC status and every 4xx/5xx; on the server only the statuses
 /// that are the server's fault, and 5xx.
-fn span_error(direction: Direction, c: &Classification) -> Option<String> {
-    if let Some(e) = c.error {
-        return Some(e.to_string());
+fn span_error(direction: Direction, c: &Outcome) -> Option<String> {
+    if let Some(f) = c.failure {
+        return Some(f.label().to_string());
     }
-    match (direction, c.grpc_status) {
-        (Direction::outbound, Some(code)) if code != 0 => Some(format!("grpc-status {code}")),
-        (Direction::inbound, Some(code)) if server_fault(c) => Some(format!("grpc-status {code}")),
+    match (direction, c.grpc) {
+        (Direction::outbound, Some(code)) if code != GrpcCode::Ok => {
+            Some(format!("grpc-status {code}"))
+        }
+        (Direction::inbound, Some(code)) if c.is_server_fault() => {
+            Some(format!("grpc-status {code}"))
+        }
         (_, Some(_)) => None,
         (Direction::outbound, None) if c.status.as_u16() >= 400 => {
             Some(format!("HTTP {}", c.status.as_u16()))

@@ -1,8 +1,10 @@
 //! Inbound: requests from other sidecars (and, in permissive mode, plain
 //! clients) forwarded to the local app, in the protocol the app speaks.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, Version};
@@ -10,16 +12,24 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use weft_proto::name::ServiceName;
+use weft_proto::protocol::Protocol;
 
-use super::Proxy;
+use arc_swap::ArcSwap;
+use weft_proto::identity::SpiffeId;
+
+use super::HttpFuture;
 use super::exchange::Exchange;
 use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
+use super::outcome::Outcome;
+use super::response::{self, Layers};
+use crate::authz::InboundPolicy;
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
 use crate::error::{ProxyError, error_chain};
-use crate::metrics::{AuthzLabels, Direction};
-use crate::model::{Protocol, ServiceName};
-use weft_proto::identity::SpiffeId;
+use crate::identity::tls::LazyAcceptor;
+use crate::metrics::Direction;
+use crate::telemetry::Telemetry;
 
 /// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
 pub struct App {
@@ -74,14 +84,67 @@ impl App {
     }
 }
 
-impl Proxy {
+/// The inbound half of a sidecar: what calls from other sidecars need.
+pub struct Inbound {
+    /// The local service.
+    pub service: ServiceName,
+    /// The local app's protocol.
+    pub protocol: Protocol,
+    pub telemetry: Arc<Telemetry>,
+    /// `None` for a sidecar that only makes calls.
+    pub app: Option<App>,
+    /// Opaque TCP to the app (always plain, on loopback).
+    pub app_connector: Arc<TcpConnector>,
+    /// Mutual TLS on the inbound listener; `None` with a static config and
+    /// no certificate files (plaintext).
+    pub tls: Option<Arc<LazyAcceptor>>,
+    /// What the inbound side enforces: mode and authorization.
+    pub policy: Arc<ArcSwap<InboundPolicy>>,
+}
+
+/// The inbound half as the tower service of one connection, whose caller
+/// mutual TLS proved (or not, for a plaintext connection).
+#[derive(Clone)]
+pub struct InboundService {
+    inbound: Arc<Inbound>,
+    peer: Option<Arc<Peer>>,
+}
+
+impl Inbound {
+    pub fn service(self: &Arc<Self>, peer: Option<Arc<Peer>>) -> InboundService {
+        InboundService {
+            inbound: self.clone(),
+            peer,
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for InboundService {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = HttpFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.inbound.handle(req, this.peer.as_deref()).await) })
+    }
+}
+
+/// The caller as mutual TLS proved it: its SPIFFE ID, and its service when
+/// it is one of ours.
+pub type Peer = (SpiffeId, Option<ServiceName>);
+
+impl Inbound {
     /// Forwards one request to the app. `peer` is the caller's verified
-    /// identity (and its service name, when it is one of ours); `None` for
-    /// plaintext callers.
-    pub async fn inbound(
+    /// identity; `None` for plaintext callers.
+    pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: Option<&(SpiffeId, Option<ServiceName>)>,
+        peer: Option<&Peer>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
         let mut ex = Exchange::begin(
@@ -91,43 +154,70 @@ impl Proxy {
             &mut req,
             grpc,
         );
-        let policy = self.inbound_policy.load();
         let caller = peer.and_then(|p| p.1.as_ref());
         ex.set_caller(caller);
-        if !policy.allows(caller, req.method(), req.uri().path(), grpc) {
-            let who = peer.map_or_else(
-                || "an unauthenticated caller".to_string(),
-                |p| p.0.to_string(),
-            );
-            self.telemetry
-                .metrics
-                .authz_denied
-                .get_or_create(&AuthzLabels {
-                    service: self.service.clone(),
-                    caller: caller.cloned().unwrap_or_else(ServiceName::unresolved),
-                })
-                .inc();
-            let what = if grpc {
-                req.uri().path().to_string()
-            } else {
-                format!("{} {}", req.method(), req.uri().path())
-            };
-            return ex.fail(
-                ProxyError::Forbidden {
-                    caller: who,
-                    service: self.service.to_string(),
-                    what,
-                },
-                grpc,
-            );
+        if let Err(e) = self.authorize(&req, peer, grpc) {
+            return ex.fail(e, grpc);
         }
         let Some(app) = &self.app else {
             return ex.fail(ProxyError::NoApp, grpc);
         };
         ex.attempt(&app.name);
+        match self.forward(app, req, peer, grpc).await {
+            Ok(resp) => {
+                let outcome = Outcome::from_headers(resp.status(), resp.headers());
+                response::layer(resp, outcome, Layers::default(), ex, grpc)
+            }
+            Err(e) => ex.fail(e, grpc),
+        }
+    }
+
+    /// The inbound policy's word on this caller and request.
+    fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        peer: Option<&Peer>,
+        grpc: bool,
+    ) -> Result<(), ProxyError> {
+        let caller = peer.and_then(|p| p.1.as_ref());
+        if self
+            .policy
+            .load()
+            .allows(caller, req.method(), req.uri().path(), grpc)
+        {
+            return Ok(());
+        }
+        let unresolved = ServiceName::unresolved();
+        self.telemetry
+            .metrics
+            .count_denied(&self.service, caller.unwrap_or(&unresolved));
+        let who = peer.map_or_else(
+            || "an unauthenticated caller".to_string(),
+            |p| p.0.to_string(),
+        );
+        let what = if grpc {
+            req.uri().path().to_string()
+        } else {
+            format!("{} {}", req.method(), req.uri().path())
+        };
+        Err(ProxyError::Forbidden {
+            caller: who,
+            service: self.service.to_string(),
+            what,
+        })
+    }
+
+    /// Sends the request to the app in the protocol it speaks, with the
+    /// caller's identity in `x-weft-peer-identity` (and nothing a caller
+    /// claimed there itself).
+    async fn forward(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        peer: Option<&Peer>,
+        grpc: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        // Only this sidecar says who the caller is: whatever the request
-        // carried is dropped.
         parts.headers.remove(PEER_IDENTITY);
         if let Some((id, _)) = peer
             && let Ok(v) = HeaderValue::from_str(&id.to_string())
@@ -141,7 +231,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         let h1 = !grpc
             && (orig_h1 || parts.version < Version::HTTP_2 || self.protocol == Protocol::Http);
-        let result = if h1 {
+        if h1 {
             // The authority goes back into Host; the URI names the app.
             if let Some(a) = parts.uri.authority()
                 && !parts.headers.contains_key(http::header::HOST)
@@ -149,35 +239,25 @@ impl Proxy {
             {
                 parts.headers.insert(http::header::HOST, v);
             }
-            parts.uri = match app.uri(&parts.uri) {
-                Ok(u) => u,
-                Err(e) => return ex.fail(e, grpc),
-            };
+            parts.uri = app.uri(&parts.uri)?;
             parts.version = Version::HTTP_11;
-            app.h1
+            return app
+                .h1
                 .request(Request::from_parts(parts, boxed(body)))
                 .await
-                .map_err(|e| app.error(error_chain(&e)))
-        } else {
-            if parts.uri.authority().is_none() {
-                parts.uri = match app.uri(&parts.uri) {
-                    Ok(u) => u,
-                    Err(e) => return ex.fail(e, grpc),
-                };
-            }
-            parts.version = Version::HTTP_2;
-            app.h2
-                .send(Request::from_parts(parts, boxed(body)))
-                .await
-                .map(|(r, _)| r)
-                .map_err(|e| match e {
-                    ProxyError::Connect { source, .. } => app.error(source.to_string()),
-                    other => other,
-                })
-        };
-        match result {
-            Ok(resp) => ex.respond(resp),
-            Err(e) => ex.fail(e, grpc),
+                .map_err(|e| app.error(error_chain(&e)));
         }
+        if parts.uri.authority().is_none() {
+            parts.uri = app.uri(&parts.uri)?;
+        }
+        parts.version = Version::HTTP_2;
+        app.h2
+            .send(Request::from_parts(parts, boxed(body)), None)
+            .await
+            .map(|(r, _)| r)
+            .map_err(|e| match e {
+                ProxyError::Connect { source, .. } => app.error(source.to_string()),
+                other => other,
+            })
     }
 }

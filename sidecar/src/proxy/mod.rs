@@ -1,52 +1,39 @@
-//! The data path: listeners, protocol detection, and the outbound and
-//! inbound request handlers.
+//! The data path: listeners and protocol detection (`server`, `detect`),
+//! the two halves of a sidecar — [`Outbound`] (the app's calls, a pipeline
+//! in `outbound/`) and [`Inbound`] (calls to the app) — opaque TCP, and
+//! what both share: the [`Outcome`] of an exchange, its observation
+//! (`exchange`), and the one layered response body (`response`).
 //!
 //! ```text
 //! app ─► outbound listener / upstream port ─► detect ─► hyper (h1/h2)
-//!     ─► resolve service ─► pick endpoint (P2C peak-EWMA | round robin)
-//!     ─► pooled HTTP/2 to the peer sidecar ─► (mTLS: next issue)
-//! peer ─► inbound listener ─► detect ─► hyper ─► local app (h1 or h2)
+//!     ─► Outbound: route ─► plan ─► attempts (P2C peak-EWMA | round robin)
+//!     ─► pooled HTTP/2 over mutual TLS to the peer sidecar
+//! peer ─► inbound listener ─► mutual TLS ─► detect ─► hyper
+//!     ─► Inbound: authorization ─► local app (h1 or h2)
 //! ```
 
-mod classify;
 mod detect;
 mod exchange;
 mod headers;
 mod inbound;
 mod outbound;
+mod outcome;
+mod response;
 mod server;
 mod tcp;
 
-pub use classify::{Classification, ClassifiedBody};
 pub use detect::{Detected, classify as detect_protocol};
-pub use inbound::App;
+pub use inbound::{App, Inbound, InboundService, Peer};
+pub use outbound::{Backend, Backends, Outbound, OutboundService, Route, RoutePolicy};
+pub use outcome::{Failure, Outcome};
 pub use server::{Listener, serve};
 
-use std::sync::Arc;
-
-use crate::config::Timeouts;
-use crate::endpoint::{Connector, TcpConnector};
-use crate::model::{Protocol, ServiceName};
-use crate::table::Routes;
-
-/// What every listener of one sidecar shares.
-pub struct Proxy {
-    /// The local service.
-    pub service: ServiceName,
-    /// The local app's protocol.
-    pub protocol: Protocol,
-    pub routes: Arc<Routes>,
-    /// Metrics, spans, the access log and route names.
-    pub telemetry: Arc<crate::telemetry::Telemetry>,
-    pub app: Option<App>,
-    /// Connections to peers (TLS will wrap this).
-    pub connector: Arc<dyn Connector>,
-    /// Connections to the local app (always plain, on loopback).
-    pub app_connector: Arc<TcpConnector>,
-    pub timeouts: Timeouts,
-    /// Mutual TLS on the inbound listener; `None` with a static config,
-    /// which runs plaintext.
-    pub tls: Option<Arc<crate::identity::tls::LazyAcceptor>>,
-    /// What the inbound side enforces: mode and authorization.
-    pub inbound_policy: Arc<arc_swap::ArcSwap<crate::authz::InboundPolicy>>,
-}
+/// The future of either half's tower service: boxed at this boundary, so
+/// that listeners, hyper and any layer put in front see one type.
+pub type HttpFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<crate::body::BoxBody>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;

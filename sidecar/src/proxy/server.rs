@@ -8,36 +8,38 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proto::identity::{SpiffeId, peer_id};
+use weft_proto::name::ServiceName;
+use weft_proto::protocol::{InboundMode, Protocol};
 
-use super::Proxy;
+use super::HttpFuture;
 use super::detect::{Detected, Prefixed, detect};
-use crate::authz::InboundMode;
+use super::inbound::{Inbound, Peer};
+use super::outbound::Outbound;
 use crate::drain;
 use crate::identity::tls::{self, handshake_reason};
-use crate::metrics::HandshakeLabels;
-use crate::model::{Protocol, ServiceName};
 use crate::table::Entry;
 
 /// How long to wait for a client's first bytes before treating the
 /// connection as opaque TCP (server-speaks-first protocols send nothing).
 const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What a listener is for.
-#[derive(Clone, Debug)]
+/// What a listener is for, and the half of the sidecar that serves it.
+#[derive(Clone)]
 pub enum Listener {
     /// The app's calls, routed by Host / :authority.
-    Outbound,
+    Outbound(Arc<Outbound>),
     /// The app's calls to one service (`--upstream NAME=ADDR`).
-    Upstream(ServiceName),
+    Upstream(Arc<Outbound>, ServiceName),
     /// Calls from other sidecars to the local app.
-    Inbound,
+    Inbound(Arc<Inbound>),
 }
 
 /// Accepts connections until draining begins.
-pub async fn serve(listener: TcpListener, kind: Listener, proxy: Arc<Proxy>, drain: drain::Watch) {
+pub async fn serve(listener: TcpListener, kind: Listener, drain: drain::Watch) {
     let mut stop = drain.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -54,35 +56,36 @@ pub async fn serve(listener: TcpListener, kind: Listener, proxy: Arc<Proxy>, dra
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, kind, drain) = (proxy.clone(), kind.clone(), drain.clone());
+        let (kind, drain) = (kind.clone(), drain.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, kind, proxy, drain).await {
+            if let Err(e) = connection(stream, kind, drain).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::body::{BoxBody, BoxError};
 
 async fn connection(
     mut stream: TcpStream,
     kind: Listener,
-    proxy: Arc<Proxy>,
     drain: drain::Watch,
 ) -> Result<(), BoxError> {
-    if matches!(kind, Listener::Inbound) && proxy.tls.is_some() {
-        return inbound_connection(stream, proxy, drain).await;
+    if let Listener::Inbound(inbound) = &kind
+        && inbound.tls.is_some()
+    {
+        return inbound_connection(stream, inbound.clone(), drain).await;
     }
     // Ports that are known to carry opaque TCP skip detection, so that
     // server-speaks-first protocols are never stalled.
     let known_tcp = match &kind {
-        Listener::Inbound => proxy.protocol == Protocol::Tcp,
-        Listener::Upstream(s) => matches!(
-            proxy.routes.load().get(s.as_str()),
+        Listener::Inbound(inbound) => inbound.protocol == Protocol::Tcp,
+        Listener::Upstream(outbound, s) => matches!(
+            outbound.routes.load().get(s.as_str()),
             Some(Entry::Known(t)) if t.policy.protocol == Protocol::Tcp
         ),
-        Listener::Outbound => false,
+        Listener::Outbound(_) => false,
     };
     let (detected, prefix) = if known_tcp {
         (Detected::Tcp, bytes::Bytes::new())
@@ -92,7 +95,7 @@ async fn connection(
             None => return Ok(()),
         }
     };
-    plain(Prefixed::new(prefix, stream), detected, kind, proxy, drain).await
+    plain(Prefixed::new(prefix, stream), detected, kind, drain).await
 }
 
 /// A connection handled without TLS: HTTP or opaque TCP.
@@ -100,7 +103,6 @@ async fn plain<I>(
     io: I,
     detected: Detected,
     kind: Listener,
-    proxy: Arc<Proxy>,
     drain: drain::Watch,
 ) -> Result<(), BoxError>
 where
@@ -110,9 +112,9 @@ where
         Detected::Tcp | Detected::Tls => {
             let _hold = drain; // counted until the copy ends
             match &kind {
-                Listener::Inbound => proxy.tcp_inbound(io).await?,
-                Listener::Upstream(s) => proxy.tcp_outbound(io, s).await?,
-                Listener::Outbound => {
+                Listener::Inbound(inbound) => inbound.tcp(io).await?,
+                Listener::Upstream(outbound, s) => outbound.tcp(io, s).await?,
+                Listener::Outbound(_) => {
                     tracing::debug!(
                         "opaque TCP on the outbound listener has no destination; closing"
                     );
@@ -120,9 +122,7 @@ where
             }
             Ok(())
         }
-        Detected::Http1 | Detected::Http2 => {
-            serve_http(io, detected, kind, proxy, drain, None).await
-        }
+        Detected::Http1 | Detected::Http2 => serve_http(io, detected, kind, drain, None).await,
     }
 }
 
@@ -130,69 +130,57 @@ where
 /// authenticated and served by ALPN; a plaintext one only in PERMISSIVE mode.
 async fn inbound_connection(
     mut stream: TcpStream,
-    proxy: Arc<Proxy>,
+    inbound: Arc<Inbound>,
     drain: drain::Watch,
 ) -> Result<(), BoxError> {
     let Some((detected, prefix)) = detect(&mut stream, DETECT_TIMEOUT).await? else {
         return Ok(());
     };
     let io = Prefixed::new(prefix, stream);
+    let metrics = &inbound.telemetry.metrics;
     if detected != Detected::Tls {
-        if proxy.inbound_policy.load().mode == InboundMode::Strict {
-            proxy
-                .telemetry
-                .metrics
-                .handshakes
-                .get_or_create(&HandshakeLabels::failed("inbound", "plaintext-refused"))
-                .inc();
+        if inbound.policy.load().mode == InboundMode::Strict {
+            metrics.count_handshake_failed("inbound", "plaintext-refused");
             tracing::debug!("refused a plaintext connection: the inbound mode is STRICT");
             return Ok(());
         }
-        let detected = if proxy.protocol == Protocol::Tcp {
+        let detected = if inbound.protocol == Protocol::Tcp {
             Detected::Tcp
         } else {
             detected
         };
-        return plain(io, detected, Listener::Inbound, proxy, drain).await;
+        return plain(io, detected, Listener::Inbound(inbound), drain).await;
     }
-    let Some(acceptor) = proxy.tls.as_ref().and_then(|t| t.get()) else {
-        proxy
-            .telemetry
-            .metrics
-            .handshakes
-            .get_or_create(&HandshakeLabels::failed("inbound", "no-certificate"))
-            .inc();
+    let Some(acceptor) = inbound.tls.as_ref().and_then(|t| t.get()) else {
+        metrics.count_handshake_failed("inbound", "no-certificate");
         return Ok(());
     };
     let tls = match acceptor.accept(io).await {
         Ok(t) => t,
         Err(e) => {
-            proxy
-                .telemetry
-                .metrics
-                .handshakes
-                .get_or_create(&HandshakeLabels::failed("inbound", handshake_reason(&e)))
-                .inc();
+            metrics.count_handshake_failed("inbound", handshake_reason(&e));
             tracing::debug!(error = %e, "inbound TLS handshake failed");
             return Ok(());
         }
     };
-    proxy
-        .telemetry
-        .metrics
-        .handshakes
-        .get_or_create(&HandshakeLabels::ok("inbound"))
-        .inc();
+    metrics.count_handshake_ok("inbound");
     let (_, session) = tls.get_ref();
     let peer = session.peer_certificates().and_then(peer_id);
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     match alpn.as_deref() {
         Some(tls::ALPN_H2) => {
-            serve_http(tls, Detected::Http2, Listener::Inbound, proxy, drain, peer).await
+            serve_http(
+                tls,
+                Detected::Http2,
+                Listener::Inbound(inbound),
+                drain,
+                peer,
+            )
+            .await
         }
         Some(tls::ALPN_TCP) => {
             let _hold = drain;
-            proxy.tcp_inbound(tls).await?;
+            inbound.tcp(tls).await?;
             Ok(())
         }
         _ => {
@@ -202,34 +190,52 @@ async fn inbound_connection(
     }
 }
 
+/// Serves HTTP on `io` with the half of the sidecar `kind` names.
 async fn serve_http<I>(
     io: I,
     detected: Detected,
     kind: Listener,
-    proxy: Arc<Proxy>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
     peer: Option<SpiffeId>,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The caller's identity, for authorization and for the app; only the
-    // service name of our own trust domain counts.
-    let peer: Option<Arc<(SpiffeId, Option<ServiceName>)>> = peer.map(|id| {
-        let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
-        Arc::new((id, name))
-    });
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (proxy, kind, peer) = (proxy.clone(), kind.clone(), peer.clone());
-        async move {
-            let resp = match &kind {
-                Listener::Inbound => proxy.inbound(req, peer.as_deref()).await,
-                Listener::Outbound => proxy.outbound(req, None).await,
-                Listener::Upstream(s) => proxy.outbound(req, Some(s)).await,
-            };
-            Ok::<_, Infallible>(resp)
+    match kind {
+        Listener::Outbound(o) => serve_with(io, detected, o.service(None), drain).await,
+        Listener::Upstream(o, s) => serve_with(io, detected, o.service(Some(s)), drain).await,
+        Listener::Inbound(i) => {
+            // The caller's identity, for authorization and for the app;
+            // only the service name of our own trust domain counts.
+            let peer: Option<Arc<Peer>> = peer.map(|id| {
+                let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
+                Arc::new((id, name))
+            });
+            serve_with(io, detected, i.service(peer), drain).await
         }
-    });
+    }
+}
+
+/// One connection served by hyper (HTTP/2 or HTTP/1.1) with `svc`, until
+/// it closes or draining asks it to finish gracefully.
+async fn serve_with<I, S>(
+    io: I,
+    detected: Detected,
+    svc: S,
+    mut drain: drain::Watch,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<BoxBody>,
+            Error = Infallible,
+            Future = HttpFuture,
+        > + Clone
+        + Send
+        + 'static,
+{
+    let svc = TowerToHyperService::new(svc);
     let io = TokioIo::new(io);
     if detected == Detected::Http2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

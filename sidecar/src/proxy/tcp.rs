@@ -1,53 +1,82 @@
 //! Opaque TCP: bytes copied both ways, for protocols the mesh does not parse
-//! (AMQP to a broker, databases). Balanced per connection.
+//! (AMQP to a broker, databases). Balanced per connection, through the same
+//! route and endpoint choice as requests: a failed connect is tried on
+//! another endpoint (nothing was sent yet), and every connect tells the
+//! endpoint's outlier detection how it went.
+
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use weft_proto::name::ServiceName;
 
-use super::Proxy;
-use crate::endpoint::ConnectTarget;
+use super::inbound::Inbound;
+use super::outbound::{Destination, Outbound};
+use crate::endpoint::{Alpn, ConnectTarget};
 use crate::error::ProxyError;
-use crate::metrics::{Direction, TcpLabels};
-use crate::model::ServiceName;
+use crate::metrics::Direction;
+use crate::telemetry::Telemetry;
 
-impl Proxy {
-    /// Carries one connection from the local app to `service`. A failed
-    /// connect is tried on another endpoint: nothing was sent yet.
-    pub async fn tcp_outbound<T>(&self, mut io: T, service: &ServiceName) -> Result<(), ProxyError>
+/// At most this many endpoints are tried for one connection.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+impl Outbound {
+    /// Carries one connection from the local app to `service`.
+    pub async fn tcp<T>(&self, mut io: T, service: &ServiceName) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let target = self
-            .routes
-            .resolve(service.as_str(), self.timeouts.discovery)
-            .await?;
-        let attempts = target.ready_count().clamp(1, 3);
+        let dest = Destination {
+            name: service.as_str().to_string(),
+            label: service.clone(),
+            authority: None,
+        };
+        let route = dest.route(&self.routes, self.discovery_timeout).await?;
+        let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last = ProxyError::NoEndpoints(service.to_string());
+        // Each endpoint once, up to the cap.
+        let attempts = route
+            .backends
+            .primary()
+            .map_or(1, |t| t.ready_count().clamp(1, MAX_CONNECT_ATTEMPTS));
         for _ in 0..attempts {
-            let Some(pick) = target.pick() else { break };
+            let Some((target, pick)) = route.pick(&tried) else {
+                break;
+            };
             let endpoint = pick.endpoint.clone();
-            let _pending = endpoint.peer.load.start();
+            let _load = endpoint.peer.load.start();
             let ct = ConnectTarget {
                 addr: endpoint.spec.addr.clone(),
-                service: service.clone(),
-                alpn: crate::endpoint::Alpn::Tcp,
+                service: target.name.clone(),
+                alpn: Alpn::Tcp,
             };
             match self.connector.connect(&ct).await {
                 Ok(mut upstream) => {
-                    self.copy(&mut io, &mut upstream, Direction::outbound, service)
-                        .await;
+                    target.report(&pick, true);
+                    copy(
+                        &self.telemetry,
+                        &mut io,
+                        &mut upstream,
+                        Direction::outbound,
+                        service,
+                    )
+                    .await;
                     return Ok(());
                 }
                 Err(e) => {
                     tracing::debug!(%service, addr = %endpoint.spec.addr, error = %e, "TCP connect failed");
+                    target.report(&pick, false);
+                    tried.push(endpoint.spec.addr.clone());
                     last = e;
                 }
             }
         }
         Err(last)
     }
+}
 
+impl Inbound {
     /// Carries one connection from a peer to the local app.
-    pub async fn tcp_inbound<T>(&self, mut io: T) -> Result<(), ProxyError>
+    pub async fn tcp<T>(&self, mut io: T) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
@@ -58,42 +87,36 @@ impl Proxy {
             .app_connector
             .connect_tcp(&app.addr.to_string())
             .await?;
-        let service = self.service.clone();
-        self.copy(&mut io, &mut upstream, Direction::inbound, &service)
-            .await;
+        copy(
+            &self.telemetry,
+            &mut io,
+            &mut upstream,
+            Direction::inbound,
+            &self.service,
+        )
+        .await;
         Ok(())
     }
+}
 
-    async fn copy<A, B>(&self, a: &mut A, b: &mut B, direction: Direction, service: &ServiceName)
-    where
-        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
-        let labels = TcpLabels {
-            direction,
-            service: service.clone(),
-        };
-        self.telemetry
-            .metrics
-            .tcp_connections
-            .get_or_create(&labels)
-            .inc();
-        let (sent, received) = match tokio::io::copy_bidirectional(a, b).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(%service, error = %e, "TCP connection ended with an error");
-                (0, 0)
-            }
-        };
-        self.telemetry
-            .metrics
-            .tcp_bytes_sent
-            .get_or_create(&labels)
-            .inc_by(sent);
-        self.telemetry
-            .metrics
-            .tcp_bytes_received
-            .get_or_create(&labels)
-            .inc_by(received);
-    }
+async fn copy<A, B>(
+    telemetry: &Telemetry,
+    a: &mut A,
+    b: &mut B,
+    direction: Direction,
+    service: &ServiceName,
+) where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let m = &telemetry.metrics;
+    m.count_tcp_connection(direction, service);
+    let (sent, received) = match tokio::io::copy_bidirectional(a, b).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(%service, error = %e, "TCP connection ended with an error");
+            (0, 0)
+        }
+    };
+    m.count_tcp_bytes(direction, service, sent, received);
 }

@@ -7,93 +7,29 @@
 pub mod breaker;
 pub mod budget;
 pub mod deadline;
+pub mod fault;
 pub mod hedge;
+pub mod limit;
 pub mod replay;
 pub mod timed;
 
 use std::time::Duration;
 
 use serde::Serialize;
+use weft_proto::grpc::GrpcCode;
+use weft_proto::pattern::{MethodPattern, PatternError};
+use weft_proto::protocol::ChoiceError;
+use weft_proto::retry::RetryConditions;
 use weft_proto::v1 as pb;
 
-use crate::authz::Pattern;
 use breaker::BreakerConfig;
 use budget::BudgetConfig;
-
-/// When a failed try may be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Conditions {
-    pub unavailable: bool,
-    pub cancelled: bool,
-    pub resource_exhausted: bool,
-    pub deadline_exceeded: bool,
-    pub internal: bool,
-    pub http_5xx: bool,
-    pub gateway_error: bool,
-    pub connect_failure: bool,
-    pub refused_stream: bool,
-    pub reset: bool,
-}
-
-impl Conditions {
-    /// gRPC UNAVAILABLE, HTTP 502/503/504, and failures before the request
-    /// reached the service: always safe to try elsewhere.
-    pub fn defaults() -> Self {
-        Conditions {
-            unavailable: true,
-            gateway_error: true,
-            connect_failure: true,
-            refused_stream: true,
-            ..Default::default()
-        }
-    }
-
-    fn parse(names: &[String]) -> Result<Self, String> {
-        if names.is_empty() {
-            return Ok(Self::defaults());
-        }
-        let mut c = Conditions::default();
-        for n in names {
-            match n.as_str() {
-                "unavailable" => c.unavailable = true,
-                "cancelled" => c.cancelled = true,
-                "resource-exhausted" => c.resource_exhausted = true,
-                "deadline-exceeded" => c.deadline_exceeded = true,
-                "internal" => c.internal = true,
-                "5xx" => c.http_5xx = true,
-                "gateway-error" => c.gateway_error = true,
-                "connect-failure" => c.connect_failure = true,
-                "refused-stream" => c.refused_stream = true,
-                "reset" => c.reset = true,
-                other => return Err(format!("retry.on: unknown condition {other:?}")),
-            }
-        }
-        Ok(c)
-    }
-
-    /// Whether a gRPC status qualifies.
-    pub fn grpc(&self, code: u16) -> bool {
-        match code {
-            1 => self.cancelled,
-            4 => self.deadline_exceeded,
-            8 => self.resource_exhausted,
-            13 => self.internal,
-            14 => self.unavailable,
-            _ => false,
-        }
-    }
-
-    /// Whether an HTTP status qualifies (non-gRPC responses).
-    pub fn http(&self, status: u16) -> bool {
-        (self.http_5xx && status >= 500) || (self.gateway_error && matches!(status, 502..=504))
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: u32,
-    pub on: Conditions,
+    pub on: RetryConditions,
     #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub per_try_timeout: Option<Duration>,
     #[serde(serialize_with = "weft_proto::duration::serialize")]
@@ -110,7 +46,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             attempts: 3,
-            on: Conditions::defaults(),
+            on: RetryConditions::defaults(),
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
@@ -148,7 +84,7 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HedgePolicy {
-    pub methods: Vec<Pattern>,
+    pub methods: Vec<MethodPattern>,
     /// `None`: the observed p95.
     #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
     pub delay: Option<Duration>,
@@ -160,8 +96,36 @@ pub struct FaultPolicy {
     #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub delay: Duration,
     pub abort_percent: u32,
-    pub abort_grpc_status: u16,
+    #[serde(serialize_with = "grpc_code_number")]
+    pub abort_grpc_status: GrpcCode,
     pub abort_http_status: u16,
+}
+
+/// What a request to a route is held to: the service's own settings for
+/// its default route; a route's rule may override them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePolicy {
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub hedge: Option<HedgePolicy>,
+    pub fault: Option<FaultPolicy>,
+}
+
+impl RoutePolicy {
+    /// A service's default route follows the service's own policy.
+    pub fn of_service(r: &Resilience) -> Self {
+        RoutePolicy {
+            timeouts: r.timeouts,
+            retry: r.retry.clone(),
+            hedge: r.hedge.clone(),
+            fault: r.fault,
+        }
+    }
+}
+
+/// `/config` shows the status as its number, as the YAML takes it.
+fn grpc_code_number<S: serde::Serializer>(c: &GrpcCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(c.as_u16())
 }
 
 /// Everything a caller's sidecar applies to requests to one service.
@@ -191,6 +155,17 @@ impl Default for Resilience {
     }
 }
 
+/// A service's wire policy names something this sidecar does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResilienceError {
+    #[error("retry.on: {0}")]
+    RetryOn(ChoiceError),
+    #[error("hedge.grpc_methods: {0}")]
+    HedgeMethod(PatternError),
+    #[error("fault.abort_grpc_status: {0} is not a gRPC status")]
+    FaultStatus(u32),
+}
+
 fn ms_or(ms: u64, default: Duration) -> Duration {
     if ms == 0 {
         default
@@ -205,7 +180,7 @@ fn nonzero_ms(ms: u64) -> Option<Duration> {
 
 impl Resilience {
     /// From a service's wire policy; unset fields take the defaults.
-    pub fn from_proto(p: &pb::ServiceSpec) -> Result<Self, String> {
+    pub fn from_proto(p: &pb::ServiceSpec) -> Result<Self, ResilienceError> {
         let d = Resilience::default();
         let retry = match &p.retry {
             None => d.retry,
@@ -215,7 +190,7 @@ impl Resilience {
                 } else {
                     r.attempts.min(10)
                 },
-                on: Conditions::parse(&r.on)?,
+                on: RetryConditions::parse(&r.on).map_err(ResilienceError::RetryOn)?,
                 per_try_timeout: nonzero_ms(r.per_try_timeout_ms),
                 backoff_base: ms_or(r.backoff_base_ms, d.retry.backoff_base),
                 backoff_max: ms_or(r.backoff_max_ms, d.retry.backoff_max),
@@ -275,30 +250,39 @@ impl Resilience {
                 let methods = h
                     .grpc_methods
                     .iter()
-                    .map(|m| Pattern::parse(m))
+                    .map(|m| MethodPattern::parse(m))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("hedge.grpc_methods: {e}"))?;
-                Ok::<_, String>(HedgePolicy {
+                    .map_err(ResilienceError::HedgeMethod)?;
+                Ok::<_, ResilienceError>(HedgePolicy {
                     methods,
                     delay: nonzero_ms(h.delay_ms),
                 })
             })
             .transpose()?;
-        let fault = p.fault.as_ref().map(|f| FaultPolicy {
-            delay_percent: f.delay_percent.min(100),
-            delay: Duration::from_millis(f.delay_ms),
-            abort_percent: f.abort_percent.min(100),
-            abort_grpc_status: if f.abort_grpc_status == 0 {
-                14
-            } else {
-                f.abort_grpc_status as u16
-            },
-            abort_http_status: if f.abort_http_status == 0 {
-                503
-            } else {
-                f.abort_http_status as u16
-            },
-        });
+        let fault = p
+            .fault
+            .as_ref()
+            .map(|f| {
+                let abort_grpc_status = match f.abort_grpc_status {
+                    0 => GrpcCode::Unavailable,
+                    n => u16::try_from(n)
+                        .ok()
+                        .and_then(GrpcCode::from_u16)
+                        .ok_or(ResilienceError::FaultStatus(n))?,
+                };
+                Ok::<_, ResilienceError>(FaultPolicy {
+                    delay_percent: f.delay_percent.min(100),
+                    delay: Duration::from_millis(f.delay_ms),
+                    abort_percent: f.abort_percent.min(100),
+                    abort_grpc_status,
+                    abort_http_status: if f.abort_http_status == 0 {
+                        503
+                    } else {
+                        f.abort_http_status as u16
+                    },
+                })
+            })
+            .transpose()?;
         Ok(Resilience {
             retry,
             timeouts,
@@ -313,6 +297,7 @@ impl Resilience {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_proto::grpc::GrpcCode;
 
     #[test]
     fn config_shows_durations_as_text() {
@@ -328,7 +313,7 @@ mod tests {
     fn defaults_and_overrides() {
         let d = Resilience::from_proto(&pb::ServiceSpec::default()).expect("valid");
         assert_eq!(d, Resilience::default());
-        assert!(d.retry.on.grpc(14) && !d.retry.on.grpc(13));
+        assert!(d.retry.on.grpc(GrpcCode::Unavailable) && !d.retry.on.grpc(GrpcCode::Internal));
         assert!(d.retry.on.http(503) && !d.retry.on.http(500));
         let p = pb::ServiceSpec {
             retry: Some(pb::RetryPolicy {
@@ -346,7 +331,11 @@ mod tests {
         };
         let r = Resilience::from_proto(&p).expect("valid");
         assert_eq!(r.retry.attempts, 5);
-        assert!(r.retry.on.grpc(13) && !r.retry.on.grpc(14) && r.retry.on.http(500));
+        assert!(
+            r.retry.on.grpc(GrpcCode::Internal)
+                && !r.retry.on.grpc(GrpcCode::Unavailable)
+                && r.retry.on.http(500)
+        );
         assert_eq!(r.retry.per_try_timeout, Some(Duration::from_millis(100)));
         assert_eq!(r.breaker.consecutive_failures, 2);
         assert_eq!(r.breaker.base, Duration::from_secs(30));

@@ -1,9 +1,10 @@
-//! Time limits on a response that is streaming: the request's deadline
-//! (the caller's `grpc-timeout` or the service's timeout), and an idle limit
-//! (nothing moving either way) instead of a total one, so that long-lived
-//! streams live as long as they are used. When a limit hits, the upstream
-//! stream is dropped (cancelled) and a gRPC caller gets a status in the
-//! trailers rather than a broken stream.
+//! Time limits on a request whose response is streaming: the request's
+//! deadline (the caller's `grpc-timeout` or the service's timeout), and an
+//! idle limit (nothing moving either way) instead of a total one, so that
+//! long-lived streams live as long as they are used. The response body
+//! (`proxy::response`) asks the [`StreamTimer`] whether a limit has passed;
+//! when one has, it drops the upstream stream (which cancels it) and a gRPC
+//! caller gets a status in the trailers rather than a broken stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,12 +13,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use weft_proto::grpc::GrpcCode;
 
-use crate::body::{BoxBody, BoxError};
-use crate::error::percent_encode;
+use crate::body::BoxError;
 
 /// When anything last moved either way on a request (ms since `origin`).
 #[derive(Clone)]
@@ -51,18 +51,22 @@ impl Default for Activity {
 }
 
 /// Marks activity whenever a request frame goes by.
-pub struct ActiveBody {
-    inner: BoxBody,
+pub struct ActiveBody<B> {
+    inner: B,
     activity: Activity,
 }
 
-impl ActiveBody {
-    pub fn new(inner: BoxBody, activity: Activity) -> Self {
+impl<B> ActiveBody<B> {
+    pub fn new(inner: B, activity: Activity) -> Self {
         ActiveBody { inner, activity }
     }
 }
 
-impl Body for ActiveBody {
+impl<B> Body for ActiveBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -74,7 +78,7 @@ impl Body for ActiveBody {
         if matches!(r, Poll::Ready(Some(Ok(_)))) {
             self.activity.touch();
         }
-        r
+        r.map(|f| f.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -86,35 +90,48 @@ impl Body for ActiveBody {
     }
 }
 
-/// The response side: enforces the deadline and the idle limit.
-pub struct TimedBody {
-    inner: Option<BoxBody>,
+/// Which limit passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    Deadline,
+    Idle,
+}
+
+impl Expired {
+    /// The status a gRPC caller gets in the trailers.
+    pub fn grpc_code(self) -> GrpcCode {
+        match self {
+            Expired::Deadline => GrpcCode::DeadlineExceeded,
+            Expired::Idle => GrpcCode::Unavailable,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Expired::Deadline => "the deadline passed (mesh)",
+            Expired::Idle => "the stream was idle too long (mesh)",
+        }
+    }
+}
+
+/// The deadline and the idle limit of one streaming response.
+pub struct StreamTimer {
     deadline: Option<Instant>,
     idle: Duration,
     activity: Activity,
-    timer: Pin<Box<Sleep>>,
-    grpc: bool,
-    done: bool,
+    sleep: Pin<Box<Sleep>>,
 }
 
-impl TimedBody {
-    pub fn new(
-        inner: BoxBody,
-        deadline: Option<Instant>,
-        idle: Duration,
-        activity: Activity,
-        grpc: bool,
-    ) -> Self {
+impl StreamTimer {
+    /// Starts now: the response has just arrived, which is activity.
+    pub fn new(deadline: Option<Instant>, idle: Duration, activity: Activity) -> Self {
         activity.touch();
         let first = Self::next_wake(deadline, activity.last() + idle);
-        TimedBody {
-            inner: Some(inner),
+        StreamTimer {
             deadline,
             idle,
             activity,
-            timer: Box::pin(tokio::time::sleep_until(first)),
-            grpc,
-            done: false,
+            sleep: Box::pin(tokio::time::sleep_until(first)),
         }
     }
 
@@ -122,117 +139,53 @@ impl TimedBody {
         deadline.map_or(idle_at, |d| d.min(idle_at))
     }
 
-    /// Ends the stream: gRPC callers get `status` in trailers.
-    fn expire(
-        &mut self,
-        status: u16,
-        message: &str,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.inner = None; // cancels the upstream stream
-        self.done = true;
-        if self.grpc {
-            let mut t = HeaderMap::new();
-            t.insert("grpc-status", HeaderValue::from(status));
-            if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-                t.insert("grpc-message", v);
-            }
-            Poll::Ready(Some(Ok(Frame::trailers(t))))
-        } else {
-            Poll::Ready(Some(Err(message.to_string().into())))
-        }
+    /// Something moved on the response.
+    pub fn touch(&self) {
+        self.activity.touch();
     }
-}
 
-impl Body for TimedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Some(inner) = this.inner.as_mut()
-            && let Poll::Ready(r) = Pin::new(inner).poll_frame(cx)
-        {
-            if matches!(r, Some(Ok(_))) {
-                this.activity.touch();
-            }
-            return Poll::Ready(r);
-        }
+    /// Ready once a limit has passed; until then it re-arms itself for the
+    /// next time a limit could pass (activity moves the idle limit).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
         loop {
-            if this.timer.as_mut().poll(cx).is_pending() {
+            if self.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             let now = Instant::now();
-            if this.deadline.is_some_and(|d| now >= d) {
-                return this.expire(4, "the deadline passed (mesh)");
+            if self.deadline.is_some_and(|d| now >= d) {
+                return Poll::Ready(Expired::Deadline);
             }
-            let idle_at = this.activity.last() + this.idle;
+            let idle_at = self.activity.last() + self.idle;
             if now >= idle_at {
-                return this.expire(14, "the stream was idle too long (mesh)");
+                return Poll::Ready(Expired::Idle);
             }
             // Something moved since: wait for the new idle limit.
-            let next = Self::next_wake(this.deadline, idle_at);
-            this.timer.as_mut().reset(next);
+            let next = Self::next_wake(self.deadline, idle_at);
+            self.sleep.as_mut().reset(next);
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.inner.as_ref().is_some_and(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, StreamBody};
 
-    fn endless() -> BoxBody {
-        let s: futures_util::stream::Pending<Result<Frame<Bytes>, BoxError>> =
-            futures_util::stream::pending();
-        StreamBody::new(s).boxed_unsync()
+    async fn expiry(t: &mut StreamTimer) -> Expired {
+        std::future::poll_fn(|cx| t.poll_expired(cx)).await
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_deadline_ends_a_grpc_stream_with_deadline_exceeded() {
+    async fn the_deadline_passes_first_when_it_is_sooner() {
         let deadline = Instant::now() + Duration::from_millis(200);
-        let mut b = TimedBody::new(
-            endless(),
-            Some(deadline),
-            Duration::from_secs(300),
-            Activity::new(),
-            true,
-        );
-        let f = b.frame().await.expect("a frame").expect("trailers");
-        assert_eq!(
-            f.trailers_ref().map(|t| t["grpc-status"].clone()),
-            Some(HeaderValue::from(4u16))
-        );
+        let mut t = StreamTimer::new(Some(deadline), Duration::from_secs(300), Activity::new());
+        assert_eq!(expiry(&mut t).await, Expired::Deadline);
         assert!(Instant::now() >= deadline && Instant::now() < deadline + Duration::from_millis(5));
-        assert!(b.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn activity_either_way_keeps_a_stream_open() {
         let activity = Activity::new();
-        let mut b = TimedBody::new(
-            endless(),
-            None,
-            Duration::from_secs(10),
-            activity.clone(),
-            false,
-        );
+        let mut t = StreamTimer::new(None, Duration::from_secs(10), activity.clone());
         let started = Instant::now();
         // The client sends something every 5 s for a minute: never idle.
         let keep = activity.clone();
@@ -242,8 +195,7 @@ mod tests {
                 keep.touch();
             }
         });
-        let r = b.frame().await.expect("a frame");
-        assert!(r.is_err(), "an idle HTTP stream is broken off");
+        assert_eq!(expiry(&mut t).await, Expired::Idle);
         let lived = started.elapsed();
         assert!(
             lived >= Duration::from_secs(70) && lived < Duration::from_secs(71),

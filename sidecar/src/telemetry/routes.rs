@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
-
-use crate::model::ServiceName;
+use weft_proto::name::ServiceName;
 
 /// Distinct routes kept per service and direction.
 pub const MAX_ROUTES_PER_SERVICE: usize = 200;

@@ -5,38 +5,40 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use weft_proto::labels::{LabelError, Labels, validate_labels};
+use weft_proto::name::{
+    AddressError, InstanceIdError, NameError, validate_address, validate_instance_id,
+};
+use weft_proto::protocol::{ChoiceError, Protocol};
 use weft_proto::stats::{BUCKETS, MAX_WINDOW};
+use weft_proto::time::unix_ms;
 use weft_proto::v1 as pb;
 
-use super::UnknownNumber;
-use super::resources::{
-    labels_from_proto, labels_to_proto, protocol_from_proto, protocol_to_proto,
-};
+use super::resources::{labels_from_proto, labels_to_proto, protocol_to_proto};
 use crate::catalog::{
-    AddressError, Counters, DEFAULT_WINDOW, EjectedBy, Endpoint, Health, InboundPolicy,
-    InstanceIdError, InstanceRecord, InstanceTop, InstanceView, MAX_VERSION_TEXT, MAX_WANTED,
-    Registration, ServiceSummary, ServiceTop, ServiceUpdate, SidecarStatus, TopError, TopQuery,
-    TopReport, check_address, check_instance_id, clip, unix_millis,
+    Counters, DEFAULT_WINDOW, EjectedBy, Endpoint, Health, InboundPolicy, InstanceRecord,
+    InstanceTop, InstanceView, MAX_VERSION_TEXT, MAX_WANTED, Registration, ServiceSummary,
+    ServiceTop, ServiceUpdate, SidecarStatus, TopError, TopQuery, TopReport, clip,
 };
-use crate::resource::{LabelMap, Name, validate_labels};
+use crate::resource::Name;
 
 /// Why a `Hello` (or a stored instance record) is refused; names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelloError {
     #[error("hello.service: {0}")]
-    Service(String),
+    Service(NameError),
     #[error("hello.instance_id: {0}")]
     InstanceId(#[from] InstanceIdError),
     #[error("hello.address: {0}")]
     Address(#[from] AddressError),
     #[error("hello.protocol: {0}")]
-    Protocol(#[from] UnknownNumber),
+    Protocol(#[from] ChoiceError),
     #[error("hello.labels: {0}")]
-    Labels(String),
+    Labels(#[from] LabelError),
     #[error("hello.upstreams: {0} services, at most {MAX_WANTED}")]
     TooManyUpstreams(usize),
     #[error("hello.upstreams: {0}")]
-    Upstream(String),
+    Upstream(NameError),
 }
 
 /// A `TrafficStats` message that cannot be used.
@@ -50,19 +52,19 @@ pub enum StatsError {
 pub fn registration_from_hello(
     h: &pb::Hello,
 ) -> Result<(Registration, BTreeSet<Name>), HelloError> {
-    let service = Name::parse(&h.service).map_err(|e| HelloError::Service(e.to_string()))?;
-    check_instance_id(&h.instance_id)?;
-    check_address(&h.address)?;
-    let protocol = protocol_from_proto(h.protocol)?;
-    let labels: LabelMap = labels_from_proto(&h.labels);
-    validate_labels(&labels).map_err(|e| HelloError::Labels(e.to_string()))?;
+    let service = Name::parse(&h.service).map_err(HelloError::Service)?;
+    validate_instance_id(&h.instance_id)?;
+    validate_address(&h.address)?;
+    let protocol = Protocol::from_proto(h.protocol)?;
+    let labels: Labels = labels_from_proto(&h.labels);
+    validate_labels(&labels)?;
     if h.upstreams.len() > MAX_WANTED {
         return Err(HelloError::TooManyUpstreams(h.upstreams.len()));
     }
     let wanted = h
         .upstreams
         .iter()
-        .map(|u| Name::parse(u).map_err(|e| HelloError::Upstream(e.to_string())))
+        .map(|u| Name::parse(u).map_err(HelloError::Upstream))
         .collect::<Result<_, _>>()?;
     let registration = Registration {
         service,
@@ -127,7 +129,7 @@ impl TryFrom<&pb::TopRequest> for TopQuery {
         };
         let service = match r.service.as_str() {
             "" => None,
-            s => Some(Name::parse(s).map_err(|e| TopError::BadName(e.to_string()))?),
+            s => Some(Name::parse(s).map_err(TopError::BadName)?),
         };
         Ok(TopQuery { service, window })
     }
@@ -148,7 +150,7 @@ impl From<&Endpoint> for pb::Endpoint {
 impl From<&InboundPolicy> for pb::InboundPolicy {
     fn from(p: &InboundPolicy) -> Self {
         pb::InboundPolicy {
-            mode: pb::InboundMode::from(p.mode) as i32,
+            mode: p.mode.to_proto() as i32,
             authorization: p.authorization,
             rules: p.rules.iter().map(pb::AuthorizationRule::from).collect(),
         }
@@ -221,7 +223,7 @@ impl From<&InstanceView> for pb::InstanceInfo {
     fn from(v: &InstanceView) -> Self {
         pb::InstanceInfo {
             connected: v.connected,
-            expires_at_unix_ms: v.expires_at.map_or(0, unix_millis),
+            expires_at_unix_ms: v.expires_at.map_or(0, unix_ms),
             ejected_by: v.ejected_by.iter().map(pb::EjectedBy::from).collect(),
             ..pb::InstanceInfo::from(&v.record)
         }
@@ -246,7 +248,7 @@ impl From<SidecarStatus> for pb::SidecarInfo {
             service: s.service.to_string(),
             instance_id: s.instance_id,
             address: s.address,
-            connected_since_unix_ms: unix_millis(s.connected_since),
+            connected_since_unix_ms: unix_ms(s.connected_since),
             sent_version: s.sent_version,
             applied_version: s.applied_version,
             nack_version: s.nack.as_ref().map_or(0, |n| n.version),

@@ -11,20 +11,6 @@ pub use catalog::{
     HelloError, StatsError, health_from_proto, record_from_proto, registration_from_hello,
 };
 pub use resources::{
-    labels_from_proto, labels_to_proto, protocol_from_proto, protocol_to_proto,
-    resources_from_proto, service_spec_from_proto,
+    labels_from_proto, labels_to_proto, protocol_to_proto, resources_from_proto,
+    service_spec_from_proto,
 };
-
-/// An enum number this build does not know (a newer peer, or junk).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} number {number}")]
-pub struct UnknownNumber {
-    pub what: &'static str,
-    pub number: i32,
-}
-
-impl UnknownNumber {
-    fn new(what: &'static str, number: i32) -> Self {
-        UnknownNumber { what, number }
-    }
-}

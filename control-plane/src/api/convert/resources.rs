@@ -3,84 +3,30 @@
 
 use weft_proto::v1 as pb;
 
-use super::UnknownNumber;
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+
 use crate::resource::resilience::{self, Resilience};
 use crate::resource::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InboundMode,
-    InvalidResources, LabelMap, LoadBalancer, Name, Protocol, Resource, ServiceSpec, Subset,
-    check_unique, validate_labels, validate_rule,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Name,
+    Resource, ServiceSpec, Subset, check_unique, validate_rule,
 };
 
 /// Problems of one message: (proto field path, reason).
 type Problems = Vec<(String, String)>;
 
-impl From<Protocol> for pb::Protocol {
-    fn from(p: Protocol) -> Self {
-        match p {
-            Protocol::Grpc => pb::Protocol::Grpc,
-            Protocol::Http => pb::Protocol::Http,
-            Protocol::Tcp => pb::Protocol::Tcp,
-        }
-    }
-}
-
 /// A protocol as sent: `PROTOCOL_UNSPECIFIED` for `None`.
 pub fn protocol_to_proto(p: Option<Protocol>) -> i32 {
-    p.map_or(pb::Protocol::Unspecified, pb::Protocol::from) as i32
-}
-
-/// `None` for `PROTOCOL_UNSPECIFIED`; an error for numbers this build does not know.
-pub fn protocol_from_proto(v: i32) -> Result<Option<Protocol>, UnknownNumber> {
-    match pb::Protocol::try_from(v) {
-        Ok(pb::Protocol::Unspecified) => Ok(None),
-        Ok(pb::Protocol::Grpc) => Ok(Some(Protocol::Grpc)),
-        Ok(pb::Protocol::Http) => Ok(Some(Protocol::Http)),
-        Ok(pb::Protocol::Tcp) => Ok(Some(Protocol::Tcp)),
-        Err(_) => Err(UnknownNumber::new("protocol", v)),
-    }
-}
-
-impl From<LoadBalancer> for pb::LoadBalancer {
-    fn from(lb: LoadBalancer) -> Self {
-        match lb {
-            LoadBalancer::P2cEwma => pb::LoadBalancer::P2cEwma,
-            LoadBalancer::RoundRobin => pb::LoadBalancer::RoundRobin,
-        }
-    }
-}
-
-fn load_balancer_from_proto(v: i32) -> Result<LoadBalancer, UnknownNumber> {
-    match pb::LoadBalancer::try_from(v) {
-        Ok(pb::LoadBalancer::Unspecified | pb::LoadBalancer::P2cEwma) => Ok(LoadBalancer::P2cEwma),
-        Ok(pb::LoadBalancer::RoundRobin) => Ok(LoadBalancer::RoundRobin),
-        Err(_) => Err(UnknownNumber::new("load balancer", v)),
-    }
-}
-
-impl From<InboundMode> for pb::InboundMode {
-    fn from(m: InboundMode) -> Self {
-        match m {
-            InboundMode::Strict => pb::InboundMode::Strict,
-            InboundMode::Permissive => pb::InboundMode::Permissive,
-        }
-    }
-}
-
-fn inbound_mode_from_proto(v: i32) -> Result<InboundMode, UnknownNumber> {
-    match pb::InboundMode::try_from(v) {
-        Ok(pb::InboundMode::Unspecified | pb::InboundMode::Strict) => Ok(InboundMode::Strict),
-        Ok(pb::InboundMode::Permissive) => Ok(InboundMode::Permissive),
-        Err(_) => Err(UnknownNumber::new("inbound mode", v)),
-    }
+    p.map_or(pb::Protocol::Unspecified, Protocol::to_proto) as i32
 }
 
 /// Labels as the wire carries them.
-pub fn labels_to_proto(labels: &LabelMap) -> std::collections::HashMap<String, String> {
+pub fn labels_to_proto(labels: &Labels) -> std::collections::HashMap<String, String> {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// Labels from the wire, sorted (not yet validated).
-pub fn labels_from_proto(labels: &std::collections::HashMap<String, String>) -> LabelMap {
+pub fn labels_from_proto(labels: &std::collections::HashMap<String, String>) -> Labels {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -89,7 +35,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
         pb::ServiceSpec {
             name: s.name.to_string(),
             protocol: protocol_to_proto(s.protocol),
-            load_balancer: pb::LoadBalancer::from(s.load_balancer) as i32,
+            load_balancer: s.load_balancer.to_proto() as i32,
             subsets: s
                 .subsets
                 .iter()
@@ -98,7 +44,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                     labels: labels_to_proto(&s.labels),
                 })
                 .collect(),
-            inbound_mode: pb::InboundMode::from(s.inbound_mode) as i32,
+            inbound_mode: s.inbound_mode.to_proto() as i32,
             retry: s.resilience.retry.clone(),
             timeouts: s.resilience.timeouts,
             circuit_breaker: s.resilience.circuit_breaker,
@@ -114,14 +60,14 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
     let name = Name::parse(&p.name)
         .map_err(|e| errors.push(("name".into(), e.to_string())))
         .ok();
-    let protocol = protocol_from_proto(p.protocol)
+    let protocol = Protocol::from_proto(p.protocol)
         .map_err(|e| errors.push(("protocol".into(), e.to_string())))
         .ok()
         .flatten();
-    let load_balancer = load_balancer_from_proto(p.load_balancer)
+    let load_balancer = LoadBalancer::from_proto(p.load_balancer)
         .map_err(|e| errors.push(("load_balancer".into(), e.to_string())))
         .unwrap_or_default();
-    let inbound_mode = inbound_mode_from_proto(p.inbound_mode)
+    let inbound_mode = InboundMode::from_proto(p.inbound_mode)
         .map_err(|e| errors.push(("inbound_mode".into(), e.to_string())))
         .unwrap_or_default();
     let mut subsets = Vec::new();
@@ -322,19 +268,6 @@ mod tests {
             text.contains("authorization_policy.rules[0].from")
                 && text.contains("rules[0].grpcMethods[0]"),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn unknown_enum_numbers_are_named() {
-        assert_eq!(
-            protocol_from_proto(7).expect_err("unknown").to_string(),
-            "unknown protocol number 7"
-        );
-        assert_eq!(protocol_from_proto(0), Ok(None));
-        assert_eq!(
-            inbound_mode_from_proto(9).expect_err("unknown").to_string(),
-            "unknown inbound mode number 9"
         );
     }
 }

@@ -1,5 +1,6 @@
-//! Jittered exponential backoff for reconnecting to the control plane, so
-//! that a fleet of sidecars does not reconnect in lockstep after an outage.
+//! Jittered exponential backoff: between retries of a request, renewals of
+//! the certificate and reconnects to the control plane, so that many
+//! callers (a fleet of sidecars after an outage) do not retry in lockstep.
 
 use std::time::Duration;
 

@@ -1,0 +1,209 @@
+//! Outbound: the local app's calls to other services, as a short pipeline
+//! of typed steps. Each step is a file:
+//!
+//! ```text
+//! request ─► route    which service, which backends, which policy  (Route)
+//!         ─► fault injection (a delay, or the mesh answers)
+//!         ─► plan     deadline, attempts, per-try limit, hedge      (Plan, pure)
+//!         ─► the concurrency limit, the retry budget's count
+//!         ─► attempt  pick an endpoint, send, read the answer       (Attempt, Outcome)
+//!         ─► retry    another attempt, or this answer stands        (Next, pure)
+//!         ─► one response, its body layered once                    (proxy::response)
+//! ```
+//!
+//! The request is observed from the first step to the end of its response
+//! by its [`Exchange`] (metrics, span, access log).
+
+mod attempt;
+mod plan;
+mod retry;
+mod route;
+
+pub use route::{Backend, Backends, Destination, Route, RoutePolicy};
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use weft_proto::name::ServiceName;
+
+use crate::body::BoxBody;
+use crate::endpoint::Connector;
+use crate::error::ProxyError;
+use crate::metrics::Direction;
+use crate::proxy::HttpFuture;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::headers::is_grpc;
+use crate::proxy::response::{self, Layers};
+use crate::resilience::deadline;
+use crate::resilience::fault;
+use crate::resilience::timed::{Activity, StreamTimer};
+use crate::table::Routes;
+use crate::telemetry::Telemetry;
+use attempt::{Answer, Bodies, Template};
+use plan::{Facts, Plan};
+use retry::{Call, Settled};
+
+/// The outbound half of a sidecar: what the app's calls need.
+pub struct Outbound {
+    pub routes: Arc<Routes>,
+    pub telemetry: Arc<Telemetry>,
+    /// Connections to peer sidecars (mutual TLS), for opaque TCP.
+    pub connector: Arc<dyn Connector>,
+    /// How long a call to a service not known yet waits to learn it.
+    pub discovery_timeout: Duration,
+}
+
+impl Outbound {
+    /// Handles one request from the local app. `fixed` is the service of an
+    /// upstream port; `None` routes by authority.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        fixed: Option<&ServiceName>,
+    ) -> Response<BoxBody> {
+        let grpc = is_grpc(req.headers());
+        let dest = Destination::of(&req, fixed);
+        let label = dest
+            .as_ref()
+            .map_or_else(ServiceName::unresolved, |d| d.label.clone());
+        let ex = Exchange::begin(&self.telemetry, Direction::outbound, label, &mut req, grpc);
+        let Some(dest) = dest else {
+            let why = "the request names no service (no Host or :authority)";
+            return ex.fail(ProxyError::NoRoute(why.into()), grpc);
+        };
+        let route = match dest.route(&self.routes, self.discovery_timeout).await {
+            Ok(r) => r,
+            Err(e) => return ex.fail(e, grpc),
+        };
+        self.send(req, &dest, route, ex, grpc).await
+    }
+
+    /// From the plan on: the request goes to `route`.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        dest: &Destination,
+        route: Route,
+        mut ex: Exchange,
+        grpc: bool,
+    ) -> Response<BoxBody> {
+        // Injected delays come first: the request's time starts after them.
+        if let Some(f) = &route.policy.fault
+            && let Some(e) = fault::inject(f, &route.service).await
+        {
+            return ex.fail(e, grpc);
+        }
+        let start = Instant::now();
+        let Some(primary) = route.backends.primary().cloned() else {
+            return ex.fail(ProxyError::NoEndpoints(route.service.to_string()), grpc);
+        };
+        let facts = Facts {
+            grpc,
+            method: req.method(),
+            path: req.uri().path(),
+            caller_timeout: grpc
+                .then(|| req.headers().get("grpc-timeout").and_then(deadline::parse))
+                .flatten(),
+        };
+        let plan = Plan::new(&route.policy, &facts, start, || {
+            primary.runtime.latencies.p95(start)
+        });
+        // Counted until the response's headers are back (the limit is on
+        // requests waiting for the service, not on long streams).
+        let limit = primary.policy.resilience.limits.max_concurrent;
+        let _permit = match primary.runtime.concurrent.acquire(limit) {
+            Ok(p) => p,
+            Err(over) => {
+                self.telemetry.metrics.count_overloaded(&route.service);
+                let e = ProxyError::Overloaded {
+                    service: route.service.to_string(),
+                    what: "concurrent requests",
+                    limit: over.limit,
+                };
+                return ex.fail(e, grpc);
+            }
+        };
+        primary.runtime.budget.record_request(start);
+        let activity = Activity::new();
+        let (template, body) = match Template::for_mesh(req, dest, &activity) {
+            Ok(t) => t,
+            Err(e) => return ex.fail(e, grpc),
+        };
+        let mut call = Call {
+            bodies: Bodies::new(body, &plan),
+            route,
+            plan,
+            grpc,
+            template,
+            telemetry: &self.telemetry,
+        };
+        match retry::run(&mut call, &mut ex).await {
+            Ok(settled) => respond(ex, settled, &call, activity),
+            Err(e) => ex.fail(e, grpc),
+        }
+    }
+}
+
+/// The outbound half as the tower service one listener serves: the app's
+/// requests to `fixed` (an upstream port's service) or by authority.
+#[derive(Clone)]
+pub struct OutboundService {
+    outbound: Arc<Outbound>,
+    fixed: Option<ServiceName>,
+}
+
+impl Outbound {
+    pub fn service(self: &Arc<Self>, fixed: Option<ServiceName>) -> OutboundService {
+        OutboundService {
+            outbound: self.clone(),
+            fixed,
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for OutboundService {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = HttpFuture;
+
+    /// Always ready: limits refuse a request at once rather than hold
+    /// the connection back.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.outbound.handle(req, this.fixed.as_ref()).await) })
+    }
+}
+
+/// The caller's answer: the settled attempt's response with its body
+/// layered once, or the mesh's error.
+fn respond(ex: Exchange, s: Settled, call: &Call<'_>, activity: Activity) -> Response<BoxBody> {
+    let a = s.attempt;
+    match a.answer {
+        Answer::Failed(e) => ex.fail(e, call.grpc),
+        Answer::Response {
+            resp,
+            first,
+            ended,
+            load,
+        } => {
+            let idle = call.route.policy.timeouts.idle;
+            let layers = Layers {
+                first,
+                ended,
+                timer: Some(StreamTimer::new(call.plan.deadline, idle, activity)),
+                load: Some(load),
+                endpoint: s.report_at_end.then_some((a.target, a.pick)),
+            };
+            response::layer(resp, a.outcome, layers, ex, call.grpc)
+        }
+    }
+}
