@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
+use http::uri::Authority;
 use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
 
@@ -105,53 +106,64 @@ impl Route {
 
 /// The service a request names, before it is looked up.
 pub struct Destination {
-    /// As the request named it (a host, or the upstream port's service).
-    pub name: String,
-    /// For metrics: the service, or `(unresolved)` when the name is none.
-    pub label: ServiceName,
+    /// The service; `(unresolved)` when the request named none we could
+    /// read as one (then `host` holds what it named).
+    pub service: ServiceName,
+    host: Option<String>,
     /// The authority the app sent, kept for the hop to the peer.
-    pub authority: Option<String>,
+    pub authority: Option<Authority>,
 }
 
 impl Destination {
+    /// A service named by configuration (an upstream port).
+    pub fn service(service: ServiceName) -> Self {
+        Destination {
+            service,
+            host: None,
+            authority: None,
+        }
+    }
+
     /// `fixed` is the upstream port's service; otherwise the request's
     /// authority (HTTP/2, absolute form) or Host header (HTTP/1.1) names it.
     pub fn of(req: &Request<Incoming>, fixed: Option<&ServiceName>) -> Option<Self> {
-        let authority = authority(req);
-        let (name, label) = match (fixed, &authority) {
-            (Some(s), _) => (s.as_str().to_string(), s.clone()),
-            (None, Some(a)) => {
-                let host = host_of(a);
-                let label = ServiceName::parse(host).unwrap_or_else(|_| ServiceName::unresolved());
-                (host.to_string(), label)
-            }
-            (None, None) => return None,
+        let authority = req.uri().authority().cloned().or_else(|| {
+            let host = req.headers().get(http::header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()
+        });
+        if let Some(s) = fixed {
+            return Some(Destination {
+                authority,
+                ..Destination::service(s.clone())
+            });
+        }
+        let named = match &authority {
+            Some(a) => host_of(a.as_str()),
+            // A Host header that is no authority still names something.
+            None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        };
+        let (service, host) = match ServiceName::parse(named) {
+            Ok(s) => (s, None),
+            Err(_) => (ServiceName::unresolved(), Some(named.to_string())),
         };
         Some(Destination {
-            name,
-            label,
+            service,
+            host,
             authority,
         })
+    }
+
+    /// The name as the request gave it.
+    pub fn name(&self) -> &str {
+        self.host.as_deref().unwrap_or(self.service.as_str())
     }
 
     /// The route: the service learned from the control plane if need be
     /// (for at most `wait`), then its default route.
     pub async fn route(&self, routes: &Routes, wait: Duration) -> Result<Route, ProxyError> {
-        let target = routes.resolve(&self.name, wait).await?;
+        let target = routes.resolve(self.name(), wait).await?;
         Ok(Route::default_of(&target))
     }
-}
-
-/// The authority a request was sent to: the URI's (HTTP/2, absolute form)
-/// or the Host header's (HTTP/1.1).
-fn authority(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
-    }
-    req.headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
 }
 
 #[cfg(test)]
