@@ -10,11 +10,12 @@ use weft_proto::v1::admin_server::Admin;
 
 use weft_proto::identity::JoinToken;
 
+use crate::api::convert::resources_from_proto;
 use crate::auth::{TokenBook, TokenRecord, random_hex};
 use crate::ca::Ca;
 use crate::catalog::{Catalog, TopError, TopQuery};
 use crate::metrics::{ApplyLabels, Metrics};
-use crate::resource::{Kind, Name, resources_from_proto};
+use crate::resource::{Kind, Name};
 use crate::store::{Store, StoreError};
 
 /// What applying one resource did, as kubectl reports it.
@@ -139,7 +140,7 @@ impl Admin for AdminService {
             blocking(&self.store, (), move |s| s.apply(&to_store))
                 .await
                 .inspect_err(|_| self.count("error"))?;
-            self.catalog.set_resources(&resources);
+            self.catalog.apply(&resources);
         }
         self.count("ok");
         let results = resources
@@ -168,7 +169,7 @@ impl Admin for AdminService {
             .resources()
             .into_iter()
             .filter(|r| r.kind() == kind && (req.name.is_empty() || r.name().as_str() == req.name))
-            .map(|r| r.to_proto())
+            .map(|r| pb::Resource::from(&r))
             .collect();
         if !req.name.is_empty() && resources.is_empty() {
             return Err(Status::not_found(format!(
@@ -202,7 +203,7 @@ impl Admin for AdminService {
         }
         let n = name.clone();
         blocking(&self.store, true, move |s| s.delete(kind, &n)).await?;
-        self.catalog.remove_resource(kind, &name);
+        self.catalog.remove(kind, &name);
         tracing::info!(kind = kind.as_str(), %name, "deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -211,8 +212,9 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self.catalog.services();
         Ok(Response::new(pb::ListServicesResponse {
-            services: self.catalog.services(),
+            services: services.iter().map(pb::ServiceInfo::from).collect(),
         }))
     }
 
@@ -224,8 +226,9 @@ impl Admin for AdminService {
         let instances = self
             .catalog
             .instances()
-            .into_iter()
-            .filter(|i| service.is_empty() || i.service == service)
+            .iter()
+            .filter(|i| service.is_empty() || i.record.service.as_str() == service)
+            .map(pb::InstanceInfo::from)
             .collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
@@ -238,19 +241,7 @@ impl Admin for AdminService {
             .catalog
             .sidecars()
             .into_iter()
-            .map(|s| pb::SidecarInfo {
-                service: s.service.to_string(),
-                instance_id: s.instance_id,
-                address: s.address,
-                connected_since_unix_ms: weft_proto::time::unix_ms(s.connected_since),
-                sent_version: s.sent_version,
-                applied_version: s.applied_version,
-                nack_version: s.nack.as_ref().map_or(0, |n| n.0),
-                nack_reason: s.nack.map(|n| n.1).unwrap_or_default(),
-                subscriptions: s.subscriptions.into_iter().collect(),
-                sidecar_version: s.sidecar_version,
-                certificate_expires_unix_ms: s.certificate_expires_unix_ms,
-            })
+            .map(pb::SidecarInfo::from)
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse { sidecars }))
     }
@@ -261,7 +252,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::TopResponse>, Status> {
         let query = TopQuery::try_from(request.get_ref()).map_err(top_status)?;
         let top = self.catalog.top(&query).map_err(top_status)?;
-        Ok(Response::new(top))
+        Ok(Response::new(pb::TopResponse::from(&top)))
     }
 
     async fn create_token(

@@ -23,17 +23,7 @@ use weft_proto::time::unix_ms;
 
 use crate::ca::{CaError, write_private};
 
-/// The file `weftctl` reads: the admin token, the CA, the trust domain.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct AdminCredential {
-    pub token: String,
-    pub trust_domain: String,
-    /// PEM of the mesh CA.
-    pub ca: String,
-}
-
-pub const CREDENTIAL_FILE: &str = "admin.credential";
+pub use crate::api::credential::{AdminCredential, CREDENTIAL_FILE};
 
 fn sha256(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b)

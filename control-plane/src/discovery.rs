@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_server::Discovery;
 
-use crate::catalog::{Catalog, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceView, clip};
+use crate::api::convert::{health_from_proto, registration_from_hello};
+use crate::catalog::{
+    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceView, SidecarStream,
+    clip,
+};
 use crate::metrics::Metrics;
 use crate::resource::Name;
 
@@ -74,7 +78,7 @@ impl Discovery for DiscoveryService {
             }
         };
         let (reg, mut wanted) =
-            Registration::from_hello(&hello).map_err(Status::invalid_argument)?;
+            registration_from_hello(&hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
         match caller {
             None => {}
             Some(Some(id)) if id.service_name() == Some(reg.service.as_str()) => {}
@@ -91,38 +95,31 @@ impl Discovery for DiscoveryService {
             }
         }
         // A sidecar always learns its own service: its inbound policy travels there.
-        wanted.insert(reg.service.to_string());
+        wanted.insert(reg.service.clone());
         let certificate_expires = hello.certificate_expires_unix_ms;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session {
-            id: self.catalog.next_stream_id(),
-            own_service: reg.service.to_string(),
-            catalog: self.catalog.clone(),
-            metrics: self.metrics.clone(),
-            wanted,
-            seen: HashMap::new(),
-            sent: HashMap::new(),
-            unanswered: VecDeque::new(),
-            tx,
-            roots: self.roots.clone(),
-        };
-        tokio::spawn(session.run(reg, certificate_expires, inbound));
+        let session = Session::open(self, reg, wanted, certificate_expires, tx);
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
 /// One sidecar's stream: what it wants and what it has been sent.
 struct Session {
-    id: u64,
+    /// The stream as the catalog knows it; dropping it disconnects.
+    stream: SidecarStream,
     /// The sidecar's own service: only its updates carry the inbound policy.
-    own_service: String,
+    own_service: Name,
+    instance: String,
     catalog: Arc<Catalog>,
+    /// Wakes when the catalog changed.
+    changed: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
-    wanted: BTreeSet<String>,
+    wanted: BTreeSet<Name>,
     /// Per wanted service, the generation last looked at.
-    seen: HashMap<String, u64>,
+    seen: HashMap<Name, u64>,
     /// Per wanted service, what the sidecar was last sent.
-    sent: HashMap<String, ServiceView>,
+    sent: HashMap<Name, ServiceView>,
     /// Updates sent and not yet ACKed or NACKed, oldest first (bounded).
     unanswered: VecDeque<(u64, Instant)>,
     tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
@@ -130,20 +127,39 @@ struct Session {
 }
 
 impl Session {
-    async fn run(
-        mut self,
+    /// Registers the sidecar: from here on the catalog counts it connected.
+    fn open(
+        service: &DiscoveryService,
         reg: Registration,
+        wanted: BTreeSet<Name>,
         certificate_expires: u64,
-        mut inbound: Streaming<pb::SidecarMessage>,
-    ) {
-        let instance = reg.instance_id.clone();
-        let service = reg.service.clone();
-        let mut changed = self.catalog.subscribe();
-        self.catalog
-            .register(self.id, reg, self.wanted.clone(), certificate_expires);
-        self.metrics.sidecars_connected.inc();
-        tracing::info!(stream = self.id, %service, %instance, "sidecar connected");
+        tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
+    ) -> Self {
+        let catalog = service.catalog.clone();
+        // Subscribed before registering, so no change after it is missed.
+        let mut changed = catalog.subscribe();
+        let (own_service, instance) = (reg.service.clone(), reg.instance_id.clone());
+        let stream = catalog.connect(reg, wanted.clone(), certificate_expires);
+        tracing::info!(stream = stream.id(), service = %own_service, %instance, "sidecar connected");
         changed.borrow_and_update();
+        Session {
+            stream,
+            own_service,
+            instance,
+            catalog,
+            changed,
+            metrics: service.metrics.clone(),
+            wanted,
+            seen: HashMap::new(),
+            sent: HashMap::new(),
+            unanswered: VecDeque::new(),
+            tx,
+            roots: service.roots.clone(),
+        }
+    }
+
+    async fn run(mut self, mut inbound: Streaming<pb::SidecarMessage>) {
+        self.metrics.sidecars_connected.inc();
         let mut left = false;
         let mut ok = self.push(true).await;
         while ok {
@@ -155,19 +171,20 @@ impl Session {
                     },
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!(stream = self.id, error = %e, "discovery stream error");
+                        tracing::debug!(stream = self.stream.id(), error = %e, "discovery stream error");
                         break;
                     }
                 },
-                r = changed.changed() => {
+                r = self.changed.changed() => {
                     if r.is_err() { break; }
                     ok = self.push(false).await;
                 }
             }
         }
-        self.catalog.disconnect(self.id, left);
+        let (id, service, instance) = (self.stream.id(), self.own_service, self.instance);
+        self.stream.close(left);
         self.metrics.sidecars_connected.dec();
-        tracing::info!(stream = self.id, %service, %instance, left, "sidecar disconnected");
+        tracing::info!(stream = id, %service, %instance, left, "sidecar disconnected");
     }
 
     async fn handle(&mut self, m: pb::SidecarMessage) -> Handled {
@@ -175,38 +192,39 @@ impl Session {
         match m.kind {
             Some(Kind::Ack(a)) => {
                 self.answered(a.version);
-                self.catalog.record_ack(self.id, a.version)
+                self.stream.record_ack(a.version)
             }
             Some(Kind::Nack(n)) => {
                 self.answered(n.version);
                 let reason = clip(n.reason, MAX_REPORTED_TEXT);
-                tracing::warn!(stream = self.id, version = n.version, %reason, "sidecar rejected an update");
+                tracing::warn!(stream = self.stream.id(), version = n.version, %reason, "sidecar rejected an update");
                 self.metrics.nacks.inc();
-                self.catalog.record_nack(self.id, n.version, reason);
+                self.stream.record_nack(n.version, reason);
             }
             Some(Kind::Subscribe(s)) => {
                 // Names that cannot be services are dropped (no such service
                 // can ever exist), and so is anything past MAX_WANTED.
                 let room = MAX_WANTED.saturating_sub(self.wanted.len());
                 let asked = s.services.len();
-                let new: Vec<String> = s
+                let new: Vec<Name> = s
                     .services
-                    .into_iter()
-                    .filter(|x| !self.wanted.contains(x) && Name::parse(x).is_ok())
+                    .iter()
+                    .filter_map(|x| Name::parse(x).ok())
+                    .filter(|n| !self.wanted.contains(n))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .take(room)
                     .collect();
                 if new.len() < asked && asked > 0 {
                     tracing::debug!(
-                        stream = self.id,
+                        stream = self.stream.id(),
                         asked,
                         kept = new.len(),
                         "subscription names dropped (invalid, repeated, or over the limit)"
                     );
                 }
                 if !new.is_empty() {
-                    self.catalog.add_subscriptions(self.id, &new);
+                    self.stream.add_subscriptions(&new);
                     self.wanted.extend(new);
                     if !self.push(false).await {
                         return Handled::Leave;
@@ -214,21 +232,25 @@ impl Session {
                 }
             }
             Some(Kind::Health(h)) => {
-                let health = pb::Health::try_from(h.health).unwrap_or(pb::Health::Unknown);
-                self.catalog
-                    .set_health(self.id, health, clip(h.detail, MAX_REPORTED_TEXT));
+                let health = health_from_proto(h.health);
+                self.stream
+                    .set_health(health, clip(h.detail, MAX_REPORTED_TEXT));
             }
             Some(Kind::Leave(_)) => return Handled::Leave,
-            Some(Kind::Certificate(c)) => {
-                self.catalog.record_certificate(self.id, c.expires_unix_ms)
-            }
+            Some(Kind::Certificate(c)) => self.stream.record_certificate(c.expires_unix_ms),
             Some(Kind::Ejection(e)) => {
-                self.catalog
-                    .record_ejection(self.id, e.service, e.instance_id, e.until_unix_ms)
+                self.stream
+                    .record_ejection(e.service, e.instance_id, e.until_unix_ms)
             }
-            Some(Kind::Stats(s)) => self.catalog.record_stats(self.id, &s),
+            // Malformed reports are dropped: they would only make `weftctl top` lie.
+            Some(Kind::Stats(s)) => match Counters::try_from(&s) {
+                Ok(counters) => self.stream.record_stats(&counters),
+                Err(e) => {
+                    tracing::debug!(stream = self.stream.id(), error = %e, "ignoring malformed traffic stats")
+                }
+            },
             Some(Kind::Hello(_)) | None => {
-                tracing::debug!(stream = self.id, "ignoring an unexpected message");
+                tracing::debug!(stream = self.stream.id(), "ignoring an unexpected message");
             }
         }
         Handled::Continue
@@ -277,14 +299,14 @@ impl Session {
                 view.diff(&name, self.sent.get(&name), own)
             };
             if let Some(u) = change {
-                update.services.push(u);
+                update.services.push(pb::ServiceUpdate::from(&u));
             }
             self.sent.insert(name, view);
         }
         if !full && update.services.is_empty() {
             return true;
         }
-        update.version = self.catalog.next_version();
+        update.version = self.stream.next_version();
         let version = update.version;
         let n = update.services.len();
         let sent = Instant::now();
@@ -296,13 +318,13 @@ impl Session {
             self.unanswered.pop_front();
         }
         self.unanswered.push_back((version, sent));
-        self.catalog.record_sent(self.id, version);
+        self.stream.record_sent(version);
         self.metrics
             .pushes
             .get_or_create(&crate::metrics::PushLabels { full })
             .inc();
         tracing::debug!(
-            stream = self.id,
+            stream = self.stream.id(),
             version,
             services = n,
             full,

@@ -3,6 +3,7 @@
 //! Also the library behind `weftctl`.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod catalog;

@@ -107,8 +107,9 @@ impl Metrics {
 
     /// Prometheus text exposition, with catalog gauges read now.
     pub fn render(&self, catalog: &Catalog) -> String {
-        self.instances.set(catalog.instance_count() as i64);
-        self.services.set(catalog.services().len() as i64);
+        let counts = catalog.counts();
+        self.instances.set(counts.instances as i64);
+        self.services.set(counts.services as i64);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

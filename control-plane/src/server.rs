@@ -70,6 +70,8 @@ pub enum ServerError {
     Ca(#[from] CaError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot start the store's writer thread: {0}")]
+    Writer(std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -86,7 +88,11 @@ pub async fn run(
     let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&dir)).await??);
     let catalog = {
         let (cfg, s) = (config.catalog, store.clone());
-        tokio::task::spawn_blocking(move || Catalog::load(cfg, s)).await??
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            let (resources, instances) = (s.load_resources()?, s.load_instances()?);
+            Catalog::restore(cfg, resources, instances, s).map_err(ServerError::Writer)
+        })
+        .await??
     };
     let (ca, auth, tokens) = {
         let (cfg, store) = (config.clone(), store.clone());

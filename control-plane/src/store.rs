@@ -3,15 +3,21 @@
 //! too, so that a restarted control plane serves the catalog it had instead of
 //! an empty one while sidecars reconnect.
 //!
-//! redb calls block (a commit fsyncs), so callers run them on the blocking pool.
+//! Records are the API's protobuf messages (`Resource`, `InstanceInfo`),
+//! converted to and from domain types by `api::convert` right here at the
+//! store's boundary. redb calls block (a commit fsyncs), so callers run them
+//! on the blocking pool.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use weft_proto::v1 as pb;
 
-use crate::resource::{Kind, Name, Resource, resources_from_proto};
+use crate::api::convert::{record_from_proto, resources_from_proto};
+use crate::catalog::{InstanceRecord, InstanceStore};
+use crate::resource::{Kind, Name, Resource};
 
 const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
 const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
@@ -99,7 +105,7 @@ impl Store {
         {
             let mut table = tx.open_table(RESOURCES)?;
             for r in resources {
-                let bytes = r.to_proto().encode_to_vec();
+                let bytes = pb::Resource::from(r).encode_to_vec();
                 table.insert(r.key().as_str(), bytes.as_slice())?;
             }
         }
@@ -119,26 +125,34 @@ impl Store {
         Ok(existed)
     }
 
-    pub fn load_instances(&self) -> Result<Vec<pb::InstanceInfo>, StoreError> {
+    /// The stored instance records. One that decodes but no longer
+    /// validates (written by another version, say) is dropped with a
+    /// warning rather than failing the start.
+    pub fn load_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(INSTANCES)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            out.push(
-                pb::InstanceInfo::decode(v.value()).map_err(|e| StoreError::Corrupt {
-                    key: k.value().to_string(),
-                    reason: e.to_string(),
-                })?,
-            );
+            let info = pb::InstanceInfo::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                key: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
+            match record_from_proto(&info) {
+                Ok(record) => out.push(record),
+                Err(e) => {
+                    tracing::warn!(instance = %info.instance_id, error = %e, "dropping a stored instance")
+                }
+            }
         }
         Ok(out)
     }
 
-    pub fn put_instance(&self, i: &pb::InstanceInfo) -> Result<(), StoreError> {
+    pub fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let bytes = pb::InstanceInfo::from(record).encode_to_vec();
         let tx = self.db.begin_write()?;
         tx.open_table(INSTANCES)?
-            .insert(i.instance_id.as_str(), i.encode_to_vec().as_slice())?;
+            .insert(record.instance_id.as_str(), bytes.as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -148,6 +162,19 @@ impl Store {
         tx.open_table(INSTANCES)?.remove(instance_id)?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The catalog's writer thread keeps instance records here.
+impl InstanceStore for Arc<Store> {
+    type Error = StoreError;
+
+    fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        Store::put_instance(self, record)
+    }
+
+    fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+        Store::remove_instance(self, instance_id)
     }
 }
 
@@ -224,15 +251,22 @@ mod tests {
             let store = Store::open(dir.path())?;
             store.apply(&rs)?;
             store.apply(&rs)?;
-            store.put_instance(&pb::InstanceInfo {
+            store.put_instance(&InstanceRecord {
+                service: Name::parse("a").map_err(anyhow::Error::msg)?,
                 instance_id: "a-1".into(),
-                service: "a".into(),
-                ..Default::default()
+                address: "127.0.0.1:1".into(),
+                protocol: None,
+                labels: Default::default(),
+                health: crate::catalog::Health::Healthy,
+                health_detail: "ok".into(),
+                no_app: false,
             })?;
         }
         let store = Store::open(dir.path())?;
         assert_eq!(store.load_resources()?, rs);
-        assert_eq!(store.load_instances()?.len(), 1);
+        let instances = store.load_instances()?;
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].health_detail, "ok");
         store.remove_instance("a-1")?;
         assert!(store.load_instances()?.is_empty());
         assert!(store.delete(

@@ -1,5 +1,8 @@
-//! The latency buckets both ends of `TrafficStats` agree on, and the
-//! percentile read from a histogram of them (`weftctl top`).
+//! The latency buckets both ends of `TrafficStats` agree on, the
+//! percentile read from a histogram of them, and the longest window `Top`
+//! answers for (`weftctl top`).
+
+use std::time::Duration;
 
 /// Upper bounds in milliseconds; a request counts in every bucket whose
 /// bound it is at or under, and in the last, unbounded, one.
@@ -10,6 +13,11 @@ pub const LATENCY_BOUNDS_MS: [f64; 22] = [
 
 /// Entries of `TrafficStats.latency_buckets`: one per bound, plus all.
 pub const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// The longest `TopRequest.window_seconds` (mesh.proto): the control plane
+/// keeps samples this long, and weftctl refuses a longer `--window` before
+/// asking.
+pub const MAX_WINDOW: Duration = Duration::from_secs(300);
 
 /// The `q` quantile (0..1) in milliseconds of a cumulative histogram over
 /// [`LATENCY_BOUNDS_MS`] (`buckets[i]` = requests at or under bound `i`,

@@ -168,7 +168,10 @@ impl ControlPlane {
         self.admin_client()
             .await?
             .apply(weft_proto::v1::ApplyRequest {
-                resources: resources.iter().map(|r| r.to_proto()).collect(),
+                resources: resources
+                    .iter()
+                    .map(weft_proto::v1::Resource::from)
+                    .collect(),
                 dry_run: false,
             })
             .await?;

@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use serde_json::json;
-use weft_control_plane::catalog::Registration;
+use weft_control_plane::api::convert::registration_from_hello;
 use weft_control_plane::resource::parse_documents;
 use weft_proto::identity::{JoinToken, SpiffeId};
 use weft_proto::v1 as pb;
@@ -63,7 +63,9 @@ fn hello(f: impl FnOnce(&mut pb::Hello)) -> Result<(), String> {
         ..Default::default()
     };
     f(&mut h);
-    Registration::from_hello(&h).map(|_| ())
+    registration_from_hello(&h)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the control plane accepts this YAML (written as JSON, which is

@@ -1,5 +1,6 @@
-//! Traffic samples from one sidecar (its cumulative `TrafficStats`) and what
-//! they say about a window of time: requests, failures, rate and latency.
+//! Traffic samples from one sidecar (its cumulative counters, sent as
+//! `TrafficStats`) and what they say about a window of time: requests,
+//! failures, rate and latency.
 //!
 //! Sidecars send cumulative counters so that a lost message loses nothing;
 //! a window's traffic is the difference between two samples.
@@ -8,11 +9,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weft_proto::stats::{BUCKETS, percentile};
-use weft_proto::v1 as pb;
-
-/// The longest window `Top` answers for; older samples are dropped.
-pub const MAX_WINDOW: Duration = Duration::from_secs(300);
+use weft_proto::stats::{BUCKETS, MAX_WINDOW, percentile};
 
 /// How often a sidecar sends `TrafficStats` while its counters change
 /// (mesh.proto, `TrafficStats`). A gap longer than this after a sample means
@@ -28,30 +25,31 @@ const MIN_SPACING: Duration = Duration::from_millis(500);
 /// [`MAX_WINDOW`] needs at most about 600 samples.
 pub const MAX_SAMPLES: usize = 640;
 
-/// One sidecar's counters at one moment.
-#[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    at: Instant,
-    requests: u64,
-    failures: u64,
-    buckets: [u64; BUCKETS],
+/// A sidecar's cumulative counters since it started: requests, the
+/// server's failures, and the latency histogram (cumulative buckets over
+/// `weft_proto::stats::LATENCY_BOUNDS_MS`, like the wire format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub failures: u64,
+    pub buckets: [u64; BUCKETS],
 }
 
-impl Sample {
+impl Counters {
     /// Whether `self` (newer) has any counter below `older`: the sidecar
     /// restarted its counting.
-    fn went_back_from(&self, older: &Sample) -> bool {
+    fn went_back_from(&self, older: &Counters) -> bool {
         self.requests < older.requests
             || self.failures < older.failures
             || self.buckets.iter().zip(&older.buckets).any(|(n, o)| n < o)
     }
 }
 
-/// A `TrafficStats` message that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StatsError {
-    #[error("latency_buckets has {got} entries, expected {expected}")]
-    BucketCount { got: usize, expected: usize },
+/// One sidecar's counters at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    at: Instant,
+    counters: Counters,
 }
 
 /// What recording a sample did.
@@ -115,40 +113,22 @@ pub struct TrafficRing {
 }
 
 impl TrafficRing {
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.samples.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-
     /// Adds the counters a sidecar reported at `at`.
-    pub fn record(
-        &mut self,
-        stats: &pb::TrafficStats,
-        at: Instant,
-    ) -> Result<Recorded, StatsError> {
-        let buckets: [u64; BUCKETS] =
-            stats
-                .latency_buckets
-                .as_slice()
-                .try_into()
-                .map_err(|_| StatsError::BucketCount {
-                    got: stats.latency_buckets.len(),
-                    expected: BUCKETS,
-                })?;
+    pub fn record(&mut self, counters: &Counters, at: Instant) -> Recorded {
         let sample = Sample {
             at,
-            requests: stats.requests,
-            failures: stats.failures,
-            buckets,
+            counters: counters.clone(),
         };
         let mut recorded = Recorded::Added;
         if self
             .samples
             .back()
-            .is_some_and(|last| sample.went_back_from(last))
+            .is_some_and(|last| sample.counters.went_back_from(&last.counters))
         {
             self.samples.clear();
             recorded = Recorded::Restarted;
@@ -169,7 +149,7 @@ impl TrafficRing {
                 self.samples.pop_front();
             }
         }
-        Ok(recorded)
+        recorded
     }
 
     /// The traffic over the `window` that ends at `now`; `None` before the
@@ -190,14 +170,15 @@ impl TrafficRing {
             .and_then(|c| self.samples.iter().rposition(|s| s.at <= c))
             .unwrap_or(0);
         let base = &self.samples[base_index];
+        let (last_counts, base_counts) = (&last.counters, &base.counters);
         let mut buckets = [0u64; BUCKETS];
         for (d, (l, b)) in buckets
             .iter_mut()
-            .zip(last.buckets.iter().zip(&base.buckets))
+            .zip(last_counts.buckets.iter().zip(&base_counts.buckets))
         {
             *d = l.saturating_sub(*b);
         }
-        let requests = last.requests.saturating_sub(base.requests);
+        let requests = last_counts.requests.saturating_sub(base_counts.requests);
         let mut start = base.at;
         if let (Some(cutoff), Some(next)) = (cutoff, self.samples.get(base_index + 1)) {
             let quiet_until = next.at.checked_sub(REPORT_PERIOD).unwrap_or(base.at);
@@ -211,7 +192,7 @@ impl TrafficRing {
         };
         Some(Traffic {
             requests,
-            failures: last.failures.saturating_sub(base.failures),
+            failures: last_counts.failures.saturating_sub(base_counts.failures),
             buckets,
             rps,
         })
@@ -223,16 +204,13 @@ mod tests {
     use super::*;
     use weft_proto::stats::{LATENCY_BOUNDS_MS, bucket_of};
 
-    /// Cumulative stats of `requests` requests of `ms` each, `failures` failed.
-    fn stats(requests: u64, failures: u64, ms: f64) -> pb::TrafficStats {
+    /// Cumulative counts of `requests` requests of `ms` each, `failures` failed.
+    fn stats(requests: u64, failures: u64, ms: f64) -> Counters {
         let first = bucket_of(ms);
-        let latency_buckets = (0..BUCKETS)
-            .map(|i| if i >= first { requests } else { 0 })
-            .collect();
-        pb::TrafficStats {
+        Counters {
             requests,
             failures,
-            latency_buckets,
+            buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
         }
     }
 
@@ -240,14 +218,13 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    async fn record_at(ring: &mut TrafficRing, t0: Instant, at: u64, s: pb::TrafficStats) {
+    async fn record_at(ring: &mut TrafficRing, t0: Instant, at: u64, s: Counters) {
         let now = Instant::now();
         let target = t0 + secs(at);
         if target > now {
             tokio::time::advance(target - now).await;
         }
-        ring.record(&s, Instant::now())
-            .expect("a well-formed sample");
+        ring.record(&s, Instant::now());
     }
 
     #[tokio::test(start_paused = true)]
@@ -323,8 +300,7 @@ mod tests {
     async fn a_single_sample_reports_zeros() {
         let mut ring = TrafficRing::default();
         assert_eq!(ring.window(Instant::now(), secs(10)), None);
-        ring.record(&stats(500, 5, 1.0), Instant::now())
-            .expect("well-formed");
+        ring.record(&stats(500, 5, 1.0), Instant::now());
         let w = ring.window(Instant::now(), secs(10)).expect("one sample");
         assert_eq!(w, Traffic::default());
         assert_eq!(w.success_rate(), 1.0);
@@ -340,39 +316,16 @@ mod tests {
         }
         tokio::time::advance(secs(1)).await;
         let r = ring.record(&stats(30, 3, 1.0), Instant::now());
-        assert_eq!(r, Ok(Recorded::Restarted));
+        assert_eq!(r, Recorded::Restarted);
         assert_eq!(ring.len(), 1);
         record_at(&mut ring, t0, 8, stats(50, 3, 1.0)).await;
         let w = ring.window(Instant::now(), secs(10)).expect("samples");
         assert_eq!((w.requests, w.failures, w.rps), (20, 0, 10.0));
         // A bucket alone going back is a restart too.
         let mut s = stats(60, 3, 1.0);
-        s.latency_buckets[5] = 0;
+        s.buckets[5] = 0;
         tokio::time::advance(secs(1)).await;
-        assert_eq!(ring.record(&s, Instant::now()), Ok(Recorded::Restarted));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_malformed_bucket_count_is_ignored() {
-        let t0 = Instant::now();
-        let mut ring = TrafficRing::default();
-        record_at(&mut ring, t0, 0, stats(0, 0, 1.0)).await;
-        tokio::time::advance(secs(1)).await;
-        let mut bad = stats(10_000, 0, 1.0);
-        bad.latency_buckets.pop();
-        assert_eq!(
-            ring.record(&bad, Instant::now()),
-            Err(StatsError::BucketCount {
-                got: BUCKETS - 1,
-                expected: BUCKETS
-            })
-        );
-        bad.latency_buckets = vec![10_000; BUCKETS + 1];
-        assert!(ring.record(&bad, Instant::now()).is_err());
-        assert_eq!(ring.len(), 1);
-        record_at(&mut ring, t0, 2, stats(20, 0, 1.0)).await;
-        let w = ring.window(Instant::now(), secs(10)).expect("samples");
-        assert_eq!((w.requests, w.rps), (20, 10.0));
+        assert_eq!(ring.record(&s, Instant::now()), Recorded::Restarted);
     }
 
     #[tokio::test(start_paused = true)]
@@ -380,11 +333,9 @@ mod tests {
         let t0 = Instant::now();
         let (mut fast, mut slow) = (TrafficRing::default(), TrafficRing::default());
         record_at(&mut fast, t0, 0, stats(0, 0, 0.8)).await;
-        slow.record(&stats(0, 0, 40.0), Instant::now())
-            .expect("well-formed");
+        slow.record(&stats(0, 0, 40.0), Instant::now());
         record_at(&mut fast, t0, 10, stats(90, 0, 0.8)).await;
-        slow.record(&stats(10, 0, 40.0), Instant::now())
-            .expect("well-formed");
+        slow.record(&stats(10, 0, 40.0), Instant::now());
         let now = Instant::now();
         let mut sum = Traffic::default();
         let f = fast.window(now, secs(10)).expect("samples");
@@ -407,8 +358,7 @@ mod tests {
         // One sample a second for an hour: only the longest window (and its
         // base) is kept.
         for t in 0..3600 {
-            ring.record(&stats(t, 0, 1.0), Instant::now())
-                .expect("well-formed");
+            ring.record(&stats(t, 0, 1.0), Instant::now());
             tokio::time::advance(secs(1)).await;
         }
         assert!(ring.len() <= 302, "{}", ring.len());
@@ -418,8 +368,7 @@ mod tests {
         // A sidecar sending far too often: the ring neither grows past the
         // cap nor loses the older history.
         for i in 0..100_000u64 {
-            ring.record(&stats(3600 + i, 0, 1.0), Instant::now())
-                .expect("well-formed");
+            ring.record(&stats(3600 + i, 0, 1.0), Instant::now());
             if i % 100 == 0 {
                 tokio::time::advance(Duration::from_millis(10)).await;
             }

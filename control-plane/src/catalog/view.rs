@@ -1,23 +1,65 @@
-//! What a sidecar is told about one service: its policy and its endpoints,
-//! built from the applied resource and the registered instances.
+//! What a sidecar is told about one service — its policy, its endpoints,
+//! and (for the service's own sidecars) its inbound policy — built from the
+//! applied resources and the registered instances; the update that turns
+//! one view into the next; and the generations that say which views may
+//! have changed since a stream last looked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, Protocol};
-use weft_proto::v1 as pb;
 
-use super::Instance;
-use crate::resource::{AuthorizationPolicySpec, Name, ServiceSpec};
+use super::instances::{Health, Instance};
+use crate::resource::{AuthorizationPolicySpec, AuthorizationRule, Name, ServiceSpec};
+
+/// One instance as callers' sidecars see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub instance_id: String,
+    pub address: String,
+    pub labels: Labels,
+    pub health: Health,
+    pub weight: u32,
+}
+
+/// What a service's own sidecars enforce on inbound connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboundPolicy {
+    pub mode: InboundMode,
+    /// Whether any `AuthorizationPolicy` selects the service: then only
+    /// what `rules` allow gets in.
+    pub authorization: bool,
+    pub rules: Vec<AuthorizationRule>,
+}
 
 /// A service as pushed to sidecars.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServiceView {
     pub known: bool,
-    pub policy: Option<pb::ServiceSpec>,
+    /// The resource's spec (or the defaults), its protocol always decided.
+    pub policy: Option<ServiceSpec>,
     /// By instance id.
-    pub endpoints: BTreeMap<String, pb::Endpoint>,
+    pub endpoints: BTreeMap<String, Endpoint>,
     /// What the service's own sidecars enforce inbound; sent only to them.
-    pub inbound: pb::InboundPolicy,
+    pub inbound: InboundPolicy,
+}
+
+/// What a sidecar is sent about one service: everything (`reset_endpoints`)
+/// or only what changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceUpdate {
+    pub name: Name,
+    pub known: bool,
+    /// Set when it changed (always in a full update).
+    pub policy: Option<ServiceSpec>,
+    /// The endpoints are the complete list, not a change.
+    pub reset_endpoints: bool,
+    /// Added or changed endpoints (all of them when `reset_endpoints`).
+    pub endpoints: Vec<Endpoint>,
+    /// Ids of endpoints gone.
+    pub removed: Vec<String>,
+    /// Only to the service's own sidecars, and only when it changed.
+    pub inbound: Option<InboundPolicy>,
 }
 
 impl ServiceView {
@@ -28,12 +70,7 @@ impl ServiceView {
     /// The update that turns what a sidecar has (`old`) into `self`; `None`
     /// when nothing changed. `own`: the sidecar's own service, whose inbound
     /// policy it enforces.
-    pub fn diff(
-        &self,
-        name: &str,
-        old: Option<&ServiceView>,
-        own: bool,
-    ) -> Option<pb::ServiceUpdate> {
+    pub fn diff(&self, name: &Name, old: Option<&ServiceView>, own: bool) -> Option<ServiceUpdate> {
         let Some(old) = old else {
             return Some(self.full(name, own));
         };
@@ -45,14 +82,16 @@ impl ServiceView {
         {
             return None;
         }
-        let mut u = pb::ServiceUpdate {
-            name: name.to_string(),
+        let mut u = ServiceUpdate {
+            name: name.clone(),
             known: self.known,
             policy: (old.policy != self.policy)
                 .then(|| self.policy.clone())
                 .flatten(),
+            reset_endpoints: false,
+            endpoints: Vec::new(),
+            removed: Vec::new(),
             inbound: inbound_changed.then(|| self.inbound.clone()),
-            ..Default::default()
         };
         for (id, e) in &self.endpoints {
             if old.endpoints.get(id) != Some(e) {
@@ -68,9 +107,9 @@ impl ServiceView {
     }
 
     /// The whole service, replacing whatever the sidecar had.
-    pub fn full(&self, name: &str, own: bool) -> pb::ServiceUpdate {
-        pb::ServiceUpdate {
-            name: name.to_string(),
+    pub fn full(&self, name: &Name, own: bool) -> ServiceUpdate {
+        ServiceUpdate {
+            name: name.clone(),
             known: self.known,
             policy: self.policy.clone(),
             reset_endpoints: true,
@@ -83,27 +122,33 @@ impl ServiceView {
 
 /// Builds the view of `name` from its resource (if any), the authorization
 /// policies (those selecting it count), and its instances.
-pub fn build<'a>(
+pub(super) fn build<'a>(
     name: &Name,
     resource: Option<&ServiceSpec>,
     policies: impl Iterator<Item = &'a AuthorizationPolicySpec>,
     instances: impl Iterator<Item = &'a Instance>,
 ) -> ServiceView {
-    let mut inbound = pb::InboundPolicy {
-        mode: resource
-            .map_or(InboundMode::Strict, |r| r.inbound_mode)
-            .to_proto() as i32,
+    let mut inbound = InboundPolicy {
+        mode: resource.map_or(InboundMode::Strict, |r| r.inbound_mode),
         ..Default::default()
     };
     for p in policies.filter(|p| &p.service == name) {
         inbound.authorization = true;
-        inbound.rules.extend(p.rules.iter().map(|r| r.to_proto()));
+        inbound.rules.extend(p.rules.iter().cloned());
     }
     let mut endpoints = BTreeMap::new();
     let mut declared: Option<Protocol> = None;
-    for i in instances.filter(|i| &i.service == name) {
-        declared = declared.or(i.protocol);
-        endpoints.insert(i.id.clone(), i.to_endpoint());
+    for i in instances.filter(|i| &i.record.service == name) {
+        let r = &i.record;
+        declared = declared.or(r.protocol);
+        let endpoint = Endpoint {
+            instance_id: r.instance_id.clone(),
+            address: r.address.clone(),
+            labels: r.labels.clone(),
+            health: r.health,
+            weight: 1,
+        };
+        endpoints.insert(r.instance_id.clone(), endpoint);
     }
     if resource.is_none() && endpoints.is_empty() {
         // Unknown to callers, but its own sidecars still get the policy.
@@ -113,25 +158,44 @@ pub fn build<'a>(
         };
     }
     // The resource decides; otherwise what the instances declare; otherwise gRPC.
-    let mut policy = match resource {
-        Some(r) => r.to_proto(),
-        None => ServiceSpec {
-            name: name.clone(),
-            protocol: None,
-            load_balancer: Default::default(),
-            subsets: Vec::new(),
-            inbound_mode: InboundMode::Strict,
-            resilience: Default::default(),
-        }
-        .to_proto(),
-    };
-    if policy.protocol == pb::Protocol::Unspecified as i32 {
-        policy.protocol = declared.unwrap_or(Protocol::Grpc).to_proto() as i32;
-    }
+    let mut policy = resource.cloned().unwrap_or_else(|| ServiceSpec {
+        name: name.clone(),
+        protocol: None,
+        load_balancer: Default::default(),
+        subsets: Vec::new(),
+        inbound_mode: InboundMode::Strict,
+        resilience: Default::default(),
+    });
+    policy.protocol = policy.protocol.or(declared).or(Some(Protocol::Grpc));
     ServiceView {
         known: true,
         policy: Some(policy),
         endpoints,
         inbound,
+    }
+}
+
+/// A counter that moves with every change, and the value it had when each
+/// service's view last changed (its policy or its endpoints).
+#[derive(Debug, Default)]
+pub(super) struct Generations {
+    current: u64,
+    by_service: HashMap<Name, u64>,
+}
+
+impl Generations {
+    pub fn current(&self) -> u64 {
+        self.current
+    }
+
+    /// The view of `service` changed.
+    pub fn touch(&mut self, service: &Name) {
+        self.current += 1;
+        self.by_service.insert(service.clone(), self.current);
+    }
+
+    /// When `service`'s view last changed (0: never).
+    pub fn of(&self, service: &Name) -> u64 {
+        self.by_service.get(service).copied().unwrap_or(0)
     }
 }

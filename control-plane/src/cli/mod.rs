@@ -18,7 +18,8 @@ use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, certs_from_pem, root_
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_client::AdminClient;
 
-use crate::auth::AdminCredential;
+use crate::api::convert::resources_from_proto;
+use crate::api::credential::AdminCredential;
 use crate::resource::parse_documents;
 
 #[derive(Debug, Parser)]
@@ -297,7 +298,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             let mut client = connect(&cli).await?;
             let resp = client
                 .apply(pb::ApplyRequest {
-                    resources: resources.iter().map(|r| r.to_proto()).collect(),
+                    resources: resources.iter().map(pb::Resource::from).collect(),
                     dry_run: *dry_run,
                 })
                 .await?
@@ -362,7 +363,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                         .await?
                         .into_inner()
                         .resources;
-                    let rs = crate::resource::resources_from_proto(&r).map_err(|e| {
+                    let rs = resources_from_proto(&r).map_err(|e| {
                         CliError::Api(format!("the control plane sent an invalid policy: {e}"))
                     })?;
                     output::policies(&rs, *output)

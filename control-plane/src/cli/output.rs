@@ -7,7 +7,9 @@ use weft_proto::protocol::{LoadBalancer, Protocol};
 use weft_proto::v1 as pb;
 
 use super::Format;
-use crate::resource::{Resource, ServiceSpec, to_value, to_yaml_documents, value_to_yaml};
+use crate::api::contract::instance_word;
+use crate::api::convert::service_spec_from_proto;
+use crate::resource::{Resource, to_value, to_yaml_documents, value_to_yaml};
 
 /// Left-aligned columns separated by three spaces, like kubectl.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -52,17 +54,12 @@ fn protocol(p: i32) -> &'static str {
         .map_or("-", Protocol::as_str)
 }
 
-/// The same strings as `weftctl top` (from the control plane) uses.
-fn health(h: i32) -> &'static str {
-    pb::Health::try_from(h).map_or("unknown", crate::catalog::top::health_str)
-}
-
-/// An instance's health, or `no app` for a caller-only sidecar.
+/// An instance's health in the words `weftctl top` (from the control
+/// plane) uses, or `no app` for a caller-only sidecar.
 fn instance_health(i: &pb::InstanceInfo) -> &'static str {
-    if i.no_app {
-        crate::catalog::top::NO_APP
-    } else {
-        health(i.health)
+    match pb::Health::try_from(i.health) {
+        Ok(h) => instance_word(h, i.no_app),
+        Err(_) => instance_word(pb::Health::Unknown, i.no_app),
     }
 }
 
@@ -146,7 +143,7 @@ pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
     let resources: Vec<Resource> = list
         .iter()
         .filter_map(|s| s.spec.as_ref())
-        .filter_map(|p| ServiceSpec::from_proto(p).ok())
+        .filter_map(|p| service_spec_from_proto(p).ok())
         .map(Resource::Service)
         .collect();
     match format {

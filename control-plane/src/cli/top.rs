@@ -5,11 +5,12 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use weft_proto::duration::{DurationError, parse_duration};
+use weft_proto::stats::MAX_WINDOW;
 use weft_proto::v1 as pb;
 
 use super::output::structured;
 use super::{CliError, Client, Format};
-use crate::catalog::stats::MAX_WINDOW;
 
 /// Moves the cursor home and clears the screen (ANSI), so each frame
 /// replaces the last one on a terminal.
@@ -18,26 +19,32 @@ const CLEAR: &str = "\x1b[H\x1b[2J";
 /// The shortest `--interval`: faster redraws only load the control plane.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A `--window` or `--interval` that `weftctl top` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    /// Not a duration at all.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error("{0:?}: the window is whole seconds from 1s to {max}s", max = MAX_WINDOW.as_secs())]
+    Window(String),
+    #[error("{0:?}: the interval is at least {min}ms", min = MIN_INTERVAL.as_millis())]
+    Interval(String),
+}
+
 /// `--window`: whole seconds, 1s to 300s (what `Top` accepts).
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let d = weft_proto::duration::parse_duration(s).map_err(|e| e.to_string())?;
+pub fn parse_window(s: &str) -> Result<Duration, FlagError> {
+    let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 || d.is_zero() || d > MAX_WINDOW {
-        return Err(format!(
-            "{s:?}: the window is whole seconds from 1s to {}s",
-            MAX_WINDOW.as_secs()
-        ));
+        return Err(FlagError::Window(s.to_string()));
     }
     Ok(d)
 }
 
 /// `--interval`: at least [`MIN_INTERVAL`].
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = weft_proto::duration::parse_duration(s).map_err(|e| e.to_string())?;
+pub fn parse_interval(s: &str) -> Result<Duration, FlagError> {
+    let d = parse_duration(s)?;
     if d < MIN_INTERVAL {
-        return Err(format!(
-            "{s:?}: the interval is at least {}ms",
-            MIN_INTERVAL.as_millis()
-        ));
+        return Err(FlagError::Interval(s.to_string()));
     }
     Ok(d)
 }
@@ -487,7 +494,17 @@ users                             20.0    99.50%    0.84ms    12.3ms         2/2
         for bad in ["0s", "1500ms", "301s", "6m", "ten"] {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
-        assert!(parse_window("301s").expect_err("too long").contains("300s"));
+        assert!(
+            parse_window("301s")
+                .expect_err("too long")
+                .to_string()
+                .contains("300s")
+        );
+        assert!(matches!(parse_window("ten"), Err(FlagError::Duration(_))));
+        assert_eq!(
+            parse_interval("10ms").expect_err("too short").to_string(),
+            "\"10ms\": the interval is at least 100ms"
+        );
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_interval("0s").is_err());
         assert!(parse_interval("10ms").is_err());

@@ -1,19 +1,20 @@
-//! Mesh resources (`Service`, …): validated domain types, their YAML form for
-//! `weftctl`, and their protobuf form for the admin API and the store.
+//! Mesh resources (`Service`, …): validated domain types and their YAML form
+//! for `weftctl` (the user-facing schema). Their protobuf form, for the
+//! admin API and the store, is converted in `api::convert`.
 //!
-//! Every path in (YAML from a user, protobuf from a client or the store) goes
-//! through validation here, so the rest of the control plane only ever holds
-//! resources that are known to be good.
+//! Every path in (YAML from a user here, protobuf from a client or the
+//! store there) goes through the same rules, so the rest of the control
+//! plane only ever holds resources that are known to be good.
 
-mod proto;
+mod render;
 pub mod resilience;
 mod yaml;
 
-pub use proto::resources_from_proto;
+pub use render::{to_value, to_yaml_documents, value_to_yaml};
 /// The name of a resource of any kind: the one service-name rule (a DNS
 /// subdomain), so that a `Service` and its policies are named alike.
 pub use weft_proto::name::ServiceName as Name;
-pub use yaml::{API_VERSION, parse_documents, to_value, to_yaml_documents, value_to_yaml};
+pub use yaml::{API_VERSION, parse_documents};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -134,9 +134,26 @@ impl tower::Service<Request<Incoming>> for InboundService {
     }
 }
 
-/// The caller as mutual TLS proved it: its SPIFFE ID, and its service when
-/// it is one of ours.
-pub type Peer = (SpiffeId, Option<ServiceName>);
+/// The caller as mutual TLS proved it, read once per connection.
+pub struct Peer {
+    pub id: SpiffeId,
+    /// Its service, when it is one of ours.
+    pub service: Option<ServiceName>,
+    /// The `x-weft-peer-identity` value the app gets.
+    header: Option<HeaderValue>,
+}
+
+impl Peer {
+    pub fn new(id: SpiffeId) -> Self {
+        let service = id.service_name().and_then(|n| ServiceName::parse(n).ok());
+        let header = HeaderValue::from_str(&id.to_string()).ok();
+        Peer {
+            id,
+            service,
+            header,
+        }
+    }
+}
 
 impl Inbound {
     /// Forwards one request to the app. `peer` is the caller's verified
@@ -154,7 +171,7 @@ impl Inbound {
             &mut req,
             grpc,
         );
-        let caller = peer.and_then(|p| p.1.as_ref());
+        let caller = peer.and_then(|p| p.service.as_ref());
         ex.set_caller(caller);
         if let Err(e) = self.authorize(&req, peer, grpc) {
             return ex.fail(e, grpc);
@@ -179,7 +196,7 @@ impl Inbound {
         peer: Option<&Peer>,
         grpc: bool,
     ) -> Result<(), ProxyError> {
-        let caller = peer.and_then(|p| p.1.as_ref());
+        let caller = peer.and_then(|p| p.service.as_ref());
         if self
             .policy
             .load()
@@ -193,7 +210,7 @@ impl Inbound {
             .count_denied(&self.service, caller.unwrap_or(&unresolved));
         let who = peer.map_or_else(
             || "an unauthenticated caller".to_string(),
-            |p| p.0.to_string(),
+            |p| p.id.to_string(),
         );
         let what = if grpc {
             req.uri().path().to_string()
@@ -219,9 +236,7 @@ impl Inbound {
     ) -> Result<Response<Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(PEER_IDENTITY);
-        if let Some((id, _)) = peer
-            && let Ok(v) = HeaderValue::from_str(&id.to_string())
-        {
+        if let Some(v) = peer.and_then(|p| p.header.clone()) {
             parts.headers.insert(PEER_IDENTITY, v);
         }
         let orig_h1 = parts

@@ -207,10 +207,7 @@ where
         Listener::Inbound(i) => {
             // The caller's identity, for authorization and for the app;
             // only the service name of our own trust domain counts.
-            let peer: Option<Arc<Peer>> = peer.map(|id| {
-                let name = id.service_name().and_then(|n| ServiceName::parse(n).ok());
-                Arc::new((id, name))
-            });
+            let peer = peer.map(|id| Arc::new(Peer::new(id)));
             serve_with(io, detected, i.service(peer), drain).await
         }
     }

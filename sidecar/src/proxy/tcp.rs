@@ -25,12 +25,9 @@ impl Outbound {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let dest = Destination {
-            name: service.as_str().to_string(),
-            label: service.clone(),
-            authority: None,
-        };
-        let route = dest.route(&self.routes, self.discovery_timeout).await?;
+        let route = Destination::service(service.clone())
+            .route(&self.routes, self.discovery_timeout)
+            .await?;
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last = ProxyError::NoEndpoints(service.to_string());
         // Each endpoint once, up to the cap.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -59,20 +60,26 @@ impl Template {
             parts.headers.insert(ORIG_PROTO, HTTP11);
         }
         strip_hop_by_hop(&mut parts.headers);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let build = |authority: &str| {
-            Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path)
-                .build()
+        // The app's authority, or the service's name when it sent none.
+        let authority = match &dest.authority {
+            Some(a) => a.clone(),
+            None => Authority::try_from(dest.name()).map_err(|e| {
+                ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
+            })?,
         };
-        let uri = dest
-            .authority
-            .as_deref()
-            .and_then(|a| build(a).ok())
-            .map_or_else(|| build(&dest.name), Ok)
-            .map_err(|e| ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name)))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(uri).map_err(|e| {
+            ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
+        })?;
         let template = Template {
             method: parts.method,
             uri,

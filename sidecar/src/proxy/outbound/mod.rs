@@ -70,7 +70,7 @@ impl Outbound {
         let dest = Destination::of(&req, fixed);
         let label = dest
             .as_ref()
-            .map_or_else(ServiceName::unresolved, |d| d.label.clone());
+            .map_or_else(ServiceName::unresolved, |d| d.service.clone());
         let ex = Exchange::begin(&self.telemetry, Direction::outbound, label, &mut req, grpc);
         let Some(dest) = dest else {
             let why = "the request names no service (no Host or :authority)";

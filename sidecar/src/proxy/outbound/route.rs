@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
+use http::uri::Authority;
 use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
 
@@ -105,51 +106,109 @@ impl Route {
 
 /// The service a request names, before it is looked up.
 pub struct Destination {
-    /// As the request named it (a host, or the upstream port's service).
-    pub name: String,
-    /// For metrics: the service, or `(unresolved)` when the name is none.
-    pub label: ServiceName,
+    /// The service; `(unresolved)` when the request named none we could
+    /// read as one (then `host` holds what it named).
+    pub service: ServiceName,
+    host: Option<String>,
     /// The authority the app sent, kept for the hop to the peer.
-    pub authority: Option<String>,
+    pub authority: Option<Authority>,
 }
 
 impl Destination {
+    /// A service named by configuration (an upstream port).
+    pub fn service(service: ServiceName) -> Self {
+        Destination {
+            service,
+            host: None,
+            authority: None,
+        }
+    }
+
     /// `fixed` is the upstream port's service; otherwise the request's
     /// authority (HTTP/2, absolute form) or Host header (HTTP/1.1) names it.
     pub fn of(req: &Request<Incoming>, fixed: Option<&ServiceName>) -> Option<Self> {
-        let authority = authority(req);
-        let (name, label) = match (fixed, &authority) {
-            (Some(s), _) => (s.as_str().to_string(), s.clone()),
-            (None, Some(a)) => {
-                let host = host_of(a);
-                let label = ServiceName::parse(host).unwrap_or_else(|_| ServiceName::unresolved());
-                (host.to_string(), label)
-            }
-            (None, None) => return None,
+        let authority = req.uri().authority().cloned().or_else(|| {
+            let host = req.headers().get(http::header::HOST)?;
+            Authority::try_from(host.as_bytes()).ok()
+        });
+        if let Some(s) = fixed {
+            return Some(Destination {
+                authority,
+                ..Destination::service(s.clone())
+            });
+        }
+        let named = match &authority {
+            Some(a) => host_of(a.as_str()),
+            // A Host header that is no authority still names something.
+            None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        };
+        let (service, host) = match ServiceName::parse(named) {
+            Ok(s) => (s, None),
+            Err(_) => (ServiceName::unresolved(), Some(named.to_string())),
         };
         Some(Destination {
-            name,
-            label,
+            service,
+            host,
             authority,
         })
+    }
+
+    /// The name as the request gave it.
+    pub fn name(&self) -> &str {
+        self.host.as_deref().unwrap_or(self.service.as_str())
     }
 
     /// The route: the service learned from the control plane if need be
     /// (for at most `wait`), then its default route.
     pub async fn route(&self, routes: &Routes, wait: Duration) -> Result<Route, ProxyError> {
-        let target = routes.resolve(&self.name, wait).await?;
+        let target = routes.resolve(self.name(), wait).await?;
         Ok(Route::default_of(&target))
     }
 }
 
-/// The authority a request was sent to: the URI's (HTTP/2, absolute form)
-/// or the Host header's (HTTP/1.1).
-fn authority(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Health;
+    use crate::table::fixtures::{builder, state, target};
+    use weft_proto::protocol::LoadBalancer;
+
+    fn service(name: &str, health: Health) -> (ServiceName, crate::model::ServiceState) {
+        let name = ServiceName::parse(name).expect("name");
+        (
+            name,
+            state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", health)]),
+        )
     }
-    req.headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+
+    #[tokio::test]
+    async fn weights_share_the_requests_and_a_backend_without_endpoints_gives_its_share_away() {
+        let (stable, s1) = service("stable", Health::Healthy);
+        let (canary, s2) = service("canary", Health::Healthy);
+        let (down, s3) = service("down", Health::Unhealthy);
+        let table = builder().build(
+            [(&stable, &s1), (&canary, &s2), (&down, &s3)].into_iter(),
+            std::iter::empty(),
+        );
+        let backend = |n: &str, weight| Backend {
+            target: target(&table, n),
+            weight,
+        };
+        let split = Backends::Weighted(Arc::from(vec![
+            backend("stable", 90),
+            backend("canary", 10),
+            backend("down", 100),
+        ]));
+        let mut canaries = 0;
+        for _ in 0..10_000 {
+            let t = split.choose().expect("a backend");
+            assert_ne!(t.name.as_str(), "down", "no endpoint ready there");
+            canaries += usize::from(t.name.as_str() == "canary");
+        }
+        // 10% of 10 000, within a generous margin for the dice.
+        assert!((800..1200).contains(&canaries), "{canaries}");
+        assert_eq!(split.primary().map(|t| t.name.as_str()), Some("stable"));
+        let one = Backends::One(target(&table, "canary"));
+        assert_eq!(one.choose().map(|t| t.name.as_str()), Some("canary"));
+    }
 }

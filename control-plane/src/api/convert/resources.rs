@@ -1,0 +1,273 @@
+//! Resources and their protobuf form (admin API, store, and the policy
+//! pushed to sidecars). Protobuf in is validated like YAML in.
+
+use weft_proto::v1 as pb;
+
+use weft_proto::labels::{Labels, validate_labels};
+use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+
+use crate::resource::resilience::{self, Resilience};
+use crate::resource::{
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Name,
+    Resource, ServiceSpec, Subset, check_unique, validate_rule,
+};
+
+/// Problems of one message: (proto field path, reason).
+type Problems = Vec<(String, String)>;
+
+/// A protocol as sent: `PROTOCOL_UNSPECIFIED` for `None`.
+pub fn protocol_to_proto(p: Option<Protocol>) -> i32 {
+    p.map_or(pb::Protocol::Unspecified, Protocol::to_proto) as i32
+}
+
+/// Labels as the wire carries them.
+pub fn labels_to_proto(labels: &Labels) -> std::collections::HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Labels from the wire, sorted (not yet validated).
+pub fn labels_from_proto(labels: &std::collections::HashMap<String, String>) -> Labels {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl From<&ServiceSpec> for pb::ServiceSpec {
+    fn from(s: &ServiceSpec) -> Self {
+        pb::ServiceSpec {
+            name: s.name.to_string(),
+            protocol: protocol_to_proto(s.protocol),
+            load_balancer: s.load_balancer.to_proto() as i32,
+            subsets: s
+                .subsets
+                .iter()
+                .map(|s| pb::Subset {
+                    name: s.name.to_string(),
+                    labels: labels_to_proto(&s.labels),
+                })
+                .collect(),
+            inbound_mode: s.inbound_mode.to_proto() as i32,
+            retry: s.resilience.retry.clone(),
+            timeouts: s.resilience.timeouts,
+            circuit_breaker: s.resilience.circuit_breaker,
+            hedge: s.resilience.hedge.clone(),
+            fault: s.resilience.fault,
+        }
+    }
+}
+
+/// Validates a protobuf service; errors carry proto field paths.
+pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Problems> {
+    let mut errors = Vec::new();
+    let name = Name::parse(&p.name)
+        .map_err(|e| errors.push(("name".into(), e.to_string())))
+        .ok();
+    let protocol = Protocol::from_proto(p.protocol)
+        .map_err(|e| errors.push(("protocol".into(), e.to_string())))
+        .ok()
+        .flatten();
+    let load_balancer = LoadBalancer::from_proto(p.load_balancer)
+        .map_err(|e| errors.push(("load_balancer".into(), e.to_string())))
+        .unwrap_or_default();
+    let inbound_mode = InboundMode::from_proto(p.inbound_mode)
+        .map_err(|e| errors.push(("inbound_mode".into(), e.to_string())))
+        .unwrap_or_default();
+    let mut subsets = Vec::new();
+    for (i, s) in p.subsets.iter().enumerate() {
+        let labels = labels_from_proto(&s.labels);
+        if let Err(e) = validate_labels(&labels) {
+            errors.push((format!("subsets[{i}].labels"), e.to_string()));
+        }
+        match Name::parse(&s.name) {
+            Ok(name) => subsets.push(Subset { name, labels }),
+            Err(e) => errors.push((format!("subsets[{i}].name"), e.to_string())),
+        }
+    }
+    let resilience = Resilience {
+        retry: p.retry.clone(),
+        timeouts: p.timeouts,
+        circuit_breaker: p.circuit_breaker,
+        hedge: p.hedge.clone(),
+        fault: p.fault,
+    };
+    errors.extend(resilience::validate(&resilience));
+    match name {
+        Some(name) if errors.is_empty() => Ok(ServiceSpec {
+            name,
+            protocol,
+            load_balancer,
+            subsets,
+            inbound_mode,
+            resilience,
+        }),
+        _ => Err(errors),
+    }
+}
+
+impl From<&AuthorizationRule> for pb::AuthorizationRule {
+    fn from(r: &AuthorizationRule) -> Self {
+        pb::AuthorizationRule {
+            from: r.from.clone(),
+            grpc_methods: r.grpc_methods.clone(),
+            http: r
+                .http
+                .iter()
+                .map(|h| pb::HttpMatch {
+                    methods: h.methods.clone(),
+                    path_prefix: h.path_prefix.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Unvalidated: [`policy_from_proto`] checks the rules.
+fn rule_from_proto(p: &pb::AuthorizationRule) -> AuthorizationRule {
+    AuthorizationRule {
+        from: p.from.clone(),
+        grpc_methods: p.grpc_methods.clone(),
+        http: p
+            .http
+            .iter()
+            .map(|h| HttpMatch {
+                methods: h.methods.clone(),
+                path_prefix: h.path_prefix.clone(),
+            })
+            .collect(),
+    }
+}
+
+impl From<&AuthorizationPolicySpec> for pb::AuthorizationPolicySpec {
+    fn from(p: &AuthorizationPolicySpec) -> Self {
+        pb::AuthorizationPolicySpec {
+            name: p.name.to_string(),
+            service: p.service.to_string(),
+            rules: p.rules.iter().map(pb::AuthorizationRule::from).collect(),
+        }
+    }
+}
+
+/// Validates a protobuf policy; errors carry proto field paths.
+fn policy_from_proto(p: &pb::AuthorizationPolicySpec) -> Result<AuthorizationPolicySpec, Problems> {
+    let mut errors = Vec::new();
+    let name = Name::parse(&p.name)
+        .map_err(|e| errors.push(("name".into(), e.to_string())))
+        .ok();
+    let service = Name::parse(&p.service)
+        .map_err(|e| errors.push(("service".into(), e.to_string())))
+        .ok();
+    let rules: Vec<AuthorizationRule> = p.rules.iter().map(rule_from_proto).collect();
+    for (i, r) in rules.iter().enumerate() {
+        for (path, reason) in validate_rule(r) {
+            errors.push((format!("rules[{i}].{path}"), reason));
+        }
+    }
+    match (name, service) {
+        (Some(name), Some(service)) if errors.is_empty() => Ok(AuthorizationPolicySpec {
+            name,
+            service,
+            rules,
+        }),
+        _ => Err(errors),
+    }
+}
+
+impl From<&Resource> for pb::Resource {
+    fn from(r: &Resource) -> Self {
+        let kind = match r {
+            Resource::Service(s) => pb::resource::Kind::Service(s.into()),
+            Resource::AuthorizationPolicy(p) => pb::resource::Kind::AuthorizationPolicy(p.into()),
+        };
+        pb::Resource { kind: Some(kind) }
+    }
+}
+
+/// Validates one protobuf resource; `index` is its place in the request.
+fn resource_from_proto(index: usize, p: &pb::Resource) -> Result<Resource, Vec<FieldError>> {
+    let errs = |resource: String, prefix: &str, es: Problems| {
+        es.into_iter()
+            .map(|(path, reason)| FieldError {
+                document: index,
+                resource: Some(resource.clone()),
+                path: format!("{prefix}.{path}"),
+                reason,
+            })
+            .collect::<Vec<_>>()
+    };
+    match &p.kind {
+        None => Err(vec![FieldError {
+            document: index,
+            resource: None,
+            path: "kind".into(),
+            reason: "no resource kind set".into(),
+        }]),
+        Some(pb::resource::Kind::Service(s)) => service_spec_from_proto(s)
+            .map(Resource::Service)
+            .map_err(|es| errs(format!("Service/{}", s.name), "service", es)),
+        Some(pb::resource::Kind::AuthorizationPolicy(a)) => policy_from_proto(a)
+            .map(Resource::AuthorizationPolicy)
+            .map_err(|es| {
+                errs(
+                    format!("AuthorizationPolicy/{}", a.name),
+                    "authorization_policy",
+                    es,
+                )
+            }),
+    }
+}
+
+/// Validates every resource of a request; all or nothing.
+pub fn resources_from_proto(ps: &[pb::Resource]) -> Result<Vec<Resource>, InvalidResources> {
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for (i, p) in ps.iter().enumerate() {
+        match resource_from_proto(i, p) {
+            Ok(r) => out.push(r),
+            Err(es) => errors.extend(es),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(InvalidResources(errors));
+    }
+    check_unique(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_documents;
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  protocol: http\n  inboundMode: permissive\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  service: a\n  rules:\n    - from: [b]\n      grpcMethods: [/x.Y/Z]\n      http: [{methods: [GET], pathPrefix: /users/}]\n";
+        let rs = parse_documents(text).expect("valid");
+        let ps: Vec<_> = rs.iter().map(pb::Resource::from).collect();
+        assert_eq!(resources_from_proto(&ps).expect("valid"), rs);
+
+        let mut bad = ps[0].clone();
+        if let Some(pb::resource::Kind::Service(s)) = &mut bad.kind {
+            s.name = "Bad Name".into();
+            s.load_balancer = 99;
+        }
+        let e = resources_from_proto(&[bad]).expect_err("invalid");
+        let text = e.to_string();
+        assert!(
+            text.contains("service.name") && text.contains("service.load_balancer"),
+            "{text}"
+        );
+        assert!(resources_from_proto(&[pb::Resource { kind: None }]).is_err());
+
+        let mut bad = ps[1].clone();
+        if let Some(pb::resource::Kind::AuthorizationPolicy(a)) = &mut bad.kind {
+            a.rules[0].from = vec![];
+            a.rules[0].grpc_methods = vec!["GetUser".into()];
+        }
+        let text = resources_from_proto(&[bad])
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            text.contains("authorization_policy.rules[0].from")
+                && text.contains("rules[0].grpcMethods[0]"),
+            "{text}"
+        );
+    }
+}
