@@ -5,6 +5,8 @@
 //! their file format and are converted here too.
 
 mod catalog;
+#[cfg(test)]
+mod pinned;
 mod resources;
 
 pub use catalog::{
