@@ -7,6 +7,7 @@
 mod catalog;
 #[cfg(test)]
 mod pinned;
+mod resilience;
 mod resources;
 
 pub use catalog::{
