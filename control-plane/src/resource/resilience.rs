@@ -12,7 +12,7 @@
 //! spec:
 //!   retries:
 //!     attempts: 3
-//!     on: [unavailable, connect-failure, refused-stream, gateway-error]
+//!     on: [unavailable, gateway-error, connect-failure, refused-stream]
 //!     perTryTimeout: 500ms
 //!     backoff: {base: 25ms, max: 250ms}
 //!     budget: {ratio: 0.2, minPerSecond: 10}

@@ -322,3 +322,24 @@ fn the_same_yaml_prints_the_same_text() {
     assert_eq!(to_yaml_documents(&rs), PRINTED);
     assert_eq!(parse_documents(PRINTED).expect("reparses"), rs);
 }
+
+/// The one difference from the pinned behaviour: `retries.on` is a set, so
+/// the order and repeats written are not kept; the sidecar always read it
+/// as a set, so what it does is the same.
+#[test]
+fn retry_conditions_go_out_as_a_set() {
+    let yaml = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  retries: {on: [reset, unavailable, reset]}\n";
+    let rs = parse_documents(yaml).expect("valid");
+    let Some(pb::resource::Kind::Service(s)) = pb::Resource::from(&rs[0]).kind else {
+        panic!("a service")
+    };
+    assert_eq!(
+        s.retry.map(|r| r.on),
+        Some(strings(&["unavailable", "reset"]))
+    );
+    assert!(
+        to_yaml_documents(&rs).contains("    on:\n      - \"unavailable\"\n      - \"reset\"\n"),
+        "{}",
+        to_yaml_documents(&rs)
+    );
+}

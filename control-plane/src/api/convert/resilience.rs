@@ -13,11 +13,11 @@ use weft_proto::v1 as pb;
 use crate::resource::parse_each;
 use crate::resource::resilience::{
     Attempts, Backoff, Budget, CircuitBreaker, FaultAbort, FaultDelay, Faults, Hedge, Percent,
-    Ratio, Resilience, Retry, Timeouts, parse_conditions,
+    Ratio, Resilience, ResilienceError, Retry, Timeouts, parse_conditions,
 };
 
-/// Problems of one message: (field path, reason).
-type Problems = Vec<(String, String)>;
+/// Problems of one message: (field path, why).
+pub(super) type Problems = Vec<(String, ResilienceError)>;
 
 /// A duration on the wire: 0 is unset. A duration too long for 64 bits of
 /// milliseconds (half a billion years) is sent as the longest there is.
@@ -122,11 +122,10 @@ pub(super) fn resilience_from_proto(p: &pb::ServiceSpec) -> Result<Resilience, P
     }
 }
 
-/// Records `e` at `path` and yields `None`: a part with a problem is
-/// dropped, and the whole spec is refused.
-fn report<E: ToString>(errors: &mut Problems, path: impl Into<String>) -> impl FnOnce(E) + '_ {
-    let path = path.into();
-    move |e| errors.push((path, e.to_string()))
+/// Records an error at `path`.
+fn report<'a>(errors: &'a mut Problems, path: &str) -> impl FnOnce(ResilienceError) + 'a {
+    let path = path.to_string();
+    move |e| errors.push((path, e))
 }
 
 fn retry(p: &pb::RetryPolicy, errors: &mut Problems) -> Option<Retry> {
@@ -139,10 +138,7 @@ fn retry(p: &pb::RetryPolicy, errors: &mut Problems) -> Option<Retry> {
     };
     let on = parse_conditions(&p.on)
         .map_err(|es| {
-            errors.extend(
-                es.into_iter()
-                    .map(|(i, e)| (format!("retries.on[{i}]"), e.to_string())),
-            );
+            errors.extend(es.into_iter().map(|(i, e)| (format!("retries.on[{i}]"), e)));
         })
         .unwrap_or_default();
     let ratio = Ratio::new(p.budget_ratio)
@@ -189,7 +185,7 @@ fn hedge(p: &pb::HedgePolicy, errors: &mut Problems) -> Option<Hedge> {
         .map_err(|es| {
             errors.extend(
                 es.into_iter()
-                    .map(|(i, e)| (format!("hedging.grpcMethods[{i}]"), e.to_string())),
+                    .map(|(i, e)| (format!("hedging.grpcMethods[{i}]"), e.into())),
             );
         })
         .ok()?;
@@ -217,7 +213,7 @@ fn faults(p: &pb::FaultPolicy, errors: &mut Problems) -> Option<Faults> {
         .map_err(|es| {
             errors.extend(
                 es.into_iter()
-                    .map(|(field, e)| (format!("faults.abort.{field}"), e.to_string())),
+                    .map(|(field, e)| (format!("faults.abort.{field}"), e)),
             );
         })
         .ok()
@@ -306,8 +302,11 @@ mod tests {
                 "faults.abort.httpStatus",
             ]
         );
-        assert_eq!(errors[0].1, "at most 10 tries");
-        assert_eq!(errors[5].1, "baseEjection must not exceed maxEjection");
+        assert_eq!(errors[0].1.to_string(), "at most 10 tries");
+        assert_eq!(
+            errors[5].1.to_string(),
+            "baseEjection must not exceed maxEjection"
+        );
     }
 
     #[test]

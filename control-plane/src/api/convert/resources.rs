@@ -1,5 +1,7 @@
 //! Resources and their protobuf form (admin API, store, and the policy
-//! pushed to sidecars). Protobuf in is validated like YAML in.
+//! pushed to sidecars). Protobuf in is parsed by the same constructors as
+//! YAML in, so both refuse alike; a service's resilience settings are in
+//! `resilience.rs`.
 
 use weft_proto::v1 as pb;
 
@@ -58,7 +60,8 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
     }
 }
 
-/// Validates a protobuf service; errors carry proto field paths.
+/// Validates a protobuf service; errors carry proto field paths (those of
+/// the resilience settings their YAML paths, as they always have).
 pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Problems> {
     let mut errors = Vec::new();
     let name = Name::parse(&p.name)
@@ -86,7 +89,9 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
         }
     }
     let resilience = resilience_from_proto(p)
-        .map_err(|es| errors.extend(es))
+        .map_err(|es| {
+            errors.extend(es.into_iter().map(|(path, e)| (path, e.to_string())));
+        })
         .ok();
     match (name, resilience) {
         (Some(name), Some(resilience)) if errors.is_empty() => Ok(ServiceSpec {

@@ -366,4 +366,26 @@ metadata: {name: order-service}
             assert!(e.contains(path), "{path} missing in:\n{e}");
         }
     }
+
+    #[test]
+    fn every_resilience_problem_is_named_with_its_path_and_reason() {
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  retries: {attempts: 11, backoff: {base: 2s, max: 1s}}\n  timeouts: {request: 0s, idle: \"5\"}\n  circuitBreaker: {baseEjection: 2m, maxEjection: 1m, maxEjectedPercent: 101}\n  hedging: {grpcMethods: [], delay: 0ms}\n  faults: {delay: {percent: 101, duration: 1s}, abort: {percent: 1, grpcStatus: 17}}\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "document 1 (Service/a): spec.retries.attempts: at most 10 tries",
+                "document 1 (Service/a): spec.retries.backoff: base must not exceed max",
+                "document 1 (Service/a): spec.timeouts.request: must be more than 0",
+                "document 1 (Service/a): spec.timeouts.idle: \"5\" needs a unit: ms, s, m or h (e.g. 10s)",
+                "document 1 (Service/a): spec.circuitBreaker.maxEjectedPercent: at most 100",
+                "document 1 (Service/a): spec.circuitBreaker: baseEjection must not exceed maxEjection",
+                "document 1 (Service/a): spec.hedging.delay: must be more than 0",
+                "document 1 (Service/a): spec.hedging.grpcMethods: name the idempotent methods to hedge",
+                "document 1 (Service/a): spec.faults.delay.percent: a percentage, at most 100",
+                "document 1 (Service/a): spec.faults.abort.grpcStatus: a gRPC status code, 1 to 16",
+            ]
+        );
+    }
 }
