@@ -27,7 +27,7 @@ impl Resources {
             match r {
                 Resource::Service(s) => {
                     if self.services.get(&s.name) != Some(s) {
-                        self.services.insert(s.name.clone(), s.clone());
+                        self.services.insert(s.name.clone(), ServiceSpec::clone(s));
                         touched.push(s.name.clone());
                     }
                 }
@@ -55,7 +55,11 @@ impl Resources {
 
     /// Every resource: services, then policies, each sorted by name.
     pub fn all(&self) -> Vec<Resource> {
-        let services = self.services.values().cloned().map(Resource::Service);
+        let services = self
+            .services
+            .values()
+            .cloned()
+            .map(|s| Resource::Service(Box::new(s)));
         let policies = self
             .policies
             .values()

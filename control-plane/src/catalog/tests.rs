@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::*;
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
-use crate::resource::parse_documents;
+use crate::resource::{Caller, parse_documents};
 
 fn name(s: &str) -> Name {
     Name::parse(s).expect("a valid name")
@@ -248,7 +248,7 @@ fn the_inbound_policy_goes_to_the_service_own_sidecars_only() {
     let users = name("users");
     assert_eq!(v.inbound.mode, InboundMode::Permissive);
     assert!(v.inbound.authorization);
-    assert_eq!(v.inbound.rules[0].from, vec!["orders".to_string()]);
+    assert_eq!(v.inbound.rules[0].from(), [Caller::Service(name("orders"))]);
     assert!(v.full(&users, true).inbound.is_some());
     assert!(
         v.full(&users, false).inbound.is_none(),

@@ -144,7 +144,7 @@ pub fn services(list: &[pb::ServiceInfo], format: Format) -> String {
         .iter()
         .filter_map(|s| s.spec.as_ref())
         .filter_map(|p| service_spec_from_proto(p).ok())
-        .map(Resource::Service)
+        .map(|s| Resource::Service(Box::new(s)))
         .collect();
     match format {
         Format::Json => structured(
@@ -166,7 +166,11 @@ pub fn policies(list: &[Resource], format: Format) -> String {
                         p.service.to_string(),
                         p.rules
                             .iter()
-                            .map(|r| r.from.join("|"))
+                            .map(|r| {
+                                let from: Vec<String> =
+                                    r.from().iter().map(ToString::to_string).collect();
+                                from.join("|")
+                            })
                             .collect::<Vec<_>>()
                             .join(", "),
                     ]),

@@ -3,13 +3,19 @@
 //! admin API and the store, is converted in `api::convert`.
 //!
 //! Every path in (YAML from a user here, protobuf from a client or the
-//! store there) goes through the same rules, so the rest of the control
-//! plane only ever holds resources that are known to be good.
+//! store there) parses into the same types, whose constructors hold the
+//! rules, so the rest of the control plane only ever holds resources that
+//! are known to be good: nothing invalid can be represented.
 
+mod policy;
 mod render;
 pub mod resilience;
 mod yaml;
 
+pub use policy::{
+    AuthorizationPolicySpec, AuthorizationRule, Caller, HttpMatch, HttpMethod, RawHttpMatch,
+    RawRule, RuleError,
+};
 pub use render::{to_value, to_yaml_documents, value_to_yaml};
 /// The name of a resource of any kind: the one service-name rule (a DNS
 /// subdomain), so that a `Service` and its policies are named alike.
@@ -20,7 +26,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use weft_proto::labels::Labels;
-use weft_proto::pattern::MethodPattern;
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 /// One reason a resource was rejected: which document (or request entry),
@@ -87,37 +92,11 @@ pub struct ServiceSpec {
     pub resilience: resilience::Resilience,
 }
 
-/// HTTP requests an authorization rule allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpMatch {
-    /// Upper-case methods; empty: any.
-    pub methods: Vec<String>,
-    /// Empty: any path.
-    pub path_prefix: String,
-}
-
-/// Who may call, and optionally what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizationRule {
-    /// Service names, or `*` for any caller with a mesh identity.
-    pub from: Vec<String>,
-    /// `/pkg.Service/Method` patterns with `*` wildcards.
-    pub grpc_methods: Vec<String>,
-    pub http: Vec<HttpMatch>,
-}
-
-/// The `AuthorizationPolicy` resource: allow rules for one service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizationPolicySpec {
-    pub name: Name,
-    pub service: Name,
-    pub rules: Vec<AuthorizationRule>,
-}
-
 /// Any resource kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
-    Service(ServiceSpec),
+    /// Boxed: a service's settings are several times a policy's size.
+    Service(Box<ServiceSpec>),
     AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
@@ -173,44 +152,24 @@ impl Resource {
     }
 }
 
-/// Checks one authorization rule; errors are (field under the rule, reason).
-pub fn validate_rule(r: &AuthorizationRule) -> Vec<(String, String)> {
+/// Parses every item, reporting every failure with its index.
+pub(crate) fn parse_each<S, T, E>(
+    items: &[S],
+    parse: impl Fn(&S) -> Result<T, E>,
+) -> Result<Vec<T>, Vec<(usize, E)>> {
+    let mut ok = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
-    if r.from.is_empty() {
-        errors.push((
-            "from".into(),
-            "name at least one caller service, or \"*\" for any".into(),
-        ));
-    }
-    for (i, f) in r.from.iter().enumerate() {
-        if f != "*"
-            && let Err(e) = Name::parse(f)
-        {
-            errors.push((format!("from[{i}]"), e.to_string()));
+    for (i, item) in items.iter().enumerate() {
+        match parse(item) {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push((i, e)),
         }
     }
-    for (i, m) in r.grpc_methods.iter().enumerate() {
-        if let Err(e) = MethodPattern::parse(m) {
-            errors.push((format!("grpcMethods[{i}]"), e.to_string()));
-        }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors)
     }
-    for (i, h) in r.http.iter().enumerate() {
-        for (j, m) in h.methods.iter().enumerate() {
-            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                errors.push((
-                    format!("http[{i}].methods[{j}]"),
-                    format!("{m:?} is not an HTTP method such as GET"),
-                ));
-            }
-        }
-        if !h.path_prefix.is_empty() && !h.path_prefix.starts_with('/') {
-            errors.push((
-                format!("http[{i}].pathPrefix"),
-                format!("{:?} must start with /", h.path_prefix),
-            ));
-        }
-    }
-    errors
 }
 
 /// Checks the rules that span several resources of one request: one resource

@@ -2,10 +2,14 @@
 //! json`, the same shape as the YAML users write) and a small YAML emitter
 //! (`-o yaml`) whose output `parse_documents` reads back unchanged.
 
-use serde_json::{Map, Value, json};
+use std::time::Duration;
 
+use serde_json::{Map, Value, json};
+use weft_proto::duration::format_duration;
+
+use super::resilience::{CircuitBreaker, Faults, Hedge, Resilience, Retry, Timeouts};
 use super::yaml::API_VERSION;
-use super::{Resource, resilience};
+use super::{AuthorizationRule, Resource};
 
 /// The YAML form of resources (`weftctl get -o yaml`), which `parse_documents`
 /// reads back unchanged.
@@ -38,7 +42,7 @@ pub fn to_value(r: &Resource) -> Value {
                 spec.insert("subsets".into(), Value::Array(subsets));
             }
             spec.insert("inboundMode".into(), json!(s.inbound_mode.as_str()));
-            resilience::to_value(&s.resilience, &mut spec);
+            resilience(&s.resilience, &mut spec);
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Service",
@@ -47,26 +51,7 @@ pub fn to_value(r: &Resource) -> Value {
             })
         }
         Resource::AuthorizationPolicy(p) => {
-            let rules: Vec<Value> = p
-                .rules
-                .iter()
-                .map(|r| {
-                    let mut m = Map::new();
-                    m.insert("from".into(), json!(r.from));
-                    if !r.grpc_methods.is_empty() {
-                        m.insert("grpcMethods".into(), json!(r.grpc_methods));
-                    }
-                    if !r.http.is_empty() {
-                        let http: Vec<Value> = r
-                            .http
-                            .iter()
-                            .map(|h| json!({"methods": h.methods, "pathPrefix": h.path_prefix}))
-                            .collect();
-                        m.insert("http".into(), Value::Array(http));
-                    }
-                    Value::Object(m)
-                })
-                .collect();
+            let rules: Vec<Value> = p.rules.iter().map(rule).collect();
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "AuthorizationPolicy",
@@ -75,6 +60,134 @@ pub fn to_value(r: &Resource) -> Value {
             })
         }
     }
+}
+
+fn rule(r: &AuthorizationRule) -> Value {
+    let mut m = Map::new();
+    let from: Vec<String> = r.from().iter().map(ToString::to_string).collect();
+    m.insert("from".into(), json!(from));
+    if !r.grpc_methods().is_empty() {
+        m.insert("grpcMethods".into(), json!(r.grpc_methods()));
+    }
+    if !r.http().is_empty() {
+        let http: Vec<Value> = r
+            .http()
+            .iter()
+            .map(|h| {
+                let methods: Vec<&str> = h.methods().iter().map(|m| m.as_str()).collect();
+                json!({"methods": methods, "pathPrefix": h.path_prefix()})
+            })
+            .collect();
+        m.insert("http".into(), Value::Array(http));
+    }
+    Value::Object(m)
+}
+
+/// A duration as the text users write, printed as everywhere else in the
+/// mesh (`/config` too).
+fn dur(d: Duration) -> Value {
+    json!(format_duration(d))
+}
+
+/// The settings' fields, only what was set: what reads back the same.
+fn resilience(r: &Resilience, spec: &mut Map<String, Value>) {
+    let parts = [
+        ("retries", r.retry.as_ref().map(retry)),
+        ("timeouts", r.timeouts.as_ref().map(timeouts)),
+        ("circuitBreaker", r.circuit_breaker.as_ref().map(breaker)),
+        ("hedging", r.hedge.as_ref().map(hedge)),
+        ("faults", r.fault.as_ref().map(faults)),
+    ];
+    for (key, value) in parts {
+        if let Some(v) = value {
+            spec.insert(key.into(), Value::Object(v));
+        }
+    }
+}
+
+/// A map of the fields that are set.
+fn set_fields<const N: usize>(fields: [(&str, Option<Value>); N]) -> Map<String, Value> {
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?)))
+        .collect()
+}
+
+/// A nested map, unless nothing in it is set.
+fn non_empty(m: Map<String, Value>) -> Option<Value> {
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
+fn retry(r: &Retry) -> Map<String, Value> {
+    let on = r.on.map(|set| {
+        let names: Vec<&str> = set.iter().map(|c| c.as_str()).collect();
+        json!(names)
+    });
+    let backoff = set_fields([
+        ("base", r.backoff.base().map(dur)),
+        ("max", r.backoff.max().map(dur)),
+    ]);
+    let budget = set_fields([
+        ("ratio", r.budget.ratio.map(|x| json!(x.get()))),
+        ("minPerSecond", r.budget.min_per_second.map(|n| json!(n))),
+    ]);
+    set_fields([
+        ("attempts", r.attempts.map(|a| json!(a.get()))),
+        ("on", on),
+        ("perTryTimeout", r.per_try_timeout.map(dur)),
+        ("backoff", non_empty(backoff)),
+        ("budget", non_empty(budget)),
+        ("nonIdempotent", r.non_idempotent.then_some(json!(true))),
+        ("maxReplayBytes", r.max_replay_bytes.map(|n| json!(n))),
+    ])
+}
+
+fn timeouts(t: &Timeouts) -> Map<String, Value> {
+    set_fields([("request", t.request.map(dur)), ("idle", t.idle.map(dur))])
+}
+
+fn breaker(c: &CircuitBreaker) -> Map<String, Value> {
+    set_fields([
+        (
+            "consecutiveFailures",
+            c.consecutive_failures.map(|n| json!(n)),
+        ),
+        ("baseEjection", c.ejection.base().map(dur)),
+        ("maxEjection", c.ejection.max().map(dur)),
+        (
+            "maxEjectedPercent",
+            c.max_ejected_percent.map(|p| json!(p.get())),
+        ),
+        (
+            "maxConcurrentRequests",
+            c.max_concurrent_requests.map(|n| json!(n)),
+        ),
+        (
+            "maxPendingRequests",
+            c.max_pending_requests.map(|n| json!(n)),
+        ),
+    ])
+}
+
+fn hedge(h: &Hedge) -> Map<String, Value> {
+    set_fields([
+        ("grpcMethods", Some(json!(h.grpc_methods()))),
+        ("delay", h.delay.map(dur)),
+    ])
+}
+
+fn faults(f: &Faults) -> Map<String, Value> {
+    let delay = f
+        .delay
+        .map(|d| json!({"percent": d.percent.get(), "duration": dur(d.duration)}));
+    let abort = f.abort.map(|a| {
+        Value::Object(set_fields([
+            ("percent", Some(json!(a.percent.get()))),
+            ("grpcStatus", a.grpc_status.map(|c| json!(c.as_u16()))),
+            ("httpStatus", a.http_status.map(|s| json!(s.get()))),
+        ]))
+    });
+    set_fields([("delay", delay), ("abort", abort)])
 }
 
 /// A small block-style YAML emitter for the JSON values we produce: maps,

@@ -1,13 +1,18 @@
-//! A `Service`'s resilience settings: retries, timeouts, circuit breaking,
-//! hedging and fault injection. The control plane only validates and pushes
-//! them (as the wire messages, which callers' sidecars turn into their own
-//! types); unset fields take the defaults documented in `mesh.proto`.
+//! A `Service`'s resilience settings, as validated values: retries,
+//! timeouts, circuit breaking, hedging and fault injection. The control
+//! plane checks and pushes them; callers' sidecars apply them.
+//!
+//! Each setting is optional because the wire (`mesh.proto`) and `weftctl
+//! get` tell "unset, take the sidecar's default" apart from any value; the
+//! defaults themselves live in the sidecar. A zero on the wire means unset,
+//! so a zero that YAML accepts (`maxEjectedPercent: 0`) reads as unset too,
+//! and a zero duration is refused in YAML: `Some(duration)` is never zero.
 //!
 //! ```yaml
 //! spec:
 //!   retries:
 //!     attempts: 3
-//!     on: [unavailable, connect-failure, refused-stream, gateway-error]
+//!     on: [unavailable, gateway-error, connect-failure, refused-stream]
 //!     perTryTimeout: 500ms
 //!     backoff: {base: 25ms, max: 250ms}
 //!     budget: {ratio: 0.2, minPerSecond: 10}
@@ -27,417 +32,442 @@
 //!     abort: {percent: 5, grpcStatus: 14, httpStatus: 503}
 //! ```
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use weft_proto::duration::{format_duration, parse_duration};
 use weft_proto::grpc::GrpcCode;
-use weft_proto::pattern::MethodPattern;
-use weft_proto::retry::RetryCondition;
-use weft_proto::v1 as pb;
+use weft_proto::pattern::{MethodPattern, PatternError};
+use weft_proto::protocol::ChoiceError;
+use weft_proto::retry::{RetryCondition, RetryConditions};
 
-/// The settings as pushed; `None`: all defaults.
+use super::parse_each;
+
+/// Why a resilience setting was refused. The text is the reason users read
+/// after the field's path, from YAML and from the admin API alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResilienceError {
+    #[error("at least 1 (1: no retries)")]
+    NoTries,
+    #[error("at most {} tries", Attempts::MAX)]
+    TooManyTries,
+    #[error(transparent)]
+    Condition(#[from] ChoiceError),
+    #[error("must be between 0 and 1")]
+    Ratio,
+    #[error("base must not exceed max")]
+    BackoffOrder,
+    #[error("baseEjection must not exceed maxEjection")]
+    EjectionOrder,
+    #[error("at most 100")]
+    EjectedPercent,
+    #[error("a percentage, at most 100")]
+    Percent,
+    #[error(transparent)]
+    Method(#[from] PatternError),
+    #[error("name the idempotent methods to hedge")]
+    NoHedgedMethods,
+    #[error("a gRPC status code, 1 to 16")]
+    GrpcStatus,
+    #[error("an HTTP error status, 400 to 599")]
+    HttpStatus,
+}
+
+/// The settings of one service; `None`: that part takes every default.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resilience {
-    pub retry: Option<pb::RetryPolicy>,
-    pub timeouts: Option<pb::TimeoutPolicy>,
-    pub circuit_breaker: Option<pb::CircuitBreakerPolicy>,
-    pub hedge: Option<pb::HedgePolicy>,
-    pub fault: Option<pb::FaultPolicy>,
+    pub retry: Option<Retry>,
+    pub timeouts: Option<Timeouts>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub hedge: Option<Hedge>,
+    pub fault: Option<Faults>,
 }
 
-/// Checks the settings; errors are (field path under `spec`, reason).
-pub fn validate(r: &Resilience) -> Vec<(String, String)> {
-    let mut e = Vec::new();
-    if let Some(p) = &r.retry {
-        if p.attempts > 10 {
-            e.push(("retries.attempts".into(), "at most 10 tries".into()));
-        }
-        for (i, c) in p.on.iter().enumerate() {
-            if let Err(err) = RetryCondition::parse(c) {
-                e.push((format!("retries.on[{i}]"), err.to_string()));
-            }
-        }
-        if !(0.0..=1.0).contains(&p.budget_ratio) || p.budget_ratio.is_nan() {
-            e.push((
-                "retries.budget.ratio".into(),
-                "must be between 0 and 1".into(),
-            ));
-        }
-        if p.backoff_base_ms > 0 && p.backoff_max_ms > 0 && p.backoff_base_ms > p.backoff_max_ms {
-            e.push(("retries.backoff".into(), "base must not exceed max".into()));
-        }
-    }
-    if let Some(c) = &r.circuit_breaker {
-        if c.max_ejected_percent > 100 {
-            e.push((
-                "circuitBreaker.maxEjectedPercent".into(),
-                "at most 100".into(),
-            ));
-        }
-        if c.base_ejection_ms > 0 && c.max_ejection_ms > 0 && c.base_ejection_ms > c.max_ejection_ms
-        {
-            e.push((
-                "circuitBreaker".into(),
-                "baseEjection must not exceed maxEjection".into(),
-            ));
+/// When and how a caller tries a failed request again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Retry {
+    pub attempts: Option<Attempts>,
+    /// `None`: the default conditions. Kept apart from naming them because
+    /// the wire and `weftctl get` carry an `on` only when one was written;
+    /// a written one is a set, shown in the order of `RetryCondition::ALL`.
+    pub on: Option<RetryConditions>,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff: Backoff,
+    pub budget: Budget,
+    pub non_idempotent: bool,
+    pub max_replay_bytes: Option<NonZeroU32>,
+}
+
+/// Tries in all, the first included: 1 (no retries) to [`Attempts::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(u32);
+
+impl Attempts {
+    pub const MAX: u32 = 10;
+
+    pub fn new(n: u32) -> Result<Self, ResilienceError> {
+        match n {
+            0 => Err(ResilienceError::NoTries),
+            n if n > Self::MAX => Err(ResilienceError::TooManyTries),
+            n => Ok(Attempts(n)),
         }
     }
-    if let Some(h) = &r.hedge {
-        if h.grpc_methods.is_empty() {
-            e.push((
-                "hedging.grpcMethods".into(),
-                "name the idempotent methods to hedge".into(),
-            ));
-        }
-        for (i, m) in h.grpc_methods.iter().enumerate() {
-            if let Err(err) = MethodPattern::parse(m) {
-                e.push((format!("hedging.grpcMethods[{i}]"), err.to_string()));
-            }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// The conditions named in `retries.on`, each checked; none named is
+/// `None` (the defaults). `Err` lists (index, reason) for every bad name.
+pub fn parse_conditions<S: AsRef<str>>(
+    names: &[S],
+) -> Result<Option<RetryConditions>, Vec<(usize, ResilienceError)>> {
+    let set = parse_each(names, |n| RetryCondition::parse(n.as_ref())).map_err(|es| {
+        es.into_iter()
+            .map(|(i, e)| (i, e.into()))
+            .collect::<Vec<_>>()
+    })?;
+    Ok((!set.is_empty()).then(|| set.into_iter().collect()))
+}
+
+/// Waits that double from `base` up to `max` (between retries, and between
+/// ejections of one endpoint): `base` never exceeds `max` when both are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backoff {
+    base: Option<Duration>,
+    max: Option<Duration>,
+}
+
+impl Backoff {
+    /// A retry backoff.
+    pub fn retries(base: Option<Duration>, max: Option<Duration>) -> Result<Self, ResilienceError> {
+        Self::ordered(base, max, ResilienceError::BackoffOrder)
+    }
+
+    /// The circuit breaker's ejection times.
+    pub fn ejection(
+        base: Option<Duration>,
+        max: Option<Duration>,
+    ) -> Result<Self, ResilienceError> {
+        Self::ordered(base, max, ResilienceError::EjectionOrder)
+    }
+
+    fn ordered(
+        base: Option<Duration>,
+        max: Option<Duration>,
+        error: ResilienceError,
+    ) -> Result<Self, ResilienceError> {
+        match (base, max) {
+            (Some(b), Some(m)) if b > m => Err(error),
+            _ => Ok(Backoff { base, max }),
         }
     }
-    if let Some(f) = &r.fault {
-        for (field, pct) in [
-            ("faults.delay.percent", f.delay_percent),
-            ("faults.abort.percent", f.abort_percent),
-        ] {
-            if pct > 100 {
-                e.push((field.into(), "a percentage, at most 100".into()));
-            }
+
+    pub fn base(&self) -> Option<Duration> {
+        self.base
+    }
+
+    pub fn max(&self) -> Option<Duration> {
+        self.max
+    }
+}
+
+/// Retries stay within `ratio` × requests + `min_per_second` per second.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Budget {
+    pub ratio: Option<Ratio>,
+    pub min_per_second: Option<NonZeroU32>,
+}
+
+/// A share of requests, more than 0 and at most 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio(f64);
+
+impl Ratio {
+    /// 0 is unset (the sidecar's default), as on the wire.
+    pub fn new(r: f64) -> Result<Option<Self>, ResilienceError> {
+        if !(0.0..=1.0).contains(&r) {
+            // NaN too: it is in no range.
+            return Err(ResilienceError::Ratio);
         }
-        // 0 is unset (the sidecar's default, UNAVAILABLE).
-        let code = u16::try_from(f.abort_grpc_status)
+        Ok((r != 0.0).then_some(Ratio(r)))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// Limits in time; `None`: no request limit, and the default idle limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    pub request: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// Outlier ejection and limits on requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CircuitBreaker {
+    pub consecutive_failures: Option<NonZeroU32>,
+    pub ejection: Backoff,
+    /// Never 0: 0 is unset (the sidecar's default).
+    pub max_ejected_percent: Option<Percent>,
+    pub max_concurrent_requests: Option<NonZeroU32>,
+    pub max_pending_requests: Option<NonZeroU32>,
+}
+
+/// A whole percentage, 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Percent(u8);
+
+impl Percent {
+    pub fn new(n: u32) -> Result<Self, ResilienceError> {
+        u8::try_from(n)
             .ok()
-            .and_then(GrpcCode::from_u16);
-        if code.is_none() {
-            e.push((
-                "faults.abort.grpcStatus".into(),
-                "a gRPC status code, 1 to 16".into(),
-            ));
-        }
-        if f.abort_http_status != 0 && !(400..600).contains(&f.abort_http_status) {
-            e.push((
-                "faults.abort.httpStatus".into(),
-                "an HTTP error status, 400 to 599".into(),
-            ));
+            .filter(|&n| n <= 100)
+            .map(Percent)
+            .ok_or(ResilienceError::Percent)
+    }
+
+    /// `maxEjectedPercent`: 0 is unset, as on the wire.
+    pub fn max_ejected(n: u32) -> Result<Option<Self>, ResilienceError> {
+        match Percent::new(n) {
+            Ok(Percent(0)) => Ok(None),
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(ResilienceError::EjectedPercent),
         }
     }
-    e
-}
 
-fn ms(s: &Option<String>, path: &str, errs: &mut Vec<(String, String)>) -> u64 {
-    match s {
-        None => 0,
-        Some(text) => match parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                errs.push((path.into(), "must be more than 0".into()));
-                0
-            }
-            Ok(d) => d.as_millis() as u64,
-            Err(e) => {
-                errs.push((path.into(), e.to_string()));
-                0
-            }
-        },
+    pub fn get(self) -> u32 {
+        u32::from(self.0)
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawResilience {
-    pub retries: Option<RawRetries>,
-    pub timeouts: Option<RawTimeouts>,
-    pub circuit_breaker: Option<RawBreaker>,
-    pub hedging: Option<RawHedge>,
-    pub faults: Option<RawFaults>,
+/// A second copy of a slow idempotent call, to a different endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hedge {
+    grpc_methods: Vec<MethodPattern>,
+    /// `None`: the observed p95 latency.
+    pub delay: Option<Duration>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawRetries {
-    attempts: Option<u32>,
-    #[serde(default)]
-    on: Vec<String>,
-    per_try_timeout: Option<String>,
-    backoff: Option<RawBackoff>,
-    budget: Option<RawBudget>,
-    #[serde(default)]
-    non_idempotent: bool,
-    max_replay_bytes: Option<u32>,
+impl Hedge {
+    /// Hedging needs at least one method: the mesh cannot know on its own
+    /// which calls are safe to send twice.
+    pub fn new(
+        grpc_methods: Vec<MethodPattern>,
+        delay: Option<Duration>,
+    ) -> Result<Self, ResilienceError> {
+        if grpc_methods.is_empty() {
+            return Err(ResilienceError::NoHedgedMethods);
+        }
+        Ok(Hedge {
+            grpc_methods,
+            delay,
+        })
+    }
+
+    /// Never empty.
+    pub fn grpc_methods(&self) -> &[MethodPattern] {
+        &self.grpc_methods
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackoff {
-    base: Option<String>,
-    max: Option<String>,
+/// Injected failures, for testing callers' resilience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawBudget {
-    ratio: Option<f64>,
-    min_per_second: Option<u32>,
+/// Delays `percent` of requests by `duration`. YAML refuses a zero
+/// duration; the wire could always carry one (a percentage without a
+/// delay), which delays by nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultDelay {
+    pub percent: Percent,
+    pub duration: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTimeouts {
-    request: Option<String>,
-    idle: Option<String>,
+/// Fails `percent` of requests at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultAbort {
+    pub percent: Percent,
+    /// For gRPC calls; `None`: UNAVAILABLE. Never `Ok`.
+    pub grpc_status: Option<GrpcCode>,
+    /// For other requests; `None`: 503.
+    pub http_status: Option<ErrorStatus>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawBreaker {
-    consecutive_failures: Option<u32>,
-    base_ejection: Option<String>,
-    max_ejection: Option<String>,
-    max_ejected_percent: Option<u32>,
-    max_concurrent_requests: Option<u32>,
-    max_pending_requests: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawHedge {
-    grpc_methods: Vec<String>,
-    delay: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFaults {
-    delay: Option<RawDelay>,
-    abort: Option<RawAbort>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDelay {
-    percent: u32,
-    duration: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawAbort {
-    percent: u32,
-    grpc_status: Option<u32>,
-    http_status: Option<u32>,
-}
-
-impl RawResilience {
-    /// Turns the YAML form into the pushed form; errors are (path under `spec`, reason).
-    pub fn convert(self) -> Result<Resilience, Vec<(String, String)>> {
-        let mut e = Vec::new();
-        let retry = self.retries.map(|r| {
-            let base = ms(
-                &r.backoff.as_ref().and_then(|b| b.base.clone()),
-                "retries.backoff.base",
-                &mut e,
-            );
-            let max = ms(
-                &r.backoff.as_ref().and_then(|b| b.max.clone()),
-                "retries.backoff.max",
-                &mut e,
-            );
-            if r.attempts == Some(0) {
-                e.push((
-                    "retries.attempts".into(),
-                    "at least 1 (1: no retries)".into(),
-                ));
-            }
-            pb::RetryPolicy {
-                attempts: r.attempts.unwrap_or(0),
-                on: r.on,
-                per_try_timeout_ms: ms(&r.per_try_timeout, "retries.perTryTimeout", &mut e),
-                backoff_base_ms: base,
-                backoff_max_ms: max,
-                budget_ratio: r.budget.as_ref().and_then(|b| b.ratio).unwrap_or(0.0),
-                budget_min_per_second: r
-                    .budget
-                    .as_ref()
-                    .and_then(|b| b.min_per_second)
-                    .unwrap_or(0),
-                non_idempotent: r.non_idempotent,
-                max_replay_bytes: r.max_replay_bytes.unwrap_or(0),
-            }
-        });
-        let timeouts = self.timeouts.map(|t| pb::TimeoutPolicy {
-            request_ms: ms(&t.request, "timeouts.request", &mut e),
-            idle_ms: ms(&t.idle, "timeouts.idle", &mut e),
-        });
-        let circuit_breaker = self.circuit_breaker.map(|c| pb::CircuitBreakerPolicy {
-            consecutive_failures: c.consecutive_failures.unwrap_or(0),
-            base_ejection_ms: ms(&c.base_ejection, "circuitBreaker.baseEjection", &mut e),
-            max_ejection_ms: ms(&c.max_ejection, "circuitBreaker.maxEjection", &mut e),
-            max_ejected_percent: c.max_ejected_percent.unwrap_or(0),
-            max_concurrent_requests: c.max_concurrent_requests.unwrap_or(0),
-            max_pending_requests: c.max_pending_requests.unwrap_or(0),
-        });
-        let hedge = self.hedging.map(|h| pb::HedgePolicy {
-            grpc_methods: h.grpc_methods,
-            delay_ms: ms(&h.delay, "hedging.delay", &mut e),
-        });
-        let fault = self.faults.map(|f| pb::FaultPolicy {
-            delay_percent: f.delay.as_ref().map_or(0, |d| d.percent),
-            delay_ms: ms(
-                &f.delay.as_ref().map(|d| d.duration.clone()),
-                "faults.delay.duration",
-                &mut e,
-            ),
-            abort_percent: f.abort.as_ref().map_or(0, |a| a.percent),
-            abort_grpc_status: f.abort.as_ref().and_then(|a| a.grpc_status).unwrap_or(0),
-            abort_http_status: f.abort.as_ref().and_then(|a| a.http_status).unwrap_or(0),
-        });
-        let r = Resilience {
-            retry,
-            timeouts,
-            circuit_breaker,
-            hedge,
-            fault,
+impl FaultAbort {
+    /// An abort from its three numbers, where a 0 status is unset (as on
+    /// the wire). All three 0 is no abort at all: the wire cannot tell it
+    /// from none, so neither do we. `Err` lists (field, reason).
+    pub fn from_numbers(
+        percent: u32,
+        grpc_status: u32,
+        http_status: u32,
+    ) -> Result<Option<Self>, Vec<(&'static str, ResilienceError)>> {
+        let mut errors = Vec::new();
+        let percent = Percent::new(percent)
+            .map_err(|e| errors.push(("percent", e)))
+            .unwrap_or_default();
+        let grpc_status = match grpc_status {
+            0 => None,
+            n => u16::try_from(n)
+                .ok()
+                .and_then(GrpcCode::from_u16)
+                .or_else(|| {
+                    errors.push(("grpcStatus", ResilienceError::GrpcStatus));
+                    None
+                }),
         };
-        e.extend(validate(&r));
-        if e.is_empty() { Ok(r) } else { Err(e) }
-    }
-}
-
-/// A duration in milliseconds as the text users write, printed as
-/// everywhere else in the mesh (`/config` too).
-fn dur(ms: u64) -> Value {
-    json!(format_duration(Duration::from_millis(ms)))
-}
-
-/// Puts a key in `m` unless the value is a default (0, empty).
-fn put(m: &mut Map<String, Value>, key: &str, set: bool, v: Value) {
-    if set {
-        m.insert(key.into(), v);
-    }
-}
-
-/// The YAML/JSON form, only what was set (reads back the same).
-pub fn to_value(r: &Resilience, spec: &mut Map<String, Value>) {
-    if let Some(p) = &r.retry {
-        let mut m = Map::new();
-        put(&mut m, "attempts", p.attempts != 0, json!(p.attempts));
-        put(&mut m, "on", !p.on.is_empty(), json!(p.on));
-        put(
-            &mut m,
-            "perTryTimeout",
-            p.per_try_timeout_ms != 0,
-            dur(p.per_try_timeout_ms),
-        );
-        let mut b = Map::new();
-        put(
-            &mut b,
-            "base",
-            p.backoff_base_ms != 0,
-            dur(p.backoff_base_ms),
-        );
-        put(&mut b, "max", p.backoff_max_ms != 0, dur(p.backoff_max_ms));
-        put(&mut m, "backoff", !b.is_empty(), Value::Object(b));
-        let mut g = Map::new();
-        put(
-            &mut g,
-            "ratio",
-            p.budget_ratio != 0.0,
-            json!(p.budget_ratio),
-        );
-        put(
-            &mut g,
-            "minPerSecond",
-            p.budget_min_per_second != 0,
-            json!(p.budget_min_per_second),
-        );
-        put(&mut m, "budget", !g.is_empty(), Value::Object(g));
-        put(&mut m, "nonIdempotent", p.non_idempotent, json!(true));
-        put(
-            &mut m,
-            "maxReplayBytes",
-            p.max_replay_bytes != 0,
-            json!(p.max_replay_bytes),
-        );
-        spec.insert("retries".into(), Value::Object(m));
-    }
-    if let Some(t) = &r.timeouts {
-        let mut m = Map::new();
-        put(&mut m, "request", t.request_ms != 0, dur(t.request_ms));
-        put(&mut m, "idle", t.idle_ms != 0, dur(t.idle_ms));
-        spec.insert("timeouts".into(), Value::Object(m));
-    }
-    if let Some(c) = &r.circuit_breaker {
-        let mut m = Map::new();
-        put(
-            &mut m,
-            "consecutiveFailures",
-            c.consecutive_failures != 0,
-            json!(c.consecutive_failures),
-        );
-        put(
-            &mut m,
-            "baseEjection",
-            c.base_ejection_ms != 0,
-            dur(c.base_ejection_ms),
-        );
-        put(
-            &mut m,
-            "maxEjection",
-            c.max_ejection_ms != 0,
-            dur(c.max_ejection_ms),
-        );
-        put(
-            &mut m,
-            "maxEjectedPercent",
-            c.max_ejected_percent != 0,
-            json!(c.max_ejected_percent),
-        );
-        put(
-            &mut m,
-            "maxConcurrentRequests",
-            c.max_concurrent_requests != 0,
-            json!(c.max_concurrent_requests),
-        );
-        put(
-            &mut m,
-            "maxPendingRequests",
-            c.max_pending_requests != 0,
-            json!(c.max_pending_requests),
-        );
-        spec.insert("circuitBreaker".into(), Value::Object(m));
-    }
-    if let Some(h) = &r.hedge {
-        let mut m = Map::new();
-        m.insert("grpcMethods".into(), json!(h.grpc_methods));
-        put(&mut m, "delay", h.delay_ms != 0, dur(h.delay_ms));
-        spec.insert("hedging".into(), Value::Object(m));
-    }
-    if let Some(f) = &r.fault {
-        let mut m = Map::new();
-        if f.delay_percent != 0 || f.delay_ms != 0 {
-            m.insert(
-                "delay".into(),
-                json!({"percent": f.delay_percent, "duration": dur(f.delay_ms)}),
-            );
+        let http_status = match http_status {
+            0 => None,
+            n => ErrorStatus::new(n)
+                .map_err(|e| errors.push(("httpStatus", e)))
+                .ok(),
+        };
+        if !errors.is_empty() {
+            return Err(errors);
         }
-        if f.abort_percent != 0 || f.abort_grpc_status != 0 || f.abort_http_status != 0 {
-            let mut a = Map::new();
-            a.insert("percent".into(), json!(f.abort_percent));
-            put(
-                &mut a,
-                "grpcStatus",
-                f.abort_grpc_status != 0,
-                json!(f.abort_grpc_status),
-            );
-            put(
-                &mut a,
-                "httpStatus",
-                f.abort_http_status != 0,
-                json!(f.abort_http_status),
-            );
-            m.insert("abort".into(), Value::Object(a));
+        let abort = FaultAbort {
+            percent,
+            grpc_status,
+            http_status,
+        };
+        Ok(
+            (abort.percent.get() != 0 || grpc_status.is_some() || http_status.is_some())
+                .then_some(abort),
+        )
+    }
+}
+
+/// An HTTP error status, 400 to 599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorStatus(u16);
+
+impl ErrorStatus {
+    pub fn new(n: u32) -> Result<Self, ResilienceError> {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| (400..600).contains(n))
+            .map(ErrorStatus)
+            .ok_or(ResilienceError::HttpStatus)
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_run_from_one_to_ten() {
+        assert_eq!(Attempts::new(0), Err(ResilienceError::NoTries));
+        assert_eq!(Attempts::new(1).map(Attempts::get), Ok(1));
+        assert_eq!(Attempts::new(10).map(Attempts::get), Ok(10));
+        assert_eq!(Attempts::new(11), Err(ResilienceError::TooManyTries));
+        assert_eq!(
+            ResilienceError::TooManyTries.to_string(),
+            "at most 10 tries"
+        );
+    }
+
+    #[test]
+    fn conditions_are_a_set_and_none_named_is_unset() {
+        assert_eq!(parse_conditions::<&str>(&[]), Ok(None));
+        let set = parse_conditions(&["reset", "unavailable", "reset"]).expect("valid");
+        assert_eq!(
+            set.map(|s| s.iter().map(RetryCondition::as_str).collect::<Vec<_>>()),
+            Some(vec!["unavailable", "reset"])
+        );
+        let e = parse_conditions(&["reset", "never", "sometimes"]).expect_err("unknown");
+        assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+        assert!(e[0].1.to_string().contains("unknown condition \"never\""));
+    }
+
+    #[test]
+    fn backoff_base_may_not_exceed_max() {
+        let ms = |n| Some(Duration::from_millis(n));
+        assert!(Backoff::retries(ms(10), ms(10)).is_ok());
+        assert!(Backoff::retries(ms(10), None).is_ok());
+        assert!(Backoff::retries(None, ms(1)).is_ok());
+        assert_eq!(
+            Backoff::retries(ms(11), ms(10)),
+            Err(ResilienceError::BackoffOrder)
+        );
+        assert_eq!(
+            Backoff::ejection(ms(11), ms(10)),
+            Err(ResilienceError::EjectionOrder)
+        );
+        let b = Backoff::ejection(ms(1), ms(2)).expect("ordered");
+        assert_eq!((b.base(), b.max()), (ms(1), ms(2)));
+    }
+
+    #[test]
+    fn ratios_and_percentages() {
+        assert_eq!(Ratio::new(0.0), Ok(None));
+        assert_eq!(Ratio::new(-0.0), Ok(None));
+        assert_eq!(Ratio::new(0.5).map(|r| r.map(Ratio::get)), Ok(Some(0.5)));
+        assert_eq!(Ratio::new(1.0).map(|r| r.map(Ratio::get)), Ok(Some(1.0)));
+        for bad in [1.01, -0.1, f64::NAN, f64::INFINITY] {
+            assert_eq!(Ratio::new(bad), Err(ResilienceError::Ratio), "{bad}");
         }
-        spec.insert("faults".into(), Value::Object(m));
+        assert_eq!(Percent::new(0).map(Percent::get), Ok(0));
+        assert_eq!(Percent::new(100).map(Percent::get), Ok(100));
+        assert_eq!(Percent::new(101), Err(ResilienceError::Percent));
+        assert_eq!(Percent::new(256), Err(ResilienceError::Percent));
+        assert_eq!(Percent::max_ejected(0), Ok(None));
+        assert_eq!(
+            Percent::max_ejected(30).map(|p| p.map(Percent::get)),
+            Ok(Some(30))
+        );
+        assert_eq!(
+            Percent::max_ejected(101),
+            Err(ResilienceError::EjectedPercent)
+        );
+    }
+
+    #[test]
+    fn hedging_names_its_methods() {
+        assert_eq!(
+            Hedge::new(vec![], None),
+            Err(ResilienceError::NoHedgedMethods)
+        );
+        let m = MethodPattern::parse("/u.Users/Get*").expect("valid");
+        let h = Hedge::new(vec![m.clone()], None).expect("valid");
+        assert_eq!(h.grpc_methods(), [m]);
+    }
+
+    #[test]
+    fn aborts_read_zero_statuses_as_unset() {
+        assert_eq!(FaultAbort::from_numbers(0, 0, 0), Ok(None));
+        let a = FaultAbort::from_numbers(0, 0, 503)
+            .expect("valid")
+            .expect("an abort");
+        assert_eq!(a.http_status.map(ErrorStatus::get), Some(503));
+        assert_eq!(a.grpc_status, None);
+        let a = FaultAbort::from_numbers(5, 8, 0)
+            .expect("valid")
+            .expect("an abort");
+        assert_eq!(
+            (a.percent.get(), a.grpc_status),
+            (5, Some(GrpcCode::ResourceExhausted))
+        );
+        let e = FaultAbort::from_numbers(120, 17, 200).expect_err("invalid");
+        assert_eq!(
+            e,
+            [
+                ("percent", ResilienceError::Percent),
+                ("grpcStatus", ResilienceError::GrpcStatus),
+                ("httpStatus", ResilienceError::HttpStatus),
+            ]
+        );
+        assert_eq!(ErrorStatus::new(599).map(ErrorStatus::get), Ok(599));
+        assert!(ErrorStatus::new(600).is_err() && ErrorStatus::new(399).is_err());
     }
 }

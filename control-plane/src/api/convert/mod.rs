@@ -5,6 +5,9 @@
 //! their file format and are converted here too.
 
 mod catalog;
+#[cfg(test)]
+mod pinned;
+mod resilience;
 mod resources;
 
 pub use catalog::{

@@ -1,15 +1,17 @@
 //! Resources and their protobuf form (admin API, store, and the policy
-//! pushed to sidecars). Protobuf in is validated like YAML in.
+//! pushed to sidecars). Protobuf in is parsed by the same constructors as
+//! YAML in, so both refuse alike; a service's resilience settings are in
+//! `resilience.rs`.
 
 use weft_proto::v1 as pb;
 
 use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
-use crate::resource::resilience::{self, Resilience};
+use super::resilience::resilience_from_proto;
 use crate::resource::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Name,
-    Resource, ServiceSpec, Subset, check_unique, validate_rule,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, InvalidResources, Name, RawHttpMatch,
+    RawRule, Resource, ServiceSpec, Subset, check_unique,
 };
 
 /// Problems of one message: (proto field path, reason).
@@ -32,6 +34,7 @@ pub fn labels_from_proto(labels: &std::collections::HashMap<String, String>) -> 
 
 impl From<&ServiceSpec> for pb::ServiceSpec {
     fn from(s: &ServiceSpec) -> Self {
+        let r = &s.resilience;
         pb::ServiceSpec {
             name: s.name.to_string(),
             protocol: protocol_to_proto(s.protocol),
@@ -45,16 +48,20 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 })
                 .collect(),
             inbound_mode: s.inbound_mode.to_proto() as i32,
-            retry: s.resilience.retry.clone(),
-            timeouts: s.resilience.timeouts,
-            circuit_breaker: s.resilience.circuit_breaker,
-            hedge: s.resilience.hedge.clone(),
-            fault: s.resilience.fault,
+            retry: r.retry.as_ref().map(pb::RetryPolicy::from),
+            timeouts: r.timeouts.as_ref().map(pb::TimeoutPolicy::from),
+            circuit_breaker: r
+                .circuit_breaker
+                .as_ref()
+                .map(pb::CircuitBreakerPolicy::from),
+            hedge: r.hedge.as_ref().map(pb::HedgePolicy::from),
+            fault: r.fault.as_ref().map(pb::FaultPolicy::from),
         }
     }
 }
 
-/// Validates a protobuf service; errors carry proto field paths.
+/// Validates a protobuf service; errors carry proto field paths (those of
+/// the resilience settings their YAML paths, as they always have).
 pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Problems> {
     let mut errors = Vec::new();
     let name = Name::parse(&p.name)
@@ -81,16 +88,13 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
             Err(e) => errors.push((format!("subsets[{i}].name"), e.to_string())),
         }
     }
-    let resilience = Resilience {
-        retry: p.retry.clone(),
-        timeouts: p.timeouts,
-        circuit_breaker: p.circuit_breaker,
-        hedge: p.hedge.clone(),
-        fault: p.fault,
-    };
-    errors.extend(resilience::validate(&resilience));
-    match name {
-        Some(name) if errors.is_empty() => Ok(ServiceSpec {
+    let resilience = resilience_from_proto(p)
+        .map_err(|es| {
+            errors.extend(es.into_iter().map(|(path, e)| (path, e.to_string())));
+        })
+        .ok();
+    match (name, resilience) {
+        (Some(name), Some(resilience)) if errors.is_empty() => Ok(ServiceSpec {
             name,
             protocol,
             load_balancer,
@@ -105,34 +109,40 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
 impl From<&AuthorizationRule> for pb::AuthorizationRule {
     fn from(r: &AuthorizationRule) -> Self {
         pb::AuthorizationRule {
-            from: r.from.clone(),
-            grpc_methods: r.grpc_methods.clone(),
+            from: r.from().iter().map(|c| c.to_string()).collect(),
+            grpc_methods: r.grpc_methods().iter().map(|m| m.to_string()).collect(),
             http: r
-                .http
+                .http()
                 .iter()
                 .map(|h| pb::HttpMatch {
-                    methods: h.methods.clone(),
-                    path_prefix: h.path_prefix.clone(),
+                    methods: h.methods().iter().map(|m| m.as_str().to_string()).collect(),
+                    path_prefix: h.path_prefix().to_string(),
                 })
                 .collect(),
         }
     }
 }
 
-/// Unvalidated: [`policy_from_proto`] checks the rules.
-fn rule_from_proto(p: &pb::AuthorizationRule) -> AuthorizationRule {
-    AuthorizationRule {
-        from: p.from.clone(),
-        grpc_methods: p.grpc_methods.clone(),
-        http: p
-            .http
-            .iter()
-            .map(|h| HttpMatch {
-                methods: h.methods.clone(),
-                path_prefix: h.path_prefix.clone(),
-            })
-            .collect(),
-    }
+/// Checks one rule; errors name the fields as YAML does (`grpcMethods[0]`).
+fn rule_from_proto(p: &pb::AuthorizationRule) -> Result<AuthorizationRule, Problems> {
+    let http: Vec<RawHttpMatch<'_>> = p
+        .http
+        .iter()
+        .map(|h| RawHttpMatch {
+            methods: &h.methods,
+            path_prefix: &h.path_prefix,
+        })
+        .collect();
+    AuthorizationRule::parse(RawRule {
+        from: &p.from,
+        grpc_methods: &p.grpc_methods,
+        http: &http,
+    })
+    .map_err(|es| {
+        es.into_iter()
+            .map(|(path, e)| (path, e.to_string()))
+            .collect()
+    })
 }
 
 impl From<&AuthorizationPolicySpec> for pb::AuthorizationPolicySpec {
@@ -154,10 +164,14 @@ fn policy_from_proto(p: &pb::AuthorizationPolicySpec) -> Result<AuthorizationPol
     let service = Name::parse(&p.service)
         .map_err(|e| errors.push(("service".into(), e.to_string())))
         .ok();
-    let rules: Vec<AuthorizationRule> = p.rules.iter().map(rule_from_proto).collect();
-    for (i, r) in rules.iter().enumerate() {
-        for (path, reason) in validate_rule(r) {
-            errors.push((format!("rules[{i}].{path}"), reason));
+    let mut rules = Vec::with_capacity(p.rules.len());
+    for (i, r) in p.rules.iter().enumerate() {
+        match rule_from_proto(r) {
+            Ok(rule) => rules.push(rule),
+            Err(es) => errors.extend(
+                es.into_iter()
+                    .map(|(path, reason)| (format!("rules[{i}].{path}"), reason)),
+            ),
         }
     }
     match (name, service) {
@@ -173,7 +187,7 @@ fn policy_from_proto(p: &pb::AuthorizationPolicySpec) -> Result<AuthorizationPol
 impl From<&Resource> for pb::Resource {
     fn from(r: &Resource) -> Self {
         let kind = match r {
-            Resource::Service(s) => pb::resource::Kind::Service(s.into()),
+            Resource::Service(s) => pb::resource::Kind::Service(s.as_ref().into()),
             Resource::AuthorizationPolicy(p) => pb::resource::Kind::AuthorizationPolicy(p.into()),
         };
         pb::Resource { kind: Some(kind) }
@@ -200,7 +214,7 @@ fn resource_from_proto(index: usize, p: &pb::Resource) -> Result<Resource, Vec<F
             reason: "no resource kind set".into(),
         }]),
         Some(pb::resource::Kind::Service(s)) => service_spec_from_proto(s)
-            .map(Resource::Service)
+            .map(|s| Resource::Service(Box::new(s)))
             .map_err(|es| errs(format!("Service/{}", s.name), "service", es)),
         Some(pb::resource::Kind::AuthorizationPolicy(a)) => policy_from_proto(a)
             .map(Resource::AuthorizationPolicy)

@@ -13,20 +13,19 @@
 //!       labels: {version: v2}
 //! ```
 //!
-//! A file is parsed and validated whole; every problem is reported with its
-//! document, field path and reason, and a file with any problem yields no
-//! resources at all.
+//! A file is parsed whole into the validated resource types; every problem
+//! is reported with its document, field path and reason, and a file with
+//! any problem yields no resources at all. This module reads the document
+//! around a spec; each kind's spec has its own file.
+
+mod policy;
+mod resilience;
+mod service;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use weft_proto::labels::{Labels, validate_labels};
-use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
-use super::resilience;
-use super::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, HttpMatch, InvalidResources, Kind,
-    Name, Resource, ServiceSpec, Subset, check_unique, validate_rule,
-};
+use super::{FieldError, InvalidResources, Kind, Name, Resource, check_unique};
 
 pub const API_VERSION: &str = "weft.dev/v1";
 
@@ -46,29 +45,6 @@ struct RawMetadata {
     name: String,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawServiceSpec {
-    protocol: Option<String>,
-    load_balancer: Option<String>,
-    inbound_mode: Option<String>,
-    retries: Option<resilience::RawRetries>,
-    timeouts: Option<resilience::RawTimeouts>,
-    circuit_breaker: Option<resilience::RawBreaker>,
-    hedging: Option<resilience::RawHedge>,
-    faults: Option<resilience::RawFaults>,
-    #[serde(default)]
-    subsets: Vec<RawSubset>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSubset {
-    name: String,
-    #[serde(default)]
-    labels: Labels,
-}
-
 /// Collects the errors of one document.
 struct DocErrors<'a> {
     document: usize,
@@ -77,6 +53,12 @@ struct DocErrors<'a> {
 }
 
 impl DocErrors<'_> {
+    /// How many problems the file has so far: a part is good when parsing
+    /// it added none.
+    fn count(&self) -> usize {
+        self.errors.len()
+    }
+
     fn push(&mut self, path: impl Into<String>, reason: impl ToString) {
         self.errors.push(FieldError {
             document: self.document,
@@ -186,186 +168,22 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
     };
     let name = name.filter(|_| ok)?;
     match kind {
-        Kind::Service => parse_service_spec(name, spec, &mut errs).map(Resource::Service),
+        Kind::Service => {
+            service::parse(name, spec, &mut errs).map(|s| Resource::Service(Box::new(s)))
+        }
         Kind::AuthorizationPolicy => {
-            parse_policy_spec(name, spec, &mut errs).map(Resource::AuthorizationPolicy)
+            policy::parse(name, spec, &mut errs).map(Resource::AuthorizationPolicy)
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPolicySpec {
-    service: String,
-    rules: Vec<RawRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRule {
-    from: Vec<String>,
-    #[serde(default)]
-    grpc_methods: Vec<String>,
-    #[serde(default)]
-    http: Vec<RawHttp>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawHttp {
-    #[serde(default)]
-    methods: Vec<String>,
-    #[serde(default)]
-    path_prefix: String,
-}
-
-fn parse_policy_spec(
-    name: Name,
-    spec: Value,
-    errs: &mut DocErrors<'_>,
-) -> Option<AuthorizationPolicySpec> {
-    let raw: RawPolicySpec = match typed(spec, "spec") {
-        Ok(r) => r,
-        Err((path, reason)) => {
-            errs.push(path, reason);
-            return None;
-        }
-    };
-    let mut ok = true;
-    let service = Name::parse(&raw.service)
-        .map_err(|e| {
-            errs.push("spec.service", e);
-            ok = false;
-        })
-        .ok();
-    let rules: Vec<AuthorizationRule> = raw
-        .rules
-        .into_iter()
-        .map(|r| AuthorizationRule {
-            from: r.from,
-            grpc_methods: r.grpc_methods,
-            http: r
-                .http
-                .into_iter()
-                .map(|h| HttpMatch {
-                    methods: h.methods,
-                    path_prefix: h.path_prefix,
-                })
-                .collect(),
-        })
-        .collect();
-    for (i, r) in rules.iter().enumerate() {
-        for (path, reason) in validate_rule(r) {
-            errs.push(format!("spec.rules[{i}].{path}"), reason);
-            ok = false;
-        }
-    }
-    let service = service?;
-    ok.then_some(AuthorizationPolicySpec {
-        name,
-        service,
-        rules,
-    })
-}
-
-fn parse_service_spec(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option<ServiceSpec> {
-    let raw: RawServiceSpec = match typed(spec, "spec") {
-        Ok(r) => r,
-        Err((path, reason)) => {
-            errs.push(path, reason);
-            return None;
-        }
-    };
-    let mut ok = true;
-    let protocol = match raw.protocol.as_deref() {
-        None => None,
-        Some(p) => match Protocol::parse(p) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                errs.push("spec.protocol", e);
-                ok = false;
-                None
-            }
-        },
-    };
-    let load_balancer = match raw.load_balancer.as_deref() {
-        None => LoadBalancer::default(),
-        Some(lb) => LoadBalancer::parse(lb).unwrap_or_else(|e| {
-            errs.push("spec.loadBalancer", e);
-            ok = false;
-            LoadBalancer::default()
-        }),
-    };
-    let mut subsets = Vec::new();
-    for (i, s) in raw.subsets.into_iter().enumerate() {
-        let name = match Name::parse(&s.name) {
-            Ok(n) => n,
-            Err(e) => {
-                errs.push(format!("spec.subsets[{i}].name"), e);
-                ok = false;
-                continue;
-            }
-        };
-        if subsets.iter().any(|x: &Subset| x.name == name) {
-            errs.push(
-                format!("spec.subsets[{i}].name"),
-                format!("subset {name} is defined twice"),
-            );
-            ok = false;
-        }
-        if let Err(e) = validate_labels(&s.labels) {
-            errs.push(format!("spec.subsets[{i}].labels"), e);
-            ok = false;
-        }
-        if s.labels.is_empty() {
-            errs.push(
-                format!("spec.subsets[{i}].labels"),
-                "a subset needs at least one label to select instances",
-            );
-            ok = false;
-        }
-        subsets.push(Subset {
-            name,
-            labels: s.labels,
-        });
-    }
-    let inbound_mode = match raw.inbound_mode.as_deref() {
-        None => InboundMode::default(),
-        Some(m) => InboundMode::parse(m).unwrap_or_else(|e| {
-            errs.push("spec.inboundMode", e);
-            ok = false;
-            InboundMode::default()
-        }),
-    };
-    let raw_resilience = resilience::RawResilience {
-        retries: raw.retries,
-        timeouts: raw.timeouts,
-        circuit_breaker: raw.circuit_breaker,
-        hedging: raw.hedging,
-        faults: raw.faults,
-    };
-    let resilience = match raw_resilience.convert() {
-        Ok(r) => r,
-        Err(es) => {
-            for (path, reason) in es {
-                errs.push(format!("spec.{path}"), reason);
-            }
-            ok = false;
-            Default::default()
-        }
-    };
-    ok.then_some(ServiceSpec {
-        name,
-        protocol,
-        load_balancer,
-        subsets,
-        inbound_mode,
-        resilience,
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use weft_proto::grpc::GrpcCode;
+    use weft_proto::protocol::{LoadBalancer, Protocol};
+
     use super::*;
     use crate::resource::to_yaml_documents;
 
@@ -485,7 +303,7 @@ metadata: {name: order-service}
             panic!("a policy")
         };
         assert_eq!(p.service.as_str(), "users");
-        assert_eq!(p.rules[0].http[0].path_prefix, "/users/");
+        assert_eq!(p.rules[0].http()[0].path_prefix(), "/users/");
         assert_eq!(
             parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
             rs
@@ -509,19 +327,27 @@ metadata: {name: order-service}
         };
         let r = s.resilience.retry.as_ref().expect("retries");
         assert_eq!(
-            (r.attempts, r.per_try_timeout_ms, r.backoff_max_ms),
-            (3, 500, 1000)
+            (
+                r.attempts.map(|a| a.get()),
+                r.per_try_timeout,
+                r.backoff.max()
+            ),
+            (
+                Some(3),
+                Some(Duration::from_millis(500)),
+                Some(Duration::from_secs(1))
+            )
+        );
+        assert_eq!(
+            s.resilience.timeouts.map(|t| (t.request, t.idle)),
+            Some((Some(Duration::from_secs(2)), Some(Duration::from_secs(300))))
         );
         assert_eq!(
             s.resilience
-                .timeouts
-                .as_ref()
-                .map(|t| (t.request_ms, t.idle_ms)),
-            Some((2000, 300_000))
-        );
-        assert_eq!(
-            s.resilience.fault.as_ref().map(|f| f.abort_grpc_status),
-            Some(14)
+                .fault
+                .and_then(|f| f.abort)
+                .and_then(|a| a.grpc_status),
+            Some(GrpcCode::Unavailable)
         );
         assert_eq!(
             parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
@@ -539,5 +365,27 @@ metadata: {name: order-service}
         ] {
             assert!(e.contains(path), "{path} missing in:\n{e}");
         }
+    }
+
+    #[test]
+    fn every_resilience_problem_is_named_with_its_path_and_reason() {
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  retries: {attempts: 11, backoff: {base: 2s, max: 1s}}\n  timeouts: {request: 0s, idle: \"5\"}\n  circuitBreaker: {baseEjection: 2m, maxEjection: 1m, maxEjectedPercent: 101}\n  hedging: {grpcMethods: [], delay: 0ms}\n  faults: {delay: {percent: 101, duration: 1s}, abort: {percent: 1, grpcStatus: 17}}\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "document 1 (Service/a): spec.retries.attempts: at most 10 tries",
+                "document 1 (Service/a): spec.retries.backoff: base must not exceed max",
+                "document 1 (Service/a): spec.timeouts.request: must be more than 0",
+                "document 1 (Service/a): spec.timeouts.idle: \"5\" needs a unit: ms, s, m or h (e.g. 10s)",
+                "document 1 (Service/a): spec.circuitBreaker.maxEjectedPercent: at most 100",
+                "document 1 (Service/a): spec.circuitBreaker: baseEjection must not exceed maxEjection",
+                "document 1 (Service/a): spec.hedging.delay: must be more than 0",
+                "document 1 (Service/a): spec.hedging.grpcMethods: name the idempotent methods to hedge",
+                "document 1 (Service/a): spec.faults.delay.percent: a percentage, at most 100",
+                "document 1 (Service/a): spec.faults.abort.grpcStatus: a gRPC status code, 1 to 16",
+            ]
+        );
     }
 }
