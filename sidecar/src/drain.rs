@@ -31,10 +31,6 @@ impl Watch {
     pub async fn signaled(&mut self) {
         let _ = self.0.wait_for(|d| *d).await;
     }
-
-    pub fn is_draining(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 #[cfg(test)]

@@ -130,9 +130,4 @@ impl Target {
     pub fn ready_count(&self) -> usize {
         self.ready.len()
     }
-
-    /// How many of the ready endpoints are ejected now.
-    pub fn ejected_count(&self) -> usize {
-        self.ejected.load(Ordering::Relaxed)
-    }
 }
