@@ -230,6 +230,7 @@ impl Discovery for FakeDiscovery {
                 endpoints: vec![endpoint(&self.0.echo_addr)],
                 removed: vec![],
                 inbound: None,
+                routing: None,
             }],
             roots: vec![],
         };

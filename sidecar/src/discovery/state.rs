@@ -112,6 +112,7 @@ mod tests {
                             ..Default::default()
                         }],
                     }),
+                    routing: None,
                 },
                 pb::ServiceUpdate {
                     name: "nope".into(),

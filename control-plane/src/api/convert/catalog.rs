@@ -167,6 +167,8 @@ impl From<&ServiceUpdate> for pb::ServiceUpdate {
             endpoints: u.endpoints.iter().map(pb::Endpoint::from).collect(),
             removed: u.removed.clone(),
             inbound: u.inbound.as_ref().map(pb::InboundPolicy::from),
+            // No route resources exist yet: nothing to say about routing.
+            routing: None,
         }
     }
 }
