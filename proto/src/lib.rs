@@ -7,6 +7,8 @@
 //! - [`protocol`]: a service's protocol, load balancer and inbound mode.
 //! - [`retry`]: the conditions a failed try may be retried on.
 //! - [`pattern`]: `/package.Service/Method` patterns with `*`.
+//! - [`routing`]: routes (the Gateway API's HTTPRoute and GRPCRoute): what
+//!   a rule matches, which rule wins, what it does.
 //! - [`identity`]: the identity contract both ends must agree on (SPIFFE
 //!   IDs, join tokens, how a server's certificate is checked).
 //! - [`grpc`]: gRPC status codes and what they mean to the mesh.
@@ -27,6 +29,7 @@ pub mod name;
 pub mod pattern;
 pub mod protocol;
 pub mod retry;
+pub mod routing;
 pub mod stats;
 pub mod time;
 
