@@ -1,5 +1,6 @@
 //! The `Admin` gRPC service that `weftctl` talks to: apply, get and delete
-//! resources; list services, instances and sidecars; live traffic (`Top`).
+//! resources; list services, instances and sidecars; live traffic (`Top`);
+//! and which route a request would take (`Explain`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,8 +14,9 @@ use weft_proto::identity::JoinToken;
 use crate::api::convert::resources_from_proto;
 use crate::auth::{TokenBook, TokenRecord, random_hex};
 use crate::ca::Ca;
-use crate::catalog::{Catalog, TopError, TopQuery};
+use crate::catalog::{Catalog, ExplainError, ExplainQuery, TopError, TopQuery};
 use crate::metrics::{ApplyLabels, Metrics};
+use crate::resource::route::{check_delete, check_routes};
 use crate::resource::{Kind, Name};
 use crate::store::{Store, StoreError};
 
@@ -127,6 +129,12 @@ impl Admin for AdminService {
         }
         let _guard = self.write.lock().await;
         let existing = self.catalog.resources();
+        // Routes are checked against what the resources would be: the
+        // services they name, their subsets, the rules they would hide.
+        if let Err(e) = check_routes(&resources, &existing, &self.catalog.discovered()) {
+            self.count("invalid");
+            return Err(Status::invalid_argument(e.to_string()));
+        }
         let outcomes: Vec<Outcome> = resources
             .iter()
             .map(|r| match existing.iter().find(|x| x.key() == r.key()) {
@@ -201,6 +209,19 @@ impl Admin for AdminService {
                 kind.as_str()
             )));
         }
+        let broken = check_delete(
+            kind,
+            &name,
+            &self.catalog.resources(),
+            &self.catalog.discovered(),
+        );
+        if !broken.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{}/{name} is in use; change or delete these first:\n  {}",
+                kind.as_str(),
+                broken.join("\n  ")
+            )));
+        }
         let n = name.clone();
         blocking(&self.store, true, move |s| s.delete(kind, &n)).await?;
         self.catalog.remove(kind, &name);
@@ -253,6 +274,18 @@ impl Admin for AdminService {
         let query = TopQuery::try_from(request.get_ref()).map_err(top_status)?;
         let top = self.catalog.top(&query).map_err(top_status)?;
         Ok(Response::new(pb::TopResponse::from(&top)))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let query = ExplainQuery::try_from(request.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let explanation = self.catalog.explain(&query).map_err(|e| match e {
+            ExplainError::UnknownService(_) => Status::not_found(e.to_string()),
+        })?;
+        Ok(Response::new(pb::ExplainResponse::from(&explanation)))
     }
 
     async fn create_token(

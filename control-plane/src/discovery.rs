@@ -279,7 +279,12 @@ impl Session {
         } else {
             self.seen.clone()
         };
-        let (_, views) = self.catalog.views_since(&self.wanted, &seen);
+        let (views, added) = self
+            .catalog
+            .views_with_backends(&mut self.wanted, &seen, MAX_WANTED);
+        if !added.is_empty() {
+            self.stream.add_subscriptions(&added);
+        }
         let mut update = pb::DiscoveryUpdate {
             version: 0,
             full,

@@ -5,12 +5,14 @@
 //! traffic (`sidecars.rs`), and the ordered writer that stores instance
 //! records (`persistence.rs`) — under one lock, and wakes the discovery
 //! streams through a generation counter when a service's view changes
-//! (`view.rs`).
+//! (`view.rs`). `explain.rs` answers `weftctl explain` from the applied
+//! routes and policies.
 //!
 //! Locks are held only for in-memory work, never across an await or a disk
 //! write. Everything in and out is a domain type; the API layer converts.
 
 mod bounds;
+mod explain;
 mod instances;
 mod persistence;
 mod resources;
@@ -21,6 +23,9 @@ mod top;
 mod view;
 
 pub use bounds::{MAX_REPORTED_TEXT, MAX_VERSION_TEXT, MAX_WANTED, clip};
+pub use explain::{
+    Candidate, Destination, ExplainError, ExplainQuery, Explanation, Taken, Verdict,
+};
 pub use instances::{EjectedBy, Health, InstanceRecord, InstanceView, Registration};
 pub use persistence::InstanceStore;
 pub use sidecars::{Nack, SidecarStatus};
@@ -100,6 +105,7 @@ impl Parts {
             self.resources.service(name),
             self.resources.policies(),
             self.instances.iter(),
+            self.resources.routes_of(name),
         )
     }
 }
@@ -224,10 +230,11 @@ impl Catalog {
     pub fn remove(&self, kind: Kind, name: &Name) {
         let mut parts = self.lock();
         let touched = parts.resources.remove(kind, name);
-        self.changed(parts, touched.as_slice());
+        self.changed(parts, &touched);
     }
 
-    /// Every applied resource: services, then policies, each by name.
+    /// Every applied resource: services, then policies, then routes, each
+    /// by name.
     pub fn resources(&self) -> Vec<Resource> {
         self.lock().resources.all()
     }
@@ -254,6 +261,51 @@ impl Catalog {
             })
             .collect();
         (parts.generations.current(), views)
+    }
+
+    /// Like [`views_since`](Self::views_since), and with them the services
+    /// the views' routes send to (their backends and mirrors, and theirs in
+    /// turn), added to `wanted` as if the sidecar had subscribed to them, so
+    /// that it knows their endpoints when a rule picks them. `wanted` grows
+    /// to at most `max` names; returns the views, by name, and the names
+    /// added. A service a route no longer names stays wanted (it costs an
+    /// update now and then, and breaks nothing).
+    pub fn views_with_backends(
+        &self,
+        wanted: &mut BTreeSet<Name>,
+        seen: &HashMap<Name, u64>,
+        max: usize,
+    ) -> (Vec<(Name, u64, ServiceView)>, Vec<Name>) {
+        let parts = self.lock();
+        let mut views = Vec::new();
+        let mut added = Vec::new();
+        let mut queue: Vec<Name> = wanted.iter().cloned().collect();
+        while let Some(name) = queue.pop() {
+            let g = parts.generations.of(&name);
+            if seen.get(&name).is_some_and(|&s| s >= g) {
+                continue;
+            }
+            let view = parts.view(&name);
+            for b in view.route_backends() {
+                if wanted.len() < max && wanted.insert(b.clone()) {
+                    added.push(b.clone());
+                    queue.push(b.clone());
+                }
+            }
+            views.push((name, g, view));
+        }
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        (views, added)
+    }
+
+    /// The services with registered instances (which routes may name).
+    pub fn discovered(&self) -> BTreeSet<Name> {
+        let parts = self.lock();
+        parts
+            .instances
+            .iter()
+            .map(|i| i.record.service.clone())
+            .collect()
     }
 
     /// Every service with a resource or an instance.

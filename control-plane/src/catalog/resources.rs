@@ -1,16 +1,20 @@
-//! The applied resources in memory: `Service` specs by service name and
-//! `AuthorizationPolicy` specs by policy name. Each change says which
-//! services' views it touched, so that only their streams recompute.
+//! The applied resources in memory: `Service` specs by service name,
+//! `AuthorizationPolicy` specs by policy name, and routes by their
+//! qualified name (`HTTPRoute/x`, the order sidecars rank them in). Each
+//! change says which services' views it touched, so that only their
+//! streams recompute.
 
 use std::collections::BTreeMap;
 
-use crate::resource::{AuthorizationPolicySpec, Kind, Name, Resource, ServiceSpec};
+use crate::resource::{AuthorizationPolicySpec, Kind, Name, Resource, RouteSpec, ServiceSpec};
 
 #[derive(Debug, Default)]
 pub(super) struct Resources {
     services: BTreeMap<Name, ServiceSpec>,
     /// By policy name.
     policies: BTreeMap<Name, AuthorizationPolicySpec>,
+    /// By qualified name.
+    routes: BTreeMap<String, RouteSpec>,
 }
 
 impl Resources {
@@ -40,20 +44,46 @@ impl Resources {
                         touched.push(p.service.clone());
                     }
                 }
+                Resource::Route(r) => {
+                    let key = r.qualified_name();
+                    if self.routes.get(&key) != Some(r) {
+                        // The services it was attached to, and those now.
+                        if let Some(old) = self.routes.insert(key, RouteSpec::clone(r)) {
+                            touched.extend(old.services().iter().cloned());
+                        }
+                        touched.extend(r.services().iter().cloned());
+                    }
+                }
             }
         }
         touched
     }
 
-    /// Removes one resource; the service whose view changed, if any.
-    pub fn remove(&mut self, kind: Kind, name: &Name) -> Option<Name> {
+    /// Removes one resource; the services whose view changed.
+    pub fn remove(&mut self, kind: Kind, name: &Name) -> Vec<Name> {
         match kind {
-            Kind::Service => self.services.remove(name).map(|s| s.name),
-            Kind::AuthorizationPolicy => self.policies.remove(name).map(|p| p.service),
+            Kind::Service => self
+                .services
+                .remove(name)
+                .map(|s| s.name)
+                .into_iter()
+                .collect(),
+            Kind::AuthorizationPolicy => self
+                .policies
+                .remove(name)
+                .map(|p| p.service)
+                .into_iter()
+                .collect(),
+            Kind::HttpRoute | Kind::GrpcRoute => self
+                .routes
+                .remove(&format!("{}/{name}", kind.as_str()))
+                .map(|r| r.services().to_vec())
+                .unwrap_or_default(),
         }
     }
 
-    /// Every resource: services, then policies, each sorted by name.
+    /// Every resource: services, then policies, then routes, each sorted
+    /// by name.
     pub fn all(&self) -> Vec<Resource> {
         let services = self
             .services
@@ -65,7 +95,12 @@ impl Resources {
             .values()
             .cloned()
             .map(Resource::AuthorizationPolicy);
-        services.chain(policies).collect()
+        let routes = self
+            .routes
+            .values()
+            .cloned()
+            .map(|r| Resource::Route(Box::new(r)));
+        services.chain(policies).chain(routes).collect()
     }
 
     pub fn service(&self, name: &Name) -> Option<&ServiceSpec> {
@@ -78,6 +113,13 @@ impl Resources {
 
     pub fn policies(&self) -> impl Iterator<Item = &AuthorizationPolicySpec> {
         self.policies.values()
+    }
+
+    /// The routes attached to `service`, by qualified name.
+    pub fn routes_of<'a>(&'a self, service: &'a Name) -> impl Iterator<Item = &'a RouteSpec> {
+        self.routes
+            .values()
+            .filter(move |r| r.services().contains(service))
     }
 }
 
@@ -108,13 +150,8 @@ mod tests {
             ["users", "billing"]
         );
         let p = Name::parse("p").expect("name");
-        assert_eq!(
-            r.remove(Kind::AuthorizationPolicy, &p)
-                .as_ref()
-                .map(Name::as_str),
-            Some("billing")
-        );
-        assert_eq!(r.remove(Kind::AuthorizationPolicy, &p), None);
+        assert_eq!(names(&r.remove(Kind::AuthorizationPolicy, &p)), ["billing"]);
+        assert!(r.remove(Kind::AuthorizationPolicy, &p).is_empty());
         assert!(r.all().is_empty());
     }
 }

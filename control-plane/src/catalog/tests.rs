@@ -217,6 +217,7 @@ fn diffs_carry_only_changes() {
         }),
         endpoints: Default::default(),
         inbound: Default::default(),
+        routing: Vec::new(),
     };
     old.endpoints.insert("a".into(), ep("a", Health::Healthy));
     old.endpoints.insert("b".into(), ep("b", Health::Healthy));

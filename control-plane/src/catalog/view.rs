@@ -1,8 +1,9 @@
 //! What a sidecar is told about one service — its policy, its endpoints,
-//! and (for the service's own sidecars) its inbound policy — built from the
-//! applied resources and the registered instances; the update that turns
-//! one view into the next; and the generations that say which views may
-//! have changed since a stream last looked.
+//! the routes attached to it, and (for the service's own sidecars) its
+//! inbound policy — built from the applied resources and the registered
+//! instances; the update that turns one view into the next; and the
+//! generations that say which views may have changed since a stream last
+//! looked.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,7 +11,7 @@ use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, Protocol};
 
 use super::instances::{Health, Instance};
-use crate::resource::{AuthorizationPolicySpec, AuthorizationRule, Name, ServiceSpec};
+use crate::resource::{AuthorizationPolicySpec, AuthorizationRule, Name, RouteSpec, ServiceSpec};
 
 /// One instance as callers' sidecars see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct ServiceView {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// What the service's own sidecars enforce inbound; sent only to them.
     pub inbound: InboundPolicy,
+    /// The routes attached to it, by qualified name (`HTTPRoute/x`).
+    pub routing: Vec<RouteSpec>,
 }
 
 /// What a sidecar is sent about one service: everything (`reset_endpoints`)
@@ -60,6 +63,9 @@ pub struct ServiceUpdate {
     pub removed: Vec<String>,
     /// Only to the service's own sidecars, and only when it changed.
     pub inbound: Option<InboundPolicy>,
+    /// Every route attached to it, when they changed (always in a full
+    /// update of a known service).
+    pub routing: Option<Vec<RouteSpec>>,
 }
 
 impl ServiceView {
@@ -75,10 +81,14 @@ impl ServiceView {
             return Some(self.full(name, own));
         };
         let inbound_changed = own && old.inbound != self.inbound;
+        // Unknown services carry no routing; one that becomes known gets
+        // its whole routing, like a full update.
+        let routing_changed = self.known && (old.routing != self.routing || !old.known);
         if old.known == self.known
             && old.policy == self.policy
             && old.endpoints == self.endpoints
             && !inbound_changed
+            && !routing_changed
         {
             return None;
         }
@@ -92,6 +102,7 @@ impl ServiceView {
             endpoints: Vec::new(),
             removed: Vec::new(),
             inbound: inbound_changed.then(|| self.inbound.clone()),
+            routing: routing_changed.then(|| self.routing.clone()),
         };
         for (id, e) in &self.endpoints {
             if old.endpoints.get(id) != Some(e) {
@@ -116,17 +127,27 @@ impl ServiceView {
             endpoints: self.endpoints.values().cloned().collect(),
             removed: Vec::new(),
             inbound: own.then(|| self.inbound.clone()),
+            routing: self.known.then(|| self.routing.clone()),
         }
+    }
+
+    /// Every service the view's routes send requests to (backends and
+    /// mirrors): a caller must know them too.
+    pub fn route_backends(&self) -> impl Iterator<Item = &Name> {
+        self.routing.iter().flat_map(RouteSpec::backend_services)
     }
 }
 
 /// Builds the view of `name` from its resource (if any), the authorization
-/// policies (those selecting it count), and its instances.
+/// policies (those selecting it count), its instances and the routes
+/// attached to it. A service with any of a resource, an instance or a
+/// route is known to callers: a route may send its requests elsewhere.
 pub(super) fn build<'a>(
     name: &Name,
     resource: Option<&ServiceSpec>,
     policies: impl Iterator<Item = &'a AuthorizationPolicySpec>,
     instances: impl Iterator<Item = &'a Instance>,
+    routes: impl Iterator<Item = &'a RouteSpec>,
 ) -> ServiceView {
     let mut inbound = InboundPolicy {
         mode: resource.map_or(InboundMode::Strict, |r| r.inbound_mode),
@@ -150,7 +171,8 @@ pub(super) fn build<'a>(
         };
         endpoints.insert(r.instance_id.clone(), endpoint);
     }
-    if resource.is_none() && endpoints.is_empty() {
+    let routing: Vec<RouteSpec> = routes.cloned().collect();
+    if resource.is_none() && endpoints.is_empty() && routing.is_empty() {
         // Unknown to callers, but its own sidecars still get the policy.
         return ServiceView {
             inbound,
@@ -172,6 +194,7 @@ pub(super) fn build<'a>(
         policy: Some(policy),
         endpoints,
         inbound,
+        routing,
     }
 }
 

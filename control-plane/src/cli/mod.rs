@@ -3,7 +3,9 @@
 //! kubectl habits: `apply -f FILE|-`, `get KIND [NAME] -o yaml|json`,
 //! `delete KIND NAME`; errors on stderr, a non-zero exit code on failure.
 //! `top` is the one live view: traffic per service, redrawn until Ctrl-C.
+//! `explain` asks the control plane which route a request would take.
 
+mod explain;
 mod output;
 pub mod top;
 
@@ -20,7 +22,7 @@ use weft_proto::v1::admin_client::AdminClient;
 
 use crate::api::convert::resources_from_proto;
 use crate::api::credential::AdminCredential;
-use crate::resource::parse_documents;
+use crate::resource::{Kind, Resource, parse_documents};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +31,10 @@ use crate::resource::parse_documents;
     about = "Configure and inspect a Weft mesh",
     long_about = "Configure and inspect a Weft mesh through its control plane.\n\n\
                   Examples:\n  weftctl apply -f services.yaml\n  weftctl get services\n  \
-                  weftctl get instances -o yaml\n  weftctl delete service user-service\n  weftctl status\n  \
+                  weftctl get instances -o yaml\n  weftctl get routes\n  \
+                  weftctl delete service user-service\n  weftctl delete httproute users-canary\n  \
+                  weftctl explain --from order-service GET http://user-service/users/1 -H x-canary:1\n  \
+                  weftctl status\n  \
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
                   weftctl top user-service --window 1m --once\n  weftctl top -o json"
@@ -75,7 +80,8 @@ pub enum Command {
     },
     /// Show services, instances, sidecars or resources.
     Get {
-        /// services | instances | sidecars | authorizationpolicies
+        /// services | instances | sidecars | authorizationpolicies |
+        /// httproutes | grpcroutes | routes (both)
         what: GetWhat,
         /// Only this one (a service name).
         name: Option<String>,
@@ -84,9 +90,33 @@ pub enum Command {
     },
     /// Delete a resource.
     Delete {
-        /// The resource kind, e.g. service.
+        /// The resource kind, e.g. service, httproute.
         kind: String,
         name: String,
+    },
+    /// Which route, rule and backends a request from SERVICE would take,
+    /// and why: the candidates in precedence order with why each did not
+    /// match, the rule taken, its backends with weights and subsets, its
+    /// filters, timeouts and retries, and whether each backend's
+    /// AuthorizationPolicy lets SERVICE in. The control plane answers from
+    /// its applied routes, with the sidecars' matcher.
+    Explain {
+        /// The calling service.
+        #[arg(long)]
+        from: String,
+        /// The request's method (gRPC calls are POST).
+        method: String,
+        /// http://SERVICE/path?query (the host names the destination), or
+        /// a path with --service.
+        url: String,
+        /// A request header, `name:value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The destination service, when the URL's host does not name it.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
     /// Every connected sidecar: its service, since when, the version it
     /// applied, its last rejection and its certificate's expiry.
@@ -158,6 +188,13 @@ pub enum GetWhat {
         alias = "policy"
     )]
     AuthorizationPolicies,
+    #[value(name = "httproutes", alias = "httproute")]
+    HttpRoutes,
+    #[value(name = "grpcroutes", alias = "grpcroute")]
+    GrpcRoutes,
+    /// Both kinds of route.
+    #[value(alias = "route")]
+    Routes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -284,6 +321,37 @@ fn read_input(file: &str) -> Result<String, CliError> {
     std::fs::read_to_string(&path).map_err(|e| CliError::Input(format!("cannot read {file}: {e}")))
 }
 
+/// The routes of `kinds` (one named `name`, if given; it must exist as
+/// one of them).
+async fn get_routes(
+    client: &mut Client,
+    kinds: &[Kind],
+    name: Option<&str>,
+) -> Result<Vec<Resource>, CliError> {
+    let mut all = Vec::new();
+    for kind in kinds {
+        let r = client
+            .get(pb::GetRequest {
+                kind: kind.as_str().into(),
+                name: name.unwrap_or_default().into(),
+            })
+            .await;
+        match r {
+            Ok(r) => all.extend(r.into_inner().resources),
+            // Named: it may be the other kind's.
+            Err(s) if s.code() == tonic::Code::NotFound && kinds.len() > 1 => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    if let Some(n) = name
+        && all.is_empty()
+    {
+        return Err(CliError::Api(format!("route {n:?} not found")));
+    }
+    resources_from_proto(&all)
+        .map_err(|e| CliError::Api(format!("the control plane sent an invalid route: {e}")))
+}
+
 /// Runs one command, writing results to `out`.
 pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
     let w = |out: &mut dyn std::io::Write, s: String| {
@@ -368,6 +436,19 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                     })?;
                     output::policies(&rs, *output)
                 }
+                GetWhat::HttpRoutes => {
+                    let rs = get_routes(&mut client, &[Kind::HttpRoute], name.as_deref()).await?;
+                    output::routes(&rs, *output)
+                }
+                GetWhat::GrpcRoutes => {
+                    let rs = get_routes(&mut client, &[Kind::GrpcRoute], name.as_deref()).await?;
+                    output::routes(&rs, *output)
+                }
+                GetWhat::Routes => {
+                    let kinds = [Kind::HttpRoute, Kind::GrpcRoute];
+                    let rs = get_routes(&mut client, &kinds, name.as_deref()).await?;
+                    output::routes(&rs, *output)
+                }
             };
             w(out, text);
         }
@@ -380,6 +461,25 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 })
                 .await?;
             w(out, format!("{}/{name} deleted\n", kind.to_lowercase()));
+        }
+        Command::Explain {
+            from,
+            method,
+            url,
+            headers,
+            service,
+            output,
+        } => {
+            let req = explain::request(&explain::ExplainArgs {
+                from,
+                method,
+                url,
+                headers,
+                service: service.as_deref(),
+            })?;
+            let mut client = connect(&cli).await?;
+            let resp = client.explain(req.clone()).await?.into_inner();
+            w(out, explain::print(&req, &resp, *output));
         }
         Command::Status { output } => {
             let mut client = connect(&cli).await?;

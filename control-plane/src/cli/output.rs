@@ -9,10 +9,10 @@ use weft_proto::v1 as pb;
 use super::Format;
 use crate::api::contract::instance_word;
 use crate::api::convert::service_spec_from_proto;
-use crate::resource::{Resource, to_value, to_yaml_documents, value_to_yaml};
+use crate::resource::{Resource, RouteSpec, to_value, to_yaml_documents, value_to_yaml};
 
 /// Left-aligned columns separated by three spaces, like kubectl.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -174,7 +174,7 @@ pub fn policies(list: &[Resource], format: Format) -> String {
                             .collect::<Vec<_>>()
                             .join(", "),
                     ]),
-                    Resource::Service(_) => None,
+                    Resource::Service(_) | Resource::Route(_) => None,
                 })
                 .collect();
             table(&["NAME", "SERVICE", "ALLOWED CALLERS"], rows)
@@ -182,6 +182,60 @@ pub fn policies(list: &[Resource], format: Format) -> String {
         Format::Json => structured(Value::Array(list.iter().map(to_value).collect()), format),
         Format::Yaml => to_yaml_documents(list),
     }
+}
+
+/// Routes: a table of what each attaches to and sends to, or the
+/// Gateway API YAML (JSON) that `weftctl apply` takes back.
+pub fn routes(list: &[Resource], format: Format) -> String {
+    match format {
+        Format::Table => {
+            if list.is_empty() {
+                return "no routes\n".into();
+            }
+            let rows = list
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::Route(r) => Some(route_row(r)),
+                    _ => None,
+                })
+                .collect();
+            table(&["NAME", "KIND", "SERVICES", "RULES", "BACKENDS"], rows)
+        }
+        Format::Json => structured(Value::Array(list.iter().map(to_value).collect()), format),
+        Format::Yaml => to_yaml_documents(list),
+    }
+}
+
+fn route_row(r: &RouteSpec) -> Vec<String> {
+    let services: Vec<&str> = r.services().iter().map(|s| s.as_str()).collect();
+    // Each backend once, in the order the rules name them; a rule without
+    // backends sends to the service itself.
+    let mut backends: Vec<String> = Vec::new();
+    for rule in r.rules() {
+        let named: Vec<String> = if rule.backends().is_empty() {
+            services.iter().map(|s| s.to_string()).collect()
+        } else {
+            rule.backends()
+                .iter()
+                .map(|b| match &b.subset {
+                    Some(subset) => format!("{}:{subset}", b.service),
+                    None => b.service.to_string(),
+                })
+                .collect()
+        };
+        for b in named {
+            if !backends.contains(&b) {
+                backends.push(b);
+            }
+        }
+    }
+    vec![
+        r.name.to_string(),
+        r.kind.as_str().to_string(),
+        services.join(","),
+        r.rules().len().to_string(),
+        backends.join(","),
+    ]
 }
 
 pub fn instances(list: &[pb::InstanceInfo], format: Format) -> String {

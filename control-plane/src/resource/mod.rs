@@ -1,4 +1,5 @@
-//! Mesh resources (`Service`, …): validated domain types and their YAML form
+//! Mesh resources (`Service`, `AuthorizationPolicy`, `HTTPRoute`,
+//! `GRPCRoute`): validated domain types and their YAML form
 //! for `weftctl` (the user-facing schema). Their protobuf form, for the
 //! admin API and the store, is converted in `api::convert`.
 //!
@@ -10,23 +11,26 @@
 mod policy;
 mod render;
 pub mod resilience;
+pub mod route;
 mod yaml;
 
 pub use policy::{
     AuthorizationPolicySpec, AuthorizationRule, Caller, HttpMatch, HttpMethod, RawHttpMatch,
     RawRule, RuleError,
 };
-pub use render::{to_value, to_yaml_documents, value_to_yaml};
+pub use render::{rule_to_value, to_value, to_yaml_documents, value_to_yaml};
+pub use route::RouteSpec;
 /// The name of a resource of any kind: the one service-name rule (a DNS
 /// subdomain), so that a `Service` and its policies are named alike.
 pub use weft_proto::name::ServiceName as Name;
-pub use yaml::{API_VERSION, parse_documents};
+pub use yaml::{API_VERSION, GATEWAY_API_VERSION, parse_documents};
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+use weft_proto::routing::RouteKind;
 
 /// One reason a resource was rejected: which document (or request entry),
 /// which field, and why.
@@ -98,6 +102,8 @@ pub enum Resource {
     /// Boxed: a service's settings are several times a policy's size.
     Service(Box<ServiceSpec>),
     AuthorizationPolicy(AuthorizationPolicySpec),
+    /// An `HTTPRoute` or a `GRPCRoute`.
+    Route(Box<RouteSpec>),
 }
 
 /// The kinds of resource, as users write them in `kind:` and on the command line.
@@ -105,28 +111,42 @@ pub enum Resource {
 pub enum Kind {
     Service,
     AuthorizationPolicy,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
-    pub const CHOICES: &'static str = "Service, AuthorizationPolicy";
+    pub const CHOICES: &'static str = "Service, AuthorizationPolicy, HTTPRoute, GRPCRoute";
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Service => "Service",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::HttpRoute => RouteKind::Http.as_str(),
+            Kind::GrpcRoute => RouteKind::Grpc.as_str(),
         }
     }
 
     /// Accepts `Service`, `service`, `services`, `svc`, and likewise
-    /// `authorizationpolicy`, `authorizationpolicies`, `authz`, as kubectl
-    /// users expect.
+    /// `authorizationpolicy`, `authorizationpolicies`, `authz`,
+    /// `httproute(s)`, `grpcroute(s)`, as kubectl users expect.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "service" | "services" | "svc" => Some(Kind::Service),
             "authorizationpolicy" | "authorizationpolicies" | "authz" | "policy" | "policies" => {
                 Some(Kind::AuthorizationPolicy)
             }
+            "httproute" | "httproutes" => Some(Kind::HttpRoute),
+            "grpcroute" | "grpcroutes" => Some(Kind::GrpcRoute),
             _ => None,
+        }
+    }
+
+    /// The kind of a route.
+    pub fn of_route(kind: RouteKind) -> Self {
+        match kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
         }
     }
 }
@@ -136,6 +156,7 @@ impl Resource {
         match self {
             Resource::Service(_) => Kind::Service,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::Route(r) => Kind::of_route(r.kind),
         }
     }
 
@@ -143,6 +164,7 @@ impl Resource {
         match self {
             Resource::Service(s) => &s.name,
             Resource::AuthorizationPolicy(p) => &p.name,
+            Resource::Route(r) => &r.name,
         }
     }
 

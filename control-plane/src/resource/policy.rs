@@ -134,6 +134,31 @@ impl AuthorizationRule {
     pub fn http(&self) -> &[HttpMatch] {
         &self.http
     }
+
+    /// Whether the rule lets `caller` (a mesh identity) send this request:
+    /// the decision a service's sidecar takes on the rules it is sent,
+    /// here for `weftctl explain`. `grpc`: a gRPC call, whose method is
+    /// the path.
+    pub fn allows(&self, caller: &Name, method: &str, path: &str, grpc: bool) -> bool {
+        let who = self.from.iter().any(|c| match c {
+            Caller::Any => true,
+            Caller::Service(s) => s == caller,
+        });
+        if !who {
+            return false;
+        }
+        if self.grpc_methods.is_empty() && self.http.is_empty() {
+            return true;
+        }
+        if grpc {
+            self.grpc_methods.iter().any(|p| p.matches(path))
+        } else {
+            self.http.iter().any(|h| {
+                (h.methods.is_empty() || h.methods.iter().any(|m| m.as_str() == method))
+                    && path.starts_with(&h.path_prefix)
+            })
+        }
+    }
 }
 
 /// HTTP requests a rule allows.
@@ -230,6 +255,37 @@ mod tests {
         assert_eq!(rule.grpc_methods()[0].as_str(), "/u.Users/*");
         assert_eq!(rule.http()[0].methods()[0].as_str(), "GET");
         assert_eq!(rule.http()[0].path_prefix(), "/users/");
+    }
+
+    #[test]
+    fn a_rule_allows_its_callers_what_it_names() {
+        let (from, methods) = (strings(&["orders"]), strings(&["/u.Users/Get*"]));
+        let http_methods = strings(&["GET"]);
+        let rule = AuthorizationRule::parse(RawRule {
+            from: &from,
+            grpc_methods: &methods,
+            http: &[RawHttpMatch {
+                methods: &http_methods,
+                path_prefix: "/users/",
+            }],
+        })
+        .expect("valid");
+        let orders = Name::parse("orders").expect("name");
+        let web = Name::parse("web").expect("name");
+        assert!(rule.allows(&orders, "POST", "/u.Users/GetUser", true));
+        assert!(!rule.allows(&orders, "POST", "/u.Users/DeleteUser", true));
+        assert!(rule.allows(&orders, "GET", "/users/7", false));
+        assert!(!rule.allows(&orders, "DELETE", "/users/7", false));
+        assert!(!rule.allows(&orders, "GET", "/admin", false));
+        assert!(!rule.allows(&web, "GET", "/users/7", false));
+        let any = strings(&["*"]);
+        let open = AuthorizationRule::parse(RawRule {
+            from: &any,
+            grpc_methods: &[],
+            http: &[],
+        })
+        .expect("valid");
+        assert!(open.allows(&web, "DELETE", "/anything", false));
     }
 
     #[test]

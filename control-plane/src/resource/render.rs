@@ -1,6 +1,11 @@
 //! Resources written back out: the JSON value of each (`weftctl get -o
 //! json`, the same shape as the YAML users write) and a small YAML emitter
-//! (`-o yaml`) whose output `parse_documents` reads back unchanged.
+//! (`-o yaml`) whose output `parse_documents` reads back unchanged. Routes,
+//! in the Gateway API's shape, are in `render/route.rs`.
+
+mod route;
+
+pub use route::rule as rule_to_value;
 
 use std::time::Duration;
 
@@ -59,6 +64,7 @@ pub fn to_value(r: &Resource) -> Value {
                 "spec": {"service": p.service.as_str(), "rules": rules},
             })
         }
+        Resource::Route(r) => route::route(r),
     }
 }
 

@@ -167,8 +167,9 @@ impl From<&ServiceUpdate> for pb::ServiceUpdate {
             endpoints: u.endpoints.iter().map(pb::Endpoint::from).collect(),
             removed: u.removed.clone(),
             inbound: u.inbound.as_ref().map(pb::InboundPolicy::from),
-            // No route resources exist yet: nothing to say about routing.
-            routing: None,
+            routing: u.routing.as_ref().map(|routes| pb::Routing {
+                routes: routes.iter().map(pb::Route::from).collect(),
+            }),
         }
     }
 }

@@ -21,11 +21,11 @@ pub(super) type Problems = Vec<(String, ResilienceError)>;
 
 /// A duration on the wire: 0 is unset. A duration too long for 64 bits of
 /// milliseconds (half a billion years) is sent as the longest there is.
-fn ms(d: Option<Duration>) -> u64 {
+pub(super) fn ms(d: Option<Duration>) -> u64 {
     d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn from_ms(ms: u64) -> Option<Duration> {
+pub(super) fn from_ms(ms: u64) -> Option<Duration> {
     (ms != 0).then(|| Duration::from_millis(ms))
 }
 
@@ -106,14 +106,17 @@ impl From<&Faults> for pb::FaultPolicy {
 pub(super) fn resilience_from_proto(p: &pb::ServiceSpec) -> Result<Resilience, Problems> {
     let mut errors = Problems::new();
     let resilience = Resilience {
-        retry: p.retry.as_ref().and_then(|r| retry(r, &mut errors)),
+        retry: p
+            .retry
+            .as_ref()
+            .and_then(|r| retry(r, "retries", &mut errors)),
         timeouts: p.timeouts.map(|t| Timeouts {
             request: from_ms(t.request_ms),
             idle: from_ms(t.idle_ms),
         }),
         circuit_breaker: p.circuit_breaker.and_then(|c| breaker(&c, &mut errors)),
         hedge: p.hedge.as_ref().and_then(|h| hedge(h, &mut errors)),
-        fault: p.fault.and_then(|f| faults(&f, &mut errors)),
+        fault: p.fault.and_then(|f| faults(&f, "faults", &mut errors)),
     };
     if errors.is_empty() {
         Ok(resilience)
@@ -128,24 +131,26 @@ fn report<'a>(errors: &'a mut Problems, path: &str) -> impl FnOnce(ResilienceErr
     move |e| errors.push((path, e))
 }
 
-fn retry(p: &pb::RetryPolicy, errors: &mut Problems) -> Option<Retry> {
+/// A retry policy; problems are reported under `at` (`retries`, or a
+/// route rule's `retry`).
+pub(super) fn retry(p: &pb::RetryPolicy, at: &str, errors: &mut Problems) -> Option<Retry> {
     let before = errors.len();
     let attempts = match p.attempts {
         0 => None,
         n => Attempts::new(n)
-            .map_err(report(errors, "retries.attempts"))
+            .map_err(report(errors, &format!("{at}.attempts")))
             .ok(),
     };
     let on = parse_conditions(&p.on)
         .map_err(|es| {
-            errors.extend(es.into_iter().map(|(i, e)| (format!("retries.on[{i}]"), e)));
+            errors.extend(es.into_iter().map(|(i, e)| (format!("{at}.on[{i}]"), e)));
         })
         .unwrap_or_default();
     let ratio = Ratio::new(p.budget_ratio)
-        .map_err(report(errors, "retries.budget.ratio"))
+        .map_err(report(errors, &format!("{at}.budget.ratio")))
         .unwrap_or_default();
     let backoff = Backoff::retries(from_ms(p.backoff_base_ms), from_ms(p.backoff_max_ms))
-        .map_err(report(errors, "retries.backoff"))
+        .map_err(report(errors, &format!("{at}.backoff")))
         .unwrap_or_default();
     let retry = Retry {
         attempts,
@@ -194,14 +199,16 @@ fn hedge(p: &pb::HedgePolicy, errors: &mut Problems) -> Option<Hedge> {
         .ok()
 }
 
-fn faults(p: &pb::FaultPolicy, errors: &mut Problems) -> Option<Faults> {
+/// Fault injection; problems are reported under `at` (`faults`, or a
+/// route rule's `fault`).
+pub(super) fn faults(p: &pb::FaultPolicy, at: &str, errors: &mut Problems) -> Option<Faults> {
     let before = errors.len();
     // A percentage without a duration was accepted before there were
     // types (a stored one must still load): it delays by nothing.
     let delay = (p.delay_percent != 0 || p.delay_ms != 0)
         .then(|| {
             Percent::new(p.delay_percent)
-                .map_err(report(errors, "faults.delay.percent"))
+                .map_err(report(errors, &format!("{at}.delay.percent")))
                 .ok()
         })
         .flatten()
@@ -213,7 +220,7 @@ fn faults(p: &pb::FaultPolicy, errors: &mut Problems) -> Option<Faults> {
         .map_err(|es| {
             errors.extend(
                 es.into_iter()
-                    .map(|(field, e)| (format!("faults.abort.{field}"), e)),
+                    .map(|(field, e)| (format!("{at}.abort.{field}"), e)),
             );
         })
         .ok()

@@ -1,7 +1,7 @@
 //! Resources and their protobuf form (admin API, store, and the policy
 //! pushed to sidecars). Protobuf in is parsed by the same constructors as
 //! YAML in, so both refuse alike; a service's resilience settings are in
-//! `resilience.rs`.
+//! `resilience.rs`, routes in `routes.rs`.
 
 use weft_proto::v1 as pb;
 
@@ -9,6 +9,7 @@ use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
 
 use super::resilience::resilience_from_proto;
+use super::routes::{kind_name, route_spec_from_proto};
 use crate::resource::{
     AuthorizationPolicySpec, AuthorizationRule, FieldError, InvalidResources, Name, RawHttpMatch,
     RawRule, Resource, ServiceSpec, Subset, check_unique,
@@ -189,6 +190,7 @@ impl From<&Resource> for pb::Resource {
         let kind = match r {
             Resource::Service(s) => pb::resource::Kind::Service(s.as_ref().into()),
             Resource::AuthorizationPolicy(p) => pb::resource::Kind::AuthorizationPolicy(p.into()),
+            Resource::Route(r) => pb::resource::Kind::Route(r.as_ref().into()),
         };
         pb::Resource { kind: Some(kind) }
     }
@@ -225,6 +227,9 @@ fn resource_from_proto(index: usize, p: &pb::Resource) -> Result<Resource, Vec<F
                     es,
                 )
             }),
+        Some(pb::resource::Kind::Route(r)) => route_spec_from_proto(r)
+            .map(|r| Resource::Route(Box::new(r)))
+            .map_err(|es| errs(format!("{}/{}", kind_name(r.kind), r.name), "route", es)),
     }
 }
 

@@ -13,6 +13,9 @@
 //!       labels: {version: v2}
 //! ```
 //!
+//! Routes are written as the Kubernetes Gateway API writes them, under its
+//! `apiVersion: gateway.networking.k8s.io/v1` (or `weft.dev/v1`).
+//!
 //! A file is parsed whole into the validated resource types; every problem
 //! is reported with its document, field path and reason, and a file with
 //! any problem yields no resources at all. This module reads the document
@@ -20,14 +23,19 @@
 
 mod policy;
 mod resilience;
+mod route;
 mod service;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use weft_proto::routing::RouteKind;
+
 use super::{FieldError, InvalidResources, Kind, Name, Resource, check_unique};
 
 pub const API_VERSION: &str = "weft.dev/v1";
+/// The Gateway API's, which `HTTPRoute` and `GRPCRoute` are written in.
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -135,11 +143,35 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
         }
     };
     errs.resource = Some(format!("{}/{}", raw.kind, raw.metadata.name));
+    let kind = match raw.kind.as_str() {
+        "Service" => Kind::Service,
+        "AuthorizationPolicy" => Kind::AuthorizationPolicy,
+        "HTTPRoute" => Kind::HttpRoute,
+        "GRPCRoute" => Kind::GrpcRoute,
+        other => {
+            errs.push(
+                "kind",
+                format!("unknown kind {other:?}, expected one of {}", Kind::CHOICES),
+            );
+            return None;
+        }
+    };
+    let route = match kind {
+        Kind::HttpRoute => Some(RouteKind::Http),
+        Kind::GrpcRoute => Some(RouteKind::Grpc),
+        Kind::Service | Kind::AuthorizationPolicy => None,
+    };
     let mut ok = true;
-    if raw.api_version != API_VERSION {
+    let gateway_api = route.is_some() && raw.api_version == GATEWAY_API_VERSION;
+    if raw.api_version != API_VERSION && !gateway_api {
+        let expected = if route.is_some() {
+            format!("{GATEWAY_API_VERSION} or {API_VERSION}")
+        } else {
+            API_VERSION.to_string()
+        };
         errs.push(
             "apiVersion",
-            format!("unsupported {:?}, expected {API_VERSION}", raw.api_version),
+            format!("unsupported {:?}, expected {expected}", raw.api_version),
         );
         ok = false;
     }
@@ -150,30 +182,20 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
             None
         }
     };
-    let kind = match raw.kind.as_str() {
-        "Service" => Kind::Service,
-        "AuthorizationPolicy" => Kind::AuthorizationPolicy,
-        other => {
-            errs.push(
-                "kind",
-                format!("unknown kind {other:?}, expected one of {}", Kind::CHOICES),
-            );
-            return None;
-        }
-    };
     let spec = if raw.spec.is_null() {
         Value::Object(Map::new())
     } else {
         raw.spec
     };
     let name = name.filter(|_| ok)?;
-    match kind {
-        Kind::Service => {
+    match (kind, route) {
+        (_, Some(route)) => {
+            route::parse(name, route, spec, &mut errs).map(|r| Resource::Route(Box::new(r)))
+        }
+        (Kind::Service, None) => {
             service::parse(name, spec, &mut errs).map(|s| Resource::Service(Box::new(s)))
         }
-        Kind::AuthorizationPolicy => {
-            policy::parse(name, spec, &mut errs).map(Resource::AuthorizationPolicy)
-        }
+        (_, None) => policy::parse(name, spec, &mut errs).map(Resource::AuthorizationPolicy),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A `Service`'s resilience settings as users write them under `spec`
 //! (see `resource::resilience` for the schema), parsed into the validated
-//! settings; every problem is reported under its `spec.…` path.
+//! settings; every problem is reported under its `spec.…` path. A route
+//! rule's `retry` and `fault` are the same fields, parsed here too.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -107,11 +108,11 @@ impl RawResilience {
     pub(super) fn parse(self, errs: &mut DocErrors<'_>) -> Option<Resilience> {
         let before = errs.count();
         let resilience = Resilience {
-            retry: self.retries.and_then(|r| r.parse(errs)),
+            retry: self.retries.and_then(|r| r.parse("spec.retries", errs)),
             timeouts: self.timeouts.map(|t| t.parse(errs)),
             circuit_breaker: self.circuit_breaker.and_then(|c| c.parse(errs)),
             hedge: self.hedging.and_then(|h| h.parse(errs)),
-            fault: self.faults.and_then(|f| f.parse(errs)),
+            fault: self.faults.and_then(|f| f.parse("spec.faults", errs)),
         };
         (errs.count() == before).then_some(resilience)
     }
@@ -119,7 +120,11 @@ impl RawResilience {
 
 /// An optional duration: unset is `None`; zero is refused, because on the
 /// wire it would mean unset.
-fn duration(text: Option<&str>, path: &str, errs: &mut DocErrors<'_>) -> Option<Duration> {
+pub(super) fn duration(
+    text: Option<&str>,
+    path: &str,
+    errs: &mut DocErrors<'_>,
+) -> Option<Duration> {
     match parse_duration(text?) {
         Ok(d) if d.is_zero() => {
             errs.push(path, "must be more than 0");
@@ -134,41 +139,43 @@ fn duration(text: Option<&str>, path: &str, errs: &mut DocErrors<'_>) -> Option<
 }
 
 impl RawRetries {
-    fn parse(self, errs: &mut DocErrors<'_>) -> Option<Retry> {
+    /// The settings, each problem reported under `at` (`spec.retries`, or
+    /// a route rule's `retry`).
+    pub(super) fn parse(self, at: &str, errs: &mut DocErrors<'_>) -> Option<Retry> {
         let before = errs.count();
         let attempts = self.attempts.and_then(|n| {
             Attempts::new(n)
-                .map_err(|e| errs.push("spec.retries.attempts", e))
+                .map_err(|e| errs.push(format!("{at}.attempts"), e))
                 .ok()
         });
         let on = parse_conditions(&self.on)
             .map_err(|es| {
                 for (i, e) in es {
-                    errs.push(format!("spec.retries.on[{i}]"), e);
+                    errs.push(format!("{at}.on[{i}]"), e);
                 }
             })
             .unwrap_or_default();
         let per_try_timeout = duration(
             self.per_try_timeout.as_deref(),
-            "spec.retries.perTryTimeout",
+            &format!("{at}.perTryTimeout"),
             errs,
         );
         let (base, max) = match &self.backoff {
             Some(b) => (
-                duration(b.base.as_deref(), "spec.retries.backoff.base", errs),
-                duration(b.max.as_deref(), "spec.retries.backoff.max", errs),
+                duration(b.base.as_deref(), &format!("{at}.backoff.base"), errs),
+                duration(b.max.as_deref(), &format!("{at}.backoff.max"), errs),
             ),
             None => (None, None),
         };
         let backoff = Backoff::retries(base, max)
-            .map_err(|e| errs.push("spec.retries.backoff", e))
+            .map_err(|e| errs.push(format!("{at}.backoff"), e))
             .unwrap_or_default();
         let budget = self.budget.unwrap_or(RawBudget {
             ratio: None,
             min_per_second: None,
         });
         let ratio = Ratio::new(budget.ratio.unwrap_or(0.0))
-            .map_err(|e| errs.push("spec.retries.budget.ratio", e))
+            .map_err(|e| errs.push(format!("{at}.budget.ratio"), e))
             .unwrap_or_default();
         let retry = Retry {
             attempts,
@@ -244,12 +251,14 @@ impl RawHedge {
 }
 
 impl RawFaults {
-    fn parse(self, errs: &mut DocErrors<'_>) -> Option<Faults> {
+    /// The settings, each problem reported under `at` (`spec.faults`, or
+    /// a route rule's `fault`).
+    pub(super) fn parse(self, at: &str, errs: &mut DocErrors<'_>) -> Option<Faults> {
         let before = errs.count();
         let delay = self.delay.and_then(|d| {
-            let duration = duration(Some(&d.duration), "spec.faults.delay.duration", errs);
+            let duration = duration(Some(&d.duration), &format!("{at}.delay.duration"), errs);
             let percent = Percent::new(d.percent)
-                .map_err(|e| errs.push("spec.faults.delay.percent", e))
+                .map_err(|e| errs.push(format!("{at}.delay.percent"), e))
                 .ok();
             Some(FaultDelay {
                 percent: percent?,
@@ -264,7 +273,7 @@ impl RawFaults {
             )
             .map_err(|es| {
                 for (field, e) in es {
-                    errs.push(format!("spec.faults.abort.{field}"), e);
+                    errs.push(format!("{at}.abort.{field}"), e);
                 }
             })
             .ok()

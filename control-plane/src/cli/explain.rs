@@ -1,0 +1,283 @@
+//! `weftctl explain --from SERVICE METHOD URL [-H name:value]...`: asks the
+//! control plane which route, rule and backends the request would take,
+//! and prints its answer. Nothing is matched here: the control plane runs
+//! its stored routes through the sidecars' matcher.
+
+use serde_json::{Map, Value, json};
+use weft_proto::routing::RouteKind;
+use weft_proto::v1 as pb;
+
+use super::output::{structured, table};
+use super::{CliError, Format};
+use crate::api::convert::rule_from_proto;
+use crate::resource::{rule_to_value, value_to_yaml};
+
+/// The request as the command line gives it.
+#[derive(Debug, Clone)]
+pub struct ExplainArgs<'a> {
+    pub from: &'a str,
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [String],
+    pub service: Option<&'a str>,
+}
+
+/// The `ExplainRequest` for the command line's request: the URL's host
+/// names the destination unless `--service` does; a bare path needs
+/// `--service`.
+pub fn request(a: &ExplainArgs<'_>) -> Result<pb::ExplainRequest, CliError> {
+    let bad = |why: String| CliError::Input(why);
+    let (host, path) = if a.url.starts_with('/') {
+        (None, a.url.to_string())
+    } else {
+        let uri: http::Uri = a
+            .url
+            .parse()
+            .map_err(|e| bad(format!("{}: not a URL ({e})", a.url)))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad(format!(
+                "{}: expected http://SERVICE/path?query, or a path with --service",
+                a.url
+            )));
+        }
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string());
+        (uri.host().map(str::to_string), path)
+    };
+    let service = match (a.service, host) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(h)) => h,
+        (None, None) => {
+            return Err(bad(
+                "name the destination: http://SERVICE/path, or --service".into(),
+            ));
+        }
+    };
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| bad(format!("-H {h:?}: expected name:value")))?;
+            Ok(pb::Header {
+                name: name.trim().to_string(),
+                value: value.trim().to_string(),
+            })
+        })
+        .collect::<Result<_, CliError>>()?;
+    Ok(pb::ExplainRequest {
+        from: a.from.to_string(),
+        service,
+        method: a.method.to_string(),
+        path,
+        headers,
+    })
+}
+
+fn place(rule: u32, matched: Option<u32>) -> String {
+    match matched {
+        Some(m) => format!("rules[{rule}].matches[{m}]"),
+        None => format!("rules[{rule}]"),
+    }
+}
+
+/// The taken rule as its YAML value (the Gateway API's shape).
+fn rule_value(t: &pb::TakenRule) -> Option<Value> {
+    let kind = RouteKind::from_wire(t.kind).ok()?;
+    let rule = rule_from_proto(t.rule.as_ref()?, kind).ok()?;
+    Some(rule_to_value(kind, &rule))
+}
+
+fn share(weight: u32, total: u64) -> String {
+    if total == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", f64::from(weight) * 100.0 / total as f64)
+}
+
+/// The answer for people (a table and the rule's settings) or programs.
+pub fn print(req: &pb::ExplainRequest, r: &pb::ExplainResponse, format: Format) -> String {
+    if format != Format::Table {
+        return structured(json_of(req, r), format);
+    }
+    let mut out = format!(
+        "{} {} from {} to {} ({})\n",
+        req.method,
+        req.path,
+        req.from,
+        r.service,
+        if r.grpc { "gRPC" } else { "HTTP" }
+    );
+    if r.routes.is_empty() {
+        out.push_str(&format!("no routes attached to {}\n", r.service));
+    } else {
+        out.push_str(&format!("routes attached: {}\n", r.routes.join(", ")));
+        out.push_str("\ncandidates, in precedence order:\n");
+        let rows = r
+            .candidates
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("  {}", c.route),
+                    place(c.rule, c.r#match),
+                    if c.mismatch.is_empty() {
+                        "matched".into()
+                    } else {
+                        format!("no: {}", c.mismatch)
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  ROUTE", "RULE", "RESULT"], rows));
+    }
+    out.push('\n');
+    match &r.taken {
+        Some(t) => out.push_str(&format!(
+            "rule taken: {} {}\n",
+            t.route,
+            place(t.index, t.r#match)
+        )),
+        None => out.push_str("no route matches: the service's default (all endpoints)\n"),
+    }
+    let total: u64 = r.backends.iter().map(|b| u64::from(b.weight)).sum();
+    let rows = r
+        .backends
+        .iter()
+        .map(|b| {
+            vec![
+                format!("  {}", b.service),
+                if b.subset.is_empty() {
+                    "-".into()
+                } else {
+                    b.subset.clone()
+                },
+                b.weight.to_string(),
+                share(b.weight, total),
+                b.path.clone(),
+                b.authorization.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "  BACKEND",
+            "SUBSET",
+            "WEIGHT",
+            "SHARE",
+            "PATH",
+            "AUTHORIZATION",
+        ],
+        rows,
+    ));
+    if let Some(t) = &r.taken {
+        let rule = rule_value(t).unwrap_or(Value::Null);
+        for (key, what) in [
+            ("filters", "filters"),
+            ("timeouts", "timeouts"),
+            ("retry", "retry"),
+            ("fault", "fault"),
+        ] {
+            match rule.get(key) {
+                Some(v) => {
+                    out.push_str(&format!("{what}:\n"));
+                    for line in value_to_yaml(v).lines() {
+                        out.push_str(&format!("  {line}\n"));
+                    }
+                }
+                None if key == "filters" => out.push_str("filters: none\n"),
+                None => out.push_str(&format!("{what}: the service's\n")),
+            }
+        }
+    }
+    out
+}
+
+fn json_of(req: &pb::ExplainRequest, r: &pb::ExplainResponse) -> Value {
+    let candidates: Vec<Value> = r
+        .candidates
+        .iter()
+        .map(|c| {
+            json!({
+                "route": c.route,
+                "rule": c.rule,
+                "match": c.r#match,
+                "matched": c.mismatch.is_empty(),
+                "mismatch": (!c.mismatch.is_empty()).then_some(&c.mismatch),
+            })
+        })
+        .collect();
+    let backends: Vec<Value> = r
+        .backends
+        .iter()
+        .map(|b| {
+            json!({
+                "service": b.service,
+                "subset": (!b.subset.is_empty()).then_some(&b.subset),
+                "weight": b.weight,
+                "path": b.path,
+                "allowed": b.allowed,
+                "authorization": b.authorization,
+            })
+        })
+        .collect();
+    let taken = r.taken.as_ref().map(|t| {
+        let mut m = Map::new();
+        m.insert("route".into(), json!(t.route));
+        m.insert("rule".into(), json!(t.index));
+        m.insert("match".into(), json!(t.r#match));
+        if let Some(v) = rule_value(t) {
+            m.insert("spec".into(), v);
+        }
+        Value::Object(m)
+    });
+    json!({
+        "from": req.from,
+        "service": r.service,
+        "method": req.method,
+        "path": req.path,
+        "grpc": r.grpc,
+        "routes": r.routes,
+        "candidates": candidates,
+        "taken": taken,
+        "backends": backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args<'a>(url: &'a str, headers: &'a [String], service: Option<&'a str>) -> ExplainArgs<'a> {
+        ExplainArgs {
+            from: "orders",
+            method: "GET",
+            url,
+            headers,
+            service,
+        }
+    }
+
+    #[test]
+    fn the_url_names_the_destination_unless_service_does() {
+        let h = vec!["x-canary: 1".to_string()];
+        let r = request(&args("http://users:8080/api/users/1?v=2", &h, None)).expect("valid");
+        assert_eq!(
+            (r.service.as_str(), r.path.as_str()),
+            ("users", "/api/users/1?v=2")
+        );
+        assert_eq!(
+            (r.headers[0].name.as_str(), r.headers[0].value.as_str()),
+            ("x-canary", "1")
+        );
+        let r = request(&args("/x", &[], Some("users"))).expect("valid");
+        assert_eq!((r.service.as_str(), r.path.as_str()), ("users", "/x"));
+        let r = request(&args("http://localhost/x", &[], Some("users"))).expect("valid");
+        assert_eq!(r.service, "users");
+        assert!(request(&args("/x", &[], None)).is_err());
+        assert!(request(&args("ftp://users/x", &[], None)).is_err());
+        let bad = vec!["no-colon".to_string()];
+        assert!(request(&args("http://users/", &bad, None)).is_err());
+    }
+}

@@ -1,0 +1,553 @@
+//! The rules of routes that span resources, checked on the resources as
+//! they would be after an apply (or a delete): every service a route names
+//! exists, every subset it names is defined by that service's `Service`,
+//! and no match of a rule is one another rule attached to the same service
+//! already takes (the second could never be taken).
+//!
+//! A service exists when it has a `Service` resource (applied before, or in
+//! the same apply) or registered instances: a route may attach to a service
+//! that is only discovered, as callers may call one. Subsets are defined
+//! only by a `Service` resource.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use weft_proto::routing::{BackendRef, PathMatch, RouteMatch, ValueMatch};
+
+use super::RouteSpec;
+use crate::resource::{FieldError, InvalidResources, Kind, Name, Resource, ServiceSpec};
+
+/// Why routes do not fit the other resources.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("unknown service {0}: no Service resource and no registered instance")]
+    UnknownService(Name),
+    #[error("service {service} has no subset {subset:?} ({defined})")]
+    UnknownSubset {
+        service: Name,
+        subset: String,
+        defined: String,
+    },
+    #[error(
+        "service {service} has no Service resource, so no subsets (a subset is defined in its spec.subsets)"
+    )]
+    NoSubsets { service: Name },
+    #[error("{by} sends to subset {subset:?} of this service, which would no longer be defined")]
+    SubsetInUse { by: String, subset: String },
+    #[error(
+        "matches exactly what {first} matches on service {service}, which comes first: this one could never be taken"
+    )]
+    Unreachable { first: String, service: Name },
+    #[error(
+        "matches exactly what {second} (already applied) matches on service {service}, and comes first: that one could never be taken"
+    )]
+    MakesUnreachable { second: String, service: Name },
+}
+
+/// The services routes may name, as they would be.
+#[derive(Debug)]
+struct Known<'a> {
+    /// By name: those with a `Service` resource.
+    resources: BTreeMap<&'a Name, &'a ServiceSpec>,
+    /// Those with registered instances.
+    discovered: &'a BTreeSet<Name>,
+}
+
+impl Known<'_> {
+    fn exists(&self, s: &Name) -> bool {
+        self.resources.contains_key(s) || self.discovered.contains(s)
+    }
+
+    /// The problem with `b`, if any (the field it is in: `name` or `subset`).
+    fn backend(&self, b: &BackendRef) -> Option<(&'static str, ReferenceError)> {
+        if !self.exists(&b.service) {
+            return Some(("name", ReferenceError::UnknownService(b.service.clone())));
+        }
+        let subset = b.subset.as_deref()?;
+        let Some(spec) = self.resources.get(&b.service) else {
+            return Some((
+                "subset",
+                ReferenceError::NoSubsets {
+                    service: b.service.clone(),
+                },
+            ));
+        };
+        if spec.subsets.iter().any(|s| s.name.as_str() == subset) {
+            return None;
+        }
+        let defined: Vec<&str> = spec.subsets.iter().map(|s| s.name.as_str()).collect();
+        let defined = if defined.is_empty() {
+            "it defines none".to_string()
+        } else {
+            format!("it defines {}", defined.join(", "))
+        };
+        Some((
+            "subset",
+            ReferenceError::UnknownSubset {
+                service: b.service.clone(),
+                subset: subset.to_string(),
+                defined,
+            },
+        ))
+    }
+}
+
+/// A problem with one route: the field's path (as YAML writes it) and why.
+type Problem = (String, ReferenceError);
+
+/// Every service and subset `route` names that `known` lacks.
+fn references(route: &RouteSpec, known: &Known<'_>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, s) in route.services().iter().enumerate() {
+        if !known.exists(s) {
+            out.push((
+                format!("spec.parentRefs[{i}].name"),
+                ReferenceError::UnknownService(s.clone()),
+            ));
+        }
+    }
+    for (r, rule) in route.rules().iter().enumerate() {
+        for (b, backend) in rule.backends().iter().enumerate() {
+            if let Some((field, e)) = known.backend(backend) {
+                out.push((format!("spec.rules[{r}].backendRefs[{b}].{field}"), e));
+            }
+        }
+        for (f, mirror) in rule.mirrors() {
+            if let Some((field, e)) = known.backend(&mirror.backend) {
+                let at = format!("spec.rules[{r}].filters[{f}].requestMirror.backendRef.{field}");
+                out.push((at, e));
+            }
+        }
+    }
+    out
+}
+
+/// Where a route comes from: a document of this request, or the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// 0-based place in the request.
+    Applied(usize),
+    Existing,
+}
+
+/// The resources as they would be after `applied`, each with its origin.
+fn overlay<'a>(applied: &'a [Resource], existing: &'a [Resource]) -> Vec<(Origin, &'a Resource)> {
+    let mut by_key: BTreeMap<String, (Origin, &Resource)> = existing
+        .iter()
+        .map(|r| (r.key(), (Origin::Existing, r)))
+        .collect();
+    for (i, r) in applied.iter().enumerate() {
+        by_key.insert(r.key(), (Origin::Applied(i), r));
+    }
+    by_key.into_values().collect()
+}
+
+fn known<'a>(all: &[(Origin, &'a Resource)], discovered: &'a BTreeSet<Name>) -> Known<'a> {
+    let resources = all
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Resource::Service(s) => Some((&s.name, s.as_ref())),
+            _ => None,
+        })
+        .collect();
+    Known {
+        resources,
+        discovered,
+    }
+}
+
+/// Checks the routes of the resources as they would be after `applied`
+/// (over `existing`; `discovered`: the services with registered
+/// instances). Problems of a route in `applied` are reported on its
+/// document; a route already applied that a `Service` in `applied` would
+/// break (a subset it uses gone) is reported on that `Service`.
+pub fn check_routes(
+    applied: &[Resource],
+    existing: &[Resource],
+    discovered: &BTreeSet<Name>,
+) -> Result<(), InvalidResources> {
+    let all = overlay(applied, existing);
+    let known = known(&all, discovered);
+    let mut errors = Vec::new();
+    let error = |i: usize, r: &Resource, path: String, e: &ReferenceError| FieldError {
+        document: i + 1,
+        resource: Some(r.key()),
+        path,
+        reason: e.to_string(),
+    };
+    let mut routes = Vec::new();
+    for &(origin, r) in &all {
+        let Resource::Route(route) = r else { continue };
+        routes.push((origin, route.as_ref()));
+        for (path, e) in references(route, &known) {
+            match (origin, &e) {
+                (Origin::Applied(i), _) => errors.push(error(i, r, path, &e)),
+                (
+                    Origin::Existing,
+                    ReferenceError::UnknownSubset {
+                        service, subset, ..
+                    },
+                ) => {
+                    // Only a Service of this request can have taken it away.
+                    let key = format!("{}/{service}", Kind::Service.as_str());
+                    if let Some(i) = applied.iter().position(|a| a.key() == key) {
+                        let e = ReferenceError::SubsetInUse {
+                            by: format!("{} {path}", r.key()),
+                            subset: subset.clone(),
+                        };
+                        errors.push(error(i, &applied[i], "spec.subsets".into(), &e));
+                    }
+                }
+                (Origin::Existing, _) => {}
+            }
+        }
+    }
+    for (origin, path, e) in conflicts(&routes) {
+        if let Origin::Applied(i) = origin {
+            errors.push(error(i, &applied[i], path, &e));
+        }
+    }
+    errors.sort_by_key(|e| e.document);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidResources(errors))
+    }
+}
+
+/// What deleting `kind`/`name` would break: each route it would leave
+/// naming a service or a subset that no longer exists, as `HTTPRoute/x
+/// spec.rules[0].backendRefs[1].subset: reason`.
+pub fn check_delete(
+    kind: Kind,
+    name: &Name,
+    existing: &[Resource],
+    discovered: &BTreeSet<Name>,
+) -> Vec<String> {
+    let rest: Vec<Resource> = existing
+        .iter()
+        .filter(|r| !(r.kind() == kind && r.name() == name))
+        .cloned()
+        .collect();
+    let all = overlay(&[], &rest);
+    let known = known(&all, discovered);
+    let mut out = Vec::new();
+    for (_, r) in &all {
+        if let Resource::Route(route) = r {
+            for (path, e) in references(route, &known) {
+                out.push(format!("{} {path}: {e}", r.key()));
+            }
+        }
+    }
+    out
+}
+
+/// A value condition: (a regular expression, the text).
+type Value = (bool, String);
+
+/// A match reduced to what it matches: header and query conditions are a
+/// set, a rule without matches is the match of every request.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Conditions {
+    path: (u8, String),
+    method: Option<String>,
+    grpc: Option<(Option<Value>, Option<Value>)>,
+    headers: Vec<(String, bool, String)>,
+    query: Vec<(String, bool, String)>,
+}
+
+fn value(v: &ValueMatch) -> Value {
+    (matches!(v, ValueMatch::Regex(_)), v.value().to_string())
+}
+
+impl Conditions {
+    fn of(m: &RouteMatch) -> Self {
+        let kind = match m.path {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Prefix(_) => 1,
+            PathMatch::Regex(_) => 2,
+        };
+        let set = |mut v: Vec<(String, bool, String)>| {
+            v.sort();
+            v.dedup();
+            v
+        };
+        Conditions {
+            path: (kind, m.path.value().to_string()),
+            method: m.method.as_ref().map(ToString::to_string),
+            grpc: m
+                .grpc
+                .as_ref()
+                .map(|g| (g.service.as_ref().map(value), g.method.as_ref().map(value))),
+            headers: set(m
+                .headers
+                .iter()
+                .map(|h| {
+                    let (re, v) = value(&h.value);
+                    (h.name.to_string(), re, v)
+                })
+                .collect()),
+            query: set(m
+                .query
+                .iter()
+                .map(|q| {
+                    let (re, v) = value(&q.value);
+                    (q.name.clone(), re, v)
+                })
+                .collect()),
+        }
+    }
+}
+
+/// One match of one rule, named as users write it.
+struct Place<'a> {
+    origin: Origin,
+    route: &'a RouteSpec,
+    rule: usize,
+    /// `spec.rules[1].matches[0]`, or `spec.rules[1]` for a rule without.
+    path: String,
+}
+
+impl Place<'_> {
+    fn describe(&self) -> String {
+        format!("{} {}", self.route.qualified_name(), self.path)
+    }
+}
+
+/// Every match that another rule attached to the same service takes
+/// first: (where to report it, the path, why). Ties between equal matches
+/// go by route name, then rule, then match, as `RouteTable` orders them.
+fn conflicts(routes: &[(Origin, &RouteSpec)]) -> Vec<(Origin, String, ReferenceError)> {
+    let mut by_service: BTreeMap<&Name, Vec<(Origin, &RouteSpec)>> = BTreeMap::new();
+    for &(origin, route) in routes {
+        for s in route.services() {
+            by_service.entry(s).or_default().push((origin, route));
+        }
+    }
+    let every = RouteMatch::default();
+    let mut out = Vec::new();
+    let mut reported = BTreeSet::new();
+    for (service, mut attached) in by_service {
+        attached.sort_by_key(|(_, r)| r.qualified_name());
+        let mut first: HashMap<Conditions, Place<'_>> = HashMap::new();
+        for (origin, route) in attached {
+            for (r, rule) in route.rules().iter().enumerate() {
+                let matches: Vec<(String, &RouteMatch)> = if rule.matches().is_empty() {
+                    vec![(format!("spec.rules[{r}]"), &every)]
+                } else {
+                    rule.matches()
+                        .iter()
+                        .enumerate()
+                        .map(|(m, x)| (format!("spec.rules[{r}].matches[{m}]"), x))
+                        .collect()
+                };
+                for (path, m) in matches {
+                    let here = Place {
+                        origin,
+                        route,
+                        rule: r,
+                        path,
+                    };
+                    let Some(before) = first.get(&Conditions::of(m)) else {
+                        first.insert(Conditions::of(m), here);
+                        continue;
+                    };
+                    // Two matches of one rule overlap harmlessly.
+                    if std::ptr::eq(before.route, route) && before.rule == r {
+                        continue;
+                    }
+                    let (at, other, e) = match (here.origin, before.origin) {
+                        (Origin::Applied(_), _) => (
+                            &here,
+                            before,
+                            ReferenceError::Unreachable {
+                                first: before.describe(),
+                                service: service.clone(),
+                            },
+                        ),
+                        (Origin::Existing, Origin::Applied(_)) => (
+                            before,
+                            &here,
+                            ReferenceError::MakesUnreachable {
+                                second: here.describe(),
+                                service: service.clone(),
+                            },
+                        ),
+                        (Origin::Existing, Origin::Existing) => continue,
+                    };
+                    // A pair of routes sharing several services is one problem.
+                    if reported.insert((at.describe(), other.describe())) {
+                        out.push((at.origin, at.path.clone(), e));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::parse_documents;
+
+    const SERVICES: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  subsets:\n    - {name: v1, labels: {version: v1}}\n    - {name: v2, labels: {version: v2}}\n";
+
+    fn docs(text: &str) -> Vec<Resource> {
+        parse_documents(text).expect("valid documents")
+    }
+
+    fn route(name: &str, rules: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: users}}]\n  rules:\n{rules}"
+        )
+    }
+
+    fn errors(applied: &str, existing: &str, discovered: &[&str]) -> Vec<String> {
+        let discovered: BTreeSet<Name> = discovered
+            .iter()
+            .map(|s| Name::parse(s).expect("name"))
+            .collect();
+        let existing = if existing.is_empty() {
+            Vec::new()
+        } else {
+            docs(existing)
+        };
+        match check_routes(&docs(applied), &existing, &discovered) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn services_and_subsets_must_exist() {
+        let applied = format!(
+            "{}---\n{SERVICES}",
+            route(
+                "r",
+                "    - backendRefs: [{name: users, subset: v3}, {name: orders}, {name: billing, subset: v1}]\n      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]\n"
+            )
+        );
+        assert_eq!(
+            errors(&applied, "", &["billing"]),
+            [
+                "document 1 (HTTPRoute/r): spec.rules[0].backendRefs[0].subset: service users has no subset \"v3\" (it defines v1, v2)",
+                "document 1 (HTTPRoute/r): spec.rules[0].backendRefs[1].name: unknown service orders: no Service resource and no registered instance",
+                "document 1 (HTTPRoute/r): spec.rules[0].backendRefs[2].subset: service billing has no Service resource, so no subsets (a subset is defined in its spec.subsets)",
+                "document 1 (HTTPRoute/r): spec.rules[0].filters[0].requestMirror.backendRef.name: unknown service shadow: no Service resource and no registered instance",
+            ]
+        );
+        // The parent: a Service applied before, or one with instances.
+        let alone = route("r", "    - backendRefs: [{name: users}]\n");
+        assert_eq!(
+            errors(&alone, "", &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.parentRefs[0].name: unknown service users: no Service resource and no registered instance",
+                "document 1 (HTTPRoute/r): spec.rules[0].backendRefs[0].name: unknown service users: no Service resource and no registered instance",
+            ]
+        );
+        assert!(errors(&alone, SERVICES, &[]).is_empty());
+        assert!(errors(&alone, "", &["users"]).is_empty());
+    }
+
+    #[test]
+    fn a_service_may_not_take_away_a_subset_a_route_uses() {
+        let existing = format!(
+            "{SERVICES}---\n{}",
+            route("r", "    - backendRefs: [{name: users, subset: v2}]\n")
+        );
+        let shrunk = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  subsets: [{name: v1, labels: {version: v1}}]\n";
+        assert_eq!(
+            errors(shrunk, &existing, &[]),
+            [
+                "document 1 (Service/users): spec.subsets: HTTPRoute/r spec.rules[0].backendRefs[0].subset sends to subset \"v2\" of this service, which would no longer be defined"
+            ]
+        );
+        let users = Name::parse("users").expect("name");
+        let existing = docs(&existing);
+        let broken = check_delete(Kind::Service, &users, &existing, &BTreeSet::new());
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(
+            broken[0].starts_with("HTTPRoute/r spec.parentRefs[0].name: unknown service users")
+        );
+        // With instances it stays known, but its subsets go with the resource.
+        let broken = check_delete(Kind::Service, &users, &existing, &[users.clone()].into());
+        assert_eq!(
+            broken,
+            [
+                "HTTPRoute/r spec.rules[0].backendRefs[0].subset: service users has no Service resource, so no subsets (a subset is defined in its spec.subsets)"
+            ]
+        );
+        let r = Name::parse("r").expect("name");
+        assert!(check_delete(Kind::HttpRoute, &r, &existing, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_match_another_rule_takes_first_is_a_conflict_naming_both() {
+        let header = "      - headers: [{name: x-canary, value: \"1\"}]\n";
+        let a = route(
+            "a",
+            &format!(
+                "    - matches:\n{header}      backendRefs: [{{name: users, subset: v2}}]\n    - backendRefs: [{{name: users}}]\n    - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n"
+            ),
+        );
+        // Rule 2 takes every request, as rule 1 (no matches) does.
+        assert_eq!(
+            errors(&a, SERVICES, &[]),
+            [
+                "document 1 (HTTPRoute/a): spec.rules[2].matches[0]: matches exactly what HTTPRoute/a spec.rules[1] matches on service users, which comes first: this one could never be taken"
+            ]
+        );
+        let b = route(
+            "b",
+            "    - matches:\n      - headers: [{type: Exact, value: \"1\", name: X-Canary}]\n        path: {value: /}\n      backendRefs: [{name: users, subset: v1}]\n",
+        );
+        let a = route(
+            "a",
+            &format!("    - matches:\n{header}      backendRefs: [{{name: users, subset: v2}}]\n"),
+        );
+        // Across routes in one apply: the second by name is reported.
+        let both = format!("{b}---\n{a}");
+        assert_eq!(
+            errors(&both, SERVICES, &[]),
+            [
+                "document 1 (HTTPRoute/b): spec.rules[0].matches[0]: matches exactly what HTTPRoute/a spec.rules[0].matches[0] matches on service users, which comes first: this one could never be taken"
+            ]
+        );
+        // Against a route applied before, whichever comes first.
+        let existing = format!("{SERVICES}---\n{a}");
+        assert_eq!(
+            errors(&b, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/b): spec.rules[0].matches[0]: matches exactly what HTTPRoute/a spec.rules[0].matches[0] matches on service users, which comes first: this one could never be taken"
+            ]
+        );
+        let existing = format!("{SERVICES}---\n{b}");
+        assert_eq!(
+            errors(&a, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/a): spec.rules[0].matches[0]: matches exactly what HTTPRoute/b spec.rules[0].matches[0] (already applied) matches on service users, and comes first: that one could never be taken"
+            ]
+        );
+        // A route re-applied replaces itself; it does not conflict with its old self.
+        assert!(errors(&a, &format!("{SERVICES}---\n{a}"), &[]).is_empty());
+        // A different value, or two equal matches in one rule, are no conflict.
+        let c = route(
+            "c",
+            "    - matches:\n      - headers: [{name: x-canary, value: \"2\"}]\n      - headers: [{name: x-canary, value: \"2\"}]\n",
+        );
+        assert!(errors(&c, &existing, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_conflict_on_several_shared_services_is_one_problem() {
+        let two = |name: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: users}}, {{name: orders}}]\n  rules: [{{backendRefs: [{{name: users}}]}}]\n"
+            )
+        };
+        let applied = format!("{}---\n{}", two("a"), two("b"));
+        let e = errors(&applied, "", &["users", "orders"]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("document 2 (HTTPRoute/b): spec.rules[0]: matches exactly what HTTPRoute/a spec.rules[0]"), "{e:?}");
+    }
+}
