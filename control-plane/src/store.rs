@@ -276,4 +276,31 @@ mod tests {
         assert!(store.load_resources()?.is_empty());
         Ok(())
     }
+
+    #[test]
+    fn routes_survive_reopen_and_are_deleted_by_kind() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let route = |kind: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: a}}]\n  rules:\n    - filters:\n        - {{type: RequestMirror, requestMirror: {{backendRef: {{name: b}}}}}}\n        - {{type: RequestHeaderModifier, requestHeaderModifier: {{add: [{{name: x-a, value: \"1\"}}]}}}}\n      backendRefs: [{{name: a, weight: 2}}, {{name: b}}]\n"
+            )
+        };
+        let rs = parse_documents(&format!(
+            "{}---\n{}",
+            route("HTTPRoute"),
+            route("GRPCRoute")
+        ))?;
+        {
+            let store = Store::open(dir.path())?;
+            store.apply(&rs)?;
+        }
+        let store = Store::open(dir.path())?;
+        let mut back = store.load_resources()?;
+        back.sort_by_key(|r| std::cmp::Reverse(r.key()));
+        assert_eq!(back, rs, "both kinds, filters in their written order");
+        let name = Name::parse("r").map_err(anyhow::Error::msg)?;
+        assert!(store.delete(Kind::GrpcRoute, &name)?);
+        assert_eq!(store.load_resources()?, rs[..1]);
+        Ok(())
+    }
 }

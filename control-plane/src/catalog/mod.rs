@@ -425,4 +425,6 @@ pub async fn run_reaper(catalog: Arc<Catalog>, shutdown: impl std::future::Futur
 }
 
 #[cfg(test)]
+mod routing_tests;
+#[cfg(test)]
 mod tests;

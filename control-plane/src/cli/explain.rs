@@ -141,6 +141,7 @@ pub fn print(req: &pb::ExplainRequest, r: &pb::ExplainResponse, format: Format) 
         )),
         None => out.push_str("no route matches: the service's default (all endpoints)\n"),
     }
+    out.push_str("backends:\n");
     let total: u64 = r.backends.iter().map(|b| u64::from(b.weight)).sum();
     let rows = r
         .backends
