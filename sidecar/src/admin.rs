@@ -160,6 +160,10 @@ fn config_json(state: &AdminState) -> Value {
                 Entry::Known(t) => json!({
                     "known": true,
                     "policy": t.policy,
+                    "routes": table.routes(name.as_str()).map(|r| r.routes().iter().map(|r| json!({
+                        "name": r.name,
+                        "rules": r.rules.len(),
+                    })).collect::<Vec<_>>()).unwrap_or_default(),
                     "endpoints": t.endpoints.iter().map(|e| json!({
                         "id": e.spec.id,
                         "address": e.spec.addr,

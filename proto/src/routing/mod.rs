@@ -24,7 +24,7 @@ pub use matching::{
 };
 pub use table::{Candidate, Found, Route, RouteTable, Rule};
 pub use wire::{
-    WireError, backend_from_wire, backend_to_wire, filters_from_wire, filters_to_wire,
+    Problem, WireError, backend_from_wire, backend_to_wire, filters_from_wire, filters_to_wire,
     match_from_wire, match_to_wire,
 };
 

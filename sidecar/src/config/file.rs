@@ -144,6 +144,7 @@ pub fn parse_static(text: &str) -> Result<Vec<(ServiceName, ServiceState)>, File
                     resilience: Default::default(),
                 },
                 endpoints,
+                routes: Vec::new(),
             },
         ));
     }

@@ -13,6 +13,10 @@ use weft_proto::name::{AddressError, NameError, ServiceName, validate_address};
 use weft_proto::pattern::{MethodPattern, PatternError};
 use weft_proto::protocol::{ChoiceError, InboundMode, LoadBalancer, Protocol};
 use weft_proto::retry::RetryConditions;
+use weft_proto::routing::{
+    Problem, RouteKind, Rule as RouteRule, WireError, backend_from_wire, filters_from_wire,
+    match_from_wire,
+};
 use weft_proto::v1 as pb;
 
 use crate::model::inbound::{AnyCaller, Caller, HttpRule, InboundPolicy, Rule};
@@ -20,6 +24,7 @@ use crate::model::policy::{
     BreakerConfig, BudgetConfig, FaultPolicy, HedgePolicy, Limits, Resilience, RetryPolicy,
     Timeouts,
 };
+use crate::model::route::{RouteSpec, RuleSpec};
 use crate::model::{EndpointSpec, Health, ServicePolicy, Subset};
 
 /// One service's change, validated.
@@ -34,6 +39,8 @@ pub enum Change {
         reset: bool,
         upsert: Vec<EndpointSpec>,
         removed: Vec<Arc<str>>,
+        /// Set when the routes attached to the service changed.
+        routes: Option<Vec<RouteSpec>>,
     },
 }
 
@@ -76,6 +83,21 @@ pub enum ServiceError {
     EndpointAddress { id: String, error: AddressError },
     #[error("endpoint {id}: unknown health {health}")]
     EndpointHealth { id: String, health: i32 },
+    #[error("routing.routes[{route}]: {problem}")]
+    Route { route: usize, problem: RouteProblem },
+}
+
+/// What is wrong in one pushed route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteProblem {
+    #[error("kind: {0}")]
+    Kind(Problem),
+    #[error("rules[{rule}].{error}")]
+    Wire { rule: usize, error: WireError },
+    #[error("rules[{rule}].retry.on: {error}")]
+    RetryOn { rule: usize, error: ChoiceError },
+    #[error("rules[{rule}].fault.abort_grpc_status: {status} is not a gRPC status")]
+    FaultStatus { rule: usize, status: u32 },
 }
 
 /// Validates a whole update; the first problem is the NACK reason.
@@ -118,14 +140,93 @@ fn convert_service(
         .iter()
         .map(convert_endpoint)
         .collect::<Result<Vec<_>, _>>()?;
+    let routes = s.routing.as_ref().map(routing).transpose()?;
     out.push(Change::Known {
         name: name.clone(),
         policy,
         reset: s.reset_endpoints,
         upsert,
         removed: s.removed.iter().map(|r| r.as_str().into()).collect(),
+        routes,
     });
     Ok(())
+}
+
+/// The routes attached to a service.
+fn routing(r: &pb::Routing) -> Result<Vec<RouteSpec>, ServiceError> {
+    r.routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| {
+            convert_route(route).map_err(|problem| ServiceError::Route { route: i, problem })
+        })
+        .collect()
+}
+
+fn convert_route(r: &pb::Route) -> Result<RouteSpec, RouteProblem> {
+    let kind = RouteKind::from_wire(r.kind).map_err(RouteProblem::Kind)?;
+    let rules = r
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| convert_rule(i, rule, kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RouteSpec {
+        name: r.name.clone(),
+        kind,
+        rules,
+    })
+}
+
+fn convert_rule(
+    i: usize,
+    r: &pb::RouteRule,
+    kind: RouteKind,
+) -> Result<RouteRule<RuleSpec>, RouteProblem> {
+    let wire = |error: WireError| RouteProblem::Wire { rule: i, error };
+    let matches = r
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(j, m)| {
+            match_from_wire(m, kind).map_err(|e| WireError {
+                at: format!("matches[{j}].{}", e.at),
+                problem: e.problem,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(wire)?;
+    let backends = r
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(j, b)| backend_from_wire(b, &format!("backendRefs[{j}]")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(wire)?;
+    let filters = filters_from_wire(&r.filters, &matches).map_err(wire)?;
+    let retry = r
+        .retry
+        .as_ref()
+        .map(retry)
+        .transpose()
+        .map_err(|error| RouteProblem::RetryOn { rule: i, error })?;
+    let fault = r
+        .fault
+        .as_ref()
+        .map(fault)
+        .transpose()
+        .map_err(|status| RouteProblem::FaultStatus { rule: i, status })?;
+    Ok(RouteRule {
+        matches,
+        action: RuleSpec {
+            backends,
+            filters,
+            request_timeout: nonzero_ms(r.request_timeout_ms),
+            backend_request_timeout: nonzero_ms(r.backend_request_timeout_ms),
+            retry,
+            fault,
+        },
+    })
 }
 
 fn convert_policy(p: &pb::ServiceSpec) -> Result<ServicePolicy, ServiceError> {
@@ -266,12 +367,21 @@ pub fn resilience(p: &pb::ServiceSpec) -> Result<Resilience, ServiceError> {
         Some(c) => (breaker(c, d.breaker), self::limits(c)),
     };
     Ok(Resilience {
-        retry: p.retry.as_ref().map_or(Ok(d.retry), retry)?,
+        retry: p
+            .retry
+            .as_ref()
+            .map_or(Ok(d.retry), retry)
+            .map_err(ServiceError::RetryOn)?,
         timeouts: p.timeouts.as_ref().map_or(d.timeouts, timeouts),
         breaker,
         limits,
         hedge: p.hedge.as_ref().map(hedge).transpose()?,
-        fault: p.fault.as_ref().map(fault).transpose()?,
+        fault: p
+            .fault
+            .as_ref()
+            .map(fault)
+            .transpose()
+            .map_err(ServiceError::FaultStatus)?,
     })
 }
 
@@ -294,7 +404,8 @@ fn or<T: Default + PartialEq>(n: T, default: T) -> T {
     if n == T::default() { default } else { n }
 }
 
-fn retry(r: &pb::RetryPolicy) -> Result<RetryPolicy, ServiceError> {
+/// Retry settings; the only way they can be wrong is a condition's name.
+fn retry(r: &pb::RetryPolicy) -> Result<RetryPolicy, ChoiceError> {
     let d = RetryPolicy::default();
     let ratio = if r.budget_ratio > 0.0 && r.budget_ratio <= 1.0 {
         r.budget_ratio
@@ -303,7 +414,7 @@ fn retry(r: &pb::RetryPolicy) -> Result<RetryPolicy, ServiceError> {
     };
     Ok(RetryPolicy {
         attempts: or(r.attempts, d.attempts).min(10),
-        on: RetryConditions::parse(&r.on).map_err(ServiceError::RetryOn)?,
+        on: RetryConditions::parse(&r.on)?,
         per_try_timeout: nonzero_ms(r.per_try_timeout_ms),
         backoff_base: ms_or(r.backoff_base_ms, d.backoff_base),
         backoff_max: ms_or(r.backoff_max_ms, d.backoff_max),
@@ -353,13 +464,15 @@ fn hedge(h: &pb::HedgePolicy) -> Result<HedgePolicy, ServiceError> {
     })
 }
 
-fn fault(f: &pb::FaultPolicy) -> Result<FaultPolicy, ServiceError> {
+/// Fault injection; the only way it can be wrong is a status that is no
+/// gRPC status (the error holds it).
+fn fault(f: &pb::FaultPolicy) -> Result<FaultPolicy, u32> {
     let abort_grpc_status = match f.abort_grpc_status {
         0 => GrpcCode::Unavailable,
         n => u16::try_from(n)
             .ok()
             .and_then(GrpcCode::from_u16)
-            .ok_or(ServiceError::FaultStatus(n))?,
+            .ok_or(n)?,
     };
     Ok(FaultPolicy {
         delay_percent: f.delay_percent.min(100),

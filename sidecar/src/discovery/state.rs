@@ -41,14 +41,19 @@ impl ConfigState {
                     reset,
                     upsert,
                     removed,
+                    routes,
                 } => {
                     self.unknown.remove(&name);
                     let s = self.known.entry(name).or_insert_with(|| ServiceState {
                         policy: ServicePolicy::default(),
                         endpoints: BTreeMap::new(),
+                        routes: Vec::new(),
                     });
                     if let Some(p) = policy {
                         s.policy = *p;
+                    }
+                    if let Some(r) = routes {
+                        s.routes = r;
                     }
                     if reset {
                         s.endpoints.clear();

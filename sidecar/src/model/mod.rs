@@ -1,12 +1,14 @@
 //! The sidecar's validated domain types: what a service is, where its
 //! endpoints are, the policy requests to it are held to ([`policy`]) and
-//! what its own sidecar enforces inbound ([`inbound`]). Built from the
+//! what its own sidecar enforces inbound ([`inbound`]), and the routes
+//! its callers take ([`route`]). Built from the
 //! control plane's updates (`discovery::convert`) or a static file
 //! (`config`) at the edge; the data path only ever sees these. A leaf:
 //! nothing here depends on the rest of the sidecar.
 
 pub mod inbound;
 pub mod policy;
+pub mod route;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,10 +63,13 @@ pub struct EndpointSpec {
     pub weight: u32,
 }
 
-/// A service as the sidecar knows it: its policy and all its endpoints.
+/// A service as the sidecar knows it: its policy, all its endpoints, and
+/// the routes attached to it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceState {
     pub policy: ServicePolicy,
     /// By endpoint id.
     pub endpoints: BTreeMap<Arc<str>, EndpointSpec>,
+    #[serde(serialize_with = "route::serialize_routes")]
+    pub routes: Vec<route::RouteSpec>,
 }

@@ -41,6 +41,8 @@ struct Detail {
     caller: Option<ServiceName>,
     upstream: Option<Arc<str>>,
     tries: u32,
+    /// The route and rule the request took.
+    route: Option<(Arc<str>, usize)>,
 }
 
 impl Detail {
@@ -87,6 +89,7 @@ impl Exchange {
                 caller: None,
                 upstream: None,
                 tries: 0,
+                route: None,
             })
         });
         Exchange {
@@ -101,6 +104,13 @@ impl Exchange {
     pub fn set_caller(&mut self, caller: Option<&ServiceName>) {
         if let Some(d) = &mut self.detail {
             d.caller = caller.cloned();
+        }
+    }
+
+    /// The request took `rule` of `route` (spans and the access log say so).
+    pub fn set_route(&mut self, route: &Arc<str>, rule: usize) {
+        if let Some(d) = &mut self.detail {
+            d.route = Some((route.clone(), rule));
         }
     }
 
@@ -178,6 +188,8 @@ impl Exchange {
                 grpc_status: c.grpc.map(|g| g.as_u16()),
                 error: c.failure.map(|f| f.label()),
                 upstream: d.upstream.as_deref(),
+                http_route: d.route.as_ref().map(|r| &*r.0),
+                rule: d.route.as_ref().map(|r| r.1),
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 retries,
                 trace_id,
@@ -245,6 +257,10 @@ fn span_attributes(
         }
     }
     a.push(KeyValue::new("weft.retries", i64::from(retries)));
+    if let Some((route, rule)) = &d.route {
+        a.push(KeyValue::new("weft.route", route.to_string()));
+        a.push(KeyValue::new("weft.route.rule", *rule as i64));
+    }
     if let Some(f) = c.failure {
         a.push(KeyValue::new("weft.error", f.label()));
     }

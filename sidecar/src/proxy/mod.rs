@@ -24,7 +24,7 @@ mod tcp;
 
 pub use detect::{Detected, classify as detect_protocol};
 pub use inbound::{App, Inbound, InboundService, Peer};
-pub use outbound::{Backend, Backends, Outbound, OutboundService, Route, RoutePolicy};
+pub use outbound::{Outbound, OutboundService, Rewritten, Route, RoutePolicy};
 pub use outcome::{Failure, Outcome};
 pub use server::{Listener, serve};
 

@@ -26,7 +26,7 @@ impl Outbound {
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let route = Destination::service(service.clone())
-            .route(&self.routes, self.discovery_timeout)
+            .route(&self.routes, self.discovery_timeout, None)
             .await?;
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last = ProxyError::NoEndpoints(service.to_string());
@@ -36,7 +36,7 @@ impl Outbound {
             .primary()
             .map_or(1, |t| t.ready_count().clamp(1, MAX_CONNECT_ATTEMPTS));
         for _ in 0..attempts {
-            let Some((target, pick)) = route.pick(&tried) else {
+            let Some((target, pick)) = route.pick(&tried, &self.telemetry.metrics) else {
                 break;
             };
             let endpoint = pick.endpoint.clone();

@@ -5,7 +5,9 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll};
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -26,18 +28,38 @@ struct State {
 
 /// Shared by every try of one request.
 #[derive(Clone)]
-pub struct Replay(Arc<Mutex<State>>);
+pub struct Replay(Arc<Mutex<State>>, Arc<Notify>);
 
 impl Replay {
     pub fn new(body: BoxBody, max: usize) -> Self {
-        Replay(Arc::new(Mutex::new(State {
+        let state = State {
             inner: Some(body),
             data: Vec::new(),
             trailers: None,
             size: 0,
             max,
             capped: false,
-        })))
+        };
+        Replay(Arc::new(Mutex::new(state)), Arc::new(Notify::new()))
+    }
+
+    /// Waits until the tries have read the caller's body to its end, and
+    /// says whether it was all kept. A copy made then (a mirror) reads only
+    /// the buffer: it never polls the caller's body, so it cannot take the
+    /// tries' place in its wake-ups or hold them back.
+    pub async fn settled(&self) -> bool {
+        loop {
+            let notified = self.1.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            match self.0.lock() {
+                Ok(st) if st.capped => return false,
+                Ok(st) if st.inner.as_ref().is_none_or(|b| b.is_end_stream()) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            notified.await;
+        }
     }
 
     /// Whether the caller's body has been read to its end (the request is
@@ -55,6 +77,7 @@ impl Replay {
         let st = self.0.lock().ok()?;
         (!st.capped).then(|| ReplayBody {
             shared: self.0.clone(),
+            read: self.1.clone(),
             pos: 0,
             trailers_sent: false,
         })
@@ -63,6 +86,8 @@ impl Replay {
 
 pub struct ReplayBody {
     shared: Arc<Mutex<State>>,
+    /// Told whenever a frame (or the end) is read from the caller's body.
+    read: Arc<Notify>,
     /// How many kept frames this try has sent.
     pos: usize,
     trailers_sent: bool,
@@ -95,7 +120,11 @@ impl Body for ReplayBody {
             }
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.read.notify_waiters();
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     if !st.capped {
@@ -190,6 +219,25 @@ mod tests {
         drop(first); // the try failed after one frame
         let (second, _) = collect(r.body().expect("replay")).await;
         assert_eq!(second.as_ref(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_copy_waits_until_the_tries_have_read_the_body() {
+        let r = Replay::new(body(&[b"ab", b"cd"], true), 100);
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.settled().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing read yet");
+        let (first, _) = collect(r.body().expect("first")).await;
+        assert_eq!(first.as_ref(), b"abcd");
+        assert!(waiting.await.expect("joined"), "all kept");
+        let (copy, t) = collect(r.body().expect("copy")).await;
+        assert_eq!((copy.as_ref(), t.is_some()), (&b"abcd"[..], true));
+        let over = Replay::new(body(&[b"abc", b"def"], false), 4);
+        let _ = collect(over.body().expect("first")).await;
+        assert!(!over.settled().await, "outgrown: no copy");
     }
 
     #[tokio::test]

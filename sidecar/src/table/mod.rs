@@ -4,13 +4,16 @@
 //!
 //! - `target.rs`: a service as the balancer sees it, and outlier reports;
 //! - `balance.rs`: which endpoint takes an attempt;
-//! - `build.rs`: tables built from config, keeping peers across updates.
+//! - `build.rs`: tables built from config, keeping peers across updates;
+//! - `routes.rs`: a service's routes with their rules' backends resolved.
 
 mod balance;
 mod build;
+mod routes;
 mod target;
 
 pub use build::TableBuilder;
+pub use routes::{Backend, Backends, Choice, RuleRuntime, ServiceRoutes};
 pub use target::{EjectionEvent, Pick, Runtime, Target};
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +38,8 @@ pub enum Entry {
 #[derive(Default)]
 pub struct Table {
     services: HashMap<ServiceName, Entry>,
+    /// The routes of the services that have some.
+    routes: HashMap<ServiceName, Arc<ServiceRoutes>>,
 }
 
 impl Table {
@@ -42,9 +47,21 @@ impl Table {
         self.services.get(name)
     }
 
+    /// The routes attached to a service; `None` when it has none.
+    pub fn routes(&self, name: &str) -> Option<&Arc<ServiceRoutes>> {
+        self.routes.get(name)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&ServiceName, &Entry)> {
         self.services.iter()
     }
+}
+
+/// A service found in the table.
+pub struct Resolved {
+    pub target: Arc<Target>,
+    /// Its routes, when it has some.
+    pub routes: Option<Arc<ServiceRoutes>>,
 }
 
 /// The live table plus the way to learn services not in it yet.
@@ -78,7 +95,7 @@ impl Routes {
 
     /// Finds `name`, learning it from the control plane if needed, for at
     /// most `wait`. Fails fast when the control plane says it does not exist.
-    pub async fn resolve(&self, name: &str, wait: Duration) -> Result<Arc<Target>, ProxyError> {
+    pub async fn resolve(&self, name: &str, wait: Duration) -> Result<Resolved, ProxyError> {
         if let Some(found) = self.lookup(name)? {
             return Ok(found);
         }
@@ -108,9 +125,14 @@ impl Routes {
         }
     }
 
-    fn lookup(&self, name: &str) -> Result<Option<Arc<Target>>, ProxyError> {
-        match self.table.load().get(name) {
-            Some(Entry::Known(t)) => Ok(Some(t.clone())),
+    /// The service and its routes, from one snapshot of the table.
+    fn lookup(&self, name: &str) -> Result<Option<Resolved>, ProxyError> {
+        let table = self.table.load();
+        match table.get(name) {
+            Some(Entry::Known(t)) => Ok(Some(Resolved {
+                target: t.clone(),
+                routes: table.routes(name).cloned(),
+            })),
             Some(Entry::Unknown) => Err(ProxyError::UnknownService(name.into())),
             None => Ok(None),
         }
@@ -150,6 +172,7 @@ pub(crate) mod fixtures {
                 ..Default::default()
             },
             endpoints,
+            routes: Vec::new(),
         }
     }
 

@@ -31,6 +31,11 @@ pub struct AccessLine<'a> {
     /// The endpoint that answered (outbound) or the local app (inbound).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
+    /// The route (`HTTPRoute/name`, `GRPCRoute/name`) and rule taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
     pub duration_ms: f64,
     pub retries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -5,12 +5,13 @@
 //! `observe_*` for histograms); the families and their label sets stay in
 //! here, so a label is spelled in one place.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
+use std::sync::Arc;
 use std::time::Duration;
 
 use weft_proto::grpc::GrpcCode;
@@ -107,6 +108,39 @@ struct ServiceLabels {
     service: ServiceName,
 }
 
+/// A route's rule: bounded by the routes pushed, not by requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    service: ServiceName,
+    /// `HTTPRoute/name` or `GRPCRoute/name`; `(default)` when the service
+    /// has routes but none matched.
+    http_route: Arc<str>,
+    /// The rule's index in its route; empty for `(default)`.
+    rule: RuleIndex,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    service: ServiceName,
+    http_route: Arc<str>,
+    rule: RuleIndex,
+    /// `service` or `service/subset`.
+    backend: Arc<str>,
+}
+
+/// A rule's index as a label value (empty when there is none).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct RuleIndex(Option<usize>);
+
+impl EncodeLabelValue for RuleIndex {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(i) => EncodeLabelValue::encode(&(i as u64), encoder),
+            None => EncodeLabelValue::encode(&"", encoder),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
     service: ServiceName,
@@ -146,6 +180,9 @@ pub struct Metrics {
     overloaded: Family<ServiceLabels, Counter>,
     ejected_endpoints: Family<ServiceLabels, Gauge>,
     hedges: Family<ServiceLabels, Counter>,
+    route_requests: Family<RuleLabels, Counter>,
+    route_fallbacks: Family<BackendLabels, Counter>,
+    mirrors: Family<BackendLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
     registry: Registry,
@@ -158,6 +195,28 @@ pub struct SpanCounters {
     pub exported: Counter,
     pub export_failed: Counter,
     pub queue_full: Counter,
+}
+
+fn rule_labels(service: &ServiceName, route: Option<(&Arc<str>, usize)>) -> RuleLabels {
+    let default: Arc<str> = Arc::from("(default)");
+    RuleLabels {
+        service: service.clone(),
+        http_route: route.map_or(default, |(r, _)| r.clone()),
+        rule: RuleIndex(route.map(|(_, i)| i)),
+    }
+}
+
+fn backend_labels(
+    service: &ServiceName,
+    route: (&Arc<str>, usize),
+    backend: &Arc<str>,
+) -> BackendLabels {
+    BackendLabels {
+        service: service.clone(),
+        http_route: route.0.clone(),
+        rule: RuleIndex(Some(route.1)),
+        backend: backend.clone(),
+    }
 }
 
 fn service_labels(service: &ServiceName) -> ServiceLabels {
@@ -319,6 +378,24 @@ impl Metrics {
                 &mut r,
                 "hedges",
                 "Second copies of hedgeable calls sent after the hedge delay",
+                Family::default(),
+            ),
+            route_requests: registered(
+                &mut r,
+                "route_requests",
+                "Requests to a service with routes, by the route and rule they took",
+                Family::default(),
+            ),
+            route_fallbacks: registered(
+                &mut r,
+                "route_fallbacks",
+                "Requests a rule's weights gave to a backend with no endpoint ready, sent to another of its backends",
+                Family::default(),
+            ),
+            mirrors: registered(
+                &mut r,
+                "mirrors",
+                "Copies of requests sent to a rule's mirror backend",
                 Family::default(),
             ),
             spans_exported: registered(
@@ -518,6 +595,32 @@ impl Metrics {
         self.hedges.get_or_create(&service_labels(service)).inc();
     }
 
+    /// A request to a service with routes took `rule` of `route` (`None`:
+    /// no rule matched; the service's default).
+    pub fn count_route(&self, service: &ServiceName, route: Option<(&Arc<str>, usize)>) {
+        self.route_requests
+            .get_or_create(&rule_labels(service, route))
+            .inc();
+    }
+
+    /// A rule's weights drew `from`, which had no endpoint ready.
+    pub fn count_route_fallback(
+        &self,
+        service: &ServiceName,
+        route: (&Arc<str>, usize),
+        from: &Arc<str>,
+    ) {
+        let labels = backend_labels(service, route, from);
+        self.route_fallbacks.get_or_create(&labels).inc();
+    }
+
+    /// A copy of a request went to a mirror backend.
+    pub fn count_mirror(&self, service: &ServiceName, route: (&Arc<str>, usize), to: &Arc<str>) {
+        self.mirrors
+            .get_or_create(&backend_labels(service, route, to))
+            .inc();
+    }
+
     /// The counters of spans exported and dropped, as handles.
     pub fn span_counters(&self) -> SpanCounters {
         let dropped = |reason| {
@@ -576,6 +679,12 @@ mod tests {
         m.count_overloaded(&svc);
         m.set_ejected_endpoints(&svc, 1);
         m.count_hedge(&svc);
+        let route: Arc<str> = Arc::from("HTTPRoute/canary");
+        let v2: Arc<str> = Arc::from("users/v2");
+        m.count_route(&svc, Some((&route, 1)));
+        m.count_route(&svc, None);
+        m.count_route_fallback(&svc, (&route, 1), &v2);
+        m.count_mirror(&svc, (&route, 1), &v2);
         let spans = m.span_counters();
         spans.exported.inc();
         spans.export_failed.inc();
@@ -612,6 +721,10 @@ mod tests {
             r#"weft_overloaded_total{service="users"} 1"#,
             r#"weft_ejected_endpoints{service="users"} 1"#,
             r#"weft_hedges_total{service="users"} 1"#,
+            r#"weft_route_requests_total{service="users",http_route="HTTPRoute/canary",rule="1"} 1"#,
+            r#"weft_route_requests_total{service="users",http_route="(default)",rule=""} 1"#,
+            r#"weft_route_fallbacks_total{service="users",http_route="HTTPRoute/canary",rule="1",backend="users/v2"} 1"#,
+            r#"weft_mirrors_total{service="users",http_route="HTTPRoute/canary",rule="1",backend="users/v2"} 1"#,
             "weft_spans_exported_total 1",
             r#"weft_spans_dropped_total{reason="export-failed"} 1"#,
             r#"weft_spans_dropped_total{reason="queue-full"} 1"#,
@@ -630,7 +743,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 22, "{names:?}");
+        assert_eq!(names.len(), 25, "{names:?}");
         for name in names {
             let shown = if text.contains(&format!("{name}_total")) {
                 format!("`{name}_total`")

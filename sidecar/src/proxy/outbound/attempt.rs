@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::plan::Plan;
-use super::route::Destination;
+use super::route::{Destination, Rewritten};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::PendingGuard;
 use crate::error::{ErrorKind, ProxyError, error_chain};
@@ -39,6 +39,7 @@ const PEEK_WINDOW: Duration = Duration::from_secs(1);
 
 /// The parts of the request every attempt is built from: rewritten for the
 /// hop between sidecars, which is always HTTP/2.
+#[derive(Clone)]
 pub struct Template {
     method: Method,
     uri: Uri,
@@ -47,12 +48,14 @@ pub struct Template {
 
 impl Template {
     /// An absolute URI with the app's authority (or the service's name when
-    /// it sent none), no hop-by-hop headers, and a marker when the app spoke
-    /// HTTP/1.1. The body is watched for activity (the idle limit).
+    /// it sent none; or what the route's rule rewrites them to), no
+    /// hop-by-hop headers, and a marker when the app spoke HTTP/1.1. The
+    /// body is watched for activity (the idle limit).
     pub fn for_mesh(
         req: Request<Incoming>,
         dest: &Destination,
         activity: &Activity,
+        rewrite: Option<&Rewritten>,
     ) -> Result<(Self, BoxBody), ProxyError> {
         let (mut parts, body) = req.into_parts();
         if parts.version < Version::HTTP_2 {
@@ -60,26 +63,35 @@ impl Template {
             parts.headers.insert(ORIG_PROTO, HTTP11);
         }
         strip_hop_by_hop(&mut parts.headers);
-        // The app's authority, or the service's name when it sent none.
-        let authority = match &dest.authority {
-            Some(a) => a.clone(),
-            None => Authority::try_from(dest.name()).map_err(|e| {
-                ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
-            })?,
+        let cannot = |e: &dyn std::fmt::Display| {
+            ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(
-            parts
+        // The rule's host, the app's authority, or the service's name.
+        let authority = match (rewrite.and_then(|r| r.authority.as_ref()), &dest.authority) {
+            (Some(a), _) | (None, Some(a)) => a.clone(),
+            (None, None) => Authority::try_from(dest.name()).map_err(|e| cannot(&e))?,
+        };
+        let path_and_query = match rewrite.and_then(|r| r.path.as_deref()) {
+            // The rule's path, with the caller's query.
+            Some(path) => {
+                let query = parts
+                    .uri
+                    .query()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
+                PathAndQuery::try_from(format!("{path}{query}")).map_err(|e| cannot(&e))?
+            }
+            None => parts
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        let uri = Uri::from_parts(uri).map_err(|e| {
-            ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
-        })?;
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path_and_query);
+        let uri = Uri::from_parts(uri).map_err(|e| cannot(&e))?;
         let template = Template {
             method: parts.method,
             uri,

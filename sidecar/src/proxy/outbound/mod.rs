@@ -2,24 +2,27 @@
 //! of typed steps. Each step is a file:
 //!
 //! ```text
-//! request ─► route    which service, which backends, which policy  (Route)
-//!         ─► fault injection (a delay, or the mesh answers)
+//! request ─► route    which service, which rule of its routes, which
+//!                     backends, which policy                         (Route)
+//!         ─► fault injection (a delay, or the mesh answers), request headers
 //!         ─► plan     deadline, attempts, per-try limit, hedge      (Plan, pure)
 //!         ─► the concurrency limit, the retry budget's count
+//!         ─► mirror   copies to the rule's mirrors, answers ignored
 //!         ─► attempt  pick an endpoint, send, read the answer       (Attempt, Outcome)
 //!         ─► retry    another attempt, or this answer stands        (Next, pure)
-//!         ─► one response, its body layered once                    (proxy::response)
+//!         ─► one response (response headers), its body layered once (proxy::response)
 //! ```
 //!
 //! The request is observed from the first step to the end of its response
 //! by its [`Exchange`] (metrics, span, access log).
 
 mod attempt;
+mod mirror;
 mod plan;
 mod retry;
 mod route;
 
-pub use route::{Backend, Backends, Destination, Route, RoutePolicy};
+pub use route::{Destination, Rewritten, Route, RoutePolicy};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,8 +43,9 @@ use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
 use crate::resilience::deadline;
 use crate::resilience::fault;
+use crate::resilience::limit::Permit;
 use crate::resilience::timed::{Activity, StreamTimer};
-use crate::table::Routes;
+use crate::table::{Routes, Target};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Direction;
 use attempt::{Answer, Bodies, Template};
@@ -76,27 +80,38 @@ impl Outbound {
             let why = "the request names no service (no Host or :authority)";
             return ex.fail(ProxyError::NoRoute(why.into()), grpc);
         };
-        let route = match dest.route(&self.routes, self.discovery_timeout).await {
+        let route = match dest
+            .route(&self.routes, self.discovery_timeout, Some(&req))
+            .await
+        {
             Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
         self.send(req, &dest, route, ex, grpc).await
     }
 
-    /// From the plan on: the request goes to `route`.
+    /// From the rule's filters on: the request goes to `route`.
     async fn send(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         dest: &Destination,
         route: Route,
         mut ex: Exchange,
         grpc: bool,
     ) -> Response<BoxBody> {
+        self.took(&route, &mut ex);
         // Injected delays come first: the request's time starts after them.
         if let Some(f) = &route.policy.fault
             && let Some(e) = fault::inject(f, &route.service).await
         {
             return ex.fail(e, grpc);
+        }
+        if let Some(m) = route
+            .rule
+            .as_ref()
+            .and_then(|r| r.filters.request_headers.as_ref())
+        {
+            m.apply(req.headers_mut());
         }
         let start = Instant::now();
         let Some(primary) = route.backends.primary().cloned() else {
@@ -109,28 +124,21 @@ impl Outbound {
             caller_timeout: grpc
                 .then(|| req.headers().get("grpc-timeout").and_then(deadline::parse))
                 .flatten(),
+            mirrored: route.rule.as_ref().is_some_and(|r| !r.mirrors.is_empty()),
         };
         let plan = Plan::new(&route.policy, &facts, start, || {
             primary.runtime.latencies.p95(start)
         });
         // Counted until the response's headers are back (the limit is on
         // requests waiting for the service, not on long streams).
-        let limit = primary.policy.resilience.limits.max_concurrent;
-        let _permit = match primary.runtime.concurrent.acquire(limit) {
+        let _permit = match self.admit(&route, &primary) {
             Ok(p) => p,
-            Err(over) => {
-                self.telemetry.metrics.count_overloaded(&route.service);
-                let e = ProxyError::Overloaded {
-                    service: route.service.to_string(),
-                    what: "concurrent requests",
-                    limit: over.limit,
-                };
-                return ex.fail(e, grpc);
-            }
+            Err(e) => return ex.fail(e, grpc),
         };
         primary.runtime.budget.record_request(start);
         let activity = Activity::new();
-        let (template, body) = match Template::for_mesh(req, dest, &activity) {
+        let rewrite = route.rewrite.as_ref();
+        let (template, body) = match Template::for_mesh(req, dest, &activity, rewrite) {
             Ok(t) => t,
             Err(e) => return ex.fail(e, grpc),
         };
@@ -142,10 +150,37 @@ impl Outbound {
             template,
             telemetry: &self.telemetry,
         };
+        mirror::copies(&mut call);
         match retry::run(&mut call, &mut ex).await {
             Ok(settled) => respond(ex, settled, &call, activity),
             Err(e) => ex.fail(e, grpc),
         }
+    }
+
+    /// Which rule of the service's routes the request took, for metrics,
+    /// its span and its access log line.
+    fn took(&self, route: &Route, ex: &mut Exchange) {
+        if !route.routed {
+            return;
+        }
+        let rule = route.rule.as_ref().map(|r| (&r.route, r.rule));
+        self.telemetry.metrics.count_route(&route.service, rule);
+        if let Some((name, i)) = rule {
+            ex.set_route(name, i);
+        }
+    }
+
+    /// A place under the service's concurrency limit, or the refusal.
+    fn admit(&self, route: &Route, primary: &Target) -> Result<Option<Permit>, ProxyError> {
+        let limit = primary.policy.resilience.limits.max_concurrent;
+        primary.runtime.concurrent.acquire(limit).map_err(|over| {
+            self.telemetry.metrics.count_overloaded(&route.service);
+            ProxyError::Overloaded {
+                service: route.service.to_string(),
+                what: "concurrent requests",
+                limit: over.limit,
+            }
+        })
     }
 }
 
@@ -190,11 +225,15 @@ fn respond(ex: Exchange, s: Settled, call: &Call<'_>, activity: Activity) -> Res
     match a.answer {
         Answer::Failed(e) => ex.fail(e, call.grpc),
         Answer::Response {
-            resp,
+            mut resp,
             first,
             ended,
             load,
         } => {
+            let rule = call.route.rule.as_ref();
+            if let Some(m) = rule.and_then(|r| r.filters.response_headers.as_ref()) {
+                m.apply(resp.headers_mut());
+            }
             let idle = call.route.policy.timeouts.idle;
             let layers = Layers {
                 first,

@@ -22,6 +22,8 @@ pub struct Facts<'a> {
     pub path: &'a str,
     /// The caller's `grpc-timeout`.
     pub caller_timeout: Option<Duration>,
+    /// The route copies the request to a mirror (so its body is kept).
+    pub mirrored: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +70,8 @@ impl Plan {
             attempts: if may_retry { retry.attempts } else { 1 },
             per_try_timeout: retry.per_try_timeout,
             hedge_after,
-            replay_limit: (may_retry || hedge_after.is_some()).then_some(retry.max_replay_bytes),
+            replay_limit: (may_retry || hedge_after.is_some() || req.mirrored)
+                .then_some(retry.max_replay_bytes),
         }
     }
 
@@ -122,6 +125,7 @@ mod tests {
             method,
             path: "/echo.Echo/Unary",
             caller_timeout: None,
+            mirrored: false,
         }
     }
 

@@ -187,7 +187,7 @@ async fn one(
     ex: &mut Exchange,
 ) -> Result<Attempt, ProxyError> {
     let service = &call.route.service;
-    let Some((target, pick)) = call.route.pick(tried) else {
+    let Some((target, pick)) = call.route.pick(tried, &call.telemetry.metrics) else {
         return Err(ProxyError::NoEndpoints(service.to_string()));
     };
     let limit = call
@@ -217,7 +217,7 @@ async fn one(
         // Only a request the caller has sent whole, to another endpoint,
         // within the retry budget.
         let replay = how.replay.filter(|r| r.finished())?;
-        let (target, other) = call.route.pick(tried)?;
+        let (target, other) = call.route.pick(tried, &call.telemetry.metrics)?;
         if other.endpoint.spec.addr == first_addr
             || !target.runtime.budget.try_withdraw(Instant::now())
         {

@@ -2,12 +2,13 @@
 //!
 //! A request names its service by the listener (an upstream port) or by
 //! its authority; the routing table turns that into a [`Route`]: the
-//! backends attempts go to, and the [`RoutePolicy`] they go under. Today
-//! a service has one route, its default: one backend (the service's
-//! endpoints) and the service's policy. Routes pushed by the control plane
-//! slot in here — match → rule → weighted backends → the rule's policy
-//! overriding the service's — and nothing after this step changes: the
-//! rest of the path reads only a `Route`.
+//! backends attempts go to and the [`RoutePolicy`] they go under. A
+//! service without routes has one, its default: its endpoints and its
+//! policy. A service with routes (HTTPRoute, GRPCRoute) takes the rule the
+//! shared matcher picks (`weft_proto::routing`, the precedence of the
+//! Gateway API): its weighted backends, its policy (the service's with the
+//! rule's overrides), its filters; a request no rule matches takes the
+//! default. Nothing after this step reads anything but the `Route`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,66 +17,13 @@ use http::Request;
 use http::uri::Authority;
 use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
+use weft_proto::routing;
 
 use crate::error::ProxyError;
 pub use crate::model::policy::RoutePolicy;
 use crate::proxy::headers::host_of;
-use crate::table::{Pick, Routes, Target};
-
-/// One backend of a route and its share of the requests.
-#[derive(Clone)]
-pub struct Backend {
-    pub target: Arc<Target>,
-    pub weight: u32,
-}
-
-/// Where a route's attempts go: one backend, or several sharing the
-/// requests by weight (a canary, a blue/green switch).
-#[derive(Clone)]
-pub enum Backends {
-    One(Arc<Target>),
-    Weighted(Arc<[Backend]>),
-}
-
-impl Backends {
-    /// The backend that holds the route's request limits and retry budget:
-    /// the service the request named.
-    pub fn primary(&self) -> Option<&Arc<Target>> {
-        match self {
-            Backends::One(t) => Some(t),
-            Backends::Weighted(all) => all.first().map(|b| &b.target),
-        }
-    }
-
-    /// The backend for one attempt: by weight, skipping backends with no
-    /// endpoint ready (the others take their share).
-    pub fn choose(&self) -> Option<&Arc<Target>> {
-        match self {
-            Backends::One(t) => Some(t),
-            Backends::Weighted(all) => {
-                let live = || {
-                    all.iter()
-                        .filter(|b| b.weight > 0 && b.target.ready_count() > 0)
-                };
-                let total: u64 = live().map(|b| u64::from(b.weight)).sum();
-                if total == 0 {
-                    return all.first().map(|b| &b.target);
-                }
-                let mut point = crate::rand::next_u64() % total;
-                live()
-                    .find(|b| {
-                        let w = u64::from(b.weight);
-                        if point < w {
-                            return true;
-                        }
-                        point -= w;
-                        false
-                    })
-                    .map(|b| &b.target)
-            }
-        }
-    }
-}
+use crate::table::{Backends, Pick, Routes, RuleRuntime, Target};
+use crate::telemetry::metrics::Metrics;
 
 /// Where one request goes and the rules it goes under.
 #[derive(Clone)]
@@ -84,6 +32,20 @@ pub struct Route {
     pub service: ServiceName,
     pub backends: Backends,
     pub policy: Arc<RoutePolicy>,
+    /// The rule the request took; `None`: the service's default route.
+    pub rule: Option<Arc<RuleRuntime>>,
+    /// The service has routes (so taking none of them is worth counting).
+    pub routed: bool,
+    /// The rule's URL rewrite, worked out for this request's path.
+    pub rewrite: Option<Rewritten>,
+}
+
+/// The URL a rewrite gives a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewritten {
+    pub authority: Option<Authority>,
+    /// The new path (a query, if any, is kept from the request).
+    pub path: Option<String>,
 }
 
 impl Route {
@@ -93,14 +55,55 @@ impl Route {
             service: target.name.clone(),
             policy: target.route_policy.clone(),
             backends: Backends::One(target.clone()),
+            rule: None,
+            routed: false,
+            rewrite: None,
         }
     }
 
-    /// The endpoint for one attempt, avoiding those already `tried`.
-    pub fn pick(&self, tried: &[Arc<str>]) -> Option<(Arc<Target>, Pick)> {
-        let target = self.backends.choose()?;
-        let pick = target.pick_excluding(tried)?;
-        Some((target.clone(), pick))
+    /// The endpoint for one attempt, avoiding those already `tried`; a
+    /// backend without endpoints ready gives its share to the others
+    /// (counted per rule).
+    pub fn pick(&self, tried: &[Arc<str>], metrics: &Metrics) -> Option<(Arc<Target>, Pick)> {
+        let choice = self.backends.choose()?;
+        if let (Some(from), Some(rule)) = (choice.fell_back_from, &self.rule) {
+            metrics.count_route_fallback(&self.service, (&rule.route, rule.rule), &from.name);
+        }
+        let pick = choice.target.pick_excluding(tried)?;
+        Some((choice.target.clone(), pick))
+    }
+}
+
+/// The rule `req` takes among `routes`, as a route.
+fn take(
+    target: &Arc<Target>,
+    routes: &crate::table::ServiceRoutes,
+    req: &Request<Incoming>,
+) -> Route {
+    let Some(found) = routes.find(&routing::Request::of(req)) else {
+        return Route {
+            routed: true,
+            ..Route::default_of(target)
+        };
+    };
+    let rule = found.action.clone();
+    // A rule without matches matched by the prefix `/`.
+    let root = routing::PathMatch::default();
+    let matched = found.matched.map_or(&root, |m| &m.path);
+    let rewrite = rule.filters.rewrite.as_ref().map(|r| Rewritten {
+        authority: r.hostname.clone(),
+        path: r
+            .path
+            .as_ref()
+            .map(|_| r.path(req.uri().path(), Some(matched)).into_owned()),
+    });
+    Route {
+        service: target.name.clone(),
+        backends: rule.backends.clone(),
+        policy: rule.policy.clone(),
+        rule: Some(rule),
+        routed: true,
+        rewrite,
     }
 }
 
@@ -159,56 +162,17 @@ impl Destination {
     }
 
     /// The route: the service learned from the control plane if need be
-    /// (for at most `wait`), then its default route.
-    pub async fn route(&self, routes: &Routes, wait: Duration) -> Result<Route, ProxyError> {
-        let target = routes.resolve(self.name(), wait).await?;
-        Ok(Route::default_of(&target))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Health;
-    use crate::table::fixtures::{builder, state, target};
-    use weft_proto::protocol::LoadBalancer;
-
-    fn service(name: &str, health: Health) -> (ServiceName, crate::model::ServiceState) {
-        let name = ServiceName::parse(name).expect("name");
-        (
-            name,
-            state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", health)]),
-        )
-    }
-
-    #[tokio::test]
-    async fn weights_share_the_requests_and_a_backend_without_endpoints_gives_its_share_away() {
-        let (stable, s1) = service("stable", Health::Healthy);
-        let (canary, s2) = service("canary", Health::Healthy);
-        let (down, s3) = service("down", Health::Unhealthy);
-        let table = builder().build(
-            [(&stable, &s1), (&canary, &s2), (&down, &s3)].into_iter(),
-            std::iter::empty(),
-        );
-        let backend = |n: &str, weight| Backend {
-            target: target(&table, n),
-            weight,
-        };
-        let split = Backends::Weighted(Arc::from(vec![
-            backend("stable", 90),
-            backend("canary", 10),
-            backend("down", 100),
-        ]));
-        let mut canaries = 0;
-        for _ in 0..10_000 {
-            let t = split.choose().expect("a backend");
-            assert_ne!(t.name.as_str(), "down", "no endpoint ready there");
-            canaries += usize::from(t.name.as_str() == "canary");
-        }
-        // 10% of 10 000, within a generous margin for the dice.
-        assert!((800..1200).contains(&canaries), "{canaries}");
-        assert_eq!(split.primary().map(|t| t.name.as_str()), Some("stable"));
-        let one = Backends::One(target(&table, "canary"));
-        assert_eq!(one.choose().map(|t| t.name.as_str()), Some("canary"));
+    /// (for at most `wait`), then the rule `req` takes, or its default.
+    pub async fn route(
+        &self,
+        routes: &Routes,
+        wait: Duration,
+        req: Option<&Request<Incoming>>,
+    ) -> Result<Route, ProxyError> {
+        let found = routes.resolve(self.name(), wait).await?;
+        Ok(match (found.routes, req) {
+            (Some(table), Some(req)) => take(&found.target, &table, req),
+            _ => Route::default_of(&found.target),
+        })
     }
 }
