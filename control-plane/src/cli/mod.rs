@@ -219,6 +219,7 @@ impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let what = match s.code() {
             tonic::Code::InvalidArgument => "rejected",
+            tonic::Code::FailedPrecondition => "refused",
             tonic::Code::NotFound => "not found",
             tonic::Code::Unavailable => "control plane unavailable",
             tonic::Code::DeadlineExceeded => "control plane did not answer in time",
