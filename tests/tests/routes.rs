@@ -463,3 +463,66 @@ async fn a_caller_receives_the_routes_of_what_it_calls_and_every_change() -> any
     );
     Ok(())
 }
+
+/// One unary call through `addr` with `headers`; the instance that served it.
+async fn served_by(addr: std::net::SocketAddr, headers: &[(&'static str, &str)]) -> Option<String> {
+    let mut c = weft_tests::echo::client(addr).await.ok()?;
+    let mut req = tonic::Request::new(weft_tests::pb::EchoRequest::default());
+    for (k, v) in headers {
+        req.metadata_mut().insert(*k, v.parse().ok()?);
+    }
+    c.unary(req).await.ok().map(|r| r.into_inner().instance)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_applied_to_the_control_plane_steers_a_real_caller() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  protocol: grpc\n  subsets:\n    - {name: v1, labels: {version: v1}}\n    - {name: v2, labels: {version: v2}}\n",
+    )
+    .await?;
+    let mut apps = Vec::new();
+    for (service, instance, version) in [
+        ("users", "u1", "v1"),
+        ("users", "u2", "v2"),
+        ("beta", "b1", "v1"),
+    ] {
+        let app = weft_tests::echo::start_echo(instance).await?;
+        let sidecar = weft_tests::mesh::SidecarSpec::new(service)
+            .control_plane(&cp)
+            .app(app.addr)
+            .arg("--label", format!("version={version}"))
+            .start()
+            .await?;
+        apps.push((app, sidecar));
+    }
+    // The caller declares users only: beta reaches it because a route of
+    // users sends there.
+    let caller = weft_tests::mesh::caller(&cp, "users", 2).await?;
+    let (code, _, err) = ctl(
+        &cp,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n    - matches: [{headers: [{name: x-canary, value: \"1\"}]}]\n      backendRefs: [{name: users, subset: v2}]\n    - matches: [{headers: [{name: x-beta, value: \"1\"}]}]\n      backendRefs: [{name: beta}]\n    - backendRefs: [{name: users, subset: v1}]\n",
+        ),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let upstream = caller.upstream("users");
+    weft_tests::util::wait_for(
+        "the caller to route to beta",
+        Duration::from_secs(10),
+        || async {
+            (served_by(upstream, &[("x-beta", "1")]).await.as_deref() == Some("b1")).then_some(())
+        },
+    )
+    .await?;
+    for _ in 0..10 {
+        assert_eq!(served_by(upstream, &[]).await.as_deref(), Some("u1"));
+        assert_eq!(
+            served_by(upstream, &[("x-canary", "1")]).await.as_deref(),
+            Some("u2")
+        );
+    }
+    Ok(())
+}
