@@ -6,19 +6,19 @@
 //! fields of a `Service`'s `retries` and `faults`. A backend's or a
 //! parent's `port` is accepted and ignored (a Weft service has one port).
 
+mod filters;
+mod matches;
+
 use serde::Deserialize;
 use serde_json::Value;
-use weft_proto::routing::{
-    BackendRef, GrpcMethodMatch, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathRewrite,
-    QueryMatch, RouteKind, RouteMatch, UrlRewrite, ValueMatch, parse_method,
-};
+use weft_proto::routing::{BackendRef, RouteKind};
 
 use super::resilience::{RawFaults, RawRetries, duration};
 use super::{DocErrors, typed};
 use crate::resource::Name;
-use crate::resource::route::{
-    RouteFilter, RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart,
-};
+use crate::resource::route::{RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart};
+use filters::{RawFilter, parse_filter};
+use matches::{RawGrpcMatch, RawHttpMatch, RawMatch};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -67,18 +67,6 @@ struct RawBackendRef {
     subset: Option<String>,
 }
 
-/// A mirror's backend: a reference without a weight.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawObjectRef {
-    name: String,
-    group: Option<String>,
-    kind: Option<String>,
-    #[serde(rename = "port")]
-    _port: Option<u16>,
-    subset: Option<String>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRuleTimeouts {
@@ -86,114 +74,6 @@ struct RawRuleTimeouts {
     backend_request: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawHttpMatch {
-    path: Option<RawPath>,
-    method: Option<String>,
-    #[serde(default)]
-    headers: Vec<RawValueMatch>,
-    #[serde(default)]
-    query_params: Vec<RawValueMatch>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPath {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    value: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawValueMatch {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    name: String,
-    value: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGrpcMatch {
-    method: Option<RawGrpcMethod>,
-    #[serde(default)]
-    headers: Vec<RawValueMatch>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGrpcMethod {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    service: String,
-    #[serde(default)]
-    method: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawFilter {
-    #[serde(rename = "type")]
-    kind: String,
-    request_header_modifier: Option<RawModifier>,
-    response_header_modifier: Option<RawModifier>,
-    #[serde(rename = "urlRewrite")]
-    url_rewrite: Option<RawRewrite>,
-    request_mirror: Option<RawMirror>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawModifier {
-    #[serde(default)]
-    set: Vec<RawHeader>,
-    #[serde(default)]
-    add: Vec<RawHeader>,
-    #[serde(default)]
-    remove: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHeader {
-    name: String,
-    value: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRewrite {
-    hostname: Option<String>,
-    path: Option<RawRewritePath>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawRewritePath {
-    #[serde(rename = "type")]
-    kind: String,
-    replace_full_path: Option<String>,
-    replace_prefix_match: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawMirror {
-    backend_ref: RawObjectRef,
-    /// Unset: every request.
-    percent: Option<u32>,
-}
-
-/// A kind's matches as users write them.
-trait RawMatch: for<'de> Deserialize<'de> {
-    fn parse(self, at: &str, errs: &mut DocErrors<'_>) -> Option<RouteMatch>;
-}
-
-/// The spec of `HTTPRoute/name` or `GRPCRoute/name`, or `None` with every
-/// problem pushed to `errs`.
 pub(super) fn parse(
     name: Name,
     kind: RouteKind,
@@ -253,7 +133,12 @@ fn parse_as<M: RawMatch>(
 
 /// A reference must be to a core `Service`: the only kind a Weft route
 /// can attach to or send to.
-fn check_service_ref(at: &str, group: Option<&str>, kind: Option<&str>, errs: &mut DocErrors<'_>) {
+pub(super) fn check_service_ref(
+    at: &str,
+    group: Option<&str>,
+    kind: Option<&str>,
+    errs: &mut DocErrors<'_>,
+) {
     if let Some(g) = group
         && !g.is_empty()
         && g != "core"
@@ -277,7 +162,7 @@ fn service_name(at: &str, name: &str, errs: &mut DocErrors<'_>) -> Option<Name> 
     Name::parse(name).map_err(|e| errs.push(at, e)).ok()
 }
 
-fn backend(
+pub(super) fn backend(
     at: &str,
     name: &str,
     subset: Option<&str>,
@@ -353,308 +238,6 @@ fn parse_rule<M: RawMatch>(
 }
 
 /// `type` with the Gateway API's default.
-fn match_kind<'a>(kind: Option<&'a str>, default: &'a str) -> &'a str {
-    kind.unwrap_or(default)
-}
-
-fn value_match(
-    at: &str,
-    kind: Option<&str>,
-    value: &str,
-    errs: &mut DocErrors<'_>,
-) -> Option<ValueMatch> {
-    match match_kind(kind, "Exact") {
-        "Exact" => ValueMatch::exact(value),
-        "RegularExpression" => ValueMatch::regex(value),
-        other => {
-            errs.push(
-                format!("{at}.type"),
-                format!("unknown match type {other:?}, expected Exact or RegularExpression"),
-            );
-            return None;
-        }
-    }
-    .map_err(|e| errs.push(format!("{at}.value"), e))
-    .ok()
-}
-
-fn headers(at: &str, raw: &[RawValueMatch], errs: &mut DocErrors<'_>) -> Vec<HeaderMatch> {
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, h) in raw.iter().enumerate() {
-        let here = format!("{at}.headers[{i}]");
-        let Some(value) = value_match(&here, h.kind.as_deref(), &h.value, errs) else {
-            continue;
-        };
-        match HeaderMatch::new(&h.name, value) {
-            Ok(m) => out.push(m),
-            Err(e) => errs.push(format!("{here}.name"), e),
-        }
-    }
-    out
-}
-
-impl RawMatch for RawHttpMatch {
-    fn parse(self, at: &str, errs: &mut DocErrors<'_>) -> Option<RouteMatch> {
-        let before = errs.count();
-        let path = match self.path {
-            None => PathMatch::default(),
-            Some(p) => {
-                let value = p.value.as_deref().unwrap_or("/");
-                match match_kind(p.kind.as_deref(), "PathPrefix") {
-                    "Exact" => PathMatch::exact(value),
-                    "PathPrefix" => PathMatch::prefix(value),
-                    "RegularExpression" => PathMatch::regex(value),
-                    other => {
-                        errs.push(
-                            format!("{at}.path.type"),
-                            format!(
-                                "unknown path match type {other:?}, expected Exact, PathPrefix or RegularExpression"
-                            ),
-                        );
-                        Ok(PathMatch::default())
-                    }
-                }
-                .unwrap_or_else(|e| {
-                    errs.push(format!("{at}.path.value"), e);
-                    PathMatch::default()
-                })
-            }
-        };
-        let method = self.method.as_deref().and_then(|m| {
-            parse_method(m)
-                .map_err(|e| errs.push(format!("{at}.method"), e))
-                .ok()
-        });
-        let headers = headers(at, &self.headers, errs);
-        let mut query = Vec::with_capacity(self.query_params.len());
-        for (i, q) in self.query_params.iter().enumerate() {
-            let here = format!("{at}.queryParams[{i}]");
-            let Some(value) = value_match(&here, q.kind.as_deref(), &q.value, errs) else {
-                continue;
-            };
-            match QueryMatch::new(&q.name, value) {
-                Ok(m) => query.push(m),
-                Err(e) => errs.push(format!("{here}.name"), e),
-            }
-        }
-        (errs.count() == before).then_some(RouteMatch {
-            path,
-            method,
-            headers,
-            query,
-            grpc: None,
-        })
-    }
-}
-
-impl RawMatch for RawGrpcMatch {
-    fn parse(self, at: &str, errs: &mut DocErrors<'_>) -> Option<RouteMatch> {
-        let before = errs.count();
-        let grpc = self.method.and_then(|m| {
-            let here = format!("{at}.method");
-            match match_kind(m.kind.as_deref(), "Exact") {
-                "Exact" => GrpcMethodMatch::exact(&m.service, &m.method),
-                "RegularExpression" => GrpcMethodMatch::regex(&m.service, &m.method),
-                other => {
-                    errs.push(
-                        format!("{here}.type"),
-                        format!(
-                            "unknown match type {other:?}, expected Exact or RegularExpression"
-                        ),
-                    );
-                    return None;
-                }
-            }
-            .map_err(|e| errs.push(here, e))
-            .ok()
-        });
-        let headers = headers(at, &self.headers, errs);
-        (errs.count() == before).then_some(RouteMatch {
-            grpc,
-            headers,
-            ..RouteMatch::default()
-        })
-    }
-}
-
-fn pairs(hs: &[RawHeader]) -> Vec<(&str, &str)> {
-    hs.iter()
-        .map(|h| (h.name.as_str(), h.value.as_str()))
-        .collect()
-}
-
-fn modifier(
-    at: &str,
-    raw: Option<RawModifier>,
-    errs: &mut DocErrors<'_>,
-) -> Option<HeaderModifier> {
-    let m = raw.unwrap_or_default();
-    let (set, add) = (pairs(&m.set), pairs(&m.add));
-    let remove: Vec<&str> = m.remove.iter().map(String::as_str).collect();
-    // Each list on its own first, so that an error names the list it is in.
-    let mut ok = true;
-    for (field, check) in [
-        ("set", HeaderModifier::new(&set, &[], &[])),
-        ("add", HeaderModifier::new(&[], &add, &[])),
-        ("remove", HeaderModifier::new(&[], &[], &remove)),
-    ] {
-        if let Err(e) = check {
-            errs.push(format!("{at}.{field}"), e);
-            ok = false;
-        }
-    }
-    if !ok {
-        return None;
-    }
-    HeaderModifier::new(&set, &add, &remove)
-        .map_err(|e| errs.push(at, e))
-        .ok()
-}
-
-/// The filter types and the field each one's settings go in.
-const FILTERS: [(&str, &str); 4] = [
-    ("RequestHeaderModifier", "requestHeaderModifier"),
-    ("ResponseHeaderModifier", "responseHeaderModifier"),
-    ("URLRewrite", "urlRewrite"),
-    ("RequestMirror", "requestMirror"),
-];
-
-fn parse_filter(
-    kind: RouteKind,
-    at: &str,
-    f: RawFilter,
-    errs: &mut DocErrors<'_>,
-) -> Option<RouteFilter> {
-    let given: Vec<&str> = [
-        f.request_header_modifier
-            .as_ref()
-            .map(|_| "requestHeaderModifier"),
-        f.response_header_modifier
-            .as_ref()
-            .map(|_| "responseHeaderModifier"),
-        f.url_rewrite.as_ref().map(|_| "urlRewrite"),
-        f.request_mirror.as_ref().map(|_| "requestMirror"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let allowed = FILTERS
-        .iter()
-        .filter(|(t, _)| kind == RouteKind::Http || *t != "URLRewrite");
-    let Some(&(_, field)) = allowed.clone().find(|(t, _)| *t == f.kind) else {
-        let names: Vec<&str> = allowed.map(|(t, _)| *t).collect();
-        errs.push(
-            format!("{at}.type"),
-            format!(
-                "{:?} is not a {} filter Weft supports (expected one of {})",
-                f.kind,
-                kind,
-                names.join(", ")
-            ),
-        );
-        return None;
-    };
-    if let Some(other) = given.iter().find(|g| **g != field) {
-        errs.push(
-            format!("{at}.{other}"),
-            format!("a {} filter takes its settings in {field}", f.kind),
-        );
-        return None;
-    }
-    let here = format!("{at}.{field}");
-    match f.kind.as_str() {
-        "RequestHeaderModifier" => {
-            modifier(&here, f.request_header_modifier, errs).map(RouteFilter::RequestHeaders)
-        }
-        "ResponseHeaderModifier" => {
-            modifier(&here, f.response_header_modifier, errs).map(RouteFilter::ResponseHeaders)
-        }
-        "URLRewrite" => rewrite(&here, f.url_rewrite.unwrap_or_default(), errs),
-        _ => {
-            let Some(m) = f.request_mirror else {
-                errs.push(here, "a RequestMirror filter needs its backendRef");
-                return None;
-            };
-            mirror(&here, m, errs)
-        }
-    }
-}
-
-fn rewrite(at: &str, r: RawRewrite, errs: &mut DocErrors<'_>) -> Option<RouteFilter> {
-    let path = match r.path {
-        None => None,
-        Some(p) => {
-            let here = format!("{at}.path");
-            match (p.kind.as_str(), p.replace_full_path, p.replace_prefix_match) {
-                ("ReplaceFullPath", Some(v), None) => Some(PathRewrite::Full(v)),
-                ("ReplacePrefixMatch", None, Some(v)) => Some(PathRewrite::Prefix(v)),
-                ("ReplaceFullPath" | "ReplacePrefixMatch", _, _) => {
-                    let field = if p.kind == "ReplaceFullPath" {
-                        "replaceFullPath"
-                    } else {
-                        "replacePrefixMatch"
-                    };
-                    errs.push(
-                        here,
-                        format!(
-                            "a {} rewrite takes its path in {field}, and only there",
-                            p.kind
-                        ),
-                    );
-                    return None;
-                }
-                (other, _, _) => {
-                    errs.push(
-                        format!("{here}.type"),
-                        format!(
-                            "unknown path rewrite {other:?}, expected ReplaceFullPath or ReplacePrefixMatch"
-                        ),
-                    );
-                    return None;
-                }
-            }
-        }
-    };
-    let field = match &path {
-        Some(PathRewrite::Full(_)) => ".path.replaceFullPath",
-        Some(PathRewrite::Prefix(_)) => ".path.replacePrefixMatch",
-        None => ".hostname",
-    };
-    UrlRewrite::new(r.hostname.as_deref(), path)
-        .map_err(|e| {
-            let field = match e {
-                weft_proto::routing::FilterError::Hostname(_) => ".hostname",
-                _ => field,
-            };
-            errs.push(format!("{at}{field}"), e)
-        })
-        .ok()
-        .map(RouteFilter::UrlRewrite)
-}
-
-fn mirror(at: &str, m: RawMirror, errs: &mut DocErrors<'_>) -> Option<RouteFilter> {
-    let here = format!("{at}.backendRef");
-    let b = &m.backend_ref;
-    check_service_ref(&here, b.group.as_deref(), b.kind.as_deref(), errs);
-    let backend = backend(&here, &b.name, b.subset.as_deref(), 1, errs)?;
-    // Unset is every request; 0 written is refused rather than read as 100.
-    let percent = match m.percent {
-        None => 100,
-        Some(0) => {
-            errs.push(
-                format!("{at}.percent"),
-                "between 1 and 100; leave it out for every request",
-            );
-            return None;
-        }
-        Some(p) => p,
-    };
-    Mirror::new(backend, percent)
-        .map_err(|e| errs.push(format!("{at}.percent"), e))
-        .ok()
-        .map(RouteFilter::Mirror)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
