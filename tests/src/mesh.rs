@@ -152,6 +152,25 @@ impl ControlPlane {
         self.access.url.clone()
     }
 
+    /// Runs the `weftctl` binary against this control plane with its admin
+    /// credential: (exit code, stdout, stderr).
+    pub fn weftctl(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<(i32, String, String)> {
+        let url = self.url();
+        let credential = self.data_dir.join("admin.credential").display().to_string();
+        let mut all = vec![
+            "--control-plane",
+            url.as_str(),
+            "--credential",
+            credential.as_str(),
+        ];
+        all.extend_from_slice(args);
+        crate::process::run("weftctl", &all, stdin)
+    }
+
     pub async fn admin_client(
         &self,
     ) -> anyhow::Result<AdminClient<InterceptedService<Channel, Bearer>>> {

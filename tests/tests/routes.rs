@@ -11,7 +11,6 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use weft_control_plane::resource::parse_documents;
 use weft_proto::v1 as pb;
 use weft_tests::mesh::ControlPlane;
-use weft_tests::process::run;
 use weft_tests::util::init_logs;
 
 const SERVICES: &str = "apiVersion: weft.dev/v1
@@ -75,16 +74,7 @@ fn ctl(
     args: &[&str],
     stdin: Option<&str>,
 ) -> anyhow::Result<(i32, String, String)> {
-    let url = cp.url();
-    let credential = cp.data_dir.join("admin.credential").display().to_string();
-    let mut all = vec![
-        "--control-plane",
-        url.as_str(),
-        "--credential",
-        credential.as_str(),
-    ];
-    all.extend_from_slice(args);
-    run("weftctl", &all, stdin)
+    cp.weftctl(args, stdin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 use weft_proto::v1 as pb;
 use weft_tests::echo::start_echo;
 use weft_tests::mesh::{ControlPlane, SidecarSpec};
-use weft_tests::process::run;
 use weft_tests::util::init_logs;
 
 const GOOD: &str = "apiVersion: weft.dev/v1
@@ -29,16 +28,7 @@ fn ctl(
     args: &[&str],
     stdin: Option<&str>,
 ) -> anyhow::Result<(i32, String, String)> {
-    let url = cp.url();
-    let credential = cp.data_dir.join("admin.credential").display().to_string();
-    let mut all = vec![
-        "--control-plane",
-        url.as_str(),
-        "--credential",
-        credential.as_str(),
-    ];
-    all.extend_from_slice(args);
-    run("weftctl", &all, stdin)
+    cp.weftctl(args, stdin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
