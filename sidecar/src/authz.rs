@@ -62,6 +62,7 @@ mod tests {
 
     fn policy(rules: Vec<pb::AuthorizationRule>) -> InboundPolicy {
         inbound_policy(&pb::InboundPolicy {
+            rate_limit: None,
             mode: pb::InboundMode::Strict as i32,
             authorization: true,
             rules,

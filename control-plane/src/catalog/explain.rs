@@ -185,6 +185,7 @@ pub(super) fn explain(
             .map(|r| Route {
                 name: r.qualified_name(),
                 kind: r.kind,
+                hostnames: vec![],
                 rules: r
                     .rules()
                     .iter()
@@ -198,6 +199,7 @@ pub(super) fn explain(
     );
     let req = Request {
         method: &q.method,
+        host: None,
         path: &q.path,
         query: q.query.as_deref(),
         headers: &q.headers,

@@ -241,6 +241,8 @@ pub struct Filters {
     pub response_headers: Option<HeaderModifier>,
     pub rewrite: Option<UrlRewrite>,
     pub mirrors: Vec<Mirror>,
+    pub rate_limit: Option<super::RateLimit>,
+    pub cors: Option<super::Cors>,
 }
 
 impl Filters {

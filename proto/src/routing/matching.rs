@@ -312,6 +312,9 @@ impl GrpcMethodMatch {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub method: &'a Method,
+    /// Lower case, without a port ([`super::request_host`]); only gateway
+    /// routes with host names read it.
+    pub host: Option<&'a str>,
     /// The path, without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -322,6 +325,7 @@ impl<'a> Request<'a> {
     pub fn of<B>(req: &'a http::Request<B>) -> Self {
         Request {
             method: req.method(),
+            host: None,
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
@@ -333,6 +337,8 @@ impl<'a> Request<'a> {
 /// says it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
+    /// None of the route's host names.
+    Host,
     Path,
     Method,
     Header(HeaderName),
@@ -343,6 +349,7 @@ pub enum Mismatch {
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Mismatch::Host => f.write_str("the host is none of the route's"),
             Mismatch::Path => f.write_str("the path differs"),
             Mismatch::Method => f.write_str("the method differs"),
             Mismatch::Header(h) => write!(f, "header {h} differs or is missing"),
@@ -412,6 +419,7 @@ mod tests {
             None => (uri, None),
         };
         Request {
+            host: None,
             method,
             path,
             query,

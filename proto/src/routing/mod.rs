@@ -8,13 +8,16 @@
 //! - `matching.rs`: what a rule matches ([`RouteMatch`]);
 //! - `table.rs`: the precedence between rules ([`RouteTable`]);
 //! - `filter.rs`: header modifiers, URL rewrites, mirrors, backends;
+//! - `edge.rs`: what a gateway adds: host names, rate limits, CORS;
 //! - `wire.rs`: the same as `weft.v1` messages, both ways.
 
+mod edge;
 mod filter;
 mod matching;
 mod table;
 mod wire;
 
+pub use edge::{Cors, EdgeError, HostMatch, OriginMatch, RateKey, RateLimit, request_host};
 pub use filter::{
     BackendRef, FilterError, Filters, HeaderModifier, Mirror, PathRewrite, UrlRewrite,
 };
@@ -25,7 +28,7 @@ pub use matching::{
 pub use table::{Candidate, Found, Route, RouteTable, Rule};
 pub use wire::{
     Problem, WireError, backend_from_wire, backend_to_wire, filters_from_wire, filters_to_wire,
-    match_from_wire, match_to_wire,
+    hostnames_from_wire, match_from_wire, match_to_wire, rate_limit_from_wire, rate_limit_to_wire,
 };
 
 use std::fmt;

@@ -3,6 +3,8 @@
 //! rule is a walk down one sorted list.
 //!
 //! Across every rule of a service's routes, in order:
+//! 0. at a gateway, the route's host name that matched: exact before any
+//!    wildcard, longer before shorter, a route without host names last;
 //! 1. the path match: exact, then a regular expression, then a prefix;
 //!    within a kind, the longer value first (the Gateway API leaves
 //!    regular expressions' place to implementations; ours is between
@@ -18,6 +20,7 @@
 use std::cmp::Reverse;
 
 use super::RouteKind;
+use super::edge::HostMatch;
 use super::matching::{Mismatch, PathMatch, Request, RouteMatch, ValueMatch};
 
 /// A rule of a route: what it matches and what it does (`A`: each program
@@ -36,11 +39,15 @@ pub struct Route<A> {
     pub name: String,
     pub kind: RouteKind,
     pub rules: Vec<Rule<A>>,
+    /// At a gateway, the hosts it answers for; empty: every host.
+    pub hostnames: Vec<HostMatch>,
 }
 
 /// How specific a match is: greater sorts first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
+    /// The matched host name's (exact length, length).
+    host: (usize, usize),
     path_kind: u8,
     path_len: usize,
     grpc_service: usize,
@@ -58,13 +65,14 @@ fn exact_len(v: Option<&ValueMatch>) -> usize {
 }
 
 impl Rank {
-    fn of(m: &RouteMatch) -> Self {
+    fn of(host: Option<&HostMatch>, m: &RouteMatch) -> Self {
         let path_kind = match m.path {
             PathMatch::Exact(_) => 3,
             PathMatch::Regex(_) => 2,
             PathMatch::Prefix(_) => 1,
         };
         Rank {
+            host: host.map_or((0, 0), HostMatch::rank),
             path_kind,
             path_len: m.path.value().len(),
             grpc_service: exact_len(m.grpc.as_ref().and_then(|g| g.service.as_ref())),
@@ -80,6 +88,8 @@ impl Rank {
 #[derive(Debug, Clone)]
 struct Entry {
     route: usize,
+    /// The route's host name this entry is for; `None`: any host.
+    host: Option<usize>,
     rule: usize,
     /// `None`: the rule has no matches (it takes every request).
     matched: Option<usize>,
@@ -117,27 +127,35 @@ impl<A> RouteTable<A> {
     pub fn new(mut routes: Vec<Route<A>>) -> Self {
         routes.sort_by(|a, b| a.name.cmp(&b.name));
         let mut order = Vec::new();
+        let every = RouteMatch::default();
         for (ri, route) in routes.iter().enumerate() {
-            for (ui, rule) in route.rules.iter().enumerate() {
-                if rule.matches.is_empty() {
-                    order.push((
-                        Rank::of(&RouteMatch::default()),
-                        Entry {
+            // One entry per host name: which one matched decides the rank.
+            let hosts: Vec<Option<usize>> = if route.hostnames.is_empty() {
+                vec![None]
+            } else {
+                (0..route.hostnames.len()).map(Some).collect()
+            };
+            for host in hosts {
+                let host_match = host.map(|h| &route.hostnames[h]);
+                for (ui, rule) in route.rules.iter().enumerate() {
+                    let matches: Vec<(Option<usize>, &RouteMatch)> = if rule.matches.is_empty() {
+                        vec![(None, &every)]
+                    } else {
+                        rule.matches
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| (Some(i), m))
+                            .collect()
+                    };
+                    for (matched, m) in matches {
+                        let entry = Entry {
                             route: ri,
+                            host,
                             rule: ui,
-                            matched: None,
-                        },
-                    ));
-                }
-                for (mi, m) in rule.matches.iter().enumerate() {
-                    order.push((
-                        Rank::of(m),
-                        Entry {
-                            route: ri,
-                            rule: ui,
-                            matched: Some(mi),
-                        },
-                    ));
+                            matched,
+                        };
+                        order.push((Rank::of(host_match, m), entry));
+                    }
                 }
             }
         }
@@ -163,12 +181,20 @@ impl<A> RouteTable<A> {
             .map(|i| &self.routes[e.route].rules[e.rule].matches[i])
     }
 
+    /// Whether the entry's host name takes the request's host.
+    fn host_ok(&self, e: &Entry, req: &Request<'_>) -> bool {
+        e.host.is_none_or(|h| {
+            req.host
+                .is_some_and(|host| self.routes[e.route].hostnames[h].matches(host))
+        })
+    }
+
     /// The rule `req` takes; `None` when no rule matches.
     pub fn find(&self, req: &Request<'_>) -> Option<Found<'_, A>> {
         let e = self
             .order
             .iter()
-            .find(|e| self.match_of(e).is_none_or(|m| m.matches(req)))?;
+            .find(|e| self.host_ok(e, req) && self.match_of(e).is_none_or(|m| m.matches(req)))?;
         let route = &self.routes[e.route];
         let rule = &route.rules[e.rule];
         Some(Found {
@@ -184,7 +210,11 @@ impl<A> RouteTable<A> {
     pub fn explain(&self, req: &Request<'_>) -> Vec<Candidate<'_>> {
         let mut out = Vec::new();
         for e in &self.order {
-            let mismatch = self.match_of(e).and_then(|m| m.mismatch(req));
+            let mismatch = if self.host_ok(e, req) {
+                self.match_of(e).and_then(|m| m.mismatch(req))
+            } else {
+                Some(Mismatch::Host)
+            };
             let hit = mismatch.is_none();
             out.push(Candidate {
                 route: &self.routes[e.route].name,
@@ -217,6 +247,7 @@ mod tests {
         Route {
             name: name.into(),
             kind: RouteKind::Http,
+            hostnames: vec![],
             rules: rules
                 .into_iter()
                 .map(|(matches, action)| Rule { matches, action })
@@ -235,6 +266,7 @@ mod tests {
             .map_or((uri, None), |(p, q)| (p, Some(q)));
         let req = Request {
             method: m,
+            host: None,
             path: p,
             query: q,
             headers: h,
@@ -331,6 +363,7 @@ mod tests {
         let t = RouteTable::new(vec![Route {
             name: "GRPCRoute/users".into(),
             kind: RouteKind::Grpc,
+            hostnames: vec![],
             rules: vec![
                 Rule {
                     matches: vec![grpc("users.v1.Users", "")],
@@ -349,6 +382,7 @@ mod tests {
         assert_eq!(take(&t, &post, "/orders.v1.Orders/Get", &h), None);
         let req = Request {
             method: &post,
+            host: None,
             path: "/users.v1.Users/List",
             query: None,
             headers: &h,
@@ -360,5 +394,45 @@ mod tests {
             (1, Some(Mismatch::GrpcMethod))
         );
         assert_eq!((why[1].rule, why[1].mismatch.clone()), (0, None));
+    }
+
+    #[test]
+    fn at_a_gateway_the_most_specific_host_name_comes_first() {
+        let host = |h: &str| HostMatch::parse(h).expect("host");
+        let every = || vec![(vec![path(PathMatch::prefix("/").expect("p"))], "")];
+        let named = |name: &str, hosts: Vec<HostMatch>, action: &'static str| Route {
+            hostnames: hosts,
+            rules: every()
+                .into_iter()
+                .map(|(matches, _)| Rule { matches, action })
+                .collect(),
+            ..route(name, vec![])
+        };
+        let t = RouteTable::new(vec![
+            named("HTTPRoute/a-any", vec![], "any"),
+            named("HTTPRoute/b-wild", vec![host("*.example.com")], "wild"),
+            named(
+                "HTTPRoute/c-exact",
+                vec![host("other.org"), host("api.example.com")],
+                "exact",
+            ),
+        ]);
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        let at = |host: Option<&str>| {
+            let req = Request {
+                method: &get,
+                host,
+                path: "/x",
+                query: None,
+                headers: &h,
+            };
+            t.find(&req).map(|f| *f.action)
+        };
+        assert_eq!(at(Some("api.example.com")), Some("exact"));
+        assert_eq!(at(Some("other.org")), Some("exact"));
+        assert_eq!(at(Some("www.example.com")), Some("wild"));
+        assert_eq!(at(Some("elsewhere.net")), Some("any"));
+        assert_eq!(at(None), Some("any"));
     }
 }

@@ -3,6 +3,7 @@
 //! refuses a bad `Apply`), and the error says where (`matches[1].path`).
 
 use super::RouteKind;
+use super::edge::{Cors, EdgeError, HostMatch, RateKey, RateLimit};
 use super::filter::{
     BackendRef, FilterError, Filters, HeaderModifier, Mirror, PathRewrite, UrlRewrite,
 };
@@ -27,6 +28,8 @@ pub enum Problem {
     Match(#[from] MatchError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
     #[error(transparent)]
     Name(#[from] NameError),
     #[error("unknown {what} {value}")]
@@ -277,6 +280,12 @@ pub fn filters_from_wire(
                 out.mirrors
                     .push(Mirror::new(backend, m.percent).map_err(at(where_))?);
             }
+            Some(Kind::RateLimit(r)) => {
+                out.rate_limit = Some(rate_limit_from_wire(r, &format!("{where_}.rateLimit"))?)
+            }
+            Some(Kind::Cors(c)) => {
+                out.cors = Some(cors_from_wire(c).map_err(at(format!("{where_}.cors")))?)
+            }
         }
     }
     Ok(out)
@@ -310,8 +319,85 @@ pub fn filters_to_wire(f: &Filters) -> Vec<pb::RouteFilter> {
             percent: m.percent,
         }));
     }
+    if let Some(r) = &f.rate_limit {
+        out.push(Kind::RateLimit(rate_limit_to_wire(r)));
+    }
+    if let Some(c) = &f.cors {
+        out.push(Kind::Cors(cors_to_wire(c)));
+    }
     out.into_iter()
         .map(|k| pb::RouteFilter { kind: Some(k) })
+        .collect()
+}
+
+/// A rate limit; `where_` names it in errors.
+pub fn rate_limit_from_wire(r: &pb::RateLimit, where_: &str) -> Result<RateLimit, WireError> {
+    use pb::rate_limit::Key;
+    let key = match &r.key {
+        None => RateKey::All,
+        Some(Key::ClientIp(_)) => RateKey::ClientIp,
+        Some(Key::Caller(_)) => RateKey::Caller,
+        Some(Key::Header(h)) => RateLimit::header_key(h).map_err(at(format!("{where_}.header")))?,
+    };
+    let period = std::time::Duration::from_millis(r.period_ms);
+    RateLimit::new(r.requests, period, r.burst, key).map_err(at(where_))
+}
+
+pub fn rate_limit_to_wire(r: &RateLimit) -> pb::RateLimit {
+    use pb::rate_limit::Key;
+    pb::RateLimit {
+        requests: r.requests,
+        period_ms: u64::try_from(r.period.as_millis()).unwrap_or(u64::MAX),
+        burst: r.burst,
+        key: match &r.key {
+            RateKey::All => None,
+            RateKey::ClientIp => Some(Key::ClientIp(true)),
+            RateKey::Caller => Some(Key::Caller(true)),
+            RateKey::Header(h) => Some(Key::Header(h.to_string())),
+        },
+    }
+}
+
+fn cors_from_wire(c: &pb::Cors) -> Result<Cors, EdgeError> {
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let max_age = (c.max_age_s > 0).then(|| std::time::Duration::from_secs(c.max_age_s));
+    Cors::new(
+        &strs(&c.allow_origins),
+        &strs(&c.allow_methods),
+        &strs(&c.allow_headers),
+        &strs(&c.expose_headers),
+        max_age,
+        c.allow_credentials,
+    )
+}
+
+fn cors_to_wire(c: &Cors) -> pb::Cors {
+    use super::edge::OriginMatch;
+    pb::Cors {
+        allow_origins: c
+            .allow_origins
+            .iter()
+            .map(|o| match o {
+                OriginMatch::Any => "*".to_string(),
+                OriginMatch::Exact(o) => o.clone(),
+                OriginMatch::Wildcard { scheme, suffix } => format!("{scheme}://*{suffix}"),
+            })
+            .collect(),
+        allow_methods: c.allow_methods.iter().map(|m| m.to_string()).collect(),
+        allow_headers: c.allow_headers.iter().map(|h| h.to_string()).collect(),
+        expose_headers: c.expose_headers.iter().map(|h| h.to_string()).collect(),
+        max_age_s: c.max_age.map_or(0, |d| d.as_secs()),
+        allow_credentials: c.allow_credentials,
+    }
+}
+
+/// A route's host names; `where_` names the list in errors.
+pub fn hostnames_from_wire(hs: &[String], where_: &str) -> Result<Vec<HostMatch>, WireError> {
+    hs.iter()
+        .enumerate()
+        .map(|(i, h)| HostMatch::parse(h).map_err(at(format!("{where_}[{i}]"))))
         .collect()
 }
 
@@ -341,6 +427,21 @@ mod tests {
         assert_eq!(match_from_wire(&match_to_wire(&g), RouteKind::Grpc), Ok(g));
         let svc = ServiceName::parse("users").expect("n");
         let f = Filters {
+            rate_limit: Some(
+                RateLimit::new(5, std::time::Duration::from_secs(1), 0, RateKey::ClientIp)
+                    .expect("rate"),
+            ),
+            cors: Some(
+                Cors::new(
+                    &["https://*.example.com"],
+                    &["GET"],
+                    &["x-a"],
+                    &[],
+                    None,
+                    true,
+                )
+                .expect("cors"),
+            ),
             request_headers: Some(HeaderModifier::new(&[("x-a", "1")], &[], &["x-b"]).expect("m")),
             response_headers: None,
             rewrite: Some(

@@ -15,7 +15,7 @@ use weft_proto::protocol::{ChoiceError, InboundMode, LoadBalancer, Protocol};
 use weft_proto::retry::RetryConditions;
 use weft_proto::routing::{
     Problem, RouteKind, Rule as RouteRule, WireError, backend_from_wire, filters_from_wire,
-    match_from_wire,
+    hostnames_from_wire, match_from_wire,
 };
 use weft_proto::v1 as pb;
 
@@ -92,6 +92,8 @@ pub enum ServiceError {
 pub enum RouteProblem {
     #[error("kind: {0}")]
     Kind(Problem),
+    #[error("{0}")]
+    Hostnames(WireError),
     #[error("rules[{rule}].{error}")]
     Wire { rule: usize, error: WireError },
     #[error("rules[{rule}].retry.on: {error}")]
@@ -171,10 +173,13 @@ fn convert_route(r: &pb::Route) -> Result<RouteSpec, RouteProblem> {
         .enumerate()
         .map(|(i, rule)| convert_rule(i, rule, kind))
         .collect::<Result<Vec<_>, _>>()?;
+    let hostnames =
+        hostnames_from_wire(&r.hostnames, "hostnames").map_err(RouteProblem::Hostnames)?;
     Ok(RouteSpec {
         name: r.name.clone(),
         kind,
         rules,
+        hostnames,
     })
 }
 
@@ -580,6 +585,7 @@ mod tests {
     #[test]
     fn bad_rules_are_named() {
         let e = inbound_policy(&pb::InboundPolicy {
+            rate_limit: None,
             mode: 0,
             authorization: true,
             rules: vec![pb::AuthorizationRule {
@@ -591,6 +597,7 @@ mod tests {
         .to_string();
         assert!(e.starts_with("inbound.rules[0].from"), "{e}");
         let e = inbound_policy(&pb::InboundPolicy {
+            rate_limit: None,
             mode: 0,
             authorization: true,
             rules: vec![pb::AuthorizationRule {

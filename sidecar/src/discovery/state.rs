@@ -110,6 +110,7 @@ mod tests {
                     ],
                     removed: vec![],
                     inbound: Some(pb::InboundPolicy {
+                        rate_limit: None,
                         mode: pb::InboundMode::Permissive as i32,
                         authorization: true,
                         rules: vec![pb::AuthorizationRule {

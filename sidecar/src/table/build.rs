@@ -204,6 +204,7 @@ impl TableBuilder {
             .map(|r| Route {
                 name: r.name.clone(),
                 kind: r.kind,
+                hostnames: r.hostnames.clone(),
                 rules: r
                     .rules
                     .iter()

@@ -153,6 +153,7 @@ impl From<&InboundPolicy> for pb::InboundPolicy {
             mode: p.mode.to_proto() as i32,
             authorization: p.authorization,
             rules: p.rules.iter().map(pb::AuthorizationRule::from).collect(),
+            rate_limit: None,
         }
     }
 }

@@ -120,6 +120,8 @@ impl From<&RouteSpec> for pb::RouteSpec {
             kind: r.kind.to_wire() as i32,
             services: r.services().iter().map(ToString::to_string).collect(),
             rules: r.rules().iter().map(pb::RouteRule::from).collect(),
+            gateways: vec![],
+            hostnames: vec![],
         }
     }
 }
@@ -131,6 +133,7 @@ impl From<&RouteSpec> for pb::Route {
             name: r.qualified_name(),
             kind: r.kind.to_wire() as i32,
             rules: r.rules().iter().map(pb::RouteRule::from).collect(),
+            hostnames: vec![],
         }
     }
 }
