@@ -68,6 +68,14 @@ pub enum ProxyError {
         service: String,
         what: String,
     },
+    #[error("no route of gateway {gateway:?} takes {host}{path}")]
+    NotFound {
+        gateway: String,
+        host: String,
+        path: String,
+    },
+    #[error("the request body is larger than the gateway's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
 /// What kind of failure a [`ProxyError`] is: a small copyable value that
@@ -96,6 +104,10 @@ pub enum ErrorKind {
     PerTryTimeout,
     Overloaded,
     FaultInjected,
+    /// At a gateway: no route takes the request.
+    NotFound,
+    /// At a gateway: the body is over the limit.
+    TooLarge,
 }
 
 /// How an attempt failed to reach the service, as retry conditions name it.
@@ -148,6 +160,8 @@ impl ErrorKind {
             ErrorKind::PerTryTimeout => "per-try-timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultInjected => "fault-injected",
+            ErrorKind::NotFound => "no-route-matched",
+            ErrorKind::TooLarge => "request-too-large",
         }
     }
 
@@ -192,6 +206,8 @@ impl ProxyError {
             ProxyError::PerTryTimeout { .. } => ErrorKind::PerTryTimeout,
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultInjected { .. } => ErrorKind::FaultInjected,
+            ProxyError::NotFound { .. } => ErrorKind::NotFound,
+            ProxyError::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 
@@ -214,6 +230,8 @@ impl ProxyError {
             | ProxyError::DeadlineExceeded(_)
             | ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::FaultInjected { http_status, .. } => {
                 StatusCode::from_u16(*http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -228,6 +246,9 @@ impl ProxyError {
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
             ProxyError::Forbidden { .. } => GrpcCode::PermissionDenied,
+            // What a gRPC server answers for a method it does not have.
+            ProxyError::NotFound { .. } => GrpcCode::Unimplemented,
+            ProxyError::TooLarge { .. } => GrpcCode::ResourceExhausted,
             ProxyError::DeadlineExceeded(_) | ProxyError::PerTryTimeout { .. } => {
                 GrpcCode::DeadlineExceeded
             }

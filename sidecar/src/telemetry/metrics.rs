@@ -185,6 +185,7 @@ pub struct Metrics {
     mirrors: Family<BackendLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
+    gateway_refused: Family<ReasonLabels, Counter>,
     registry: Registry,
 }
 
@@ -318,6 +319,12 @@ impl Metrics {
                 &mut r,
                 "tcp_received_bytes",
                 "Bytes received from the upstream of opaque TCP connections",
+                Family::default(),
+            ),
+            gateway_refused: registered(
+                &mut r,
+                "gateway_refused_connections",
+                "Client connections a gateway closed before serving a request, by reason",
                 Family::default(),
             ),
             handshakes: registered(
@@ -521,6 +528,13 @@ impl Metrics {
     }
 
     /// A mutual TLS handshake with a peer that failed, and why.
+    /// A gateway closed a client connection unserved.
+    pub fn count_gateway_refused(&self, reason: &'static str) {
+        self.gateway_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn count_handshake_failed(&self, direction: &'static str, reason: &'static str) {
         self.handshakes
             .get_or_create(&HandshakeLabels::failed(direction, reason))
