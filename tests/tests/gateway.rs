@@ -179,7 +179,13 @@ struct Curl {
 /// Runs curl; the last line it writes is `STATUS HTTP_VERSION`.
 async fn curl(args: &[&str]) -> anyhow::Result<Curl> {
     let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code} %{http_version}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
         .args(args)
         .output()
         .await?;
@@ -218,13 +224,20 @@ async fn curl_reaches_the_services_by_host_and_path_over_http1_http2_and_tls() -
     }
     // TLS: each certificate trusted alone, so SNI must pick it.
     let port = m.https().port();
-    for (name, ca) in [("api.example.com", "api.crt"), ("www.example.org", "org.crt")] {
+    for (name, ca) in [
+        ("api.example.com", "api.crt"),
+        ("www.example.org", "org.crt"),
+    ] {
         let resolve = format!("{name}:{port}:127.0.0.1");
         let url = format!("https://{name}:{port}/api/users/1");
         let ca = m.certs.path(ca).display().to_string();
         for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
             let r = curl(&[flag, "--resolve", &resolve, "--cacert", &ca, &url]).await?;
-            assert_eq!((r.status, r.version.as_str()), (200, version), "{name}: {r:?}");
+            assert_eq!(
+                (r.status, r.version.as_str()),
+                (200, version),
+                "{name}: {r:?}"
+            );
             assert_eq!(json(&r.body)?["path"], "/users/1");
         }
     }
