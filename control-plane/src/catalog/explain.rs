@@ -470,4 +470,30 @@ spec:
         assert!(e.grpc);
         assert_eq!(e.destinations[0].verdict, Verdict::Open);
     }
+
+    #[test]
+    fn at_a_gateway_the_host_is_matched_and_no_route_goes_nowhere() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api}\nspec:\n  parentRefs: [{kind: Gateway, name: gw}]\n  hostnames: [api.example.com]\n  rules: [{backendRefs: [{name: users}]}]\n";
+        let Some(Resource::Route(r)) = parse_documents(text).expect("valid").pop() else {
+            panic!("a route")
+        };
+        let routes = [r.as_ref()];
+        let mut q = query("gw", Method::GET, "/api/users/1", &[]);
+        q.service = Name::parse("gw").expect("name");
+        q.gateway = true;
+        q.host = Some("api.example.com".into());
+        let e = explain(&q, &routes, &[], false);
+        assert_eq!(
+            e.taken.as_ref().map(|t| t.route.as_str()),
+            Some("HTTPRoute/api")
+        );
+        assert_eq!(e.destinations[0].backend.service.as_str(), "users");
+        q.host = Some("www.example.com".into());
+        let e = explain(&q, &routes, &[], false);
+        assert_eq!(
+            e.candidates[0].mismatch.as_deref(),
+            Some("the host is none of the route's")
+        );
+        assert!(e.taken.is_none() && e.destinations.is_empty());
+    }
 }

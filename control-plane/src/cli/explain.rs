@@ -329,4 +329,38 @@ mod tests {
         let bad = vec!["no-colon".to_string()];
         assert!(request(&args("http://users/", &bad, None)).is_err());
     }
+
+    #[test]
+    fn at_a_gateway_the_url_gives_the_host_and_the_gateway_is_the_caller() {
+        let a = ExplainArgs {
+            from: None,
+            gateway: Some("gw"),
+            method: "GET",
+            url: "https://API.Example.com:8443/api/users?id=1",
+            headers: &[],
+            service: None,
+        };
+        let r = request(&a).expect("valid");
+        assert_eq!(
+            (
+                r.from.as_str(),
+                r.service.as_str(),
+                r.host.as_str(),
+                r.path.as_str()
+            ),
+            ("gw", "gw", "api.example.com", "/api/users?id=1")
+        );
+        assert!(r.gateway);
+        assert!(
+            request(&ExplainArgs {
+                service: Some("users"),
+                ..a.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            request(&ExplainArgs { gateway: None, ..a }).is_err(),
+            "no caller"
+        );
+    }
 }

@@ -425,4 +425,59 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn gateways_routes_at_them_and_rate_limits_survive_the_wire() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: weft\n  listeners:\n    - {name: http, port: 8080, protocol: HTTP}\n    - {name: https, port: 8443, protocol: HTTPS, hostname: \"*.example.com\", tls: {mode: Terminate}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: users}, {kind: Gateway, name: gw, sectionName: https}, {kind: Gateway, name: gw2}]\n  hostnames: [api.example.com]\n  rules:\n    - filters: [{type: RateLimit, rateLimit: {requests: 5, period: 1s, key: {header: x-key}}}, {type: CORS, cors: {allowOrigins: [\"*\"]}}]\n      backendRefs: [{name: users}]\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  rateLimit: {requests: 5, period: 1s, perCaller: true}\n";
+        let rs = parse_documents(text).expect("valid");
+        let ps: Vec<_> = rs.iter().map(pb::Resource::from).collect();
+        assert_eq!(resources_from_proto(&ps).expect("valid"), rs);
+        let Some(pb::resource::Kind::Route(r)) = &ps[1].kind else {
+            panic!("a route")
+        };
+        assert_eq!(
+            (r.gateways.as_slice(), r.gateway_sections.as_slice()),
+            (
+                ["gw".to_string(), "gw2".to_string()].as_slice(),
+                ["https".to_string(), String::new()].as_slice()
+            )
+        );
+
+        let bad = |f: fn(&mut pb::Resource)| {
+            let mut ps = ps.clone();
+            f(&mut ps[0]);
+            f(&mut ps[1]);
+            f(&mut ps[2]);
+            resources_from_proto(&ps).expect_err("invalid").to_string()
+        };
+        let text = bad(|p| match &mut p.kind {
+            Some(pb::resource::Kind::Gateway(g)) => {
+                g.gateway_class_name = "istio".into();
+                g.listeners[0].port = 70_000;
+                g.listeners[0].tls_terminate = true;
+                g.listeners[1].protocol = 9;
+            }
+            Some(pb::resource::Kind::Route(r)) => {
+                r.gateway_sections.pop();
+                r.hostnames.push("*".into());
+            }
+            Some(pb::resource::Kind::Service(s)) => {
+                if let Some(l) = s.rate_limit.as_mut() {
+                    l.key = Some(pb::rate_limit::Key::ClientIp(true));
+                }
+            }
+            _ => {}
+        });
+        for path in [
+            "gateway.gateway_class_name",
+            "gateway.listeners[0].port",
+            "gateway.listeners[0].tls_terminate",
+            "gateway.listeners[1].protocol",
+            "route.gateway_sections",
+            "route.hostnames[1]",
+            "service.rate_limit.key",
+        ] {
+            assert!(text.contains(path), "{path} missing in {text}");
+        }
+    }
 }

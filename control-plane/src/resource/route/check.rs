@@ -736,4 +736,149 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("document 2 (HTTPRoute/b): spec.rules[0]: matches exactly what HTTPRoute/a spec.rules[0]"), "{e:?}");
     }
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners:\n    - {name: http, port: 80, protocol: HTTP, hostname: \"*.example.com\"}\n    - {name: admin, port: 81, protocol: HTTP, hostname: admin.internal}\n";
+
+    fn at_gateway(name: &str, parent: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{parent}]\n{extra}  rules: [{{backendRefs: [{{name: users}}]}}]\n"
+        )
+    }
+
+    #[test]
+    fn a_gateway_route_needs_its_gateway_listener_and_a_served_host() {
+        let unknown = at_gateway("r", "{name: users}, {kind: Gateway, name: gw}", "");
+        assert_eq!(
+            errors(&unknown, SERVICES, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.parentRefs[1].name: unknown gateway gw: no Gateway resource"
+            ]
+        );
+        // The Gateway in the same apply, or before.
+        assert!(errors(&format!("{GATEWAY}---\n{unknown}"), SERVICES, &[]).is_empty());
+        assert!(errors(&unknown, &format!("{SERVICES}---\n{GATEWAY}"), &[]).is_empty());
+        let existing = format!("{SERVICES}---\n{GATEWAY}");
+        let section = at_gateway("r", "{kind: Gateway, name: gw, sectionName: https}", "");
+        assert_eq!(
+            errors(&section, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.parentRefs[0].sectionName: gateway gw has no listener \"https\" (it has http, admin)"
+            ]
+        );
+        let elsewhere = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw}",
+            "  hostnames: [api.other.com, example.com]\n",
+        );
+        assert_eq!(
+            errors(&elsewhere, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.hostnames: none of the route's host names is served by gateway gw's listeners (*.example.com, admin.internal): its requests could never arrive"
+            ]
+        );
+        // One listener serving one name is enough; the section narrows.
+        let api = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw}",
+            "  hostnames: [api.example.com, x.com]\n",
+        );
+        assert!(errors(&api, &existing, &[]).is_empty());
+        let narrowed = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw, sectionName: admin}",
+            "  hostnames: [api.example.com]\n",
+        );
+        assert_eq!(errors(&narrowed, &existing, &[]).len(), 1);
+    }
+
+    #[test]
+    fn a_gateway_may_not_take_away_what_its_routes_use_nor_be_deleted_under_them() {
+        let routed = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw, sectionName: admin}",
+            "  hostnames: [admin.internal]\n",
+        );
+        let existing = format!("{SERVICES}---\n{GATEWAY}---\n{routed}");
+        let shrunk = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: http, port: 80, protocol: HTTP, hostname: \"*.example.com\"}]\n";
+        assert_eq!(
+            errors(shrunk, &existing, &[]),
+            [
+                "document 1 (Gateway/gw): spec.listeners: HTTPRoute/r spec.parentRefs[0].sectionName attaches to listener \"admin\" of this gateway, which would no longer exist"
+            ]
+        );
+        let renamed = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: admin, port: 81, protocol: HTTP, hostname: admin.example.com}]\n";
+        assert_eq!(
+            errors(renamed, &existing, &[]),
+            [
+                "document 1 (Gateway/gw): spec.listeners: HTTPRoute/r answers for host names none of this gateway's listeners would serve"
+            ]
+        );
+        let gw = Name::parse("gw").expect("name");
+        let existing = docs(&existing);
+        assert_eq!(
+            check_delete(Kind::Gateway, &gw, &existing, &BTreeSet::new()),
+            ["HTTPRoute/r spec.parentRefs[0].name: unknown gateway gw: no Gateway resource"]
+        );
+        let r = Name::parse("r").expect("name");
+        let rest: Vec<Resource> = existing
+            .into_iter()
+            .filter(|x| !(x.kind() == Kind::HttpRoute && x.name() == &r))
+            .collect();
+        assert!(check_delete(Kind::Gateway, &gw, &rest, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn at_a_gateway_only_routes_for_the_same_host_names_hide_each_other() {
+        let existing = format!("{SERVICES}---\n{GATEWAY}");
+        let host = |name: &str, hosts: &str| {
+            at_gateway(
+                name,
+                "{kind: Gateway, name: gw}",
+                &format!("  hostnames: [{hosts}]\n"),
+            )
+        };
+        let same = format!(
+            "{}---\n{}",
+            host("a", "a.example.com"),
+            host("b", "a.example.com")
+        );
+        assert_eq!(
+            errors(&same, &existing, &[]),
+            [
+                "document 2 (HTTPRoute/b): spec.rules[0]: matches exactly what HTTPRoute/a spec.rules[0] matches on gateway gw, which comes first: this one could never be taken"
+            ]
+        );
+        let other = format!(
+            "{}---\n{}",
+            host("a", "a.example.com"),
+            host("b", "b.example.com")
+        );
+        assert!(errors(&other, &existing, &[]).is_empty());
+        // A service and a gateway are separate parents.
+        let both = format!(
+            "{}---\n{}",
+            at_gateway("a", "{kind: Gateway, name: gw}", ""),
+            at_gateway("b", "{name: users}", "")
+        );
+        assert!(errors(&both, &existing, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_gateway_and_a_service_never_share_a_name() {
+        let named_like = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: users}\nspec:\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+        assert_eq!(
+            errors(named_like, SERVICES, &[]),
+            [
+                "document 1 (Gateway/users): metadata.name: a Service is named users too: a gateway's name is its mesh identity, which no Service may share"
+            ]
+        );
+        assert_eq!(
+            errors(SERVICES, named_like, &[]),
+            [
+                "document 1 (Service/users): metadata.name: a Gateway is named users too: a gateway's name is its mesh identity, which no Service may share"
+            ]
+        );
+        // Its own instances (the gateway's sidecar) are no Service.
+        assert!(errors(named_like, "", &["users"]).is_empty());
+    }
 }

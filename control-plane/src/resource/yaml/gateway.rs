@@ -120,3 +120,115 @@ fn listener(at: &str, l: RawListener, errs: &mut DocErrors<'_>) -> Option<Listen
         tls_terminate: l.tls.is_some(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::resource::{Resource, parse_documents, to_yaml_documents};
+
+    const GOOD: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway}
+spec:
+  gatewayClassName: weft
+  listeners:
+    - {name: http, port: 8080, protocol: HTTP}
+    - name: https
+      port: 8443
+      protocol: HTTPS
+      hostname: "*.Example.com"
+      tls: {mode: Terminate}
+    - {name: api, port: 8443, protocol: HTTPS, hostname: api.example.com}
+"#;
+
+    fn errors(spec: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n{spec}"
+        );
+        parse_documents(&text)
+            .expect_err("must be rejected")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_parses_and_round_trips() {
+        let rs = parse_documents(GOOD).expect("valid");
+        let Resource::Gateway(g) = &rs[0] else {
+            panic!("a gateway")
+        };
+        assert_eq!(g.name.as_str(), "gateway");
+        assert!(g.class_named);
+        let l = &g.listeners()[1];
+        assert_eq!(
+            (l.port.get(), l.protocol.as_str(), l.host_text()),
+            (8443, "HTTPS", "*.example.com".to_string())
+        );
+        assert!(l.tls_terminate && !g.listeners()[2].tls_terminate);
+        let text = to_yaml_documents(&rs);
+        assert!(text.contains("gatewayClassName: \"weft\""), "{text}");
+        assert_eq!(parse_documents(&text).expect("reparse"), rs, "{text}");
+        // weft.dev/v1 too, and the class may be left out.
+        let plain = "apiVersion: weft.dev/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+        let rs = parse_documents(plain).expect("valid");
+        assert_eq!(
+            parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
+            rs
+        );
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let e = errors(
+            "  gatewayClassName: istio\n  listeners:\n    - {name: a, port: 0, protocol: TCP}\n    - {name: B, port: 80, protocol: HTTP, hostname: \"*\", tls: {mode: Passthrough}}\n    - name: c\n      port: 443\n      protocol: HTTPS\n      tls: {certificateRefs: [{name: cert}]}\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "document 1 (Gateway/gw): spec.gatewayClassName: \"istio\": the only gateway class is \"weft\" (or leave it out)",
+                "document 1 (Gateway/gw): spec.listeners[0].port: a port between 1 and 65535",
+                "document 1 (Gateway/gw): spec.listeners[0].protocol: \"TCP\" is not a listener protocol: HTTP or HTTPS",
+                "document 1 (Gateway/gw): spec.listeners[1].name: \"B\" is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (e.g. user-service)",
+                "document 1 (Gateway/gw): spec.listeners[1].hostname: \"*\" is not a host name (letters, digits, '-' and '.', optionally starting with '*.')",
+                "document 1 (Gateway/gw): spec.listeners[1].tls: TLS is for HTTPS listeners; an HTTP listener takes none",
+                "document 1 (Gateway/gw): spec.listeners[1].tls.mode: \"Passthrough\": the only TLS mode is Terminate",
+                "document 1 (Gateway/gw): spec.listeners[2].tls.certificateRefs: certificates are files given to the gateway process, not Secrets: leave certificateRefs out",
+            ]
+        );
+        let e = errors(
+            "  listeners:\n    - {name: a, port: 80, protocol: HTTP}\n    - {name: a, port: 81, protocol: HTTP}\n    - {name: b, port: 80, protocol: HTTP}\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "document 1 (Gateway/gw): spec.listeners[1].name: listener a is named twice",
+                "document 1 (Gateway/gw): spec.listeners[2]: listeners[0] already serves port 80 for any host",
+            ]
+        );
+        assert_eq!(
+            errors("  listeners: []\n"),
+            ["document 1 (Gateway/gw): spec.listeners: a gateway needs at least one listener"]
+        );
+        let e =
+            errors("  listeners:\n    - {name: a, port: 80, protocol: HTTP, allowedRoutes: {}}\n");
+        assert!(
+            e[0].contains("spec.listeners[0]") && e[0].contains("unknown field `allowedRoutes`"),
+            "{e:?}"
+        );
+        let e = errors("  addresses: []\n  listeners: [{name: a, port: 80, protocol: HTTP}]\n");
+        assert!(
+            e[0].contains("spec.addresses: unknown field `addresses`"),
+            "{e:?}"
+        );
+        let version = "apiVersion: v1\nkind: Gateway\nmetadata: {name: gw}\n";
+        let e: Vec<String> = parse_documents(version)
+            .expect_err("bad version")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(e[0].contains("apiVersion: unsupported \"v1\", expected gateway.networking.k8s.io/v1 or weft.dev/v1"), "{e:?}");
+    }
+}

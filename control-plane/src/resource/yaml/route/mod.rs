@@ -9,6 +9,8 @@
 //! optionally one listener by `sectionName`), and `hostnames` say which
 //! hosts the route answers for there.
 
+#[cfg(test)]
+mod edge_tests;
 mod filters;
 mod matches;
 
