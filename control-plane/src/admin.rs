@@ -283,7 +283,9 @@ impl Admin for AdminService {
         let query = ExplainQuery::try_from(request.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let explanation = self.catalog.explain(&query).map_err(|e| match e {
-            ExplainError::UnknownService(_) => Status::not_found(e.to_string()),
+            ExplainError::UnknownService(_) | ExplainError::UnknownGateway(_) => {
+                Status::not_found(e.to_string())
+            }
         })?;
         Ok(Response::new(pb::ExplainResponse::from(&explanation)))
     }

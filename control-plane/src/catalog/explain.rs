@@ -4,6 +4,8 @@
 //! (`weft_proto::routing::RouteTable`), so the answer is what a sidecar
 //! does; and each destination's authorization policies are asked whether
 //! they let the caller in, by the rules the destination's sidecar is sent.
+//! At a gateway, the request's host is matched against the routes' host
+//! names as its sidecar gets them, and the caller is the gateway itself.
 
 use std::fmt;
 
@@ -27,12 +29,19 @@ pub struct ExplainQuery {
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
+    /// Lower case, without a port (`request_host`); gateway routes with
+    /// host names match it.
+    pub host: Option<String>,
+    /// `service` is a `Gateway` (and `from` is normally the same name).
+    pub gateway: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
     #[error("unknown service {0}: no Service resource, no registered instance and no route")]
     UnknownService(Name),
+    #[error("unknown gateway {0}: no Gateway resource")]
+    UnknownGateway(Name),
 }
 
 /// One match the request was tried against.
@@ -123,6 +132,9 @@ impl Catalog {
     /// Explains `q` by the routes and policies applied now.
     pub fn explain(&self, q: &ExplainQuery) -> Result<Explanation, ExplainError> {
         let parts = self.lock();
+        if q.gateway && parts.resources.gateway(&q.service).is_none() {
+            return Err(ExplainError::UnknownGateway(q.service.clone()));
+        }
         let view = parts.view(&q.service);
         if !view.known {
             return Err(ExplainError::UnknownService(q.service.clone()));
@@ -131,7 +143,8 @@ impl Catalog {
             .policy
             .as_ref()
             .is_some_and(|p| p.protocol == Some(Protocol::Grpc));
-        let routes: Vec<&RouteSpec> = parts.resources.routes_of(&q.service).collect();
+        // As its sidecars get them: with the host names that apply there.
+        let routes: Vec<&RouteSpec> = view.routing.iter().collect();
         let policies: Vec<&AuthorizationPolicySpec> = parts.resources.policies().collect();
         Ok(explain(q, &routes, &policies, grpc_service))
     }
@@ -185,7 +198,7 @@ pub(super) fn explain(
             .map(|r| Route {
                 name: r.qualified_name(),
                 kind: r.kind,
-                hostnames: vec![],
+                hostnames: r.hostnames().to_vec(),
                 rules: r
                     .rules()
                     .iter()
@@ -199,7 +212,7 @@ pub(super) fn explain(
     );
     let req = Request {
         method: &q.method,
-        host: None,
+        host: q.host.as_deref(),
         path: &q.path,
         query: q.query.as_deref(),
         headers: &q.headers,
@@ -227,6 +240,8 @@ pub(super) fn explain(
     });
     let every = PathMatch::default();
     let (taken, targets) = match &found {
+        // A gateway is nobody's endpoint: no route, nowhere to go.
+        None if q.gateway => (None, Vec::new()),
         None => (None, vec![(itself(&q.service), q.path.clone())]),
         Some(f) => {
             let rule: &RouteRule = f.action;
@@ -330,7 +345,7 @@ spec:
             match r {
                 Resource::Route(r) => routes.push(*r),
                 Resource::AuthorizationPolicy(p) => policies.push(p),
-                Resource::Service(_) => {}
+                Resource::Service(_) | Resource::Gateway(_) => {}
             }
         }
         (routes, policies)
@@ -355,6 +370,8 @@ spec:
             path,
             query,
             headers: h,
+            host: None,
+            gateway: false,
         }
     }
 
@@ -452,5 +469,31 @@ spec:
         let e = explain(&q, &routes, &[], false);
         assert!(e.grpc);
         assert_eq!(e.destinations[0].verdict, Verdict::Open);
+    }
+
+    #[test]
+    fn at_a_gateway_the_host_is_matched_and_no_route_goes_nowhere() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api}\nspec:\n  parentRefs: [{kind: Gateway, name: gw}]\n  hostnames: [api.example.com]\n  rules: [{backendRefs: [{name: users}]}]\n";
+        let Some(Resource::Route(r)) = parse_documents(text).expect("valid").pop() else {
+            panic!("a route")
+        };
+        let routes = [r.as_ref()];
+        let mut q = query("gw", Method::GET, "/api/users/1", &[]);
+        q.service = Name::parse("gw").expect("name");
+        q.gateway = true;
+        q.host = Some("api.example.com".into());
+        let e = explain(&q, &routes, &[], false);
+        assert_eq!(
+            e.taken.as_ref().map(|t| t.route.as_str()),
+            Some("HTTPRoute/api")
+        );
+        assert_eq!(e.destinations[0].backend.service.as_str(), "users");
+        q.host = Some("www.example.com".into());
+        let e = explain(&q, &routes, &[], false);
+        assert_eq!(
+            e.candidates[0].mismatch.as_deref(),
+            Some("the host is none of the route's")
+        );
+        assert!(e.taken.is_none() && e.destinations.is_empty());
     }
 }

@@ -100,12 +100,19 @@ struct Parts {
 
 impl Parts {
     fn view(&self, name: &Name) -> ServiceView {
+        let gateway = self.resources.gateway(name);
+        let routing = view::routing(
+            gateway,
+            self.resources.routes_at(name),
+            self.resources.routes_of(name),
+        );
         view::build(
             name,
             self.resources.service(name),
             self.resources.policies(),
             self.instances.iter(),
-            self.resources.routes_of(name),
+            routing,
+            gateway.is_some(),
         )
     }
 }

@@ -1,12 +1,15 @@
 //! The applied resources in memory: `Service` specs by service name,
-//! `AuthorizationPolicy` specs by policy name, and routes by their
-//! qualified name (`HTTPRoute/x`, the order sidecars rank them in). Each
-//! change says which services' views it touched, so that only their
-//! streams recompute.
+//! `AuthorizationPolicy` specs by policy name, routes by their qualified
+//! name (`HTTPRoute/x`, the order sidecars rank them in), and `Gateway`s by
+//! name (which is also the gateway's service name). Each change says which
+//! services' views it touched — a gateway's view is its name's — so that
+//! only their streams recompute.
 
 use std::collections::BTreeMap;
 
-use crate::resource::{AuthorizationPolicySpec, Kind, Name, Resource, RouteSpec, ServiceSpec};
+use crate::resource::{
+    AuthorizationPolicySpec, GatewaySpec, Kind, Name, Resource, RouteSpec, ServiceSpec,
+};
 
 #[derive(Debug, Default)]
 pub(super) struct Resources {
@@ -15,6 +18,15 @@ pub(super) struct Resources {
     policies: BTreeMap<Name, AuthorizationPolicySpec>,
     /// By qualified name.
     routes: BTreeMap<String, RouteSpec>,
+    gateways: BTreeMap<Name, GatewaySpec>,
+}
+
+/// Every name whose view a route is part of: its services and gateways.
+fn parents(r: &RouteSpec) -> impl Iterator<Item = Name> + '_ {
+    r.services()
+        .iter()
+        .cloned()
+        .chain(r.gateways().iter().map(|g| g.name.clone()))
 }
 
 impl Resources {
@@ -49,9 +61,15 @@ impl Resources {
                     if self.routes.get(&key) != Some(r) {
                         // The services it was attached to, and those now.
                         if let Some(old) = self.routes.insert(key, RouteSpec::clone(r)) {
-                            touched.extend(old.services().iter().cloned());
+                            touched.extend(parents(&old));
                         }
-                        touched.extend(r.services().iter().cloned());
+                        touched.extend(parents(r));
+                    }
+                }
+                Resource::Gateway(g) => {
+                    if self.gateways.get(&g.name) != Some(g) {
+                        self.gateways.insert(g.name.clone(), g.clone());
+                        touched.push(g.name.clone());
                     }
                 }
             }
@@ -77,13 +95,19 @@ impl Resources {
             Kind::HttpRoute | Kind::GrpcRoute => self
                 .routes
                 .remove(&format!("{}/{name}", kind.as_str()))
-                .map(|r| r.services().to_vec())
+                .map(|r| parents(&r).collect())
                 .unwrap_or_default(),
+            Kind::Gateway => self
+                .gateways
+                .remove(name)
+                .map(|g| g.name)
+                .into_iter()
+                .collect(),
         }
     }
 
-    /// Every resource: services, then policies, then routes, each sorted
-    /// by name.
+    /// Every resource: services, then policies, then routes, then
+    /// gateways, each sorted by name.
     pub fn all(&self) -> Vec<Resource> {
         let services = self
             .services
@@ -100,7 +124,16 @@ impl Resources {
             .values()
             .cloned()
             .map(|r| Resource::Route(Box::new(r)));
-        services.chain(policies).chain(routes).collect()
+        let gateways = self.gateways.values().cloned().map(Resource::Gateway);
+        services
+            .chain(policies)
+            .chain(routes)
+            .chain(gateways)
+            .collect()
+    }
+
+    pub fn gateway(&self, name: &Name) -> Option<&GatewaySpec> {
+        self.gateways.get(name)
     }
 
     pub fn service(&self, name: &Name) -> Option<&ServiceSpec> {
@@ -120,6 +153,11 @@ impl Resources {
         self.routes
             .values()
             .filter(move |r| r.services().contains(service))
+    }
+
+    /// The routes attached to `gateway`, by qualified name.
+    pub fn routes_at<'a>(&'a self, gateway: &'a Name) -> impl Iterator<Item = &'a RouteSpec> {
+        self.routes.values().filter(move |r| r.at_gateway(gateway))
     }
 }
 

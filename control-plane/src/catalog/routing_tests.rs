@@ -206,3 +206,117 @@ fn what_a_caller_is_sent_stays_within_its_bound() {
     let (views, added) = c.views_with_backends(&mut wanted, &HashMap::new(), 2);
     assert_eq!((wanted.len(), added.len(), views.len()), (2, 1, 2));
 }
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners:\n    - {name: web, port: 80, protocol: HTTP, hostname: \"*.example.com\"}\n    - {name: tls, port: 443, protocol: HTTPS, hostname: api.example.com}\n";
+
+fn hostnames(v: &ServiceView) -> Vec<(String, Vec<String>)> {
+    v.routing
+        .iter()
+        .map(|r| {
+            (
+                r.qualified_name(),
+                r.hostnames().iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_gateways_sidecar_gets_its_routes_with_host_names_and_their_backends() {
+    let c = catalog();
+    apply(&c, SERVICES);
+    // Known as soon as the Gateway is, though nothing attaches yet.
+    apply(&c, GATEWAY);
+    let v = view(&c, "gw");
+    assert!(v.known && v.routing.is_empty());
+    let attached = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: api}\nspec:\n  parentRefs: [{kind: Gateway, name: gw}, {name: users}]\n  hostnames: [api.example.com]\n  rules: [{backendRefs: [{name: users-v2}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: grpc}\nspec:\n  parentRefs: [{kind: Gateway, name: gw, sectionName: web}]\n  rules: [{backendRefs: [{name: orders}]}]\n";
+    apply(&c, attached);
+    // The gateway's sidecar wants its own name, like any sidecar.
+    let mut wanted = BTreeSet::from([name("gw")]);
+    let (views, added) = c.views_with_backends(&mut wanted, &HashMap::new(), 100);
+    assert_eq!(names(&added), ["orders", "users-v2"]);
+    let gw = &views
+        .iter()
+        .find(|(n, _, _)| n.as_str() == "gw")
+        .expect("gw")
+        .2;
+    assert_eq!(
+        hostnames(gw),
+        [
+            (
+                "GRPCRoute/grpc".to_string(),
+                vec!["*.example.com".to_string()]
+            ),
+            (
+                "HTTPRoute/api".to_string(),
+                vec!["api.example.com".to_string()]
+            ),
+        ],
+        "its own host names, or those of the listeners it attaches to"
+    );
+    // On the wire, to its own sidecar: known, routing with host names.
+    let update = pb::ServiceUpdate::from(&gw.full(&name("gw"), true));
+    assert!(update.known && update.inbound.is_some());
+    let routes = update.routing.expect("routing").routes;
+    assert_eq!(routes[1].hostnames, ["api.example.com"]);
+    // The service it also attaches to gets it without host names (GAMMA).
+    assert_eq!(
+        hostnames(&view(&c, "users")),
+        [("HTTPRoute/api".to_string(), vec![])]
+    );
+}
+
+#[test]
+fn a_change_to_the_gateway_or_its_routes_reaches_its_sidecar() {
+    let c = catalog();
+    apply(&c, SERVICES);
+    apply(&c, GATEWAY);
+    let r = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{kind: Gateway, name: gw}]\n  rules: [{backendRefs: [{name: users}]}]\n";
+    apply(&c, r);
+    let before_view = view(&c, "gw");
+    assert_eq!(
+        hostnames(&before_view),
+        [(
+            "HTTPRoute/r".to_string(),
+            vec!["*.example.com".to_string(), "api.example.com".to_string()]
+        )]
+    );
+    // A listener without a host name takes any host: so does the route.
+    let before = seen(&c, &["gw", "users", "orders"]);
+    apply(
+        &c,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: web, port: 80, protocol: HTTP}]\n",
+    );
+    assert_eq!(changed(&c, &["gw", "users", "orders"], &before), ["gw"]);
+    let after = view(&c, "gw");
+    assert_eq!(hostnames(&after), [("HTTPRoute/r".to_string(), vec![])]);
+    let update = after
+        .diff(&name("gw"), Some(&before_view), true)
+        .expect("a change");
+    assert!(update.routing.is_some() && update.policy.is_none());
+
+    // A route's change, and its deletion, move the gateway's generation.
+    let before = seen(&c, &["gw", "orders"]);
+    apply(&c, &r.replace("{name: users}]}]", "{name: orders}]}]"));
+    assert_eq!(changed(&c, &["gw", "orders"], &before), ["gw"]);
+    let before = seen(&c, &["gw"]);
+    c.remove(Kind::HttpRoute, &name("r"));
+    assert_eq!(changed(&c, &["gw"], &before), ["gw"]);
+    assert!(view(&c, "gw").routing.is_empty());
+}
+
+#[test]
+fn a_services_rate_limit_goes_to_its_own_sidecars() {
+    let c = catalog();
+    apply(
+        &c,
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  rateLimit: {requests: 5, period: 1s, perCaller: true}\n",
+    );
+    let v = view(&c, "users");
+    let own = pb::ServiceUpdate::from(&v.full(&name("users"), true));
+    let limit = own.inbound.and_then(|i| i.rate_limit).expect("a limit");
+    assert_eq!((limit.requests, limit.period_ms, limit.burst), (5, 1000, 5));
+    assert_eq!(limit.key, Some(pb::rate_limit::Key::Caller(true)));
+    let caller = pb::ServiceUpdate::from(&v.full(&name("users"), false));
+    assert!(caller.inbound.is_none(), "callers are not sent it");
+}

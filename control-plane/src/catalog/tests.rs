@@ -214,6 +214,7 @@ fn diffs_carry_only_changes() {
             subsets: Vec::new(),
             inbound_mode: InboundMode::Strict,
             resilience: Default::default(),
+            rate_limit: None,
         }),
         endpoints: Default::default(),
         inbound: Default::default(),

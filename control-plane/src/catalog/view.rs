@@ -4,14 +4,22 @@
 //! instances; the update that turns one view into the next; and the
 //! generations that say which views may have changed since a stream last
 //! looked.
+//!
+//! A `Gateway`'s name is a service name too (its sidecar joins as it), and
+//! its view carries the routes attached to the gateway, each with the host
+//! names it answers for there: the gateway's sidecar wants its own name
+//! like any service, and so gets them, and their backends with them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, Protocol};
+use weft_proto::routing::{HostMatch, RateLimit};
 
 use super::instances::{Health, Instance};
-use crate::resource::{AuthorizationPolicySpec, AuthorizationRule, Name, RouteSpec, ServiceSpec};
+use crate::resource::{
+    AuthorizationPolicySpec, AuthorizationRule, GatewaySpec, Name, RouteSpec, ServiceSpec,
+};
 
 /// One instance as callers' sidecars see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +39,8 @@ pub struct InboundPolicy {
     /// what `rules` allow gets in.
     pub authorization: bool,
     pub rules: Vec<AuthorizationRule>,
+    /// The `Service`'s `rateLimit`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A service as pushed to sidecars.
@@ -43,7 +53,9 @@ pub struct ServiceView {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// What the service's own sidecars enforce inbound; sent only to them.
     pub inbound: InboundPolicy,
-    /// The routes attached to it, by qualified name (`HTTPRoute/x`).
+    /// The routes attached to it, by qualified name (`HTTPRoute/x`), each
+    /// with the host names its sidecars match: none for a service (GAMMA
+    /// ignores them), the effective ones at a gateway.
     pub routing: Vec<RouteSpec>,
 }
 
@@ -138,19 +150,64 @@ impl ServiceView {
     }
 }
 
+/// The host names a route answers for at `gateway`: its own; without
+/// any, those of the listeners it attaches to when every one of them names
+/// one (a listener without a host name takes any host, and so does the
+/// route there).
+pub(super) fn gateway_hostnames(gateway: &GatewaySpec, route: &RouteSpec) -> Vec<HostMatch> {
+    if !route.hostnames().is_empty() {
+        return route.hostnames().to_vec();
+    }
+    let mut out: Vec<HostMatch> = Vec::new();
+    let refs = route.gateways().iter().filter(|g| g.name == gateway.name);
+    let every = refs.clone().any(|g| g.section.is_none());
+    let listeners = gateway
+        .listeners()
+        .iter()
+        .filter(|l| every || refs.clone().any(|g| g.section.as_ref() == Some(&l.name)));
+    for l in listeners {
+        let Some(h) = &l.hostname else {
+            return Vec::new();
+        };
+        if !out.contains(h) {
+            out.push(h.clone());
+        }
+    }
+    out
+}
+
+/// The routes of `name` as its sidecars get them: at a gateway, those
+/// attached to it with their effective host names; otherwise those
+/// attached to the service, without host names.
+pub(super) fn routing<'a>(
+    gateway: Option<&GatewaySpec>,
+    at_gateway: impl Iterator<Item = &'a RouteSpec>,
+    at_service: impl Iterator<Item = &'a RouteSpec>,
+) -> Vec<RouteSpec> {
+    match gateway {
+        Some(g) => at_gateway
+            .map(|r| r.with_hostnames(gateway_hostnames(g, r)))
+            .collect(),
+        None => at_service.map(|r| r.with_hostnames(Vec::new())).collect(),
+    }
+}
+
 /// Builds the view of `name` from its resource (if any), the authorization
-/// policies (those selecting it count), its instances and the routes
-/// attached to it. A service with any of a resource, an instance or a
-/// route is known to callers: a route may send its requests elsewhere.
+/// policies (those selecting it count), its instances, the routes its
+/// sidecars get ([`routing`]) and whether it is a gateway. A service with
+/// any of a resource, an instance, a route or a `Gateway` is known to
+/// callers: a route may send its requests elsewhere.
 pub(super) fn build<'a>(
     name: &Name,
     resource: Option<&ServiceSpec>,
     policies: impl Iterator<Item = &'a AuthorizationPolicySpec>,
     instances: impl Iterator<Item = &'a Instance>,
-    routes: impl Iterator<Item = &'a RouteSpec>,
+    routing: Vec<RouteSpec>,
+    gateway: bool,
 ) -> ServiceView {
     let mut inbound = InboundPolicy {
         mode: resource.map_or(InboundMode::Strict, |r| r.inbound_mode),
+        rate_limit: resource.and_then(|r| r.rate_limit.clone()),
         ..Default::default()
     };
     for p in policies.filter(|p| &p.service == name) {
@@ -171,8 +228,7 @@ pub(super) fn build<'a>(
         };
         endpoints.insert(r.instance_id.clone(), endpoint);
     }
-    let routing: Vec<RouteSpec> = routes.cloned().collect();
-    if resource.is_none() && endpoints.is_empty() && routing.is_empty() {
+    if resource.is_none() && endpoints.is_empty() && routing.is_empty() && !gateway {
         // Unknown to callers, but its own sidecars still get the policy.
         return ServiceView {
             inbound,
@@ -187,6 +243,7 @@ pub(super) fn build<'a>(
         subsets: Vec::new(),
         inbound_mode: InboundMode::Strict,
         resilience: Default::default(),
+        rate_limit: None,
     });
     policy.protocol = policy.protocol.or(declared).or(Some(Protocol::Grpc));
     ServiceView {

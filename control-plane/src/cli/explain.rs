@@ -1,10 +1,11 @@
-//! `weftctl explain --from SERVICE METHOD URL [-H name:value]...`: asks the
+//! `weftctl explain --from SERVICE METHOD URL [-H name:value]...` (or
+//! `--gateway NAME`, for a request arriving at a gateway): asks the
 //! control plane which route, rule and backends the request would take,
 //! and prints its answer. Nothing is matched here: the control plane runs
 //! its stored routes through the sidecars' matcher.
 
 use serde_json::{Map, Value, json};
-use weft_proto::routing::RouteKind;
+use weft_proto::routing::{RouteKind, request_host};
 use weft_proto::v1 as pb;
 
 use super::output::{structured, table};
@@ -15,7 +16,10 @@ use crate::resource::{rule_to_value, value_to_yaml};
 /// The request as the command line gives it.
 #[derive(Debug, Clone)]
 pub struct ExplainArgs<'a> {
-    pub from: &'a str,
+    /// The caller; `None` with a gateway (the gateway is the caller).
+    pub from: Option<&'a str>,
+    /// The request arrives at this gateway.
+    pub gateway: Option<&'a str>,
     pub method: &'a str,
     pub url: &'a str,
     pub headers: &'a [String],
@@ -24,27 +28,30 @@ pub struct ExplainArgs<'a> {
 
 /// The `ExplainRequest` for the command line's request: the URL's host
 /// names the destination unless `--service` does; a bare path needs
-/// `--service`.
+/// `--service`. At a gateway, the host is the one its routes match.
 pub fn request(a: &ExplainArgs<'_>) -> Result<pb::ExplainRequest, CliError> {
     let bad = |why: String| CliError::Input(why);
-    let (host, path) = if a.url.starts_with('/') {
-        (None, a.url.to_string())
-    } else {
-        let uri: http::Uri = a
-            .url
-            .parse()
-            .map_err(|e| bad(format!("{}: not a URL ({e})", a.url)))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(bad(format!(
-                "{}: expected http://SERVICE/path?query, or a path with --service",
-                a.url
-            )));
+    if let Some(gateway) = a.gateway {
+        if a.service.is_some() {
+            return Err(bad(
+                "--service names a destination; at a gateway the routes choose it".into(),
+            ));
         }
-        let path = uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.as_str().to_string());
-        (uri.host().map(str::to_string), path)
+        let (host, path) = split_url(a.url)?;
+        return Ok(pb::ExplainRequest {
+            from: a.from.unwrap_or(gateway).to_string(),
+            service: gateway.to_string(),
+            method: a.method.to_string(),
+            path,
+            headers: headers(a.headers)?,
+            host: host.map(|h| request_host(&h)).unwrap_or_default(),
+            gateway: true,
+        });
+    }
+    let Some(from) = a.from else {
+        return Err(bad("name the caller with --from (or a --gateway)".into()));
     };
+    let (host, path) = split_url(a.url)?;
     let service = match (a.service, host) {
         (Some(s), _) => s.to_string(),
         (None, Some(h)) => h,
@@ -54,9 +61,41 @@ pub fn request(a: &ExplainArgs<'_>) -> Result<pb::ExplainRequest, CliError> {
             ));
         }
     };
-    let headers = a
-        .headers
-        .iter()
+    Ok(pb::ExplainRequest {
+        from: from.to_string(),
+        service,
+        method: a.method.to_string(),
+        path,
+        headers: headers(a.headers)?,
+        host: String::new(),
+        gateway: false,
+    })
+}
+
+/// The URL's host (with its port, if any) and its path with the query;
+/// a bare path has no host.
+fn split_url(url: &str) -> Result<(Option<String>, String), CliError> {
+    let bad = |why: String| CliError::Input(why);
+    if url.starts_with('/') {
+        return Ok((None, url.to_string()));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| bad(format!("{url}: not a URL ({e})")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad(format!(
+            "{url}: expected http://HOST/path?query, or a path with --service"
+        )));
+    }
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    Ok((uri.host().map(str::to_string), path))
+}
+
+fn headers(hs: &[String]) -> Result<Vec<pb::Header>, CliError> {
+    let bad = |why: String| CliError::Input(why);
+    hs.iter()
         .map(|h| {
             let (name, value) = h
                 .split_once(':')
@@ -66,14 +105,7 @@ pub fn request(a: &ExplainArgs<'_>) -> Result<pb::ExplainRequest, CliError> {
                 value: value.trim().to_string(),
             })
         })
-        .collect::<Result<_, CliError>>()?;
-    Ok(pb::ExplainRequest {
-        from: a.from.to_string(),
-        service,
-        method: a.method.to_string(),
-        path,
-        headers,
-    })
+        .collect()
 }
 
 fn place(rule: u32, matched: Option<u32>) -> String {
@@ -102,16 +134,26 @@ pub fn print(req: &pb::ExplainRequest, r: &pb::ExplainResponse, format: Format) 
     if format != Format::Table {
         return structured(json_of(req, r), format);
     }
-    let mut out = format!(
-        "{} {} from {} to {} ({})\n",
-        req.method,
-        req.path,
-        req.from,
-        r.service,
-        if r.grpc { "gRPC" } else { "HTTP" }
-    );
+    let protocol = if r.grpc { "gRPC" } else { "HTTP" };
+    let mut out = if req.gateway {
+        let host = if req.host.is_empty() {
+            "(no host)"
+        } else {
+            &req.host
+        };
+        format!(
+            "{} {host}{} at gateway {} ({protocol})\n",
+            req.method, req.path, r.service
+        )
+    } else {
+        format!(
+            "{} {} from {} to {} ({protocol})\n",
+            req.method, req.path, req.from, r.service
+        )
+    };
+    let parent = if req.gateway { "gateway " } else { "" };
     if r.routes.is_empty() {
-        out.push_str(&format!("no routes attached to {}\n", r.service));
+        out.push_str(&format!("no routes attached to {parent}{}\n", r.service));
     } else {
         out.push_str(&format!("routes attached: {}\n", r.routes.join(", ")));
         out.push_str("\ncandidates, in precedence order:\n");
@@ -139,6 +181,9 @@ pub fn print(req: &pb::ExplainRequest, r: &pb::ExplainResponse, format: Format) 
             t.route,
             place(t.index, t.r#match)
         )),
+        None if req.gateway => {
+            out.push_str("no route matches: the gateway has nowhere to send it\n")
+        }
         None => out.push_str("no route matches: the service's default (all endpoints)\n"),
     }
     out.push_str("backends:\n");
@@ -235,6 +280,8 @@ fn json_of(req: &pb::ExplainRequest, r: &pb::ExplainResponse) -> Value {
     });
     json!({
         "from": req.from,
+        "gateway": req.gateway.then_some(&r.service),
+        "host": (!req.host.is_empty()).then_some(&req.host),
         "service": r.service,
         "method": req.method,
         "path": req.path,
@@ -252,7 +299,8 @@ mod tests {
 
     fn args<'a>(url: &'a str, headers: &'a [String], service: Option<&'a str>) -> ExplainArgs<'a> {
         ExplainArgs {
-            from: "orders",
+            from: Some("orders"),
+            gateway: None,
             method: "GET",
             url,
             headers,
@@ -280,5 +328,39 @@ mod tests {
         assert!(request(&args("ftp://users/x", &[], None)).is_err());
         let bad = vec!["no-colon".to_string()];
         assert!(request(&args("http://users/", &bad, None)).is_err());
+    }
+
+    #[test]
+    fn at_a_gateway_the_url_gives_the_host_and_the_gateway_is_the_caller() {
+        let a = ExplainArgs {
+            from: None,
+            gateway: Some("gw"),
+            method: "GET",
+            url: "https://API.Example.com:8443/api/users?id=1",
+            headers: &[],
+            service: None,
+        };
+        let r = request(&a).expect("valid");
+        assert_eq!(
+            (
+                r.from.as_str(),
+                r.service.as_str(),
+                r.host.as_str(),
+                r.path.as_str()
+            ),
+            ("gw", "gw", "api.example.com", "/api/users?id=1")
+        );
+        assert!(r.gateway);
+        assert!(
+            request(&ExplainArgs {
+                service: Some("users"),
+                ..a.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            request(&ExplainArgs { gateway: None, ..a }).is_err(),
+            "no caller"
+        );
     }
 }

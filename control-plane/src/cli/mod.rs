@@ -34,6 +34,8 @@ use crate::resource::{Kind, Resource, parse_documents};
                   weftctl get instances -o yaml\n  weftctl get routes\n  \
                   weftctl delete service user-service\n  weftctl delete httproute users-canary\n  \
                   weftctl explain --from order-service GET http://user-service/users/1 -H x-canary:1\n  \
+                  weftctl get gateways\n  weftctl delete gateway gateway\n  \
+                  weftctl explain --gateway gateway GET http://api.example.com/api/users/1\n  \
                   weftctl status\n  \
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
@@ -81,7 +83,7 @@ pub enum Command {
     /// Show services, instances, sidecars or resources.
     Get {
         /// services | instances | sidecars | authorizationpolicies |
-        /// httproutes | grpcroutes | routes (both)
+        /// httproutes | grpcroutes | routes (both) | gateways
         what: GetWhat,
         /// Only this one (a service name).
         name: Option<String>,
@@ -99,11 +101,17 @@ pub enum Command {
     /// match, the rule taken, its backends with weights and subsets, its
     /// filters, timeouts and retries, and whether each backend's
     /// AuthorizationPolicy lets SERVICE in. The control plane answers from
-    /// its applied routes, with the sidecars' matcher.
+    /// its applied routes, with the sidecars' matcher. With --gateway, the
+    /// request arrives at that gateway: the URL's host is matched against
+    /// its routes' host names, and the gateway is the caller.
     Explain {
         /// The calling service.
+        #[arg(long, required_unless_present = "gateway", conflicts_with = "gateway")]
+        from: Option<String>,
+        /// The request arrives at this Gateway (http://HOST/path: the host
+        /// its routes match).
         #[arg(long)]
-        from: String,
+        gateway: Option<String>,
         /// The request's method (gRPC calls are POST).
         method: String,
         /// http://SERVICE/path?query (the host names the destination), or
@@ -195,6 +203,8 @@ pub enum GetWhat {
     /// Both kinds of route.
     #[value(alias = "route")]
     Routes,
+    #[value(alias = "gateway")]
+    Gateways,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -450,6 +460,20 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                     let rs = get_routes(&mut client, &kinds, name.as_deref()).await?;
                     output::routes(&rs, *output)
                 }
+                GetWhat::Gateways => {
+                    let r = client
+                        .get(pb::GetRequest {
+                            kind: Kind::Gateway.as_str().into(),
+                            name: name.clone().unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner()
+                        .resources;
+                    let rs = resources_from_proto(&r).map_err(|e| {
+                        CliError::Api(format!("the control plane sent an invalid gateway: {e}"))
+                    })?;
+                    output::gateways(&rs, *output)
+                }
             };
             w(out, text);
         }
@@ -465,6 +489,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         }
         Command::Explain {
             from,
+            gateway,
             method,
             url,
             headers,
@@ -472,7 +497,8 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             output,
         } => {
             let req = explain::request(&explain::ExplainArgs {
-                from,
+                from: from.as_deref(),
+                gateway: gateway.as_deref(),
                 method,
                 url,
                 headers,

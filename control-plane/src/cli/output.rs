@@ -174,7 +174,7 @@ pub fn policies(list: &[Resource], format: Format) -> String {
                             .collect::<Vec<_>>()
                             .join(", "),
                     ]),
-                    Resource::Service(_) | Resource::Route(_) => None,
+                    Resource::Service(_) | Resource::Route(_) | Resource::Gateway(_) => None,
                 })
                 .collect();
             table(&["NAME", "SERVICE", "ALLOWED CALLERS"], rows)
@@ -199,7 +199,42 @@ pub fn routes(list: &[Resource], format: Format) -> String {
                     _ => None,
                 })
                 .collect();
-            table(&["NAME", "KIND", "SERVICES", "RULES", "BACKENDS"], rows)
+            table(&["NAME", "KIND", "PARENTS", "RULES", "BACKENDS"], rows)
+        }
+        Format::Json => structured(Value::Array(list.iter().map(to_value).collect()), format),
+        Format::Yaml => to_yaml_documents(list),
+    }
+}
+
+/// Gateways: a table of their listeners, or the Gateway API YAML (JSON)
+/// that `weftctl apply` takes back.
+pub fn gateways(list: &[Resource], format: Format) -> String {
+    match format {
+        Format::Table => {
+            if list.is_empty() {
+                return "no gateways\n".into();
+            }
+            let rows = list
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::Gateway(g) => Some(vec![
+                        g.name.to_string(),
+                        g.listeners()
+                            .iter()
+                            .map(|l| {
+                                let host = l
+                                    .hostname
+                                    .as_ref()
+                                    .map_or_else(|| "*".to_string(), ToString::to_string);
+                                format!("{} {}/{} {host}", l.name, l.port, l.protocol)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ]),
+                    _ => None,
+                })
+                .collect();
+            table(&["NAME", "LISTENERS"], rows)
         }
         Format::Json => structured(Value::Array(list.iter().map(to_value).collect()), format),
         Format::Yaml => to_yaml_documents(list),
@@ -229,10 +264,19 @@ fn route_row(r: &RouteSpec) -> Vec<String> {
             }
         }
     }
+    let gateways = r.gateways().iter().map(|g| match &g.section {
+        Some(s) => format!("gateway/{}:{s}", g.name),
+        None => format!("gateway/{}", g.name),
+    });
+    let parents: Vec<String> = services
+        .iter()
+        .map(|s| s.to_string())
+        .chain(gateways)
+        .collect();
     vec![
         r.name.to_string(),
         r.kind.as_str().to_string(),
-        services.join(","),
+        parents.join(","),
         r.rules().len().to_string(),
         backends.join(","),
     ]

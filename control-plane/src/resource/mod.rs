@@ -1,5 +1,5 @@
 //! Mesh resources (`Service`, `AuthorizationPolicy`, `HTTPRoute`,
-//! `GRPCRoute`): validated domain types and their YAML form
+//! `GRPCRoute`, `Gateway`): validated domain types and their YAML form
 //! for `weftctl` (the user-facing schema). Their protobuf form, for the
 //! admin API and the store, is converted in `api::convert`.
 //!
@@ -8,12 +8,14 @@
 //! rules, so the rest of the control plane only ever holds resources that
 //! are known to be good: nothing invalid can be represented.
 
+pub mod gateway;
 mod policy;
 mod render;
 pub mod resilience;
 pub mod route;
 mod yaml;
 
+pub use gateway::{GatewayParent, GatewaySpec, Listener, ListenerProtocol};
 pub use policy::{
     AuthorizationPolicySpec, AuthorizationRule, Caller, HttpMatch, HttpMethod, RawHttpMatch,
     RawRule, RuleError,
@@ -30,7 +32,7 @@ use std::fmt;
 
 use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
-use weft_proto::routing::RouteKind;
+use weft_proto::routing::{RateLimit, RouteKind};
 
 /// One reason a resource was rejected: which document (or request entry),
 /// which field, and why.
@@ -94,6 +96,9 @@ pub struct ServiceSpec {
     pub subsets: Vec<Subset>,
     pub inbound_mode: InboundMode,
     pub resilience: resilience::Resilience,
+    /// `spec.rateLimit`: what the service's own sidecars let in, in all
+    /// (key `All`) or per caller identity (key `Caller`); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Any resource kind.
@@ -104,6 +109,7 @@ pub enum Resource {
     AuthorizationPolicy(AuthorizationPolicySpec),
     /// An `HTTPRoute` or a `GRPCRoute`.
     Route(Box<RouteSpec>),
+    Gateway(GatewaySpec),
 }
 
 /// The kinds of resource, as users write them in `kind:` and on the command line.
@@ -113,10 +119,11 @@ pub enum Kind {
     AuthorizationPolicy,
     HttpRoute,
     GrpcRoute,
+    Gateway,
 }
 
 impl Kind {
-    pub const CHOICES: &'static str = "Service, AuthorizationPolicy, HTTPRoute, GRPCRoute";
+    pub const CHOICES: &'static str = "Service, AuthorizationPolicy, HTTPRoute, GRPCRoute, Gateway";
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -124,12 +131,13 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::HttpRoute => RouteKind::Http.as_str(),
             Kind::GrpcRoute => RouteKind::Grpc.as_str(),
+            Kind::Gateway => "Gateway",
         }
     }
 
     /// Accepts `Service`, `service`, `services`, `svc`, and likewise
     /// `authorizationpolicy`, `authorizationpolicies`, `authz`,
-    /// `httproute(s)`, `grpcroute(s)`, as kubectl users expect.
+    /// `httproute(s)`, `grpcroute(s)`, `gateway(s)`, as kubectl users expect.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "service" | "services" | "svc" => Some(Kind::Service),
@@ -138,6 +146,7 @@ impl Kind {
             }
             "httproute" | "httproutes" => Some(Kind::HttpRoute),
             "grpcroute" | "grpcroutes" => Some(Kind::GrpcRoute),
+            "gateway" | "gateways" | "gtw" => Some(Kind::Gateway),
             _ => None,
         }
     }
@@ -157,6 +166,7 @@ impl Resource {
             Resource::Service(_) => Kind::Service,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::Route(r) => Kind::of_route(r.kind),
+            Resource::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -165,6 +175,7 @@ impl Resource {
             Resource::Service(s) => &s.name,
             Resource::AuthorizationPolicy(p) => &p.name,
             Resource::Route(r) => &r.name,
+            Resource::Gateway(g) => &g.name,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Resources written back out: the JSON value of each (`weftctl get -o
 //! json`, the same shape as the YAML users write) and a small YAML emitter
-//! (`-o yaml`) whose output `parse_documents` reads back unchanged. Routes,
-//! in the Gateway API's shape, are in `render/route.rs`.
+//! (`-o yaml`) whose output `parse_documents` reads back unchanged. Routes
+//! and gateways, in the Gateway API's shape, are in `render/route.rs`.
 
 mod route;
 
@@ -48,6 +48,9 @@ pub fn to_value(r: &Resource) -> Value {
             }
             spec.insert("inboundMode".into(), json!(s.inbound_mode.as_str()));
             resilience(&s.resilience, &mut spec);
+            if let Some(r) = &s.rate_limit {
+                spec.insert("rateLimit".into(), route::rate_limit(r));
+            }
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Service",
@@ -65,6 +68,7 @@ pub fn to_value(r: &Resource) -> Value {
             })
         }
         Resource::Route(r) => route::route(r),
+        Resource::Gateway(g) => route::gateway(g),
     }
 }
 

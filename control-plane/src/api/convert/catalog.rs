@@ -10,6 +10,7 @@ use weft_proto::name::{
     AddressError, InstanceIdError, NameError, validate_address, validate_instance_id,
 };
 use weft_proto::protocol::{ChoiceError, Protocol};
+use weft_proto::routing::rate_limit_to_wire;
 use weft_proto::stats::{BUCKETS, MAX_WINDOW};
 use weft_proto::time::unix_ms;
 use weft_proto::v1 as pb;
@@ -153,7 +154,7 @@ impl From<&InboundPolicy> for pb::InboundPolicy {
             mode: p.mode.to_proto() as i32,
             authorization: p.authorization,
             rules: p.rules.iter().map(pb::AuthorizationRule::from).collect(),
-            rate_limit: None,
+            rate_limit: p.rate_limit.as_ref().map(rate_limit_to_wire),
         }
     }
 }

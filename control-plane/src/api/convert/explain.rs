@@ -20,6 +20,8 @@ pub enum ExplainRequestError {
     Path(String),
     #[error("headers[{0}]: not a valid header name and value")]
     Header(usize),
+    #[error("host: {0:?} is not a host name")]
+    Host(String),
 }
 
 impl TryFrom<&pb::ExplainRequest> for ExplainQuery {
@@ -45,6 +47,21 @@ impl TryFrom<&pb::ExplainRequest> for ExplainQuery {
                 HeaderValue::from_str(&h.value).map_err(|_| ExplainRequestError::Header(i))?;
             headers.append(name, value);
         }
+        // Taken as a request's Host would be: lower case, no port.
+        let host = match r.host.as_str() {
+            "" => None,
+            h => {
+                let host = weft_proto::routing::request_host(h);
+                let ok = !host.is_empty()
+                    && host.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':')
+                    });
+                if !ok {
+                    return Err(ExplainRequestError::Host(r.host.clone()));
+                }
+                Some(host)
+            }
+        };
         Ok(ExplainQuery {
             from,
             service,
@@ -52,6 +69,8 @@ impl TryFrom<&pb::ExplainRequest> for ExplainQuery {
             path,
             query,
             headers,
+            host,
+            gateway: r.gateway,
         })
     }
 }
@@ -114,6 +133,7 @@ mod tests {
                 name: "X-Canary".into(),
                 value: "1".into(),
             }],
+            ..Default::default()
         };
         let q = ExplainQuery::try_from(&good).expect("valid");
         assert_eq!(

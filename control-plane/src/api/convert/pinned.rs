@@ -129,6 +129,7 @@ fn expected_wire() -> Vec<pb::Resource> {
             abort_grpc_status: 8,
             abort_http_status: 429,
         }),
+        rate_limit: None,
     };
     let sparse = pb::ServiceSpec {
         name: "sparse".into(),

@@ -1,18 +1,21 @@
 //! Resources and their protobuf form (admin API, store, and the policy
 //! pushed to sidecars). Protobuf in is parsed by the same constructors as
 //! YAML in, so both refuse alike; a service's resilience settings are in
-//! `resilience.rs`, routes in `routes.rs`.
+//! `resilience.rs`, routes in `routes.rs`, gateways here.
 
 use weft_proto::v1 as pb;
 
 use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+use weft_proto::routing::{HostMatch, RateKey, rate_limit_from_wire, rate_limit_to_wire};
 
 use super::resilience::resilience_from_proto;
 use super::routes::{kind_name, route_spec_from_proto};
+use crate::resource::gateway::{GATEWAY_CLASS, GatewayError, GatewayPart};
 use crate::resource::{
-    AuthorizationPolicySpec, AuthorizationRule, FieldError, InvalidResources, Name, RawHttpMatch,
-    RawRule, Resource, ServiceSpec, Subset, check_unique,
+    AuthorizationPolicySpec, AuthorizationRule, FieldError, GatewaySpec, InvalidResources,
+    Listener, ListenerProtocol, Name, RawHttpMatch, RawRule, Resource, ServiceSpec, Subset,
+    check_unique,
 };
 
 /// Problems of one message: (proto field path, reason).
@@ -57,6 +60,7 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
                 .map(pb::CircuitBreakerPolicy::from),
             hedge: r.hedge.as_ref().map(pb::HedgePolicy::from),
             fault: r.fault.as_ref().map(pb::FaultPolicy::from),
+            rate_limit: s.rate_limit.as_ref().map(rate_limit_to_wire),
         }
     }
 }
@@ -94,6 +98,20 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
             errors.extend(es.into_iter().map(|(path, e)| (path, e.to_string())));
         })
         .ok();
+    let rate_limit = p.rate_limit.as_ref().and_then(|r| {
+        let limit = rate_limit_from_wire(r, "rate_limit")
+            .map_err(|e| errors.push((e.at, e.problem.to_string())))
+            .ok()?;
+        // A service limits all its callers together or each one.
+        if !matches!(limit.key, RateKey::All | RateKey::Caller) {
+            errors.push((
+                "rate_limit.key".into(),
+                "a service's rate limit is for all callers or per caller".into(),
+            ));
+            return None;
+        }
+        Some(limit)
+    });
     match (name, resilience) {
         (Some(name), Some(resilience)) if errors.is_empty() => Ok(ServiceSpec {
             name,
@@ -102,6 +120,7 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
             subsets,
             inbound_mode,
             resilience,
+            rate_limit,
         }),
         _ => Err(errors),
     }
@@ -191,6 +210,7 @@ impl From<&Resource> for pb::Resource {
             Resource::Service(s) => pb::resource::Kind::Service(s.as_ref().into()),
             Resource::AuthorizationPolicy(p) => pb::resource::Kind::AuthorizationPolicy(p.into()),
             Resource::Route(r) => pb::resource::Kind::Route(r.as_ref().into()),
+            Resource::Gateway(g) => pb::resource::Kind::Gateway(g.into()),
         };
         pb::Resource { kind: Some(kind) }
     }
@@ -230,7 +250,123 @@ fn resource_from_proto(index: usize, p: &pb::Resource) -> Result<Resource, Vec<F
         Some(pb::resource::Kind::Route(r)) => route_spec_from_proto(r)
             .map(|r| Resource::Route(Box::new(r)))
             .map_err(|es| errs(format!("{}/{}", kind_name(r.kind), r.name), "route", es)),
+        Some(pb::resource::Kind::Gateway(g)) => gateway_from_proto(g)
+            .map(Resource::Gateway)
+            .map_err(|es| errs(format!("Gateway/{}", g.name), "gateway", es)),
     }
+}
+
+impl From<&GatewaySpec> for pb::GatewaySpec {
+    fn from(g: &GatewaySpec) -> Self {
+        pb::GatewaySpec {
+            name: g.name.to_string(),
+            gateway_class_name: if g.class_named {
+                GATEWAY_CLASS.into()
+            } else {
+                String::new()
+            },
+            listeners: g
+                .listeners()
+                .iter()
+                .map(|l| pb::Listener {
+                    name: l.name.to_string(),
+                    port: u32::from(l.port.get()),
+                    protocol: match l.protocol {
+                        ListenerProtocol::Http => pb::ListenerProtocol::Http,
+                        ListenerProtocol::Https => pb::ListenerProtocol::Https,
+                    } as i32,
+                    hostname: l
+                        .hostname
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    tls_terminate: l.tls_terminate,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn listener_from_proto(at: &str, l: &pb::Listener, errors: &mut Problems) -> Option<Listener> {
+    let before = errors.len();
+    let name = Name::parse(&l.name)
+        .map_err(|e| errors.push((format!("{at}.name"), e.to_string())))
+        .ok();
+    let port = Listener::port(i64::from(l.port))
+        .map_err(|e| errors.push((format!("{at}.port"), e.to_string())))
+        .ok();
+    let protocol = match pb::ListenerProtocol::try_from(l.protocol) {
+        Ok(pb::ListenerProtocol::Http) => Some(ListenerProtocol::Http),
+        Ok(pb::ListenerProtocol::Https) => Some(ListenerProtocol::Https),
+        _ => {
+            let e = GatewayError::Protocol(l.protocol.to_string());
+            errors.push((format!("{at}.protocol"), e.to_string()));
+            None
+        }
+    };
+    let hostname = (!l.hostname.is_empty())
+        .then(|| HostMatch::parse(&l.hostname))
+        .transpose()
+        .map_err(|e| errors.push((format!("{at}.hostname"), e.to_string())))
+        .ok()
+        .flatten();
+    if l.tls_terminate && protocol == Some(ListenerProtocol::Http) {
+        errors.push((
+            format!("{at}.tls_terminate"),
+            GatewayError::TlsOnHttp.to_string(),
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(Listener {
+        name: name?,
+        port: port?,
+        protocol: protocol?,
+        hostname,
+        tls_terminate: l.tls_terminate,
+    })
+}
+
+/// Validates a protobuf gateway; errors carry proto field paths.
+fn gateway_from_proto(p: &pb::GatewaySpec) -> Result<GatewaySpec, Problems> {
+    let mut errors = Problems::new();
+    let name = Name::parse(&p.name)
+        .map_err(|e| errors.push(("name".into(), e.to_string())))
+        .ok();
+    let class_named = match p.gateway_class_name.as_str() {
+        "" => false,
+        GATEWAY_CLASS => true,
+        other => {
+            let e = GatewayError::Class(other.into());
+            errors.push(("gateway_class_name".into(), e.to_string()));
+            false
+        }
+    };
+    let listeners: Vec<Listener> = p
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| listener_from_proto(&format!("listeners[{i}]"), l, &mut errors))
+        .collect();
+    let Some(name) = name else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    GatewaySpec::new(name, class_named, listeners).map_err(|es| {
+        es.into_iter()
+            .map(|(part, e)| {
+                let at = match part {
+                    GatewayPart::Listeners => "listeners".to_string(),
+                    GatewayPart::ListenerName(i) => format!("listeners[{i}].name"),
+                    GatewayPart::Listener(i) => format!("listeners[{i}]"),
+                };
+                (at, e.to_string())
+            })
+            .collect()
+    })
 }
 
 /// Validates every resource of a request; all or nothing.
@@ -288,5 +424,60 @@ mod tests {
                 && text.contains("rules[0].grpcMethods[0]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gateways_routes_at_them_and_rate_limits_survive_the_wire() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: weft\n  listeners:\n    - {name: http, port: 8080, protocol: HTTP}\n    - {name: https, port: 8443, protocol: HTTPS, hostname: \"*.example.com\", tls: {mode: Terminate}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: users}, {kind: Gateway, name: gw, sectionName: https}, {kind: Gateway, name: gw2}]\n  hostnames: [api.example.com]\n  rules:\n    - filters: [{type: RateLimit, rateLimit: {requests: 5, period: 1s, key: {header: x-key}}}, {type: CORS, cors: {allowOrigins: [\"*\"]}}]\n      backendRefs: [{name: users}]\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: users}\nspec:\n  rateLimit: {requests: 5, period: 1s, perCaller: true}\n";
+        let rs = parse_documents(text).expect("valid");
+        let ps: Vec<_> = rs.iter().map(pb::Resource::from).collect();
+        assert_eq!(resources_from_proto(&ps).expect("valid"), rs);
+        let Some(pb::resource::Kind::Route(r)) = &ps[1].kind else {
+            panic!("a route")
+        };
+        assert_eq!(
+            (r.gateways.as_slice(), r.gateway_sections.as_slice()),
+            (
+                ["gw".to_string(), "gw2".to_string()].as_slice(),
+                ["https".to_string(), String::new()].as_slice()
+            )
+        );
+
+        let bad = |f: fn(&mut pb::Resource)| {
+            let mut ps = ps.clone();
+            f(&mut ps[0]);
+            f(&mut ps[1]);
+            f(&mut ps[2]);
+            resources_from_proto(&ps).expect_err("invalid").to_string()
+        };
+        let text = bad(|p| match &mut p.kind {
+            Some(pb::resource::Kind::Gateway(g)) => {
+                g.gateway_class_name = "istio".into();
+                g.listeners[0].port = 70_000;
+                g.listeners[0].tls_terminate = true;
+                g.listeners[1].protocol = 9;
+            }
+            Some(pb::resource::Kind::Route(r)) => {
+                r.gateway_sections.pop();
+                r.hostnames.push("*".into());
+            }
+            Some(pb::resource::Kind::Service(s)) => {
+                if let Some(l) = s.rate_limit.as_mut() {
+                    l.key = Some(pb::rate_limit::Key::ClientIp(true));
+                }
+            }
+            _ => {}
+        });
+        for path in [
+            "gateway.gateway_class_name",
+            "gateway.listeners[0].port",
+            "gateway.listeners[0].tls_terminate",
+            "gateway.listeners[1].protocol",
+            "route.gateway_sections",
+            "route.hostnames[1]",
+            "service.rate_limit.key",
+        ] {
+            assert!(text.contains(path), "{path} missing in {text}");
+        }
     }
 }

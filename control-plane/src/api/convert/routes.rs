@@ -6,17 +6,17 @@
 //! route is checked by the same constructors as YAML.
 
 use weft_proto::routing::{
-    Filters, RouteKind, backend_from_wire, backend_to_wire, filters_from_wire, filters_to_wire,
-    match_from_wire, match_to_wire,
+    Filters, RateKey, RouteKind, backend_from_wire, backend_to_wire, filters_from_wire,
+    filters_to_wire, hostnames_from_wire, match_from_wire, match_to_wire,
 };
 use weft_proto::v1 as pb;
 
 use super::resilience::{faults, from_ms, ms, retry};
-use crate::resource::Name;
 use crate::resource::route::{
-    RouteFilter, RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart,
+    Attachment, RouteFilter, RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart,
     filters_in_order,
 };
+use crate::resource::{GatewayParent, Name};
 
 /// Problems of one message: (proto field path, reason).
 pub(super) type Problems = Vec<(String, String)>;
@@ -29,6 +29,8 @@ fn single(f: &RouteFilter) -> Filters {
         RouteFilter::ResponseHeaders(m) => out.response_headers = Some(m.clone()),
         RouteFilter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
         RouteFilter::Mirror(m) => out.mirrors.push(m.clone()),
+        RouteFilter::Cors(c) => out.cors = Some(c.clone()),
+        RouteFilter::RateLimit(r) => out.rate_limit = Some(r.clone()),
     }
     out
 }
@@ -75,8 +77,20 @@ pub fn rule_from_proto(p: &pb::RouteRule, kind: RouteKind) -> Result<RouteRule, 
     match filters_from_wire(&p.filters, &parts.matches) {
         Err(e) => errors.push((e.at, e.problem.to_string())),
         Ok(_) => {
-            for f in &p.filters {
+            for (i, f) in p.filters.iter().enumerate() {
                 if let Ok(one) = filters_from_wire(std::slice::from_ref(f), &parts.matches) {
+                    // A rule's limit is by client or header; per caller is
+                    // a service's (YAML cannot say it here either).
+                    if one
+                        .rate_limit
+                        .as_ref()
+                        .is_some_and(|r| r.key == RateKey::Caller)
+                    {
+                        errors.push((
+                            format!("filters[{i}].rateLimit.caller"),
+                            "a route's rate limit is keyed by client address or header".into(),
+                        ));
+                    }
                     parts.filters.extend(filters_in_order(one));
                 }
             }
@@ -120,20 +134,35 @@ impl From<&RouteSpec> for pb::RouteSpec {
             kind: r.kind.to_wire() as i32,
             services: r.services().iter().map(ToString::to_string).collect(),
             rules: r.rules().iter().map(pb::RouteRule::from).collect(),
-            gateways: vec![],
-            hostnames: vec![],
+            gateways: r.gateways().iter().map(|g| g.name.to_string()).collect(),
+            hostnames: r.hostnames().iter().map(ToString::to_string).collect(),
+            // Only when one is named, so that routes without keep their bytes.
+            gateway_sections: if r.gateways().iter().any(|g| g.section.is_some()) {
+                r.gateways()
+                    .iter()
+                    .map(|g| {
+                        g.section
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            } else {
+                vec![]
+            },
         }
     }
 }
 
-/// A route as the sidecars of its callers get it.
+/// A route as the sidecars of its callers get it (or a gateway's: the
+/// catalog gives each parent's sidecars the host names that apply there).
 impl From<&RouteSpec> for pb::Route {
     fn from(r: &RouteSpec) -> Self {
         pb::Route {
             name: r.qualified_name(),
             kind: r.kind.to_wire() as i32,
             rules: r.rules().iter().map(pb::RouteRule::from).collect(),
-            hostnames: vec![],
+            hostnames: r.hostnames().iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -159,6 +188,35 @@ pub(super) fn route_spec_from_proto(p: &pb::RouteSpec) -> Result<RouteSpec, Prob
             Err(e) => errors.push((format!("services[{i}]"), e.to_string())),
         }
     }
+    if !p.gateway_sections.is_empty() && p.gateway_sections.len() != p.gateways.len() {
+        errors.push((
+            "gateway_sections".into(),
+            format!(
+                "{} entries for {} gateways: one per gateway, or none",
+                p.gateway_sections.len(),
+                p.gateways.len()
+            ),
+        ));
+    }
+    let mut gateways = Vec::with_capacity(p.gateways.len());
+    for (i, g) in p.gateways.iter().enumerate() {
+        let name = Name::parse(g)
+            .map_err(|e| errors.push((format!("gateways[{i}]"), e.to_string())))
+            .ok();
+        let section = match p.gateway_sections.get(i).map(String::as_str) {
+            None | Some("") => Some(None),
+            Some(s) => Name::parse(s)
+                .map(Some)
+                .map_err(|e| errors.push((format!("gateway_sections[{i}]"), e.to_string())))
+                .ok(),
+        };
+        if let (Some(name), Some(section)) = (name, section) {
+            gateways.push(GatewayParent { name, section });
+        }
+    }
+    let hostnames = hostnames_from_wire(&p.hostnames, "hostnames")
+        .map_err(|e| errors.push((e.at, e.problem.to_string())))
+        .unwrap_or_default();
     let mut rules = Vec::with_capacity(p.rules.len());
     if let Some(kind) = kind {
         for (i, r) in p.rules.iter().enumerate() {
@@ -177,13 +235,22 @@ pub(super) fn route_spec_from_proto(p: &pb::RouteSpec) -> Result<RouteSpec, Prob
     if !errors.is_empty() {
         return Err(errors);
     }
-    RouteSpec::new(name, kind, services, rules).map_err(|es| {
+    let to = Attachment {
+        services,
+        gateways,
+        hostnames,
+    };
+    RouteSpec::attached(name, kind, to, rules).map_err(|es| {
         es.into_iter()
             .map(|(part, e)| {
                 let at = match part {
                     SpecPart::Parents => "services".to_string(),
                     SpecPart::Parent(i) => format!("services[{i}]"),
+                    SpecPart::Gateway(i) => format!("gateways[{i}]"),
+                    SpecPart::Hostnames => "hostnames".to_string(),
+                    SpecPart::Hostname(i) => format!("hostnames[{i}]"),
                     SpecPart::Rules => "rules".to_string(),
+                    SpecPart::Backends(i) => format!("rules[{i}].backends"),
                 };
                 (at, e.to_string())
             })

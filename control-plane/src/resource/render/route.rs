@@ -1,30 +1,134 @@
-//! A route written back out in the Gateway API's shape, only what was set
-//! (defaults left out), so that `parse_documents` reads it back unchanged.
+//! A route or a gateway written back out in the Gateway API's shape, only
+//! what was set (defaults left out), so that `parse_documents` reads it
+//! back unchanged.
 
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
+use weft_proto::duration::format_duration;
 use weft_proto::routing::{
-    BackendRef, GrpcMethodMatch, HeaderModifier, Mirror, PathMatch, RouteKind, RouteMatch,
-    UrlRewrite, ValueMatch,
+    BackendRef, Cors, GrpcMethodMatch, HeaderModifier, Mirror, OriginMatch, PathMatch, RateKey,
+    RateLimit, RouteKind, RouteMatch, UrlRewrite, ValueMatch,
 };
 
 use super::{dur, faults, retry, set_fields};
-use crate::resource::GATEWAY_API_VERSION;
+use crate::resource::gateway::GATEWAY_CLASS;
 use crate::resource::route::{RouteFilter, RouteRule, RouteSpec, path_rewrite_text};
+use crate::resource::{GATEWAY_API_VERSION, GatewaySpec};
 
 pub(super) fn route(r: &RouteSpec) -> Value {
-    let parents: Vec<Value> = r
+    let services = r
         .services()
         .iter()
-        .map(|s| json!({"kind": "Service", "name": s.as_str()}))
-        .collect();
+        .map(|s| json!({"kind": "Service", "name": s.as_str()}));
+    let gateways = r.gateways().iter().map(|g| {
+        Value::Object(set_fields([
+            ("group", Some(json!("gateway.networking.k8s.io"))),
+            ("kind", Some(json!("Gateway"))),
+            ("name", Some(json!(g.name.as_str()))),
+            ("sectionName", g.section.as_ref().map(|s| json!(s.as_str()))),
+        ]))
+    });
+    let parents: Vec<Value> = services.chain(gateways).collect();
     let rules: Vec<Value> = r.rules().iter().map(|x| rule(r.kind, x)).collect();
+    let hostnames: Vec<String> = r.hostnames().iter().map(ToString::to_string).collect();
+    let spec = set_fields([
+        ("parentRefs", Some(json!(parents))),
+        (
+            "hostnames",
+            (!hostnames.is_empty()).then(|| json!(hostnames)),
+        ),
+        ("rules", Some(json!(rules))),
+    ]);
     json!({
         "apiVersion": GATEWAY_API_VERSION,
         "kind": r.kind.as_str(),
         "metadata": {"name": r.name.as_str()},
-        "spec": {"parentRefs": parents, "rules": rules},
+        "spec": spec,
     })
+}
+
+pub(super) fn gateway(g: &GatewaySpec) -> Value {
+    let listeners: Vec<Value> = g
+        .listeners()
+        .iter()
+        .map(|l| {
+            Value::Object(set_fields([
+                ("name", Some(json!(l.name.as_str()))),
+                ("port", Some(json!(l.port.get()))),
+                ("protocol", Some(json!(l.protocol.as_str()))),
+                (
+                    "hostname",
+                    l.hostname.as_ref().map(|h| json!(h.to_string())),
+                ),
+                ("tls", l.tls_terminate.then(|| json!({"mode": "Terminate"}))),
+            ]))
+        })
+        .collect();
+    let spec = set_fields([
+        (
+            "gatewayClassName",
+            g.class_named.then(|| json!(GATEWAY_CLASS)),
+        ),
+        ("listeners", Some(json!(listeners))),
+    ]);
+    json!({
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": "Gateway",
+        "metadata": {"name": g.name.as_str()},
+        "spec": spec,
+    })
+}
+
+/// A rate limit as users write it (a filter's or a service's).
+pub(super) fn rate_limit(r: &RateLimit) -> Value {
+    let key = match &r.key {
+        RateKey::All | RateKey::Caller => None,
+        RateKey::ClientIp => Some(json!("clientIP")),
+        RateKey::Header(h) => Some(json!({"header": h.as_str()})),
+    };
+    Value::Object(set_fields([
+        ("requests", Some(json!(r.requests))),
+        ("period", Some(json!(format_duration(r.period)))),
+        ("burst", Some(json!(r.burst))),
+        ("key", key),
+        (
+            "perCaller",
+            (r.key == RateKey::Caller).then_some(json!(true)),
+        ),
+    ]))
+}
+
+fn cors(c: &Cors) -> Value {
+    let list = |v: Vec<String>| (!v.is_empty()).then(|| json!(v));
+    let origins = c
+        .allow_origins
+        .iter()
+        .map(|o| match o {
+            OriginMatch::Any => "*".to_string(),
+            OriginMatch::Exact(o) => o.clone(),
+            OriginMatch::Wildcard { scheme, suffix } => format!("{scheme}://*{suffix}"),
+        })
+        .collect();
+    Value::Object(set_fields([
+        ("allowOrigins", list(origins)),
+        (
+            "allowMethods",
+            list(c.allow_methods.iter().map(ToString::to_string).collect()),
+        ),
+        (
+            "allowHeaders",
+            list(c.allow_headers.iter().map(ToString::to_string).collect()),
+        ),
+        (
+            "exposeHeaders",
+            list(c.expose_headers.iter().map(ToString::to_string).collect()),
+        ),
+        ("maxAge", c.max_age.map(|d| json!(d.as_secs()))),
+        (
+            "allowCredentials",
+            c.allow_credentials.then_some(json!(true)),
+        ),
+    ]))
 }
 
 /// One rule, as its YAML (also what `weftctl explain` prints of it).
@@ -188,6 +292,8 @@ fn filter(f: &RouteFilter) -> Value {
         RouteFilter::ResponseHeaders(m) => ("responseHeaderModifier", modifier(m)),
         RouteFilter::UrlRewrite(r) => ("urlRewrite", rewrite(r)),
         RouteFilter::Mirror(m) => ("requestMirror", mirror(m)),
+        RouteFilter::Cors(c) => ("cors", cors(c)),
+        RouteFilter::RateLimit(r) => ("rateLimit", rate_limit(r)),
     };
     json!({"type": f.type_name(), field: settings})
 }

@@ -1,20 +1,26 @@
 //! The rules of routes that span resources, checked on the resources as
 //! they would be after an apply (or a delete): every service a route names
 //! exists, every subset it names is defined by that service's `Service`,
-//! and no match of a rule is one another rule attached to the same service
-//! already takes (the second could never be taken).
+//! every gateway it attaches to exists with the listener it names and a
+//! listener that serves one of its host names, and no match of a rule is
+//! one another rule attached to the same service (or gateway, for the same
+//! host names) already takes (the second could never be taken).
 //!
 //! A service exists when it has a `Service` resource (applied before, or in
 //! the same apply) or registered instances: a route may attach to a service
 //! that is only discovered, as callers may call one. Subsets are defined
-//! only by a `Service` resource.
+//! only by a `Service` resource. A gateway exists when its `Gateway` does;
+//! its name is its mesh identity, so no `Service` may have it too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
 use weft_proto::routing::{BackendRef, PathMatch, RouteMatch, ValueMatch};
 
 use super::RouteSpec;
-use crate::resource::{FieldError, InvalidResources, Kind, Name, Resource, ServiceSpec};
+use crate::resource::{
+    FieldError, GatewaySpec, InvalidResources, Kind, Name, Resource, ServiceSpec,
+};
 
 /// Why routes do not fit the other resources.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,25 +40,98 @@ pub enum ReferenceError {
     #[error("{by} sends to subset {subset:?} of this service, which would no longer be defined")]
     SubsetInUse { by: String, subset: String },
     #[error(
-        "matches exactly what {first} matches on service {service}, which comes first: this one could never be taken"
+        "matches exactly what {first} matches on {parent}, which comes first: this one could never be taken"
     )]
-    Unreachable { first: String, service: Name },
+    Unreachable { first: String, parent: String },
     #[error(
-        "matches exactly what {second} (already applied) matches on service {service}, and comes first: that one could never be taken"
+        "matches exactly what {second} (already applied) matches on {parent}, and comes first: that one could never be taken"
     )]
-    MakesUnreachable { second: String, service: Name },
+    MakesUnreachable { second: String, parent: String },
+    #[error("unknown gateway {0}: no Gateway resource")]
+    UnknownGateway(Name),
+    #[error("gateway {gateway} has no listener {section:?} (it has {defined})")]
+    UnknownListener {
+        gateway: Name,
+        section: String,
+        defined: String,
+    },
+    #[error(
+        "none of the route's host names is served by gateway {gateway}'s listeners ({served}): \
+         its requests could never arrive"
+    )]
+    NoServedHostname { gateway: Name, served: String },
+    #[error("{by} attaches to listener {section:?} of this gateway, which would no longer exist")]
+    ListenerInUse { by: String, section: String },
+    #[error("{by} answers for host names none of this gateway's listeners would serve")]
+    HostnamesInUse { by: String },
+    #[error(
+        "a Gateway is named {0} too: a gateway's name is its mesh identity, which no Service may share"
+    )]
+    NameIsGateway(Name),
+    #[error(
+        "a Service is named {0} too: a gateway's name is its mesh identity, which no Service may share"
+    )]
+    NameIsService(Name),
 }
 
-/// The services routes may name, as they would be.
+/// The services and gateways routes may name, as they would be.
 #[derive(Debug)]
 struct Known<'a> {
     /// By name: those with a `Service` resource.
     resources: BTreeMap<&'a Name, &'a ServiceSpec>,
     /// Those with registered instances.
     discovered: &'a BTreeSet<Name>,
+    gateways: BTreeMap<&'a Name, &'a GatewaySpec>,
 }
 
 impl Known<'_> {
+    /// The problems of the route's `i`th gateway parent, with the field
+    /// under `spec.parentRefs[n]` they are in.
+    fn gateway(&self, route: &RouteSpec, i: usize) -> Vec<(&'static str, ReferenceError)> {
+        let parent = &route.gateways()[i];
+        let Some(g) = self.gateways.get(&parent.name) else {
+            return vec![("name", ReferenceError::UnknownGateway(parent.name.clone()))];
+        };
+        let listeners: Vec<_> = match &parent.section {
+            None => g.listeners().iter().collect(),
+            Some(s) => match g.listener(s) {
+                Some(l) => vec![l],
+                None => {
+                    let names: Vec<&str> = g.listeners().iter().map(|l| l.name.as_str()).collect();
+                    return vec![(
+                        "sectionName",
+                        ReferenceError::UnknownListener {
+                            gateway: g.name.clone(),
+                            section: s.to_string(),
+                            defined: names.join(", "),
+                        },
+                    )];
+                }
+            },
+        };
+        // A listener without a host name takes any host.
+        let served = route.hostnames().is_empty()
+            || listeners.iter().any(|l| {
+                l.hostname
+                    .as_ref()
+                    .is_none_or(|lh| route.hostnames().iter().any(|h| h.intersects(lh)))
+            });
+        if served {
+            return Vec::new();
+        }
+        let hosts: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.hostname.as_ref().map(ToString::to_string))
+            .collect();
+        vec![(
+            "hostnames",
+            ReferenceError::NoServedHostname {
+                gateway: g.name.clone(),
+                served: hosts.join(", "),
+            },
+        )]
+    }
+
     fn exists(&self, s: &Name) -> bool {
         self.resources.contains_key(s) || self.discovered.contains(s)
     }
@@ -94,7 +173,8 @@ impl Known<'_> {
 /// A problem with one route: the field's path (as YAML writes it) and why.
 type Problem = (String, ReferenceError);
 
-/// Every service and subset `route` names that `known` lacks.
+/// Every service, subset, gateway and listener `route` names that
+/// `known` lacks.
 fn references(route: &RouteSpec, known: &Known<'_>) -> Vec<Problem> {
     let mut out = Vec::new();
     for (i, s) in route.services().iter().enumerate() {
@@ -103,6 +183,15 @@ fn references(route: &RouteSpec, known: &Known<'_>) -> Vec<Problem> {
                 format!("spec.parentRefs[{i}].name"),
                 ReferenceError::UnknownService(s.clone()),
             ));
+        }
+    }
+    for i in 0..route.gateways().len() {
+        for (field, e) in known.gateway(route, i) {
+            let at = match field {
+                "hostnames" => "spec.hostnames".to_string(),
+                _ => format!("spec.parentRefs[{}].{field}", route.gateway_ref_index(i)),
+            };
+            out.push((at, e));
         }
     }
     for (r, rule) in route.rules().iter().enumerate() {
@@ -149,10 +238,44 @@ fn known<'a>(all: &[(Origin, &'a Resource)], discovered: &'a BTreeSet<Name>) -> 
             _ => None,
         })
         .collect();
+    let gateways = all
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Resource::Gateway(g) => Some((&g.name, g)),
+            _ => None,
+        })
+        .collect();
     Known {
         resources,
         discovered,
+        gateways,
     }
+}
+
+/// A `Service` and a `Gateway` of one name, either in `applied`: reported
+/// on the applied one(s).
+fn shared_names(all: &[(Origin, &Resource)], known: &Known<'_>) -> Vec<(usize, ReferenceError)> {
+    let mut out = Vec::new();
+    for &(origin, r) in all {
+        let Origin::Applied(i) = origin else { continue };
+        match r {
+            Resource::Service(s) if known.gateways.contains_key(&s.name) => {
+                out.push((i, ReferenceError::NameIsGateway(s.name.clone())));
+            }
+            Resource::Gateway(g) if known.resources.contains_key(&g.name) => {
+                out.push((i, ReferenceError::NameIsService(g.name.clone())));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The document of `applied` that is `kind`/`name`, if any.
+fn applied_at(applied: &[Resource], kind: Kind, name: &Name) -> Option<usize> {
+    applied
+        .iter()
+        .position(|a| a.kind() == kind && a.name() == name)
 }
 
 /// Checks the routes of the resources as they would be after `applied`
@@ -174,6 +297,9 @@ pub fn check_routes(
         path,
         reason: e.to_string(),
     };
+    for (i, e) in shared_names(&all, &known) {
+        errors.push(error(i, &applied[i], "metadata.name".into(), &e));
+    }
     let mut routes = Vec::new();
     for &(origin, r) in &all {
         let Resource::Route(route) = r else { continue };
@@ -188,13 +314,34 @@ pub fn check_routes(
                     },
                 ) => {
                     // Only a Service of this request can have taken it away.
-                    let key = format!("{}/{service}", Kind::Service.as_str());
-                    if let Some(i) = applied.iter().position(|a| a.key() == key) {
+                    if let Some(i) = applied_at(applied, Kind::Service, service) {
                         let e = ReferenceError::SubsetInUse {
                             by: format!("{} {path}", r.key()),
                             subset: subset.clone(),
                         };
                         errors.push(error(i, &applied[i], "spec.subsets".into(), &e));
+                    }
+                }
+                // Only a Gateway of this request can have changed its
+                // listeners under a route already applied.
+                (
+                    Origin::Existing,
+                    ReferenceError::UnknownListener {
+                        gateway, section, ..
+                    },
+                ) => {
+                    if let Some(i) = applied_at(applied, Kind::Gateway, gateway) {
+                        let e = ReferenceError::ListenerInUse {
+                            by: format!("{} {path}", r.key()),
+                            section: section.clone(),
+                        };
+                        errors.push(error(i, &applied[i], "spec.listeners".into(), &e));
+                    }
+                }
+                (Origin::Existing, ReferenceError::NoServedHostname { gateway, .. }) => {
+                    if let Some(i) = applied_at(applied, Kind::Gateway, gateway) {
+                        let e = ReferenceError::HostnamesInUse { by: r.key() };
+                        errors.push(error(i, &applied[i], "spec.listeners".into(), &e));
                     }
                 }
                 (Origin::Existing, _) => {}
@@ -215,8 +362,8 @@ pub fn check_routes(
 }
 
 /// What deleting `kind`/`name` would break: each route it would leave
-/// naming a service or a subset that no longer exists, as `HTTPRoute/x
-/// spec.rules[0].backendRefs[1].subset: reason`.
+/// naming a service, a subset or a gateway that no longer exists, as
+/// `HTTPRoute/x spec.rules[0].backendRefs[1].subset: reason`.
 pub fn check_delete(
     kind: Kind,
     name: &Name,
@@ -313,22 +460,60 @@ impl Place<'_> {
     }
 }
 
-/// Every match that another rule attached to the same service takes
-/// first: (where to report it, the path, why). Ties between equal matches
-/// go by route name, then rule, then match, as `RouteTable` orders them.
+/// What routes attach to: rules compete only within one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Parent<'a> {
+    Service(&'a Name),
+    Gateway(&'a Name),
+}
+
+impl fmt::Display for Parent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Parent::Service(n) => write!(f, "service {n}"),
+            Parent::Gateway(n) => write!(f, "gateway {n}"),
+        }
+    }
+}
+
+/// Every match that another rule attached to the same service (or to the
+/// same gateway, for the same host names) takes first: (where to report
+/// it, the path, why). Ties between equal matches go by route name, then
+/// rule, then match, as `RouteTable` orders them.
 fn conflicts(routes: &[(Origin, &RouteSpec)]) -> Vec<(Origin, String, ReferenceError)> {
-    let mut by_service: BTreeMap<&Name, Vec<(Origin, &RouteSpec)>> = BTreeMap::new();
+    let mut by_parent: BTreeMap<Parent<'_>, Vec<(Origin, &RouteSpec)>> = BTreeMap::new();
     for &(origin, route) in routes {
         for s in route.services() {
-            by_service.entry(s).or_default().push((origin, route));
+            by_parent
+                .entry(Parent::Service(s))
+                .or_default()
+                .push((origin, route));
+        }
+        let mut gateways: Vec<&Name> = route.gateways().iter().map(|g| &g.name).collect();
+        gateways.dedup();
+        for g in gateways {
+            by_parent
+                .entry(Parent::Gateway(g))
+                .or_default()
+                .push((origin, route));
         }
     }
     let every = RouteMatch::default();
     let mut out = Vec::new();
     let mut reported = BTreeSet::new();
-    for (service, mut attached) in by_service {
+    for (parent, mut attached) in by_parent {
         attached.sort_by_key(|(_, r)| r.qualified_name());
-        let mut first: HashMap<Conditions, Place<'_>> = HashMap::new();
+        // At a gateway only routes for the same host names hide each
+        // other (a route with other names is still taken for those).
+        let hosts = |r: &RouteSpec| -> Vec<String> {
+            if matches!(parent, Parent::Service(_)) {
+                return Vec::new();
+            }
+            let mut h: Vec<String> = r.hostnames().iter().map(ToString::to_string).collect();
+            h.sort();
+            h
+        };
+        let mut first: HashMap<(Vec<String>, Conditions), Place<'_>> = HashMap::new();
         for (origin, route) in attached {
             for (r, rule) in route.rules().iter().enumerate() {
                 let matches: Vec<(String, &RouteMatch)> = if rule.matches().is_empty() {
@@ -347,8 +532,9 @@ fn conflicts(routes: &[(Origin, &RouteSpec)]) -> Vec<(Origin, String, ReferenceE
                         rule: r,
                         path,
                     };
-                    let Some(before) = first.get(&Conditions::of(m)) else {
-                        first.insert(Conditions::of(m), here);
+                    let key = (hosts(route), Conditions::of(m));
+                    let Some(before) = first.get(&key) else {
+                        first.insert(key, here);
                         continue;
                     };
                     // Two matches of one rule overlap harmlessly.
@@ -361,7 +547,7 @@ fn conflicts(routes: &[(Origin, &RouteSpec)]) -> Vec<(Origin, String, ReferenceE
                             before,
                             ReferenceError::Unreachable {
                                 first: before.describe(),
-                                service: service.clone(),
+                                parent: parent.to_string(),
                             },
                         ),
                         (Origin::Existing, Origin::Applied(_)) => (
@@ -369,7 +555,7 @@ fn conflicts(routes: &[(Origin, &RouteSpec)]) -> Vec<(Origin, String, ReferenceE
                             &here,
                             ReferenceError::MakesUnreachable {
                                 second: here.describe(),
-                                service: service.clone(),
+                                parent: parent.to_string(),
                             },
                         ),
                         (Origin::Existing, Origin::Existing) => continue,
@@ -549,5 +735,150 @@ mod tests {
         let e = errors(&applied, "", &["users", "orders"]);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("document 2 (HTTPRoute/b): spec.rules[0]: matches exactly what HTTPRoute/a spec.rules[0]"), "{e:?}");
+    }
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners:\n    - {name: http, port: 80, protocol: HTTP, hostname: \"*.example.com\"}\n    - {name: admin, port: 81, protocol: HTTP, hostname: admin.internal}\n";
+
+    fn at_gateway(name: &str, parent: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{parent}]\n{extra}  rules: [{{backendRefs: [{{name: users}}]}}]\n"
+        )
+    }
+
+    #[test]
+    fn a_gateway_route_needs_its_gateway_listener_and_a_served_host() {
+        let unknown = at_gateway("r", "{name: users}, {kind: Gateway, name: gw}", "");
+        assert_eq!(
+            errors(&unknown, SERVICES, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.parentRefs[1].name: unknown gateway gw: no Gateway resource"
+            ]
+        );
+        // The Gateway in the same apply, or before.
+        assert!(errors(&format!("{GATEWAY}---\n{unknown}"), SERVICES, &[]).is_empty());
+        assert!(errors(&unknown, &format!("{SERVICES}---\n{GATEWAY}"), &[]).is_empty());
+        let existing = format!("{SERVICES}---\n{GATEWAY}");
+        let section = at_gateway("r", "{kind: Gateway, name: gw, sectionName: https}", "");
+        assert_eq!(
+            errors(&section, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.parentRefs[0].sectionName: gateway gw has no listener \"https\" (it has http, admin)"
+            ]
+        );
+        let elsewhere = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw}",
+            "  hostnames: [api.other.com, example.com]\n",
+        );
+        assert_eq!(
+            errors(&elsewhere, &existing, &[]),
+            [
+                "document 1 (HTTPRoute/r): spec.hostnames: none of the route's host names is served by gateway gw's listeners (*.example.com, admin.internal): its requests could never arrive"
+            ]
+        );
+        // One listener serving one name is enough; the section narrows.
+        let api = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw}",
+            "  hostnames: [api.example.com, x.com]\n",
+        );
+        assert!(errors(&api, &existing, &[]).is_empty());
+        let narrowed = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw, sectionName: admin}",
+            "  hostnames: [api.example.com]\n",
+        );
+        assert_eq!(errors(&narrowed, &existing, &[]).len(), 1);
+    }
+
+    #[test]
+    fn a_gateway_may_not_take_away_what_its_routes_use_nor_be_deleted_under_them() {
+        let routed = at_gateway(
+            "r",
+            "{kind: Gateway, name: gw, sectionName: admin}",
+            "  hostnames: [admin.internal]\n",
+        );
+        let existing = format!("{SERVICES}---\n{GATEWAY}---\n{routed}");
+        let shrunk = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: http, port: 80, protocol: HTTP, hostname: \"*.example.com\"}]\n";
+        assert_eq!(
+            errors(shrunk, &existing, &[]),
+            [
+                "document 1 (Gateway/gw): spec.listeners: HTTPRoute/r spec.parentRefs[0].sectionName attaches to listener \"admin\" of this gateway, which would no longer exist"
+            ]
+        );
+        let renamed = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  listeners: [{name: admin, port: 81, protocol: HTTP, hostname: admin.example.com}]\n";
+        assert_eq!(
+            errors(renamed, &existing, &[]),
+            [
+                "document 1 (Gateway/gw): spec.listeners: HTTPRoute/r answers for host names none of this gateway's listeners would serve"
+            ]
+        );
+        let gw = Name::parse("gw").expect("name");
+        let existing = docs(&existing);
+        assert_eq!(
+            check_delete(Kind::Gateway, &gw, &existing, &BTreeSet::new()),
+            ["HTTPRoute/r spec.parentRefs[0].name: unknown gateway gw: no Gateway resource"]
+        );
+        let r = Name::parse("r").expect("name");
+        let rest: Vec<Resource> = existing
+            .into_iter()
+            .filter(|x| !(x.kind() == Kind::HttpRoute && x.name() == &r))
+            .collect();
+        assert!(check_delete(Kind::Gateway, &gw, &rest, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn at_a_gateway_only_routes_for_the_same_host_names_hide_each_other() {
+        let existing = format!("{SERVICES}---\n{GATEWAY}");
+        let host = |name: &str, hosts: &str| {
+            at_gateway(
+                name,
+                "{kind: Gateway, name: gw}",
+                &format!("  hostnames: [{hosts}]\n"),
+            )
+        };
+        let same = format!(
+            "{}---\n{}",
+            host("a", "a.example.com"),
+            host("b", "a.example.com")
+        );
+        assert_eq!(
+            errors(&same, &existing, &[]),
+            [
+                "document 2 (HTTPRoute/b): spec.rules[0]: matches exactly what HTTPRoute/a spec.rules[0] matches on gateway gw, which comes first: this one could never be taken"
+            ]
+        );
+        let other = format!(
+            "{}---\n{}",
+            host("a", "a.example.com"),
+            host("b", "b.example.com")
+        );
+        assert!(errors(&other, &existing, &[]).is_empty());
+        // A service and a gateway are separate parents.
+        let both = format!(
+            "{}---\n{}",
+            at_gateway("a", "{kind: Gateway, name: gw}", ""),
+            at_gateway("b", "{name: users}", "")
+        );
+        assert!(errors(&both, &existing, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_gateway_and_a_service_never_share_a_name() {
+        let named_like = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: users}\nspec:\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+        assert_eq!(
+            errors(named_like, SERVICES, &[]),
+            [
+                "document 1 (Gateway/users): metadata.name: a Service is named users too: a gateway's name is its mesh identity, which no Service may share"
+            ]
+        );
+        assert_eq!(
+            errors(SERVICES, named_like, &[]),
+            [
+                "document 1 (Service/users): metadata.name: a Gateway is named users too: a gateway's name is its mesh identity, which no Service may share"
+            ]
+        );
+        // Its own instances (the gateway's sidecar) are no Service.
+        assert!(errors(named_like, "", &["users"]).is_empty());
     }
 }

@@ -30,11 +30,12 @@ pub use check::{ReferenceError, check_delete, check_routes};
 use std::time::Duration;
 
 use weft_proto::routing::{
-    BackendRef, FilterError, Filters, HeaderModifier, Mirror, PathRewrite, RouteKind, RouteMatch,
-    UrlRewrite,
+    BackendRef, Cors, FilterError, Filters, HeaderModifier, HostMatch, Mirror, PathRewrite,
+    RateLimit, RouteKind, RouteMatch, UrlRewrite,
 };
 
 use super::Name;
+use super::gateway::GatewayParent;
 use super::resilience::{Faults, Retry};
 
 /// The most parents, rules, matches, backends and filters a route may
@@ -45,16 +46,26 @@ pub const MAX_RULES: usize = 16;
 pub const MAX_MATCHES: usize = 64;
 pub const MAX_BACKENDS: usize = 16;
 pub const MAX_FILTERS: usize = 16;
+pub const MAX_HOSTNAMES: usize = 16;
 /// The largest backend weight (the Gateway API's).
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Why part of a route was refused; the text follows the field's path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("name at least one service the route attaches to")]
+    #[error("name at least one service or gateway the route attaches to")]
     NoParents,
     #[error("service {0} is named twice")]
     DuplicateParent(Name),
+    #[error("gateway {0} is named twice")]
+    DuplicateGateway(GatewayParent),
+    #[error("host name {0} is named twice")]
+    DuplicateHostname(HostMatch),
+    #[error(
+        "a rule of a route attached to a gateway needs backendRefs: a gateway has no endpoints \
+         of its own to send to"
+    )]
+    NoBackendsAtGateway,
     #[error("a route needs at least one rule")]
     NoRules,
     #[error("at most {max} {what}")]
@@ -84,6 +95,10 @@ pub enum RouteFilter {
     ResponseHeaders(HeaderModifier),
     UrlRewrite(UrlRewrite),
     Mirror(Mirror),
+    /// The Gateway API's `CORS`.
+    Cors(Cors),
+    /// Weft's `RateLimit`: a token bucket on the rule's requests.
+    RateLimit(RateLimit),
 }
 
 impl RouteFilter {
@@ -94,6 +109,8 @@ impl RouteFilter {
             RouteFilter::ResponseHeaders(_) => "ResponseHeaderModifier",
             RouteFilter::UrlRewrite(_) => "URLRewrite",
             RouteFilter::Mirror(_) => "RequestMirror",
+            RouteFilter::Cors(_) => "CORS",
+            RouteFilter::RateLimit(_) => "RateLimit",
         }
     }
 }
@@ -230,6 +247,8 @@ impl RouteRule {
                 RouteFilter::ResponseHeaders(m) => out.response_headers = Some(m.clone()),
                 RouteFilter::UrlRewrite(r) => out.rewrite = Some(r.clone()),
                 RouteFilter::Mirror(m) => out.mirrors.push(m.clone()),
+                RouteFilter::Cors(c) => out.cors = Some(c.clone()),
+                RouteFilter::RateLimit(r) => out.rate_limit = Some(r.clone()),
             }
         }
         out
@@ -269,6 +288,8 @@ pub fn filters_in_order(f: Filters) -> Vec<RouteFilter> {
     out.extend(f.response_headers.map(RouteFilter::ResponseHeaders));
     out.extend(f.rewrite.map(RouteFilter::UrlRewrite));
     out.extend(f.mirrors.into_iter().map(RouteFilter::Mirror));
+    out.extend(f.rate_limit.map(RouteFilter::RateLimit));
+    out.extend(f.cors.map(RouteFilter::Cors));
     out
 }
 
@@ -277,7 +298,22 @@ pub fn filters_in_order(f: Filters) -> Vec<RouteFilter> {
 pub enum SpecPart {
     Parents,
     Parent(usize),
+    /// One of the gateways (its place among them).
+    Gateway(usize),
+    Hostname(usize),
+    Hostnames,
     Rules,
+    /// A rule's `backendRefs`.
+    Backends(usize),
+}
+
+/// What a route attaches to, and the host names it answers for at a
+/// gateway (services' routes ignore them, as GAMMA says).
+#[derive(Debug, Clone, Default)]
+pub struct Attachment {
+    pub services: Vec<Name>,
+    pub gateways: Vec<GatewayParent>,
+    pub hostnames: Vec<HostMatch>,
 }
 
 /// An `HTTPRoute` or a `GRPCRoute`.
@@ -286,21 +322,77 @@ pub struct RouteSpec {
     pub name: Name,
     pub kind: RouteKind,
     services: Vec<Name>,
+    gateways: Vec<GatewayParent>,
+    hostnames: Vec<HostMatch>,
     rules: Vec<RouteRule>,
 }
 
 impl RouteSpec {
+    /// A route attached to services only.
     pub fn new(
         name: Name,
         kind: RouteKind,
         services: Vec<Name>,
         rules: Vec<RouteRule>,
     ) -> Result<Self, Vec<(SpecPart, RouteError)>> {
+        let to = Attachment {
+            services,
+            ..Attachment::default()
+        };
+        Self::attached(name, kind, to, rules)
+    }
+
+    /// A route attached to services, gateways or both. A rule of a route
+    /// at a gateway must name its backends: the gateway is nobody's
+    /// endpoint.
+    pub fn attached(
+        name: Name,
+        kind: RouteKind,
+        to: Attachment,
+        rules: Vec<RouteRule>,
+    ) -> Result<Self, Vec<(SpecPart, RouteError)>> {
+        let Attachment {
+            services,
+            gateways,
+            hostnames,
+        } = to;
         let mut errors = Vec::new();
-        if services.is_empty() {
+        if services.is_empty() && gateways.is_empty() {
             errors.push((SpecPart::Parents, RouteError::NoParents));
         }
-        if services.len() > MAX_PARENTS {
+        for (i, g) in gateways.iter().enumerate() {
+            if gateways[..i].contains(g) {
+                errors.push((
+                    SpecPart::Gateway(i),
+                    RouteError::DuplicateGateway(g.clone()),
+                ));
+            }
+        }
+        if hostnames.len() > MAX_HOSTNAMES {
+            errors.push((
+                SpecPart::Hostnames,
+                RouteError::TooMany {
+                    what: "hostnames",
+                    max: MAX_HOSTNAMES,
+                },
+            ));
+        }
+        for (i, h) in hostnames.iter().enumerate() {
+            if hostnames[..i].contains(h) {
+                errors.push((
+                    SpecPart::Hostname(i),
+                    RouteError::DuplicateHostname(h.clone()),
+                ));
+            }
+        }
+        if !gateways.is_empty() {
+            for (i, r) in rules.iter().enumerate() {
+                if r.backends.is_empty() {
+                    errors.push((SpecPart::Backends(i), RouteError::NoBackendsAtGateway));
+                }
+            }
+        }
+        if services.len() + gateways.len() > MAX_PARENTS {
             errors.push((
                 SpecPart::Parents,
                 RouteError::TooMany {
@@ -333,13 +425,48 @@ impl RouteSpec {
             name,
             kind,
             services,
+            gateways,
+            hostnames,
             rules,
         })
     }
 
-    /// The services it attaches to (`parentRefs`): never empty, no repeats.
+    /// The services it attaches to (`parentRefs` of kind `Service`): no
+    /// repeats; empty only when it attaches to gateways.
     pub fn services(&self) -> &[Name] {
         &self.services
+    }
+
+    /// The gateways it attaches to (`parentRefs` of kind `Gateway`), after
+    /// the services in `parentRefs` as Weft writes them back.
+    pub fn gateways(&self) -> &[GatewayParent] {
+        &self.gateways
+    }
+
+    /// `spec.hostnames`; empty: every host.
+    pub fn hostnames(&self) -> &[HostMatch] {
+        &self.hostnames
+    }
+
+    /// The same route answering for `hostnames` instead: what one parent's
+    /// sidecars are sent (none for a service, the effective ones at a
+    /// gateway).
+    pub fn with_hostnames(&self, hostnames: Vec<HostMatch>) -> RouteSpec {
+        RouteSpec {
+            hostnames,
+            ..self.clone()
+        }
+    }
+
+    /// Whether it attaches to `gateway`.
+    pub fn at_gateway(&self, gateway: &Name) -> bool {
+        self.gateways.iter().any(|g| &g.name == gateway)
+    }
+
+    /// The `parentRefs` index of its `i`th gateway, as Weft writes them
+    /// (services first).
+    pub fn gateway_ref_index(&self, i: usize) -> usize {
+        self.services.len() + i
     }
 
     /// Never empty.

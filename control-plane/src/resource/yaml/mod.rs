@@ -13,14 +13,17 @@
 //!       labels: {version: v2}
 //! ```
 //!
-//! Routes are written as the Kubernetes Gateway API writes them, under its
-//! `apiVersion: gateway.networking.k8s.io/v1` (or `weft.dev/v1`).
+//! Routes and gateways are written as the Kubernetes Gateway API writes
+//! them, under its `apiVersion: gateway.networking.k8s.io/v1` (or
+//! `weft.dev/v1`).
 //!
 //! A file is parsed whole into the validated resource types; every problem
 //! is reported with its document, field path and reason, and a file with
 //! any problem yields no resources at all. This module reads the document
 //! around a spec; each kind's spec has its own file.
 
+mod edge;
+mod gateway;
 mod policy;
 mod resilience;
 mod route;
@@ -34,7 +37,8 @@ use weft_proto::routing::RouteKind;
 use super::{FieldError, InvalidResources, Kind, Name, Resource, check_unique};
 
 pub const API_VERSION: &str = "weft.dev/v1";
-/// The Gateway API's, which `HTTPRoute` and `GRPCRoute` are written in.
+/// The Gateway API's, which `HTTPRoute`, `GRPCRoute` and `Gateway` are
+/// written in.
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 #[derive(Deserialize)]
@@ -148,6 +152,7 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
         "AuthorizationPolicy" => Kind::AuthorizationPolicy,
         "HTTPRoute" => Kind::HttpRoute,
         "GRPCRoute" => Kind::GrpcRoute,
+        "Gateway" => Kind::Gateway,
         other => {
             errs.push(
                 "kind",
@@ -159,12 +164,13 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
     let route = match kind {
         Kind::HttpRoute => Some(RouteKind::Http),
         Kind::GrpcRoute => Some(RouteKind::Grpc),
-        Kind::Service | Kind::AuthorizationPolicy => None,
+        Kind::Service | Kind::AuthorizationPolicy | Kind::Gateway => None,
     };
     let mut ok = true;
-    let gateway_api = route.is_some() && raw.api_version == GATEWAY_API_VERSION;
+    let in_gateway_api = route.is_some() || kind == Kind::Gateway;
+    let gateway_api = in_gateway_api && raw.api_version == GATEWAY_API_VERSION;
     if raw.api_version != API_VERSION && !gateway_api {
-        let expected = if route.is_some() {
+        let expected = if in_gateway_api {
             format!("{GATEWAY_API_VERSION} or {API_VERSION}")
         } else {
             API_VERSION.to_string()
@@ -195,6 +201,7 @@ fn parse_document(document: usize, doc: Value, errors: &mut Vec<FieldError>) -> 
         (Kind::Service, None) => {
             service::parse(name, spec, &mut errs).map(|s| Resource::Service(Box::new(s)))
         }
+        (Kind::Gateway, None) => gateway::parse(name, spec, &mut errs).map(Resource::Gateway),
         (_, None) => policy::parse(name, spec, &mut errs).map(Resource::AuthorizationPolicy),
     }
 }

@@ -1,11 +1,14 @@
 //! A `Service`'s `spec` as users write it: protocol, load balancer, subsets,
-//! inbound mode and the resilience settings (`resilience.rs` here).
+//! inbound mode, the resilience settings (`resilience.rs` here) and the
+//! local rate limit its own sidecars enforce (`rateLimit`).
 
 use serde::Deserialize;
 use serde_json::Value;
 use weft_proto::labels::{Labels, validate_labels};
 use weft_proto::protocol::{InboundMode, LoadBalancer, Protocol};
+use weft_proto::routing::RateKey;
 
+use super::edge::rate_limit;
 use super::resilience::{RawBreaker, RawFaults, RawHedge, RawResilience, RawRetries, RawTimeouts};
 use super::{DocErrors, typed};
 use crate::resource::{Name, ServiceSpec, Subset};
@@ -25,6 +28,19 @@ struct RawServiceSpec {
     faults: Option<RawFaults>,
     #[serde(default)]
     subsets: Vec<RawSubset>,
+    rate_limit: Option<RawServiceRateLimit>,
+}
+
+/// `requests` per `period` (up to `burst` at once), for all callers
+/// together or, with `perCaller`, for each caller identity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawServiceRateLimit {
+    requests: u32,
+    period: String,
+    burst: Option<u32>,
+    #[serde(default)]
+    per_caller: bool,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +90,14 @@ pub(super) fn parse(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option
         faults: raw.faults,
     }
     .parse(errs);
+    let rate_limit = raw.rate_limit.and_then(|r| {
+        let key = if r.per_caller {
+            RateKey::Caller
+        } else {
+            RateKey::All
+        };
+        rate_limit("spec.rateLimit", r.requests, &r.period, r.burst, key, errs)
+    });
     (errs.count() == before).then_some(ServiceSpec {
         name,
         protocol,
@@ -81,6 +105,7 @@ pub(super) fn parse(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option
         subsets,
         inbound_mode,
         resilience: resilience?,
+        rate_limit,
     })
 }
 

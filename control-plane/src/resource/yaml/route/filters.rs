@@ -1,12 +1,19 @@
 //! A rule's `filters` as users write them: `type` and the settings in the
 //! field of that type (`requestHeaderModifier`, `responseHeaderModifier`,
-//! `urlRewrite` — HTTPRoute only —, `requestMirror`), each built by the
-//! shared constructors of `weft_proto::routing`.
+//! `urlRewrite` — HTTPRoute only —, `requestMirror`, `cors`, and Weft's
+//! `rateLimit`), each built by the shared constructors of
+//! `weft_proto::routing`.
+
+use std::time::Duration;
 
 use serde::Deserialize;
-use weft_proto::routing::{HeaderModifier, Mirror, PathRewrite, RouteKind, UrlRewrite};
+use serde_json::Value;
+use weft_proto::routing::{
+    Cors, HeaderModifier, Mirror, PathRewrite, RateKey, RateLimit, RouteKind, UrlRewrite,
+};
 
 use super::super::DocErrors;
+use super::super::edge::rate_limit;
 use super::{backend, check_service_ref};
 use crate::resource::route::RouteFilter;
 
@@ -20,6 +27,36 @@ pub(super) struct RawFilter {
     #[serde(rename = "urlRewrite")]
     url_rewrite: Option<RawRewrite>,
     request_mirror: Option<RawMirror>,
+    cors: Option<RawCors>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+/// The Gateway API's `CORS` filter settings; `maxAge` in seconds.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCors {
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    max_age: Option<u64>,
+    #[serde(default)]
+    allow_credentials: bool,
+}
+
+/// Weft's `RateLimit` filter: `key` is `clientIP` or `{header: NAME}`;
+/// unset: one bucket for every request of the rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRateLimit {
+    requests: u32,
+    period: String,
+    burst: Option<u32>,
+    key: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,11 +149,13 @@ fn modifier(
 }
 
 /// The filter types and the field each one's settings go in.
-const FILTERS: [(&str, &str); 4] = [
+const FILTERS: [(&str, &str); 6] = [
     ("RequestHeaderModifier", "requestHeaderModifier"),
     ("ResponseHeaderModifier", "responseHeaderModifier"),
     ("URLRewrite", "urlRewrite"),
     ("RequestMirror", "requestMirror"),
+    ("CORS", "cors"),
+    ("RateLimit", "rateLimit"),
 ];
 
 pub(super) fn parse_filter(
@@ -134,6 +173,8 @@ pub(super) fn parse_filter(
             .map(|_| "responseHeaderModifier"),
         f.url_rewrite.as_ref().map(|_| "urlRewrite"),
         f.request_mirror.as_ref().map(|_| "requestMirror"),
+        f.cors.as_ref().map(|_| "cors"),
+        f.rate_limit.as_ref().map(|_| "rateLimit"),
     ]
     .into_iter()
     .flatten()
@@ -170,6 +211,14 @@ pub(super) fn parse_filter(
             modifier(&here, f.response_header_modifier, errs).map(RouteFilter::ResponseHeaders)
         }
         "URLRewrite" => rewrite(&here, f.url_rewrite.unwrap_or_default(), errs),
+        "CORS" => cors(&here, f.cors.unwrap_or_default(), errs),
+        "RateLimit" => {
+            let Some(r) = f.rate_limit else {
+                errs.push(here, "a RateLimit filter needs its requests and period");
+                return None;
+            };
+            route_rate_limit(&here, r, errs)
+        }
         _ => {
             let Some(m) = f.request_mirror else {
                 errs.push(here, "a RequestMirror filter needs its backendRef");
@@ -253,4 +302,78 @@ fn mirror(at: &str, m: RawMirror, errs: &mut DocErrors<'_>) -> Option<RouteFilte
         .map_err(|e| errs.push(format!("{at}.percent"), e))
         .ok()
         .map(RouteFilter::Mirror)
+}
+
+fn cors(at: &str, c: RawCors, errs: &mut DocErrors<'_>) -> Option<RouteFilter> {
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    // Each list on its own first, so that an error names the entry.
+    let before = errs.count();
+    for (field, list) in [
+        ("allowOrigins", &c.allow_origins),
+        ("allowMethods", &c.allow_methods),
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        for (i, v) in list.iter().enumerate() {
+            let one = [v.as_str()];
+            let check = match field {
+                "allowOrigins" => Cors::new(&one, &[], &[], &[], None, false),
+                "allowMethods" => Cors::new(&[], &one, &[], &[], None, false),
+                "allowHeaders" => Cors::new(&[], &[], &one, &[], None, false),
+                _ => Cors::new(&[], &[], &[], &one, None, false),
+            };
+            if let Err(e) = check {
+                errs.push(format!("{at}.{field}[{i}]"), e);
+            }
+        }
+    }
+    if c.max_age == Some(0) {
+        errs.push(
+            format!("{at}.maxAge"),
+            "at least 1 (seconds); leave it out to send no Access-Control-Max-Age",
+        );
+    }
+    if errs.count() != before {
+        return None;
+    }
+    Cors::new(
+        &strs(&c.allow_origins),
+        &strs(&c.allow_methods),
+        &strs(&c.allow_headers),
+        &strs(&c.expose_headers),
+        c.max_age.map(Duration::from_secs),
+        c.allow_credentials,
+    )
+    .map_err(|e| errs.push(format!("{at}.allowCredentials"), e))
+    .ok()
+    .map(RouteFilter::Cors)
+}
+
+/// `clientIP`, `{header: NAME}`, or unset.
+fn rate_key(at: &str, key: Option<Value>, errs: &mut DocErrors<'_>) -> Option<RateKey> {
+    let bad = "clientIP or {header: NAME}; leave it out for one bucket for every request";
+    match key {
+        None => Some(RateKey::All),
+        Some(Value::String(s)) if s == "clientIP" => Some(RateKey::ClientIp),
+        Some(Value::Object(m)) if m.len() == 1 => match m.get("header") {
+            Some(Value::String(h)) => RateLimit::header_key(h)
+                .map_err(|e| errs.push(format!("{at}.header"), e))
+                .ok(),
+            _ => {
+                errs.push(at, bad);
+                None
+            }
+        },
+        Some(_) => {
+            errs.push(at, bad);
+            None
+        }
+    }
+}
+
+fn route_rate_limit(at: &str, r: RawRateLimit, errs: &mut DocErrors<'_>) -> Option<RouteFilter> {
+    let key = rate_key(&format!("{at}.key"), r.key, errs)?;
+    rate_limit(at, r.requests, &r.period, r.burst, key, errs).map(RouteFilter::RateLimit)
 }

@@ -5,18 +5,25 @@
 //! service's `spec.subsets`) and a rule's `retry` and `fault`, with the
 //! fields of a `Service`'s `retries` and `faults`. A backend's or a
 //! parent's `port` is accepted and ignored (a Weft service has one port).
+//! A parent may also be a `Gateway` (group `gateway.networking.k8s.io`,
+//! optionally one listener by `sectionName`), and `hostnames` say which
+//! hosts the route answers for there.
 
+#[cfg(test)]
+mod edge_tests;
 mod filters;
 mod matches;
 
 use serde::Deserialize;
 use serde_json::Value;
-use weft_proto::routing::{BackendRef, RouteKind};
+use weft_proto::routing::{BackendRef, HostMatch, RouteKind};
 
 use super::resilience::{RawFaults, RawRetries, duration};
 use super::{DocErrors, typed};
-use crate::resource::Name;
-use crate::resource::route::{RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart};
+use crate::resource::route::{
+    Attachment, RouteRule, RouteSpec, RulePart, RuleParts, RuleTimeouts, SpecPart,
+};
+use crate::resource::{GatewayParent, Name};
 use filters::{RawFilter, parse_filter};
 use matches::{RawGrpcMatch, RawHttpMatch, RawMatch};
 
@@ -24,19 +31,86 @@ use matches::{RawGrpcMatch, RawHttpMatch, RawMatch};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRouteSpec<M> {
     parent_refs: Vec<RawParentRef>,
+    #[serde(default)]
+    hostnames: Vec<String>,
     #[serde(default = "Vec::new")]
     rules: Vec<RawRule<M>>,
 }
 
-/// A reference to a service: `group` "" (or `core`), `kind` Service.
+/// A reference to a service (`group` "" or `core`, `kind` Service, the
+/// default) or to a gateway (`group` `gateway.networking.k8s.io`, `kind`
+/// Gateway, optionally one listener by `sectionName`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawParentRef {
     name: String,
     group: Option<String>,
     kind: Option<String>,
+    section_name: Option<String>,
     #[serde(rename = "port")]
     _port: Option<u16>,
+}
+
+/// The Gateway API's group, which a `Gateway` parent is in.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Where one parent went: the services or the gateways, at which index.
+enum ParentAt {
+    Service(usize),
+    Gateway(usize),
+}
+
+fn parse_parent(
+    at: &str,
+    p: &RawParentRef,
+    to: &mut Attachment,
+    written: &mut Vec<ParentAt>,
+    errs: &mut DocErrors<'_>,
+) {
+    if let Some(k) = p.kind.as_deref()
+        && k != "Service"
+        && k != "Gateway"
+    {
+        errs.push(
+            format!("{at}.kind"),
+            format!("{k:?}: a route attaches to a Service or a Gateway"),
+        );
+        return;
+    }
+    if p.kind.as_deref() != Some("Gateway") {
+        check_service_ref(at, p.group.as_deref(), p.kind.as_deref(), errs);
+        if p.section_name.is_some() {
+            errs.push(
+                format!("{at}.sectionName"),
+                "sectionName names a Gateway's listener; a Service has none",
+            );
+        }
+        if let Some(s) = service_name(&format!("{at}.name"), &p.name, errs) {
+            written.push(ParentAt::Service(to.services.len()));
+            to.services.push(s);
+        }
+        return;
+    }
+    if let Some(g) = p.group.as_deref()
+        && g != GATEWAY_GROUP
+    {
+        errs.push(
+            format!("{at}.group"),
+            format!("{g:?}: a Gateway is in group {GATEWAY_GROUP:?}"),
+        );
+    }
+    let name = service_name(&format!("{at}.name"), &p.name, errs);
+    let section = match p.section_name.as_deref() {
+        None => Some(None),
+        Some(s) => Name::parse(s)
+            .map(Some)
+            .map_err(|e| errs.push(format!("{at}.sectionName"), e))
+            .ok(),
+    };
+    if let (Some(name), Some(section)) = (name, section) {
+        written.push(ParentAt::Gateway(to.gateways.len()));
+        to.gateways.push(GatewayParent { name, section });
+    }
 }
 
 #[derive(Deserialize)]
@@ -100,12 +174,21 @@ fn parse_as<M: RawMatch>(
         }
     };
     let before = errs.count();
-    let mut services = Vec::with_capacity(raw.parent_refs.len());
+    let mut to = Attachment::default();
+    let mut written = Vec::with_capacity(raw.parent_refs.len());
     for (i, p) in raw.parent_refs.iter().enumerate() {
-        let at = format!("spec.parentRefs[{i}]");
-        check_service_ref(&at, p.group.as_deref(), p.kind.as_deref(), errs);
-        if let Some(s) = service_name(&format!("{at}.name"), &p.name, errs) {
-            services.push(s);
+        parse_parent(
+            &format!("spec.parentRefs[{i}]"),
+            p,
+            &mut to,
+            &mut written,
+            errs,
+        );
+    }
+    for (i, h) in raw.hostnames.iter().enumerate() {
+        match HostMatch::parse(h) {
+            Ok(h) => to.hostnames.push(h),
+            Err(e) => errs.push(format!("spec.hostnames[{i}]"), e),
         }
     }
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -117,13 +200,26 @@ fn parse_as<M: RawMatch>(
     if errs.count() != before {
         return None;
     }
-    RouteSpec::new(name, kind, services, rules)
+    // Problems are named by where the parent was written.
+    let written_at =
+        |found: &dyn Fn(&ParentAt) -> bool| written.iter().position(found).unwrap_or_default();
+    RouteSpec::attached(name, kind, to, rules)
         .map_err(|es| {
             for (part, e) in es {
                 let at = match part {
                     SpecPart::Parents => "spec.parentRefs".to_string(),
-                    SpecPart::Parent(i) => format!("spec.parentRefs[{i}].name"),
+                    SpecPart::Parent(i) => {
+                        let k = written_at(&|p| matches!(p, ParentAt::Service(j) if *j == i));
+                        format!("spec.parentRefs[{k}].name")
+                    }
+                    SpecPart::Gateway(i) => {
+                        let k = written_at(&|p| matches!(p, ParentAt::Gateway(j) if *j == i));
+                        format!("spec.parentRefs[{k}]")
+                    }
+                    SpecPart::Hostnames => "spec.hostnames".to_string(),
+                    SpecPart::Hostname(i) => format!("spec.hostnames[{i}]"),
                     SpecPart::Rules => "spec.rules".to_string(),
+                    SpecPart::Backends(i) => format!("spec.rules[{i}].backendRefs"),
                 };
                 errs.push(at, e);
             }
@@ -394,7 +490,7 @@ spec:
     #[test]
     fn every_problem_is_named_with_its_path() {
         let e = errors(&http_route(
-            "  parentRefs: [{name: users, kind: Gateway}]\n  rules:\n    - matches:\n        - path: {type: RegularExpression, value: \"/users/(\"}\n          method: get\n          headers: [{type: Prefix, name: x, value: v}]\n        - path: {type: Exact, value: /a}\n      filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}\n        - type: RequestRedirect\n      backendRefs: [{name: users, weight: 0}, {name: Users}]\n      timeouts: {request: soon}\n      retry: {attempts: 11}\n      fault: {abort: {percent: 101}}\n",
+            "  parentRefs: [{name: users, kind: Mesh}]\n  rules:\n    - matches:\n        - path: {type: RegularExpression, value: \"/users/(\"}\n          method: get\n          headers: [{type: Prefix, name: x, value: v}]\n        - path: {type: Exact, value: /a}\n      filters:\n        - type: URLRewrite\n          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}\n        - type: RequestRedirect\n      backendRefs: [{name: users, weight: 0}, {name: Users}]\n      timeouts: {request: soon}\n      retry: {attempts: 11}\n      fault: {abort: {percent: 101}}\n",
         ));
         let paths: Vec<&str> = e
             .iter()
