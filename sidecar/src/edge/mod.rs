@@ -3,4 +3,6 @@
 //! used by every sidecar's inbound side), CORS ([`cors`]), the forwarding
 //! headers and request id ([`forwarded`]), and gRPC-Web ([`grpc_web`]).
 
+pub mod cors;
+pub mod forwarded;
 pub mod ratelimit;
