@@ -5,4 +5,5 @@
 
 pub mod cors;
 pub mod forwarded;
+pub mod grpc_web;
 pub mod ratelimit;
