@@ -326,14 +326,20 @@ mod tests {
     use crate::telemetry::Metrics;
 
     fn inbound(policy: InboundPolicy) -> Inbound {
+        inbound_to(policy, None)
+    }
+
+    fn inbound_to(policy: InboundPolicy, app: Option<SocketAddr>) -> Inbound {
+        let app_connector = Arc::new(TcpConnector {
+            timeout: Duration::from_secs(1),
+        });
+        let service = ServiceName::parse("users").expect("name");
         Inbound {
-            service: ServiceName::parse("users").expect("name"),
-            protocol: Protocol::Grpc,
+            app: app.map(|a| App::new(a, service.clone(), app_connector.clone())),
+            service,
+            protocol: Protocol::Http,
             telemetry: Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false)),
-            app: None,
-            app_connector: Arc::new(TcpConnector {
-                timeout: Duration::from_secs(1),
-            }),
+            app_connector,
             tls: None,
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             limiter: SharedLimiter::default(),
@@ -403,5 +409,71 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(check(&ib, Some(&a), t), Ok(()));
         }
+    }
+
+    /// An app that answers every request with 200.
+    async fn app() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(crate::body::full("hi".into())))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn over_the_wire_the_limit_answers_429_with_retry_after() {
+        use http_body_util::BodyExt;
+        let policy = InboundPolicy {
+            mode: weft_proto::protocol::InboundMode::Permissive,
+            ..limited(2, RateKey::All)
+        };
+        let ib = Arc::new(inbound_to(policy, Some(app().await)));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (_signal, watch) = crate::drain::channel();
+        tokio::spawn(super::super::serve(
+            l,
+            super::super::Listener::Inbound(ib.clone()),
+            watch,
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody>();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let req = Request::get(format!("http://{addr}/users/1"))
+                .body(crate::body::empty())
+                .expect("request");
+            let resp = client.request(req).await.expect("response");
+            let retry = resp.headers().get(http::header::RETRY_AFTER).cloned();
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            answers.push((status.as_u16(), retry));
+        }
+        assert_eq!(
+            answers,
+            [
+                (200, None),
+                (200, None),
+                (429, Some(HeaderValue::from_static("30")))
+            ],
+            "two a minute: the third waits 30 s"
+        );
+        let text = ib.telemetry.metrics.render();
+        assert!(
+            text.contains(r#"weft_rate_limited_total{service="users",caller="(unresolved)"} 1"#),
+            "{text}"
+        );
     }
 }
