@@ -76,6 +76,12 @@ pub enum ProxyError {
     },
     #[error("the request body is larger than the gateway's limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A local rate limit's bucket is empty (`edge::ratelimit`).
+    #[error("{what} is over its rate limit; retry after {}s", retry_after_secs(*retry_after))]
+    RateLimited {
+        what: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// What kind of failure a [`ProxyError`] is: a small copyable value that
@@ -108,6 +114,7 @@ pub enum ErrorKind {
     NotFound,
     /// At a gateway: the body is over the limit.
     TooLarge,
+    RateLimited,
 }
 
 /// How an attempt failed to reach the service, as retry conditions name it.
@@ -162,6 +169,7 @@ impl ErrorKind {
             ErrorKind::FaultInjected => "fault-injected",
             ErrorKind::NotFound => "no-route-matched",
             ErrorKind::TooLarge => "request-too-large",
+            ErrorKind::RateLimited => "rate-limited",
         }
     }
 
@@ -208,6 +216,7 @@ impl ProxyError {
             ProxyError::FaultInjected { .. } => ErrorKind::FaultInjected,
             ProxyError::NotFound { .. } => ErrorKind::NotFound,
             ProxyError::TooLarge { .. } => ErrorKind::TooLarge,
+            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
         }
     }
 
@@ -232,6 +241,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected { http_status, .. } => {
                 StatusCode::from_u16(*http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -240,7 +250,8 @@ impl ProxyError {
     }
 
     /// The gRPC status: PERMISSION_DENIED for authorization,
-    /// DEADLINE_EXCEEDED for time limits, UNAVAILABLE for every failure to
+    /// DEADLINE_EXCEEDED for time limits, RESOURCE_EXHAUSTED for a rate
+    /// limit (what gRPC clients do not retry at once), UNAVAILABLE for every failure to
     /// reach a service, which is what gRPC clients treat as "try again
     /// elsewhere".
     pub fn grpc_code(&self) -> GrpcCode {
@@ -253,6 +264,7 @@ impl ProxyError {
                 GrpcCode::DeadlineExceeded
             }
             ProxyError::FaultInjected { grpc_status, .. } => *grpc_status,
+            ProxyError::RateLimited { .. } => GrpcCode::ResourceExhausted,
             _ => GrpcCode::Unavailable,
         }
     }
@@ -261,6 +273,13 @@ impl ProxyError {
     pub fn into_response(self, grpc: bool) -> Response<BoxBody> {
         let code = self.code();
         let message = self.to_string();
+        // RFC 9110 §10.2.3: delay-seconds, so a fraction rounds up.
+        let retry_after = match &self {
+            ProxyError::RateLimited { retry_after, .. } => {
+                Some(HeaderValue::from(retry_after_secs(*retry_after)))
+            }
+            _ => None,
+        };
         let mut resp = if grpc {
             // Trailers-only: status and message in the headers, empty body.
             let mut r = Response::new(crate::body::empty());
@@ -285,8 +304,16 @@ impl ProxyError {
         };
         resp.headers_mut()
             .insert(ERROR_HEADER, HeaderValue::from_static(code));
+        if let Some(v) = retry_after {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
         resp
     }
+}
+
+/// Whole seconds, rounded up: waiting 100 ms means `Retry-After: 1`.
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Whether hyper's error is the peer refusing the stream (HTTP/2
@@ -342,6 +369,27 @@ mod tests {
         let r = ProxyError::NoEndpoints("x".into()).into_response(false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[ERROR_HEADER], "no-healthy-endpoints");
+    }
+
+    #[test]
+    fn rate_limited_is_429_or_resource_exhausted_with_retry_after() {
+        let over = || ProxyError::RateLimited {
+            what: "user-service".into(),
+            retry_after: std::time::Duration::from_millis(1_100),
+        };
+        let r = over().into_response(false);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "2", "rounded up");
+        assert_eq!(r.headers()[ERROR_HEADER], "rate-limited");
+        let r = over().into_response(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "user-service is over its rate limit; retry after 2s"
+        );
+        assert_eq!(retry_after_secs(std::time::Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(std::time::Duration::from_nanos(1)), 1);
     }
 
     #[test]

@@ -446,6 +446,7 @@ fn serve_traffic(
             .clone()
             .map(|id| Arc::new(tls::LazyAcceptor::new(id))),
         policy: parts.inbound_policy.clone(),
+        limiter: Default::default(),
     });
     tokio::spawn(proxy::serve(
         inbound,

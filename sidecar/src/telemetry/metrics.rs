@@ -97,7 +97,7 @@ impl HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AuthzLabels {
+struct CallerLabels {
     service: ServiceName,
     /// The caller's service; `(unresolved)` without a mesh identity.
     caller: ServiceName,
@@ -173,7 +173,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     renewals: Family<RenewalLabels, Counter>,
     cert_expiry: Gauge,
-    authz_denied: Family<AuthzLabels, Counter>,
+    authz_denied: Family<CallerLabels, Counter>,
+    rate_limited: Family<CallerLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     retries_refused: Family<ServiceLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
@@ -349,6 +350,12 @@ impl Metrics {
                 &mut r,
                 "authorization_denied",
                 "Inbound requests denied by authorization, by service and caller",
+                Family::default(),
+            ),
+            rate_limited: registered(
+                &mut r,
+                "rate_limited",
+                "Requests refused by a local rate limit, by service and caller",
                 Family::default(),
             ),
             retries: registered(
@@ -562,11 +569,22 @@ impl Metrics {
 
     /// An inbound request authorization denied.
     pub fn count_denied(&self, service: &ServiceName, caller: &ServiceName) {
-        let labels = AuthzLabels {
+        let labels = CallerLabels {
             service: service.clone(),
             caller: caller.clone(),
         };
         self.authz_denied.get_or_create(&labels).inc();
+    }
+
+    /// A request refused by `service`'s local rate limit; `caller` is
+    /// `(unresolved)` without a mesh identity, so the labels stay bounded
+    /// by the mesh's services whatever the limit's key.
+    pub fn count_rate_limited(&self, service: &ServiceName, caller: &ServiceName) {
+        let labels = CallerLabels {
+            service: service.clone(),
+            caller: caller.clone(),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
     }
 
     /// A retry sent, and why the attempt before failed.
