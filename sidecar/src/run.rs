@@ -475,10 +475,8 @@ fn serve_gateway(
     drain: &drain::Watch,
 ) -> Result<(), SidecarError> {
     let gateway = Arc::new(Gateway {
-        name: cfg.service.clone(),
-        outbound: to_peers,
-        limits: g.limits,
         trust_forwarded: g.trust_forwarded,
+        ..Gateway::new(cfg.service.clone(), to_peers, g.limits)
     });
     let open = Arc::new(Semaphore::new(g.limits.max_connections));
     if let Some(l) = public.http {

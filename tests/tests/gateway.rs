@@ -417,3 +417,277 @@ async fn oversized_slow_and_too_many_clients_are_cut() -> anyhow::Result<()> {
     assert!(refused >= 1.0);
     Ok(())
 }
+
+/// Sends `req` over HTTP/1.1 to `addr`; the whole answer.
+async fn send(
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> anyhow::Result<(http::response::Parts, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    Ok((parts, body.collect().await?.to_bytes()))
+}
+
+fn request(
+    method: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<http::Request<http_body_util::Full<bytes::Bytes>>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    Ok(b.body(http_body_util::Full::new(bytes::Bytes::new()))?)
+}
+
+const EDGE: &str = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: limited}
+spec:
+  parentRefs: [{kind: Gateway, name: gateway}]
+  hostnames: [limited.example.com]
+  rules:
+    - filters:
+        - type: RateLimit
+          rateLimit: {requests: 5, period: 1m, key: clientIP}
+      backendRefs: [{name: users}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: browser}
+spec:
+  parentRefs: [{kind: Gateway, name: gateway}]
+  hostnames: [app-api.example.com]
+  rules:
+    - filters:
+        - type: CORS
+          cors:
+            allowOrigins: [https://app.example.com]
+            allowMethods: [GET, PUT]
+            allowHeaders: [x-user]
+            exposeHeaders: [x-instance]
+            maxAge: 600
+      backendRefs: [{name: users}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_cors_forwarding_headers_and_request_ids() -> anyhow::Result<()> {
+    let m = mesh(EDGE, &[]).await?;
+    let gw = m.http();
+    // Exactly the bucket's five, then 429 with when to come back.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (p, _) = send(request("GET", gw, "limited.example.com", "/x", &[])?).await?;
+        if p.status == 429 {
+            let after: u64 = p.headers["retry-after"].to_str()?.parse()?;
+            assert!((1..=60).contains(&after), "{after}");
+            assert_eq!(p.headers["x-weft-error"], "rate-limited");
+        }
+        statuses.push(p.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert_eq!(m.users.calls(), 5);
+
+    // CORS: a preflight answered by the gateway, allowed or not...
+    let preflight = |origin: &'static str| {
+        request(
+            "OPTIONS",
+            gw,
+            "app-api.example.com",
+            "/x",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "x-user"),
+            ],
+        )
+    };
+    let (p, _) = send(preflight("https://app.example.com")?).await?;
+    assert_eq!(p.status, 204);
+    assert_eq!(
+        p.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        p.headers["access-control-allow-methods"]
+            .to_str()?
+            .contains("PUT")
+    );
+    assert_eq!(p.headers["access-control-max-age"], "600");
+    let (p, _) = send(preflight("https://evil.example.net")?).await?;
+    assert_eq!(p.status, 403);
+    assert!(p.headers.get("access-control-allow-origin").is_none());
+    assert_eq!(m.users.calls(), 5, "preflights never reach the app");
+    // ...and an actual request's answer decorated.
+    let origin = [("origin", "https://app.example.com")];
+    let (p, _) = send(request("GET", gw, "app-api.example.com", "/x", &origin)?).await?;
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(p.headers["access-control-expose-headers"], "x-instance");
+
+    // What the app sees: the client's address (a forged one replaced),
+    // the scheme, and the request id the client gets back.
+    let forged = [("x-forwarded-for", "6.6.6.6")];
+    let (p, body) = send(request("GET", gw, "app-api.example.com", "/x", &forged)?).await?;
+    let seen = json(std::str::from_utf8(&body)?)?;
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{seen}");
+    let id = p.headers["x-request-id"].to_str()?;
+    assert!(!id.is_empty());
+    assert_eq!(h["x-request-id"], id, "{seen}");
+    let mine = [("x-request-id", "order-42")];
+    let (p, body) = send(request("GET", gw, "app-api.example.com", "/x", &mine)?).await?;
+    assert_eq!(p.headers["x-request-id"], "order-42");
+    assert_eq!(
+        json(std::str::from_utf8(&body)?)?["headers"]["x-request-id"],
+        "order-42"
+    );
+    Ok(())
+}
+
+/// One gRPC message frame.
+fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn frames(mut body: &[u8]) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        anyhow::ensure!(body.len() >= 5, "a cut frame header");
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        anyhow::ensure!(body.len() >= 5 + len, "a cut frame");
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_a_grpc_service_with_grpc_web() -> anyhow::Result<()> {
+    use base64::Engine;
+    use prost::Message;
+    let m = mesh("", &[]).await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let call = EchoRequest {
+        message: "from a browser".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    for (content_type, text) in [
+        ("application/grpc-web+proto", false),
+        ("application/grpc-web-text", true),
+    ] {
+        let raw = frame(0, &call);
+        let body = if text {
+            b64.encode(&raw).into_bytes()
+        } else {
+            raw
+        };
+        let req = http::Request::post(format!("http://{}/weft.test.v1.Echo/Unary", m.http()))
+            .header("host", "grpc.example.com")
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let (p, body) = send(req).await?;
+        assert_eq!(p.status, 200, "{content_type}");
+        // The server's format (`+proto` or none) in the web encoding.
+        let media = if text {
+            "application/grpc-web-text"
+        } else {
+            "application/grpc-web"
+        };
+        let got_type = p.headers["content-type"].to_str()?;
+        assert!(
+            got_type == media || got_type == format!("{media}+proto"),
+            "{got_type}"
+        );
+        // Text mode may pad each chunk (as Envoy does): decode by groups
+        // of four, as browsers' clients do.
+        let body = if text {
+            let mut out = Vec::new();
+            for group in body.chunks(4) {
+                out.extend(b64.decode(group)?);
+            }
+            out
+        } else {
+            body.to_vec()
+        };
+        let got = frames(&body)?;
+        assert_eq!(got.len(), 2, "a message, then the trailers: {got:?}");
+        let reply = weft_tests::pb::EchoReply::decode(got[0].1.as_slice())?;
+        assert_eq!((got[0].0, reply.message.as_str()), (0, "from a browser"));
+        let trailers = String::from_utf8(got[1].1.clone())?;
+        assert_eq!(got[1].0, 0x80);
+        let status = trailers.split("\r\n").find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "grpc-status").then(|| v.trim().to_string())
+        });
+        assert_eq!(status.as_deref(), Some("0"), "{trailers:?}");
+    }
+    assert_eq!(m.echo.calls(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_limits_each_caller_at_its_own_sidecar() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: users}
+spec:
+  protocol: http
+  rateLimit: {requests: 3, period: 1m, perCaller: true}
+",
+    )
+    .await?;
+    let app = start_http_app("u1").await?;
+    let _server = SidecarSpec::new("users")
+        .control_plane(&cp)
+        .app(app.addr)
+        .arg("--protocol", "http")
+        .start()
+        .await?;
+    let mut callers = Vec::new();
+    for name in ["caller-a", "caller-b"] {
+        let c = SidecarSpec::new(name)
+            .control_plane(&cp)
+            .upstream("users")
+            .start()
+            .await?;
+        c.wait_endpoints("users", "users at the caller", |e| e.len() == 1)
+            .await?;
+        callers.push(c);
+    }
+    for c in &callers {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let url = format!("http://{}/x", c.upstream("users"));
+            statuses.push(weft_tests::util::http_get(&url).await?.status.as_u16());
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 429, 429],
+            "each caller has its own bucket"
+        );
+    }
+    assert_eq!(app.calls(), 6);
+    Ok(())
+}

@@ -8,7 +8,9 @@
 //!
 //! ```text
 //! client ─► listen (connection cap, TLS by SNI, header timeout, idle cut)
-//!        ─► Gateway::handle: size limit, route by host and path
+//!        ─► Gateway::handle: X-Forwarded-*, Forwarded, x-request-id;
+//!           gRPC-Web → gRPC; the size limit; route by host and path;
+//!           the rule's CORS (a preflight answered here) and rate limit
 //!        ─► Outbound::send (the same pipeline a sidecar's app calls take)
 //! ```
 
@@ -18,24 +20,34 @@ mod listen;
 pub use certs::{CertError, Certificates, server_config};
 pub use listen::{Public, serve};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
-use weft_proto::routing::{self, request_host};
+use weft_proto::routing::{self, RateLimit, request_host};
 
 use super::exchange::Exchange;
 use super::headers::is_grpc;
-use super::outbound::{Destination, Outbound};
-use crate::body::{BoxBody, boxed};
+use super::outbound::{Destination, Outbound, Route};
+use super::outcome::Outcome;
+use crate::body::{BoxBody, BoxError, boxed};
 use crate::config::EdgeLimits;
+use crate::edge::forwarded::{self, Forwarding};
+use crate::edge::ratelimit::{self, SharedLimiter};
+use crate::edge::{cors, grpc_web};
 use crate::error::ProxyError;
 use crate::resilience::timed::{ActiveBody, Activity};
+use crate::table::RuleRuntime;
 use crate::telemetry::metrics::Direction;
+
+/// The header that carries a request's id, to the services and back to
+/// the client.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The gateway's half of the sidecar.
 pub struct Gateway {
@@ -45,6 +57,9 @@ pub struct Gateway {
     pub limits: EdgeLimits,
     /// Keep a client's X-Forwarded-For.
     pub trust_forwarded: bool,
+    /// The rate limits of the rules that have one, by (route, rule): kept
+    /// across pushes while a rule's limit stays the same.
+    pub limiters: Mutex<HashMap<(Arc<str>, usize), Arc<SharedLimiter>>>,
 }
 
 /// Who sent a request, as the public listener saw the connection.
@@ -54,10 +69,31 @@ pub struct Client {
     pub tls: bool,
 }
 
+/// At most this many rules' limiters are kept; past it, those of rules no
+/// longer pushed go first (the map is rebuilt from the live ones).
+const MAX_LIMITERS: usize = 4096;
+
 impl Gateway {
-    /// Handles one public request.
+    pub fn new(name: ServiceName, outbound: Arc<Outbound>, limits: EdgeLimits) -> Self {
+        Gateway {
+            name,
+            outbound,
+            limits,
+            trust_forwarded: false,
+            limiters: Mutex::default(),
+        }
+    }
+
+    /// Handles one public request: the forwarding headers and request id,
+    /// gRPC-Web turned into gRPC, the size limit, the route, the rule's
+    /// CORS and rate limit, then the outbound pipeline.
     pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
-        let grpc = is_grpc(req.headers());
+        let how = Forwarding {
+            trust_forwarded: self.trust_forwarded,
+        };
+        let request_id = forwarded::apply(&mut req, client.addr.ip(), client.tls, how);
+        let web = grpc_web::detect(req.headers());
+        let grpc = web.is_some() || is_grpc(req.headers());
         let ex = Exchange::begin(
             &self.outbound.telemetry,
             Direction::outbound,
@@ -65,6 +101,30 @@ impl Gateway {
             &mut req,
             grpc,
         );
+        let mut resp = match web {
+            Some(enc) => {
+                let req = grpc_web::into_grpc_request(req, enc);
+                let resp = self.route_and_send(req, client, ex, grpc).await;
+                grpc_web::into_web_response(resp, enc).map(boxed)
+            }
+            None => self.route_and_send(req, client, ex, grpc).await,
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        resp
+    }
+
+    /// From the size limit on.
+    async fn route_and_send<B>(
+        &self,
+        req: Request<B>,
+        client: Client,
+        ex: Exchange,
+        grpc: bool,
+    ) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let limit = self.limits.max_request_bytes;
         let declared = req
             .headers()
@@ -74,45 +134,93 @@ impl Gateway {
             return ex.fail(ProxyError::TooLarge { limit }, grpc);
         }
         let authority = authority_of(&req);
-        let host = authority
-            .as_ref()
-            .map(|a| request_host(a.as_str()))
-            .unwrap_or_default();
-        let found = {
-            let rreq = routing::Request {
-                host: Some(&host),
-                ..routing::Request::of(&req)
-            };
-            let dest = Destination::service(self.name.clone());
-            let wait = self.outbound.discovery_timeout;
-            dest.gateway_route(&self.outbound.routes, wait, &rreq).await
-        };
-        let route = match found {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                let e = ProxyError::NotFound {
-                    gateway: self.name.to_string(),
-                    host,
-                    path: req.uri().path().to_string(),
-                };
-                return ex.fail(e, grpc);
-            }
+        let route = match self.route(&req, authority.as_ref()).await {
+            Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
+        // The rule's own handle: the route moves into the pipeline.
+        let rule = route.rule.clone();
+        let cors = rule.as_ref().and_then(|r| r.filters.cors.as_ref());
+        if let Some(resp) = cors.and_then(|c| cors::preflight(c, &req)) {
+            ex.finish(&Outcome::from_headers(resp.status(), resp.headers()));
+            return resp;
+        }
+        if let Some(rule) = &rule
+            && let Some(limit) = &rule.filters.rate_limit
+            && let Err(e) = self.admit(rule, limit, client, req.headers())
+        {
+            return ex.fail(e, grpc);
+        }
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
         let dest = Destination::gateway(self.name.clone(), authority);
         // A body without a length (or one that lies) is cut at the limit.
         let activity = Activity::new();
         let req = req.map(|b| {
             let limited = Limited::new(b, usize::try_from(limit).unwrap_or(usize::MAX));
-            boxed(ActiveBody::new(
-                limited.map_err(|e| -> crate::body::BoxError { e }),
-                activity.clone(),
-            ))
+            boxed(ActiveBody::new(boxed(limited), activity.clone()))
         });
-        let _ = client;
-        self.outbound
+        let mut resp = self
+            .outbound
             .send(req, &dest, route, ex, grpc, activity)
-            .await
+            .await;
+        if let Some(c) = cors {
+            cors::decorate(c, origin.as_ref(), resp.headers_mut());
+        }
+        resp
+    }
+
+    /// The rule the request takes among the gateway's routes, by its host
+    /// and then as any route; none is a 404 (`UNIMPLEMENTED` for gRPC).
+    async fn route<B>(
+        &self,
+        req: &Request<B>,
+        authority: Option<&Authority>,
+    ) -> Result<Route, ProxyError> {
+        let host = authority
+            .map(|a| request_host(a.as_str()))
+            .unwrap_or_default();
+        let rreq = routing::Request {
+            host: Some(&host),
+            ..routing::Request::of(req)
+        };
+        let dest = Destination::service(self.name.clone());
+        let wait = self.outbound.discovery_timeout;
+        dest.gateway_route(&self.outbound.routes, wait, &rreq)
+            .await?
+            .ok_or_else(|| ProxyError::NotFound {
+                gateway: self.name.to_string(),
+                host,
+                path: req.uri().path().to_string(),
+            })
+    }
+
+    /// A token from the rule's bucket for this client, or the refusal.
+    fn admit(
+        &self,
+        rule: &RuleRuntime,
+        limit: &RateLimit,
+        client: Client,
+        headers: &http::HeaderMap,
+    ) -> Result<(), ProxyError> {
+        let shared = {
+            let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_LIMITERS {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry((rule.route.clone(), rule.rule))
+                .or_default()
+                .clone()
+        };
+        let Some(limiter) = shared.get(Some(limit)) else {
+            return Ok(());
+        };
+        let key = ratelimit::key_of(limit, client.addr.ip(), headers, None);
+        limiter
+            .check(key, tokio::time::Instant::now())
+            .map_err(|retry| {
+                let what = format!("{} rules[{}]", rule.route, rule.rule);
+                ratelimit::rejection_error(&what, retry)
+            })
     }
 }
 
