@@ -59,8 +59,11 @@ pub struct Gateway {
     pub trust_forwarded: bool,
     /// The rate limits of the rules that have one, by (route, rule): kept
     /// across pushes while a rule's limit stays the same.
-    pub limiters: Mutex<HashMap<(Arc<str>, usize), Arc<SharedLimiter>>>,
+    pub limiters: Mutex<HashMap<RuleKey, Arc<SharedLimiter>>>,
 }
+
+/// A rule of a route: `(HTTPRoute/name, rule index)`.
+type RuleKey = (Arc<str>, usize);
 
 /// Who sent a request, as the public listener saw the connection.
 #[derive(Debug, Clone, Copy)]
