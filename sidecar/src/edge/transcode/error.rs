@@ -10,6 +10,7 @@ use thiserror::Error;
 use weft_proto::grpc::GrpcCode;
 
 use super::percent::DecodeError;
+use super::status::{error_body, http_status};
 use super::template::TemplateError;
 
 #[derive(Debug, Error)]
@@ -120,9 +121,6 @@ impl TranscodeError {
     /// The HTTP answer: the status for the code and `{"code", "message"}`.
     pub fn to_http(&self) -> (StatusCode, Bytes) {
         let code = self.grpc_code();
-        (
-            super::reply::http_status(code),
-            super::reply::error_body(code, &self.to_string()),
-        )
+        (http_status(code), error_body(code, &self.to_string()))
     }
 }

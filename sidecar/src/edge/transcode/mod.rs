@@ -3,10 +3,12 @@
 //! layer.
 //!
 //! [`Transcoder::load`] reads a binary `FileDescriptorSet` (what `protoc
-//! --include_imports --descriptor_set_out` or protox writes; it must hold
-//! google/api/annotations.proto and http.proto) and checks every binding
-//! whole: a bad template or an unknown field names the method and refuses
-//! the set. Then, per request:
+//! --include_imports --descriptor_set_out` writes, or protox's
+//! `Compiler::encode_file_descriptor_set` — not `protox::compile`, whose
+//! prost-types structs drop the options' extensions, the rules with them).
+//! It must hold google/api/annotations.proto and http.proto (ours are in
+//! proto/google/api/). Every binding is checked whole: a bad template or an
+//! unknown field names the method and refuses the set. Then, per request:
 //!
 //! - [`Transcoder::grpc_request`] takes the buffered REST request
 //!   (`http::Request<Bytes>`). `Ok(None)`: no binding matches its method
@@ -26,8 +28,12 @@
 //! [`Transcoder::request`] and [`Transcoder::response`] are the same two
 //! steps on bare parts. Which binding wins when several match: the most
 //! specific template (literal before `*` before `**`, a verb before none),
-//! then declaration order. Unary and server-streaming methods (the replies
-//! as one JSON array) are served; client streaming is refused at load.
+//! then declaration order. The body is read first, then path variables
+//! (a body that sets the same field to another value is refused), then
+//! query parameters, which may name only fields neither the path nor the
+//! body binds. A body sent to a binding without one is ignored. Unary and
+//! server-streaming methods (the replies buffered, as one JSON array) are
+//! served; client streaming is refused at load.
 
 mod bind;
 mod error;
@@ -35,6 +41,7 @@ mod http_parts;
 mod percent;
 mod reply;
 mod rules;
+mod status;
 mod template;
 #[cfg(test)]
 mod tests;
@@ -51,8 +58,8 @@ use weft_proto::grpc::GrpcCode;
 
 pub use error::{RequestError, RuleError, TranscodeError};
 pub use http_parts::GrpcCall;
-pub use reply::http_status;
 pub use rules::Binding;
+pub use status::http_status;
 pub use template::TemplateError;
 
 /// The bindings of a descriptor set, ready to match requests.
