@@ -423,6 +423,43 @@ mod tests {
         );
     }
 
+    /// Every short path over an alphabet of the characters that matter
+    /// (separators, escapes, verbs): the matcher never panics, and what a
+    /// one-segment variable captures has no separator left in it unless the
+    /// client escaped one.
+    #[test]
+    fn no_short_path_upsets_the_matcher() {
+        let templates: Vec<PathTemplate> = [
+            "/a/{x}",
+            "/a/{x}:v",
+            "/{x=a/*}/**",
+            "/{x=**}:v",
+            "/*/{x.y}/a",
+        ]
+        .iter()
+        .map(|s| t(s))
+        .collect();
+        let alphabet = ['/', 'a', '%', '2', 'F', ':', 'v'];
+        let mut paths = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            paths.extend(longer);
+            paths.dedup();
+        }
+        for path in &paths {
+            for tpl in &templates {
+                if let Ok(Some(captures)) = tpl.matches(path)
+                    && tpl.as_str().starts_with("/a/{x}")
+                {
+                    assert!(!captures[0].value.contains('/') || path.contains("%2F"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_templates_say_why() {
         let e = |s: &str| PathTemplate::parse(s).expect_err(s);
