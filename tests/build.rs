@@ -1,11 +1,21 @@
-//! Compiles the test services' protos with protox (no `protoc` needed).
+//! Compiles the test services' protos with protox (no `protoc` needed),
+//! and writes their descriptor set (with the `google.api.http` rules a
+//! gateway transcodes by) for the tests to give the gateway.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/echo.proto"];
+    let includes = ["proto", "../proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    let fds = protox::compile(protos, ["proto"])?;
+    println!("cargo:rerun-if-changed=../proto/google");
+    let fds = protox::compile(protos, includes)?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // Encoded by protox itself: the prost-types structs above drop the
+    // options' extensions, and the rules with them.
+    let mut compiler = protox::Compiler::new(includes)?;
+    compiler.include_imports(true).open_files(protos)?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("echo.binpb");
+    std::fs::write(out, compiler.encode_file_descriptor_set())?;
     Ok(())
 }

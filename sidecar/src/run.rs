@@ -23,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::config::{GatewayConfig, SidecarConfig, Source};
 use crate::discovery::{ConfigState, DiscoveryClient, Member, Status, StatusCell, StreamState};
 use crate::drain;
+use crate::edge::transcode::Transcoder;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
 use crate::identity::tls::{self, MtlsConnector};
@@ -70,6 +71,11 @@ pub enum SidecarError {
     GatewayCertificate(#[from] CertError),
     #[error("--tls-cert: {0}")]
     GatewayTls(#[from] rustls::Error),
+    #[error("--transcode {path}: {error}")]
+    Transcode {
+        path: String,
+        error: crate::edge::transcode::TranscodeError,
+    },
 }
 
 impl Listeners {
@@ -474,8 +480,18 @@ fn serve_gateway(
     public: PublicListeners,
     drain: &drain::Watch,
 ) -> Result<(), SidecarError> {
+    let transcoder = match &g.transcode {
+        Some(path) => Some(Arc::new(Transcoder::load(path).map_err(|error| {
+            SidecarError::Transcode {
+                path: path.display().to_string(),
+                error,
+            }
+        })?)),
+        None => None,
+    };
     let gateway = Arc::new(Gateway {
         trust_forwarded: g.trust_forwarded,
+        transcoder,
         ..Gateway::new(cfg.service.clone(), to_peers, g.limits)
     });
     let open = Arc::new(Semaphore::new(g.limits.max_connections));

@@ -16,3 +16,7 @@ pub mod pb {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("weft.test.v1");
 }
+
+/// The descriptor set of `proto/echo.proto` with its imports: what a
+/// gateway's `--transcode` reads.
+pub const ECHO_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo.binpb"));

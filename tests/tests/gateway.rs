@@ -691,3 +691,64 @@ spec:
     assert_eq!(app.calls(), 6);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_are_transcoded_to_grpc_with_path_query_and_body_bound() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let set = dir.path().join("echo.binpb");
+    std::fs::write(&set, weft_tests::ECHO_DESCRIPTORS)?;
+    let set = set.display().to_string();
+    let m = mesh("", &[("--transcode", &set)]).await?;
+    let base = format!("http://{}", m.http());
+    let host = "Host: grpc.example.com";
+    // The path's variable, and a query parameter, bound to the request.
+    let r = curl(&[
+        "-H",
+        host,
+        &format!("{base}/v1/echo/hello%20there?sleepMs=1"),
+    ])
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = json(&r.body)?;
+    assert_eq!(v["message"], "hello there", "{v}");
+    assert_eq!(v["instance"], "e1", "{v}");
+    // The body (protobuf's JSON mapping: bytes in base64).
+    let r = curl(&[
+        "-H",
+        host,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"message": "posted", "payload": "AQID"}"#,
+        &format!("{base}/v1/echo"),
+    ])
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = json(&r.body)?;
+    assert_eq!(
+        (v["message"].as_str(), v["payload"].as_str()),
+        (Some("posted"), Some("AQID"))
+    );
+    // A server stream as a JSON array.
+    let r = curl(&["-H", host, &format!("{base}/v1/echo/tick/stream?count=3")]).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        json(&r.body)?.as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        r.body
+    );
+    // A gRPC status as HTTP, with the code and message as JSON.
+    let r = curl(&["-H", host, &format!("{base}/v1/echo/x?failCode=5")]).await?;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(json(&r.body)?["code"], 5, "{}", r.body);
+    // A parameter the request has no field for: the client's mistake.
+    let r = curl(&["-H", host, &format!("{base}/v1/echo/x?nope=1")]).await?;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        m.echo.calls(),
+        4,
+        "the bad request never reached the service"
+    );
+    Ok(())
+}

@@ -24,10 +24,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use weft_proto::grpc::GrpcCode;
 use weft_proto::name::ServiceName;
 use weft_proto::routing::{self, RateLimit, request_host};
 
@@ -35,10 +37,11 @@ use super::exchange::Exchange;
 use super::headers::is_grpc;
 use super::outbound::{Destination, Outbound, Route};
 use super::outcome::Outcome;
-use crate::body::{BoxBody, BoxError, boxed};
+use crate::body::{BoxBody, boxed, full};
 use crate::config::EdgeLimits;
 use crate::edge::forwarded::{self, Forwarding};
 use crate::edge::ratelimit::{self, SharedLimiter};
+use crate::edge::transcode::Transcoder;
 use crate::edge::{cors, grpc_web};
 use crate::error::ProxyError;
 use crate::resilience::timed::{ActiveBody, Activity};
@@ -60,6 +63,8 @@ pub struct Gateway {
     /// The rate limits of the rules that have one, by (route, rule): kept
     /// across pushes while a rule's limit stays the same.
     pub limiters: Mutex<HashMap<RuleKey, Arc<SharedLimiter>>>,
+    /// REST calls turned into gRPC (`--transcode`).
+    pub transcoder: Option<Arc<Transcoder>>,
 }
 
 /// A rule of a route: `(HTTPRoute/name, rule index)`.
@@ -84,17 +89,30 @@ impl Gateway {
             limits,
             trust_forwarded: false,
             limiters: Mutex::default(),
+            transcoder: None,
         }
     }
 
     /// Handles one public request: the forwarding headers and request id,
-    /// gRPC-Web turned into gRPC, the size limit, the route, the rule's
-    /// CORS and rate limit, then the outbound pipeline.
+    /// a REST call turned into gRPC or gRPC-Web into gRPC, the size limit,
+    /// the route, the rule's CORS and rate limit, then the outbound
+    /// pipeline.
     pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
         let how = Forwarding {
             trust_forwarded: self.trust_forwarded,
         };
         let request_id = forwarded::apply(&mut req, client.addr.ip(), client.tls, how);
+        let transcoder = self.transcoder.as_deref();
+        let mut resp = match transcoder.filter(|t| t.matches(req.method(), req.uri().path())) {
+            Some(t) => self.transcode(t, req, client).await,
+            None => self.forward(req, client).await,
+        };
+        resp.headers_mut().insert(X_REQUEST_ID, request_id);
+        resp
+    }
+
+    /// A request as the client sent it (gRPC-Web made gRPC).
+    async fn forward(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
         let web = grpc_web::detect(req.headers());
         let grpc = web.is_some() || is_grpc(req.headers());
         let ex = Exchange::begin(
@@ -104,30 +122,87 @@ impl Gateway {
             &mut req,
             grpc,
         );
-        let mut resp = match web {
+        match web {
             Some(enc) => {
-                let req = grpc_web::into_grpc_request(req, enc);
+                let req = grpc_web::into_grpc_request(req, enc).map(boxed);
                 let resp = self.route_and_send(req, client, ex, grpc).await;
                 grpc_web::into_web_response(resp, enc).map(boxed)
             }
-            None => self.route_and_send(req, client, ex, grpc).await,
+            None => self.route_and_send(req.map(boxed), client, ex, grpc).await,
+        }
+    }
+
+    /// A REST call one of the transcoder's bindings takes: its body read
+    /// (within the limit), sent as the gRPC call, the answer read whole and
+    /// written back as JSON.
+    async fn transcode(
+        &self,
+        t: &Transcoder,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Response<BoxBody> {
+        let limit = self.limits.max_request_bytes;
+        let (parts, body) = req.into_parts();
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        let Ok(body) = Limited::new(body, cap).collect().await else {
+            let e = ProxyError::TooLarge { limit };
+            return json_error(e.http_status(false), GrpcCode::ResourceExhausted, &e);
         };
-        resp.headers_mut().insert(X_REQUEST_ID, request_id);
-        resp
+        let rest = Request::from_parts(parts, body.to_bytes());
+        let call = match t.grpc_request(&rest) {
+            Ok(Some(call)) => call,
+            Ok(None) => return self.forward_buffered(rest, client).await,
+            Err(e) => return e.to_http_response().map(full),
+        };
+        let mut grpc_req = call.request.map(full);
+        let ex = Exchange::begin(
+            &self.outbound.telemetry,
+            Direction::outbound,
+            self.name.clone(),
+            &mut grpc_req,
+            true,
+        );
+        let resp = self.route_and_send(grpc_req, client, ex, true).await;
+        let (head, body) = resp.into_parts();
+        match limited(body, MAX_TRANSCODED_REPLY).collect().await {
+            Ok(c) => {
+                let trailers = c.trailers().cloned();
+                let bytes = c.to_bytes();
+                t.http_response(&call.binding, &head, &bytes, trailers.as_ref())
+                    .map(full)
+            }
+            Err(e) => {
+                let e = ProxyError::Reset {
+                    addr: call.binding.grpc_path().to_string(),
+                    reason: e.to_string(),
+                };
+                json_error(e.http_status(false), GrpcCode::Unavailable, &e)
+            }
+        }
+    }
+
+    /// A request the transcoder matched by path but not as a call (it
+    /// never happens for a binding's own method and path): routed as sent.
+    async fn forward_buffered(&self, mut req: Request<Bytes>, client: Client) -> Response<BoxBody> {
+        let grpc = is_grpc(req.headers());
+        let ex = Exchange::begin(
+            &self.outbound.telemetry,
+            Direction::outbound,
+            self.name.clone(),
+            &mut req,
+            grpc,
+        );
+        self.route_and_send(req.map(full), client, ex, grpc).await
     }
 
     /// From the size limit on.
-    async fn route_and_send<B>(
+    async fn route_and_send(
         &self,
-        req: Request<B>,
+        req: Request<BoxBody>,
         client: Client,
         ex: Exchange,
         grpc: bool,
-    ) -> Response<BoxBody>
-    where
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    ) -> Response<BoxBody> {
         let limit = self.limits.max_request_bytes;
         let declared = req
             .headers()
@@ -137,10 +212,14 @@ impl Gateway {
             return ex.fail(ProxyError::TooLarge { limit }, grpc);
         }
         let authority = authority_of(&req);
-        let route = match self.route(&req, authority.as_ref()).await {
+        // Only the head is held while the route is looked up (a body need
+        // not be `Sync`).
+        let (head, body) = req.into_parts();
+        let route = match self.route(&head, authority.as_ref()).await {
             Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
+        let req = Request::from_parts(head, body);
         // The rule's own handle: the route moves into the pipeline.
         let rule = route.rule.clone();
         let cors = rule.as_ref().and_then(|r| r.filters.cors.as_ref());
@@ -158,10 +237,8 @@ impl Gateway {
         let dest = Destination::gateway(self.name.clone(), authority);
         // A body without a length (or one that lies) is cut at the limit.
         let activity = Activity::new();
-        let req = req.map(|b| {
-            let limited = Limited::new(b, usize::try_from(limit).unwrap_or(usize::MAX));
-            boxed(ActiveBody::new(boxed(limited), activity.clone()))
-        });
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        let req = req.map(|b| boxed(ActiveBody::new(limited(b, cap), activity.clone())));
         let mut resp = self
             .outbound
             .send(req, &dest, route, ex, grpc, activity)
@@ -174,17 +251,20 @@ impl Gateway {
 
     /// The rule the request takes among the gateway's routes, by its host
     /// and then as any route; none is a 404 (`UNIMPLEMENTED` for gRPC).
-    async fn route<B>(
+    async fn route(
         &self,
-        req: &Request<B>,
+        head: &http::request::Parts,
         authority: Option<&Authority>,
     ) -> Result<Route, ProxyError> {
         let host = authority
             .map(|a| request_host(a.as_str()))
             .unwrap_or_default();
         let rreq = routing::Request {
+            method: &head.method,
             host: Some(&host),
-            ..routing::Request::of(req)
+            path: head.uri.path(),
+            query: head.uri.query(),
+            headers: &head.headers,
         };
         let dest = Destination::service(self.name.clone());
         let wait = self.outbound.discovery_timeout;
@@ -193,7 +273,7 @@ impl Gateway {
             .ok_or_else(|| ProxyError::NotFound {
                 gateway: self.name.to_string(),
                 host,
-                path: req.uri().path().to_string(),
+                path: head.uri.path().to_string(),
             })
     }
 
@@ -225,6 +305,34 @@ impl Gateway {
                 ratelimit::rejection_error(&what, retry)
             })
     }
+}
+
+/// `body`, failing once more than `cap` bytes came. A plain function: the
+/// limited body's type stays out of the futures that hold it (rustc cannot
+/// prove them `Send` through its error conversion).
+fn limited(body: BoxBody, cap: usize) -> BoxBody {
+    boxed(Limited::new(body, cap))
+}
+
+/// The most a transcoded call's answer may hold: it is read whole to be
+/// written as JSON.
+const MAX_TRANSCODED_REPLY: usize = 64 << 20;
+
+/// A REST client's error as transcoded calls answer them:
+/// `{"code": <gRPC code>, "message": ...}`.
+fn json_error(status: http::StatusCode, code: GrpcCode, e: &ProxyError) -> Response<BoxBody> {
+    let body = serde_json::json!({"code": code as i32, "message": e.to_string()});
+    let mut r = Response::new(full(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        crate::error::ERROR_HEADER,
+        http::HeaderValue::from_static(e.code()),
+    );
+    r
 }
 
 /// The authority a client named: `:authority` (HTTP/2, absolute form) or
