@@ -161,6 +161,8 @@ impl JoinToken {
 #[derive(Debug, Clone)]
 pub struct CertInfo {
     pub uri_sans: Vec<String>,
+    /// The host names (a gateway picks its certificate by them).
+    pub dns_sans: Vec<String>,
     /// Expiry, unix seconds.
     pub not_after: i64,
 }
@@ -170,16 +172,19 @@ impl CertInfo {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        let mut uri_sans = Vec::new();
+        let (mut uri_sans, mut dns_sans) = (Vec::new(), Vec::new());
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {
-                if let GeneralName::URI(u) = n {
-                    uri_sans.push(u.to_string());
+                match n {
+                    GeneralName::URI(u) => uri_sans.push(u.to_string()),
+                    GeneralName::DNSName(d) => dns_sans.push(d.to_string()),
+                    _ => {}
                 }
             }
         }
         Ok(CertInfo {
             uri_sans,
+            dns_sans,
             not_after: cert.validity().not_after.timestamp(),
         })
     }

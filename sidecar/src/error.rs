@@ -68,6 +68,20 @@ pub enum ProxyError {
         service: String,
         what: String,
     },
+    #[error("no route of gateway {gateway:?} takes {host}{path}")]
+    NotFound {
+        gateway: String,
+        host: String,
+        path: String,
+    },
+    #[error("the request body is larger than the gateway's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// A local rate limit's bucket is empty (`edge::ratelimit`).
+    #[error("{what} is over its rate limit; retry after {}s", retry_after_secs(*retry_after))]
+    RateLimited {
+        what: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// What kind of failure a [`ProxyError`] is: a small copyable value that
@@ -96,6 +110,11 @@ pub enum ErrorKind {
     PerTryTimeout,
     Overloaded,
     FaultInjected,
+    /// At a gateway: no route takes the request.
+    NotFound,
+    /// At a gateway: the body is over the limit.
+    TooLarge,
+    RateLimited,
 }
 
 /// How an attempt failed to reach the service, as retry conditions name it.
@@ -148,6 +167,9 @@ impl ErrorKind {
             ErrorKind::PerTryTimeout => "per-try-timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultInjected => "fault-injected",
+            ErrorKind::NotFound => "no-route-matched",
+            ErrorKind::TooLarge => "request-too-large",
+            ErrorKind::RateLimited => "rate-limited",
         }
     }
 
@@ -192,6 +214,9 @@ impl ProxyError {
             ProxyError::PerTryTimeout { .. } => ErrorKind::PerTryTimeout,
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultInjected { .. } => ErrorKind::FaultInjected,
+            ProxyError::NotFound { .. } => ErrorKind::NotFound,
+            ProxyError::TooLarge { .. } => ErrorKind::TooLarge,
+            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
         }
     }
 
@@ -214,6 +239,9 @@ impl ProxyError {
             | ProxyError::DeadlineExceeded(_)
             | ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected { http_status, .. } => {
                 StatusCode::from_u16(*http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -222,16 +250,21 @@ impl ProxyError {
     }
 
     /// The gRPC status: PERMISSION_DENIED for authorization,
-    /// DEADLINE_EXCEEDED for time limits, UNAVAILABLE for every failure to
+    /// DEADLINE_EXCEEDED for time limits, RESOURCE_EXHAUSTED for a rate
+    /// limit (what gRPC clients do not retry at once), UNAVAILABLE for every failure to
     /// reach a service, which is what gRPC clients treat as "try again
     /// elsewhere".
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
             ProxyError::Forbidden { .. } => GrpcCode::PermissionDenied,
+            // What a gRPC server answers for a method it does not have.
+            ProxyError::NotFound { .. } => GrpcCode::Unimplemented,
+            ProxyError::TooLarge { .. } => GrpcCode::ResourceExhausted,
             ProxyError::DeadlineExceeded(_) | ProxyError::PerTryTimeout { .. } => {
                 GrpcCode::DeadlineExceeded
             }
             ProxyError::FaultInjected { grpc_status, .. } => *grpc_status,
+            ProxyError::RateLimited { .. } => GrpcCode::ResourceExhausted,
             _ => GrpcCode::Unavailable,
         }
     }
@@ -240,6 +273,13 @@ impl ProxyError {
     pub fn into_response(self, grpc: bool) -> Response<BoxBody> {
         let code = self.code();
         let message = self.to_string();
+        // RFC 9110 §10.2.3: delay-seconds, so a fraction rounds up.
+        let retry_after = match &self {
+            ProxyError::RateLimited { retry_after, .. } => {
+                Some(HeaderValue::from(retry_after_secs(*retry_after)))
+            }
+            _ => None,
+        };
         let mut resp = if grpc {
             // Trailers-only: status and message in the headers, empty body.
             let mut r = Response::new(crate::body::empty());
@@ -264,8 +304,16 @@ impl ProxyError {
         };
         resp.headers_mut()
             .insert(ERROR_HEADER, HeaderValue::from_static(code));
+        if let Some(v) = retry_after {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
         resp
     }
+}
+
+/// Whole seconds, rounded up: waiting 100 ms means `Retry-After: 1`.
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Whether hyper's error is the peer refusing the stream (HTTP/2
@@ -321,6 +369,27 @@ mod tests {
         let r = ProxyError::NoEndpoints("x".into()).into_response(false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[ERROR_HEADER], "no-healthy-endpoints");
+    }
+
+    #[test]
+    fn rate_limited_is_429_or_resource_exhausted_with_retry_after() {
+        let over = || ProxyError::RateLimited {
+            what: "user-service".into(),
+            retry_after: std::time::Duration::from_millis(1_100),
+        };
+        let r = over().into_response(false);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "2", "rounded up");
+        assert_eq!(r.headers()[ERROR_HEADER], "rate-limited");
+        let r = over().into_response(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "user-service is over its rate limit; retry after 2s"
+        );
+        assert_eq!(retry_after_secs(std::time::Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(std::time::Duration::from_nanos(1)), 1);
     }
 
     #[test]

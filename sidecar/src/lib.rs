@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod drain;
+pub mod edge;
 pub mod endpoint;
 pub mod error;
 pub mod health;

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tonic_health::server::HealthReporter;
 use weft_proto::name::ServiceName;
 
 use crate::admin::{self, AdminState};
 use crate::backoff::Backoff;
-use crate::config::{SidecarConfig, Source};
+use crate::config::{GatewayConfig, SidecarConfig, Source};
 use crate::discovery::{ConfigState, DiscoveryClient, Member, Status, StatusCell, StreamState};
 use crate::drain;
 use crate::endpoint::{Connector, TcpConnector};
@@ -29,6 +29,7 @@ use crate::identity::tls::{self, MtlsConnector};
 use crate::identity::{Identity, IdentityError};
 use crate::model::inbound::InboundPolicy;
 use crate::model::{Health, ServiceState};
+use crate::proxy::gateway::{self, CertError, Certificates, Gateway, Public};
 use crate::proxy::{self, App, Inbound, Listener, Outbound};
 use crate::table::{Routes, TableBuilder};
 use crate::telemetry::metrics::Metrics;
@@ -40,6 +41,15 @@ pub struct Listeners {
     pub outbound: TcpListener,
     pub admin: TcpListener,
     pub upstreams: Vec<(ServiceName, TcpListener)>,
+    /// Gateway mode: the public listeners (cleartext, TLS).
+    pub public: PublicListeners,
+}
+
+/// A gateway's public sockets.
+#[derive(Default)]
+pub struct PublicListeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,10 @@ pub enum SidecarError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Tracing(#[from] crate::telemetry::TracerError),
+    #[error("--tls-cert: {0}")]
+    GatewayCertificate(#[from] CertError),
+    #[error("--tls-cert: {0}")]
+    GatewayTls(#[from] rustls::Error),
 }
 
 impl Listeners {
@@ -73,11 +87,21 @@ impl Listeners {
         for u in &cfg.upstreams {
             upstreams.push((u.service.clone(), bind("--upstream", u.listen).await?));
         }
+        let mut public = PublicListeners::default();
+        if let Some(g) = &cfg.gateway {
+            if let Some(a) = g.http {
+                public.http = Some(bind("--gateway-http", a).await?);
+            }
+            if let Some(a) = g.https {
+                public.https = Some(bind("--gateway-https", a).await?);
+            }
+        }
         Ok(Listeners {
             inbound: bind("--inbound", cfg.inbound).await?,
             outbound: bind("--outbound", cfg.outbound).await?,
             admin: bind("--admin", cfg.admin).await?,
             upstreams,
+            public,
         })
     }
 }
@@ -94,6 +118,7 @@ pub async fn run(
         outbound,
         admin,
         upstreams,
+        public,
     } = listeners;
     let inbound_addr = inbound.local_addr().map_err(SidecarError::LocalAddr)?;
     let (parts, feed) = Parts::new(&cfg, inbound_addr)?;
@@ -108,7 +133,10 @@ pub async fn run(
         .map(|id| spawn_identity(id, &parts.metrics, &drain));
     let app_health = spawn_app_checks(&cfg, &parts.metrics, &drain);
     spawn_feed(feed, &cfg, &parts, app_health, &drain);
-    serve_traffic(&cfg, &parts, inbound, outbound, upstreams, &drain);
+    let to_peers = serve_traffic(&cfg, &parts, inbound, outbound, upstreams, &drain);
+    if let Some(g) = &cfg.gateway {
+        serve_gateway(&cfg, g, to_peers, public, &drain)?;
+    }
     tokio::spawn(follow_readiness(
         parts.status.watch(),
         health,
@@ -355,7 +383,13 @@ fn spawn_feed(
             labels: cfg.labels.clone(),
             no_app: cfg.app.is_none(),
         },
-        wanted: cfg.upstreams.iter().map(|u| u.service.clone()).collect(),
+        // A gateway routes by the routes attached to itself.
+        wanted: cfg
+            .upstreams
+            .iter()
+            .map(|u| u.service.clone())
+            .chain(cfg.gateway.as_ref().map(|_| cfg.service.clone()))
+            .collect(),
         state: ConfigState::default(),
         builder: builder.with_events(ejections_tx),
         routes: parts.routes.clone(),
@@ -381,7 +415,7 @@ fn serve_traffic(
     outbound: TcpListener,
     upstreams: Vec<(ServiceName, TcpListener)>,
     drain: &drain::Watch,
-) {
+) -> Arc<Outbound> {
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         service = %cfg.service,
@@ -412,6 +446,7 @@ fn serve_traffic(
             .clone()
             .map(|id| Arc::new(tls::LazyAcceptor::new(id))),
         policy: parts.inbound_policy.clone(),
+        limiter: Default::default(),
     });
     tokio::spawn(proxy::serve(
         inbound,
@@ -427,6 +462,45 @@ fn serve_traffic(
         let kind = Listener::Upstream(to_peers.clone(), service);
         tokio::spawn(proxy::serve(l, kind, drain.clone()));
     }
+    to_peers
+}
+
+/// Gateway mode: the public listeners, into the mesh through `to_peers`;
+/// the TLS certificates read now (a bad file stops the start) and watched.
+fn serve_gateway(
+    cfg: &SidecarConfig,
+    g: &GatewayConfig,
+    to_peers: Arc<Outbound>,
+    public: PublicListeners,
+    drain: &drain::Watch,
+) -> Result<(), SidecarError> {
+    let gateway = Arc::new(Gateway {
+        name: cfg.service.clone(),
+        outbound: to_peers,
+        limits: g.limits,
+        trust_forwarded: g.trust_forwarded,
+    });
+    let open = Arc::new(Semaphore::new(g.limits.max_connections));
+    if let Some(l) = public.http {
+        tracing::info!(gateway = %cfg.service, http = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
+        let serve = gateway::serve(
+            l,
+            Public::Http,
+            gateway.clone(),
+            open.clone(),
+            drain.clone(),
+        );
+        tokio::spawn(serve);
+    }
+    if let Some(l) = public.https {
+        let certs = Certificates::load(&g.certs)?;
+        tokio::spawn(certs.clone().watch(g.reload_interval, drain.clone()));
+        let acceptor = tokio_rustls::TlsAcceptor::from(gateway::server_config(certs)?);
+        tracing::info!(gateway = %cfg.service, https = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
+        let serve = gateway::serve(l, Public::Https(acceptor), gateway, open, drain.clone());
+        tokio::spawn(serve);
+    }
+    Ok(())
 }
 
 /// gRPC health follows readiness: SERVING once there is a config (woken by

@@ -307,6 +307,11 @@ impl SidecarSpec {
             .iter()
             .map(|(s, l)| Ok((s.to_string(), l.local_addr()?)))
             .collect::<std::io::Result<HashMap<_, _>>>()?;
+        let addr = |l: &Option<TcpListener>| l.as_ref().map(|l| l.local_addr()).transpose();
+        let (gateway_http, gateway_https) = (
+            addr(&listeners.public.http)?,
+            addr(&listeners.public.https)?,
+        );
         let instance_id = config.instance_id.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run_sidecar(config, listeners, async {
@@ -317,6 +322,8 @@ impl SidecarSpec {
             outbound,
             admin,
             upstreams,
+            gateway_http,
+            gateway_https,
             instance_id,
             _tmp: tmp,
             stop: Some(tx),
@@ -331,6 +338,9 @@ pub struct Sidecar {
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
     pub upstreams: HashMap<String, SocketAddr>,
+    /// Gateway mode: the public listeners.
+    pub gateway_http: Option<SocketAddr>,
+    pub gateway_https: Option<SocketAddr>,
     pub instance_id: String,
     _tmp: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,

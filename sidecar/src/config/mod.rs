@@ -66,6 +66,46 @@ pub struct SidecarConfig {
     pub access_log: bool,
     /// The process's log filter, for `/log-level`; set by `main`.
     pub log_level: Option<std::sync::Arc<weft_process::logs::LogLevel>>,
+    /// Gateway mode: the public listeners and their limits; `None`: a
+    /// sidecar beside an app.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// The sidecar as the mesh's front door.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Public cleartext listener (HTTP/1.1 and HTTP/2).
+    pub http: Option<SocketAddr>,
+    /// Public TLS listener; with at least one certificate.
+    pub https: Option<SocketAddr>,
+    /// The first answers clients whose SNI no certificate names.
+    pub certs: Vec<CertPair>,
+    /// How often the certificate files are checked for changes.
+    pub reload_interval: Duration,
+    /// A descriptor set with `google.api.http` annotations.
+    pub transcode: Option<PathBuf>,
+    pub limits: EdgeLimits,
+    /// Keep a client's X-Forwarded-For (behind a trusted load balancer).
+    pub trust_forwarded: bool,
+}
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a public edge protects itself with.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    pub max_request_bytes: u64,
+    pub max_header_bytes: u32,
+    /// For a request's headers to arrive.
+    pub header_timeout: Duration,
+    /// A client connection with nothing moving.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// Time limits of the sidecar.

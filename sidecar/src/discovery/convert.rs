@@ -14,8 +14,8 @@ use weft_proto::pattern::{MethodPattern, PatternError};
 use weft_proto::protocol::{ChoiceError, InboundMode, LoadBalancer, Protocol};
 use weft_proto::retry::RetryConditions;
 use weft_proto::routing::{
-    Problem, RouteKind, Rule as RouteRule, WireError, backend_from_wire, filters_from_wire,
-    hostnames_from_wire, match_from_wire,
+    Problem, RateKey, RouteKind, Rule as RouteRule, WireError, backend_from_wire,
+    filters_from_wire, hostnames_from_wire, match_from_wire, rate_limit_from_wire,
 };
 use weft_proto::v1 as pb;
 
@@ -67,6 +67,12 @@ pub enum ServiceError {
     RuleGrpcMethod { rule: usize, error: PatternError },
     #[error("inbound.rules[{rule}].http: invalid HTTP method")]
     RuleHttpMethod { rule: usize, method: String },
+    #[error(transparent)]
+    RateLimit(WireError),
+    #[error(
+        "inbound.rate_limit: a service's limit is for all callers, per caller or per header; a sidecar cannot tell clients' addresses apart behind their sidecars"
+    )]
+    RateLimitByClientIp,
     #[error("policy.protocol: {0}")]
     Protocol(ChoiceError),
     #[error("policy.load_balancer: {0}")]
@@ -303,8 +309,24 @@ pub fn health_to_proto(h: Health) -> pb::Health {
 /// field.
 pub fn inbound_policy(p: &pb::InboundPolicy) -> Result<InboundPolicy, ServiceError> {
     let mode = InboundMode::from_proto(p.mode).map_err(ServiceError::InboundMode)?;
+    let rate_limit = p
+        .rate_limit
+        .as_ref()
+        .map(|r| rate_limit_from_wire(r, "inbound.rate_limit"))
+        .transpose()
+        .map_err(ServiceError::RateLimit)?;
+    if rate_limit
+        .as_ref()
+        .is_some_and(|r| r.key == RateKey::ClientIp)
+    {
+        return Err(ServiceError::RateLimitByClientIp);
+    }
     if !p.authorization {
-        return Ok(InboundPolicy { mode, rules: None });
+        return Ok(InboundPolicy {
+            mode,
+            rules: None,
+            rate_limit,
+        });
     }
     let rules = p
         .rules
@@ -315,6 +337,7 @@ pub fn inbound_policy(p: &pb::InboundPolicy) -> Result<InboundPolicy, ServiceErr
     Ok(InboundPolicy {
         mode,
         rules: Some(rules),
+        rate_limit,
     })
 }
 
@@ -610,6 +633,44 @@ mod tests {
         })
         .expect_err("invalid");
         assert_eq!(e.to_string(), "inbound.rules[0].http: invalid HTTP method");
+    }
+
+    #[test]
+    fn a_services_rate_limit_is_read_with_or_without_authorization() {
+        let limit = |key| pb::RateLimit {
+            requests: 10,
+            period_ms: 1000,
+            burst: 0,
+            key,
+        };
+        for authorization in [false, true] {
+            let p = inbound_policy(&pb::InboundPolicy {
+                authorization,
+                rate_limit: Some(limit(Some(pb::rate_limit::Key::Caller(true)))),
+                ..Default::default()
+            })
+            .expect("valid");
+            let r = p.rate_limit.expect("a limit");
+            assert_eq!((r.requests, r.burst, r.key), (10, 10, RateKey::Caller));
+            assert_eq!(r.period, Duration::from_secs(1));
+        }
+        let e = inbound_policy(&pb::InboundPolicy {
+            rate_limit: Some(pb::RateLimit {
+                requests: 0,
+                ..limit(None)
+            }),
+            ..Default::default()
+        })
+        .expect_err("invalid");
+        assert!(e.to_string().starts_with("inbound.rate_limit: "), "{e}");
+        let e = inbound_policy(&pb::InboundPolicy {
+            rate_limit: Some(limit(Some(pb::rate_limit::Key::ClientIp(true)))),
+            ..Default::default()
+        })
+        .expect_err("invalid");
+        assert_eq!(e, ServiceError::RateLimitByClientIp);
+        let none = inbound_policy(&pb::InboundPolicy::default()).expect("valid");
+        assert_eq!(none.rate_limit, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! clients) forwarded to the local app, in the protocol the app speaks.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 use weft_proto::name::ServiceName;
 use weft_proto::protocol::Protocol;
 
@@ -24,6 +25,7 @@ use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
 use super::outcome::Outcome;
 use super::response::{self, Layers};
 use crate::body::{BoxBody, boxed};
+use crate::edge::ratelimit::{self, SharedLimiter};
 use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
 use crate::error::{ProxyError, error_chain};
 use crate::identity::tls::LazyAcceptor;
@@ -98,8 +100,11 @@ pub struct Inbound {
     /// Mutual TLS on the inbound listener; `None` with a static config and
     /// no certificate files (plaintext).
     pub tls: Option<Arc<LazyAcceptor>>,
-    /// What the inbound side enforces: mode and authorization.
+    /// What the inbound side enforces: mode, authorization, rate limit.
     pub policy: Arc<ArcSwap<InboundPolicy>>,
+    /// The rate limit's buckets, kept across policy pushes that leave the
+    /// limit as it was.
+    pub limiter: SharedLimiter,
 }
 
 /// The inbound half as the tower service of one connection, whose caller
@@ -173,9 +178,15 @@ impl Inbound {
         );
         let caller = peer.and_then(|p| p.service.as_ref());
         ex.set_caller(caller);
-        if let Err(e) = self.authorize(&req, peer, grpc) {
+        let policy = self.policy.load();
+        // Authorization first: a denied caller spends no one's tokens.
+        if let Err(e) = self
+            .authorize(&policy, &req, peer, grpc)
+            .and_then(|()| self.rate_limit(&policy, &req, caller, Instant::now()))
+        {
             return ex.fail(e, grpc);
         }
+        drop(policy);
         let Some(app) = &self.app else {
             return ex.fail(ProxyError::NoApp, grpc);
         };
@@ -192,16 +203,13 @@ impl Inbound {
     /// The inbound policy's word on this caller and request.
     fn authorize(
         &self,
+        policy: &InboundPolicy,
         req: &Request<Incoming>,
         peer: Option<&Peer>,
         grpc: bool,
     ) -> Result<(), ProxyError> {
         let caller = peer.and_then(|p| p.service.as_ref());
-        if self
-            .policy
-            .load()
-            .allows(caller, req.method(), req.uri().path(), grpc)
-        {
+        if policy.allows(caller, req.method(), req.uri().path(), grpc) {
             return Ok(());
         }
         let unresolved = ServiceName::unresolved();
@@ -221,6 +229,35 @@ impl Inbound {
             caller: who,
             service: self.service.to_string(),
             what,
+        })
+    }
+
+    /// The service's local rate limit: one bucket for all callers, or one
+    /// per caller identity (or header value).
+    fn rate_limit<B>(
+        &self,
+        policy: &InboundPolicy,
+        req: &Request<B>,
+        caller: Option<&ServiceName>,
+        now: Instant,
+    ) -> Result<(), ProxyError> {
+        let Some(limiter) = self.limiter.get(policy.rate_limit.as_ref()) else {
+            return Ok(());
+        };
+        // Inbound limits have no client-address key (conversion refuses
+        // one); the address given is never read.
+        let key = ratelimit::key_of(
+            limiter.limit(),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            req.headers(),
+            caller,
+        );
+        limiter.check(key, now).map_err(|retry| {
+            let unresolved = ServiceName::unresolved();
+            self.telemetry
+                .metrics
+                .count_rate_limited(&self.service, caller.unwrap_or(&unresolved));
+            ratelimit::rejection_error(self.service.as_str(), retry)
         })
     }
 
@@ -274,5 +311,169 @@ impl Inbound {
                 ProxyError::Connect { source, .. } => app.error(source.to_string()),
                 other => other,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_proto::routing::{RateKey, RateLimit};
+
+    use super::*;
+    use crate::endpoint::TcpConnector;
+    use crate::error::ErrorKind;
+    use crate::telemetry::Metrics;
+
+    fn inbound(policy: InboundPolicy) -> Inbound {
+        inbound_to(policy, None)
+    }
+
+    fn inbound_to(policy: InboundPolicy, app: Option<SocketAddr>) -> Inbound {
+        let app_connector = Arc::new(TcpConnector {
+            timeout: Duration::from_secs(1),
+        });
+        let service = ServiceName::parse("users").expect("name");
+        Inbound {
+            app: app.map(|a| App::new(a, service.clone(), app_connector.clone())),
+            service,
+            protocol: Protocol::Http,
+            telemetry: Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false)),
+            app_connector,
+            tls: None,
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            limiter: SharedLimiter::default(),
+        }
+    }
+
+    fn limited(requests: u32, key: RateKey) -> InboundPolicy {
+        InboundPolicy {
+            rate_limit: Some(
+                RateLimit::new(requests, Duration::from_secs(60), 0, key).expect("limit"),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// What the inbound side says to one request at `now`.
+    fn check(ib: &Inbound, caller: Option<&ServiceName>, now: Instant) -> Result<(), ErrorKind> {
+        let req = Request::new(());
+        ib.rate_limit(&ib.policy.load(), &req, caller, now)
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn each_caller_has_its_own_bucket_and_refusals_are_counted() {
+        let ib = inbound(limited(2, RateKey::Caller));
+        let orders = ServiceName::parse("orders").expect("name");
+        let web = ServiceName::parse("web").expect("name");
+        let t = Instant::now();
+        assert_eq!(check(&ib, Some(&orders), t), Ok(()));
+        assert_eq!(check(&ib, Some(&orders), t), Ok(()));
+        assert_eq!(check(&ib, Some(&orders), t), Err(ErrorKind::RateLimited));
+        assert_eq!(check(&ib, Some(&web), t), Ok(()), "another caller");
+        assert_eq!(check(&ib, None, t), Ok(()), "no identity: a shared bucket");
+        assert_eq!(
+            check(&ib, Some(&orders), t + Duration::from_secs(30)),
+            Ok(()),
+            "two a minute: one more after 30 s"
+        );
+        let text = ib.telemetry.metrics.render();
+        assert!(
+            text.contains(r#"weft_rate_limited_total{service="users",caller="orders"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_bucket_for_all_that_survives_pushes_of_the_same_limit() {
+        let ib = inbound(limited(1, RateKey::All));
+        let (a, b) = (
+            ServiceName::parse("a").expect("name"),
+            ServiceName::parse("b").expect("name"),
+        );
+        let t = Instant::now();
+        assert_eq!(check(&ib, Some(&a), t), Ok(()));
+        assert_eq!(check(&ib, Some(&b), t), Err(ErrorKind::RateLimited));
+        // A push that changes the rules but not the limit keeps the bucket.
+        ib.policy.store(Arc::new(InboundPolicy {
+            rules: Some(Vec::new()),
+            ..limited(1, RateKey::All)
+        }));
+        assert_eq!(check(&ib, Some(&a), t), Err(ErrorKind::RateLimited));
+        // A new limit starts full.
+        ib.policy.store(Arc::new(limited(2, RateKey::All)));
+        assert_eq!(check(&ib, Some(&a), t), Ok(()));
+        // No limit: nothing refused.
+        ib.policy.store(Arc::new(InboundPolicy::default()));
+        for _ in 0..10 {
+            assert_eq!(check(&ib, Some(&a), t), Ok(()));
+        }
+    }
+
+    /// An app that answers every request with 200.
+    async fn app() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(crate::body::full("hi".into())))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn over_the_wire_the_limit_answers_429_with_retry_after() {
+        use http_body_util::BodyExt;
+        let policy = InboundPolicy {
+            mode: weft_proto::protocol::InboundMode::Permissive,
+            ..limited(2, RateKey::All)
+        };
+        let ib = Arc::new(inbound_to(policy, Some(app().await)));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (_signal, watch) = crate::drain::channel();
+        tokio::spawn(super::super::serve(
+            l,
+            super::super::Listener::Inbound(ib.clone()),
+            watch,
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody>();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let req = Request::get(format!("http://{addr}/users/1"))
+                .body(crate::body::empty())
+                .expect("request");
+            let resp = client.request(req).await.expect("response");
+            let retry = resp.headers().get(http::header::RETRY_AFTER).cloned();
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            answers.push((status.as_u16(), retry));
+        }
+        assert_eq!(
+            answers,
+            [
+                (200, None),
+                (200, None),
+                (429, Some(HeaderValue::from_static("30")))
+            ],
+            "two a minute: the third waits 30 s"
+        );
+        let text = ib.telemetry.metrics.render();
+        assert!(
+            text.contains(r#"weft_rate_limited_total{service="users",caller="(unresolved)"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -14,6 +14,7 @@
 
 mod detect;
 mod exchange;
+pub mod gateway;
 mod headers;
 mod inbound;
 mod outbound;

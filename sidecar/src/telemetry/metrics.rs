@@ -97,7 +97,7 @@ impl HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AuthzLabels {
+struct CallerLabels {
     service: ServiceName,
     /// The caller's service; `(unresolved)` without a mesh identity.
     caller: ServiceName,
@@ -173,7 +173,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     renewals: Family<RenewalLabels, Counter>,
     cert_expiry: Gauge,
-    authz_denied: Family<AuthzLabels, Counter>,
+    authz_denied: Family<CallerLabels, Counter>,
+    rate_limited: Family<CallerLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     retries_refused: Family<ServiceLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
@@ -185,6 +186,7 @@ pub struct Metrics {
     mirrors: Family<BackendLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabels, Counter>,
+    gateway_refused: Family<ReasonLabels, Counter>,
     registry: Registry,
 }
 
@@ -320,6 +322,12 @@ impl Metrics {
                 "Bytes received from the upstream of opaque TCP connections",
                 Family::default(),
             ),
+            gateway_refused: registered(
+                &mut r,
+                "gateway_refused_connections",
+                "Client connections a gateway closed before serving a request, by reason",
+                Family::default(),
+            ),
             handshakes: registered(
                 &mut r,
                 "tls_handshakes",
@@ -342,6 +350,12 @@ impl Metrics {
                 &mut r,
                 "authorization_denied",
                 "Inbound requests denied by authorization, by service and caller",
+                Family::default(),
+            ),
+            rate_limited: registered(
+                &mut r,
+                "rate_limited",
+                "Requests refused by a local rate limit, by service and caller",
                 Family::default(),
             ),
             retries: registered(
@@ -521,6 +535,13 @@ impl Metrics {
     }
 
     /// A mutual TLS handshake with a peer that failed, and why.
+    /// A gateway closed a client connection unserved.
+    pub fn count_gateway_refused(&self, reason: &'static str) {
+        self.gateway_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn count_handshake_failed(&self, direction: &'static str, reason: &'static str) {
         self.handshakes
             .get_or_create(&HandshakeLabels::failed(direction, reason))
@@ -548,11 +569,22 @@ impl Metrics {
 
     /// An inbound request authorization denied.
     pub fn count_denied(&self, service: &ServiceName, caller: &ServiceName) {
-        let labels = AuthzLabels {
+        let labels = CallerLabels {
             service: service.clone(),
             caller: caller.clone(),
         };
         self.authz_denied.get_or_create(&labels).inc();
+    }
+
+    /// A request refused by `service`'s local rate limit; `caller` is
+    /// `(unresolved)` without a mesh identity, so the labels stay bounded
+    /// by the mesh's services whatever the limit's key.
+    pub fn count_rate_limited(&self, service: &ServiceName, caller: &ServiceName) {
+        let labels = CallerLabels {
+            service: service.clone(),
+            caller: caller.clone(),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
     }
 
     /// A retry sent, and why the attempt before failed.

@@ -2,7 +2,8 @@
 //! (real `weft-sidecar` processes from the same build; a plaintext pair from
 //! static configs, mTLS pairs joined to a control plane: with resilience,
 //! bare, and bare with 100% and 1% of traces exported over OTLP to a receiver
-//! in this process), at a fixed rate and at the maximum rate. Prints latency percentiles, achieved RPS,
+//! in this process, bare with 100 route rules to walk), and through a
+//! gateway in front of one sidecar, at a fixed rate and at the maximum rate. Prints latency percentiles, achieved RPS,
 //! the added latency of each pair, and each sidecar's peak RSS and CPU time.
 //!
 //! Build and run (release):
@@ -283,6 +284,17 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     // Tracing's cost: bare pairs again, exporting every trace or 1% of them
     // to an OTLP receiver in this process (it counts the spans, keeps none).
+    // What routing costs: a service whose calls walk 100 rules (each
+    // matching a header the calls do not carry) before the catch-all.
+    cp.apply_yaml(&hundred_rules("echo-r100")).await?;
+    // The gateway's hop: a gateway in front of one sidecar, routing every
+    // call to it (compared with a pair of sidecars: two hops each).
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-gw}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gateway}\nspec:\n  listeners: [{name: web, port: 8080, protocol: HTTP}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: to-echo}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  rules: [{backendRefs: [{name: echo-gw}]}]\n",
+    )
+    .await?;
     let collector = Collector::start_on_thread()?;
     collector.discard();
     let endpoint = collector.endpoint();
@@ -293,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
         ("echo-bare", "bench-bare", vec![]),
         ("echo-t100", "bench-t100", traced("1")),
         ("echo-t1", "bench-t1", traced("0.01")),
+        ("echo-r100", "bench-r100", vec![]),
     ] {
         let token = write_temp(dir.path(), server_service, &cp.token(server_service).await?)?
             .display()
@@ -331,6 +344,8 @@ async fn main() -> anyhow::Result<()> {
     let (bare_client, bare_server, bare_up) = pairs.remove(0);
     let (t100_client, t100_server, t100_up) = pairs.remove(0);
     let (t1_client, t1_server, t1_up) = pairs.remove(0);
+    let (r100_client, r100_server, r100_up) = pairs.remove(0);
+    let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
 
     let paths = [
         Path {
@@ -376,6 +391,22 @@ async fn main() -> anyhow::Result<()> {
             sidecars: vec![
                 ("traced 1% client-side", t1_client.pid()),
                 ("traced 1% server-side", t1_server.pid()),
+            ],
+        },
+        Path {
+            name: "mTLS bare, 100 rules",
+            addr: r100_up,
+            sidecars: vec![
+                ("100 rules client-side", r100_client.pid()),
+                ("100 rules server-side", r100_server.pid()),
+            ],
+        },
+        Path {
+            name: "gateway + sidecar",
+            addr: gw_addr,
+            sidecars: vec![
+                ("gateway", gw.pid()),
+                ("behind the gateway", gw_server.pid()),
             ],
         },
     ];
@@ -465,12 +496,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nAdded by two sidecars (pair − direct, same round):\n");
     println!(
-        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) | traced 100%/bare p50 | traced 1%/bare p50 |"
+        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) | traced 100%/bare p50 | traced 1%/bare p50 | 100 rules/bare p50 | gateway+sidecar/bare pair p50 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
     let (mut tls_ratios, mut resilience_ratios) = (Vec::new(), Vec::new());
     let (mut t100_ratios, mut t1_ratios) = (Vec::new(), Vec::new());
+    let (mut r100_ratios, mut gw_ratios) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(paths.len()) {
         if let [
             (label, _, d),
@@ -479,12 +511,14 @@ async fn main() -> anyhow::Result<()> {
             (_, _, b),
             (_, _, t100),
             (_, _, t1),
+            (_, _, r100),
+            (_, _, g),
         ] = chunk
         {
             let p50 = |r: &Result| added(d.pct(0.5), r.pct(0.5));
             let (pl50, t50, b50) = (p50(p), p50(t), p50(b));
             println!(
-                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 pl50 * 1e6,
                 added(d.pct(0.99), p.pct(0.99)) * 1e6,
                 t50 * 1e6,
@@ -494,22 +528,28 @@ async fn main() -> anyhow::Result<()> {
                 t50 / b50,
                 p50(t100) / b50,
                 p50(t1) / b50,
+                p50(r100) / b50,
+                p50(g) / b50,
             );
             if label.starts_with("round") {
                 tls_ratios.push(t50 / pl50);
                 resilience_ratios.push(t50 / b50);
                 t100_ratios.push(p50(t100) / b50);
                 t1_ratios.push(p50(t1) / b50);
+                r100_ratios.push(p50(r100) / b50);
+                gw_ratios.push(p50(g) / b50);
             }
         }
     }
     println!(
-        "| median of {} rounds | | | | | | {:.2} | {:.2} | {:.2} | {:.2} |",
+        "| median of {} rounds | | | | | | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
         args.rounds,
         median(&mut tls_ratios),
         median(&mut resilience_ratios),
         median(&mut t100_ratios),
-        median(&mut t1_ratios)
+        median(&mut t1_ratios),
+        median(&mut r100_ratios),
+        median(&mut gw_ratios)
     );
     println!(
         "\nSpans received by the OTLP receiver: {}",
@@ -543,8 +583,68 @@ async fn main() -> anyhow::Result<()> {
         t100_server,
         t1_client,
         t1_server,
+        r100_client,
+        r100_server,
+        gw,
+        gw_server,
     ));
     Ok(())
+}
+
+/// A Service (bare policy) and a GRPCRoute on it with 100 rules, each
+/// matching a header the benchmark's calls do not carry, then a catch-all:
+/// every call is checked against all of them.
+fn hundred_rules(service: &str) -> String {
+    let mut y = format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec:\n  retries: {{attempts: 1}}\n  circuitBreaker: {{consecutiveFailures: 1000000000}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: hundred}}\nspec:\n  parentRefs: [{{kind: Service, name: {service}}}]\n  rules:\n"
+    );
+    for i in 0..99 {
+        y.push_str(&format!(
+            "    - matches: [{{headers: [{{name: x-rule, value: r{i}}}]}}]\n      backendRefs: [{{name: {service}}}]\n"
+        ));
+    }
+    y.push_str(&format!("    - backendRefs: [{{name: {service}}}]\n"));
+    y
+}
+
+/// A sidecar for `echo-gw` beside the backend, and a gateway in front of
+/// it; returns both and the gateway's public address.
+async fn gateway_path(
+    cp: &ControlPlane,
+    dir: &std::path::Path,
+    backend: SocketAddr,
+) -> anyhow::Result<(Proc, Proc, SocketAddr)> {
+    let token = write_temp(dir, "echo-gw", &cp.token("echo-gw").await?)?
+        .display()
+        .to_string();
+    let (server, _) = sidecar(strings(&[
+        "--service",
+        "echo-gw",
+        "--app",
+        &backend.to_string(),
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+    ]))
+    .await?;
+    let token = write_temp(dir, "gateway", &cp.token("gateway").await?)?
+        .display()
+        .to_string();
+    let public = port()?;
+    let (gateway, _) = sidecar(strings(&[
+        "--service",
+        "gateway",
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+        "--gateway-http",
+        &public.to_string(),
+    ]))
+    .await?;
+    Ok((gateway, server, public))
 }
 
 /// The middle value (the mean of the two middle ones for an even count): one

@@ -6,6 +6,7 @@
 //! flags name are read only once every flag is known to be well formed, so
 //! a typo is reported before anything is read.
 
+mod gateway;
 mod listen;
 mod names;
 mod source;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft_proto::duration::parse_duration;
 
+pub use gateway::GatewayArgs;
 pub use listen::ListenArgs;
 pub use names::NameArgs;
 pub use source::SourceArgs;
@@ -58,6 +60,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 /// Time limits (each parsed as a duration such as `2s` by clap).
@@ -100,6 +105,7 @@ impl Args {
         let source = self.source.validate()?;
         let listen = self.listen.validate(source.joins_control_plane())?;
         let telemetry = self.telemetry.validate()?;
+        let gateway = self.gateway.validate(listen.app.is_some())?;
         // ...then the files they name.
         let source = source.read(&names.service)?;
         let tracing = telemetry.tracing.map(|t| t.read()).transpose()?;
@@ -119,6 +125,7 @@ impl Args {
             tracing,
             access_log: telemetry.access_log,
             log_level: None,
+            gateway,
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::proxy::headers::{HTTP11, ORIG_PROTO, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
 use crate::resilience::deadline;
 use crate::resilience::replay::Replay;
-use crate::resilience::timed::{ActiveBody, Activity};
+
 use crate::table::{Pick, Target};
 use crate::telemetry::Telemetry;
 
@@ -49,12 +49,10 @@ pub struct Template {
 impl Template {
     /// An absolute URI with the app's authority (or the service's name when
     /// it sent none; or what the route's rule rewrites them to), no
-    /// hop-by-hop headers, and a marker when the app spoke HTTP/1.1. The
-    /// body is watched for activity (the idle limit).
+    /// hop-by-hop headers, and a marker when the app spoke HTTP/1.1.
     pub fn for_mesh(
-        req: Request<Incoming>,
+        req: Request<BoxBody>,
         dest: &Destination,
-        activity: &Activity,
         rewrite: Option<&Rewritten>,
     ) -> Result<(Self, BoxBody), ProxyError> {
         let (mut parts, body) = req.into_parts();
@@ -97,7 +95,7 @@ impl Template {
             uri,
             headers: parts.headers,
         };
-        Ok((template, boxed(ActiveBody::new(body, activity.clone()))))
+        Ok((template, body))
     }
 
     /// The request of one attempt, with `grpc-timeout` set to the time it

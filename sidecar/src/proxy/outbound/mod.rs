@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use weft_proto::name::ServiceName;
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, boxed};
 use crate::endpoint::Connector;
 use crate::error::ProxyError;
 use crate::proxy::HttpFuture;
@@ -44,7 +44,7 @@ use crate::proxy::response::{self, Layers};
 use crate::resilience::deadline;
 use crate::resilience::fault;
 use crate::resilience::limit::Permit;
-use crate::resilience::timed::{Activity, StreamTimer};
+use crate::resilience::timed::{ActiveBody, Activity, StreamTimer};
 use crate::table::{Routes, Target};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Direction;
@@ -87,17 +87,22 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
-        self.send(req, &dest, route, ex, grpc).await
+        // The body is watched for activity (the idle limit).
+        let activity = Activity::new();
+        let req = req.map(|b| boxed(ActiveBody::new(b, activity.clone())));
+        self.send(req, &dest, route, ex, grpc, activity).await
     }
 
-    /// From the rule's filters on: the request goes to `route`.
-    async fn send(
+    /// From the rule's filters on: the request goes to `route`. The
+    /// gateway enters the pipeline here, with the route it found.
+    pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<BoxBody>,
         dest: &Destination,
         route: Route,
         mut ex: Exchange,
         grpc: bool,
+        activity: Activity,
     ) -> Response<BoxBody> {
         self.took(&route, &mut ex);
         // Injected delays come first: the request's time starts after them.
@@ -136,9 +141,8 @@ impl Outbound {
             Err(e) => return ex.fail(e, grpc),
         };
         primary.runtime.budget.record_request(start);
-        let activity = Activity::new();
         let rewrite = route.rewrite.as_ref();
-        let (template, body) = match Template::for_mesh(req, dest, &activity, rewrite) {
+        let (template, body) = match Template::for_mesh(req, dest, rewrite) {
             Ok(t) => t,
             Err(e) => return ex.fail(e, grpc),
         };

@@ -74,18 +74,13 @@ impl Route {
     }
 }
 
-/// The rule `req` takes among `routes`, as a route.
+/// The rule `req` takes among `routes`, as a route; `None`: no rule.
 fn take(
     target: &Arc<Target>,
     routes: &crate::table::ServiceRoutes,
-    req: &Request<Incoming>,
-) -> Route {
-    let Some(found) = routes.find(&routing::Request::of(req)) else {
-        return Route {
-            routed: true,
-            ..Route::default_of(target)
-        };
-    };
+    req: &routing::Request<'_>,
+) -> Option<Route> {
+    let found = routes.find(req)?;
     let rule = found.action.clone();
     // A rule without matches matched by the prefix `/`.
     let root = routing::PathMatch::default();
@@ -95,16 +90,16 @@ fn take(
         path: r
             .path
             .as_ref()
-            .map(|_| r.path(req.uri().path(), Some(matched)).into_owned()),
+            .map(|_| r.path(req.path, Some(matched)).into_owned()),
     });
-    Route {
+    Some(Route {
         service: target.name.clone(),
         backends: rule.backends.clone(),
         policy: rule.policy.clone(),
         rule: Some(rule),
         routed: true,
         rewrite,
-    }
+    })
 }
 
 /// The service a request names, before it is looked up.
@@ -127,9 +122,18 @@ impl Destination {
         }
     }
 
+    /// A gateway's request: the gateway names the routes, the client's
+    /// authority goes on to the backend.
+    pub fn gateway(gateway: ServiceName, authority: Option<Authority>) -> Self {
+        Destination {
+            authority,
+            ..Destination::service(gateway)
+        }
+    }
+
     /// `fixed` is the upstream port's service; otherwise the request's
     /// authority (HTTP/2, absolute form) or Host header (HTTP/1.1) names it.
-    pub fn of(req: &Request<Incoming>, fixed: Option<&ServiceName>) -> Option<Self> {
+    pub fn of<B>(req: &Request<B>, fixed: Option<&ServiceName>) -> Option<Self> {
         let authority = req.uri().authority().cloned().or_else(|| {
             let host = req.headers().get(http::header::HOST)?;
             Authority::try_from(host.as_bytes()).ok()
@@ -171,8 +175,28 @@ impl Destination {
     ) -> Result<Route, ProxyError> {
         let found = routes.resolve(self.name(), wait).await?;
         Ok(match (found.routes, req) {
-            (Some(table), Some(req)) => take(&found.target, &table, req),
+            (Some(table), Some(req)) => take(&found.target, &table, &routing::Request::of(req))
+                .unwrap_or_else(|| Route {
+                    routed: true,
+                    ..Route::default_of(&found.target)
+                }),
             _ => Route::default_of(&found.target),
         })
+    }
+
+    /// At a gateway (this destination names the gateway): the rule `req`
+    /// takes among the gateway's routes, its `host` (lower case, no port)
+    /// matched against their host names. `None`: no rule takes it — a
+    /// gateway has no endpoints of its own to fall back to.
+    pub async fn gateway_route(
+        &self,
+        routes: &Routes,
+        wait: Duration,
+        req: &routing::Request<'_>,
+    ) -> Result<Option<Route>, ProxyError> {
+        let found = routes.resolve(self.name(), wait).await?;
+        Ok(found
+            .routes
+            .and_then(|table| take(&found.target, &table, req)))
     }
 }
