@@ -203,7 +203,7 @@ pub enum GetWhat {
     /// Both kinds of route.
     #[value(alias = "route")]
     Routes,
-    #[value(alias = "gateway")]
+    #[value(alias = "gateway", alias = "gtw")]
     Gateways,
 }
 
