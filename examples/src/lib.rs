@@ -10,6 +10,10 @@ pub mod pb {
     tonic::include_proto!("restaurant.v1");
 }
 
+/// The descriptor set of `proto/user.proto` with its imports: the gateway
+/// transcodes REST calls by its `google.api.http` rules (`--transcode`).
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/restaurant.binpb"));
+
 /// A user of the restaurant.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct User {

@@ -1,5 +1,5 @@
 //! The quick start runs the whole example mesh from the real binaries,
-//! sends traffic through it, and stops cleanly.
+//! sends traffic through its gateway, and stops cleanly.
 
 use std::process::Command;
 
@@ -34,6 +34,15 @@ fn quickstart_runs_the_restaurant_and_stops_cleanly() {
             "no calls counted for {instance}:\n{stdout}"
         );
     }
+    // The canary's share is printed; the REST call to the gRPC user-service
+    // went through the gateway's transcoding.
+    assert!(stdout.contains("v1 90%, v2 10%"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("200 ") && l.contains("Ada Lovelace")),
+        "GET /api/users/1 through the gateway:\n{stdout}"
+    );
     assert!(
         stdout.contains("(synced)"),
         "weftctl status shows synced sidecars:\n{stdout}"

@@ -1,7 +1,7 @@
 //! One request through the restaurant is one trace: the quick start runs
 //! the real binaries with their traces sent to an OTLP/gRPC receiver in this
 //! test process, and the spans of one request must form the chain
-//! client app → its sidecar → order-service's sidecar → order-service →
+//! client app → the gateway → order-service's sidecar → order-service →
 //! its sidecar → a user-service sidecar → user-service, each the parent of
 //! the next.
 
@@ -11,8 +11,13 @@ use weft_tests::otlp::{Collector, Span, SpanKind};
 
 /// One hop of the expected chain: (service, app or sidecar, kind, name).
 const CHAIN: [(&str, &str, SpanKind, &str); 8] = [
-    ("quickstart-client", "app", SpanKind::Client, "GET /orders"),
-    ("quickstart-client", "sidecar", SpanKind::Client, "GET"),
+    (
+        "quickstart-client",
+        "app",
+        SpanKind::Client,
+        "GET /api/orders",
+    ),
+    ("gateway", "sidecar", SpanKind::Client, "GET"),
     ("order-service", "sidecar", SpanKind::Server, "GET"),
     ("order-service", "app", SpanKind::Server, "GET /orders"),
     (
@@ -98,17 +103,38 @@ async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()>
     );
 
     // Every process flushed its spans when it stopped; three requests, three
-    // traces of eight spans each.
+    // traces of eight spans each; and the REST call the quick start makes
+    // without a trace of its own, a trace the gateway started (3 spans).
     let spans = collector
-        .wait_for("3 traces of 8 spans", Duration::from_secs(10), |s| {
-            s.len() >= 24
+        .wait_for("4 traces, 27 spans", Duration::from_secs(10), |s| {
+            s.len() >= 27
         })
         .await?;
-    let roots: Vec<&Span> = spans
+    let (roots, started): (Vec<&Span>, Vec<&Span>) = spans
         .iter()
         .filter(|s| s.parent_span_id.is_empty())
-        .collect();
+        .partition(|s| s.service == "quickstart-client");
     assert_eq!(roots.len(), 3, "one root per request: {roots:#?}");
+    let [by_gateway] = started.as_slice() else {
+        panic!("one trace started by the gateway: {started:#?}")
+    };
+    let hops: Vec<_> = chain(&spans, &by_gateway.trace_id)?
+        .iter()
+        .map(|s| (s.service.clone(), s.kind, s.name.clone()))
+        .collect();
+    let get_user = "restaurant.v1.UserService/GetUser".to_string();
+    assert_eq!(
+        hops,
+        [
+            ("gateway".to_string(), SpanKind::Client, get_user.clone()),
+            (
+                "user-service".to_string(),
+                SpanKind::Server,
+                get_user.clone()
+            ),
+            ("user-service".to_string(), SpanKind::Server, get_user),
+        ]
+    );
     for root in roots {
         let hops = chain(&spans, &root.trace_id)?;
         let got: Vec<_> = hops
@@ -132,10 +158,10 @@ async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()>
             unreachable!("the chain has 8 hops")
         };
         assert_eq!(client_sc.attr("http.request.method"), Some("GET"));
-        assert_eq!(client_sc.attr("url.path"), Some("/orders"));
+        assert_eq!(client_sc.attr("url.path"), Some("/api/orders"));
         assert_eq!(client_sc.attr("http.response.status_code"), Some("200"));
         assert_eq!(client_sc.attr("peer.service"), Some("order-service"));
-        assert_eq!(order_in.attr("peer.service"), Some("quickstart-client"));
+        assert_eq!(order_in.attr("peer.service"), Some("gateway"));
         assert_eq!(order_out.attr("rpc.system"), Some("grpc"));
         assert_eq!(
             order_out.attr("rpc.service"),

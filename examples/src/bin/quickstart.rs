@@ -1,8 +1,9 @@
 //! The quick start: runs the restaurant in a Weft mesh from the binaries
-//! next to this one (the control plane, two user-service instances and one
-//! order-service, each with its sidecar, plus a sidecar for our own client),
-//! sends traffic through it, prints what happened, and keeps the mesh up
-//! until Ctrl-C (or stops at once with `--once`).
+//! next to this one (the control plane, two user-service instances — v1,
+//! and a v2 canary taking 10% by route — and one order-service, each with
+//! its sidecar, and the gateway in front), sends traffic through the
+//! gateway, prints what happened, and keeps the mesh up until Ctrl-C (or
+//! stops at once with `--once`).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -249,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
     let cp_url = format!("https://127.0.0.1:{cp}");
     let credential = workdir.join("data").join("admin.credential");
     let up_users = p.get(9001)?;
-    let up_orders = p.get(9002)?;
+    let gateway_port = p.get(8080)?;
     let otlp = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
     let mut procs = Procs {
         bin_dir: bin_dir.clone(),
@@ -332,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
     let token_dir = workdir.join("tokens");
     std::fs::create_dir_all(&token_dir)?;
     let mut token_files = std::collections::HashMap::new();
-    for service in ["user-service", "order-service", "quickstart-client"] {
+    for service in ["user-service", "order-service", "gateway"] {
         let token = weftctl(&["token", "create", service, "--ttl", "1h"], None)?;
         let path = token_dir.join(format!("{service}.token"));
         std::fs::write(&path, token.trim())?;
@@ -429,20 +430,26 @@ async fn main() -> anyhow::Result<()> {
         ]),
     )?;
     sidecar_admins.push(("order-service".into(), admin));
-    // Our own client joins the mesh too: it calls order-service through a sidecar.
+    // The front door: a sidecar in gateway mode, routing by the routes
+    // attached to the `gateway` Gateway; REST calls to user-service are
+    // transcoded to gRPC by the rules in user.proto.
+    let descriptors = workdir.join("restaurant.binpb");
+    std::fs::write(&descriptors, weft_examples::DESCRIPTORS)?;
     let admin = sidecar(
         &mut procs,
-        "client",
-        "quickstart-client",
+        "gateway",
+        "gateway",
         15400,
         &s(&[
-            "--upstream",
-            &format!("order-service=127.0.0.1:{up_orders}"),
+            "--gateway-http",
+            &format!("127.0.0.1:{gateway_port}"),
+            "--transcode",
+            &descriptors.display().to_string(),
             "--instance-id",
-            "client-1",
+            "gateway-1",
         ]),
     )?;
-    sidecar_admins.push(("client".into(), admin));
+    sidecar_admins.push(("gateway".into(), admin));
     for (name, admin) in &sidecar_admins {
         wait_ready(
             &http,
@@ -452,12 +459,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-    // Wait until every hop sees its upstream healthy: our client's sidecar
-    // sees order-service, order-service's sidecar both user-service instances.
+    // Wait until every hop sees its upstream healthy: the gateway sees
+    // order-service and user-service, order-service's sidecar both
+    // user-service instances.
     let deadline = Instant::now() + Duration::from_secs(20);
     for (admin, service, want) in [
         (&sidecar_admins[2].1, "user-service", 2),
         (&sidecar_admins[3].1, "order-service", 1),
+        (&sidecar_admins[3].1, "user-service", 2),
     ] {
         loop {
             let config = get(&http, &format!("http://{admin}/config")).await?.1;
@@ -477,12 +486,14 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    println!("  the mesh is up: control plane, 2 × user-service, 1 × order-service, 4 sidecars\n");
+    println!(
+        "  the mesh is up: control plane, 2 × user-service (v1, v2), 1 × order-service, 3 sidecars, the gateway on 127.0.0.1:{gateway_port}\n"
+    );
 
-    // Traffic: our client → its sidecar → order-service's sidecar →
+    // Traffic: our client → the gateway → order-service's sidecar →
     // order-service → its sidecar → a user-service sidecar → user-service.
     println!(
-        "Sending {} requests at {}/s: GET /orders?userId=N through the mesh",
+        "Sending {} requests at {}/s: GET /api/orders?userId=N through the gateway",
         args.requests, args.rate
     );
     // Our client traces its requests too: each one is a trace through the
@@ -495,11 +506,14 @@ async fn main() -> anyhow::Result<()> {
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..args.requests {
         tick.tick().await;
-        let url = format!("http://127.0.0.1:{up_orders}/orders?userId={}", i % 5 + 1);
+        let url = format!(
+            "http://127.0.0.1:{gateway_port}/api/orders?userId={}",
+            i % 5 + 1
+        );
         let cx = otel.start(
             &opentelemetry::Context::new(),
             SpanKind::Client,
-            "GET /orders",
+            "GET /api/orders",
             vec![
                 KeyValue::new("http.request.method", "GET"),
                 KeyValue::new("url.full", url.clone()),
@@ -541,20 +555,28 @@ async fn main() -> anyhow::Result<()> {
         println!("    {n} × {reason}");
     }
     println!(
-        "  latency (3 services, 6 sidecar hops): p50 {}   p90 {}   p99 {}   max {}",
+        "  latency (the gateway, 2 services, 3 sidecars): p50 {}   p90 {}   p99 {}   max {}",
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.90)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
     );
-    println!(
-        "  user-service calls per instance (one HTTP/2 connection from order-service, balanced per request):"
-    );
+    println!("  user-service calls per instance (GRPCRoute user-service-canary: v1 90%, v2 10%):");
     for (instance, n) in &served {
         println!(
             "    {instance:<8} {n:>6}  ({:.1}%)",
             100.0 * f64::from(*n) / f64::from(ok.max(1))
         );
+    }
+    // A REST call the gateway transcodes into UserService.GetUser.
+    let url = format!("http://127.0.0.1:{gateway_port}/api/users/1");
+    match get(&http, &url).await {
+        Ok((status, body)) => println!(
+            "\n$ curl {url}      (REST → gRPC at the gateway)\n{} {}",
+            status.as_u16(),
+            body.trim()
+        ),
+        Err(e) => println!("\n$ curl {url}\nfailed: {e}"),
     }
     if let Ok(out) = weftctl(&["status"], None) {
         println!("\n$ weftctl status\n{out}");
@@ -576,7 +598,8 @@ async fn main() -> anyhow::Result<()> {
         println!("Stopping the mesh");
     } else {
         println!("Try it:");
-        println!("  curl 'http://127.0.0.1:{up_orders}/orders?userId=1'");
+        println!("  curl http://127.0.0.1:{gateway_port}/api/users/1");
+        println!("  curl 'http://127.0.0.1:{gateway_port}/api/orders?userId=1'");
         println!(
             "  {}/weftctl --control-plane {cp_url} --credential {} get instances",
             bin_dir.display(),

@@ -40,6 +40,9 @@ struct Detail {
     grpc: bool,
     caller: Option<ServiceName>,
     upstream: Option<Arc<str>>,
+    /// The service the last try went to (a route's backend may be another
+    /// than the one the request named; at a gateway it always is).
+    peer: Option<ServiceName>,
     tries: u32,
     /// The route and rule the request took.
     route: Option<(Arc<str>, usize)>,
@@ -88,6 +91,7 @@ impl Exchange {
                 grpc,
                 caller: None,
                 upstream: None,
+                peer: None,
                 tries: 0,
                 route: None,
             })
@@ -114,11 +118,17 @@ impl Exchange {
         }
     }
 
-    /// A try went to `upstream` (an endpoint, or the local app).
-    pub fn attempt(&mut self, upstream: &Arc<str>) {
+    /// A try went to `upstream` (an endpoint of `service`, or the local
+    /// app).
+    pub fn attempt(&mut self, upstream: &Arc<str>, service: Option<&ServiceName>) {
         if let Some(d) = &mut self.detail {
             d.tries += 1;
             d.upstream = Some(upstream.clone());
+            if let Some(s) = service
+                && d.peer.as_ref() != Some(s)
+            {
+                d.peer = Some(s.clone());
+            }
         }
     }
 
@@ -239,7 +249,7 @@ fn span_attributes(
         i64::from(c.status.as_u16()),
     ));
     let peer = match labels.direction {
-        Direction::outbound => Some(labels.service.as_str().to_string()),
+        Direction::outbound => Some(d.peer.as_ref().unwrap_or(&labels.service).to_string()),
         Direction::inbound => d.caller.as_ref().map(|s| s.as_str().to_string()),
     };
     if let Some(p) = peer {

@@ -190,7 +190,7 @@ impl Inbound {
         let Some(app) = &self.app else {
             return ex.fail(ProxyError::NoApp, grpc);
         };
-        ex.attempt(&app.name);
+        ex.attempt(&app.name, None);
         match self.forward(app, req, peer, grpc).await {
             Ok(resp) => {
                 let outcome = Outcome::from_headers(resp.status(), resp.headers());

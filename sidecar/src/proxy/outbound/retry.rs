@@ -199,7 +199,7 @@ async fn one(
     if !last {
         tried.push(first_addr.clone());
     }
-    ex.attempt(&first_addr);
+    ex.attempt(&first_addr, Some(&target.name));
     let timeout = if call.grpc { limit } else { None };
     let req = call.template.request(body, timeout, last);
     let how = Conditions {
@@ -232,7 +232,7 @@ async fn one(
     // The attempt that answered is the one reported (and not retried to).
     if winner.pick.endpoint.spec.addr != first_addr {
         tried.push(winner.pick.endpoint.spec.addr.clone());
-        ex.attempt(&winner.pick.endpoint.spec.addr);
+        ex.attempt(&winner.pick.endpoint.spec.addr, Some(&winner.target.name));
     }
     Ok(winner)
 }
