@@ -458,3 +458,82 @@ pub async fn caller(cp: &ControlPlane, service: &str, endpoints: usize) -> anyho
     .await?;
     Ok(c)
 }
+
+/// A sidecar's discovery stream, opened by hand: what it sends, and what
+/// the control plane answers.
+pub type RawStream = (
+    tokio::sync::mpsc::Sender<weft_proto::v1::SidecarMessage>,
+    tonic::Streaming<weft_proto::v1::DiscoveryUpdate>,
+);
+
+impl ControlPlane {
+    /// Joins as a sidecar of `service` without an app, calling `upstreams`,
+    /// and opens its discovery stream: a certificate obtained as a sidecar
+    /// obtains one (a CSR for the service's identity, admitted by `token`),
+    /// then the hello.
+    pub async fn discovery_stream(
+        &self,
+        service: &str,
+        upstreams: &[&str],
+        token: String,
+    ) -> anyhow::Result<RawStream> {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        use weft_proto::v1 as pb;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://weft.local/service/{service}").try_into()?,
+        )];
+        let csr = params.serialize_request(&key)?;
+        let anonymous = connect_tls(
+            &self.url(),
+            &self.access.credential,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let issued = pb::identity_client::IdentityClient::new(anonymous)
+            .issue(pb::IssueRequest {
+                csr: csr.der().to_vec(),
+                token,
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            issued.spiffe_id == format!("spiffe://weft.local/service/{service}"),
+            "issued {}",
+            issued.spiffe_id
+        );
+        let roots = weft_proto::identity::root_store(&[issued.roots[0].clone().into()])?;
+        let verifier = weft_proto::identity::SpiffeServerVerifier::new(
+            roots,
+            weft_proto::identity::SpiffeId::control_plane("weft.local"),
+        );
+        let cert_pem = weft_proto::identity::pem("CERTIFICATE", &issued.chain[0]);
+        let key_pem = weft_proto::identity::pem("PRIVATE KEY", &key.serialize_der());
+        let channel = tonic::transport::Endpoint::from_shared(self.url())?
+            .tls_config_with_verifier(
+                tonic::transport::ClientTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+                std::sync::Arc::new(verifier),
+            )?
+            .connect()
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(pb::SidecarMessage {
+            kind: Some(pb::sidecar_message::Kind::Hello(pb::Hello {
+                service: service.into(),
+                instance_id: format!("{service}-1"),
+                address: "127.0.0.1:1".into(),
+                upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
+                no_app: true,
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let updates = pb::discovery_client::DiscoveryClient::new(channel)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, updates))
+    }
+}

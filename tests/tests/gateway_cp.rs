@@ -6,10 +6,8 @@
 //! certificate, a hello without an app) is pushed its routes with their
 //! host names, their backends, and every change.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair, SanType};
 use weft_control_plane::resource::parse_documents;
 use weft_proto::v1 as pb;
 use weft_tests::mesh::ControlPlane;
@@ -69,69 +67,13 @@ spec:
 "#;
 
 /// A discovery stream to `cp` as a sidecar of `service` admitted by
-/// `token`: a CSR for the service's identity, then a hello without an app.
+/// `token`, without an app.
 async fn join(
     cp: &ControlPlane,
     service: &str,
     token: String,
-) -> anyhow::Result<(
-    tokio::sync::mpsc::Sender<pb::SidecarMessage>,
-    tonic::Streaming<pb::DiscoveryUpdate>,
-)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://weft.local/service/{service}").try_into()?,
-    )];
-    let csr = params.serialize_request(&key)?;
-    let anonymous = weft_control_plane::cli::connect_tls(
-        &cp.url(),
-        &cp.access.credential,
-        Duration::from_secs(10),
-    )
-    .await?;
-    let issued = pb::identity_client::IdentityClient::new(anonymous)
-        .issue(pb::IssueRequest {
-            csr: csr.der().to_vec(),
-            token,
-        })
-        .await?
-        .into_inner();
-    assert_eq!(
-        issued.spiffe_id,
-        format!("spiffe://weft.local/service/{service}")
-    );
-    let roots = weft_proto::identity::root_store(&[issued.roots[0].clone().into()])?;
-    let verifier = weft_proto::identity::SpiffeServerVerifier::new(
-        roots,
-        weft_proto::identity::SpiffeId::control_plane("weft.local"),
-    );
-    let cert_pem = weft_proto::identity::pem("CERTIFICATE", &issued.chain[0]);
-    let key_pem = weft_proto::identity::pem("PRIVATE KEY", &key.serialize_der());
-    let channel = tonic::transport::Endpoint::from_shared(cp.url())?
-        .tls_config_with_verifier(
-            tonic::transport::ClientTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
-            Arc::new(verifier),
-        )?
-        .connect()
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::SidecarMessage {
-        kind: Some(pb::sidecar_message::Kind::Hello(pb::Hello {
-            service: service.into(),
-            instance_id: format!("{service}-1"),
-            address: "127.0.0.1:1".into(),
-            no_app: true,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let updates = pb::discovery_client::DiscoveryClient::new(channel)
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok((tx, updates))
+) -> anyhow::Result<weft_tests::mesh::RawStream> {
+    cp.discovery_stream(service, &[], token).await
 }
 
 /// The next update that says something about `service`, ACKed.

@@ -4,10 +4,8 @@
 //! deletes them; and a caller's discovery stream receives a service's
 //! routes, the services they send to, and every change.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair, SanType};
 use weft_control_plane::resource::parse_documents;
 use weft_proto::v1 as pb;
 use weft_tests::mesh::ControlPlane;
@@ -266,67 +264,14 @@ metadata: {name: audit}
     Ok(())
 }
 
-/// A discovery stream to `cp` as a sidecar of `service`, with a
-/// certificate obtained as a sidecar obtains one (join token and CSR).
+/// The discovery stream of a sidecar of `service` calling `upstreams`.
 async fn discovery_stream(
     cp: &ControlPlane,
     service: &str,
     upstreams: &[&str],
-) -> anyhow::Result<(
-    tokio::sync::mpsc::Sender<pb::SidecarMessage>,
-    tonic::Streaming<pb::DiscoveryUpdate>,
-)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://weft.local/service/{service}").try_into()?,
-    )];
-    let csr = params.serialize_request(&key)?;
-    let anonymous = weft_control_plane::cli::connect_tls(
-        &cp.url(),
-        &cp.access.credential,
-        Duration::from_secs(10),
-    )
-    .await?;
-    let issued = pb::identity_client::IdentityClient::new(anonymous)
-        .issue(pb::IssueRequest {
-            csr: csr.der().to_vec(),
-            token: cp.token(service).await?,
-        })
-        .await?
-        .into_inner();
-    let roots = weft_proto::identity::root_store(&[issued.roots[0].clone().into()])?;
-    let verifier = weft_proto::identity::SpiffeServerVerifier::new(
-        roots,
-        weft_proto::identity::SpiffeId::control_plane("weft.local"),
-    );
-    let cert_pem = weft_proto::identity::pem("CERTIFICATE", &issued.chain[0]);
-    let key_pem = weft_proto::identity::pem("PRIVATE KEY", &key.serialize_der());
-    let channel = tonic::transport::Endpoint::from_shared(cp.url())?
-        .tls_config_with_verifier(
-            tonic::transport::ClientTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
-            Arc::new(verifier),
-        )?
-        .connect()
-        .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::SidecarMessage {
-        kind: Some(pb::sidecar_message::Kind::Hello(pb::Hello {
-            service: service.into(),
-            instance_id: format!("{service}-1"),
-            address: "127.0.0.1:1".into(),
-            upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
-            no_app: true,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let updates = pb::discovery_client::DiscoveryClient::new(channel)
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok((tx, updates))
+) -> anyhow::Result<weft_tests::mesh::RawStream> {
+    cp.discovery_stream(service, upstreams, cp.token(service).await?)
+        .await
 }
 
 /// The next update, ACKed as a sidecar does.

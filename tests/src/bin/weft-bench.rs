@@ -70,6 +70,64 @@ impl Result {
     }
 }
 
+/// What a load loop calls: the echo service over gRPC, or an HTTP/1.1 app
+/// by `GET /bench` with a `Host` (what a gateway routes by).
+#[derive(Clone)]
+enum Caller {
+    Grpc(weft_tests::pb::echo_client::EchoClient<tonic::transport::Channel>),
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Empty<bytes::Bytes>,
+        >,
+        uri: http::Uri,
+        host: &'static str,
+    },
+}
+
+impl Caller {
+    async fn new(addr: SocketAddr, host: Option<&'static str>) -> anyhow::Result<Self> {
+        Ok(match host {
+            None => Caller::Grpc(client(addr).await?),
+            Some(host) => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_nodelay(true);
+                Caller::Http {
+                    client: hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build(http),
+                    uri: format!("http://{addr}/bench").parse()?,
+                    host,
+                }
+            }
+        })
+    }
+
+    /// One call; `Ok` only for a success read whole.
+    async fn call(&mut self, payload: usize) -> anyhow::Result<()> {
+        match self {
+            Caller::Grpc(c) => {
+                let req = EchoRequest {
+                    payload: vec![1; payload],
+                    ..Default::default()
+                };
+                c.unary(req).await?;
+            }
+            Caller::Http { client, uri, host } => {
+                use http_body_util::BodyExt;
+                let req = http::Request::get(uri.clone())
+                    .header("host", *host)
+                    .body(http_body_util::Empty::new())?;
+                let resp = client.request(req).await?;
+                anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
+                resp.into_body().collect().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }
@@ -80,12 +138,12 @@ fn us(d: Duration) -> String {
 /// millisecond granularity would otherwise add up to 1 ms to every sample.
 async fn fixed_rate(
     name: &str,
-    addr: SocketAddr,
+    (addr, host): (SocketAddr, Option<&'static str>),
     rate: u32,
     seconds: u64,
     payload: usize,
 ) -> anyhow::Result<Result> {
-    let c = client(addr).await?;
+    let c = Caller::new(addr, host).await?;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(
         rate as usize * seconds as usize,
     )));
@@ -98,13 +156,9 @@ async fn fixed_rate(
     for _ in 0..total {
         tick.tick().await;
         let (mut c, lat, failed) = (c.clone(), lat.clone(), failed.clone());
-        let req = EchoRequest {
-            payload: vec![1; payload],
-            ..Default::default()
-        };
         tasks.spawn(async move {
             let sent = Instant::now();
-            match tokio::time::timeout(Duration::from_secs(5), c.unary(req)).await {
+            match tokio::time::timeout(Duration::from_secs(5), c.call(payload)).await {
                 Ok(Ok(_)) => lat.lock().await.push(sent.elapsed()),
                 _ => {
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -128,12 +182,12 @@ async fn fixed_rate(
 /// Closed loop: `concurrency` workers send back to back for `seconds`.
 async fn max_rate(
     name: &str,
-    addr: SocketAddr,
+    (addr, host): (SocketAddr, Option<&'static str>),
     concurrency: usize,
     seconds: u64,
     payload: usize,
 ) -> anyhow::Result<Result> {
-    let c = client(addr).await?;
+    let c = Caller::new(addr, host).await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -142,12 +196,8 @@ async fn max_rate(
         workers.spawn(async move {
             let (mut lat, mut failed) = (Vec::new(), 0u64);
             while Instant::now() < deadline {
-                let req = EchoRequest {
-                    payload: vec![1; payload],
-                    ..Default::default()
-                };
                 let t = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(5), c.unary(req)).await {
+                match tokio::time::timeout(Duration::from_secs(5), c.call(payload)).await {
                     Ok(Ok(_)) => lat.push(t.elapsed()),
                     _ => failed += 1,
                 }
@@ -204,6 +254,8 @@ async fn start_sidecar(args: &[String], admin: SocketAddr) -> anyhow::Result<Pro
 struct Path {
     name: &'static str,
     addr: SocketAddr,
+    /// HTTP/1.1 with this `Host`; `None`: gRPC.
+    http: Option<&'static str>,
     /// (label, pid) of each sidecar on the path.
     sidecars: Vec<(&'static str, i32)>,
 }
@@ -292,7 +344,9 @@ async fn main() -> anyhow::Result<()> {
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-gw}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gateway}\nspec:\n  listeners: [{name: web, port: 8080, protocol: HTTP}]\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: to-echo}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  rules: [{backendRefs: [{name: echo-gw}]}]\n",
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: to-echo}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  rules: [{backendRefs: [{name: echo-gw}]}]\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web-gw}\nspec:\n  protocol: http\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: to-web}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  hostnames: [web.bench]\n  rules: [{backendRefs: [{name: web-gw}]}]\n",
     )
     .await?;
     let collector = Collector::start_on_thread()?;
@@ -345,17 +399,21 @@ async fn main() -> anyhow::Result<()> {
     let (t100_client, t100_server, t100_up) = pairs.remove(0);
     let (t1_client, t1_server, t1_up) = pairs.remove(0);
     let (r100_client, r100_server, r100_up) = pairs.remove(0);
+    let web = weft_tests::http_app::start_http_app("web").await?;
     let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
+    let web_server = web_sidecar(&cp, dir.path(), web.addr).await?;
 
     let paths = [
         Path {
             name: "direct",
             addr: backend.addr,
+            http: None,
             sidecars: vec![],
         },
         Path {
             name: "plaintext pair",
             addr: plain_up,
+            http: None,
             sidecars: vec![
                 ("plaintext client-side", plain_client.pid()),
                 ("plaintext server-side", plain_server.pid()),
@@ -364,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "mTLS pair",
             addr: tls_up,
+            http: None,
             sidecars: vec![
                 ("mTLS client-side", tls_client.pid()),
                 ("mTLS server-side", tls_server.pid()),
@@ -372,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "mTLS bare",
             addr: bare_up,
+            http: None,
             sidecars: vec![
                 ("bare client-side", bare_client.pid()),
                 ("bare server-side", bare_server.pid()),
@@ -380,6 +440,7 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "mTLS bare, traced 100%",
             addr: t100_up,
+            http: None,
             sidecars: vec![
                 ("traced 100% client-side", t100_client.pid()),
                 ("traced 100% server-side", t100_server.pid()),
@@ -388,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "mTLS bare, traced 1%",
             addr: t1_up,
+            http: None,
             sidecars: vec![
                 ("traced 1% client-side", t1_client.pid()),
                 ("traced 1% server-side", t1_server.pid()),
@@ -396,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "mTLS bare, 100 rules",
             addr: r100_up,
+            http: None,
             sidecars: vec![
                 ("100 rules client-side", r100_client.pid()),
                 ("100 rules server-side", r100_server.pid()),
@@ -404,16 +467,32 @@ async fn main() -> anyhow::Result<()> {
         Path {
             name: "gateway + sidecar",
             addr: gw_addr,
+            http: None,
             sidecars: vec![
                 ("gateway", gw.pid()),
                 ("behind the gateway", gw_server.pid()),
+            ],
+        },
+        Path {
+            name: "HTTP/1.1 direct",
+            addr: web.addr,
+            http: Some("web.bench"),
+            sidecars: vec![],
+        },
+        Path {
+            name: "HTTP/1.1 gateway + sidecar",
+            addr: gw_addr,
+            http: Some("web.bench"),
+            sidecars: vec![
+                ("gateway (HTTP/1.1)", gw.pid()),
+                ("behind the gateway (HTTP/1.1)", web_server.pid()),
             ],
         },
     ];
 
     eprintln!("warming up…");
     for p in &paths {
-        fixed_rate("warmup", p.addr, args.rate, 2, args.payload).await?;
+        fixed_rate("warmup", (p.addr, p.http), args.rate, 2, args.payload).await?;
     }
 
     // Runs alternate between the paths, and each round starts with a
@@ -436,7 +515,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             let r = fixed_rate(
                 &format!("{} @{}", p.name, args.rate),
-                p.addr,
+                (p.addr, p.http),
                 args.rate,
                 args.seconds,
                 args.payload,
@@ -463,7 +542,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         let r = max_rate(
             &format!("{} max", p.name),
-            p.addr,
+            (p.addr, p.http),
             args.concurrency,
             args.seconds,
             args.payload,
@@ -496,9 +575,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nAdded by two sidecars (pair − direct, same round):\n");
     println!(
-        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) | traced 100%/bare p50 | traced 1%/bare p50 | 100 rules/bare p50 | gateway+sidecar/bare pair p50 |"
+        "| round | plaintext p50 | plaintext p99 | mTLS p50 | mTLS p99 | mTLS bare p50 | mTLS/plaintext p50 | mTLS/bare p50 (cost of resilience) | traced 100%/bare p50 | traced 1%/bare p50 | 100 rules/bare p50 | gateway+sidecar/bare pair p50 | HTTP/1.1 gateway+sidecar added p50 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let added = |a: Duration, b: Duration| b.as_secs_f64() - a.as_secs_f64();
     let (mut tls_ratios, mut resilience_ratios) = (Vec::new(), Vec::new());
     let (mut t100_ratios, mut t1_ratios) = (Vec::new(), Vec::new());
@@ -513,12 +592,14 @@ async fn main() -> anyhow::Result<()> {
             (_, _, t1),
             (_, _, r100),
             (_, _, g),
+            (_, _, hd),
+            (_, _, hg),
         ] = chunk
         {
             let p50 = |r: &Result| added(d.pct(0.5), r.pct(0.5));
             let (pl50, t50, b50) = (p50(p), p50(t), p50(b));
             println!(
-                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} µs |",
                 pl50 * 1e6,
                 added(d.pct(0.99), p.pct(0.99)) * 1e6,
                 t50 * 1e6,
@@ -530,6 +611,7 @@ async fn main() -> anyhow::Result<()> {
                 p50(t1) / b50,
                 p50(r100) / b50,
                 p50(g) / b50,
+                added(hd.pct(0.5), hg.pct(0.5)) * 1e6,
             );
             if label.starts_with("round") {
                 tls_ratios.push(t50 / pl50);
@@ -542,7 +624,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| median of {} rounds | | | | | | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        "| median of {} rounds | | | | | | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | |",
         args.rounds,
         median(&mut tls_ratios),
         median(&mut resilience_ratios),
@@ -587,6 +669,7 @@ async fn main() -> anyhow::Result<()> {
         r100_server,
         gw,
         gw_server,
+        web_server,
     ));
     Ok(())
 }
@@ -606,6 +689,31 @@ fn hundred_rules(service: &str) -> String {
     }
     y.push_str(&format!("    - backendRefs: [{{name: {service}}}]\n"));
     y
+}
+
+/// A sidecar for `web-gw` beside the HTTP/1.1 app.
+async fn web_sidecar(
+    cp: &ControlPlane,
+    dir: &std::path::Path,
+    app: SocketAddr,
+) -> anyhow::Result<Proc> {
+    let token = write_temp(dir, "web-gw", &cp.token("web-gw").await?)?
+        .display()
+        .to_string();
+    let (server, _) = sidecar(strings(&[
+        "--service",
+        "web-gw",
+        "--app",
+        &app.to_string(),
+        "--protocol",
+        "http",
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+    ]))
+    .await?;
+    Ok(server)
 }
 
 /// A sidecar for `echo-gw` beside the backend, and a gateway in front of
