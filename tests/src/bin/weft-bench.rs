@@ -75,14 +75,17 @@ impl Result {
 #[derive(Clone)]
 enum Caller {
     Grpc(weft_tests::pb::echo_client::EchoClient<tonic::transport::Channel>),
-    Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            http_body_util::Empty<bytes::Bytes>,
-        >,
-        uri: http::Uri,
-        host: &'static str,
-    },
+    Http(Box<HttpCaller>),
+}
+
+#[derive(Clone)]
+struct HttpCaller {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    uri: http::Uri,
+    host: &'static str,
 }
 
 impl Caller {
@@ -92,14 +95,14 @@ impl Caller {
             Some(host) => {
                 let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
                 http.set_nodelay(true);
-                Caller::Http {
+                Caller::Http(Box::new(HttpCaller {
                     client: hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .build(http),
                     uri: format!("http://{addr}/bench").parse()?,
                     host,
-                }
+                }))
             }
         })
     }
@@ -114,12 +117,12 @@ impl Caller {
                 };
                 c.unary(req).await?;
             }
-            Caller::Http { client, uri, host } => {
+            Caller::Http(h) => {
                 use http_body_util::BodyExt;
-                let req = http::Request::get(uri.clone())
-                    .header("host", *host)
+                let req = http::Request::get(h.uri.clone())
+                    .header("host", h.host)
                     .body(http_body_util::Empty::new())?;
-                let resp = client.request(req).await?;
+                let resp = h.client.request(req).await?;
                 anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
                 resp.into_body().collect().await?;
             }
