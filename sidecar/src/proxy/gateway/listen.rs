@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{Client, Gateway};
 use crate::body::BoxError;
 use crate::drain;
+use crate::proxy::HttpFuture;
 
 /// One public listener: cleartext, or TLS with the gateway's certificates.
 #[derive(Clone)]
@@ -125,9 +126,11 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.limits;
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| -> HttpFuture {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(req, client).await) }
+        // Boxed: hyper moves each stream's future into a task of its own,
+        // and a request's whole state machine is kilobytes to copy.
+        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, client).await) })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
