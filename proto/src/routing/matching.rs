@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use http::header::HeaderName;
+use http::header::{GetAll, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use regex::{Regex, RegexBuilder};
 
@@ -204,8 +204,12 @@ impl HeaderMatch {
 
     /// Any of the request's values of the header matches.
     fn matches(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get_all(&self.name)
+        self.matches_values(&headers.get_all(&self.name))
+    }
+
+    /// Any of `values` (the request's values of this header) matches.
+    pub fn matches_values(&self, values: &GetAll<'_, HeaderValue>) -> bool {
+        values
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| self.value.matches(v)))
     }
@@ -388,6 +392,16 @@ impl RouteMatch {
 
     /// The first condition `req` fails; `None` when it matches.
     pub fn mismatch(&self, req: &Request<'_>) -> Option<Mismatch> {
+        self.mismatch_with(req, &mut |h| h.matches(req.headers))
+    }
+
+    /// The same, with the header conditions judged by `header` (a table
+    /// walking many rules looks each header up once per request).
+    pub fn mismatch_with(
+        &self,
+        req: &Request<'_>,
+        header: &mut dyn FnMut(&HeaderMatch) -> bool,
+    ) -> Option<Mismatch> {
         if !self.path.matches(req.path) {
             return Some(Mismatch::Path);
         }
@@ -399,7 +413,7 @@ impl RouteMatch {
         if self.method.as_ref().is_some_and(|m| m != req.method) {
             return Some(Mismatch::Method);
         }
-        if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
+        if let Some(h) = self.headers.iter().find(|h| !header(h)) {
             return Some(Mismatch::Header(h.name.clone()));
         }
         if let Some(q) = self.query.iter().find(|q| !q.matches(req.query)) {

@@ -21,7 +21,10 @@ use std::cmp::Reverse;
 
 use super::RouteKind;
 use super::edge::HostMatch;
-use super::matching::{Mismatch, PathMatch, Request, RouteMatch, ValueMatch};
+use http::HeaderMap;
+use http::header::{GetAll, HeaderName, HeaderValue};
+
+use super::matching::{HeaderMatch, Mismatch, PathMatch, Request, RouteMatch, ValueMatch};
 
 /// A rule of a route: what it matches and what it does (`A`: each program
 /// keeps its own action — the sidecar its backends and policy, the control
@@ -189,12 +192,17 @@ impl<A> RouteTable<A> {
         })
     }
 
-    /// The rule `req` takes; `None` when no rule matches.
+    /// The rule `req` takes; `None` when no rule matches. Each header the
+    /// rules name is looked up once, however many rules name it.
     pub fn find(&self, req: &Request<'_>) -> Option<Found<'_, A>> {
-        let e = self
-            .order
-            .iter()
-            .find(|e| self.host_ok(e, req) && self.match_of(e).is_none_or(|m| m.matches(req)))?;
+        let mut seen = SeenHeaders::new(req.headers);
+        let mut header = |h: &HeaderMatch| seen.check(h);
+        let e = self.order.iter().find(|e| {
+            self.host_ok(e, req)
+                && self
+                    .match_of(e)
+                    .is_none_or(|m| m.mismatch_with(req, &mut header).is_none())
+        })?;
         let route = &self.routes[e.route];
         let rule = &route.rules[e.rule];
         Some(Found {
@@ -227,6 +235,38 @@ impl<A> RouteTable<A> {
             }
         }
         out
+    }
+}
+
+/// The headers a walk down the table has looked up, by name: the first
+/// few kept (most tables name one or two), the rest looked up each time.
+struct SeenHeaders<'r> {
+    headers: &'r HeaderMap,
+    slots: [Option<(HeaderName, GetAll<'r, HeaderValue>)>; 4],
+}
+
+impl<'r> SeenHeaders<'r> {
+    fn new(headers: &'r HeaderMap) -> Self {
+        SeenHeaders {
+            headers,
+            slots: Default::default(),
+        }
+    }
+
+    fn check(&mut self, h: &HeaderMatch) -> bool {
+        for slot in &mut self.slots {
+            match slot {
+                Some((name, values)) if *name == h.name => return h.matches_values(values),
+                Some(_) => {}
+                None => {
+                    let values = self.headers.get_all(&h.name);
+                    let ok = h.matches_values(&values);
+                    *slot = Some((h.name.clone(), values));
+                    return ok;
+                }
+            }
+        }
+        h.matches_values(&self.headers.get_all(&h.name))
     }
 }
 

@@ -46,8 +46,8 @@ struct Args {
     /// How many times each fixed-rate pair (direct, mesh) runs.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// Run only these paths, by name, comma-separated (e.g. `mTLS
-    /// bare,gateway + sidecar` to profile one); the ratio table needs them
+    /// Run only these paths, by name, separated by `|` (e.g. `mTLS
+    /// bare|gateway + sidecar` to profile one); the ratio table needs them
     /// all.
     #[arg(long)]
     only: Option<String>,
@@ -503,7 +503,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|p| {
             args.only
                 .as_deref()
-                .is_none_or(|o| o.split(',').any(|o| p.name == o))
+                .is_none_or(|o| o.split('|').any(|o| p.name == o))
         })
         .collect();
     eprintln!("warming up…");
