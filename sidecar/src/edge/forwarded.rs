@@ -74,6 +74,13 @@ fn host_of(uri: &Uri, h: &HeaderMap) -> Option<HeaderValue> {
 /// Adds `item` to a comma-separated list header, as one value, so that
 /// the list stays in one line whatever hop reads it.
 fn append_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
+    // The usual case (a client's own were just removed): no list to join.
+    if !h.contains_key(&name) {
+        if let Ok(v) = HeaderValue::from_str(item) {
+            h.insert(name, v);
+        }
+        return;
+    }
     let joined = {
         let old: Vec<&str> = h
             .get_all(&name)
@@ -95,9 +102,11 @@ fn append_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
 /// `for="[2001:db8::1]"` and a host with a port quoted (RFC 7239 §4, §6:
 /// `:` and `[` are not token characters).
 fn forwarded_element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
-    let mut out = match client {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    use std::fmt::Write;
+    let mut out = String::with_capacity(64);
+    let _ = match client {
+        IpAddr::V4(v4) => write!(out, "for={v4}"),
+        IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\""),
     };
     out.push_str(";proto=");
     out.push_str(proto);
@@ -108,10 +117,10 @@ fn forwarded_element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) ->
     out
 }
 
-fn token_or_quoted(v: &str) -> String {
+fn token_or_quoted(v: &str) -> std::borrow::Cow<'_, str> {
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !v.is_empty() && v.chars().all(tchar) {
-        return v.to_string();
+        return std::borrow::Cow::Borrowed(v);
     }
     let mut q = String::with_capacity(v.len() + 2);
     q.push('"');
@@ -122,7 +131,7 @@ fn token_or_quoted(v: &str) -> String {
         q.push(c);
     }
     q.push('"');
-    q
+    std::borrow::Cow::Owned(q)
 }
 
 /// Keeps the client's `x-request-id` when it is a sane token (1 to 128 of
@@ -135,7 +144,7 @@ pub fn request_id(h: &mut HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let id = HeaderValue::from_str(&new_id()).unwrap_or(HeaderValue::from_static("0"));
+    let id = HeaderValue::from_bytes(&new_id()).unwrap_or(HeaderValue::from_static("0"));
     h.insert(X_REQUEST_ID, id.clone());
     id
 }
@@ -148,19 +157,25 @@ fn sane_id(v: &[u8]) -> bool {
 
 /// A random id shaped like a UUID v4 (what logs and tools expect), from
 /// the sidecar's fast generator: unique enough to correlate, not secret.
-fn new_id() -> String {
+/// Written by hand into a buffer: it is made for most requests a gateway
+/// takes, and `format!` is the costlier part of it.
+fn new_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let hi = crate::rand::next_u64();
     let lo = crate::rand::next_u64();
     let hi = (hi & !0xf000) | 0x4000; // version 4
     let lo = (lo & !(0b11 << 62)) | (0b10 << 62); // the RFC 4122 variant
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
+    let mut out = [b'-'; 36];
+    // 32 hex digits, most significant first, around the dashes at 8, 13,
+    // 18 and 23.
+    let digits = (0..16)
+        .map(|i| (hi >> (60 - 4 * i)) & 0xf)
+        .chain((0..16).map(|i| (lo >> (60 - 4 * i)) & 0xf));
+    let places = (0..36).filter(|i| ![8, 13, 18, 23].contains(i));
+    for (place, d) in places.zip(digits) {
+        out[place] = HEX[d as usize];
+    }
+    out
 }
 
 #[cfg(test)]
