@@ -33,7 +33,11 @@ use super::{ConfigError, SidecarConfig, Timeouts};
     version,
     after_help = "Example:\n  weft-sidecar --service order-service --app 127.0.0.1:8080 \\\n    \
                   --control-plane https://127.0.0.1:15012 --token-file token \\\n    \
-                  --upstream user-service=127.0.0.1:9001"
+                  --upstream user-service=127.0.0.1:9001\n\n\
+                  The gateway (the mesh's front door: no app, public listeners):\n  \
+                  weft-sidecar --service gateway --control-plane https://127.0.0.1:15012 \\\n    \
+                  --token-file gateway.token --advertise 10.0.0.9:15006 \\\n    \
+                  --gateway-http 0.0.0.0:8080"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -443,5 +447,51 @@ mod tests {
             ],
             "malformed",
         );
+    }
+
+    #[test]
+    fn gateway_flags_are_checked_before_anything_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let token = token_file(dir.path());
+        let c = parse_joined(&token, &["--gateway-http", "127.0.0.1:8080"]).expect("a gateway");
+        let g = c.gateway.expect("gateway mode");
+        assert_eq!(g.http, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert_eq!(g.limits.max_request_bytes, 4 << 20);
+        assert!(
+            parse_joined(&token, &[])
+                .expect("a sidecar")
+                .gateway
+                .is_none()
+        );
+        for (flags, says) in [
+            (
+                &["--gateway-https", "127.0.0.1:8443"][..],
+                "--gateway-https: needs a certificate",
+            ),
+            (
+                &["--tls-cert", "a.crt,a.key"][..],
+                "--tls-cert: only a gateway",
+            ),
+            (
+                &["--gateway-http", "127.0.0.1:1", "--app", "127.0.0.1:2"][..],
+                "--app: a gateway has no app",
+            ),
+            (
+                &[
+                    "--gateway-https",
+                    "127.0.0.1:1",
+                    "--tls-cert",
+                    "only-one-file.pem",
+                ][..],
+                "must be CERT_PEM,KEY_PEM",
+            ),
+            (
+                &["--gateway-http", "127.0.0.1:1", "--max-connections", "0"][..],
+                "the limits must be positive",
+            ),
+        ] {
+            let e = parse_joined(&token, flags).expect_err("refused");
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
     }
 }
