@@ -67,21 +67,13 @@ spec:
       backendRefs: [{name: orders}]
 "#;
 
-fn ctl(
-    cp: &ControlPlane,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> anyhow::Result<(i32, String, String)> {
-    cp.weftctl(args, stdin)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_applied_whole_printed_explained_and_deleted() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(SERVICES))?;
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(SERVICES))?;
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = ctl(&cp, &["apply", "-f", "-"], Some(ROUTES))?;
+    let (code, out, err) = cp.weftctl(&["apply", "-f", "-"], Some(ROUTES))?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
@@ -107,8 +99,8 @@ apiVersion: weft.dev/v1
 kind: Service
 metadata: {name: audit}
 "#;
-    let (_, before, _) = ctl(&cp, &["get", "routes", "-o", "yaml"], None)?;
-    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(bad))?;
+    let (_, before, _) = cp.weftctl(&["get", "routes", "-o", "yaml"], None)?;
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(bad))?;
     assert_eq!(code, 1);
     for problem in [
         "document 1 (HTTPRoute/users-more): spec.parentRefs[1].name: unknown service billing",
@@ -120,7 +112,7 @@ metadata: {name: audit}
     }
     // And one with problems in the file itself, refused by weftctl.
     let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: broken}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n    - matches: [{path: {type: RegularExpression, value: \"/users/(\"}}]\n      backendRefs: [{name: users, weight: 0}]\n    - matches: [{path: {type: Exact, value: /a}}]\n      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n";
-    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(bad))?;
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(bad))?;
     assert_eq!(code, 1);
     for problem in [
         "document 1 (HTTPRoute/broken): spec.rules[0].matches[0].path.value: \"/users/(\" is not a regular expression",
@@ -128,26 +120,22 @@ metadata: {name: audit}
     ] {
         assert!(err.contains(problem), "{problem}\nnot in:\n{err}");
     }
-    let (_, after, _) = ctl(&cp, &["get", "routes", "-o", "yaml"], None)?;
+    let (_, after, _) = cp.weftctl(&["get", "routes", "-o", "yaml"], None)?;
     assert_eq!(before, after, "nothing of a rejected file is applied");
-    let (_, services, _) = ctl(&cp, &["get", "services", "audit"], None)?;
+    let (_, services, _) = cp.weftctl(&["get", "services", "audit"], None)?;
     assert!(!services.contains("audit"), "{services}");
 
     // Printed back as applied: the Gateway API's YAML, and a table.
     let back = parse_documents(&after)?;
     let sent = parse_documents(ROUTES)?;
     assert_eq!(back, sent, "HTTPRoutes, then GRPCRoutes:\n{after}");
-    let (_, yaml, _) = ctl(
-        &cp,
-        &["get", "httproute", "users-canary", "-o", "yaml"],
-        None,
-    )?;
+    let (_, yaml, _) = cp.weftctl(&["get", "httproute", "users-canary", "-o", "yaml"], None)?;
     assert!(
         yaml.starts_with("apiVersion: \"gateway.networking.k8s.io/v1\"\nkind: \"HTTPRoute\""),
         "{yaml}"
     );
     assert_eq!(parse_documents(&yaml)?, sent[..1]);
-    let (code, table, err) = ctl(&cp, &["get", "routes"], None)?;
+    let (code, table, err) = cp.weftctl(&["get", "routes"], None)?;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = table.lines().collect();
     assert!(
@@ -160,12 +148,11 @@ metadata: {name: audit}
             && l.contains("users:v2,users:v1")),
         "{table}"
     );
-    let (code, _, err) = ctl(&cp, &["get", "grpcroutes", "users-canary"], None)?;
+    let (code, _, err) = cp.weftctl(&["get", "grpcroutes", "users-canary"], None)?;
     assert_eq!(code, 1, "{err}");
 
     // Explained by the control plane: the rule, its backends and why.
-    let (code, out, err) = ctl(
-        &cp,
+    let (code, out, err) = cp.weftctl(
         &[
             "explain",
             "--from",
@@ -189,8 +176,7 @@ metadata: {name: audit}
         "{out}"
     );
     assert!(out.contains("attempts: 2"), "{out}");
-    let (code, out, err) = ctl(
-        &cp,
+    let (code, out, err) = cp.weftctl(
         &[
             "explain",
             "--from",
@@ -210,8 +196,7 @@ metadata: {name: audit}
     assert_eq!(v["taken"]["rule"], 0);
     assert_eq!(v["backends"][0]["subset"], "v2");
     assert_eq!(v["backends"][0]["allowed"], false);
-    let (_, out, _) = ctl(
-        &cp,
+    let (_, out, _) = cp.weftctl(
         &[
             "explain",
             "--from",
@@ -233,8 +218,7 @@ metadata: {name: audit}
     ] {
         assert!(out.contains(why), "{why}\nnot in:\n{out}");
     }
-    let (code, _, err) = ctl(
-        &cp,
+    let (code, _, err) = cp.weftctl(
         &["explain", "--from", "orders", "GET", "http://nobody/"],
         None,
     )?;
@@ -242,24 +226,24 @@ metadata: {name: audit}
     assert!(err.contains("unknown service nobody"), "{err}");
 
     // A service its routes use cannot go; the routes can.
-    let (code, _, err) = ctl(&cp, &["delete", "service", "users"], None)?;
+    let (code, _, err) = cp.weftctl(&["delete", "service", "users"], None)?;
     assert_eq!(code, 1);
     assert!(err.contains("Service/users is in use"), "{err}");
-    let (code, out, err) = ctl(&cp, &["delete", "httproute", "users-canary"], None)?;
+    let (code, out, err) = cp.weftctl(&["delete", "httproute", "users-canary"], None)?;
     assert_eq!(
         (code, out.as_str()),
         (0, "httproute/users-canary deleted\n"),
         "{err}"
     );
-    let (code, out, err) = ctl(&cp, &["delete", "grpcroute", "orders-get"], None)?;
+    let (code, out, err) = cp.weftctl(&["delete", "grpcroute", "orders-get"], None)?;
     assert_eq!(
         (code, out.as_str()),
         (0, "grpcroute/orders-get deleted\n"),
         "{err}"
     );
-    let (_, out, _) = ctl(&cp, &["get", "routes"], None)?;
+    let (_, out, _) = cp.weftctl(&["get", "routes"], None)?;
     assert_eq!(out, "no routes\n");
-    let (code, _, err) = ctl(&cp, &["delete", "service", "users"], None)?;
+    let (code, _, err) = cp.weftctl(&["delete", "service", "users"], None)?;
     assert_eq!(code, 0, "{err}");
     Ok(())
 }
@@ -435,8 +419,7 @@ async fn a_route_applied_to_the_control_plane_steers_a_real_caller() -> anyhow::
     // The caller declares users only: beta reaches it because a route of
     // users sends there.
     let caller = weft_tests::mesh::caller(&cp, "users", 2).await?;
-    let (code, _, err) = ctl(
-        &cp,
+    let (code, _, err) = cp.weftctl(
         &["apply", "-f", "-"],
         Some(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: users}\nspec:\n  parentRefs: [{name: users}]\n  rules:\n    - matches: [{headers: [{name: x-canary, value: \"1\"}]}]\n      backendRefs: [{name: users, subset: v2}]\n    - matches: [{headers: [{name: x-beta, value: \"1\"}]}]\n      backendRefs: [{name: beta}]\n    - backendRefs: [{name: users, subset: v1}]\n",

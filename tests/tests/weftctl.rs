@@ -23,33 +23,25 @@ metadata: {name: orders}
 spec: {protocol: http}
 ";
 
-fn ctl(
-    cp: &ControlPlane,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> anyhow::Result<(i32, String, String)> {
-    cp.weftctl(args, stdin)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_get_delete_and_status() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    let (code, out, err) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    let (code, out, err) = cp.weftctl(&["apply", "-f", "-"], Some(GOOD))?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "service/users created\nservice/orders created\n");
-    let (_, out, _) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    let (_, out, _) = cp.weftctl(&["apply", "-f", "-"], Some(GOOD))?;
     assert_eq!(out, "service/users unchanged\nservice/orders unchanged\n");
     let changed = GOOD.replace(
         "spec: {protocol: http}",
         "spec: {protocol: http, loadBalancer: round-robin}",
     );
-    let (_, out, _) = ctl(&cp, &["apply", "-f", "-", "--dry-run"], Some(&changed))?;
+    let (_, out, _) = cp.weftctl(&["apply", "-f", "-", "--dry-run"], Some(&changed))?;
     assert_eq!(
         out,
         "service/users unchanged (dry run)\nservice/orders configured (dry run)\n"
     );
-    let (_, out, _) = ctl(&cp, &["get", "services", "orders", "-o", "json"], None)?;
+    let (_, out, _) = cp.weftctl(&["get", "services", "orders", "-o", "json"], None)?;
     assert!(
         out.contains("\"loadBalancer\": \"p2c-ewma\""),
         "a dry run stores nothing: {out}"
@@ -63,7 +55,7 @@ async fn apply_get_delete_and_status() -> anyhow::Result<()> {
         .arg("--label", "version=v1")
         .start()
         .await?;
-    let (code, out, _) = ctl(&cp, &["get", "services"], None)?;
+    let (code, out, _) = cp.weftctl(&["get", "services"], None)?;
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -84,18 +76,18 @@ async fn apply_get_delete_and_status() -> anyhow::Result<()> {
     );
 
     // YAML output is what apply takes back.
-    let (_, yaml, _) = ctl(&cp, &["get", "services", "users", "-o", "yaml"], None)?;
+    let (_, yaml, _) = cp.weftctl(&["get", "services", "users", "-o", "yaml"], None)?;
     let back = weft_control_plane::resource::parse_documents(&yaml)?;
     let orig = weft_control_plane::resource::parse_documents(GOOD)?;
     assert_eq!(back[0], orig[0], "{yaml}");
 
-    let (_, out, _) = ctl(&cp, &["get", "instances", "-o", "json"], None)?;
+    let (_, out, _) = cp.weftctl(&["get", "instances", "-o", "json"], None)?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(v[0]["service"], "echo");
     assert_eq!(v[0]["labels"]["version"], "v1");
     assert_eq!(v[0]["connected"], true);
 
-    let (code, out, _) = ctl(&cp, &["status"], None)?;
+    let (code, out, _) = cp.weftctl(&["status"], None)?;
     assert_eq!(code, 0);
     assert!(
         out.lines()
@@ -109,12 +101,12 @@ async fn apply_get_delete_and_status() -> anyhow::Result<()> {
         "{out}"
     );
 
-    let (code, out, _) = ctl(&cp, &["delete", "service", "orders"], None)?;
+    let (code, out, _) = cp.weftctl(&["delete", "service", "orders"], None)?;
     assert_eq!((code, out.as_str()), (0, "service/orders deleted\n"));
-    let (code, _, err) = ctl(&cp, &["delete", "service", "orders"], None)?;
+    let (code, _, err) = cp.weftctl(&["delete", "service", "orders"], None)?;
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");
-    let (code, _, err) = ctl(&cp, &["get", "services", "orders"], None)?;
+    let (code, _, err) = cp.weftctl(&["get", "services", "orders"], None)?;
     assert_eq!(code, 1, "{err}");
     Ok(())
 }
@@ -123,20 +115,20 @@ async fn apply_get_delete_and_status() -> anyhow::Result<()> {
 async fn rejected_input_changes_nothing() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(GOOD))?;
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(GOOD))?;
     assert_eq!(code, 0, "{err}");
-    let (_, before, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+    let (_, before, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
 
     // A file with one bad document: nothing of it is applied.
     let bad = GOOD.replace("spec: {protocol: http}", "spec: {protocol: http}\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: new-one}\nspec: {protocol: quic}");
     let bad = bad.replace("loadBalancer: round-robin", "loadBalancer: p2c-ewma");
-    let (code, _, err) = ctl(&cp, &["apply", "-f", "-"], Some(&bad))?;
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(&bad))?;
     assert_eq!(code, 1);
     assert!(
         err.contains("document 3 (Service/new-one): spec.protocol: unknown protocol \"quic\""),
         "{err}"
     );
-    let (_, after, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+    let (_, after, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
     assert_eq!(before, after);
 
     // The server validates too, for clients other than weftctl.
@@ -163,7 +155,7 @@ async fn rejected_input_changes_nothing() -> anyhow::Result<()> {
         .expect_err("invalid");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("service.name"), "{}", e.message());
-    let (_, after, _) = ctl(&cp, &["get", "services", "-o", "yaml"], None)?;
+    let (_, after, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
     assert_eq!(before, after, "the valid half was not applied either");
     Ok(())
 }
@@ -198,12 +190,12 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
         "weftctl top to count 130 requests",
         std::time::Duration::from_secs(10),
         || async {
-            let (code, out, _) = ctl(
-                &cp,
-                &["top", "echo", "--once", "-o", "json", "--window", "60s"],
-                None,
-            )
-            .ok()?;
+            let (code, out, _) = cp
+                .weftctl(
+                    &["top", "echo", "--once", "-o", "json", "--window", "60s"],
+                    None,
+                )
+                .ok()?;
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
             (code == 0 && v["services"][0]["requests"] == 130).then_some(v)
         },
@@ -235,7 +227,7 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
     assert_eq!(sum, 130);
 
     // The table a person reads.
-    let (code, out, err) = ctl(&cp, &["top", "--once", "--window", "60s"], None)?;
+    let (code, out, err) = cp.weftctl(&["top", "--once", "--window", "60s"], None)?;
     assert_eq!(code, 0, "{err}");
     let line = out
         .lines()
@@ -259,7 +251,7 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
             && caller_rows[1].contains("no app"),
         "the caller's rows:\n{out}"
     );
-    let (_, instances_out, _) = ctl(&cp, &["get", "instances", "-o", "json"], None)?;
+    let (_, instances_out, _) = cp.weftctl(&["get", "instances", "-o", "json"], None)?;
     let listed: serde_json::Value = serde_json::from_str(&instances_out)?;
     let caller_health = listed
         .as_array()
@@ -272,7 +264,7 @@ async fn top_shows_what_the_sidecars_carried() -> anyhow::Result<()> {
     }
 
     // An unknown service is named.
-    let (code, _, err) = ctl(&cp, &["top", "nosuch", "--once"], None)?;
+    let (code, _, err) = cp.weftctl(&["top", "nosuch", "--once"], None)?;
     assert_ne!(code, 0);
     assert!(err.contains("nosuch"), "{err}");
     Ok(())
@@ -292,7 +284,7 @@ async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
     };
     let cp = ControlPlane::start(Some(data.path()), fast()).await?;
     let create = |service: &str| -> anyhow::Result<(String, String)> {
-        let (code, out, err) = ctl(&cp, &["token", "create", service, "--ttl", "1h"], None)?;
+        let (code, out, err) = cp.weftctl(&["token", "create", service, "--ttl", "1h"], None)?;
         assert_eq!(code, 0, "{err}");
         let token = out.trim().to_string();
         let id = weft_proto::identity::JoinToken::decode(&token)
@@ -305,7 +297,7 @@ async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
     let (id_o, _) = create("orders")?;
 
     let listed = |cp: &ControlPlane| -> anyhow::Result<Vec<serde_json::Value>> {
-        let (code, out, err) = ctl(cp, &["token", "list", "-o", "json"], None)?;
+        let (code, out, err) = cp.weftctl(&["token", "list", "-o", "json"], None)?;
         assert_eq!(code, 0, "{err}");
         Ok(serde_json::from_str(&out)?)
     };
@@ -340,7 +332,7 @@ async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
         assert!(created > 0, "{t}");
         assert!((3_600_000..3_601_000).contains(&(expires - created)), "{t}");
     }
-    let (_, table, _) = ctl(&cp, &["token", "list"], None)?;
+    let (_, table, _) = cp.weftctl(&["token", "list"], None)?;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
@@ -355,10 +347,10 @@ async fn join_tokens_are_listed_and_revoked_for_good() -> anyhow::Result<()> {
     assert!(row_a.contains("users") && row_a.contains("59m"), "{table}");
 
     // Revoked: gone from the list, refused for a first certificate.
-    let (code, out, err) = ctl(&cp, &["token", "revoke", &id_a], None)?;
+    let (code, out, err) = cp.weftctl(&["token", "revoke", &id_a], None)?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("token/{id_a} revoked (it admitted users)\n"));
-    let (code, _, err) = ctl(&cp, &["token", "revoke", &id_a], None)?;
+    let (code, _, err) = cp.weftctl(&["token", "revoke", &id_a], None)?;
     assert_eq!(code, 1);
     assert!(err.contains(&id_a) && err.contains("token list"), "{err}");
     assert_eq!(ids(&listed(&cp)?), sorted(vec![id_b.clone(), id_o.clone()]));

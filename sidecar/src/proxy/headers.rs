@@ -54,6 +54,15 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The authority a request names: `:authority` (HTTP/2, absolute form)
+/// or the `Host` header (HTTP/1.1).
+pub fn authority_of<B>(req: &http::Request<B>) -> Option<http::uri::Authority> {
+    req.uri().authority().cloned().or_else(|| {
+        let host = req.headers().get(header::HOST)?;
+        http::uri::Authority::try_from(host.as_bytes()).ok()
+    })
+}
+
 /// The host part of an authority (`user-service:80` → `user-service`).
 pub fn host_of(authority: &str) -> &str {
     if authority.starts_with('[') {

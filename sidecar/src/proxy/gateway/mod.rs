@@ -34,7 +34,7 @@ use weft_proto::name::ServiceName;
 use weft_proto::routing::{self, RateLimit, request_host};
 
 use super::exchange::Exchange;
-use super::headers::is_grpc;
+use super::headers::{authority_of, is_grpc};
 use super::outbound::{Destination, Outbound, Route};
 use super::outcome::Outcome;
 use crate::body::{BoxBody, boxed, full};
@@ -333,13 +333,4 @@ fn json_error(status: http::StatusCode, code: GrpcCode, e: &ProxyError) -> Respo
         http::HeaderValue::from_static(e.code()),
     );
     r
-}
-
-/// The authority a client named: `:authority` (HTTP/2, absolute form) or
-/// `Host` (HTTP/1.1).
-fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
-    req.uri().authority().cloned().or_else(|| {
-        let host = req.headers().get(http::header::HOST)?;
-        Authority::try_from(host.as_bytes()).ok()
-    })
 }

@@ -21,7 +21,7 @@ use weft_proto::routing;
 
 use crate::error::ProxyError;
 pub use crate::model::policy::RoutePolicy;
-use crate::proxy::headers::host_of;
+use crate::proxy::headers::{authority_of, host_of};
 use crate::table::{Backends, Pick, Routes, RuleRuntime, Target};
 use crate::telemetry::metrics::Metrics;
 
@@ -134,10 +134,7 @@ impl Destination {
     /// `fixed` is the upstream port's service; otherwise the request's
     /// authority (HTTP/2, absolute form) or Host header (HTTP/1.1) names it.
     pub fn of<B>(req: &Request<B>, fixed: Option<&ServiceName>) -> Option<Self> {
-        let authority = req.uri().authority().cloned().or_else(|| {
-            let host = req.headers().get(http::header::HOST)?;
-            Authority::try_from(host.as_bytes()).ok()
-        });
+        let authority = authority_of(req);
         if let Some(s) = fixed {
             return Some(Destination {
                 authority,
