@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -115,13 +114,7 @@ impl Gateway {
     async fn forward(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
         let web = grpc_web::detect(req.headers());
         let grpc = web.is_some() || is_grpc(req.headers());
-        let ex = Exchange::begin(
-            &self.outbound.telemetry,
-            Direction::outbound,
-            self.name.clone(),
-            &mut req,
-            grpc,
-        );
+        let ex = self.exchange(&mut req, grpc);
         match web {
             Some(enc) => {
                 let req = grpc_web::into_grpc_request(req, enc).map(boxed);
@@ -155,13 +148,7 @@ impl Gateway {
             Err(e) => return e.to_http_response().map(full),
         };
         let mut grpc_req = call.request.map(full);
-        let ex = Exchange::begin(
-            &self.outbound.telemetry,
-            Direction::outbound,
-            self.name.clone(),
-            &mut grpc_req,
-            true,
-        );
+        let ex = self.exchange(&mut grpc_req, true);
         let resp = self.route_and_send(grpc_req, client, ex, true).await;
         let (head, body) = resp.into_parts();
         match limited(body, MAX_TRANSCODED_REPLY).collect().await {
@@ -185,14 +172,15 @@ impl Gateway {
     /// never happens for a binding's own method and path): routed as sent.
     async fn forward_buffered(&self, mut req: Request<Bytes>, client: Client) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
-        let ex = Exchange::begin(
-            &self.outbound.telemetry,
-            Direction::outbound,
-            self.name.clone(),
-            &mut req,
-            grpc,
-        );
+        let ex = self.exchange(&mut req, grpc);
         self.route_and_send(req.map(full), client, ex, grpc).await
+    }
+
+    /// The observation of one request (metrics, span, access log): a
+    /// gateway's requests are outbound ones of the service it is.
+    fn exchange<B>(&self, req: &mut Request<B>, grpc: bool) -> Exchange {
+        let tel = &self.outbound.telemetry;
+        Exchange::begin(tel, Direction::outbound, self.name.clone(), req, grpc)
     }
 
     /// From the size limit on.
@@ -211,11 +199,11 @@ impl Gateway {
         if declared.is_some_and(|n| n > limit) {
             return ex.fail(ProxyError::TooLarge { limit }, grpc);
         }
-        let authority = authority_of(&req);
+        let dest = Destination::gateway(self.name.clone(), authority_of(&req));
         // Only the head is held while the route is looked up (a body need
         // not be `Sync`).
         let (head, body) = req.into_parts();
-        let route = match self.route(&head, authority.as_ref()).await {
+        let route = match self.route(&dest, &head).await {
             Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
@@ -234,7 +222,6 @@ impl Gateway {
             return ex.fail(e, grpc);
         }
         let origin = req.headers().get(http::header::ORIGIN).cloned();
-        let dest = Destination::gateway(self.name.clone(), authority);
         // A body without a length (or one that lies) is cut at the limit.
         let activity = Activity::new();
         let cap = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -253,10 +240,12 @@ impl Gateway {
     /// and then as any route; none is a 404 (`UNIMPLEMENTED` for gRPC).
     async fn route(
         &self,
+        dest: &Destination,
         head: &http::request::Parts,
-        authority: Option<&Authority>,
     ) -> Result<Route, ProxyError> {
-        let host = authority
+        let host = dest
+            .authority
+            .as_ref()
             .map(|a| request_host(a.as_str()))
             .unwrap_or_default();
         let rreq = routing::Request {
@@ -266,7 +255,6 @@ impl Gateway {
             query: head.uri.query(),
             headers: &head.headers,
         };
-        let dest = Destination::service(self.name.clone());
         let wait = self.outbound.discovery_timeout;
         dest.gateway_route(&self.outbound.routes, wait, &rreq)
             .await?
