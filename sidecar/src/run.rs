@@ -23,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::config::{GatewayConfig, SidecarConfig, Source};
 use crate::discovery::{ConfigState, DiscoveryClient, Member, Status, StatusCell, StreamState};
 use crate::drain;
+use crate::edge::forwarded::Forwarding;
 use crate::edge::transcode::Transcoder;
 use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
@@ -490,7 +491,10 @@ fn serve_gateway(
         None => None,
     };
     let gateway = Arc::new(Gateway {
-        trust_forwarded: g.trust_forwarded,
+        forwarding: Forwarding {
+            trust_forwarded: g.trust_forwarded,
+            full: g.forwarded_full,
+        },
         transcoder,
         ..Gateway::new(cfg.service.clone(), to_peers, g.limits)
     });

@@ -87,6 +87,8 @@ pub struct GatewayConfig {
     pub limits: EdgeLimits,
     /// Keep a client's X-Forwarded-For (behind a trusted load balancer).
     pub trust_forwarded: bool,
+    /// Also write X-Forwarded-Host and Forwarded.
+    pub forwarded_full: bool,
 }
 
 /// A certificate chain and its key, as PEM files.

@@ -1,6 +1,12 @@
 //! What a request entering the gateway carries about where it came from:
-//! `X-Forwarded-For`/`-Proto`/`-Host`, an RFC 7239 `Forwarded` element,
-//! and an `x-request-id` every hop and log line can share.
+//! `X-Forwarded-For` and `-Proto`, on request `X-Forwarded-Host` and an
+//! RFC 7239 `Forwarded` element, and an `x-request-id` every hop and log
+//! line can share.
+//!
+//! `X-Forwarded-Host` and `Forwarded` are opt-in ([`Forwarding::full`]), as
+//! in Envoy: most apps read only the first two, and every header the
+//! gateway adds is encoded and decoded again at each hop after it (by
+//! `perf`, the gateway's and the next sidecar's HPACK time).
 //!
 //! By default nothing a client claims about earlier hops is believed (they
 //! are replaced by what the gateway saw); behind a trusted load balancer,
@@ -26,13 +32,18 @@ pub struct Forwarding {
     /// (the gateway sits behind a proxy it trusts). Default: replace them,
     /// since any client can write them.
     pub trust_forwarded: bool,
+    /// Also write `X-Forwarded-Host` and `Forwarded`.
+    pub full: bool,
 }
 
 /// Sets the forwarding headers of `req`, which arrived from `client` over
 /// TLS or not, and returns its request id (the client's if it sent a sane
 /// one, else a fresh one), which is also in the request's `x-request-id`.
 pub fn apply<B>(req: &mut Request<B>, client: IpAddr, tls: bool, how: Forwarding) -> HeaderValue {
-    let host = host_of(req.uri(), req.headers());
+    let host = how
+        .full
+        .then(|| host_of(req.uri(), req.headers()))
+        .flatten();
     let h = req.headers_mut();
     let client = client.to_canonical();
     let proto = if tls { "https" } else { "http" };
@@ -50,16 +61,18 @@ pub fn apply<B>(req: &mut Request<B>, client: IpAddr, tls: bool, how: Forwarding
     if !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if let Some(host) = &host
-        && !h.contains_key(X_FORWARDED_HOST)
-    {
-        h.insert(X_FORWARDED_HOST, host.clone());
+    if how.full {
+        if let Some(host) = &host
+            && !h.contains_key(X_FORWARDED_HOST)
+        {
+            h.insert(X_FORWARDED_HOST, host.clone());
+        }
+        append_list(
+            h,
+            FORWARDED,
+            &forwarded_element(client, proto, host.as_ref()),
+        );
     }
-    append_list(
-        h,
-        FORWARDED,
-        &forwarded_element(client, proto, host.as_ref()),
-    );
     request_id(h)
 }
 
@@ -207,7 +220,11 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
         ]);
         let ip: IpAddr = "192.0.2.60".parse().expect("ip");
-        apply(&mut r, ip, false, Forwarding::default());
+        let full = Forwarding {
+            full: true,
+            ..Forwarding::default()
+        };
+        apply(&mut r, ip, false, full);
         let h = r.headers();
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.60");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
@@ -216,6 +233,23 @@ mod tests {
             h[FORWARDED],
             "for=192.0.2.60;proto=http;host=api.example.com"
         );
+    }
+
+    #[test]
+    fn by_default_only_for_and_proto_are_written_and_forged_ones_dropped() {
+        let mut r = req(&[
+            ("host", "api.example.com"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.com"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let ip: IpAddr = "192.0.2.60".parse().expect("ip");
+        apply(&mut r, ip, true, Forwarding::default());
+        let h = r.headers();
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.60");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert!(!h.contains_key(X_FORWARDED_HOST), "{h:?}");
+        assert!(!h.contains_key(FORWARDED), "{h:?}");
     }
 
     #[test]
@@ -233,6 +267,7 @@ mod tests {
             true,
             Forwarding {
                 trust_forwarded: true,
+                full: true,
             },
         );
         let h = r.headers();
@@ -252,7 +287,11 @@ mod tests {
             .body(())
             .expect("request");
         let ip: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
-        apply(&mut r, ip, true, Forwarding::default());
+        let full = Forwarding {
+            full: true,
+            ..Forwarding::default()
+        };
+        apply(&mut r, ip, true, full);
         assert_eq!(r.headers()[X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(
             r.headers()[FORWARDED],

@@ -78,6 +78,12 @@ pub struct GatewayArgs {
     /// balancer); otherwise it is replaced by the client's address.
     #[arg(long, env = "WEFT_TRUST_FORWARDED", help_heading = "Gateway mode")]
     pub trust_forwarded: bool,
+
+    /// Also write X-Forwarded-Host and an RFC 7239 Forwarded element. Off
+    /// by default, as in Envoy: X-Forwarded-For and -Proto are what most
+    /// apps read, and each added header costs every hop after the gateway.
+    #[arg(long, env = "WEFT_FORWARDED_FULL", help_heading = "Gateway mode")]
+    pub forwarded_full: bool,
 }
 
 impl GatewayArgs {
@@ -139,6 +145,7 @@ impl GatewayArgs {
                 max_connections: self.max_connections,
             },
             trust_forwarded: self.trust_forwarded,
+            forwarded_full: self.forwarded_full,
         }))
     }
 }

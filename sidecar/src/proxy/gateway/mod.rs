@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! client ─► listen (connection cap, TLS by SNI, header timeout, idle cut)
-//!        ─► Gateway::handle: X-Forwarded-*, Forwarded, x-request-id;
+//!        ─► Gateway::handle: X-Forwarded-For/-Proto, x-request-id;
 //!           gRPC-Web → gRPC; the size limit; route by host and path;
 //!           the rule's CORS (a preflight answered here) and rate limit
 //!        ─► Outbound::send (the same pipeline a sidecar's app calls take)
@@ -57,8 +57,9 @@ pub struct Gateway {
     pub name: ServiceName,
     pub outbound: Arc<Outbound>,
     pub limits: EdgeLimits,
-    /// Keep a client's X-Forwarded-For.
-    pub trust_forwarded: bool,
+    /// Which forwarding headers are written, and whether a client's are
+    /// kept.
+    pub forwarding: Forwarding,
     /// The rate limits of the rules that have one, by (route, rule): kept
     /// across pushes while a rule's limit stays the same.
     pub limiters: Mutex<HashMap<RuleKey, Arc<SharedLimiter>>>,
@@ -86,7 +87,7 @@ impl Gateway {
             name,
             outbound,
             limits,
-            trust_forwarded: false,
+            forwarding: Forwarding::default(),
             limiters: Mutex::default(),
             transcoder: None,
         }
@@ -97,13 +98,14 @@ impl Gateway {
     /// the route, the rule's CORS and rate limit, then the outbound
     /// pipeline.
     pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
-        let how = Forwarding {
-            trust_forwarded: self.trust_forwarded,
-        };
+        let how = self.forwarding;
         let request_id = forwarded::apply(&mut req, client.addr.ip(), client.tls, how);
         let transcoder = self.transcoder.as_deref();
         let mut resp = match transcoder.filter(|t| t.matches(req.method(), req.uri().path())) {
-            Some(t) => self.transcode(t, req, client).await,
+            // Boxed: its state (a whole body read, a whole answer written)
+            // would otherwise make every request's future, proxied ones
+            // too, that much larger to build and move.
+            Some(t) => Box::pin(self.transcode(t, req, client)).await,
             None => self.forward(req, client).await,
         };
         resp.headers_mut().insert(X_REQUEST_ID, request_id);
