@@ -286,18 +286,45 @@ impl SidecarProc {
         inbound: std::net::SocketAddr,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let mut sidecar = Self::spawn_at(service, access, inbound, extra).await?;
+        sidecar
+            .proc
+            .wait_ready("the sidecar process", sidecar.admin)
+            .await?;
+        Ok(sidecar)
+    }
+
+    /// Starts one without waiting for it to be ready (a wrapped app's
+    /// sidecar may end before a test could see it ready).
+    pub async fn spawn(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        Self::spawn_at(service, access, inbound, extra).await
+    }
+
+    async fn spawn_at(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        inbound: std::net::SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let mut extra = extra.to_vec();
+        // The mesh's flags first: `extra` may end with `-- APP ARGS...`.
+        let mut joined = Vec::new();
         if let Some(a) = access {
             let token = tmp.path().join("token");
             std::fs::write(&token, a.token(service, Duration::from_secs(3600)).await?)?;
-            extra.extend([
+            joined.extend([
                 "--control-plane".into(),
                 a.url.clone(),
                 "--token-file".into(),
                 token.display().to_string(),
             ]);
         }
+        let extra = [joined, extra.to_vec()].concat();
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<String> = [
@@ -316,8 +343,7 @@ impl SidecarProc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra);
-        let mut proc = Proc::spawn("weft-sidecar", &args)?;
-        proc.wait_ready("the sidecar process", admin).await?;
+        let proc = Proc::spawn("weft-sidecar", &args)?;
         Ok(SidecarProc {
             proc,
             inbound,
