@@ -42,7 +42,7 @@ copy_path() {
 
 # Every library a binary needs, by the path the loader resolves today.
 copy_libs() {
-  ldd "$1" | awk '/=> \//{print $3} /^\s*\/.*ld-linux/{print $1}' | while read -r lib; do
+  ldd "$1" | awk '/=> \//{print $3} $1 ~ /^\//{print $1}' | while read -r lib; do
     [ -e "$out$lib" ] || copy_path "$lib"
   done
 }

@@ -325,15 +325,24 @@ impl SidecarProc {
             ]);
         }
         let extra = [joined, extra.to_vec()].concat();
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // An `--admin` in `extra` is kept (a wrapped app may need to know
+        // it before the sidecar starts); else one is picked.
+        let given = extra.iter().position(|a| a == "--admin");
+        let admin: std::net::SocketAddr = match given.and_then(|i| extra.get(i + 1)) {
+            Some(a) => a.parse()?,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let admin_flag: &[String] = if given.is_some() {
+            &[]
+        } else {
+            &["--admin".to_string(), admin.to_string()]
+        };
         let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<String> = [
             "--service",
             service,
             "--inbound",
             &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
             "--outbound",
             &outbound.to_string(),
             "--health-interval",
@@ -342,6 +351,7 @@ impl SidecarProc {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend_from_slice(admin_flag);
         args.extend(extra);
         let proc = Proc::spawn("weft-sidecar", &args)?;
         Ok(SidecarProc {
