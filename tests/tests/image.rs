@@ -89,9 +89,7 @@ fn the_image_holds_the_three_binaries_their_libraries_and_the_weft_user() -> any
     anyhow::ensure!(root.is_dir(), "podman image mount gave {}", root.display());
     let passwd = std::fs::read_to_string(root.join("etc/passwd"))?;
     assert!(
-        passwd
-            .lines()
-            .any(|l| l.starts_with("weft:x:1337:1337:")),
+        passwd.lines().any(|l| l.starts_with("weft:x:1337:1337:")),
         "{passwd}"
     );
     let group = std::fs::read_to_string(root.join("etc/group"))?;

@@ -67,9 +67,7 @@ async fn the_app_starts_only_once_the_sidecar_is_ready_and_a_job_exiting_0_ends_
     let token_file = dir.path().join("token");
     std::fs::write(
         &token_file,
-        cp.access()?
-            .token("job", Duration::from_secs(3600))
-            .await?,
+        cp.access()?.token("job", Duration::from_secs(3600)).await?,
     )?;
     let url = cp.url();
     drop(cp); // killed
@@ -171,10 +169,9 @@ async fn signals_reach_the_app_and_the_sidecar_serves_until_it_exits() -> anyhow
 
     sidecar.proc.signal(libc::SIGTERM);
     let mut proc = sidecar.proc;
-    let (code, log) = tokio::task::spawn_blocking(move || {
-        (proc.wait(Duration::from_secs(30)), proc.log_text())
-    })
-    .await?;
+    let (code, log) =
+        tokio::task::spawn_blocking(move || (proc.wait(Duration::from_secs(30)), proc.log_text()))
+            .await?;
     assert_eq!(code?, 3, "the app's code after SIGTERM; log:\n{log}");
     assert_eq!(
         std::fs::read_to_string(&term)?,

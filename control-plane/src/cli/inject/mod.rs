@@ -185,7 +185,10 @@ fn inject_document(doc: &mut Value, opts: &InjectOptions) -> Result<bool, Refusa
     Ok(true)
 }
 
-fn walk<'a>(mut m: &'a mut Map<String, Value>, path: &[&str]) -> Option<&'a mut Map<String, Value>> {
+fn walk<'a>(
+    mut m: &'a mut Map<String, Value>,
+    path: &[&str],
+) -> Option<&'a mut Map<String, Value>> {
     for key in path {
         m = m.get_mut(*key)?.as_object_mut()?;
     }
@@ -241,7 +244,11 @@ spec:
         assert_eq!(inits[1]["name"], "weft-sidecar");
         assert_eq!(inits[1]["restartPolicy"], "Always");
         let env = inits[1]["env"].as_array().expect("env");
-        let get = |k: &str| env.iter().find(|e| e["name"] == k).map(|e| e["value"].clone());
+        let get = |k: &str| {
+            env.iter()
+                .find(|e| e["name"] == k)
+                .map(|e| e["value"].clone())
+        };
         assert_eq!(get("WEFT_SERVICE"), Some("web".into()));
         assert_eq!(get("WEFT_APP"), Some("127.0.0.1:8080".into()));
         assert_eq!(get("WEFT_LABELS"), Some("version=v2".into()));
@@ -260,17 +267,35 @@ spec:
 
     #[test]
     fn what_cannot_be_injected_is_refused_with_the_reason() {
-        let host = DEPLOYMENT.replace("      containers:", "      hostNetwork: true\n      containers:");
+        let host = DEPLOYMENT.replace(
+            "      containers:",
+            "      hostNetwork: true\n      containers:",
+        );
         let e = inject(&host, &opts()).expect_err("hostNetwork");
-        assert!(e.to_string().contains("document 1 (Deployment/web): cannot inject: hostNetwork"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("document 1 (Deployment/web): cannot inject: hostNetwork"),
+            "{e}"
+        );
         let nameless = DEPLOYMENT.replace("labels: {app: web, version: v2}", "labels: {tier: web}");
         let e = inject(&nameless, &opts()).expect_err("no name");
         assert!(e.to_string().contains("cannot tell its service"), "{e}");
-        let istio = DEPLOYMENT.replace("        - name: web\n", "        - name: istio-proxy\n          image: x\n        - name: web\n");
+        let istio = DEPLOYMENT.replace(
+            "        - name: web\n",
+            "        - name: istio-proxy\n          image: x\n        - name: web\n",
+        );
         let e = inject(&istio, &opts()).expect_err("istio");
-        assert!(e.to_string().contains("another mesh's sidecar (container istio-proxy)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("another mesh's sidecar (container istio-proxy)"),
+            "{e}"
+        );
         let bad = DEPLOYMENT.replace("\"5432, 6379\"", "\"5432,x\"");
         let e = inject(&bad, &opts()).expect_err("bad port");
-        assert!(e.to_string().contains("annotation weft.dev/exclude-outbound-ports: \"x\" is not a port"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("annotation weft.dev/exclude-outbound-ports: \"x\" is not a port"),
+            "{e}"
+        );
     }
 }

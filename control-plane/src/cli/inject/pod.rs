@@ -120,26 +120,22 @@ fn invalid(source_of: impl Into<String>, reason: impl ToString) -> Refusal {
 
 fn names(list: Option<&Value>) -> Vec<&str> {
     list.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c.get("name")?.as_str())
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|c| c.get("name")?.as_str()).collect())
         .unwrap_or_default()
 }
 
 /// Whether the workload asked to be left alone.
-pub fn disabled(workload: Option<&Map<String, Value>>, template: Option<&Map<String, Value>>) -> bool {
+pub fn disabled(
+    workload: Option<&Map<String, Value>>,
+    template: Option<&Map<String, Value>>,
+) -> bool {
     [template, workload]
         .into_iter()
         .any(|m| annotation(m, INJECT_ANNOTATION) == Some("disabled"))
 }
 
 /// Reads and checks what the pod says about itself.
-fn read(
-    workload: Option<&Map<String, Value>>,
-    t: &Template<'_>,
-) -> Result<Pod, Refusal> {
+fn read(workload: Option<&Map<String, Value>>, t: &Template<'_>) -> Result<Pod, Refusal> {
     if t.spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Err(Refusal::HostNetwork);
     }
@@ -184,10 +180,14 @@ fn read(
     let service = ServiceName::parse(name).map_err(|e| invalid(from, e))?;
 
     let protocol = annotation(t.metadata, PROTOCOL_ANNOTATION)
-        .map(|p| Protocol::parse(p).map_err(|e| invalid(format!("annotation {PROTOCOL_ANNOTATION}"), e)))
+        .map(|p| {
+            Protocol::parse(p).map_err(|e| invalid(format!("annotation {PROTOCOL_ANNOTATION}"), e))
+        })
         .transpose()?;
     let app_port = match annotation(t.metadata, APP_PORT_ANNOTATION) {
-        Some(p) => Some(port(p).map_err(|e| invalid(format!("annotation {APP_PORT_ANNOTATION}"), e))?),
+        Some(p) => {
+            Some(port(p).map_err(|e| invalid(format!("annotation {APP_PORT_ANNOTATION}"), e))?)
+        }
         None => first_container_port(t.spec),
     };
     let version = label(t.metadata, "version")
@@ -312,7 +312,11 @@ fn init_container(pod: &Pod, opts: &InjectOptions) -> Value {
         format!("--proxy-uid={PROXY_ID}"),
         format!("--proxy-gid={PROXY_ID}"),
     ];
-    args.extend(pod.exclusions.iter().map(|(flag, v)| format!("--{flag}={v}")));
+    args.extend(
+        pod.exclusions
+            .iter()
+            .map(|(flag, v)| format!("--{flag}={v}")),
+    );
     json!({
         "name": INIT_NAME,
         "image": opts.image,
