@@ -194,10 +194,10 @@ fn exit_code_for_signal(sig: i32) -> u8 {
 
 /// Sends `sig` to the app (`pid` is `None` once it was reaped).
 fn forward(pid: Option<i32>, sig: i32) {
-    if let Some(pid) = pid {
-        if kill(pid, sig) != 0 {
-            tracing::warn!(pid, signal = sig, error = %std::io::Error::last_os_error(), "cannot signal the app");
-        }
+    if let Some(pid) = pid
+        && kill(pid, sig) != 0
+    {
+        tracing::warn!(pid, signal = sig, error = %std::io::Error::last_os_error(), "cannot signal the app");
     }
 }
 
