@@ -47,9 +47,18 @@ copy_libs() {
   done
 }
 
+# Installs a program of BIN_DIR without its debug sections (a debug build's
+# binaries are ~200 MB each, mostly DWARF); symbols stay for backtraces.
+install_bin() {
+  install -m 0755 "$bin_dir/$1" "$out/usr/local/bin/$1"
+  if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$out/usr/local/bin/$1"
+  fi
+  copy_libs "$bin_dir/$1"
+}
+
 for b in "${bins[@]}"; do
-  install -m 0755 "$bin_dir/$b" "$out/usr/local/bin/$b"
-  copy_libs "$bin_dir/$b"
+  install_bin "$b"
 done
 
 for extra in "$@"; do
@@ -57,8 +66,7 @@ for extra in "$@"; do
     /*) copy_path "$extra"; copy_libs "$extra" ;;
     *)
       [ -x "$bin_dir/$extra" ] || { echo "error: $bin_dir/$extra is missing" >&2; exit 1; }
-      install -m 0755 "$bin_dir/$extra" "$out/usr/local/bin/$extra"
-      copy_libs "$bin_dir/$extra"
+      install_bin "$extra"
       ;;
   esac
 done

@@ -118,7 +118,7 @@ fn the_compose_file_resolves_and_its_wiring_agrees() -> anyhow::Result<()> {
             s["image"]
         );
     }
-    anyhow::ensure!(sidecars == 7, "{sidecars} sidecars found, expected 7");
+    anyhow::ensure!(sidecars == 6, "{sidecars} sidecars found, expected 6");
     assert_eq!(services["control-plane"]["image"], "localhost/weft:dev");
     Ok(())
 }
