@@ -22,5 +22,6 @@ pub mod resilience;
 pub mod run;
 pub mod table;
 pub mod telemetry;
+pub mod wrap;
 
-pub use run::{Listeners, SidecarError, run};
+pub use run::{Listeners, SidecarError, run, run_notifying};

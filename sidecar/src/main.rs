@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use weft_sidecar::config::Args;
+use weft_sidecar::wrap::{self, AppCommand};
 use weft_sidecar::{Listeners, run};
 
 fn main() -> std::process::ExitCode {
@@ -30,7 +31,7 @@ fn main() -> std::process::ExitCode {
     };
     // Errors are printed whole (cause chain included), without a backtrace.
     match runtime.block_on(run_main(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -38,11 +39,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run_main(args: Args) -> anyhow::Result<()> {
+/// The exit code: 0, or with an app after `--`, the app's.
+async fn run_main(mut args: Args) -> anyhow::Result<u8> {
     let log_level = weft_process::logs::init(&args.log).context("--log")?;
+    let app = AppCommand::new(std::mem::take(&mut args.command));
     let mut config = args.into_config()?;
     config.log_level = Some(log_level);
     let listeners = Listeners::bind(&config).await?;
-    run(config, listeners, weft_process::shutdown::on_signal()).await?;
-    Ok(())
+    match app {
+        Some(app) => Ok(wrap::run(config, listeners, app).await?),
+        None => {
+            run(config, listeners, weft_process::shutdown::on_signal()).await?;
+            Ok(0)
+        }
+    }
 }

@@ -119,6 +119,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SidecarError> {
+    run_notifying(cfg, listeners, shutdown, None).await
+}
+
+/// As [`run`], and sends on `ready` once the sidecar is ready (what
+/// `/ready` answers 200 for: a certificate when it has an identity, and a
+/// first config). A wrapped app (`crate::wrap`) starts then.
+pub async fn run_notifying(
+    cfg: SidecarConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: Option<oneshot::Sender<()>>,
+) -> Result<(), SidecarError> {
     weft_proto::identity::install_provider();
     let Listeners {
         inbound,
@@ -149,6 +161,16 @@ pub async fn run(
         health,
         drain.clone(),
     ));
+    if let Some(tx) = ready {
+        let became = became_ready(parts.status.watch(), parts.identity.clone());
+        let mut d = drain.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = became => { let _ = tx.send(()); }
+                _ = d.signaled() => {}
+            }
+        });
+    }
     drop(drain);
 
     let result = stopped(shutdown, &stop_request, refused).await;
@@ -541,6 +563,37 @@ async fn follow_readiness(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+}
+
+/// Resolves once there is a certificate (or no identity to have one) and a
+/// first config: the two conditions of `/ready`, followed without polling.
+async fn became_ready(mut status: watch::Receiver<Status>, identity: Option<Arc<Identity>>) {
+    let mut expiry = identity.as_ref().map(|i| i.expiry());
+    loop {
+        // Marked seen before the certificate is read: one stored after this
+        // wakes the wait below.
+        if let Some(e) = expiry.as_mut() {
+            e.borrow_and_update();
+        }
+        let has_cert = identity.as_ref().is_none_or(|i| i.current().is_some());
+        if has_cert && status.borrow_and_update().has_config {
+            return;
+        }
+        let cert_changed = async {
+            match expiry.as_mut() {
+                Some(e) => e.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let alive = tokio::select! {
+            r = status.changed() => r.is_ok(),
+            r = cert_changed => r,
+        };
+        if !alive {
+            // The sidecar is going away: never ready.
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Waits for a reason to stop: `shutdown`, `POST /shutdown`, or the

@@ -286,27 +286,63 @@ impl SidecarProc {
         inbound: std::net::SocketAddr,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let mut sidecar = Self::spawn_at(service, access, inbound, extra).await?;
+        sidecar
+            .proc
+            .wait_ready("the sidecar process", sidecar.admin)
+            .await?;
+        Ok(sidecar)
+    }
+
+    /// Starts one without waiting for it to be ready (a wrapped app's
+    /// sidecar may end before a test could see it ready).
+    pub async fn spawn(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        Self::spawn_at(service, access, inbound, extra).await
+    }
+
+    async fn spawn_at(
+        service: &str,
+        access: Option<&crate::mesh::CpAccess>,
+        inbound: std::net::SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let mut extra = extra.to_vec();
+        // The mesh's flags first: `extra` may end with `-- APP ARGS...`.
+        let mut joined = Vec::new();
         if let Some(a) = access {
             let token = tmp.path().join("token");
             std::fs::write(&token, a.token(service, Duration::from_secs(3600)).await?)?;
-            extra.extend([
+            joined.extend([
                 "--control-plane".into(),
                 a.url.clone(),
                 "--token-file".into(),
                 token.display().to_string(),
             ]);
         }
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let extra = [joined, extra.to_vec()].concat();
+        // An `--admin` in `extra` is kept (a wrapped app may need to know
+        // it before the sidecar starts); else one is picked.
+        let given = extra.iter().position(|a| a == "--admin");
+        let admin: std::net::SocketAddr = match given.and_then(|i| extra.get(i + 1)) {
+            Some(a) => a.parse()?,
+            None => format!("127.0.0.1:{}", free_port()?).parse()?,
+        };
+        let admin_flag: &[String] = if given.is_some() {
+            &[]
+        } else {
+            &["--admin".to_string(), admin.to_string()]
+        };
         let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut args: Vec<String> = [
             "--service",
             service,
             "--inbound",
             &inbound.to_string(),
-            "--admin",
-            &admin.to_string(),
             "--outbound",
             &outbound.to_string(),
             "--health-interval",
@@ -315,9 +351,9 @@ impl SidecarProc {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend_from_slice(admin_flag);
         args.extend(extra);
-        let mut proc = Proc::spawn("weft-sidecar", &args)?;
-        proc.wait_ready("the sidecar process", admin).await?;
+        let proc = Proc::spawn("weft-sidecar", &args)?;
         Ok(SidecarProc {
             proc,
             inbound,

@@ -4,8 +4,10 @@
 //! `delete KIND NAME`; errors on stderr, a non-zero exit code on failure.
 //! `top` is the one live view: traffic per service, redrawn until Ctrl-C.
 //! `explain` asks the control plane which route a request would take.
+//! `inject` adds the sidecar to Kubernetes manifests, offline.
 
 mod explain;
+pub mod inject;
 mod output;
 pub mod top;
 
@@ -39,7 +41,8 @@ use crate::resource::{Kind, Resource, parse_documents};
                   weftctl status\n  \
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
-                  weftctl top user-service --window 1m --once\n  weftctl top -o json"
+                  weftctl top user-service --window 1m --once\n  weftctl top -o json\n  \
+                  weftctl inject -f deploy.yaml | kubectl apply -f -"
 )]
 pub struct Cli {
     /// The control plane's gRPC API (TLS).
@@ -158,6 +161,47 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Adds the mesh to Kubernetes workloads, offline, as `linkerd inject`
+    /// does: to every Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet,
+    /// Job and CronJob, the init step (`weft-sidecar init` as root with
+    /// NET_ADMIN and NET_RAW) and the sidecar as a native sidecar (an init
+    /// container with `restartPolicy: Always`, Kubernetes 1.29 or later)
+    /// with --intercept, its join token from a Secret, resources, and
+    /// probes on /live and /ready. The service is the pod's annotation
+    /// weft.dev/service, else its label app.kubernetes.io/name, else app;
+    /// weft.dev/protocol, weft.dev/app-port and
+    /// weft.dev/exclude-{inbound,outbound}-{ports,cidrs} annotations are
+    /// read too, and weft.dev/inject: disabled leaves a workload out.
+    /// Other documents come out unchanged; injecting twice is injecting
+    /// once. A workload that cannot be injected (hostNetwork, another
+    /// mesh's sidecar, no service name) fails the whole file, with the
+    /// reason.
+    Inject(InjectArgs),
+}
+
+/// `weftctl inject`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// The manifests (`-` for stdin); documents separated by `---`.
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    /// Write the result here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// The image of the init step and the sidecar.
+    #[arg(long, default_value = "localhost/weft:dev")]
+    pub image: String,
+    /// The control plane as the pods reach it (the manifests in
+    /// deploy/kubernetes/ run it as this Service).
+    #[arg(
+        long,
+        default_value = "https://weft-control-plane.weft.svc.cluster.local:15012"
+    )]
+    pub sidecar_control_plane: String,
+    /// The Secret holding each service's join token (key `token`);
+    /// `{service}` is replaced by the pod's service.
+    #[arg(long, default_value = "weft-token-{service}")]
+    pub token_secret: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -507,6 +551,22 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             let mut client = connect(&cli).await?;
             let resp = client.explain(req.clone()).await?.into_inner();
             w(out, explain::print(&req, &resp, *output));
+        }
+        Command::Inject(args) => {
+            let text = read_input(&args.file)?;
+            let opts = inject::InjectOptions {
+                image: args.image.clone(),
+                control_plane: args.sidecar_control_plane.clone(),
+                token_secret: args.token_secret.clone(),
+            };
+            let injected = inject::inject(&text, &opts)
+                .map_err(|e| CliError::Input(format!("{}: {e}", args.file)))?;
+            match &args.output {
+                Some(path) => std::fs::write(path, injected).map_err(|e| {
+                    CliError::Input(format!("cannot write {}: {e}", path.display()))
+                })?,
+                None => w(out, injected),
+            }
         }
         Command::Status { output } => {
             let mut client = connect(&cli).await?;

@@ -209,7 +209,7 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
         Value::Object(m) => {
             for (k, v) in m {
                 out.push_str(&pad);
-                out.push_str(k);
+                out.push_str(&key_text(k));
                 out.push(':');
                 emit_child(v, indent, out);
             }
@@ -258,6 +258,26 @@ fn emit_child(v: &Value, indent: usize, out: &mut String) {
     }
 }
 
+/// A mapping key, plain when YAML reads it back as the same string
+/// (names, label keys such as `app.kubernetes.io/name`), else quoted: a key
+/// like `true`, `8080` or `a: b` would come back as something else. (`on`
+/// stays plain: it is a `retries` field, documented and read back so.)
+fn key_text(k: &str) -> String {
+    const WORDS: [&str; 3] = ["true", "false", "null"];
+    let plain = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && !WORDS.contains(&k.to_ascii_lowercase().as_str());
+    if plain {
+        k.to_string()
+    } else {
+        Value::String(k.to_string()).to_string()
+    }
+}
+
 fn scalar_text(v: &Value) -> String {
     match v {
         Value::String(s) => Value::String(s.clone()).to_string(),
@@ -279,6 +299,15 @@ pub fn value_to_yaml(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_yaml_would_read_otherwise_are_quoted() {
+        let v = json!({"true": 1, "8080": "x", "a: b": true, "app.kubernetes.io/name": "web"});
+        let y = value_to_yaml(&v);
+        assert!(y.contains("app.kubernetes.io/name: \"web\""), "{y}");
+        let back: Value = serde_saphyr::from_str(&y).expect("yaml");
+        assert_eq!(back, v, "{y}");
+    }
 
     #[test]
     fn emits_yaml_for_lists() {

@@ -37,7 +37,10 @@ use super::{ConfigError, SidecarConfig, Timeouts};
                   The gateway (the mesh's front door: no app, public listeners):\n  \
                   weft-sidecar --service gateway --control-plane https://127.0.0.1:15012 \\\n    \
                   --token-file gateway.token --advertise 10.0.0.9:15006 \\\n    \
-                  --gateway-http 0.0.0.0:8080"
+                  --gateway-http 0.0.0.0:8080\n\n\
+                  An app wrapped (a Job ends when its app does):\n  \
+                  weft-sidecar --service report --control-plane https://127.0.0.1:15012 \\\n    \
+                  --token-file report.token -- ./report --since 1d"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -67,6 +70,14 @@ pub struct Args {
 
     #[command(flatten)]
     pub gateway: GatewayArgs,
+
+    /// The app to run beside the sidecar, after `--` (e.g. `-- ./server
+    /// --port 8080`): started once the sidecar is ready (certificate and
+    /// first config), sent the SIGTERM, SIGINT and SIGHUP the sidecar gets;
+    /// when it exits the sidecar drains and exits with its code (128 +
+    /// the signal that killed it).
+    #[arg(last = true, value_name = "APP")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Time limits (each parsed as a duration such as `2s` by clap).
