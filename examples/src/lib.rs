@@ -1,7 +1,9 @@
 //! Shared pieces of the restaurant example: the user API, the users it
 //! knows, logging, tracing, and serving gRPC and REST on one port.
 
+pub mod broker;
 pub mod otel;
+pub mod queue;
 pub mod serve;
 
 /// Generated code of `proto/user.proto`.
