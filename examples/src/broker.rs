@@ -4,9 +4,10 @@
 //! broker. It can be stopped and started again on the same node and data
 //! directory (what survives is what was durable).
 //!
-//! Erlang's distribution needs epmd. Given an `epmd_port`, the broker starts
-//! its own epmd there and [`Broker`] ends it when dropped; without one, the
-//! shared epmd on 4369 is used (and left running, as the system broker would).
+//! Erlang's distribution needs epmd. Given an `epmd_port`, [`Broker`] runs an
+//! epmd of its own there (a child process, ended when the broker is
+//! dropped); without one, the broker uses the shared epmd on 4369, starting
+//! it if needed (and leaving it running, as the system broker would).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ pub struct BrokerConfig {
 pub struct Broker {
     config: BrokerConfig,
     child: Option<Child>,
+    epmd: Option<Child>,
 }
 
 impl Broker {
@@ -76,7 +78,11 @@ impl Broker {
         let mut broker = Broker {
             config,
             child: None,
+            epmd: None,
         };
+        if let Some(port) = broker.config.epmd_port {
+            broker.epmd = Some(start_epmd(port).await?);
+        }
         broker.start_again().await?;
         Ok(broker)
     }
@@ -115,11 +121,17 @@ impl Broker {
             .env("RABBITMQ_DIST_PORT", c.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", c.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", c.dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", c.dir.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                c.dir.join("enabled_plugins"),
+            )
             .env("RABBITMQ_PID_FILE", c.dir.join("broker.pid"))
             // Files that do not exist: none of the system's settings apply.
             .env("RABBITMQ_CONFIG_FILE", c.dir.join("rabbitmq"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", c.dir.join("advanced.config"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                c.dir.join("advanced.config"),
+            )
             .env("RABBITMQ_CONF_ENV_FILE", c.dir.join("rabbitmq-env.conf"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .current_dir(&c.dir)
@@ -207,16 +219,40 @@ impl Drop for Broker {
             signal(-(child.id() as i32), libc::SIGKILL);
             let _ = child.wait();
         }
-        // Our own epmd (it daemonizes, outside the group): `epmd -kill`
-        // asks the one on that port to exit.
-        if let Some(port) = self.config.epmd_port {
-            let _ = Command::new("epmd")
-                .args(["-port", &port.to_string(), "-kill"])
-                .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        if let Some(mut epmd) = self.epmd.take() {
+            let _ = epmd.kill();
+            let _ = epmd.wait();
         }
+    }
+}
+
+/// Runs epmd in the foreground on `port` (so that it stays our child) and
+/// waits until it listens; the broker finds it through `ERL_EPMD_PORT`.
+async fn start_epmd(port: u16) -> anyhow::Result<Child> {
+    let mut child = Command::new("epmd")
+        .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run epmd (Erlang's port mapper, installed with rabbitmq-server)")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("epmd exited ({status}) at start: is port {port} taken?");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("epmd did not listen on 127.0.0.1:{port} within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -321,7 +321,8 @@ impl Publisher {
         {
             let _ = tokio::time::timeout(
                 Duration::from_millis(200),
-                o.connection.close(200, "publish failed; reconnecting".into()),
+                o.connection
+                    .close(200, "publish failed; reconnecting".into()),
             )
             .await;
         }
@@ -514,7 +515,11 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         for want in [100u64, 200, 400, 800, 1600, 2000, 2000] {
             let d = b.next_delay().as_millis() as u64;
-            assert!(d >= want / 2 && d <= want, "{d} not in [{}, {want}]", want / 2);
+            assert!(
+                d >= want / 2 && d <= want,
+                "{d} not in [{}, {want}]",
+                want / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -185,10 +185,7 @@ async fn a_thousand_orders_cross_the_mesh_through_a_broker_restart() -> anyhow::
     // let go (its ack of the message in hand fails: that one comes again).
     let status = broker.stop().await?;
     println!("the broker stopped ({status}) with messages in its queue");
-    let rest = {
-        let publish = publish.clone();
-        async move { publish(PUBLISHED_BEFORE_STOP..MESSAGES).await }
-    };
+    let rest = publish(PUBLISHED_BEFORE_STOP..MESSAGES);
     gate.add_permits(Semaphore::MAX_PERMITS / 2);
     let restarted = Instant::now();
     let (published, started) = tokio::join!(rest, async {
@@ -294,5 +291,8 @@ async fn a_thousand_orders_cross_the_mesh_through_a_broker_restart() -> anyhow::
         );
         assert_eq!(p.attr("messaging.system"), Some("rabbitmq"));
     }
+    // Gracefully, so that the script reaps its Erlang VM (a kill on drop
+    // would leave that to init).
+    broker.stop().await?;
     Ok(())
 }

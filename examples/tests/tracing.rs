@@ -269,6 +269,11 @@ fn one_order_is_one_trace_across_the_queue(spans: &[Span], root: &Span) {
     assert_eq!(at.span_id, root.span_id);
     assert_eq!(
         up,
-        ["order-service", "order-service", "gateway", "quickstart-client"]
+        [
+            "order-service",
+            "order-service",
+            "gateway",
+            "quickstart-client"
+        ]
     );
 }

@@ -235,7 +235,11 @@ async fn place_order(
     };
     match publisher.publish(&shop.otel, parent, event).await {
         Ok(()) => {
-            tracing::info!(order_id = event.order_id, user_id = event.user_id, "order placed");
+            tracing::info!(
+                order_id = event.order_id,
+                user_id = event.user_id,
+                "order placed"
+            );
             json(
                 http::StatusCode::CREATED,
                 &serde_json::json!({"orderId": event.order_id, "userId": event.user_id}),

@@ -136,8 +136,20 @@ impl Procs {
         Ok(())
     }
 
-    /// SIGTERM in reverse start order, then wait (bounded) for each.
+    /// SIGTERM to each, then wait (bounded): the apps first, then the
+    /// sidecars, then the control plane, each group in reverse start order.
+    /// That is how Kubernetes stops a pod with native sidecars: a sidecar
+    /// outlives its app. An app's long-lived connection through its
+    /// sidecar (AMQP to the broker) then ends with the app, instead of
+    /// holding the sidecar's drain open until its timeout.
     fn stop(&mut self) {
+        let rank = |name: &str| match name {
+            "control-plane" => 0,
+            n if n.ends_with("-sidecar") => 1,
+            _ => 2,
+        };
+        // Popped from the end: the last group to stop sorts first.
+        self.children.sort_by_key(|(name, _)| rank(name));
         while let Some((name, mut child)) = self.children.pop() {
             terminate(child.id());
             let started = Instant::now();
@@ -782,12 +794,7 @@ async fn main() -> anyhow::Result<()> {
 /// Places `n` orders through the gateway (each under a client span of its
 /// own), waits until email-service has sent their confirmations, prints
 /// them, and returns how many orders failed.
-async fn place_orders(
-    otel: &Otel,
-    gateway_port: u16,
-    email: &str,
-    n: u32,
-) -> anyhow::Result<u32> {
+async fn place_orders(otel: &Otel, gateway_port: u16, email: &str, n: u32) -> anyhow::Result<u32> {
     let url = format!("http://127.0.0.1:{gateway_port}/api/orders");
     println!(
         "\nPlacing {n} orders: POST /api/orders through the gateway → order-service → RabbitMQ (order.created) → email-service"
