@@ -28,7 +28,7 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:9005/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:9006/%2f"
     )]
     amqp: String,
     /// How many unacknowledged messages the broker may send at a time.
