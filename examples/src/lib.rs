@@ -1,7 +1,11 @@
 //! Shared pieces of the restaurant example: the user API, the users it
-//! knows, logging, tracing, and serving gRPC and REST on one port.
+//! knows, logging, tracing, serving gRPC and REST on one port, the
+//! `order.created` queue (publisher and consumer) and a RabbitMQ broker of
+//! our own for the quick start and the tests.
 
+pub mod broker;
 pub mod otel;
+pub mod queue;
 pub mod serve;
 
 /// Generated code of `proto/user.proto`.

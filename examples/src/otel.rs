@@ -99,6 +99,16 @@ impl Otel {
         self.propagator.inject_context(cx, &mut HeadersMut(headers));
     }
 
+    /// The sender's context from any carrier (an AMQP message's headers).
+    pub fn extract_from(&self, carrier: &dyn Extractor) -> Context {
+        self.propagator.extract(carrier)
+    }
+
+    /// Writes `cx` into any carrier (an AMQP message's headers).
+    pub fn inject_into(&self, cx: &Context, carrier: &mut dyn Injector) {
+        self.propagator.inject_context(cx, carrier);
+    }
+
     /// Ends the span `start` made, as an error when `error` says so.
     pub fn end(&self, cx: &Context, error: Option<String>) {
         if self.tracer.is_none() {

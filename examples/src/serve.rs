@@ -21,6 +21,13 @@ pub type RestFuture = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>
 /// A REST handler: the whole request in, a response out.
 pub type Rest = Arc<dyn Fn(http::Request<Incoming>) -> RestFuture + Send + Sync>;
 
+/// A body of text.
+pub fn text(s: String) -> Body {
+    Full::new(Bytes::from(s))
+        .map_err(|n| match n {})
+        .boxed_unsync()
+}
+
 /// A JSON response.
 pub fn json(status: http::StatusCode, v: &serde_json::Value) -> http::Response<Body> {
     let mut r = http::Response::new(

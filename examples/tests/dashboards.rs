@@ -659,8 +659,9 @@ fn quickstart_ports(source: &str) -> Result<QuickstartPorts, String> {
 fn the_quickstart_reader_follows_the_source() {
     let ports = quickstart_ports(&repo_file("examples/src/bin/quickstart.rs"))
         .unwrap_or_else(|e| panic!("{e}"));
-    // What the quick start prints: "2 × user-service, 1 × order-service, 4 sidecars".
-    assert_eq!(ports.sidecars.len(), 4, "{ports:#?}");
+    // 2 × user-service, order-service and the gateway; with RabbitMQ, the
+    // broker's sidecar and email-service's.
+    assert_eq!(ports.sidecars.len(), 6, "{ports:#?}");
     assert_eq!(
         ports
             .sidecars
@@ -676,7 +677,7 @@ fn the_quickstart_reader_follows_the_source() {
         .map(|s| s.admin)
         .chain([ports.control_plane_admin])
         .collect();
-    assert_eq!(all.len(), 5, "every admin port is different: {ports:#?}");
+    assert_eq!(all.len(), 7, "every admin port is different: {ports:#?}");
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 //! test process, and the spans of one request must form the chain
 //! client app → the gateway → order-service's sidecar → order-service →
 //! its sidecar → a user-service sidecar → user-service, each the parent of
-//! the next.
+//! the next. With RabbitMQ installed (required under `CI=true`), an order
+//! is one trace too, across the queue: order-service's publish span is the
+//! parent of email-service's span for the email.
 
 use std::time::Duration;
 
@@ -74,6 +76,11 @@ fn chain(spans: &[Span], trace: &str) -> anyhow::Result<Vec<Span>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()> {
+    let rabbitmq = weft_examples::broker::find_server().is_some();
+    assert!(
+        rabbitmq || std::env::var("CI").as_deref() != Ok("true"),
+        "rabbitmq-server is not installed, and CI=true requires it (.ci/run installs it)"
+    );
     let collector = Collector::start().await?;
     let dir = tempfile::tempdir()?;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quickstart"));
@@ -84,6 +91,8 @@ async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()>
         "3",
         "--rate",
         "50",
+        "--orders",
+        "1",
         "--otlp-endpoint",
     ])
     .arg(collector.endpoint())
@@ -104,16 +113,29 @@ async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()>
 
     // Every process flushed its spans when it stopped; three requests, three
     // traces of eight spans each; and the REST call the quick start makes
-    // without a trace of its own, a trace the gateway started (3 spans).
+    // without a trace of its own, a trace the gateway started (3 spans);
+    // with RabbitMQ, one order (10 spans).
+    let want = if rabbitmq { 37 } else { 27 };
     let spans = collector
-        .wait_for("4 traces, 27 spans", Duration::from_secs(10), |s| {
-            s.len() >= 27
+        .wait_for(&format!("{want} spans"), Duration::from_secs(10), |s| {
+            s.len() >= want
         })
         .await?;
     let (roots, started): (Vec<&Span>, Vec<&Span>) = spans
         .iter()
         .filter(|s| s.parent_span_id.is_empty())
         .partition(|s| s.service == "quickstart-client");
+    let (roots, orders): (Vec<&Span>, Vec<&Span>) =
+        roots.into_iter().partition(|s| s.name == "GET /api/orders");
+    if rabbitmq {
+        let [order] = orders.as_slice() else {
+            panic!("one trace per order: {orders:#?}")
+        };
+        one_order_is_one_trace_across_the_queue(&spans, order);
+    } else {
+        println!("RabbitMQ is not installed: the trace across the queue was not checked");
+        assert!(orders.is_empty(), "{orders:#?}");
+    }
     assert_eq!(roots.len(), 3, "one root per request: {roots:#?}");
     let [by_gateway] = started.as_slice() else {
         panic!("one trace started by the gateway: {started:#?}")
@@ -183,4 +205,75 @@ async fn one_request_is_one_trace_through_the_restaurant() -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// The order's trace: the client's POST through the gateway to
+/// order-service, which asks user-service (4 spans) and publishes
+/// `order.created` (a producer span under its server span); email-service's
+/// consumer span is the publish span's child, in the same trace.
+fn one_order_is_one_trace_across_the_queue(spans: &[Span], root: &Span) {
+    let of: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+    assert_eq!(of.len(), 10, "the order's trace: {of:#?}");
+    let find = |service: &str, kind: SpanKind| -> &Span {
+        let found: Vec<_> = of
+            .iter()
+            .filter(|s| s.service == service && s.kind == kind)
+            .collect();
+        match found.as_slice() {
+            [one] => one,
+            _ => panic!("one {kind:?} span of {service}: {of:#?}"),
+        }
+    };
+    let publish = find("order-service", SpanKind::Producer);
+    let email = find("email-service", SpanKind::Consumer);
+    let order_app = of
+        .iter()
+        .find(|s| {
+            s.service == "order-service"
+                && s.kind == SpanKind::Server
+                && s.resource.get("weft.component").map(String::as_str) == Some("app")
+        })
+        .unwrap_or_else(|| panic!("order-service's server span: {of:#?}"));
+    assert_eq!(order_app.name, "POST /orders");
+    assert_eq!(publish.name, "publish order.created");
+    assert_eq!(
+        publish.parent_span_id, order_app.span_id,
+        "the publish is part of the order's request"
+    );
+    assert_eq!(
+        email.parent_span_id, publish.span_id,
+        "the email continues the publish"
+    );
+    assert_eq!(email.name, "process order.created");
+    assert_eq!(publish.attr("messaging.system"), Some("rabbitmq"));
+    assert_eq!(
+        email.attr("messaging.message.id"),
+        publish.attr("messaging.message.id")
+    );
+    for s in &of {
+        assert_eq!(s.status_code, 0, "no errors: {s:#?}");
+    }
+    // The request's path up to order-service is the chain the GETs take.
+    let mut up = vec![order_app.service.as_str()];
+    let mut at = *order_app;
+    while !at.parent_span_id.is_empty() {
+        let Some(parent) = of.iter().find(|s| s.span_id == at.parent_span_id) else {
+            panic!("a broken parent link at {at:#?}")
+        };
+        up.push(parent.service.as_str());
+        at = parent;
+    }
+    assert_eq!(at.span_id, root.span_id);
+    assert_eq!(
+        up,
+        [
+            "order-service",
+            "order-service",
+            "gateway",
+            "quickstart-client"
+        ]
+    );
 }

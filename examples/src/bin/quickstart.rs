@@ -1,9 +1,11 @@
 //! The quick start: runs the restaurant in a Weft mesh from the binaries
 //! next to this one (the control plane, two user-service instances — v1,
 //! and a v2 canary taking 10% by route — and one order-service, each with
-//! its sidecar, and the gateway in front), sends traffic through the
-//! gateway, prints what happened, and keeps the mesh up until Ctrl-C (or
-//! stops at once with `--once`).
+//! its sidecar, and the gateway in front; and, when RabbitMQ is installed,
+//! a broker of its own and email-service, each with its sidecar), sends
+//! traffic through the gateway, places orders whose confirmations
+//! email-service sends, prints what happened, and keeps the mesh up until
+//! Ctrl-C (or stops at once with `--once`).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -20,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use weft_examples::broker::{Broker, BrokerConfig, INSTALL_HINT, amqp_url, find_server};
 use weft_examples::otel::Otel;
 
 #[derive(Debug, Parser)]
@@ -34,6 +37,10 @@ struct Args {
     /// At how many requests per second.
     #[arg(long, default_value_t = 100)]
     rate: u32,
+    /// How many orders to place (POST /api/orders) when RabbitMQ is
+    /// installed: each is an `order.created` event email-service consumes.
+    #[arg(long, default_value_t = 5)]
+    orders: u32,
     /// Stop after printing the results instead of waiting for Ctrl-C.
     #[arg(long)]
     once: bool,
@@ -129,8 +136,20 @@ impl Procs {
         Ok(())
     }
 
-    /// SIGTERM in reverse start order, then wait (bounded) for each.
+    /// SIGTERM to each, then wait (bounded): the apps first, then the
+    /// sidecars, then the control plane, each group in reverse start order.
+    /// That is how Kubernetes stops a pod with native sidecars: a sidecar
+    /// outlives its app. An app's long-lived connection through its
+    /// sidecar (AMQP to the broker) then ends with the app, instead of
+    /// holding the sidecar's drain open until its timeout.
     fn stop(&mut self) {
+        let rank = |name: &str| match name {
+            "control-plane" => 0,
+            n if n.ends_with("-sidecar") => 1,
+            _ => 2,
+        };
+        // Popped from the end: the last group to stop sorts first.
+        self.children.sort_by_key(|(name, _)| rank(name));
         while let Some((name, mut child)) = self.children.pop() {
             terminate(child.id());
             let started = Instant::now();
@@ -265,6 +284,46 @@ async fn main() -> anyhow::Result<()> {
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
+    // RabbitMQ, if installed: a node of our own (its Erlang VM takes a few
+    // seconds to boot, so it starts while the rest of the mesh does).
+    let rabbitmq = match find_server() {
+        Some(server) => {
+            let config = BrokerConfig {
+                server,
+                dir: workdir.join("rabbitmq"),
+                node: if args.free_ports {
+                    format!("weft-quickstart-{}@localhost", std::process::id())
+                } else {
+                    "weft-quickstart@localhost".into()
+                },
+                amqp_port: p.get(5672)?,
+                dist_port: p.get(25672)?,
+                // With free ports, an epmd of its own (ended with it), so
+                // that quick starts running side by side do not meet.
+                epmd_port: if args.free_ports {
+                    Some(p.get(4369)?)
+                } else {
+                    None
+                },
+            };
+            println!(
+                "Starting RabbitMQ (node {}, data in {})",
+                config.node,
+                config.dir.display()
+            );
+            Some(tokio::spawn(Broker::start(config)))
+        }
+        None => {
+            println!(
+                "RabbitMQ is not installed: the restaurant runs without its queue and email-service.\n  \
+                 To see orders' confirmation emails: {INSTALL_HINT}"
+            );
+            None
+        }
+    };
+    let up_rabbit_orders = p.get(9005)?;
+    let up_rabbit_emails = p.get(9006)?;
+
     println!(
         "Starting the Weft control plane and the restaurant (logs in {})",
         log_dir.display()
@@ -333,7 +392,13 @@ async fn main() -> anyhow::Result<()> {
     let token_dir = workdir.join("tokens");
     std::fs::create_dir_all(&token_dir)?;
     let mut token_files = std::collections::HashMap::new();
-    for service in ["user-service", "order-service", "gateway"] {
+    for service in [
+        "user-service",
+        "order-service",
+        "gateway",
+        "rabbitmq",
+        "email-service",
+    ] {
         let token = weftctl(&["token", "create", service, "--ttl", "1h"], None)?;
         let path = token_dir.join(format!("{service}.token"));
         std::fs::write(&path, token.trim())?;
@@ -403,31 +468,40 @@ async fn main() -> anyhow::Result<()> {
         sidecar_admins.push((instance.to_string(), admin));
     }
     let order_app = p.get(8090)?;
-    procs.spawn(
-        "order-service",
-        "order-service",
-        &s(&[
-            "--listen",
-            &format!("127.0.0.1:{order_app}"),
-            "--user-service",
-            &format!("http://127.0.0.1:{up_users}"),
-        ]),
-    )?;
+    let mut order_args = s(&[
+        "--listen",
+        &format!("127.0.0.1:{order_app}"),
+        "--user-service",
+        &format!("http://127.0.0.1:{up_users}"),
+    ]);
+    let mut order_sidecar_args = s(&[
+        "--app",
+        &format!("127.0.0.1:{order_app}"),
+        "--protocol",
+        "http",
+        "--upstream",
+        &format!("user-service=127.0.0.1:{up_users}"),
+        "--instance-id",
+        "order-1",
+    ]);
+    if rabbitmq.is_some() {
+        // order-service publishes through its sidecar's port for rabbitmq.
+        order_args.extend(s(&[
+            "--amqp",
+            &amqp_url(([127, 0, 0, 1], up_rabbit_orders).into()),
+        ]));
+        order_sidecar_args.extend(s(&[
+            "--upstream",
+            &format!("rabbitmq=127.0.0.1:{up_rabbit_orders}"),
+        ]));
+    }
+    procs.spawn("order-service", "order-service", &order_args)?;
     let admin = sidecar(
         &mut procs,
         "order-service",
         "order-service",
         15300,
-        &s(&[
-            "--app",
-            &format!("127.0.0.1:{order_app}"),
-            "--protocol",
-            "http",
-            "--upstream",
-            &format!("user-service=127.0.0.1:{up_users}"),
-            "--instance-id",
-            "order-1",
-        ]),
+        &order_sidecar_args,
     )?;
     sidecar_admins.push(("order-service".into(), admin));
     // The front door: a sidecar in gateway mode, routing by the routes
@@ -450,6 +524,60 @@ async fn main() -> anyhow::Result<()> {
         ]),
     )?;
     sidecar_admins.push(("gateway".into(), admin));
+    // The broker behind its sidecar (opaque TCP, mutual TLS), and
+    // email-service reaching it through its own sidecar.
+    let mut email = None;
+    let broker = match rabbitmq {
+        Some(task) => {
+            let broker = task.await??;
+            let admin = sidecar(
+                &mut procs,
+                "rabbitmq",
+                "rabbitmq",
+                15500,
+                &s(&[
+                    "--app",
+                    &broker.addr().to_string(),
+                    "--protocol",
+                    "tcp",
+                    "--instance-id",
+                    "rabbitmq-1",
+                ]),
+            )?;
+            sidecar_admins.push(("rabbitmq".into(), admin));
+            let email_app = p.get(8095)?;
+            procs.spawn(
+                "email-service",
+                "email-service",
+                &s(&[
+                    "--listen",
+                    &format!("127.0.0.1:{email_app}"),
+                    "--amqp",
+                    &amqp_url(([127, 0, 0, 1], up_rabbit_emails).into()),
+                ]),
+            )?;
+            let admin = sidecar(
+                &mut procs,
+                "email-service",
+                "email-service",
+                15600,
+                &s(&[
+                    "--app",
+                    &format!("127.0.0.1:{email_app}"),
+                    "--protocol",
+                    "http",
+                    "--upstream",
+                    &format!("rabbitmq=127.0.0.1:{up_rabbit_emails}"),
+                    "--instance-id",
+                    "email-1",
+                ]),
+            )?;
+            sidecar_admins.push(("email-service".into(), admin));
+            email = Some(format!("127.0.0.1:{email_app}"));
+            Some(broker)
+        }
+        None => None,
+    };
     for (name, admin) in &sidecar_admins {
         wait_ready(
             &http,
@@ -463,11 +591,17 @@ async fn main() -> anyhow::Result<()> {
     // order-service and user-service, order-service's sidecar both
     // user-service instances.
     let deadline = Instant::now() + Duration::from_secs(20);
-    for (admin, service, want) in [
+    let mut upstreams = vec![
         (&sidecar_admins[2].1, "user-service", 2),
         (&sidecar_admins[3].1, "order-service", 1),
         (&sidecar_admins[3].1, "user-service", 2),
-    ] {
+    ];
+    if broker.is_some() {
+        // Both clients of the broker see it.
+        upstreams.push((&sidecar_admins[2].1, "rabbitmq", 1));
+        upstreams.push((&sidecar_admins[5].1, "rabbitmq", 1));
+    }
+    for (admin, service, want) in upstreams {
         loop {
             let config = get(&http, &format!("http://{admin}/config")).await?.1;
             let v: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
@@ -487,7 +621,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "  the mesh is up: control plane, 2 × user-service (v1, v2), 1 × order-service, 3 sidecars, the gateway on 127.0.0.1:{gateway_port}\n"
+        "  the mesh is up: control plane, 2 × user-service (v1, v2), 1 × order-service, {}, the gateway on 127.0.0.1:{gateway_port}\n",
+        if broker.is_some() {
+            "RabbitMQ, 1 × email-service, 5 sidecars"
+        } else {
+            "3 sidecars"
+        }
     );
 
     // Traffic: our client → the gateway → order-service's sidecar →
@@ -547,7 +686,6 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => *failures.entry(e.to_string()).or_default() += 1,
         }
     }
-    otel.shutdown().await;
     latencies.sort();
     let ok = latencies.len() as u32;
     println!("  succeeded {ok}, failed {}", args.requests - ok);
@@ -578,6 +716,13 @@ async fn main() -> anyhow::Result<()> {
         ),
         Err(e) => println!("\n$ curl {url}\nfailed: {e}"),
     }
+    // Orders: each one an order.created event through RabbitMQ, and an
+    // email from email-service.
+    let mut orders_failed = 0;
+    if let Some(email) = &email {
+        orders_failed = place_orders(&otel, gateway_port, email, args.orders).await?;
+    }
+    otel.shutdown().await;
     if let Ok(out) = weftctl(&["status"], None) {
         println!("\n$ weftctl status\n{out}");
     }
@@ -600,6 +745,12 @@ async fn main() -> anyhow::Result<()> {
         println!("Try it:");
         println!("  curl http://127.0.0.1:{gateway_port}/api/users/1");
         println!("  curl 'http://127.0.0.1:{gateway_port}/api/orders?userId=1'");
+        if let Some(email) = &email {
+            println!(
+                "  curl -X POST -H 'content-type: application/json' -d '{{\"userId\": 1}}' http://127.0.0.1:{gateway_port}/api/orders"
+            );
+            println!("  curl http://{email}/emails");
+        }
         println!(
             "  {}/weftctl --control-plane {cp_url} --credential {} get instances",
             bin_dir.display(),
@@ -616,6 +767,20 @@ async fn main() -> anyhow::Result<()> {
         println!("\nStopping the mesh");
     }
     procs.stop();
+    if let Some(mut broker) = broker {
+        let started = Instant::now();
+        match broker.stop().await {
+            Ok(status) => println!(
+                "  stopped {:<22} ({status}, {:.1} s)",
+                "rabbitmq",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => println!("  killed  {:<20} ({e})", "rabbitmq"),
+        }
+    }
+    if orders_failed > 0 {
+        bail!("{orders_failed} of {} orders failed", args.orders);
+    }
     if ok != args.requests {
         bail!(
             "{} of {} requests failed",
@@ -624,4 +789,99 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Places `n` orders through the gateway (each under a client span of its
+/// own), waits until email-service has sent their confirmations, prints
+/// them, and returns how many orders failed.
+async fn place_orders(otel: &Otel, gateway_port: u16, email: &str, n: u32) -> anyhow::Result<u32> {
+    let url = format!("http://127.0.0.1:{gateway_port}/api/orders");
+    println!(
+        "\nPlacing {n} orders: POST /api/orders through the gateway → order-service → RabbitMQ (order.created) → email-service"
+    );
+    let client: Client<HttpConnector, http_body_util::Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let before = emails_sent(email).await.unwrap_or(0);
+    let mut placed = 0u32;
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..n {
+        let cx = otel.start(
+            &opentelemetry::Context::new(),
+            SpanKind::Client,
+            "POST /api/orders",
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("url.full", url.clone()),
+            ],
+        );
+        let mut req = http::Request::post(&url).body(http_body_util::Full::new(Bytes::from(
+            serde_json::json!({"userId": i % 5 + 1}).to_string(),
+        )))?;
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        otel.inject(&cx, req.headers_mut());
+        let result = async {
+            let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req)).await??;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+        .await;
+        otel.end(
+            &cx,
+            match &result {
+                Ok((s, _)) if s.is_success() => None,
+                Ok((s, _)) => Some(format!("HTTP {s}")),
+                Err(e) => Some(e.to_string()),
+            },
+        );
+        match result {
+            Ok((status, _)) if status == http::StatusCode::CREATED => placed += 1,
+            Ok((status, body)) => {
+                *failures
+                    .entry(format!("{status}: {}", body.trim()))
+                    .or_default() += 1
+            }
+            Err(e) => *failures.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    println!("  placed {placed}, failed {}", n - placed);
+    for (reason, k) in &failures {
+        println!("    {k} × {reason}");
+    }
+    // The events are consumed asynchronously: wait (bounded) for the emails.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want = before + u64::from(placed);
+    let mut sent = before;
+    while sent < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sent = emails_sent(email).await.unwrap_or(sent);
+    }
+    println!("  emails sent by email-service: {}", sent - before);
+    if let Ok((_, body)) = get(&plain_client(), &format!("http://{email}/emails")).await {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let last = v["last"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for e in &last[last.len().saturating_sub(n as usize)..] {
+            println!(
+                "    to {:<22} {}",
+                e["to"].as_str().unwrap_or("?"),
+                e["subject"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let missing = u32::try_from(want.saturating_sub(sent)).unwrap_or(u32::MAX);
+    Ok(n - placed + missing)
+}
+
+fn plain_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// email-service's count of confirmations sent.
+async fn emails_sent(email: &str) -> anyhow::Result<u64> {
+    let (_, body) = get(&plain_client(), &format!("http://{email}/emails")).await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    v["sent"].as_u64().context("no count in /emails")
 }
