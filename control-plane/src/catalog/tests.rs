@@ -215,6 +215,8 @@ fn diffs_carry_only_changes() {
             inbound_mode: InboundMode::Strict,
             resilience: Default::default(),
             rate_limit: None,
+            addresses: Vec::new(),
+            opaque_ports: Vec::new(),
         }),
         endpoints: Default::default(),
         inbound: Default::default(),

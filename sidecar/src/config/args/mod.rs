@@ -124,6 +124,7 @@ impl Args {
             admin: listen.admin,
             advertise: listen.advertise,
             upstreams: listen.upstreams,
+            intercept: listen.intercept,
             source,
             timeouts: self.timeouts.into(),
             tracing,
