@@ -55,7 +55,9 @@ async fn run_main(args: Args) -> anyhow::Result<()> {
 }
 
 fn init_main() -> std::process::ExitCode {
-    let args = InitArgs::parse_from(std::env::args_os().skip(1));
+    // Named whole in usage lines and errors: `weft-sidecar init`.
+    let argv = std::iter::once("weft-sidecar init".into()).chain(std::env::args_os().skip(2));
+    let args = InitArgs::parse_from(argv);
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {

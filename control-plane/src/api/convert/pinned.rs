@@ -20,6 +20,8 @@ spec:
   protocol: grpc
   loadBalancer: round-robin
   inboundMode: permissive
+  addresses: [10.96.0.10]
+  opaquePorts: [3306]
   subsets:
     - name: v2
       labels: {version: v2, zone: a}
@@ -130,6 +132,8 @@ fn expected_wire() -> Vec<pb::Resource> {
             abort_http_status: 429,
         }),
         rate_limit: None,
+        addresses: strings(&["10.96.0.10"]),
+        opaque_ports: vec![3306],
     };
     let sparse = pb::ServiceSpec {
         name: "sparse".into(),
