@@ -204,6 +204,8 @@ kind: "Service"
 metadata:
   name: "users"
 spec:
+  addresses:
+    - "10.96.0.10"
   circuitBreaker:
     baseEjection: "10s"
     consecutiveFailures: 3
@@ -226,6 +228,8 @@ spec:
       - "/u.Users/List"
   inboundMode: "permissive"
   loadBalancer: "round-robin"
+  opaquePorts:
+    - 3306
   protocol: "grpc"
   retries:
     attempts: 3
