@@ -19,8 +19,8 @@ use weft_proto::v1::discovery_server::Discovery;
 
 use crate::api::convert::{health_from_proto, registration_from_hello};
 use crate::catalog::{
-    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceView, SidecarStream,
-    clip,
+    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceAddresses, ServiceView,
+    SidecarStream, clip,
 };
 use crate::metrics::Metrics;
 use crate::resource::Name;
@@ -124,6 +124,8 @@ struct Session {
     unanswered: VecDeque<(u64, Instant)>,
     tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
     roots: Arc<Vec<Vec<u8>>>,
+    /// The address map last sent (`None` before the first push).
+    sent_addresses: Option<Vec<ServiceAddresses>>,
 }
 
 impl Session {
@@ -155,6 +157,7 @@ impl Session {
             unanswered: VecDeque::new(),
             tx,
             roots: service.roots.clone(),
+            sent_addresses: None,
         }
     }
 
@@ -294,7 +297,15 @@ impl Session {
             } else {
                 Vec::new()
             },
+            addresses: None,
         };
+        // Every service's addresses, not only the wanted ones': an
+        // intercepted connection may go anywhere.
+        let addresses = self.catalog.address_map();
+        if full || self.sent_addresses.as_ref() != Some(&addresses) {
+            update.addresses = Some(address_map_to_proto(&addresses));
+            self.sent_addresses = Some(addresses);
+        }
         for (name, generation, view) in views {
             self.seen.insert(name.clone(), generation);
             let own = name == self.own_service;
@@ -308,7 +319,7 @@ impl Session {
             }
             self.sent.insert(name, view);
         }
-        if !full && update.services.is_empty() {
+        if !full && update.services.is_empty() && update.addresses.is_none() {
             return true;
         }
         update.version = self.stream.next_version();
@@ -336,6 +347,19 @@ impl Session {
             "pushed update"
         );
         true
+    }
+}
+
+fn address_map_to_proto(map: &[ServiceAddresses]) -> pb::AddressMap {
+    pb::AddressMap {
+        services: map
+            .iter()
+            .map(|s| pb::ServiceAddresses {
+                service: s.service.to_string(),
+                addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
+                opaque_ports: s.opaque_ports.iter().map(|&p| u32::from(p)).collect(),
+            })
+            .collect(),
     }
 }
 

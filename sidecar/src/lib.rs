@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod identity;
+pub mod intercept;
 pub mod model;
 pub mod proxy;
 pub mod rand;

@@ -29,6 +29,7 @@ use crate::endpoint::{Connector, TcpConnector};
 use crate::health::Checker;
 use crate::identity::tls::{self, MtlsConnector};
 use crate::identity::{Identity, IdentityError};
+use crate::intercept::AddressMap;
 use crate::model::inbound::InboundPolicy;
 use crate::model::{Health, ServiceState};
 use crate::proxy::gateway::{self, CertError, Certificates, Gateway, Public};
@@ -190,6 +191,8 @@ struct Parts {
     routes: Arc<Routes>,
     /// What the inbound half enforces, as the control plane last said.
     inbound_policy: Arc<ArcSwap<InboundPolicy>>,
+    /// Which service each address belongs to, for interception.
+    addresses: Arc<ArcSwap<AddressMap>>,
     /// Plain TCP: to the app, and under TLS to peers.
     tcp: Arc<TcpConnector>,
     /// The one way to a peer sidecar (mutual TLS when there is an identity).
@@ -267,6 +270,7 @@ impl Parts {
             status: StatusCell::new(state),
             routes: Arc::new(Routes::new(subscribe)),
             inbound_policy: Arc::new(ArcSwap::from_pointee(InboundPolicy::default())),
+            addresses: Arc::new(ArcSwap::from_pointee(AddressMap::default())),
             tcp,
             peers,
             advertise: cfg.advertise.clone().unwrap_or_else(|| inbound.to_string()),
@@ -428,6 +432,7 @@ fn spawn_feed(
         connect_timeout: cfg.timeouts.connect,
         identity,
         inbound: parts.inbound_policy.clone(),
+        addresses: parts.addresses.clone(),
         ejections,
         ejected: Default::default(),
         telemetry: parts.telemetry.clone(),
@@ -461,6 +466,11 @@ fn serve_traffic(
         telemetry: parts.telemetry.clone(),
         connector: parts.peers.clone(),
         discovery_timeout: cfg.timeouts.discovery,
+        intercept: cfg.intercept.map(|unknown| proxy::Interception {
+            addresses: parts.addresses.clone(),
+            unknown,
+            connect_timeout: cfg.timeouts.connect,
+        }),
     });
     let to_app = Arc::new(Inbound {
         service: cfg.service.clone(),
@@ -476,6 +486,7 @@ fn serve_traffic(
             .map(|id| Arc::new(tls::LazyAcceptor::new(id))),
         policy: parts.inbound_policy.clone(),
         limiter: Default::default(),
+        intercept: cfg.intercept.is_some(),
     });
     tokio::spawn(proxy::serve(
         inbound,

@@ -1,12 +1,14 @@
 //! The harness of Weft's end-to-end tests and benchmark: test services (a
 //! gRPC echo service with every kind of call, an HTTP/1.1 app), an in-process
 //! control plane and sidecars on 127.0.0.1 port 0, a test mesh CA, child processes of the
-//! real binaries, an OTLP trace receiver, and polling helpers with bounded deadlines.
+//! real binaries, an OTLP trace receiver, and polling helpers with bounded deadlines;
+//! network namespaces as pods for the interception tests (`netns`).
 
 pub mod ca;
 pub mod echo;
 pub mod http_app;
 pub mod mesh;
+pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod util;

@@ -35,7 +35,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin(name)?)
+        Self::spawn_program(bin(name)?, args)
+    }
+
+    /// Any program (e.g. `ip netns exec ...` around one of ours).
+    pub fn spawn_program(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -233,6 +233,7 @@ impl Discovery for FakeDiscovery {
                 routing: None,
             }],
             roots: vec![],
+            addresses: None,
         };
         let bad = pb::DiscoveryUpdate {
             version: 2,
@@ -245,6 +246,7 @@ impl Discovery for FakeDiscovery {
                 ..Default::default()
             }],
             roots: vec![],
+            addresses: None,
         };
         tokio::spawn(async move {
             let _ = tx.send(Ok(good)).await;

@@ -89,6 +89,24 @@ pub struct Counts {
     pub sidecars: usize,
 }
 
+/// What interception maps to one service (see [`Catalog::address_map`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddresses {
+    pub service: Name,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub opaque_ports: Vec<u16>,
+}
+
+impl ServiceAddresses {
+    fn new(service: &Name) -> Self {
+        ServiceAddresses {
+            service: service.clone(),
+            addresses: Vec::new(),
+            opaque_ports: Vec::new(),
+        }
+    }
+}
+
 /// The parts, under the catalog's one lock.
 #[derive(Default)]
 struct Parts {
@@ -336,6 +354,42 @@ impl Catalog {
                     healthy_instances: healthy,
                     policy: view.policy,
                 }
+            })
+            .collect()
+    }
+
+    /// Every service's addresses, by service: its virtual IPs
+    /// (`spec.addresses`) and its instances' IPs (callers-only instances
+    /// and host names left out), for interception. Sorted, so that two
+    /// equal maps compare equal.
+    pub fn address_map(&self) -> Vec<ServiceAddresses> {
+        let parts = self.lock();
+        let mut map: std::collections::BTreeMap<&Name, ServiceAddresses> = Default::default();
+        for name in parts.resources.service_names() {
+            if let Some(spec) = parts.resources.service(name) {
+                let e = map
+                    .entry(name)
+                    .or_insert_with(|| ServiceAddresses::new(name));
+                e.addresses.extend(&spec.addresses);
+                e.opaque_ports.extend(&spec.opaque_ports);
+            }
+        }
+        for i in parts.instances.iter().filter(|i| !i.record.no_app) {
+            if let Ok(addr) = i.record.address.parse::<std::net::SocketAddr>() {
+                let name = &i.record.service;
+                map.entry(name)
+                    .or_insert_with(|| ServiceAddresses::new(name))
+                    .addresses
+                    .push(addr.ip());
+            }
+        }
+        map.into_values()
+            .filter(|s| !s.addresses.is_empty())
+            .map(|mut s| {
+                s.addresses.sort();
+                s.addresses.dedup();
+                s.opaque_ports.sort_unstable();
+                s
             })
             .collect()
     }

@@ -215,6 +215,8 @@ fn diffs_carry_only_changes() {
             inbound_mode: InboundMode::Strict,
             resilience: Default::default(),
             rate_limit: None,
+            addresses: Vec::new(),
+            opaque_ports: Vec::new(),
         }),
         endpoints: Default::default(),
         inbound: Default::default(),
@@ -281,4 +283,30 @@ fn moving_an_instance_to_another_service_changes_both_views() {
     let names: Vec<_> = changed.iter().map(|x| x.0.as_str()).collect();
     assert_eq!(names, ["orders", "users"]);
     assert!(!view(&c, "users").known);
+}
+
+#[tokio::test]
+async fn the_address_map_holds_virtual_and_instance_addresses() {
+    let c = Catalog::in_memory(config());
+    c.apply(
+        &parse_documents(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+             addresses: [10.96.0.10]\n  opaquePorts: [3306]\n",
+        )
+        .expect("valid"),
+    );
+    let _web = connect(&c, "web", "w-1", 1);
+    let mut caller = hello("client", "c-1", 2);
+    caller.no_app = true;
+    let _client = c.connect(caller, BTreeSet::new(), 0);
+    let map = c.address_map();
+    assert_eq!(
+        map.len(),
+        1,
+        "a callers-only instance maps nothing: {map:?}"
+    );
+    assert_eq!(map[0].service.as_str(), "web");
+    let ips: Vec<String> = map[0].addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(ips, ["10.96.0.10", "127.0.0.1"]);
+    assert_eq!(map[0].opaque_ports, [3306]);
 }

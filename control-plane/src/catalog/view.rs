@@ -244,6 +244,8 @@ pub(super) fn build<'a>(
         inbound_mode: InboundMode::Strict,
         resilience: Default::default(),
         rate_limit: None,
+        addresses: Vec::new(),
+        opaque_ports: Vec::new(),
     });
     policy.protocol = policy.protocol.or(declared).or(Some(Protocol::Grpc));
     ServiceView {

@@ -99,6 +99,50 @@ pub struct ServiceSpec {
     /// `spec.rateLimit`: what the service's own sidecars let in, in all
     /// (key `All`) or per caller identity (key `Caller`); `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// `spec.addresses`: virtual IPs intercepted connections are mapped to
+    /// this service by (any port), like a Kubernetes ClusterIP.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// `spec.opaquePorts`: server-first protocols; intercepted connections
+    /// to these ports skip protocol detection.
+    pub opaque_ports: Vec<u16>,
+}
+
+/// Checks `spec.addresses`: IPs a client could dial (not loopback,
+/// unspecified or multicast), each once. Errors name the entry.
+pub fn check_addresses<S: AsRef<str>>(
+    raw: &[S],
+    path: &str,
+    errs: &mut Vec<(String, String)>,
+) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let a = a.as_ref();
+        let at = format!("{path}[{i}]");
+        match a.parse::<std::net::IpAddr>() {
+            Err(_) => errs.push((at, format!("{a:?} is not an IP address"))),
+            Ok(ip) if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() => errs.push((
+                at,
+                format!("{ip} cannot be a service address (loopback, unspecified or multicast)"),
+            )),
+            Ok(ip) if out.contains(&ip) => errs.push((at, format!("{ip} is listed twice"))),
+            Ok(ip) => out.push(ip),
+        }
+    }
+    out
+}
+
+/// Checks `spec.opaquePorts`: real ports, each once.
+pub fn check_ports(raw: &[u32], path: &str, errs: &mut Vec<(String, String)>) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    for (i, &p) in raw.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match u16::try_from(p) {
+            Ok(0) | Err(_) => errs.push((at, format!("{p} is not a port (1 to 65535)"))),
+            Ok(p) if out.contains(&p) => errs.push((at, format!("{p} is listed twice"))),
+            Ok(p) => out.push(p),
+        }
+    }
+    out
 }
 
 /// Any resource kind.

@@ -51,6 +51,13 @@ pub fn to_value(r: &Resource) -> Value {
             if let Some(r) = &s.rate_limit {
                 spec.insert("rateLimit".into(), route::rate_limit(r));
             }
+            if !s.addresses.is_empty() {
+                let a: Vec<String> = s.addresses.iter().map(|a| a.to_string()).collect();
+                spec.insert("addresses".into(), json!(a));
+            }
+            if !s.opaque_ports.is_empty() {
+                spec.insert("opaquePorts".into(), json!(s.opaque_ports));
+            }
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Service",

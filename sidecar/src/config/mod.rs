@@ -58,6 +58,9 @@ pub struct SidecarConfig {
     /// What other sidecars dial; `None`: the bound inbound address.
     pub advertise: Option<String>,
     pub upstreams: Vec<Upstream>,
+    /// Transparent interception (`--intercept`), with what becomes of
+    /// unknown destinations; `None`: off.
+    pub intercept: Option<crate::intercept::UnknownDestinations>,
     pub source: Source,
     pub timeouts: Timeouts,
     /// Where and how much to trace; `None`: no spans, headers untouched.

@@ -21,6 +21,8 @@ use super::{ConfigState, StatusCell, StreamState};
 use crate::backoff::Backoff;
 use crate::drain;
 use crate::identity::{Identity, IdentityError};
+use crate::intercept::AddressMap;
+use crate::intercept::map::MapError;
 use crate::model::Health;
 use crate::model::inbound::InboundPolicy;
 use crate::table::{EjectionEvent, Routes, TableBuilder};
@@ -57,6 +59,8 @@ pub struct DiscoveryClient {
     pub identity: Arc<Identity>,
     /// Where the inbound policy for the proxy is published.
     pub inbound: Arc<ArcSwap<InboundPolicy>>,
+    /// Where the address map for interception is published.
+    pub addresses: Arc<ArcSwap<AddressMap>>,
     /// Ejections by this sidecar's outlier detection, to report.
     pub ejections: mpsc::UnboundedReceiver<EjectionEvent>,
     /// Those in force: (service, instance) → until (unix ms). Reported again
@@ -96,6 +100,8 @@ enum Refused {
     Convert(#[from] ConvertError),
     #[error(transparent)]
     Roots(#[from] IdentityError),
+    #[error(transparent)]
+    Addresses(#[from] MapError),
 }
 
 fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
@@ -291,13 +297,22 @@ impl DiscoveryClient {
         let converted = convert_update(update)
             .map_err(Refused::from)
             .and_then(|changes| {
+                let addresses = update
+                    .addresses
+                    .as_ref()
+                    .map(AddressMap::from_proto)
+                    .transpose()?;
                 if !update.roots.is_empty() {
                     self.identity.set_roots(&update.roots)?;
                 }
-                Ok(changes)
+                Ok((changes, addresses))
             });
         match converted {
-            Ok(changes) => {
+            Ok((changes, addresses)) => {
+                if let Some(map) = addresses {
+                    tracing::debug!(addresses = map.len(), "address map updated");
+                    self.addresses.store(Arc::new(map));
+                }
                 self.state.apply(update.full, changes);
                 let table = self
                     .builder

@@ -94,6 +94,7 @@ mod tests {
             version: 1,
             full: true,
             roots: vec![],
+            addresses: None,
             services: vec![
                 pb::ServiceUpdate {
                     name: "a".into(),
@@ -140,6 +141,7 @@ mod tests {
             version: 2,
             full: false,
             roots: vec![],
+            addresses: None,
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,
@@ -168,6 +170,7 @@ mod tests {
             version: 3,
             full: false,
             roots: vec![],
+            addresses: None,
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,

@@ -105,6 +105,9 @@ pub struct Inbound {
     /// The rate limit's buckets, kept across policy pushes that leave the
     /// limit as it was.
     pub limiter: SharedLimiter,
+    /// Transparent interception: a connection redirected from an app port
+    /// goes to that port on loopback.
+    pub intercept: bool,
 }
 
 /// The inbound half as the tower service of one connection, whose caller
@@ -343,6 +346,7 @@ mod tests {
             tls: None,
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             limiter: SharedLimiter::default(),
+            intercept: false,
         }
     }
 

@@ -17,6 +17,7 @@ mod exchange;
 pub mod gateway;
 mod headers;
 mod inbound;
+mod intercept;
 mod outbound;
 mod outcome;
 mod response;
@@ -25,6 +26,7 @@ mod tcp;
 
 pub use detect::{Detected, classify as detect_protocol};
 pub use inbound::{App, Inbound, InboundService, Peer};
+pub use intercept::Interception;
 pub use outbound::{Outbound, OutboundService, Rewritten, Route, RoutePolicy};
 pub use outcome::{Failure, Outcome};
 pub use server::{Listener, serve};

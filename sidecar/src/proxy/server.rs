@@ -18,6 +18,7 @@ use weft_proto::protocol::{InboundMode, Protocol};
 use super::HttpFuture;
 use super::detect::{Detected, Prefixed, detect};
 use super::inbound::{Inbound, Peer};
+use super::intercept::Decision;
 use super::outbound::Outbound;
 use crate::drain;
 use crate::identity::tls::{self, handshake_reason};
@@ -26,6 +27,12 @@ use crate::table::Entry;
 /// How long to wait for a client's first bytes before treating the
 /// connection as opaque TCP (server-speaks-first protocols send nothing).
 const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The same for an intercepted connection: the app did not choose to talk
+/// to a proxy, so a server-first protocol the mesh was not told about
+/// (`opaquePorts`) should stall as briefly as a client's first bytes can
+/// take to arrive on a pod's loopback.
+const INTERCEPT_DETECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What a listener is for, and the half of the sidecar that serves it.
 #[derive(Clone)]
@@ -73,24 +80,52 @@ async fn connection(
     drain: drain::Watch,
 ) -> Result<(), BoxError> {
     if let Listener::Inbound(inbound) = &kind
+        && inbound.intercept
+        && let Some(original) = super::intercept::redirected(&stream)
+    {
+        let _hold = drain; // counted until the copy ends
+        return inbound.redirected(stream, original.port()).await;
+    }
+    if let Listener::Inbound(inbound) = &kind
         && inbound.tls.is_some()
     {
         return inbound_connection(stream, inbound.clone(), drain).await;
     }
+    // An intercepted connection to a mesh service is that service's, as if
+    // the app had dialled an upstream port for it.
+    let mut detect_timeout = DETECT_TIMEOUT;
+    let mut opaque_port = false;
+    let kind = match &kind {
+        Listener::Outbound(o) if let Some(icpt) = &o.intercept => match icpt.decide(&stream) {
+            Decision::NotRedirected => kind,
+            Decision::Service(mapped, port) => {
+                o.telemetry.metrics.count_intercepted("outbound", "service");
+                detect_timeout = INTERCEPT_DETECT_TIMEOUT;
+                opaque_port = mapped.is_opaque(port);
+                Listener::Upstream(o.clone(), mapped.service.clone())
+            }
+            Decision::Unknown(original) => {
+                let _hold = drain;
+                return icpt.unknown(stream, original, &o.telemetry.metrics).await;
+            }
+        },
+        _ => kind,
+    };
     // Ports that are known to carry opaque TCP skip detection, so that
     // server-speaks-first protocols are never stalled.
-    let known_tcp = match &kind {
-        Listener::Inbound(inbound) => inbound.protocol == Protocol::Tcp,
-        Listener::Upstream(outbound, s) => matches!(
-            outbound.routes.load().get(s.as_str()),
-            Some(Entry::Known(t)) if t.policy.protocol == Protocol::Tcp
-        ),
-        Listener::Outbound(_) => false,
-    };
+    let known_tcp = opaque_port
+        || match &kind {
+            Listener::Inbound(inbound) => inbound.protocol == Protocol::Tcp,
+            Listener::Upstream(outbound, s) => matches!(
+                outbound.routes.load().get(s.as_str()),
+                Some(Entry::Known(t)) if t.policy.protocol == Protocol::Tcp
+            ),
+            Listener::Outbound(_) => false,
+        };
     let (detected, prefix) = if known_tcp {
         (Detected::Tcp, bytes::Bytes::new())
     } else {
-        match detect(&mut stream, DETECT_TIMEOUT).await? {
+        match detect(&mut stream, detect_timeout).await? {
             Some(d) => d,
             None => return Ok(()),
         }

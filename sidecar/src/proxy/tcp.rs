@@ -73,17 +73,22 @@ impl Outbound {
 
 impl Inbound {
     /// Carries one connection from a peer to the local app.
-    pub async fn tcp<T>(&self, mut io: T) -> Result<(), ProxyError>
+    pub async fn tcp<T>(&self, io: T) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let Some(app) = &self.app else {
             return Err(ProxyError::NoApp);
         };
-        let mut upstream = self
-            .app_connector
-            .connect_tcp(&app.addr.to_string())
-            .await?;
+        self.tcp_to(io, app.addr).await
+    }
+
+    /// Carries one connection to the app listening at `app`.
+    pub async fn tcp_to<T>(&self, mut io: T, app: std::net::SocketAddr) -> Result<(), ProxyError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut upstream = self.app_connector.connect_tcp(&app.to_string()).await?;
         copy(
             &self.telemetry,
             &mut io,

@@ -153,6 +153,15 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// A redirected connection: which way, and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterceptLabels {
+    direction: &'static str,
+    /// `service` (mapped to a mesh service), `passthrough` or `denied`
+    /// (unknown destinations), `app` (inbound, to the app's port).
+    outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RenewalLabels {
     result: &'static str,
@@ -168,6 +177,7 @@ pub struct Metrics {
     updates: Family<UpdateLabels, Counter>,
     app_healthy: Gauge,
     tcp_connections: Family<TcpLabels, Counter>,
+    intercepted: Family<InterceptLabels, Counter>,
     tcp_bytes_sent: Family<TcpLabels, Counter>,
     tcp_bytes_received: Family<TcpLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -308,6 +318,12 @@ impl Metrics {
                 &mut r,
                 "tcp_connections",
                 "Opaque TCP connections proxied",
+                Family::default(),
+            ),
+            intercepted: registered(
+                &mut r,
+                "intercepted_connections",
+                "Connections redirected to the sidecar by the init rules, by outcome",
                 Family::default(),
             ),
             tcp_bytes_sent: registered(
@@ -506,6 +522,14 @@ impl Metrics {
     }
 
     /// An opaque TCP connection proxied.
+    /// A redirected connection; `outcome` is `service`, `passthrough`,
+    /// `denied` or `app`.
+    pub fn count_intercepted(&self, direction: &'static str, outcome: &'static str) {
+        self.intercepted
+            .get_or_create(&InterceptLabels { direction, outcome })
+            .inc();
+    }
+
     pub fn count_tcp_connection(&self, direction: Direction, service: &ServiceName) {
         self.tcp_connections
             .get_or_create(&tcp_labels(direction, service))

@@ -20,6 +20,8 @@ spec:
   protocol: grpc
   loadBalancer: round-robin
   inboundMode: permissive
+  addresses: [10.96.0.10]
+  opaquePorts: [3306]
   subsets:
     - name: v2
       labels: {version: v2, zone: a}
@@ -130,6 +132,8 @@ fn expected_wire() -> Vec<pb::Resource> {
             abort_http_status: 429,
         }),
         rate_limit: None,
+        addresses: strings(&["10.96.0.10"]),
+        opaque_ports: vec![3306],
     };
     let sparse = pb::ServiceSpec {
         name: "sparse".into(),
@@ -200,6 +204,8 @@ kind: "Service"
 metadata:
   name: "users"
 spec:
+  addresses:
+    - "10.96.0.10"
   circuitBreaker:
     baseEjection: "10s"
     consecutiveFailures: 3
@@ -222,6 +228,8 @@ spec:
       - "/u.Users/List"
   inboundMode: "permissive"
   loadBalancer: "round-robin"
+  opaquePorts:
+    - 3306
   protocol: "grpc"
   retries:
     attempts: 3

@@ -61,6 +61,8 @@ impl From<&ServiceSpec> for pb::ServiceSpec {
             hedge: r.hedge.as_ref().map(pb::HedgePolicy::from),
             fault: r.fault.as_ref().map(pb::FaultPolicy::from),
             rate_limit: s.rate_limit.as_ref().map(rate_limit_to_wire),
+            addresses: s.addresses.iter().map(|a| a.to_string()).collect(),
+            opaque_ports: s.opaque_ports.iter().map(|&p| u32::from(p)).collect(),
         }
     }
 }
@@ -112,6 +114,8 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
         }
         Some(limit)
     });
+    let addresses = crate::resource::check_addresses(&p.addresses, "addresses", &mut errors);
+    let opaque_ports = crate::resource::check_ports(&p.opaque_ports, "opaque_ports", &mut errors);
     match (name, resilience) {
         (Some(name), Some(resilience)) if errors.is_empty() => Ok(ServiceSpec {
             name,
@@ -121,6 +125,8 @@ pub fn service_spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Probl
             inbound_mode,
             resilience,
             rate_limit,
+            addresses,
+            opaque_ports,
         }),
         _ => Err(errors),
     }

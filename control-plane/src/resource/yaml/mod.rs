@@ -255,6 +255,36 @@ metadata: {name: order-service}
     }
 
     #[test]
+    fn interception_addresses_are_checked_and_kept() {
+        let text = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+                    addresses: [10.96.0.10, \"fd00::10\"]\n  opaquePorts: [3306]\n";
+        let rs = parse_documents(text).expect("valid");
+        let Resource::Service(s) = &rs[0] else {
+            panic!("a service")
+        };
+        assert_eq!(s.addresses.len(), 2);
+        assert_eq!(s.opaque_ports, [3306]);
+        assert_eq!(
+            parse_documents(&to_yaml_documents(&rs)).expect("reparse"),
+            rs
+        );
+        let e = errors(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+             addresses: [10.96.0.10, 10.96.0.10, nope, 127.0.0.1]\n  opaquePorts: [0, 70000]\n",
+        );
+        let all = e.join("\n");
+        for want in [
+            "spec.addresses[1]: 10.96.0.10 is listed twice",
+            "spec.addresses[2]: \"nope\" is not an IP address",
+            "spec.addresses[3]: 127.0.0.1 cannot be a service address",
+            "spec.opaquePorts[0]: 0 is not a port",
+            "spec.opaquePorts[1]: 70000 is not a port",
+        ] {
+            assert!(all.contains(want), "{want:?} not in:\n{all}");
+        }
+    }
+
+    #[test]
     fn round_trips_through_yaml() {
         let rs = parse_documents(GOOD).expect("valid");
         let text = to_yaml_documents(&rs);

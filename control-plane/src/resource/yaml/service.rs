@@ -1,6 +1,7 @@
 //! A `Service`'s `spec` as users write it: protocol, load balancer, subsets,
 //! inbound mode, the resilience settings (`resilience.rs` here) and the
-//! local rate limit its own sidecars enforce (`rateLimit`).
+//! local rate limit its own sidecars enforce (`rateLimit`), and what
+//! transparent interception maps to it (`addresses`, `opaquePorts`).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -29,6 +30,10 @@ struct RawServiceSpec {
     #[serde(default)]
     subsets: Vec<RawSubset>,
     rate_limit: Option<RawServiceRateLimit>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    opaque_ports: Vec<u32>,
 }
 
 /// `requests` per `period` (up to `burst` at once), for all callers
@@ -98,6 +103,14 @@ pub(super) fn parse(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option
         };
         rate_limit("spec.rateLimit", r.requests, &r.period, r.burst, key, errs)
     });
+    let mut problems = Vec::new();
+    let addresses =
+        crate::resource::check_addresses(&raw.addresses, "spec.addresses", &mut problems);
+    let opaque_ports =
+        crate::resource::check_ports(&raw.opaque_ports, "spec.opaquePorts", &mut problems);
+    for (path, reason) in problems {
+        errs.push(path, reason);
+    }
     (errs.count() == before).then_some(ServiceSpec {
         name,
         protocol,
@@ -106,6 +119,8 @@ pub(super) fn parse(name: Name, spec: Value, errs: &mut DocErrors<'_>) -> Option
         inbound_mode,
         resilience: resilience?,
         rate_limit,
+        addresses,
+        opaque_ports,
     })
 }
 

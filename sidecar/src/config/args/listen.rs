@@ -8,6 +8,7 @@ use clap::Args;
 use weft_proto::name::{ServiceName, validate_address};
 
 use crate::config::{ConfigError, Upstream};
+use crate::intercept::UnknownDestinations;
 
 #[derive(Debug, Args)]
 pub struct ListenArgs {
@@ -37,6 +38,24 @@ pub struct ListenArgs {
     /// user-service=127.0.0.1:9001. Repeatable.
     #[arg(long = "upstream", env = "WEFT_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
+
+    /// Take the connections `weft-sidecar init` redirects: the outbound
+    /// listener maps each one's original destination to a service (its
+    /// spec.addresses or an instance's address), and the inbound listener
+    /// forwards one to the app's port it was sent to (127.0.0.1:<port>).
+    #[arg(long, env = "WEFT_INTERCEPT")]
+    pub intercept: bool,
+
+    /// With --intercept: what to do with a connection to an address that is
+    /// no mesh service (counted in weft_intercepted_connections_total).
+    #[arg(
+        long,
+        env = "WEFT_UNKNOWN_DESTINATIONS",
+        value_enum,
+        value_name = "passthrough|deny",
+        requires = "intercept"
+    )]
+    pub unknown_destinations: Option<UnknownDestinations>,
 }
 
 /// The addresses, validated.
@@ -47,6 +66,7 @@ pub(super) struct Listen {
     pub admin: SocketAddr,
     pub advertise: Option<String>,
     pub upstreams: Vec<Upstream>,
+    pub intercept: Option<UnknownDestinations>,
 }
 
 impl ListenArgs {
@@ -85,6 +105,9 @@ impl ListenArgs {
             admin: self.admin,
             advertise: self.advertise,
             upstreams,
+            intercept: self
+                .intercept
+                .then(|| self.unknown_destinations.unwrap_or_default()),
         })
     }
 }

@@ -40,7 +40,12 @@ use super::{ConfigError, SidecarConfig, Timeouts};
                   --gateway-http 0.0.0.0:8080\n\n\
                   An app wrapped (a Job ends when its app does):\n  \
                   weft-sidecar --service report --control-plane https://127.0.0.1:15012 \\\n    \
-                  --token-file report.token -- ./report --since 1d"
+                  --token-file report.token -- ./report --since 1d\n\n\
+                  Transparent interception (the app unchanged; rules by `weft-sidecar init`,\n\
+                  see `weft-sidecar init --help`; run the sidecar as uid 1337):\n  \
+                  weft-sidecar --service web --app 127.0.0.1:8080 --intercept \\\n    \
+                  --control-plane https://10.0.0.1:15012 --token-file web.token \\\n    \
+                  --advertise 10.0.0.5:15006"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -135,6 +140,7 @@ impl Args {
             admin: listen.admin,
             advertise: listen.advertise,
             upstreams: listen.upstreams,
+            intercept: listen.intercept,
             source,
             timeouts: self.timeouts.into(),
             tracing,
@@ -152,6 +158,7 @@ mod tests {
 
     use super::Args;
     use crate::config::{SidecarConfig, Source};
+    use crate::intercept::UnknownDestinations;
 
     fn parse(args: &[&str]) -> Result<SidecarConfig, String> {
         let mut v = vec!["weft-sidecar"];
@@ -190,6 +197,24 @@ mod tests {
         let path = dir.join("token");
         std::fs::write(&path, t.encode()).expect("write");
         path.display().to_string()
+    }
+
+    #[test]
+    fn interception_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let c = parse_joined(&token, &[]).expect("flags");
+        assert_eq!(c.intercept, None);
+        let c = parse_joined(&token, &["--intercept"]).expect("flags");
+        assert_eq!(c.intercept, Some(UnknownDestinations::Passthrough));
+        let c = parse_joined(&token, &["--intercept", "--unknown-destinations", "deny"])
+            .expect("flags");
+        assert_eq!(c.intercept, Some(UnknownDestinations::Deny));
+        let e = parse_joined(&token, &["--unknown-destinations", "deny"]).expect_err("alone");
+        assert!(e.contains("--intercept"), "{e}");
+        let e = parse_joined(&token, &["--intercept", "--unknown-destinations", "drop"])
+            .expect_err("bad value");
+        assert!(e.contains("drop") && e.contains("passthrough"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Outbound {
     pub connector: Arc<dyn Connector>,
     /// How long a call to a service not known yet waits to learn it.
     pub discovery_timeout: Duration,
+    /// Transparent interception (`--intercept`); `None`: off.
+    pub intercept: Option<super::Interception>,
 }
 
 impl Outbound {
