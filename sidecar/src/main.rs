@@ -4,8 +4,8 @@
 use anyhow::Context;
 use clap::Parser;
 use weft_sidecar::config::Args;
-use weft_sidecar::wrap::{self, AppCommand};
 use weft_sidecar::intercept::{InitArgs, run_init};
+use weft_sidecar::wrap::{self, AppCommand};
 use weft_sidecar::{Listeners, run};
 
 fn main() -> std::process::ExitCode {
