@@ -27,12 +27,7 @@ impl InboundPolicy {
             return true;
         };
         rules.iter().any(|r| {
-            let who = r.from.iter().any(|f| match (f, caller) {
-                (Caller::Any(_), Some(_)) => true,
-                (Caller::Service(s), Some(c)) => s == c,
-                (_, None) => false,
-            });
-            if !who {
+            if !from_matches(&r.from, caller) {
                 return false;
             }
             if r.grpc.is_empty() && r.http.is_empty() {
@@ -48,6 +43,32 @@ impl InboundPolicy {
             }
         })
     }
+}
+
+impl InboundPolicy {
+    /// Whether `caller` may open an opaque TCP connection to the app. Only
+    /// a rule with no gRPC or HTTP narrowing allows one: a connection's
+    /// bytes carry no method or path to match, so a rule that names some
+    /// must not let every byte through (as Istio treats HTTP-only rules
+    /// on TCP).
+    pub fn allows_connection(&self, caller: Option<&ServiceName>) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        rules
+            .iter()
+            .any(|r| r.grpc.is_empty() && r.http.is_empty() && from_matches(&r.from, caller))
+    }
+}
+
+/// Whether a rule's `from` names `caller` (a plaintext caller, `None`, has
+/// no identity to name).
+fn from_matches(from: &[Caller], caller: Option<&ServiceName>) -> bool {
+    from.iter().any(|f| match (f, caller) {
+        (Caller::Any(_), Some(_)) => true,
+        (Caller::Service(s), Some(c)) => s == c,
+        (_, None) => false,
+    })
 }
 
 #[cfg(test)]
@@ -121,5 +142,31 @@ mod tests {
             "/anything",
             false
         ));
+    }
+
+    #[test]
+    fn connections_are_allowed_only_by_rules_without_methods() {
+        assert!(InboundPolicy::default().allows_connection(None));
+        let p = policy(vec![
+            pb::AuthorizationRule {
+                from: vec!["orders".into()],
+                http: vec![pb::HttpMatch {
+                    methods: vec![],
+                    path_prefix: "/".into(),
+                }],
+                ..Default::default()
+            },
+            pb::AuthorizationRule {
+                from: vec!["email".into()],
+                ..Default::default()
+            },
+        ]);
+        assert!(p.allows_connection(Some(&svc("email"))));
+        assert!(
+            !p.allows_connection(Some(&svc("orders"))),
+            "a rule narrowed to HTTP paths allows no opaque connection"
+        );
+        assert!(!p.allows_connection(Some(&svc("web"))));
+        assert!(!p.allows_connection(None));
     }
 }

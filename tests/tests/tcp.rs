@@ -114,3 +114,80 @@ async fn opaque_tcp_flows_both_ways_over_mtls() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Reads the broker's greeting through `addr`, or `None` when the
+/// connection is closed without one (a refused caller).
+async fn greeting_through(addr: std::net::SocketAddr) -> anyhow::Result<Option<[u8; 6]>> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut greeting = [0u8; 6];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut greeting)).await? {
+        Ok(_) => Ok(Some(greeting)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_applies_to_opaque_tcp_connections() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let app = greeting_echo().await?;
+    let server = SidecarSpec::new("broker")
+        .arg("--protocol", "tcp")
+        .control_plane(&cp)
+        .app(app)
+        .start()
+        .await?;
+    let worker = SidecarSpec::new("worker")
+        .control_plane(&cp)
+        .upstream("broker")
+        .start()
+        .await?;
+    let intruder = SidecarSpec::new("intruder")
+        .control_plane(&cp)
+        .upstream("broker")
+        .start()
+        .await?;
+    for s in [&worker, &intruder] {
+        s.wait_endpoints("broker", "the broker", |e| e.len() == 1)
+            .await?;
+    }
+    // No policy: every mesh caller may connect.
+    assert_eq!(
+        greeting_through(intruder.upstream("broker")).await?,
+        Some(*b"HELLO\n")
+    );
+
+    // Only `worker` may connect; a rule narrowed to HTTP paths allows no
+    // opaque connection, so `intruder`'s rule does not count.
+    cp.apply_yaml(
+        "apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: broker-clients}\nspec:\n  service: broker\n  rules:\n    - from: [worker]\n    - from: [intruder]\n      http: [{pathPrefix: /}]\n",
+    )
+    .await?;
+    wait_for(
+        "the policy on the broker's sidecar",
+        Duration::from_secs(10),
+        || async {
+            let g = greeting_through(intruder.upstream("broker")).await.ok()?;
+            g.is_none().then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        greeting_through(worker.upstream("broker")).await?,
+        Some(*b"HELLO\n"),
+        "the allowed caller still connects"
+    );
+    let m = server.metrics().await?;
+    assert!(
+        metric(
+            &m,
+            "weft_authorization_denied_total",
+            &[("service", "broker"), ("caller", "intruder")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    Ok(())
+}

@@ -235,6 +235,28 @@ impl Inbound {
         })
     }
 
+    /// The inbound policy's word on an opaque TCP connection from `peer`.
+    pub(super) fn authorize_connection(&self, peer: Option<&Peer>) -> Result<(), ProxyError> {
+        let caller = peer.and_then(|p| p.service.as_ref());
+        if self.policy.load().allows_connection(caller) {
+            return Ok(());
+        }
+        let unresolved = ServiceName::unresolved();
+        self.telemetry
+            .metrics
+            .count_denied(&self.service, caller.unwrap_or(&unresolved));
+        let caller = peer.map_or_else(
+            || "an unauthenticated caller".to_string(),
+            |p| p.id.to_string(),
+        );
+        tracing::info!(%caller, service = %self.service, "TCP connection denied by the authorization policy");
+        Err(ProxyError::Forbidden {
+            caller,
+            service: self.service.to_string(),
+            what: "a TCP connection".to_string(),
+        })
+    }
+
     /// The service's local rate limit: one bucket for all callers, or one
     /// per caller identity (or header value).
     fn rate_limit<B>(

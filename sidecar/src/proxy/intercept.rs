@@ -102,7 +102,7 @@ impl Inbound {
         }
         metrics.count_intercepted("inbound", "app");
         let app = SocketAddr::from(([127, 0, 0, 1], port));
-        self.tcp_to(stream, app).await?;
+        self.tcp_to(stream, app, None).await?;
         Ok(())
     }
 }

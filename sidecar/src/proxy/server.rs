@@ -147,7 +147,7 @@ where
         Detected::Tcp | Detected::Tls => {
             let _hold = drain; // counted until the copy ends
             match &kind {
-                Listener::Inbound(inbound) => inbound.tcp(io).await?,
+                Listener::Inbound(inbound) => inbound.tcp(io, None).await?,
                 Listener::Upstream(outbound, s) => outbound.tcp(io, s).await?,
                 Listener::Outbound(_) => {
                     tracing::debug!(
@@ -215,7 +215,8 @@ async fn inbound_connection(
         }
         Some(tls::ALPN_TCP) => {
             let _hold = drain;
-            inbound.tcp(tls).await?;
+            let peer = peer.map(Peer::new);
+            inbound.tcp(tls, peer.as_ref()).await?;
             Ok(())
         }
         _ => {

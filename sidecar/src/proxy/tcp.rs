@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_proto::name::ServiceName;
 
-use super::inbound::Inbound;
+use super::inbound::{Inbound, Peer};
 use super::outbound::{Destination, Outbound};
 use crate::endpoint::{Alpn, ConnectTarget};
 use crate::error::ProxyError;
@@ -72,22 +72,30 @@ impl Outbound {
 }
 
 impl Inbound {
-    /// Carries one connection from a peer to the local app.
-    pub async fn tcp<T>(&self, io: T) -> Result<(), ProxyError>
+    /// Carries one connection from `peer` (`None`: a plaintext caller) to
+    /// the local app.
+    pub async fn tcp<T>(&self, io: T, peer: Option<&Peer>) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let Some(app) = &self.app else {
             return Err(ProxyError::NoApp);
         };
-        self.tcp_to(io, app.addr).await
+        self.tcp_to(io, app.addr, peer).await
     }
 
-    /// Carries one connection to the app listening at `app`.
-    pub async fn tcp_to<T>(&self, mut io: T, app: std::net::SocketAddr) -> Result<(), ProxyError>
+    /// Carries one connection to the app listening at `app`, if the
+    /// inbound policy lets `peer` open one.
+    pub async fn tcp_to<T>(
+        &self,
+        mut io: T,
+        app: std::net::SocketAddr,
+        peer: Option<&Peer>,
+    ) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
+        self.authorize_connection(peer)?;
         let mut upstream = self.app_connector.connect_tcp(&app.to_string()).await?;
         copy(
             &self.telemetry,

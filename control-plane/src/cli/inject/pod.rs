@@ -219,15 +219,26 @@ fn read(workload: Option<&Map<String, Value>>, t: &Template<'_>) -> Result<Pod, 
     })
 }
 
-fn port(p: &str) -> Result<u16, String> {
+/// Why an exclusion annotation's list is refused.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error("{0:?} is not a port (1-65535)")]
+    Port(String),
+    #[error("{0:?} is not a CIDR (e.g. 10.0.0.0/8)")]
+    Cidr(String),
+    #[error("{0:?} has an empty item")]
+    Empty(String),
+}
+
+fn port(p: &str) -> Result<u16, ListError> {
     match p.trim().parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{p:?} is not a port (1-65535)")),
+        _ => Err(ListError::Port(p.to_string())),
     }
 }
 
-fn cidr(c: &str) -> Result<(), String> {
-    let bad = || format!("{c:?} is not a CIDR (e.g. 10.0.0.0/8)");
+fn cidr(c: &str) -> Result<(), ListError> {
+    let bad = || ListError::Cidr(c.to_string());
     let (ip, len) = c.split_once('/').ok_or_else(bad)?;
     let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
@@ -237,10 +248,10 @@ fn cidr(c: &str) -> Result<(), String> {
     }
 }
 
-fn check_list(v: &str, each: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+fn check_list(v: &str, each: impl Fn(&str) -> Result<(), ListError>) -> Result<(), ListError> {
     v.split(',').map(str::trim).try_for_each(|item| {
         if item.is_empty() {
-            Err(format!("{v:?} has an empty item"))
+            Err(ListError::Empty(v.to_string()))
         } else {
             each(item)
         }
