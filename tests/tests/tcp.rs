@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_tests::mesh::{ControlPlane, SidecarSpec};
+use weft_tests::mesh::{ControlPlane, Sidecar, SidecarSpec};
 use weft_tests::util::{init_logs, metric, wait_for};
 
 /// A TCP app that greets first ("HELLO\n"), then echoes what it receives.
@@ -30,25 +30,37 @@ async fn greeting_echo() -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opaque_tcp_flows_both_ways_over_mtls() -> anyhow::Result<()> {
-    init_logs();
-    let cp = ControlPlane::start_fast().await?;
+/// The `broker` service (a greeting echo behind its sidecar, protocol tcp).
+async fn broker(cp: &ControlPlane) -> anyhow::Result<Sidecar> {
     let app = greeting_echo().await?;
-    let server = SidecarSpec::new("broker")
+    SidecarSpec::new("broker")
         .arg("--protocol", "tcp")
-        .control_plane(&cp)
+        .control_plane(cp)
         .app(app)
         .start()
-        .await?;
-    let client = SidecarSpec::new("worker")
-        .control_plane(&cp)
+        .await
+}
+
+/// A sidecar of service `name` with an upstream port for the broker, once
+/// it knows the broker's instance.
+async fn broker_client(cp: &ControlPlane, name: &str) -> anyhow::Result<Sidecar> {
+    let client = SidecarSpec::new(name)
+        .control_plane(cp)
         .upstream("broker")
         .start()
         .await?;
     client
         .wait_endpoints("broker", "the broker", |e| e.len() == 1)
         .await?;
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_flows_both_ways_over_mtls() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let server = broker(&cp).await?;
+    let client = broker_client(&cp, "worker").await?;
 
     let mut s = TcpStream::connect(client.upstream("broker")).await?;
     // The server speaks first: its greeting arrives without our sending anything.
@@ -132,27 +144,9 @@ async fn greeting_through(addr: std::net::SocketAddr) -> anyhow::Result<Option<[
 async fn authorization_applies_to_opaque_tcp_connections() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    let app = greeting_echo().await?;
-    let server = SidecarSpec::new("broker")
-        .arg("--protocol", "tcp")
-        .control_plane(&cp)
-        .app(app)
-        .start()
-        .await?;
-    let worker = SidecarSpec::new("worker")
-        .control_plane(&cp)
-        .upstream("broker")
-        .start()
-        .await?;
-    let intruder = SidecarSpec::new("intruder")
-        .control_plane(&cp)
-        .upstream("broker")
-        .start()
-        .await?;
-    for s in [&worker, &intruder] {
-        s.wait_endpoints("broker", "the broker", |e| e.len() == 1)
-            .await?;
-    }
+    let server = broker(&cp).await?;
+    let worker = broker_client(&cp, "worker").await?;
+    let intruder = broker_client(&cp, "intruder").await?;
     // No policy: every mesh caller may connect.
     assert_eq!(
         greeting_through(intruder.upstream("broker")).await?,
