@@ -36,17 +36,41 @@ pub struct Forwarding {
     pub full: bool,
 }
 
-/// Sets the forwarding headers of `req`, which arrived from `client` over
-/// TLS or not, and returns its request id (the client's if it sent a sane
-/// one, else a fresh one), which is also in the request's `x-request-id`.
-pub fn apply<B>(req: &mut Request<B>, client: IpAddr, tls: bool, how: Forwarding) -> HeaderValue {
+/// Where a connection's requests come from, as the forwarding headers say
+/// it: made once per connection, so that a request's `X-Forwarded-For` is
+/// a copy of a ready value rather than an address formatted again.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    client: IpAddr,
+    tls: bool,
+    /// The client's address as a header value.
+    for_value: HeaderValue,
+}
+
+impl Origin {
+    pub fn new(client: IpAddr, tls: bool) -> Self {
+        let client = client.to_canonical();
+        let for_value = HeaderValue::from_str(&client.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Origin {
+            client,
+            tls,
+            for_value,
+        }
+    }
+}
+
+/// Sets the forwarding headers of `req`, which arrived from `origin`, and
+/// returns its request id (the client's if it sent a sane one, else a
+/// fresh one), which is also in the request's `x-request-id`.
+pub fn apply<B>(req: &mut Request<B>, origin: &Origin, how: Forwarding) -> HeaderValue {
     let host = how
         .full
         .then(|| host_of(req.uri(), req.headers()))
         .flatten();
     let h = req.headers_mut();
-    let client = client.to_canonical();
-    let proto = if tls { "https" } else { "http" };
+    let client = origin.client;
+    let proto = if origin.tls { "https" } else { "http" };
     if !how.trust_forwarded {
         for n in [
             X_FORWARDED_FOR,
@@ -57,7 +81,11 @@ pub fn apply<B>(req: &mut Request<B>, client: IpAddr, tls: bool, how: Forwarding
             h.remove(n);
         }
     }
-    append_list(h, X_FORWARDED_FOR, &client.to_string());
+    if h.contains_key(X_FORWARDED_FOR) {
+        append_list(h, X_FORWARDED_FOR, &client.to_string());
+    } else {
+        h.insert(X_FORWARDED_FOR, origin.for_value.clone());
+    }
     if !h.contains_key(X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
@@ -188,12 +216,15 @@ fn new_id() -> [u8; 36] {
     let mut out = [b'-'; 36];
     // 32 hex digits, most significant first, around the dashes at 8, 13,
     // 18 and 23.
-    let digits = (0..16)
-        .map(|i| (hi >> (60 - 4 * i)) & 0xf)
-        .chain((0..16).map(|i| (lo >> (60 - 4 * i)) & 0xf));
-    let places = (0..36).filter(|i| ![8, 13, 18, 23].contains(i));
-    for (place, d) in places.zip(digits) {
+    let mut place = 0;
+    for i in 0..32 {
+        if matches!(place, 8 | 13 | 18 | 23) {
+            place += 1;
+        }
+        let word = if i < 16 { hi } else { lo };
+        let d = (word >> (60 - 4 * (i % 16))) & 0xf;
         out[place] = HEX[d as usize];
+        place += 1;
     }
     out
 }
@@ -224,7 +255,7 @@ mod tests {
             full: true,
             ..Forwarding::default()
         };
-        apply(&mut r, ip, false, full);
+        apply(&mut r, &Origin::new(ip, false), full);
         let h = r.headers();
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.60");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
@@ -244,7 +275,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
         ]);
         let ip: IpAddr = "192.0.2.60".parse().expect("ip");
-        apply(&mut r, ip, true, Forwarding::default());
+        apply(&mut r, &Origin::new(ip, true), Forwarding::default());
         let h = r.headers();
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.60");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
@@ -263,8 +294,7 @@ mod tests {
         let ip: IpAddr = "2001:db8::1".parse().expect("ip");
         apply(
             &mut r,
-            ip,
-            true,
+            &Origin::new(ip, true),
             Forwarding {
                 trust_forwarded: true,
                 full: true,
@@ -291,7 +321,7 @@ mod tests {
             full: true,
             ..Forwarding::default()
         };
-        apply(&mut r, ip, true, full);
+        apply(&mut r, &Origin::new(ip, true), full);
         assert_eq!(r.headers()[X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(
             r.headers()[FORWARDED],
@@ -304,21 +334,25 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let mut r = req(&[("x-request-id", "abc-123_X.y:z")]);
-        let id = apply(&mut r, ip, false, Forwarding::default());
+        let id = apply(&mut r, &Origin::new(ip, false), Forwarding::default());
         assert_eq!(id, "abc-123_X.y:z");
         assert_eq!(r.headers()[X_REQUEST_ID], "abc-123_X.y:z");
 
         let long = "a".repeat(129);
         for bad in ["", "has space", "semi;colon", long.as_str()] {
             let mut r = req(&[("x-request-id", bad)]);
-            let id = apply(&mut r, ip, false, Forwarding::default());
+            let id = apply(&mut r, &Origin::new(ip, false), Forwarding::default());
             assert_ne!(id, bad);
             assert_eq!(r.headers()[X_REQUEST_ID], id);
             assert_eq!(r.headers().get_all(X_REQUEST_ID).iter().count(), 1);
         }
         let mut r = req(&[]);
-        let a = apply(&mut r, ip, false, Forwarding::default());
-        let b = apply(&mut req(&[]), ip, false, Forwarding::default());
+        let a = apply(&mut r, &Origin::new(ip, false), Forwarding::default());
+        let b = apply(
+            &mut req(&[]),
+            &Origin::new(ip, false),
+            Forwarding::default(),
+        );
         assert_ne!(a, b, "fresh each time");
         let a = a.to_str().expect("ascii");
         assert_eq!(a.len(), 36, "{a}");

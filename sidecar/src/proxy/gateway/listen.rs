@@ -64,10 +64,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let client = Client {
-            addr,
-            tls: matches!(public, Public::Https(_)),
-        };
+        let client = Client::new(addr, matches!(public, Public::Https(_)));
         let (public, gateway, drain) = (public.clone(), gateway.clone(), drain.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -126,11 +123,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.limits;
+    let peer = client.addr;
+    let client = Arc::new(client);
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| -> HttpFuture {
-        let gateway = gateway.clone();
+        let (gateway, client) = (gateway.clone(), client.clone());
         // Boxed: hyper moves each stream's future into a task of its own,
         // and a request's whole state machine is kilobytes to copy.
-        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, client).await) })
+        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, &client).await) })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -158,7 +157,7 @@ where
             _ = tokio::time::sleep_until(last + idle) => {
                 let since = Duration::from_millis(seen.load(Ordering::Relaxed));
                 if start + since + idle <= Instant::now() {
-                    tracing::debug!(peer = %client.addr, "closing an idle client connection");
+                    tracing::debug!(%peer, "closing an idle client connection");
                     return Ok(());
                 }
             }

@@ -38,7 +38,7 @@ use super::outbound::{Destination, Outbound, Route};
 use super::outcome::Outcome;
 use crate::body::{BoxBody, boxed, full};
 use crate::config::EdgeLimits;
-use crate::edge::forwarded::{self, Forwarding};
+use crate::edge::forwarded::{self, Forwarding, Origin};
 use crate::edge::ratelimit::{self, SharedLimiter};
 use crate::edge::transcode::Transcoder;
 use crate::edge::{cors, grpc_web};
@@ -71,10 +71,20 @@ pub struct Gateway {
 type RuleKey = (Arc<str>, usize);
 
 /// Who sent a request, as the public listener saw the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
-    pub tls: bool,
+    /// The same, as the forwarding headers write it.
+    pub origin: Origin,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        Client {
+            addr,
+            origin: Origin::new(addr.ip(), tls),
+        }
+    }
 }
 
 /// At most this many rules' limiters are kept; past it, those of rules no
@@ -97,9 +107,8 @@ impl Gateway {
     /// a REST call turned into gRPC or gRPC-Web into gRPC, the size limit,
     /// the route, the rule's CORS and rate limit, then the outbound
     /// pipeline.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
-        let how = self.forwarding;
-        let request_id = forwarded::apply(&mut req, client.addr.ip(), client.tls, how);
+    pub async fn handle(&self, mut req: Request<Incoming>, client: &Client) -> Response<BoxBody> {
+        let request_id = forwarded::apply(&mut req, &client.origin, self.forwarding);
         let transcoder = self.transcoder.as_deref();
         let mut resp = match transcoder.filter(|t| t.matches(req.method(), req.uri().path())) {
             // Boxed: its state (a whole body read, a whole answer written)
@@ -113,7 +122,7 @@ impl Gateway {
     }
 
     /// A request as the client sent it (gRPC-Web made gRPC).
-    async fn forward(&self, mut req: Request<Incoming>, client: Client) -> Response<BoxBody> {
+    async fn forward(&self, mut req: Request<Incoming>, client: &Client) -> Response<BoxBody> {
         let web = grpc_web::detect(req.headers());
         let grpc = web.is_some() || is_grpc(req.headers());
         let ex = self.exchange(&mut req, grpc);
@@ -134,7 +143,7 @@ impl Gateway {
         &self,
         t: &Transcoder,
         req: Request<Incoming>,
-        client: Client,
+        client: &Client,
     ) -> Response<BoxBody> {
         let limit = self.limits.max_request_bytes;
         let (parts, body) = req.into_parts();
@@ -172,7 +181,11 @@ impl Gateway {
 
     /// A request the transcoder matched by path but not as a call (it
     /// never happens for a binding's own method and path): routed as sent.
-    async fn forward_buffered(&self, mut req: Request<Bytes>, client: Client) -> Response<BoxBody> {
+    async fn forward_buffered(
+        &self,
+        mut req: Request<Bytes>,
+        client: &Client,
+    ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
         let ex = self.exchange(&mut req, grpc);
         self.route_and_send(req.map(full), client, ex, grpc).await
@@ -189,7 +202,7 @@ impl Gateway {
     async fn route_and_send(
         &self,
         req: Request<BoxBody>,
-        client: Client,
+        client: &Client,
         ex: Exchange,
         grpc: bool,
     ) -> Response<BoxBody> {
@@ -227,7 +240,7 @@ impl Gateway {
         // A body without a length (or one that lies) is cut at the limit.
         let activity = Activity::new();
         let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-        let req = req.map(|b| boxed(ActiveBody::new(limited(b, cap), activity.clone())));
+        let req = req.map(|b| boxed(ActiveBody::new(Limited::new(b, cap), activity.clone())));
         let mut resp = self
             .outbound
             .send(req, &dest, route, ex, grpc, activity)
@@ -272,7 +285,7 @@ impl Gateway {
         &self,
         rule: &RuleRuntime,
         limit: &RateLimit,
-        client: Client,
+        client: &Client,
         headers: &http::HeaderMap,
     ) -> Result<(), ProxyError> {
         let shared = {
