@@ -17,7 +17,7 @@ use crate::ca::Ca;
 use crate::catalog::{Catalog, ExplainError, ExplainQuery, TopError, TopQuery};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::route::{check_delete, check_routes};
-use crate::resource::{Kind, Name};
+use crate::resource::{Kind, Name, check_unique_addresses};
 use crate::store::{Store, StoreError};
 
 /// What applying one resource did, as kubectl reports it.
@@ -132,6 +132,11 @@ impl Admin for AdminService {
         // Routes are checked against what the resources would be: the
         // services they name, their subsets, the rules they would hide.
         if let Err(e) = check_routes(&resources, &existing, &self.catalog.discovered()) {
+            self.count("invalid");
+            return Err(Status::invalid_argument(e.to_string()));
+        }
+        // An address names one service, or interception could not tell.
+        if let Err(e) = check_unique_addresses(&resources, &existing) {
             self.count("invalid");
             return Err(Status::invalid_argument(e.to_string()));
         }

@@ -3,12 +3,17 @@
 //! it must refuse): the output is exactly the expected file, injecting the
 //! output again changes nothing, and every output and every manifest in
 //! `deploy/kubernetes/` validates offline against the Kubernetes schemas
-//! (`kubernetes-validate`, PyPI, with its bundled schemas). Set
+//! (`kubernetes-validate`, PyPI, with its bundled schemas); and each meshed
+//! Kubernetes Service's fixed clusterIP is its Weft Service's address. Set
 //! `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
 //! change, and read the diff.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use weft_control_plane::resource::{Resource, parse_documents};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject")
@@ -163,4 +168,71 @@ fn every_manifest_and_every_inject_output_validates_against_the_kubernetes_schem
     assert!(out.status.success(), "kubernetes-validate:\n{text}");
     // Each document was checked (one "passed" line per resource).
     assert!(text.matches("passed").count() >= 20, "{text}");
+}
+
+/// Each Kubernetes `Service` of `text` by name: its `clusterIP`, if fixed.
+fn cluster_ips(text: &str) -> BTreeMap<String, Option<IpAddr>> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).expect("manifest YAML");
+    docs.iter()
+        .filter(|d| d["apiVersion"] == "v1" && d["kind"] == "Service")
+        .map(|d| {
+            let name = d["metadata"]["name"].as_str().expect("a name").to_string();
+            let ip = d["spec"]["clusterIP"].as_str().map(|ip| {
+                ip.parse::<IpAddr>()
+                    .unwrap_or_else(|e| panic!("Service/{name} clusterIP {ip:?}: {e}"))
+            });
+            (name, ip)
+        })
+        .collect()
+}
+
+/// With interception an app dials a service's ClusterIP (its DNS name
+/// resolves to it), and the sidecar maps that address to the service by
+/// `spec.addresses`: for every meshed service the two files must list the
+/// same address, and the mesh file for Kubernetes must be
+/// `examples/mesh.yaml` plus those addresses, nothing else.
+#[test]
+fn every_meshed_kubernetes_service_has_its_cluster_ip_in_the_mesh_resources() {
+    let read = |p: &str| std::fs::read_to_string(repo().join(p)).expect(p);
+    let k8s = cluster_ips(&read("deploy/kubernetes/restaurant.yaml"));
+    let mesh = parse_documents(&read("deploy/kubernetes/mesh/restaurant.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/mesh/restaurant.yaml: {e}"));
+    let mut meshed = Vec::new();
+    for r in &mesh {
+        let Resource::Service(s) = r else { continue };
+        let name = s.name.to_string();
+        match k8s.get(&name) {
+            Some(Some(ip)) => {
+                assert_eq!(
+                    s.addresses,
+                    vec![*ip],
+                    "Service/{name}: spec.addresses must be its clusterIP {ip}"
+                );
+                meshed.push(name);
+            }
+            Some(None) => panic!("the Kubernetes Service {name} has no fixed clusterIP"),
+            // No Kubernetes Service (a consumer nobody dials): nothing to map.
+            None => assert!(
+                s.addresses.is_empty(),
+                "Service/{name} lists addresses no Kubernetes Service has"
+            ),
+        }
+    }
+    assert_eq!(
+        meshed,
+        ["user-service", "order-service", "rabbitmq"],
+        "the meshed Kubernetes Services"
+    );
+
+    let mut stripped = mesh.clone();
+    for r in &mut stripped {
+        if let Resource::Service(s) = r {
+            s.addresses.clear();
+        }
+    }
+    let example = parse_documents(&read("examples/mesh.yaml")).expect("examples/mesh.yaml");
+    assert!(
+        stripped == example,
+        "deploy/kubernetes/mesh/restaurant.yaml differs from examples/mesh.yaml in more than spec.addresses"
+    );
 }

@@ -3,7 +3,9 @@
 //! certificate and a config), passes SIGTERM, SIGINT and SIGHUP on to it,
 //! and when the app exits drains and exits with the app's code. A Job or
 //! a batch task in the same container (or pod) then finishes instead of
-//! waiting on a sidecar that never exits.
+//! waiting on a sidecar that never exits. As a container's entrypoint
+//! (PID 1) it also reaps the orphaned processes the kernel re-parents to
+//! it, as tini would.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -133,15 +135,9 @@ pub async fn run(
         }
     }
 
-    let mut child = tokio::process::Command::new(&app.program)
-        .args(&app.args)
-        .spawn()
-        .map_err(|error| WrapError::Spawn {
-            app: app.name(),
-            error,
-        })?;
-    let pid = child.id().and_then(|p| i32::try_from(p).ok());
-    tracing::info!(app = %app.name(), pid, "sidecar ready; app started");
+    let mut child = AppChild::spawn(&app)?;
+    let pid = child.id();
+    tracing::info!(app = %app.name(), pid, reaper = child.is_reaper(), "sidecar ready; app started");
 
     // While the app runs the sidecar serves it: a signal goes to the app
     // (which may still call out while it shuts down), and the sidecar
@@ -149,7 +145,7 @@ pub async fn run(
     let mut sidecar_result = None;
     let status = loop {
         tokio::select! {
-            s = child.wait() => break s.map_err(|error| WrapError::Wait { app: app.name(), error })?,
+            s = child.wait(&app) => break s?,
             sig = signals.recv() => {
                 tracing::info!(signal = sig, "passing the signal to the app");
                 forward(pid, sig);
@@ -165,6 +161,7 @@ pub async fn run(
     };
     let code = exit_code(status);
     tracing::info!(app = %app.name(), %status, code, "app exited; draining");
+    child.keep_reaping();
     let _ = stop.send(());
     let result = match sidecar_result {
         Some(r) => r,
@@ -176,6 +173,147 @@ pub async fn run(
         tracing::error!(error = %e, "the sidecar ended with an error");
     }
     Ok(code)
+}
+
+/// The app's process. As PID 1 of its PID namespace (a container's
+/// entrypoint) the sidecar is also the reaper of every orphan in it: a
+/// process whose parent died is re-parented to PID 1, and nothing else
+/// will ever wait for it, so without reaping each exited orphan stays a
+/// zombie until the container ends (tini and dumb-init exist for this).
+/// Reaping uses `waitpid(-1)`, which would also take the app's status
+/// from tokio's child handling, so there the app is a plain child and its
+/// status is picked out of what is reaped.
+enum AppChild {
+    Tokio(tokio::process::Child),
+    Reaper(Reaper),
+}
+
+impl AppChild {
+    fn spawn(app: &AppCommand) -> Result<Self, WrapError> {
+        let spawn_error = |error| WrapError::Spawn {
+            app: app.name(),
+            error,
+        };
+        if std::process::id() != 1 {
+            let child = tokio::process::Command::new(&app.program)
+                .args(&app.args)
+                .spawn()
+                .map_err(spawn_error)?;
+            return Ok(AppChild::Tokio(child));
+        }
+        // Watched before the app exists, so that no exit goes unnoticed.
+        let sigchld = signal(SignalKind::child()).map_err(|error| WrapError::Signals {
+            signal: "SIGCHLD",
+            error,
+        })?;
+        let child = std::process::Command::new(&app.program)
+            .args(&app.args)
+            .spawn()
+            .map_err(spawn_error)?;
+        let pid = i32::try_from(child.id())
+            .map_err(|_| spawn_error(std::io::Error::other("the app's pid does not fit an i32")))?;
+        Ok(AppChild::Reaper(Reaper {
+            app: pid,
+            sigchld,
+            app_name: app.name(),
+        }))
+    }
+
+    fn id(&self) -> Option<i32> {
+        match self {
+            AppChild::Tokio(c) => c.id().and_then(|p| i32::try_from(p).ok()),
+            AppChild::Reaper(r) => Some(r.app),
+        }
+    }
+
+    fn is_reaper(&self) -> bool {
+        matches!(self, AppChild::Reaper(_))
+    }
+
+    /// The app's exit status. Cancel-safe: a status is never reaped
+    /// without being returned in the same poll.
+    async fn wait(&mut self, app: &AppCommand) -> Result<ExitStatus, WrapError> {
+        match self {
+            AppChild::Tokio(c) => c.wait().await.map_err(|error| WrapError::Wait {
+                app: app.name(),
+                error,
+            }),
+            AppChild::Reaper(r) => r.wait_app().await,
+        }
+    }
+
+    /// After the app: orphans still running may exit while the sidecar
+    /// drains; they are reaped until the process ends.
+    fn keep_reaping(self) {
+        if let AppChild::Reaper(mut r) = self {
+            tokio::spawn(async move {
+                loop {
+                    if r.reap_all().is_err() {
+                        return; // no child left at all
+                    }
+                    r.sigchld.recv().await;
+                }
+            });
+        }
+    }
+}
+
+/// PID 1's side of [`AppChild`].
+struct Reaper {
+    app: i32,
+    sigchld: Signal,
+    app_name: String,
+}
+
+impl Reaper {
+    async fn wait_app(&mut self) -> Result<ExitStatus, WrapError> {
+        loop {
+            match self.reap_all() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(WrapError::Wait {
+                        app: self.app_name.clone(),
+                        error,
+                    });
+                }
+            }
+            // A SIGCHLD since the last look (tokio keeps one pending).
+            self.sigchld.recv().await;
+        }
+    }
+
+    /// Reaps every child that has exited; returns the app's status if it
+    /// was among them. An error is waitpid's (ECHILD: no child left).
+    fn reap_all(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        loop {
+            let (pid, status) = match waitpid_any() {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if pid == self.app {
+                return Ok(Some(status));
+            }
+            tracing::debug!(pid, %status, "reaped an orphaned process");
+        }
+    }
+}
+
+/// `waitpid(-1, WNOHANG)`: a child that exited and its status, or `None`
+/// when children remain and none has exited.
+#[allow(unsafe_code)]
+fn waitpid_any() -> std::io::Result<Option<(i32, ExitStatus)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid(2) writes one int through a pointer to a local
+    // that outlives the call.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        0 => Ok(None),
+        p if p > 0 => Ok(Some((p, ExitStatus::from_raw(status)))),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// The app's exit code, or 128 + the signal that killed it (as a shell

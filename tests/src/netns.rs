@@ -30,6 +30,8 @@ pub fn prerequisites() -> anyhow::Result<bool> {
         "iptables",
         "ip6tables",
         "iptables-save",
+        "iptables-restore",
+        "ip6tables-restore",
         "tcpdump",
         "setpriv",
         "curl",

@@ -2,7 +2,10 @@
 //! namespaces, `weft-sidecar init`'s iptables rules, real sidecars run as
 //! uid 1337, the real control plane, unchanged apps (`weft-podapp`) and a
 //! plain client (curl) dialling a service's virtual address, and a packet
-//! capture (tcpdump) between the pods. Needs root (see `netns`).
+//! capture (tcpdump) between the pods. Opaque TCP too: a server-first
+//! protocol with and without the `opaquePorts` hint (timed: the hint means
+//! no wait, no hint at most the detection bound) and a client-first one,
+//! with the TCP metrics per service. Needs root (see `netns`).
 
 use std::time::Duration;
 
@@ -95,6 +98,48 @@ async fn init_twice_changes_nothing_and_remove_leaves_no_rule() -> anyhow::Resul
     Ok(())
 }
 
+#[tokio::test]
+async fn a_rule_set_iptables_rejects_leaves_the_rules_before_it_in_place() -> anyhow::Result<()> {
+    if !prerequisites()? {
+        return Ok(());
+    }
+    let mut net = Net::new()?;
+    let pod = net.pod("app", 2)?;
+    pod.init(&["--exclude-outbound-ports", "5432"])?;
+    let before = pod.rules()?;
+    assert!(before.contains("--dport 5432 -j RETURN"), "{before}");
+    // A uid our flags take and iptables' owner match refuses (2^32 - 1
+    // means "no uid"), among changes that flush and refill every chain:
+    // one command per rule would have left the chains half-filled.
+    let err = pod
+        .init(&[
+            "--proxy-uid",
+            "4294967295",
+            "--exclude-outbound-ports",
+            "6379",
+        ])
+        .expect_err("iptables accepted uid 4294967295");
+    let err = err.to_string();
+    assert!(
+        err.contains("rejected the rule set") && err.contains("--uid-owner 4294967295"),
+        "the error names the rejected rule: {err}"
+    );
+    assert_eq!(
+        pod.rules()?,
+        before,
+        "a rejected rule set changed the rules"
+    );
+    // The same in a namespace without rules: none appear.
+    let fresh = net.pod("fresh", 3)?;
+    assert!(fresh.init(&["--proxy-uid", "4294967295"]).is_err());
+    let after = fresh.rules()?;
+    assert!(
+        !after.contains("WEFT"),
+        "a rejected rule set left:\n{after}"
+    );
+    Ok(())
+}
+
 /// The control plane in the hub namespace, and how to reach it as admin.
 struct ControlPlane {
     hub: Pod,
@@ -152,13 +197,26 @@ impl ControlPlane {
         service: &str,
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
+        self.sidecar_speaking(net, pod, service, "http", extra)
+            .await
+    }
+
+    /// The same, for an app of `protocol` (what its health check speaks).
+    async fn sidecar_speaking(
+        &self,
+        net: &Net,
+        pod: &Pod,
+        service: &str,
+        protocol: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let token = self.weftctl(&["token", "create", service])?;
         let token = net.write(&format!("{service}.token"), token.trim())?;
         let mut args: Vec<String> = [
             "--service",
             service,
             "--protocol",
-            "http",
+            protocol,
             "--control-plane",
             &self.url,
             "--token-file",
@@ -406,5 +464,381 @@ async fn unknown_destinations_pass_through_or_are_denied_and_excluded_ports_bypa
     let m = Scenario::metrics(&s.strict)?;
     assert_eq!(intercepted(&m, "outbound", "denied"), 1.0, "{m}");
     assert_eq!(intercepted(&m, "outbound", "passthrough"), 0.0, "{m}");
+    Ok(())
+}
+
+/// The virtual address of `mail`, a service with a server-first port.
+const MAIL_VIP: &str = "10.96.0.25";
+/// The virtual address of `kv`, a client-first TCP service.
+const KV_VIP: &str = "10.96.0.26";
+/// How long an intercepted connection may wait for its first bytes
+/// (`INTERCEPT_DETECT_TIMEOUT` in the sidecar).
+const DETECT_BOUND_MS: u64 = 300;
+
+/// Opaque TCP through interception: `mail` greets first (like SMTP) on
+/// 2525, a port its `Service` lists in `opaquePorts`, and on 2526, which
+/// it does not; `kv` waits for the client's line (like Redis). Their
+/// instances are TCP apps (health-checked by a connect), but both
+/// `Service`s declare HTTP (their main port, say), so only the hint or the
+/// bytes themselves make these connections TCP. `out` is outside the mesh
+/// and tells when the capture has caught up.
+struct TcpScenario {
+    client: Pod,
+    mail: Pod,
+    outside: Pod,
+    mail_app: Proc,
+    procs: Vec<Proc>,
+    _cp: ControlPlane,
+    net: Net,
+}
+
+impl TcpScenario {
+    async fn start() -> anyhow::Result<Self> {
+        let mut net = Net::new()?;
+        let client = net.pod("client", 2)?;
+        let mail = net.pod("mail", 5)?;
+        let kv = net.pod("kv", 6)?;
+        let outside = net.pod("out", 9)?;
+        let cp = ControlPlane::start(&net).await?;
+        let yaml = net.write(
+            "tcp-mesh.yaml",
+            &format!(
+                "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: mail\nspec:\n  \
+                 protocol: http\n  addresses: [{MAIL_VIP}]\n  opaquePorts: [2525]\n---\n\
+                 apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: kv\nspec:\n  \
+                 protocol: http\n  addresses: [{KV_VIP}]\n"
+            ),
+        )?;
+        cp.weftctl(&["apply", "-f", &yaml.display().to_string()])?;
+        let mut procs = Vec::new();
+        procs.push(outside.spawn(
+            "weft-podapp",
+            &["outside".into(), "0.0.0.0:8080".into()],
+            false,
+        )?);
+        // The greeting server listens on both ports: today the inbound side
+        // hands every opaque connection to `--app`; with the original port
+        // kept, each goes to its own.
+        let mail_app = mail.spawn(
+            "weft-podapp",
+            &[
+                "--greet".into(),
+                "mail".into(),
+                "127.0.0.1:2525".into(),
+                "127.0.0.1:2526".into(),
+            ],
+            false,
+        )?;
+        mail.init(&[])?;
+        procs.push(
+            cp.sidecar_speaking(&net, &mail, "mail", "tcp", &["--app", "127.0.0.1:2525"])
+                .await?,
+        );
+        procs.push(kv.spawn(
+            "weft-podapp",
+            &["--echo".into(), "kv".into(), "127.0.0.1:6379".into()],
+            false,
+        )?);
+        kv.init(&[])?;
+        procs.push(
+            cp.sidecar_speaking(&net, &kv, "kv", "tcp", &["--app", "127.0.0.1:6379"])
+                .await?,
+        );
+        client.init(&[])?;
+        procs.push(cp.sidecar(&net, &client, "client", &[]).await?);
+        Ok(TcpScenario {
+            client,
+            mail,
+            outside,
+            mail_app,
+            procs,
+            _cp: cp,
+            net,
+        })
+    }
+
+    /// `weft-podapp --dial` in the client pod: its printed fields.
+    fn dial(&self, addr: &str, line: &str, extra: &[&str]) -> anyhow::Result<Dialled> {
+        let podapp = bin("weft-podapp")?.display().to_string();
+        let mut args = vec!["--dial", addr, line];
+        args.extend_from_slice(extra);
+        let out = self.client.run(&podapp, &args);
+        out.and_then(|o| Dialled::parse(&o))
+            .map_err(|e| anyhow::anyhow!("{e}; the pods' logs:\n{}", self.logs()))
+    }
+
+    /// Every process's log, for a failure's message.
+    fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .chain([&self.mail_app])
+            .map(|p| p.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+/// What `weft-podapp --dial` printed.
+#[derive(Debug)]
+struct Dialled {
+    first_byte_ms: u64,
+    greeting: Option<String>,
+    reply: String,
+}
+
+impl Dialled {
+    fn parse(out: &str) -> anyhow::Result<Self> {
+        let field = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        Ok(Dialled {
+            first_byte_ms: field("first-byte-ms ")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no first-byte-ms in {out:?}"))?,
+            greeting: field("greeting "),
+            reply: field("reply ").ok_or_else(|| anyhow::anyhow!("no reply in {out:?}"))?,
+        })
+    }
+}
+
+/// A capture on every interface of the hub (the bridge and its ports):
+/// everything between the pods.
+struct Capture {
+    proc: Proc,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    async fn start(net: &Net, name: &str) -> anyhow::Result<Self> {
+        let path = net.dir.path().join(name);
+        let proc = Proc::spawn_program(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.hub,
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                &path.display().to_string(),
+                "tcp",
+            ]
+            .map(String::from),
+        )?;
+        weft_tests::util::wait_for("tcpdump to listen", Duration::from_secs(10), || {
+            let started = proc.log_text().contains("listening on any");
+            async move { started.then_some(()) }
+        })
+        .await?;
+        Ok(Capture { proc, path })
+    }
+
+    /// Stops once `control` (sent in clear last) is in the file: packets
+    /// reach it in order, so everything before is there too. Its bytes.
+    async fn stop_after(mut self, control: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.path.clone();
+        let seen = weft_tests::util::wait_for(
+            "the control marker in the capture",
+            Duration::from_secs(10),
+            || {
+                let found = std::fs::read(&path)
+                    .is_ok_and(|b| b.windows(control.len()).any(|w| w == control.as_bytes()));
+                async move { found.then_some(()) }
+            },
+        )
+        .await;
+        self.proc.signal(libc::SIGINT);
+        self.proc.wait(Duration::from_secs(10))?;
+        seen.map_err(|e| anyhow::anyhow!("{e}; tcpdump said:\n{}", self.proc.log_text()))?;
+        Ok(std::fs::read(&self.path)?)
+    }
+}
+
+fn tcp_metric(text: &str, name: &str, direction: &str, service: &str) -> f64 {
+    metric(
+        text,
+        name,
+        &[("direction", direction), ("service", service)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn server_first_and_client_first_tcp_cross_pods_over_mutual_tls_without_waiting()
+-> anyhow::Result<()> {
+    if !prerequisites()? {
+        return Ok(());
+    }
+    let s = TcpScenario::start().await?;
+    let capture = Capture::start(&s.net, "tcp-between-pods.pcap").await?;
+
+    // The first connection to a service looks its endpoints up; the
+    // timings below are of connections after it.
+    let hinted = format!("{MAIL_VIP}:2525");
+    let warm = s.dial(&hinted, &format!("HELO {MARKER}-0"), &[])?;
+    assert_eq!(warm.greeting.as_deref(), Some("220 mail ready"), "{warm:?}");
+
+    // The hinted port: the greeting comes at once, before the client says
+    // anything, and well before the detection bound would have let it.
+    for i in 1..=3 {
+        let d = s.dial(&hinted, &format!("HELO {MARKER}-{i}"), &[])?;
+        assert_eq!(d.greeting.as_deref(), Some("220 mail ready"), "{d:?}");
+        assert_eq!(d.reply, format!("250 mail got HELO {MARKER}-{i}"));
+        assert!(
+            d.first_byte_ms < DETECT_BOUND_MS,
+            "the greeting on an opaquePorts port took {} ms: detection was not skipped",
+            d.first_byte_ms
+        );
+    }
+
+    // Without the hint: the sidecar waits for the client's first bytes
+    // for the bounded time, then carries the connection as opaque TCP.
+    let d = s.dial(
+        &format!("{MAIL_VIP}:2526"),
+        &format!("HELO {MARKER}-nohint"),
+        &[],
+    )?;
+    assert_eq!(d.greeting.as_deref(), Some("220 mail ready"), "{d:?}");
+    assert_eq!(d.reply, format!("250 mail got HELO {MARKER}-nohint"));
+    assert!(
+        (DETECT_BOUND_MS - 10..=DETECT_BOUND_MS + 600).contains(&d.first_byte_ms),
+        "an unhinted server-first port: the greeting after {} ms, expected the {DETECT_BOUND_MS} ms \
+         detection bound plus a connection's setup",
+        d.first_byte_ms
+    );
+
+    // Client-first: the first bytes are not HTTP, so detection ends on
+    // them, not on the bound.
+    let kv = format!("{KV_VIP}:6379");
+    s.dial(&kv, &format!("PING {MARKER}-warm"), &["--speak-first"])?;
+    let d = s.dial(&kv, &format!("SET k {MARKER}-kv"), &["--speak-first"])?;
+    assert_eq!(d.reply, format!("kv echoed SET k {MARKER}-kv"));
+    assert!(
+        d.first_byte_ms < DETECT_BOUND_MS,
+        "a client-first connection's answer took {} ms",
+        d.first_byte_ms
+    );
+
+    // The apps got the lines in clear; the wire between the pods did not.
+    let log = s.mail_app.log_text();
+    assert!(
+        log.contains(&format!("HELO {MARKER}-3")) && log.contains(&format!("HELO {MARKER}-nohint")),
+        "the mail app did not get the lines:\n{log}"
+    );
+    let control = format!("http://{}:8080/?control={CONTROL}", s.outside.ip);
+    assert_eq!(s.client.curl(&[&control])?.0, 0);
+    let bytes = capture.stop_after(CONTROL).await?;
+    assert!(bytes.len() > 2000, "the capture saw no traffic");
+    for clear in [MARKER, "220 mail ready", "kv echoed"] {
+        assert!(
+            !bytes.windows(clear.len()).any(|w| w == clear.as_bytes()),
+            "{clear:?} crossed the wire in clear text"
+        );
+    }
+
+    // Per service, on both sides.
+    let client = Scenario::metrics(&s.client)?;
+    let connections = "weft_tcp_connections_total";
+    assert_eq!(
+        tcp_metric(&client, connections, "outbound", "mail"),
+        5.0,
+        "{client}"
+    );
+    assert_eq!(
+        tcp_metric(&client, connections, "outbound", "kv"),
+        2.0,
+        "{client}"
+    );
+    assert_eq!(intercepted(&client, "outbound", "service"), 7.0, "{client}");
+    for name in ["weft_tcp_sent_bytes_total", "weft_tcp_received_bytes_total"] {
+        assert!(
+            tcp_metric(&client, name, "outbound", "mail") > 0.0,
+            "{name}:\n{client}"
+        );
+        assert!(
+            tcp_metric(&client, name, "outbound", "kv") > 0.0,
+            "{name}:\n{client}"
+        );
+    }
+    let mail = Scenario::metrics(&s.mail)?;
+    assert_eq!(
+        tcp_metric(&mail, connections, "inbound", "mail"),
+        5.0,
+        "{mail}"
+    );
+    assert!(
+        tcp_metric(&mail, "weft_tcp_sent_bytes_total", "inbound", "mail") > 0.0,
+        "{mail}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_open_intercepted_tcp_connection_is_counted_open_on_both_sides_until_it_closes()
+-> anyhow::Result<()> {
+    if !prerequisites()? {
+        return Ok(());
+    }
+    let s = TcpScenario::start().await?;
+    let go = s.net.dir.path().join("go");
+    let mut dial = s.client.spawn(
+        "weft-podapp",
+        &[
+            "--dial".into(),
+            format!("{MAIL_VIP}:2525"),
+            "QUIT".into(),
+            "--pause-until".into(),
+            go.display().to_string(),
+        ],
+        false,
+    )?;
+    weft_tests::util::wait_for("the greeting", Duration::from_secs(20), || {
+        let greeted = dial.log_text().contains("greeting 220 mail ready");
+        async move { greeted.then_some(()) }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; the client said:\n{}", dial.log_text()))?;
+    let open = "weft_tcp_open_connections";
+    let client = Scenario::metrics(&s.client)?;
+    assert_eq!(
+        tcp_metric(&client, open, "outbound", "mail"),
+        1.0,
+        "{client}"
+    );
+    let mail = Scenario::metrics(&s.mail)?;
+    assert_eq!(tcp_metric(&mail, open, "inbound", "mail"), 1.0, "{mail}");
+
+    std::fs::write(&go, "")?;
+    assert_eq!(
+        dial.wait(Duration::from_secs(20))?,
+        0,
+        "{}",
+        dial.log_text()
+    );
+    assert!(dial.log_text().contains("reply 250 mail got QUIT"));
+    // Both sidecars see the close once the other side's copy has ended.
+    weft_tests::util::wait_for("both sides to close", Duration::from_secs(10), || {
+        let closed =
+            [(&s.client, "outbound"), (&s.mail, "inbound")]
+                .iter()
+                .all(|(pod, direction)| {
+                    Scenario::metrics(pod)
+                        .is_ok_and(|m| tcp_metric(&m, open, direction, "mail") == 0.0)
+                });
+        async move { closed.then_some(()) }
+    })
+    .await?;
+    let client = Scenario::metrics(&s.client)?;
+    assert_eq!(
+        tcp_metric(&client, "weft_tcp_connections_total", "outbound", "mail"),
+        1.0,
+        "{client}"
+    );
     Ok(())
 }

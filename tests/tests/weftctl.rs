@@ -160,6 +160,75 @@ async fn rejected_input_changes_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `Service` document with these `spec.addresses`.
+fn service_at(name: &str, addresses: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+         spec: {{protocol: tcp, addresses: [{addresses}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_cannot_claim_one_address() -> anyhow::Result<()> {
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    let (code, _, err) = cp.weftctl(
+        &["apply", "-f", "-"],
+        Some(&service_at("web", "10.96.0.10")),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (_, before, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
+
+    // Against a service already applied: the whole file is refused, the
+    // service without a clash too.
+    let clash = [
+        service_at("fine", "10.96.0.30"),
+        service_at("smtp", "10.96.0.20, 10.96.0.10"),
+    ]
+    .join("---\n");
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(&clash))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "document 2 (Service/smtp): spec.addresses[1]: 10.96.0.10 is also \
+             Service/web spec.addresses[0] (already applied)"
+        ),
+        "{err}"
+    );
+    let (_, after, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
+    assert_eq!(before, after, "a refused apply changed the services");
+
+    // Two services of one file.
+    let clash = [
+        service_at("mysql", "10.96.0.40"),
+        service_at("mariadb", "\"fd00::40\", 10.96.0.40"),
+    ]
+    .join("---\n");
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(&clash))?;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "document 2 (Service/mariadb): spec.addresses[1]: 10.96.0.40 is also \
+             Service/mysql spec.addresses[0] (document 1)"
+        ),
+        "{err}"
+    );
+    let (_, after, _) = cp.weftctl(&["get", "services", "-o", "yaml"], None)?;
+    assert_eq!(before, after, "a refused apply changed the services");
+
+    // An address moves when its owner gives it up in the same apply.
+    let moved = [
+        service_at("web", "10.96.0.11"),
+        service_at("smtp", "10.96.0.10"),
+    ]
+    .join("---\n");
+    let (code, _, err) = cp.weftctl(&["apply", "-f", "-"], Some(&moved))?;
+    assert_eq!(code, 0, "{err}");
+    let (_, now, _) = cp.weftctl(&["get", "service", "smtp", "-o", "yaml"], None)?;
+    assert!(now.contains("10.96.0.10"), "{now}");
+    Ok(())
+}
+
 /// `weftctl top` after known traffic: 130 calls to two instances, 20 of
 /// them failing by the server's fault (INTERNAL) and 10 by the caller's
 /// (NOT_FOUND, no failure of the service).

@@ -1,8 +1,9 @@
 //! The wrapped app (`weft-sidecar [flags] -- APP ARGS...`), with the real
 //! sidecar binary, a real control plane and `sh -c` scripts as apps: the
 //! app starts only once the sidecar is ready, signals reach it, its exit
-//! code is the sidecar's, and a Job-like app that exits 0 ends the sidecar
-//! with 0.
+//! code is the sidecar's, a Job-like app that exits 0 ends the sidecar
+//! with 0, and as PID 1 of a PID namespace (`unshare`, root) the sidecar
+//! reaps the orphans re-parented to it without taking the app's status.
 
 use std::path::Path;
 use std::time::Duration;
@@ -195,5 +196,155 @@ async fn an_app_killed_by_the_forwarded_signal_exits_128_plus_the_signal() -> an
     let mut proc = sidecar.proc;
     let code = tokio::task::spawn_blocking(move || proc.wait(Duration::from_secs(30))).await??;
     assert_eq!(code, 128 + libc::SIGTERM);
+    Ok(())
+}
+
+/// Root and `unshare` (util-linux), for a PID namespace of its own; under
+/// `CI=true` their absence fails the run.
+fn require_pid_namespace() -> anyhow::Result<bool> {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    let unshare = std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if root && unshare {
+        return Ok(true);
+    }
+    let why = "the PID 1 test needs root and unshare (apt-get install util-linux)";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        anyhow::bail!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    Ok(false)
+}
+
+/// The processes whose parent is `parent`, with their state letter (`Z`:
+/// a zombie) and name, read from the host's `/proc/PID/stat`.
+fn children(parent: i32) -> Vec<(i32, char, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ...": COMM may hold spaces, so split at
+        // the last ')'.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if rest.next().and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            out.push((pid, state, comm));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_the_sidecar_reaps_orphans_and_still_exits_with_the_apps_code()
+-> anyhow::Result<()> {
+    init_logs();
+    if !require_pid_namespace()? {
+        return Ok(());
+    }
+    let cp = ControlPlane::start_fast().await?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display().to_string();
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        cp.access.token("reaper", Duration::from_secs(3600)).await?,
+    )?;
+    // An inner shell puts each orphan in the background and exits at once,
+    // so each is re-parented to PID 1, the sidecar: three that end soon
+    // (marking their end in a file), one that runs on (proof that orphans
+    // land on the sidecar). The app itself waits, boundedly, for the
+    // test's word, then exits 7.
+    let script = format!(
+        "sh -c 'for i in 1 2 3; do (sleep 0.1; touch {d}/orphan-$i) & done; sleep 30 &'; \
+         touch {d}/started; i=0; \
+         while [ ! -e {d}/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 7"
+    );
+    // --kill-child: should the test fail and kill unshare, the sidecar
+    // and its namespace go with it.
+    let mut args: Vec<String> = ["--pid", "--fork", "--mount-proc", "--kill-child"]
+        .map(String::from)
+        .to_vec();
+    args.push(
+        weft_tests::process::bin("weft-sidecar")?
+            .display()
+            .to_string(),
+    );
+    args.extend(
+        [
+            "--service".to_string(),
+            "reaper".into(),
+            "--control-plane".into(),
+            cp.access.url.clone(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--inbound".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--outbound".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--admin".into(),
+            format!("127.0.0.1:{}", free_port()?),
+        ]
+        .into_iter()
+        .chain(app(&script)),
+    );
+    let mut unshare = weft_tests::process::Proc::spawn_program("unshare", &args)?;
+
+    for f in ["started", "orphan-1", "orphan-2", "orphan-3"] {
+        wait_file(&dir.path().join(f), &format!("{f} to be written"))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", unshare.log_text()))?;
+    }
+    // `unshare --fork`'s only child is PID 1 of the new namespace.
+    let pid1 = match children(unshare.pid()).as_slice() {
+        [(pid, _, comm)] if comm.starts_with("weft-sidecar") => *pid,
+        other => anyhow::bail!("unshare's children: {other:?}"),
+    };
+    let settled = wait_for(
+        "the exited orphans to be reaped",
+        Duration::from_secs(10),
+        || {
+            let kids = children(pid1);
+            let zombies = kids.iter().filter(|(_, s, _)| *s == 'Z').count();
+            let sleeper = kids.iter().any(|(_, _, c)| c == "sleep");
+            async move { (zombies == 0 && sleeper).then_some(()) }
+        },
+    )
+    .await;
+    let seen = children(pid1);
+    std::fs::write(dir.path().join("go"), "")?;
+    settled.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: PID 1's children (pid, state, name): {seen:?}; log:\n{}",
+            unshare.log_text()
+        )
+    })?;
+
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        (unshare.wait(Duration::from_secs(30)), unshare.log_text())
+    })
+    .await?;
+    assert_eq!(code?, 7, "the app's code, not an orphan's; log:\n{log}");
     Ok(())
 }

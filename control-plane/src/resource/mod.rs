@@ -8,6 +8,7 @@
 //! rules, so the rest of the control plane only ever holds resources that
 //! are known to be good: nothing invalid can be represented.
 
+mod addresses;
 pub mod gateway;
 mod policy;
 mod render;
@@ -15,6 +16,7 @@ pub mod resilience;
 pub mod route;
 mod yaml;
 
+pub use addresses::check_unique_addresses;
 pub use gateway::{GatewayParent, GatewaySpec, Listener, ListenerProtocol};
 pub use policy::{
     AuthorizationPolicySpec, AuthorizationRule, Caller, HttpMatch, HttpMethod, RawHttpMatch,

@@ -13,8 +13,10 @@ const ADMIN_PORT: u16 = 15000;
 /// workload): outbound TCP to the outbound port, except the proxy's own
 /// (by uid/gid), loopback and excluded ports/CIDRs; inbound TCP to the
 /// inbound port, except the sidecar's own ports and excluded ports/CIDRs.
-/// Running it again changes nothing; `--remove` takes every rule and chain
-/// it added away. Needs CAP_NET_ADMIN and CAP_NET_RAW (root).
+/// Each family's rules are applied in one iptables-restore transaction
+/// (all or nothing). Running it again changes nothing; `--remove` takes
+/// every rule and chain it added away. Needs CAP_NET_ADMIN and CAP_NET_RAW
+/// (root).
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-sidecar init",

@@ -120,7 +120,7 @@ async fn copy<A, B>(
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let m = &telemetry.metrics;
-    m.count_tcp_connection(direction, service);
+    let _open = m.open_tcp_connection(direction, service);
     let (sent, received) = match tokio::io::copy_bidirectional(a, b).await {
         Ok(n) => n,
         Err(e) => {

@@ -177,6 +177,7 @@ pub struct Metrics {
     updates: Family<UpdateLabels, Counter>,
     app_healthy: Gauge,
     tcp_connections: Family<TcpLabels, Counter>,
+    tcp_open: Family<TcpLabels, Gauge>,
     intercepted: Family<InterceptLabels, Counter>,
     tcp_bytes_sent: Family<TcpLabels, Counter>,
     tcp_bytes_received: Family<TcpLabels, Counter>,
@@ -234,6 +235,17 @@ fn backend_labels(
 fn service_labels(service: &ServiceName) -> ServiceLabels {
     ServiceLabels {
         service: service.clone(),
+    }
+}
+
+/// One open TCP connection in `weft_tcp_open_connections`; dropping it
+/// closes it there.
+#[must_use = "the connection counts as open only while this is held"]
+pub struct OpenTcp(Gauge);
+
+impl Drop for OpenTcp {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -318,6 +330,12 @@ impl Metrics {
                 &mut r,
                 "tcp_connections",
                 "Opaque TCP connections proxied",
+                Family::default(),
+            ),
+            tcp_open: registered(
+                &mut r,
+                "tcp_open_connections",
+                "Opaque TCP connections open now",
                 Family::default(),
             ),
             intercepted: registered(
@@ -521,7 +539,6 @@ impl Metrics {
         self.app_healthy.set(i64::from(healthy));
     }
 
-    /// An opaque TCP connection proxied.
     /// A redirected connection; `outcome` is `service`, `passthrough`,
     /// `denied` or `app`.
     pub fn count_intercepted(&self, direction: &'static str, outcome: &'static str) {
@@ -530,10 +547,23 @@ impl Metrics {
             .inc();
     }
 
+    /// An opaque TCP connection proxied.
     pub fn count_tcp_connection(&self, direction: Direction, service: &ServiceName) {
         self.tcp_connections
             .get_or_create(&tcp_labels(direction, service))
             .inc();
+    }
+
+    /// An opaque TCP connection proxied and open until the guard drops
+    /// (also when the copy is cancelled: draining, a panic).
+    pub fn open_tcp_connection(&self, direction: Direction, service: &ServiceName) -> OpenTcp {
+        self.count_tcp_connection(direction, service);
+        let gauge = self
+            .tcp_open
+            .get_or_create(&tcp_labels(direction, service))
+            .clone();
+        gauge.inc();
+        OpenTcp(gauge)
     }
 
     /// The bytes an opaque TCP connection carried each way.
@@ -721,7 +751,9 @@ mod tests {
         m.count_update_acked();
         m.count_update_rejected();
         m.set_app_healthy(true);
-        m.count_tcp_connection(Direction::inbound, &svc);
+        // Held until rendered: the connection is open.
+        let _open = m.open_tcp_connection(Direction::inbound, &svc);
+        m.count_intercepted("outbound", "service");
         m.count_tcp_bytes(Direction::inbound, &svc, 10, 20);
         m.count_handshake_ok("outbound");
         m.count_handshake_failed("inbound", "untrusted");
@@ -765,6 +797,8 @@ mod tests {
             r#"weft_tcp_connections_total{direction="inbound",service="users"} 1"#,
             r#"weft_tcp_sent_bytes_total{direction="inbound",service="users"} 10"#,
             r#"weft_tcp_received_bytes_total{direction="inbound",service="users"} 20"#,
+            r#"weft_tcp_open_connections{direction="inbound",service="users"} 1"#,
+            r#"weft_intercepted_connections_total{direction="outbound",outcome="service"} 1"#,
             r#"weft_tls_handshakes_total{direction="outbound",result="ok",reason=""} 1"#,
             r#"weft_tls_handshakes_total{direction="inbound",result="failed",reason="untrusted"} 1"#,
             r#"weft_certificate_renewals_total{result="ok"} 1"#,
@@ -799,7 +833,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 27, "{names:?}");
         for name in names {
             let shown = if text.contains(&format!("{name}_total")) {
                 format!("`{name}_total`")
@@ -808,6 +842,26 @@ mod tests {
             };
             assert!(docs.contains(&shown), "{shown} is not in docs/metrics.md");
         }
+    }
+
+    #[test]
+    fn a_tcp_connection_is_open_until_its_guard_drops() {
+        let m = Metrics::new();
+        let svc = ServiceName::parse("mail").expect("name");
+        let line = |n: u32| {
+            format!(r#"weft_tcp_open_connections{{direction="outbound",service="mail"}} {n}"#)
+        };
+        let a = m.open_tcp_connection(Direction::outbound, &svc);
+        let b = m.open_tcp_connection(Direction::outbound, &svc);
+        assert!(m.render().lines().any(|l| l == line(2)), "{}", m.render());
+        drop(a);
+        drop(b);
+        let text = m.render();
+        assert!(text.lines().any(|l| l == line(0)), "{text}");
+        assert!(
+            text.contains(r#"weft_tcp_connections_total{direction="outbound",service="mail"} 2"#),
+            "{text}"
+        );
     }
 
     #[test]
