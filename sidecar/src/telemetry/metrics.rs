@@ -162,6 +162,14 @@ struct InterceptLabels {
     outcome: &'static str,
 }
 
+/// A port a caller named that reached no app, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppPortLabels {
+    service: ServiceName,
+    /// `not-listening`, `sidecar-port` or `invalid`.
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RenewalLabels {
     result: &'static str,
@@ -178,6 +186,7 @@ pub struct Metrics {
     app_healthy: Gauge,
     tcp_connections: Family<TcpLabels, Counter>,
     intercepted: Family<InterceptLabels, Counter>,
+    app_port_refused: Family<AppPortLabels, Counter>,
     tcp_bytes_sent: Family<TcpLabels, Counter>,
     tcp_bytes_received: Family<TcpLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -324,6 +333,12 @@ impl Metrics {
                 &mut r,
                 "intercepted_connections",
                 "Connections redirected to the sidecar by the init rules, by outcome",
+                Family::default(),
+            ),
+            app_port_refused: registered(
+                &mut r,
+                "app_port_refused",
+                "Inbound requests and connections to an app port a caller named that reached no app, by reason",
                 Family::default(),
             ),
             tcp_bytes_sent: registered(
@@ -521,7 +536,6 @@ impl Metrics {
         self.app_healthy.set(i64::from(healthy));
     }
 
-    /// An opaque TCP connection proxied.
     /// A redirected connection; `outcome` is `service`, `passthrough`,
     /// `denied` or `app`.
     pub fn count_intercepted(&self, direction: &'static str, outcome: &'static str) {
@@ -529,6 +543,18 @@ impl Metrics {
             .get_or_create(&InterceptLabels { direction, outcome })
             .inc();
     }
+
+    /// An inbound request or connection to a port its caller named that
+    /// reached no app; `reason` is an `AppPortRefusal` label.
+    pub fn count_app_port_refused(&self, service: &ServiceName, reason: &'static str) {
+        let labels = AppPortLabels {
+            service: service.clone(),
+            reason,
+        };
+        self.app_port_refused.get_or_create(&labels).inc();
+    }
+
+    /// An opaque TCP connection proxied.
 
     pub fn count_tcp_connection(&self, direction: Direction, service: &ServiceName) {
         self.tcp_connections
