@@ -555,7 +555,6 @@ impl Metrics {
     }
 
     /// An opaque TCP connection proxied.
-
     pub fn count_tcp_connection(&self, direction: Direction, service: &ServiceName) {
         self.tcp_connections
             .get_or_create(&tcp_labels(direction, service))
@@ -767,6 +766,8 @@ mod tests {
         m.count_route(&svc, None);
         m.count_route_fallback(&svc, (&route, 1), &v2);
         m.count_mirror(&svc, (&route, 1), &v2);
+        m.count_intercepted("outbound", "passthrough");
+        m.count_app_port_refused(&svc, "not-listening");
         let spans = m.span_counters();
         spans.exported.inc();
         spans.export_failed.inc();
@@ -810,6 +811,8 @@ mod tests {
             "weft_spans_exported_total 1",
             r#"weft_spans_dropped_total{reason="export-failed"} 1"#,
             r#"weft_spans_dropped_total{reason="queue-full"} 1"#,
+            r#"weft_intercepted_connections_total{direction="outbound",outcome="passthrough"} 1"#,
+            r#"weft_app_port_refused_total{service="users",reason="not-listening"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
@@ -825,7 +828,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 27, "{names:?}");
         for name in names {
             let shown = if text.contains(&format!("{name}_total")) {
                 format!("`{name}_total`")

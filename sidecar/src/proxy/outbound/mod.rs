@@ -75,7 +75,7 @@ impl Outbound {
         port: Option<u16>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
-        let dest = Destination::of(&req, fixed).map(|d| d.to_port(port));
+        let dest = Destination::of(&req, fixed).map(|d| d.with_port(port));
         let label = dest
             .as_ref()
             .map_or_else(ServiceName::unresolved, |d| d.service.clone());

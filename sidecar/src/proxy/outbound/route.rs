@@ -127,7 +127,7 @@ impl Destination {
     }
 
     /// The same, to `port` of the service's app.
-    pub fn to_port(self, port: Option<u16>) -> Self {
+    pub fn with_port(self, port: Option<u16>) -> Self {
         Destination { port, ..self }
     }
 
