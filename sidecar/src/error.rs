@@ -37,6 +37,10 @@ pub enum ProxyError {
     NoApp,
     #[error("the local app at {addr} failed the request: {reason}")]
     App { addr: String, reason: String },
+    /// A caller named a port of this pod (interception keeps the port it
+    /// dialled) where no app can be reached.
+    #[error("nothing of this pod's app answers on port {port}: {reason}")]
+    NoAppPort { port: u16, reason: AppPortRefusal },
     #[error("this sidecar has no certificate yet")]
     NoCertificate,
     #[error("mutual TLS with {addr} failed: {reason}")]
@@ -84,6 +88,34 @@ pub enum ProxyError {
     },
 }
 
+/// Why a port a caller named reaches no app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppPortRefusal {
+    /// Connecting to it on loopback was refused: the app does not listen.
+    #[error("the app does not listen on it")]
+    NotListening,
+    /// One of the sidecar's own listeners (admin, outbound, inbound,
+    /// upstream ports): never a caller's to reach. Answered like a denial
+    /// (403, PERMISSION_DENIED), as is `Invalid`: retrying cannot help,
+    /// where another endpoint may well listen on a port this one does not.
+    #[error("it is one of the sidecar's own ports")]
+    SidecarPort,
+    /// `x-weft-target-port` was no port number.
+    #[error("the target port is not a port number")]
+    Invalid,
+}
+
+impl AppPortRefusal {
+    /// The `reason` label of `weft_app_port_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AppPortRefusal::NotListening => "not-listening",
+            AppPortRefusal::SidecarPort => "sidecar-port",
+            AppPortRefusal::Invalid => "invalid",
+        }
+    }
+}
+
 /// What kind of failure a [`ProxyError`] is: a small copyable value that
 /// retries, outlier ejection, metrics and logs decide on, so that none of
 /// them reads error text.
@@ -102,6 +134,7 @@ pub enum ErrorKind {
     UpstreamFailed,
     NoApp,
     AppFailed,
+    NoAppPort,
     NoCertificate,
     TlsFailed,
     Forbidden,
@@ -159,6 +192,7 @@ impl ErrorKind {
             ErrorKind::RefusedStream | ErrorKind::UpstreamFailed => "upstream-failed",
             ErrorKind::NoApp => "no-app",
             ErrorKind::AppFailed => "app-failed",
+            ErrorKind::NoAppPort => "no-app-port",
             ErrorKind::NoCertificate => "no-certificate",
             ErrorKind::TlsFailed => "tls-failed",
             ErrorKind::Forbidden => "forbidden",
@@ -206,6 +240,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => ErrorKind::UpstreamFailed,
             ProxyError::NoApp => ErrorKind::NoApp,
             ProxyError::App { .. } => ErrorKind::AppFailed,
+            ProxyError::NoAppPort { .. } => ErrorKind::NoAppPort,
             ProxyError::NoCertificate => ErrorKind::NoCertificate,
             ProxyError::Tls { .. } => ErrorKind::TlsFailed,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
@@ -239,6 +274,11 @@ impl ProxyError {
             | ProxyError::DeadlineExceeded(_)
             | ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            // Asked for what is never served: no other endpoint or retry
+            // would answer otherwise.
+            ProxyError::NoAppPort { reason, .. } if *reason != AppPortRefusal::NotListening => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -257,6 +297,9 @@ impl ProxyError {
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
             ProxyError::Forbidden { .. } => GrpcCode::PermissionDenied,
+            ProxyError::NoAppPort { reason, .. } if *reason != AppPortRefusal::NotListening => {
+                GrpcCode::PermissionDenied
+            }
             // What a gRPC server answers for a method it does not have.
             ProxyError::NotFound { .. } => GrpcCode::Unimplemented,
             ProxyError::TooLarge { .. } => GrpcCode::ResourceExhausted,

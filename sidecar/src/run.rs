@@ -33,7 +33,7 @@ use crate::intercept::AddressMap;
 use crate::model::inbound::InboundPolicy;
 use crate::model::{Health, ServiceState};
 use crate::proxy::gateway::{self, CertError, Certificates, Gateway, Public};
-use crate::proxy::{self, App, Inbound, Listener, Outbound};
+use crate::proxy::{self, AppPorts, Inbound, Listener, Outbound};
 use crate::table::{Routes, TableBuilder};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{Telemetry, Tracer};
@@ -42,6 +42,12 @@ use crate::telemetry::{Telemetry, Tracer};
 pub struct Listeners {
     pub inbound: TcpListener,
     pub outbound: TcpListener,
+    /// With `--intercept`, the IPv6 twins of `inbound` (`[::]` for
+    /// `0.0.0.0`) and `outbound` (`[::1]` for `127.0.0.1`) on the same
+    /// ports: ip6tables redirects to them. `None` for other addresses, and
+    /// where the host has no IPv6.
+    pub inbound6: Option<TcpListener>,
+    pub outbound6: Option<TcpListener>,
     pub admin: TcpListener,
     pub upstreams: Vec<(ServiceName, TcpListener)>,
     /// Gateway mode: the public listeners (cleartext, TLS).
@@ -104,13 +110,60 @@ impl Listeners {
                 public.https = Some(bind("--gateway-https", a).await?);
             }
         }
+        let inbound = bind("--inbound", cfg.inbound).await?;
+        let outbound = bind("--outbound", cfg.outbound).await?;
+        let (mut inbound6, mut outbound6) = (None, None);
+        if cfg.intercept.is_some() {
+            inbound6 = bind_v6_twin("--inbound", &inbound)?;
+            outbound6 = bind_v6_twin("--outbound", &outbound)?;
+        }
         Ok(Listeners {
-            inbound: bind("--inbound", cfg.inbound).await?,
-            outbound: bind("--outbound", cfg.outbound).await?,
+            inbound,
+            outbound,
+            inbound6,
+            outbound6,
             admin: bind("--admin", cfg.admin).await?,
             upstreams,
             public,
         })
+    }
+}
+
+/// The IPv6 twin of an IPv4 wildcard or loopback listener, on its port
+/// (the one the rules redirect to). IPv6-only, so that it and the IPv4
+/// listener share the port and each connection's family says which
+/// original-destination option to read. A host without IPv6 gets none.
+fn bind_v6_twin(what: &'static str, v4: &TcpListener) -> Result<Option<TcpListener>, SidecarError> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::{IpAddr, Ipv6Addr};
+    let local = v4.local_addr().map_err(SidecarError::LocalAddr)?;
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv6Addr::UNSPECIFIED,
+        IpAddr::V4(ip) if ip.is_loopback() => Ipv6Addr::LOCALHOST,
+        _ => return Ok(None),
+    };
+    let addr = SocketAddr::new(IpAddr::V6(ip), local.port());
+    let bound = (|| {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        socket.set_only_v6(true)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    })();
+    match bound {
+        Ok(l) => Ok(Some(l)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            tracing::warn!(%addr, error = %e, "no IPv6 here: intercepted IPv6 connections will not be served");
+            Ok(None)
+        }
+        Err(error) => Err(SidecarError::Bind { what, addr, error }),
     }
 }
 
@@ -133,9 +186,12 @@ pub async fn run_notifying(
     ready: Option<oneshot::Sender<()>>,
 ) -> Result<(), SidecarError> {
     weft_proto::identity::install_provider();
+    let sidecar_ports = listeners.ports();
     let Listeners {
         inbound,
         outbound,
+        inbound6,
+        outbound6,
         admin,
         upstreams,
         public,
@@ -153,7 +209,13 @@ pub async fn run_notifying(
         .map(|id| spawn_identity(id, &parts.metrics, &drain));
     let app_health = spawn_app_checks(&cfg, &parts.metrics, &drain);
     spawn_feed(feed, &cfg, &parts, app_health, &drain);
-    let to_peers = serve_traffic(&cfg, &parts, inbound, outbound, upstreams, &drain);
+    let traffic = Traffic {
+        inbound: [Some(inbound), inbound6].into_iter().flatten().collect(),
+        outbound: [Some(outbound), outbound6].into_iter().flatten().collect(),
+        upstreams,
+        sidecar_ports,
+    };
+    let to_peers = serve_traffic(&cfg, &parts, traffic, &drain);
     if let Some(g) = &cfg.gateway {
         serve_gateway(&cfg, g, to_peers, public, &drain)?;
     }
@@ -440,23 +502,56 @@ fn spawn_feed(
     tokio::spawn(client.run(drain.clone()));
 }
 
+/// The listeners of the data path, and the ports the sidecar listens on.
+struct Traffic {
+    /// The inbound listener (and its IPv6 twin).
+    inbound: Vec<TcpListener>,
+    /// The outbound listener (and its IPv6 twin).
+    outbound: Vec<TcpListener>,
+    upstreams: Vec<(ServiceName, TcpListener)>,
+    sidecar_ports: Vec<u16>,
+}
+
+impl Listeners {
+    /// Every port the sidecar listens on: none of them is an app's.
+    fn ports(&self) -> Vec<u16> {
+        let all = [&self.inbound, &self.outbound, &self.admin]
+            .into_iter()
+            .chain(self.upstreams.iter().map(|(_, l)| l))
+            .chain(self.public.http.iter())
+            .chain(self.public.https.iter());
+        all.filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+}
+
 /// The data path: the outbound half on the outbound listener and on each
 /// upstream port, the inbound half on the inbound listener.
 fn serve_traffic(
     cfg: &SidecarConfig,
     parts: &Parts,
-    inbound: TcpListener,
-    outbound: TcpListener,
-    upstreams: Vec<(ServiceName, TcpListener)>,
+    traffic: Traffic,
     drain: &drain::Watch,
 ) -> Arc<Outbound> {
+    let Traffic {
+        inbound,
+        outbound,
+        upstreams,
+        sidecar_ports,
+    } = traffic;
+    let addrs = |ls: &[TcpListener]| {
+        ls.iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         service = %cfg.service,
         instance = %cfg.instance_id,
         identity = %parts.identity.as_ref().map(|i| i.id().to_string()).unwrap_or_else(|| "none (static config: plaintext)".into()),
-        inbound = %addr(&inbound),
-        outbound = %addr(&outbound),
+        inbound = %addrs(&inbound),
+        outbound = %addrs(&outbound),
         advertise = %parts.advertise,
         upstreams = ?upstreams.iter().map(|(s, l)| format!("{s}={}", addr(l))).collect::<Vec<_>>(),
         "sidecar listening"
@@ -476,9 +571,12 @@ fn serve_traffic(
         service: cfg.service.clone(),
         protocol: cfg.protocol,
         telemetry: parts.telemetry.clone(),
-        app: cfg
-            .app
-            .map(|a| App::new(a, cfg.service.clone(), parts.tcp.clone())),
+        apps: AppPorts::new(
+            cfg.app,
+            cfg.service.clone(),
+            parts.tcp.clone(),
+            sidecar_ports,
+        ),
         app_connector: parts.tcp.clone(),
         tls: parts
             .identity
@@ -488,16 +586,14 @@ fn serve_traffic(
         limiter: Default::default(),
         intercept: cfg.intercept.is_some(),
     });
-    tokio::spawn(proxy::serve(
-        inbound,
-        Listener::Inbound(to_app),
-        drain.clone(),
-    ));
-    tokio::spawn(proxy::serve(
-        outbound,
-        Listener::Outbound(to_peers.clone()),
-        drain.clone(),
-    ));
+    for l in inbound {
+        let kind = Listener::Inbound(to_app.clone());
+        tokio::spawn(proxy::serve(l, kind, drain.clone()));
+    }
+    for l in outbound {
+        let kind = Listener::Outbound(to_peers.clone());
+        tokio::spawn(proxy::serve(l, kind, drain.clone()));
+    }
     for (service, l) in upstreams {
         let kind = Listener::Upstream(to_peers.clone(), service);
         tokio::spawn(proxy::serve(l, kind, drain.clone()));

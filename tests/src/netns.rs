@@ -17,6 +17,8 @@ use crate::process::{Proc, bin};
 
 /// The bridge's address in the hub namespace.
 pub const HUB_IP: &str = "10.77.0.1";
+/// Its IPv6 address, once [`Net::ipv6`] gave the hub one.
+pub const HUB_IP6: &str = "fd77::1";
 
 /// Whether the tests can run here. `Ok(false)`: they cannot and are
 /// skipped with the reason printed; under `CI=true` that is an error.
@@ -160,6 +162,53 @@ impl Net {
         sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         sh("ip", &["-n", &ns, "route", "add", "default", "via", HUB_IP])?;
         Ok(Pod { ns, ip })
+    }
+
+    /// IPv6 on the hub's bridge (fd77::1/64), for pods given an IPv6
+    /// address with [`Net::pod_ipv6`]. Without duplicate address detection
+    /// (`nodad`): nothing else is on this bridge, and an address still
+    /// "tentative" could not be used for the seconds DAD takes.
+    pub fn ipv6(&self) -> anyhow::Result<()> {
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.hub,
+                "addr",
+                "add",
+                &format!("{HUB_IP6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Gives `pod` the IPv6 address fd77::`host` (dual stack, beside its
+    /// IPv4 one) and a default IPv6 route through the hub; returns it.
+    pub fn pod_ipv6(&self, pod: &Pod, host: u8) -> anyhow::Result<String> {
+        let ip = format!("fd77::{host:x}");
+        sh(
+            "ip",
+            &[
+                "-n",
+                &pod.ns,
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        sh(
+            "ip",
+            &[
+                "-n", &pod.ns, "-6", "route", "add", "default", "via", HUB_IP6,
+            ],
+        )?;
+        Ok(ip)
     }
 
     /// A file the sidecars' user can read.

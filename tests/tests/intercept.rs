@@ -15,6 +15,8 @@ use weft_tests::util::metric;
 
 /// The virtual address of the `web` service (`spec.addresses`).
 const WEB_VIP: &str = "10.96.0.10";
+/// Its IPv6 virtual address.
+const WEB_VIP6: &str = "fd00::10";
 /// A string sent in the payload that must never cross the wire in clear.
 const MARKER: &str = "weft-marker-7f3a9c";
 /// The same, sent to a server outside the mesh: it must show in clear.
@@ -239,19 +241,22 @@ impl ControlPlane {
     }
 }
 
-/// The interception scenario: `web` (an app behind a sidecar, with a
-/// virtual address), two clients behind sidecars (`client` passes unknown
-/// destinations through, `strict` refuses them and lets port 9090 bypass
-/// its sidecar), and a server outside the mesh. Fields drop in order:
-/// the processes before the namespaces.
+/// The interception scenario: `web` (an app behind a sidecar, with an
+/// IPv4 and an IPv6 virtual address, HTTP on port 8080 and a server-first
+/// line protocol on 9000), two clients behind sidecars (`client` passes
+/// unknown destinations through, `strict` refuses them and lets port 9090
+/// bypass its sidecar), and a server outside the mesh. Every pod is dual
+/// stack. Fields drop in order: the processes before the namespaces.
 struct Scenario {
     client: Pod,
     strict: Pod,
     web: Pod,
     outside: Pod,
+    /// `web`'s IPv6 address.
+    web6: String,
     web_app: Proc,
     _procs: Vec<Proc>,
-    _cp: ControlPlane,
+    cp: ControlPlane,
     net: Net,
 }
 
@@ -262,14 +267,13 @@ impl Scenario {
         let web = net.pod("web", 3)?;
         let strict = net.pod("strict", 4)?;
         let outside = net.pod("out", 9)?;
+        net.ipv6()?;
+        let web6 = net.pod_ipv6(&web, 3)?;
+        net.pod_ipv6(&outside, 9)?;
+        net.pod_ipv6(&client, 2)?;
+        net.pod_ipv6(&strict, 4)?;
         let cp = ControlPlane::start(&net).await?;
-        let yaml = net.write(
-            "mesh.yaml",
-            &format!(
-                "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
-                 protocol: http\n  inboundMode: PERMISSIVE\n  addresses: [{WEB_VIP}]\n"
-            ),
-        )?;
+        let yaml = net.write("mesh.yaml", &web_service("PERMISSIVE"))?;
         cp.weftctl(&["apply", "-f", &yaml.display().to_string()])?;
         let mut procs = Vec::new();
         // The outside server: no sidecar, no rules.
@@ -285,7 +289,11 @@ impl Scenario {
         // web: its app on loopback, its rules, its sidecar.
         let web_app = web.spawn(
             "weft-podapp",
-            &["web".into(), "127.0.0.1:8080".into()],
+            &[
+                "web".into(),
+                "127.0.0.1:8080".into(),
+                "tcp:127.0.0.1:9000".into(),
+            ],
             false,
         )?;
         web.init(&[])?;
@@ -305,9 +313,10 @@ impl Scenario {
             strict,
             web,
             outside,
+            web6,
             web_app,
             _procs: procs,
-            _cp: cp,
+            cp,
             net,
         })
     }
@@ -315,6 +324,23 @@ impl Scenario {
     fn metrics(pod: &Pod) -> anyhow::Result<String> {
         Ok(pod.curl(&["http://127.0.0.1:15000/metrics"])?.1)
     }
+}
+
+/// The `web` Service: its virtual addresses, its server-first port, and
+/// `mode` as its inbound mode.
+fn web_service(mode: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
+         protocol: http\n  inboundMode: {mode}\n  addresses: [{WEB_VIP}, \"{WEB_VIP6}\"]\n  \
+         opaquePorts: [9000]\n"
+    )
+}
+
+/// `weft-podapp --send ADDR LINE` in `pod`: the line protocol's answer
+/// (empty when the connection was closed without one).
+fn send_line(pod: &Pod, addr: &str, line: &str) -> anyhow::Result<String> {
+    let podapp = bin("weft-podapp")?.display().to_string();
+    Ok(pod.try_run(&podapp, &["--send", addr, line])?.1)
 }
 
 fn intercepted(text: &str, direction: &str, outcome: &str) -> f64 {
@@ -362,7 +388,7 @@ async fn intercepted_traffic_crosses_pods_only_over_mutual_tls() -> anyhow::Resu
     .await?;
 
     // The app dials the service's virtual address with a plain client.
-    let url = format!("http://{WEB_VIP}/orders?note={MARKER}");
+    let url = format!("http://{WEB_VIP}:8080/orders?note={MARKER}");
     let (code, body) = s
         .client
         .curl(&["-H", &format!("x-marker: {MARKER}"), &url])?;
@@ -373,6 +399,13 @@ async fn intercepted_traffic_crosses_pods_only_over_mutual_tls() -> anyhow::Resu
     assert!(
         app_log.contains(&format!("/orders?note={MARKER}")) && app_log.contains(MARKER),
         "the app did not get the marker:\n{app_log}"
+    );
+    // The same sidecar serves the app's other port, opaque TCP, over
+    // mutual TLS too: the app greets first and echoes the marker.
+    let answer = send_line(&s.client, &format!("{WEB_VIP}:9000"), MARKER)?;
+    assert_eq!(
+        answer,
+        format!("web tcp ready\nweb tcp echo from 127.0.0.1: {MARKER}\n")
     );
 
     // The control: the same kind of request to a server outside the mesh
@@ -409,7 +442,7 @@ async fn intercepted_traffic_crosses_pods_only_over_mutual_tls() -> anyhow::Resu
     );
 
     let client = Scenario::metrics(&s.client)?;
-    assert_eq!(intercepted(&client, "outbound", "service"), 1.0, "{client}");
+    assert_eq!(intercepted(&client, "outbound", "service"), 2.0, "{client}");
     let web = Scenario::metrics(&s.web)?;
     assert!(
         metric(
@@ -669,6 +702,22 @@ fn tcp_metric(text: &str, name: &str, direction: &str, service: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// `curl -i` in `pod`: the status line and headers, and the body.
+fn curl_status(pod: &Pod, url: &str) -> anyhow::Result<String> {
+    let (code, text) = pod.curl(&["-i", url])?;
+    anyhow::ensure!(code == 0, "curl {url} failed ({code}): {text:?}");
+    Ok(text)
+}
+
+fn refused_ports(text: &str, reason: &str) -> f64 {
+    metric(
+        text,
+        "weft_app_port_refused_total",
+        &[("service", "web"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn server_first_and_client_first_tcp_cross_pods_over_mutual_tls_without_waiting()
 -> anyhow::Result<()> {
@@ -840,5 +889,99 @@ async fn an_open_intercepted_tcp_connection_is_counted_open_on_both_sides_until_
         1.0,
         "{client}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_sidecar_serves_every_app_port_and_refuses_the_rest() -> anyhow::Result<()> {
+    if !prerequisites()? {
+        return Ok(());
+    }
+    let s = Scenario::start().await?;
+    let vip = |port: u16| format!("http://{WEB_VIP}:{port}/");
+
+    // The app's two ports through the one sidecar, each reached on the
+    // port the caller's app dialled.
+    assert!(curl_status(&s.client, &vip(8080))?.ends_with("web saw 127.0.0.1"));
+    let echo = send_line(&s.client, &format!("{WEB_VIP}:9000"), "hi")?;
+    assert!(echo.ends_with("echo from 127.0.0.1: hi\n"), "{echo:?}");
+
+    // A port the app does not listen on: 503 naming why (retried, as
+    // another endpoint may listen there), or a closed connection; a port
+    // of the web sidecar's own is never reached (403, not retried).
+    let none = curl_status(&s.client, &vip(8081))?;
+    assert!(
+        none.starts_with("HTTP/1.1 503") && none.contains("x-weft-error: no-app-port"),
+        "{none}"
+    );
+    assert_eq!(send_line(&s.client, &format!("{WEB_VIP}:9001"), "hi")?, "");
+    let admin = curl_status(&s.client, &format!("{}metrics", vip(15000)))?;
+    assert!(
+        admin.starts_with("HTTP/1.1 403") && admin.contains("x-weft-error: no-app-port"),
+        "{admin}"
+    );
+    let web = Scenario::metrics(&s.web)?;
+    let client = Scenario::metrics(&s.client)?;
+    let retries = metric(&client, "weft_retries_total", &[("service", "web")]).unwrap_or(0.0);
+    assert_eq!(
+        refused_ports(&web, "not-listening"),
+        2.0 + retries,
+        "one HTTP request and its retries, one TCP connection:\n{web}"
+    );
+    assert_eq!(refused_ports(&web, "sidecar-port"), 1.0, "{web}");
+
+    // IPv6: the client's app dials the service's IPv6 virtual address
+    // (ip6tables, the outbound listener's IPv6 twin), and a plain client
+    // outside the mesh dials the web pod's IPv6 address (the inbound
+    // listener's twin, PERMISSIVE).
+    let (code, body) = s.client.curl(&[&format!("http://[{WEB_VIP6}]:8080/v6")])?;
+    assert_eq!((code, body.as_str()), (0, "web saw 127.0.0.1"));
+    let (code, body) = s
+        .outside
+        .curl(&[&format!("http://[{}]:8080/v6-direct", s.web6)])?;
+    assert_eq!((code, body.as_str()), (0, "web saw 127.0.0.1"));
+    assert!(s.web_app.log_text().contains("/v6-direct"));
+    let web = Scenario::metrics(&s.web)?;
+    assert_eq!(intercepted(&web, "inbound", "app"), 1.0, "{web}");
+
+    // STRICT, and only `client` may call: a plaintext client outside the
+    // mesh is refused at the app's port (over IPv4 and IPv6), and the
+    // `strict` pod's calls to both ports are denied.
+    let yaml = s.net.write(
+        "strict.yaml",
+        &format!(
+            "{}---\napiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  \
+             name: web-callers\nspec:\n  service: web\n  rules:\n    - from: [client]\n",
+            web_service("STRICT")
+        ),
+    )?;
+    s.cp.weftctl(&["apply", "-f", &yaml.display().to_string()])?;
+    let outside = format!("http://{}:8080/", s.web.ip);
+    let (strict, outer) = (s.strict.clone(), s.outside.clone());
+    weft_tests::util::wait_for(
+        "STRICT and the policy on web's sidecar",
+        Duration::from_secs(10),
+        || {
+            let denied = curl_status(&strict, &vip(8080)).is_ok_and(|t| t.contains(" 403 "));
+            let refused = outer.curl(&[&outside]).is_ok_and(|(c, _)| c != 0);
+            async move { (denied && refused).then_some(()) }
+        },
+    )
+    .await?;
+    let (code, _) = s.outside.curl(&[&format!("http://[{}]:8080/", s.web6)])?;
+    assert_ne!(code, 0, "a plaintext IPv6 client got through STRICT");
+    assert_eq!(send_line(&s.strict, &format!("{WEB_VIP}:9000"), "hi")?, "");
+    // The allowed caller still reaches both ports.
+    assert!(curl_status(&s.client, &vip(8080))?.ends_with("web saw 127.0.0.1"));
+    let echo = send_line(&s.client, &format!("{WEB_VIP}:9000"), "again")?;
+    assert!(echo.ends_with("echo from 127.0.0.1: again\n"), "{echo:?}");
+    let web = Scenario::metrics(&s.web)?;
+    let denied = metric(
+        &web,
+        "weft_authorization_denied_total",
+        &[("service", "web"), ("caller", "strict")],
+    )
+    .unwrap_or(0.0);
+    assert!(denied >= 2.0, "{web}");
     Ok(())
 }

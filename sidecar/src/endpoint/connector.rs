@@ -24,7 +24,12 @@ pub type BoxedIo = Box<dyn Io>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alpn {
     H2,
+    /// Opaque TCP to the peer's `--app`.
     Tcp,
+    /// Opaque TCP to this port of the peer's app (an intercepted
+    /// connection keeps the port its app dialled); the port travels in the
+    /// TLS server name (`identity::tls::port_server_name`).
+    TcpTo(u16),
 }
 
 /// What to connect to: an address, the service expected there (which TLS

@@ -1,5 +1,5 @@
 //! Mutual TLS between sidecars: TLS 1.3 only; ALPN `h2` for HTTP and
-//! `weft-tcp` for opaque TCP; both ends present the current certificate
+//! `weft-tcp` for opaque TCP (the server name may name an app port); both ends present the current certificate
 //! (read at every handshake, so a renewal needs no restart and drops no
 //! connection) and verify the peer under the current roots (the TLS
 //! configs are rebuilt when those change: a new CA bundle applies to the
@@ -25,6 +25,25 @@ use crate::telemetry::metrics::Metrics;
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
+
+/// The TLS server name of a connection to the peer's `--app`. Any valid
+/// name: the verifier checks the SPIFFE ID, not a DNS name.
+const PEER_NAME: &str = "peer.weft.mesh";
+/// The suffix of the server name that carries an app port for opaque TCP
+/// (`9000.port.weft.mesh`), as Istio's `outbound_.9000_._.…` names carry
+/// one through its gateways: no byte is added to the stream, and a peer
+/// that does not know the form serves its `--app` as before.
+const PORT_SUFFIX: &str = ".port.weft.mesh";
+
+/// The server name that asks the peer for `port` of its app.
+pub fn port_server_name(port: u16) -> String {
+    format!("{port}{PORT_SUFFIX}")
+}
+
+/// The app port a client named in its server name; `None`: `--app`.
+pub fn port_of_server_name(name: Option<&str>) -> Option<u16> {
+    name?.strip_suffix(PORT_SUFFIX)?.parse().ok()
+}
 
 /// Serves whatever certificate is current.
 struct CurrentCert(Arc<Identity>);
@@ -143,6 +162,11 @@ impl MtlsConnector {
     }
 
     fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, ProxyError> {
+        // The port goes in the server name, not the config: one per ALPN.
+        let alpn = match alpn {
+            Alpn::TcpTo(_) => Alpn::Tcp,
+            other => other,
+        };
         let key = (expected.clone(), alpn);
         let roots = self
             .identity
@@ -167,7 +191,7 @@ impl MtlsConnector {
             .with_client_cert_resolver(Arc::new(CurrentCert(self.identity.clone())));
         cfg.alpn_protocols = vec![match alpn {
             Alpn::H2 => ALPN_H2.to_vec(),
-            Alpn::Tcp => ALPN_TCP.to_vec(),
+            Alpn::Tcp | Alpn::TcpTo(_) => ALPN_TCP.to_vec(),
         }];
         let cfg = Arc::new(cfg);
         if let Ok(mut m) = self.configs.lock() {
@@ -204,8 +228,11 @@ impl Connector for MtlsConnector {
             let expected = SpiffeId::service(self.identity.trust_domain(), target.service.as_str());
             let cfg = self.config(&expected, target.alpn)?;
             let tcp = self.tcp.connect_tcp(&target.addr).await?;
-            // Any valid name: the verifier checks the SPIFFE ID, not a DNS name.
-            let name = ServerName::try_from("peer.weft.mesh").map_err(|e| ProxyError::Tls {
+            let name = match target.alpn {
+                Alpn::TcpTo(port) => port_server_name(port),
+                Alpn::H2 | Alpn::Tcp => PEER_NAME.to_string(),
+            };
+            let name = ServerName::try_from(name).map_err(|e| ProxyError::Tls {
                 addr: target.addr.to_string(),
                 reason: e.to_string(),
             })?;
@@ -224,5 +251,29 @@ impl Connector for MtlsConnector {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_port_round_trips_through_a_valid_server_name() {
+        for port in [1, 8080, 9000, 65535] {
+            let name = port_server_name(port);
+            assert!(ServerName::try_from(name.clone()).is_ok(), "{name}");
+            assert_eq!(port_of_server_name(Some(&name)), Some(port));
+        }
+        // Older clients, and anything else: `--app`.
+        for other in [
+            Some(PEER_NAME),
+            Some("0x1f.port.weft.mesh"),
+            Some("70000.port.weft.mesh"),
+            Some("9000.port.weft.mesh.evil"),
+            None,
+        ] {
+            assert_eq!(port_of_server_name(other), None, "{other:?}");
+        }
     }
 }

@@ -7,6 +7,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-weft-orig-proto");
 pub const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
+/// The app port an intercepted caller dialled (its original destination's
+/// port), set by the outbound sidecar for the peer, which sends the request
+/// to that port of its app. Taken only from a caller mutual TLS proved, and
+/// removed from every request on both sides, so neither an app nor a
+/// plaintext client can choose a port with it.
+pub const TARGET_PORT: HeaderName = HeaderName::from_static("x-weft-target-port");
+
 /// The caller's verified SPIFFE ID, set by the inbound sidecar for its app.
 /// Stripped from every incoming request first, so it cannot be forged.
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-weft-peer-identity");

@@ -2,16 +2,12 @@
 //! clients) forwarded to the local app, in the protocol the app speaks.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use weft_proto::name::ServiceName;
 use weft_proto::protocol::Protocol;
@@ -20,71 +16,19 @@ use arc_swap::ArcSwap;
 use weft_proto::identity::SpiffeId;
 
 use super::HttpFuture;
+use super::app::{App, AppPorts};
 use super::exchange::Exchange;
-use super::headers::{ORIG_PROTO, PEER_IDENTITY, is_grpc, strip_hop_by_hop};
+use super::headers::{ORIG_PROTO, PEER_IDENTITY, TARGET_PORT, is_grpc, strip_hop_by_hop};
 use super::outcome::Outcome;
 use super::response::{self, Layers};
 use crate::body::{BoxBody, boxed};
 use crate::edge::ratelimit::{self, SharedLimiter};
-use crate::endpoint::{ConnectTarget, Connector, H2Client, TcpConnector};
-use crate::error::{ProxyError, error_chain};
+use crate::endpoint::TcpConnector;
+use crate::error::{AppPortRefusal, ProxyError, error_chain};
 use crate::identity::tls::LazyAcceptor;
 use crate::model::inbound::InboundPolicy;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Direction;
-
-/// Connections to the local app: HTTP/1.1 pooled, HTTP/2 multiplexed.
-pub struct App {
-    pub addr: SocketAddr,
-    /// `addr` as text, for the access log and spans.
-    name: Arc<str>,
-    authority: Authority,
-    h1: Client<HttpConnector, BoxBody>,
-    h2: H2Client,
-}
-
-impl App {
-    pub fn new(addr: SocketAddr, service: ServiceName, connector: Arc<TcpConnector>) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connector.timeout));
-        let h1 = Client::builder(TokioExecutor::new()).build(http);
-        let target = ConnectTarget {
-            addr: addr.to_string().into(),
-            service,
-            alpn: crate::endpoint::Alpn::H2,
-        };
-        let authority = Authority::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
-            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
-        App {
-            addr,
-            name: Arc::from(addr.to_string()),
-            authority,
-            h1,
-            h2: H2Client::new(target, connector as Arc<dyn Connector>),
-        }
-    }
-
-    /// `http://<app>/<path and query of uri>`.
-    fn uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).map_err(|e| self.error(e.to_string()))
-    }
-
-    fn error(&self, reason: String) -> ProxyError {
-        ProxyError::App {
-            addr: self.addr.to_string(),
-            reason,
-        }
-    }
-}
 
 /// The inbound half of a sidecar: what calls from other sidecars need.
 pub struct Inbound {
@@ -93,8 +37,9 @@ pub struct Inbound {
     /// The local app's protocol.
     pub protocol: Protocol,
     pub telemetry: Arc<Telemetry>,
-    /// `None` for a sidecar that only makes calls.
-    pub app: Option<App>,
+    /// The app's ports: `--app` (`None` for a sidecar that only makes
+    /// calls) and those callers name.
+    pub apps: AppPorts,
     /// Opaque TCP to the app (always plain, on loopback).
     pub app_connector: Arc<TcpConnector>,
     /// Mutual TLS on the inbound listener; `None` with a static config and
@@ -190,17 +135,29 @@ impl Inbound {
             return ex.fail(e, grpc);
         }
         drop(policy);
-        let Some(app) = &self.app else {
-            return ex.fail(ProxyError::NoApp, grpc);
+        let app = match target_port(&mut req, peer).and_then(|p| self.apps.get(p)) {
+            Ok(app) => app,
+            Err(e) => return ex.fail(self.count_refused(e), grpc),
         };
         ex.attempt(&app.name, None);
-        match self.forward(app, req, peer, grpc).await {
+        match self.forward(&app, req, peer, grpc).await {
             Ok(resp) => {
                 let outcome = Outcome::from_headers(resp.status(), resp.headers());
                 response::layer(resp, outcome, Layers::default(), ex, grpc)
             }
-            Err(e) => ex.fail(e, grpc),
+            Err(e) => ex.fail(self.count_refused(e), grpc),
         }
+    }
+
+    /// Counts a refused app port (`weft_app_port_refused_total`), and
+    /// hands the error on.
+    pub(super) fn count_refused(&self, e: ProxyError) -> ProxyError {
+        if let ProxyError::NoAppPort { reason, .. } = &e {
+            self.telemetry
+                .metrics
+                .count_app_port_refused(&self.service, reason.label());
+        }
+        e
     }
 
     /// The inbound policy's word on this caller and request.
@@ -322,7 +279,13 @@ impl Inbound {
                 .h1
                 .request(Request::from_parts(parts, boxed(body)))
                 .await
-                .map_err(|e| app.error(error_chain(&e)));
+                .map_err(|e| {
+                    if e.is_connect() {
+                        app.connect_error(error_chain(&e))
+                    } else {
+                        app.error(error_chain(&e))
+                    }
+                });
         }
         if parts.uri.authority().is_none() {
             parts.uri = app.uri(&parts.uri)?;
@@ -333,15 +296,38 @@ impl Inbound {
             .await
             .map(|(r, _)| r)
             .map_err(|e| match e {
-                ProxyError::Connect { source, .. } => app.error(source.to_string()),
+                ProxyError::Connect { source, .. } => app.connect_error(source.to_string()),
                 other => other,
             })
     }
 }
 
+/// The app port the caller named (`x-weft-target-port`), removed from the
+/// request either way: believed only from a caller mutual TLS proved (a
+/// peer sidecar); `None` means `--app`.
+fn target_port<B>(req: &mut Request<B>, peer: Option<&Peer>) -> Result<Option<u16>, ProxyError> {
+    let Some(v) = req.headers_mut().remove(TARGET_PORT) else {
+        return Ok(None);
+    };
+    if peer.is_none() {
+        return Ok(None);
+    }
+    match v.to_str().ok().and_then(|t| t.parse::<u16>().ok()) {
+        Some(p) if p != 0 => Ok(Some(p)),
+        _ => Err(ProxyError::NoAppPort {
+            port: 0,
+            reason: AppPortRefusal::Invalid,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Duration;
+
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
 
     use weft_proto::routing::{RateKey, RateLimit};
 
@@ -360,7 +346,7 @@ mod tests {
         });
         let service = ServiceName::parse("users").expect("name");
         Inbound {
-            app: app.map(|a| App::new(a, service.clone(), app_connector.clone())),
+            apps: AppPorts::new(app, service.clone(), app_connector.clone(), Vec::new()),
             service,
             protocol: Protocol::Http,
             telemetry: Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false)),
@@ -437,16 +423,21 @@ mod tests {
         }
     }
 
-    /// An app that answers every request with 200.
+    /// An app that answers every request with 200 and `hi`.
     async fn app() -> SocketAddr {
+        app_saying("hi").await
+    }
+
+    /// An app that answers every request with 200 and `body`.
+    async fn app_saying(body: &'static str) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(Response::new(crate::body::full("hi".into())))
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, Infallible>(Response::new(crate::body::full(body.into())))
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -501,5 +492,56 @@ mod tests {
             text.contains(r#"weft_rate_limited_total{service="users",caller="(unresolved)"} 1"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_caller_cannot_choose_the_app_port() {
+        use http_body_util::BodyExt;
+        let (main, other) = (app_saying("main").await, app_saying("other").await);
+        let policy = InboundPolicy {
+            mode: weft_proto::protocol::InboundMode::Permissive,
+            ..Default::default()
+        };
+        let ib = Arc::new(inbound_to(policy, Some(main)));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (_signal, watch) = crate::drain::channel();
+        tokio::spawn(super::super::serve(
+            l,
+            super::super::Listener::Inbound(ib.clone()),
+            watch,
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody>();
+        let req = Request::get(format!("http://{addr}/"))
+            .header(TARGET_PORT, other.port())
+            .body(crate::body::empty())
+            .expect("request");
+        let resp = client.request(req).await.expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            &body[..],
+            b"main",
+            "only a caller mutual TLS proved names a port"
+        );
+        // A proved caller names it; a bad value is refused, never guessed.
+        let id = SpiffeId::service("weft.test", "orders");
+        let peer = Peer::new(id);
+        let mut req = Request::new(());
+        req.headers_mut().insert(TARGET_PORT, other.port().into());
+        assert_eq!(
+            target_port(&mut req, Some(&peer)).ok(),
+            Some(Some(other.port()))
+        );
+        assert!(req.headers().get(TARGET_PORT).is_none(), "removed");
+        req.headers_mut()
+            .insert(TARGET_PORT, HeaderValue::from_static("http"));
+        assert!(matches!(
+            target_port(&mut req, Some(&peer)),
+            Err(ProxyError::NoAppPort { .. })
+        ));
+        req.headers_mut().insert(TARGET_PORT, other.port().into());
+        assert_eq!(target_port(&mut req, None).ok(), Some(None));
     }
 }

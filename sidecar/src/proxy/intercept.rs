@@ -89,7 +89,8 @@ impl Inbound {
     /// A connection redirected from one of the app's ports. Peer sidecars
     /// dial the inbound port itself, so this one comes from outside the
     /// mesh: refused in STRICT mode like any plaintext caller, otherwise
-    /// copied as opaque TCP to the port it was sent to on loopback.
+    /// copied as opaque TCP to the port it was sent to on loopback (the
+    /// app's host, with `--app`).
     pub(super) async fn redirected(&self, stream: TcpStream, port: u16) -> Result<(), BoxError> {
         let metrics = &self.telemetry.metrics;
         if self.policy.load().mode == InboundMode::Strict {
@@ -101,8 +102,13 @@ impl Inbound {
             return Ok(());
         }
         metrics.count_intercepted("inbound", "app");
-        let app = SocketAddr::from(([127, 0, 0, 1], port));
-        self.tcp_to(stream, app, None).await?;
+        // Not one of the sidecar's own ports either: an upstream port would
+        // send the outsider into the mesh with this pod's identity.
+        let app = self
+            .apps
+            .get(Some(port))
+            .map_err(|e| self.count_refused(e))?;
+        self.tcp_to(stream, app.addr, None).await?;
         Ok(())
     }
 }

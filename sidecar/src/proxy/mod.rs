@@ -9,9 +9,11 @@
 //!     ─► Outbound: route ─► plan ─► attempts (P2C peak-EWMA | round robin)
 //!     ─► pooled HTTP/2 over mutual TLS to the peer sidecar
 //! peer ─► inbound listener ─► mutual TLS ─► detect ─► hyper
-//!     ─► Inbound: authorization ─► local app (h1 or h2)
+//!     ─► Inbound: authorization ─► local app (h1 or h2), on the port the
+//!        caller named (`app`: interception keeps it) or `--app`
 //! ```
 
+mod app;
 mod detect;
 mod exchange;
 pub mod gateway;
@@ -24,8 +26,9 @@ mod response;
 mod server;
 mod tcp;
 
+pub use app::{App, AppPorts};
 pub use detect::{Detected, classify as detect_protocol};
-pub use inbound::{App, Inbound, InboundService, Peer};
+pub use inbound::{Inbound, InboundService, Peer};
 pub use intercept::Interception;
 pub use outbound::{Outbound, OutboundService, Rewritten, Route, RoutePolicy};
 pub use outcome::{Failure, Outcome};

@@ -41,6 +41,9 @@ pub enum Listener {
     Outbound(Arc<Outbound>),
     /// The app's calls to one service (`--upstream NAME=ADDR`).
     Upstream(Arc<Outbound>, ServiceName),
+    /// An intercepted connection to a service's address, and the port the
+    /// app dialled there, which the peer's app gets it on.
+    Intercepted(Arc<Outbound>, ServiceName, u16),
     /// Calls from other sidecars to the local app.
     Inbound(Arc<Inbound>),
 }
@@ -102,7 +105,7 @@ async fn connection(
                 o.telemetry.metrics.count_intercepted("outbound", "service");
                 detect_timeout = INTERCEPT_DETECT_TIMEOUT;
                 opaque_port = mapped.is_opaque(port);
-                Listener::Upstream(o.clone(), mapped.service.clone())
+                Listener::Intercepted(o.clone(), mapped.service.clone(), port)
             }
             Decision::Unknown(original) => {
                 let _hold = drain;
@@ -116,7 +119,7 @@ async fn connection(
     let known_tcp = opaque_port
         || match &kind {
             Listener::Inbound(inbound) => inbound.protocol == Protocol::Tcp,
-            Listener::Upstream(outbound, s) => matches!(
+            Listener::Upstream(outbound, s) | Listener::Intercepted(outbound, s, _) => matches!(
                 outbound.routes.load().get(s.as_str()),
                 Some(Entry::Known(t)) if t.policy.protocol == Protocol::Tcp
             ),
@@ -147,8 +150,11 @@ where
         Detected::Tcp | Detected::Tls => {
             let _hold = drain; // counted until the copy ends
             match &kind {
-                Listener::Inbound(inbound) => inbound.tcp(io, None).await?,
-                Listener::Upstream(outbound, s) => outbound.tcp(io, s).await?,
+                Listener::Inbound(inbound) => inbound.tcp(io, None, None).await?,
+                Listener::Upstream(outbound, s) => outbound.tcp(io, s, None).await?,
+                Listener::Intercepted(outbound, s, port) => {
+                    outbound.tcp(io, s, Some(*port)).await?;
+                }
                 Listener::Outbound(_) => {
                     tracing::debug!(
                         "opaque TCP on the outbound listener has no destination; closing"
@@ -202,6 +208,7 @@ async fn inbound_connection(
     let (_, session) = tls.get_ref();
     let peer = session.peer_certificates().and_then(peer_id);
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let port = tls::port_of_server_name(session.server_name());
     match alpn.as_deref() {
         Some(tls::ALPN_H2) => {
             serve_http(
@@ -216,7 +223,7 @@ async fn inbound_connection(
         Some(tls::ALPN_TCP) => {
             let _hold = drain;
             let peer = peer.map(Peer::new);
-            inbound.tcp(tls, peer.as_ref()).await?;
+            inbound.tcp(tls, peer.as_ref(), port).await?;
             Ok(())
         }
         _ => {
@@ -240,6 +247,10 @@ where
     match kind {
         Listener::Outbound(o) => serve_with(io, detected, o.service(None), drain).await,
         Listener::Upstream(o, s) => serve_with(io, detected, o.service(Some(s)), drain).await,
+        Listener::Intercepted(o, s, port) => {
+            let svc = o.service_to(Some(s), Some(port));
+            serve_with(io, detected, svc, drain).await
+        }
         Listener::Inbound(i) => {
             // The caller's identity, for authorization and for the app;
             // only the service name of our own trust domain counts.

@@ -20,8 +20,15 @@ use crate::telemetry::metrics::Direction;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 impl Outbound {
-    /// Carries one connection from the local app to `service`.
-    pub async fn tcp<T>(&self, mut io: T, service: &ServiceName) -> Result<(), ProxyError>
+    /// Carries one connection from the local app to `service`; `port` is
+    /// the app port it dialled when it was intercepted (the peer's app gets
+    /// it on that port), `None` for the service's `--app`.
+    pub async fn tcp<T>(
+        &self,
+        mut io: T,
+        service: &ServiceName,
+        port: Option<u16>,
+    ) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
@@ -44,7 +51,7 @@ impl Outbound {
             let ct = ConnectTarget {
                 addr: endpoint.spec.addr.clone(),
                 service: target.name.clone(),
-                alpn: Alpn::Tcp,
+                alpn: port.map_or(Alpn::Tcp, Alpn::TcpTo),
             };
             match self.connector.connect(&ct).await {
                 Ok(mut upstream) => {
@@ -73,15 +80,32 @@ impl Outbound {
 
 impl Inbound {
     /// Carries one connection from `peer` (`None`: a plaintext caller) to
-    /// the local app.
-    pub async fn tcp<T>(&self, io: T, peer: Option<&Peer>) -> Result<(), ProxyError>
+    /// the app's `port` (the one the caller named; `None`: `--app`), if
+    /// the inbound policy lets `peer` open one.
+    pub async fn tcp<T>(
+        &self,
+        mut io: T,
+        peer: Option<&Peer>,
+        port: Option<u16>,
+    ) -> Result<(), ProxyError>
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(app) = &self.app else {
-            return Err(ProxyError::NoApp);
+        self.authorize_connection(peer)?;
+        let app = self.apps.get(port).map_err(|e| self.count_refused(e))?;
+        let mut upstream = match self.app_connector.connect_tcp(&app.name).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.count_refused(app.connect_error(e.to_string()))),
         };
-        self.tcp_to(io, app.addr, peer).await
+        copy(
+            &self.telemetry,
+            &mut io,
+            &mut upstream,
+            Direction::inbound,
+            &self.service,
+        )
+        .await;
+        Ok(())
     }
 
     /// Carries one connection to the app listening at `app`, if the

@@ -162,6 +162,14 @@ struct InterceptLabels {
     outcome: &'static str,
 }
 
+/// A port a caller named that reached no app, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppPortLabels {
+    service: ServiceName,
+    /// `not-listening`, `sidecar-port` or `invalid`.
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RenewalLabels {
     result: &'static str,
@@ -179,6 +187,7 @@ pub struct Metrics {
     tcp_connections: Family<TcpLabels, Counter>,
     tcp_open: Family<TcpLabels, Gauge>,
     intercepted: Family<InterceptLabels, Counter>,
+    app_port_refused: Family<AppPortLabels, Counter>,
     tcp_bytes_sent: Family<TcpLabels, Counter>,
     tcp_bytes_received: Family<TcpLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -342,6 +351,12 @@ impl Metrics {
                 &mut r,
                 "intercepted_connections",
                 "Connections redirected to the sidecar by the init rules, by outcome",
+                Family::default(),
+            ),
+            app_port_refused: registered(
+                &mut r,
+                "app_port_refused",
+                "Inbound requests and connections to an app port a caller named that reached no app, by reason",
                 Family::default(),
             ),
             tcp_bytes_sent: registered(
@@ -545,6 +560,16 @@ impl Metrics {
         self.intercepted
             .get_or_create(&InterceptLabels { direction, outcome })
             .inc();
+    }
+
+    /// An inbound request or connection to a port its caller named that
+    /// reached no app; `reason` is an `AppPortRefusal` label.
+    pub fn count_app_port_refused(&self, service: &ServiceName, reason: &'static str) {
+        let labels = AppPortLabels {
+            service: service.clone(),
+            reason,
+        };
+        self.app_port_refused.get_or_create(&labels).inc();
     }
 
     /// An opaque TCP connection proxied.
@@ -773,6 +798,8 @@ mod tests {
         m.count_route(&svc, None);
         m.count_route_fallback(&svc, (&route, 1), &v2);
         m.count_mirror(&svc, (&route, 1), &v2);
+        m.count_intercepted("outbound", "passthrough");
+        m.count_app_port_refused(&svc, "not-listening");
         let spans = m.span_counters();
         spans.exported.inc();
         spans.export_failed.inc();
@@ -818,6 +845,8 @@ mod tests {
             "weft_spans_exported_total 1",
             r#"weft_spans_dropped_total{reason="export-failed"} 1"#,
             r#"weft_spans_dropped_total{reason="queue-full"} 1"#,
+            r#"weft_intercepted_connections_total{direction="outbound",outcome="passthrough"} 1"#,
+            r#"weft_app_port_refused_total{service="users",reason="not-listening"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }

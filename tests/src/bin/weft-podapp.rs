@@ -3,6 +3,11 @@
 //! each ADDR with `NAME saw PEER`, and prints `NAME got PEER REQUEST-LINE
 //! MARKER` (the `x-marker` header) on stdout, so a test can see whom the app
 //! saw and what reached it. Blocking std code: it knows nothing of the mesh.
+//! An address written `tcp:ADDR` speaks a line protocol instead, server
+//! first: it greets with `NAME tcp ready`, reads one line, answers `NAME tcp
+//! echo from PEER: LINE` and closes (printing `NAME tcp got PEER LINE`).
+//! `weft-podapp --send ADDR LINE` is its client: it sends LINE and prints
+//! all it is answered.
 //!
 //! Line protocols over plain TCP, for opaque TCP through interception:
 //! - `weft-podapp --greet NAME ADDR...`: a server-first server (like SMTP
@@ -30,11 +35,21 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let mut args = std::env::args().skip(1);
-    let name = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: weft-podapp NAME ADDR..."))?;
+    let name = args.next().ok_or_else(|| {
+        anyhow::anyhow!("usage: weft-podapp NAME [tcp:]ADDR... | weft-podapp --send ADDR LINE")
+    })?;
+    if name == "--send" {
+        let (Some(addr), Some(line)) = (args.next(), args.next()) else {
+            anyhow::bail!("usage: weft-podapp --send ADDR LINE");
+        };
+        return send(&addr, &line);
+    }
     let mut threads = Vec::new();
     for addr in args {
+        let (tcp, addr) = match addr.strip_prefix("tcp:") {
+            Some(a) => (true, a.to_string()),
+            None => (false, addr),
+        };
         let listener = TcpListener::bind(&addr)?;
         println!("{name} listening on {addr}");
         let name = name.clone();
@@ -42,7 +57,11 @@ fn main() -> anyhow::Result<()> {
             for stream in listener.incoming().map_while(Result::ok) {
                 let name = name.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(&name, stream);
+                    let _ = if tcp {
+                        echo(&name, stream)
+                    } else {
+                        serve(&name, stream)
+                    };
                 });
             }
         }));
@@ -177,5 +196,30 @@ fn dial() -> anyhow::Result<()> {
         println!("first-byte-ms {}", sent.elapsed().as_millis());
     }
     println!("reply {reply}");
+    Ok(())
+}
+
+/// The line protocol's server side: greeting, one line, its echo.
+fn echo(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    writeln!(stream, "{name} tcp ready")?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+    let line = line.trim();
+    println!("{name} tcp got {} {line}", peer.ip());
+    writeln!(stream, "{name} tcp echo from {}: {line}", peer.ip())?;
+    stream.flush()
+}
+
+/// The line protocol's client: sends `line`, prints the answer to the end
+/// (bounded: a peer that never closes ends the read after 10 s).
+fn send(addr: &str, line: &str) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    writeln!(stream, "{line}")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    print!("{answer}");
     Ok(())
 }

@@ -41,8 +41,11 @@ pub struct ListenArgs {
 
     /// Take the connections `weft-sidecar init` redirects: the outbound
     /// listener maps each one's original destination to a service (its
-    /// spec.addresses or an instance's address), and the inbound listener
-    /// forwards one to the app's port it was sent to (127.0.0.1:<port>).
+    /// spec.addresses or an instance's address) and tells the peer the port
+    /// the app dialled, which the peer's app gets it on (127.0.0.1:<port>);
+    /// the inbound listener forwards a plaintext one to the app's port it
+    /// was sent to. Also listens on the IPv6 twins of the inbound and
+    /// outbound addresses ([::] for 0.0.0.0, [::1] for 127.0.0.1).
     #[arg(long, env = "WEFT_INTERCEPT")]
     pub intercept: bool,
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ use super::route::{Destination, Rewritten};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::PendingGuard;
 use crate::error::{ErrorKind, ProxyError, error_chain};
-use crate::proxy::headers::{HTTP11, ORIG_PROTO, strip_hop_by_hop};
+use crate::proxy::headers::{HTTP11, ORIG_PROTO, TARGET_PORT, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
 use crate::resilience::deadline;
 use crate::resilience::replay::Replay;
@@ -49,7 +49,8 @@ pub struct Template {
 impl Template {
     /// An absolute URI with the app's authority (or the service's name when
     /// it sent none; or what the route's rule rewrites them to), no
-    /// hop-by-hop headers, and a marker when the app spoke HTTP/1.1.
+    /// hop-by-hop headers, a marker when the app spoke HTTP/1.1, and the
+    /// app port it dialled when it was intercepted (never one it set).
     pub fn for_mesh(
         req: Request<BoxBody>,
         dest: &Destination,
@@ -61,6 +62,10 @@ impl Template {
             parts.headers.insert(ORIG_PROTO, HTTP11);
         }
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(TARGET_PORT);
+        if let Some(port) = dest.port {
+            parts.headers.insert(TARGET_PORT, HeaderValue::from(port));
+        }
         let cannot = |e: &dyn std::fmt::Display| {
             ProxyError::NoRoute(format!("cannot forward to {:?}: {e}", dest.name()))
         };

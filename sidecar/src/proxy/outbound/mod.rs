@@ -66,14 +66,16 @@ pub struct Outbound {
 
 impl Outbound {
     /// Handles one request from the local app. `fixed` is the service of an
-    /// upstream port; `None` routes by authority.
+    /// upstream port; `None` routes by authority. `port` is the app port the
+    /// app dialled when its connection was intercepted.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         fixed: Option<&ServiceName>,
+        port: Option<u16>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
-        let dest = Destination::of(&req, fixed);
+        let dest = Destination::of(&req, fixed).map(|d| d.with_port(port));
         let label = dest
             .as_ref()
             .map_or_else(ServiceName::unresolved, |d| d.service.clone());
@@ -191,18 +193,31 @@ impl Outbound {
 }
 
 /// The outbound half as the tower service one listener serves: the app's
-/// requests to `fixed` (an upstream port's service) or by authority.
+/// requests to `fixed` (an upstream port's service) or by authority, and
+/// for an intercepted connection the app port it dialled.
 #[derive(Clone)]
 pub struct OutboundService {
     outbound: Arc<Outbound>,
     fixed: Option<ServiceName>,
+    port: Option<u16>,
 }
 
 impl Outbound {
     pub fn service(self: &Arc<Self>, fixed: Option<ServiceName>) -> OutboundService {
+        self.service_to(fixed, None)
+    }
+
+    /// As [`Outbound::service`], for a connection intercepted on its way
+    /// to `port` of the service.
+    pub fn service_to(
+        self: &Arc<Self>,
+        fixed: Option<ServiceName>,
+        port: Option<u16>,
+    ) -> OutboundService {
         OutboundService {
             outbound: self.clone(),
             fixed,
+            port,
         }
     }
 }
@@ -220,7 +235,10 @@ impl tower::Service<Request<Incoming>> for OutboundService {
 
     fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
         let this = self.clone();
-        Box::pin(async move { Ok(this.outbound.handle(req, this.fixed.as_ref()).await) })
+        Box::pin(async move {
+            let resp = this.outbound.handle(req, this.fixed.as_ref(), this.port);
+            Ok(resp.await)
+        })
     }
 }
 

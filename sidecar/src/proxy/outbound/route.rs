@@ -110,6 +110,9 @@ pub struct Destination {
     host: Option<String>,
     /// The authority the app sent, kept for the hop to the peer.
     pub authority: Option<Authority>,
+    /// The app port the app dialled (an intercepted connection), which the
+    /// peer's app gets the request on; `None`: the peer's `--app`.
+    pub port: Option<u16>,
 }
 
 impl Destination {
@@ -119,7 +122,13 @@ impl Destination {
             service,
             host: None,
             authority: None,
+            port: None,
         }
+    }
+
+    /// The same, to `port` of the service's app.
+    pub fn with_port(self, port: Option<u16>) -> Self {
+        Destination { port, ..self }
     }
 
     /// A gateway's request: the gateway names the routes, the client's
@@ -154,6 +163,7 @@ impl Destination {
             service,
             host,
             authority,
+            port: None,
         })
     }
 
