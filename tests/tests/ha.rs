@@ -205,11 +205,13 @@ async fn an_apply_on_one_replica_reaches_a_sidecar_on_another() -> anyhow::Resul
     // And the other way round: deleted on B, gone from A.
     let (code, _, err) = weftctl(&b, &["delete", "service", "echo"], None)?;
     assert_eq!(code, 0, "{err}");
+    // The service stays (its instance is registered), its resource goes.
     wait_for("the delete on A", Duration::from_secs(10), || async {
-        let (code, _, _) = weftctl(&a, &["get", "services", "echo", "-o", "json"], None).ok()?;
-        (code != 0).then_some(())
+        let (code, out, _) = weftctl(&a, &["get", "services", "echo", "-o", "json"], None).ok()?;
+        (code == 0 && !out.contains("round-robin")).then_some(())
     })
     .await?;
+
     Ok(())
 }
 
@@ -258,7 +260,10 @@ async fn a_killed_replicas_instances_expire_but_a_sidecar_that_moved_stays() -> 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let ids = instance_ids(&b).await?;
-        assert!(ids.contains(&"echo-1".to_string()), "echo-1 absent: {ids:?}");
+        assert!(
+            ids.contains(&"echo-1".to_string()),
+            "echo-1 absent: {ids:?}"
+        );
         if !ids.contains(&"echo-2".to_string()) {
             break;
         }
@@ -305,29 +310,37 @@ async fn one_replica_sweeps_and_another_takes_over_when_it_dies() -> anyhow::Res
         Duration::from_secs(15),
         || async { is_leader(survivor).await.filter(|l| *l) },
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; the survivor's log:\n{}", survivor.proc.log_text()))?;
 
     // The sweep it now runs forgets an expired join token in etcd.
     let access = survivor.access()?;
     access.token("users", Duration::from_secs(1)).await?;
-    let mut etcd = etcd_client::Client::connect(ha.etcd.urls(), None).await?;
-    let tokens = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_count_only();
-    assert_eq!(
-        etcd.get("/weft/tokens/", Some(tokens.clone()))
-            .await?
-            .count(),
-        1
-    );
-    wait_for("the expired token swept", Duration::from_secs(15), || {
-        let (mut etcd, tokens) = (etcd.clone(), tokens.clone());
+    let etcd = etcd_client::Client::connect(ha.etcd.urls(), None).await?;
+    let count = || {
+        let mut etcd = etcd.clone();
         async move {
-            let n = etcd.get("/weft/tokens/", Some(tokens)).await.ok()?.count();
-            (n == 0).then_some(())
+            let tokens = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let get = etcd.get("/weft/tokens/", Some(tokens));
+            tokio::time::timeout(Duration::from_secs(2), get)
+                .await
+                .ok()?
+                .ok()
+                .map(|r| r.count())
         }
-    })
-    .await?;
+    };
+    assert_eq!(count().await, Some(1));
+    let swept = wait_for(
+        "the expired token swept",
+        Duration::from_secs(15),
+        || async { (count().await? == 0).then_some(()) },
+    )
+    .await;
+    if let Err(e) = swept {
+        anyhow::bail!("{e}; the survivor's log:\n{}", survivor.proc.log_text());
+    }
     Ok(())
 }
 
