@@ -296,9 +296,13 @@ where
     let endpoints = config.endpoints.join(",");
     let reason = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let e = match tokio::time::timeout(left, attempt()).await {
+        // An attempt forwarded to a leader that just died waits for etcd's
+        // own timeout: give it a third of ours, then ask again (a new
+        // leader is elected in about a second).
+        let e = match tokio::time::timeout(left.min(config.request_timeout / 3), attempt()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
+            Err(_) if tokio::time::Instant::now() + PAUSE < deadline => continue,
             Err(_) => break format!("no answer within {:?}", config.request_timeout),
         };
         if !transient(&e) {
