@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, ExplainError, ExplainQuery, TopError, TopQuery};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::resource::route::{check_delete, check_routes};
 use crate::resource::{Kind, Name, check_unique_addresses};
-use crate::store::{Store, StoreError};
+use crate::store::{Revision, Store, StoreError};
 
 /// What applying one resource did, as kubectl reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl Outcome {
 
 pub struct AdminService {
     catalog: Arc<Catalog>,
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Store>>,
     metrics: Arc<Metrics>,
     tokens: Arc<TokenBook>,
     ca: Arc<Ca>,
@@ -52,7 +52,7 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(
         catalog: Arc<Catalog>,
-        store: Option<Arc<Store>>,
+        store: Option<Arc<dyn Store>>,
         metrics: Arc<Metrics>,
         tokens: Arc<TokenBook>,
         ca: Arc<Ca>,
@@ -75,22 +75,43 @@ impl AdminService {
     }
 }
 
-/// Runs a blocking store call off the async workers.
-async fn blocking<T: Send + 'static>(
-    store: &Option<Arc<Store>>,
-    default: T,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Status> {
-    let Some(store) = store.clone() else {
-        return Ok(default);
-    };
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "store error");
-            Status::internal(e.to_string())
-        })
+/// The one place store errors become statuses: etcd out of reach is
+/// UNAVAILABLE (retry later), a concurrent apply on another replica is
+/// ABORTED (retry now), anything else INTERNAL.
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error");
+    if e.is_unavailable() {
+        Status::unavailable(e.to_string())
+    } else if e.is_conflict() {
+        Status::aborted(e.to_string())
+    } else {
+        Status::internal(e.to_string())
+    }
+}
+
+impl AdminService {
+    /// The resources' revision, read before the resources a change is
+    /// checked against (see [`Store::revision`]).
+    fn revision(&self) -> Revision {
+        self.store
+            .as_ref()
+            .map(|s| s.revision())
+            .unwrap_or_default()
+    }
+
+    fn shared(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.is_shared())
+    }
+
+    fn store_outcome(&self, e: &StoreError) {
+        self.count(if e.is_unavailable() {
+            "unavailable"
+        } else if e.is_conflict() {
+            "conflict"
+        } else {
+            "error"
+        });
+    }
 }
 
 fn top_status(e: TopError) -> Status {
@@ -128,6 +149,7 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("no resources to apply"));
         }
         let _guard = self.write.lock().await;
+        let seen = self.revision();
         let existing = self.catalog.resources();
         // Routes are checked against what the resources would be: the
         // services they name, their subsets, the rules they would hide.
@@ -149,11 +171,19 @@ impl Admin for AdminService {
             })
             .collect();
         if !req.dry_run {
-            let to_store = resources.clone();
-            blocking(&self.store, (), move |s| s.apply(&to_store))
-                .await
-                .inspect_err(|_| self.count("error"))?;
-            self.catalog.apply(&resources);
+            if let Some(store) = &self.store {
+                store
+                    .apply(&resources, seen)
+                    .await
+                    .inspect_err(|e| self.store_outcome(e))
+                    .map_err(store_status)?;
+            }
+            // A shared store's watch feeds the catalog (in the store's
+            // order, so that a later change from another replica is never
+            // overwritten by this one arriving late).
+            if !self.shared() {
+                self.catalog.apply(&resources);
+            }
         }
         self.count("ok");
         let results = resources
@@ -203,6 +233,7 @@ impl Admin for AdminService {
         let name =
             Name::parse(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         let _guard = self.write.lock().await;
+        let seen = self.revision();
         let exists = self
             .catalog
             .resources()
@@ -227,9 +258,15 @@ impl Admin for AdminService {
                 broken.join("\n  ")
             )));
         }
-        let n = name.clone();
-        blocking(&self.store, true, move |s| s.delete(kind, &n)).await?;
-        self.catalog.remove(kind, &name);
+        if let Some(store) = &self.store {
+            store
+                .delete(kind, &name, seen)
+                .await
+                .map_err(store_status)?;
+        }
+        if !self.shared() {
+            self.catalog.remove(kind, &name);
+        }
         tracing::info!(kind = kind.as_str(), %name, "deleted");
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -315,15 +352,18 @@ impl Admin for AdminService {
         // Expired tokens are forgotten here, so the store does not grow
         // with every token ever made.
         let gone = self.tokens.remove_expired(SystemTime::now());
-        if !gone.is_empty() {
-            blocking(&self.store, (), move |s| s.delete_tokens(&gone)).await?;
+        if let Some(store) = &self.store
+            && !gone.is_empty()
+        {
+            store.delete_tokens(&gone).await.map_err(store_status)?;
         }
         let id = random_hex(8)?;
         let secret = random_hex(32)?;
         let record = TokenRecord::new(service.as_str(), &secret, ttl);
         let expires = record.expires_unix_ms;
-        let (key, rec) = (id.clone(), record.clone());
-        blocking(&self.store, (), move |s| s.put_token(&key, &rec)).await?;
+        if let Some(store) = &self.store {
+            store.put_token(&id, &record).await.map_err(store_status)?;
+        }
         self.tokens.insert(id.clone(), record);
         let token = JoinToken {
             td: self.ca.trust_domain().to_string(),
@@ -369,8 +409,12 @@ impl Admin for AdminService {
         };
         // The store first: if it fails, the token still works and the
         // caller is told; never revoked in memory but back after a restart.
-        let ids = vec![id.clone()];
-        blocking(&self.store, (), move |s| s.delete_tokens(&ids)).await?;
+        if let Some(store) = &self.store {
+            store
+                .delete_tokens(std::slice::from_ref(&id))
+                .await
+                .map_err(store_status)?;
+        }
         self.tokens.remove(&id);
         tracing::info!(service = %record.service, token = %id, "revoked a join token");
         Ok(Response::new(pb::RevokeTokenResponse {

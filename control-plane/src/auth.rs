@@ -52,42 +52,60 @@ pub struct AdminAuth {
 impl AdminAuth {
     /// Reads the credential file, creating it (and a new token) when missing.
     pub fn load_or_create(path: &Path, trust_domain: &str, ca_pem: &str) -> Result<Self, CaError> {
-        let cred = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let c: AdminCredential =
-                    serde_json::from_str(&text).map_err(|e| CaError::File {
-                        path: path.to_owned(),
-                        reason: format!("not an admin credential: {e}"),
-                    })?;
-                if c.ca != ca_pem {
-                    // The CA changed (e.g. given by flags): keep the token, refresh the CA.
-                    let c = AdminCredential {
-                        ca: ca_pem.to_string(),
-                        ..c
-                    };
-                    Self::write(path, &c)?;
-                    c
-                } else {
-                    c
-                }
-            }
-            Err(_) => {
-                let c = AdminCredential {
-                    token: random_hex(32).map_err(|e| CaError::Create(e.message().to_string()))?,
-                    trust_domain: trust_domain.to_string(),
-                    ca: ca_pem.to_string(),
-                };
+        let cred = match Self::read(path, ca_pem)? {
+            Some(c) => c,
+            None => {
+                let c = Self::create(trust_domain, ca_pem)?;
                 Self::write(path, &c)?;
                 tracing::info!(file = %path.display(), "created the admin credential (weftctl --credential)");
                 c
             }
         };
-        Ok(AdminAuth {
-            hash: sha256(cred.token.as_bytes()),
+        Ok(Self::from_hash(Self::hash_of(&cred)))
+    }
+
+    /// The credential file, if there is one; its CA is refreshed to
+    /// `ca_pem` (the CA changed, e.g. given by flags: the token stays).
+    pub fn read(path: &Path, ca_pem: &str) -> Result<Option<AdminCredential>, CaError> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        let c: AdminCredential = serde_json::from_str(&text).map_err(|e| CaError::File {
+            path: path.to_owned(),
+            reason: format!("not an admin credential: {e}"),
+        })?;
+        if c.ca == ca_pem {
+            return Ok(Some(c));
+        }
+        let c = AdminCredential {
+            ca: ca_pem.to_string(),
+            ..c
+        };
+        Self::write(path, &c)?;
+        Ok(Some(c))
+    }
+
+    /// A new credential with a random token (not written anywhere yet).
+    pub fn create(trust_domain: &str, ca_pem: &str) -> Result<AdminCredential, CaError> {
+        Ok(AdminCredential {
+            token: random_hex(32).map_err(|e| CaError::Create(e.message().to_string()))?,
+            trust_domain: trust_domain.to_string(),
+            ca: ca_pem.to_string(),
         })
     }
 
-    fn write(path: &Path, c: &AdminCredential) -> Result<(), CaError> {
+    /// What is stored of a credential: the SHA-256 of its token.
+    pub fn hash_of(c: &AdminCredential) -> Vec<u8> {
+        sha256(c.token.as_bytes())
+    }
+
+    /// Checks tokens against a stored hash.
+    pub fn from_hash(hash: Vec<u8>) -> Self {
+        AdminAuth { hash }
+    }
+
+    /// Writes the credential file (mode 0600).
+    pub fn write(path: &Path, c: &AdminCredential) -> Result<(), CaError> {
         let text = serde_json::to_string_pretty(c).map_err(|e| CaError::Create(e.to_string()))?;
         write_private(path, text.as_bytes())
     }
@@ -213,6 +231,13 @@ impl TokenBook {
     /// Forgets one token; what it was, if it was known.
     pub fn remove(&self, id: &str) -> Option<TokenRecord> {
         self.tokens.lock().ok()?.remove(id)
+    }
+
+    /// Replaces every token with `records` (a shared store's list).
+    pub fn replace_all(&self, records: Vec<(String, TokenRecord)>) {
+        if let Ok(mut t) = self.tokens.lock() {
+            *t = records.into_iter().collect();
+        }
     }
 
     /// Forgets the tokens expired at `now`, and says which they were (for

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub push_duration: Histogram,
     pub applies: Family<ApplyLabels, Counter>,
     pub issued: Family<IssueLabels, Counter>,
+    /// 1 while this replica is the elected one (shared store only).
+    pub leader: Gauge,
+    /// 1 while the store is reachable and this replica caught up with it
+    /// (always 1 on the embedded store).
+    pub store_connected: Gauge,
     instances: Gauge,
     services: Gauge,
 }
@@ -84,6 +89,18 @@ impl Metrics {
             "Certificate requests by result (issued, refused)",
             issued.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 on the replica elected to run the background sweeps (etcd store)",
+            leader.clone(),
+        );
+        let store_connected = Gauge::default();
+        registry.register(
+            "store_connected",
+            "1 while the store is reachable and this replica has caught up with it",
+            store_connected.clone(),
+        );
         let instances = Gauge::default();
         registry.register("instances", "Instances in the catalog", instances.clone());
         let services = Gauge::default();
@@ -100,6 +117,8 @@ impl Metrics {
             push_duration,
             applies,
             issued,
+            leader,
+            store_connected,
             instances,
             services,
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -26,13 +27,15 @@ use crate::catalog::{Catalog, CatalogConfig, run_reaper};
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Replication, StoreConfig, StoreError};
 
 /// Everything the control plane needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
-    /// Where the store, the generated CA and the admin credential live.
+    /// Where the embedded store, the generated CA and the admin credential live.
     pub data_dir: PathBuf,
+    /// The embedded store (default), or etcd shared by several replicas.
+    pub store: StoreConfig,
     pub catalog: CatalogConfig,
     /// SPIFFE trust domain of the mesh, e.g. `weft.local`.
     pub trust_domain: String,
@@ -52,6 +55,7 @@ impl ControlPlaneConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ControlPlaneConfig {
             data_dir,
+            store: StoreConfig::Embedded,
             catalog: CatalogConfig::default(),
             trust_domain: "weft.local".into(),
             ca_files: None,
@@ -74,6 +78,10 @@ pub enum ServerError {
     Writer(std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(
+        "--store etcd needs --ca-cert and --ca-key: every replica must sign with the same CA (mount the same files, or the same Secret, on each)"
+    )]
+    SharedCaMissing,
 }
 
 /// Serves the gRPC API on `grpc` and `/live` `/ready` `/metrics` on `admin`.
@@ -83,19 +91,21 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let shutdown = shutdown.shared();
-    let dir = config.data_dir.clone();
-    let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&dir)).await??);
-    let catalog = {
-        let (cfg, s) = (config.catalog, store.clone());
-        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-            let (resources, instances) = (s.load_resources()?, s.load_instances()?);
-            Catalog::restore(cfg, resources, instances, s).map_err(ServerError::Writer)
-        })
-        .await??
-    };
-    let (ca, auth, tokens) = {
-        let (cfg, store) = (config.clone(), store.clone());
+    let shutdown: futures_util::future::Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    let store = crate::store::open(&config.store, &config.data_dir).await?;
+    if store.is_shared() && config.ca_files.is_none() {
+        return Err(ServerError::SharedCaMissing);
+    }
+    let snapshot = store.load().await?;
+    let catalog = Catalog::restore(
+        config.catalog,
+        snapshot.resources,
+        snapshot.instances,
+        store.instance_store(),
+    )
+    .map_err(ServerError::Writer)?;
+    let ca = {
+        let cfg = config.clone();
         tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
             let source = match &cfg.ca_files {
                 Some((cert, key)) => CaSource::Files {
@@ -108,21 +118,36 @@ pub async fn run(
             if let Some(bundle) = &cfg.trust_bundle {
                 ca = ca.trust_bundle(bundle)?;
             }
-            // weftctl verifies the control plane under every root, so that
-            // its credential keeps working across a rotation.
-            let auth = AdminAuth::load_or_create(
-                &cfg.data_dir.join(CREDENTIAL_FILE),
-                &cfg.trust_domain,
-                &ca.roots_pem(),
-            )?;
-            let tokens = TokenBook::new(store.load_tokens()?);
-            store.delete_tokens(&tokens.remove_expired(std::time::SystemTime::now()))?;
-            Ok((Arc::new(ca), auth, Arc::new(tokens)))
+            Ok(Arc::new(ca))
         })
         .await??
     };
+    // weftctl verifies the control plane under every root, so that its
+    // credential keeps working across a rotation.
+    let auth = admin_auth(&config, &ca.roots_pem(), store.as_ref()).await?;
+    let tokens = Arc::new(TokenBook::new(snapshot.tokens));
+    store
+        .delete_tokens(&tokens.remove_expired(std::time::SystemTime::now()))
+        .await?;
     let (serving_cert, serving_key) = ca.serving_identity()?;
     let metrics = Arc::new(Metrics::new());
+    if !store.is_shared() {
+        metrics.store_connected.set(1);
+    }
+    let (caught_up, mut first_list) = tokio::sync::watch::channel(false);
+    let replication = tokio::spawn(store.clone().replicate(Replication {
+        catalog: catalog.clone(),
+        tokens: tokens.clone(),
+        leader: metrics.leader.clone(),
+        connected: metrics.store_connected.clone(),
+        caught_up,
+        shutdown: shutdown.clone(),
+    }));
+    if store.is_shared() {
+        // Serve sidecars the instances other replicas hold from the start,
+        // rather than a catalog without them; with etcd away, start anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(5), first_list.wait_for(|c| *c)).await;
+    }
 
     let reaper = tokio::spawn(run_reaper(catalog.clone(), shutdown.clone()));
     let admin = tokio::spawn(serve_admin(
@@ -144,6 +169,7 @@ pub async fn run(
     tracing::info!(
         grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         data_dir = %config.data_dir.display(),
+        store = ?config.store,
         trust_domain = %config.trust_domain,
         ca_fingerprint = %ca.fingerprint(),
         "control plane listening (TLS)"
@@ -192,9 +218,52 @@ pub async fn run(
         .await?;
     // Returning means everything is released (the store's file lock
     // included), so that a library user can start again on the same data.
-    let _ = tokio::join!(reaper, admin);
+    let _ = tokio::join!(reaper, admin, replication);
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// The admin credential. On the embedded store, the file in the data
+/// directory (created at first start). On a shared store, the first replica
+/// to start publishes its credential's hash and every other replica checks
+/// against it: copy that replica's `admin.credential` to the others' data
+/// directories (weftctl needs the token, which no store holds).
+async fn admin_auth(
+    config: &ControlPlaneConfig,
+    ca_pem: &str,
+    store: &dyn crate::store::Store,
+) -> Result<AdminAuth, ServerError> {
+    let path = config.data_dir.join(CREDENTIAL_FILE);
+    if !store.is_shared() {
+        let (td, ca_pem) = (config.trust_domain.clone(), ca_pem.to_string());
+        return tokio::task::spawn_blocking(move || AdminAuth::load_or_create(&path, &td, &ca_pem))
+            .await?
+            .map_err(ServerError::from);
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServerError::Ca(CaError::File {
+            path: config.data_dir.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    let local = AdminAuth::read(&path, ca_pem)?;
+    let fresh = local.is_none();
+    let credential = match local {
+        Some(c) => c,
+        None => AdminAuth::create(&config.trust_domain, ca_pem)?,
+    };
+    let mine = AdminAuth::hash_of(&credential);
+    let hash = store.admin_hash(mine.clone()).await?;
+    if hash == mine {
+        if fresh {
+            AdminAuth::write(&path, &credential)?;
+            tracing::info!(file = %path.display(), "created the admin credential (weftctl --credential); copy it to the other replicas");
+        }
+    } else {
+        tracing::warn!(file = %path.display(),
+            "the admin credential is the one another replica created first: copy its admin.credential here for weftctl");
+    }
+    Ok(AdminAuth::from_hash(hash))
 }
 
 type AdminBody = Full<Bytes>;

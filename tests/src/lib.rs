@@ -2,10 +2,12 @@
 //! gRPC echo service with every kind of call, an HTTP/1.1 app), an in-process
 //! control plane and sidecars on 127.0.0.1 port 0, a test mesh CA, child processes of the
 //! real binaries, an OTLP trace receiver, and polling helpers with bounded deadlines;
-//! network namespaces as pods for the interception tests (`netns`).
+//! network namespaces as pods for the interception tests (`netns`); real
+//! etcd clusters for the HA tests (`etcd`).
 
 pub mod ca;
 pub mod echo;
+pub mod etcd;
 pub mod http_app;
 pub mod mesh;
 pub mod netns;

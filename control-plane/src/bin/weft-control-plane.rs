@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use weft_control_plane::catalog::CatalogConfig;
+use weft_control_plane::store::StoreArgs;
 use weft_control_plane::{ControlPlaneConfig, run};
 use weft_proto::duration::parse_duration;
 
@@ -21,9 +22,12 @@ struct Args {
     /// HTTP admin endpoint: /live, /ready, /metrics.
     #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
-    /// Directory of the embedded store (created if missing).
+    /// Directory of the embedded store, the generated CA and the admin
+    /// credential (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "weft-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// How long an instance whose sidecar disconnected stays in the catalog.
     #[arg(long, env = "WEFT_INSTANCE_GRACE", default_value = "10s", value_parser = parse_duration)]
     instance_grace: Duration,
@@ -92,8 +96,10 @@ async fn run_main() -> anyhow::Result<()> {
         anyhow::bail!("--cert-ttl must be at least 1s");
     }
     weft_proto::identity::install_provider();
+    let store = args.store.config(args.ca_cert.is_some())?;
     let config = ControlPlaneConfig {
         data_dir: args.data_dir,
+        store,
         catalog: CatalogConfig {
             instance_grace: args.instance_grace,
             startup_grace: args.startup_grace,

@@ -3,6 +3,11 @@
 //! come back (after a control-plane restart, every restored instance waits
 //! out the startup grace) and is reaped after it; a sidecar that says
 //! `Leave` takes its instance away at once.
+//!
+//! On a shared store (etcd) an instance may also be held *elsewhere*: its
+//! sidecar is connected to another replica, whose lease keeps it. Such an
+//! instance is never reaped here; the store's watch removes it when that
+//! replica's lease ends or the sidecar leaves.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -94,6 +99,10 @@ pub(super) struct Instance {
     pub stream: Option<u64>,
     /// When a disconnected instance is removed.
     pub expires_at: Option<Instant>,
+    /// Another replica holds it too (its sidecar registered there): when
+    /// this replica's stream ends, it stays, held elsewhere, without a
+    /// grace period.
+    pub elsewhere: bool,
 }
 
 /// A health report that changed an instance.
@@ -122,6 +131,7 @@ impl Instances {
                     record,
                     stream: None,
                     expires_at: Some(expires_at),
+                    elsewhere: false,
                 };
                 (instance.record.instance_id.clone(), instance)
             })
@@ -154,6 +164,7 @@ impl Instances {
             record: record.clone(),
             stream: Some(stream),
             expires_at: None,
+            elsewhere: false,
         };
         let moved = self
             .by_id
@@ -169,12 +180,80 @@ impl Instances {
         self.by_id.get(id).is_some_and(|i| i.stream == Some(stream))
     }
 
-    /// The stream of instance `id` ended without `Leave`: it stays until `until`.
-    pub fn wait(&mut self, id: &str, until: Instant) {
-        if let Some(i) = self.by_id.get_mut(id) {
-            i.stream = None;
-            i.expires_at = Some(until);
+    /// The stream of instance `id` ended without `Leave`: it stays until
+    /// `until`, or for as long as another replica holds it. Returns
+    /// whether another replica does.
+    pub fn wait(&mut self, id: &str, until: Instant) -> bool {
+        let Some(i) = self.by_id.get_mut(id) else {
+            return false;
+        };
+        i.stream = None;
+        i.expires_at = (!i.elsewhere).then_some(until);
+        i.elsewhere
+    }
+
+    /// Another replica holds `record` (the store says so). Returns the
+    /// services whose view changed; none while a stream of this replica
+    /// holds the instance, whose record is the one it reports.
+    pub fn held_elsewhere(&mut self, record: InstanceRecord) -> Vec<Name> {
+        if let Some(i) = self.by_id.get_mut(&record.instance_id) {
+            i.elsewhere = true;
+            if i.stream.is_some() {
+                return Vec::new();
+            }
+            i.expires_at = None;
+            if i.record == record {
+                return Vec::new();
+            }
+            let old = std::mem::replace(&mut i.record, record);
+            let mut touched = vec![old.service];
+            if touched[0] != i.record.service {
+                touched.push(i.record.service.clone());
+            }
+            return touched;
         }
+        let service = record.service.clone();
+        let instance = Instance {
+            record,
+            stream: None,
+            expires_at: None,
+            elsewhere: true,
+        };
+        self.by_id
+            .insert(instance.record.instance_id.clone(), instance);
+        vec![service]
+    }
+
+    /// The store no longer holds instance `id` for another replica (that
+    /// replica's lease ended, or its sidecar left). Removes it unless this
+    /// replica has it (connected, or in its grace period); its service
+    /// when it was removed.
+    pub fn gone_elsewhere(&mut self, id: &str) -> Option<Name> {
+        let i = self.by_id.get_mut(id)?;
+        i.elsewhere = false;
+        if i.stream.is_some() || i.expires_at.is_some() {
+            return None;
+        }
+        self.remove(id)
+    }
+
+    /// The records this replica holds: connected here, or waiting out a
+    /// grace period here (what it keeps in the store under its lease).
+    pub fn own(&self) -> Vec<InstanceRecord> {
+        self.by_id
+            .values()
+            .filter(|i| i.stream.is_some() || i.expires_at.is_some())
+            .map(|i| i.record.clone())
+            .collect()
+    }
+
+    /// The ids held only elsewhere.
+    pub fn only_elsewhere(&self) -> Vec<String> {
+        self.by_id
+            .values()
+            .filter(|i| i.stream.is_none() && i.expires_at.is_none())
+            .map(|i| i.record.instance_id.clone())
+            .collect()
     }
 
     /// Removes instance `id` (its sidecar left); its service, if it was there.
@@ -229,7 +308,8 @@ impl Instance {
     pub fn view(&self, now: Instant, wall: SystemTime, ejected_by: Vec<EjectedBy>) -> InstanceView {
         InstanceView {
             record: self.record.clone(),
-            connected: self.stream.is_some(),
+            // Held elsewhere: connected to another replica.
+            connected: self.stream.is_some() || self.expires_at.is_none(),
             expires_at: self
                 .expires_at
                 .map(|t| wall + t.saturating_duration_since(now)),

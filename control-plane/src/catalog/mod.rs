@@ -16,6 +16,7 @@ mod explain;
 mod instances;
 mod persistence;
 mod resources;
+mod shared;
 mod sidecars;
 mod stats;
 mod stream;

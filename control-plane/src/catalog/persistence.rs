@@ -22,6 +22,19 @@ pub trait InstanceStore: Send + 'static {
     fn remove_instance(&self, instance_id: &str) -> Result<(), Self::Error>;
 }
 
+/// A boxed store (the server picks one at run time) is a store.
+impl<E: std::fmt::Display + 'static> InstanceStore for Box<dyn InstanceStore<Error = E>> {
+    type Error = E;
+
+    fn put_instance(&self, record: &InstanceRecord) -> Result<(), E> {
+        (**self).put_instance(record)
+    }
+
+    fn remove_instance(&self, instance_id: &str) -> Result<(), E> {
+        (**self).remove_instance(instance_id)
+    }
+}
+
 /// A change to persist, in order.
 enum Write {
     Put(InstanceRecord),

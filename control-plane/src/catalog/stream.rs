@@ -66,7 +66,11 @@ impl Catalog {
         }
         if !left {
             let grace = self.config.instance_grace;
-            parts.instances.wait(&id, Instant::now() + grace);
+            if parts.instances.wait(&id, Instant::now() + grace) {
+                tracing::info!(instance = %id,
+                    "sidecar stream ended; instance kept: another replica holds it");
+                return;
+            }
             tracing::info!(instance = %id, grace_ms = grace.as_millis() as u64,
                 "sidecar stream ended; instance kept for the grace period");
             return;

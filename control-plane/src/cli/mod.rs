@@ -275,7 +275,10 @@ impl From<tonic::Status> for CliError {
             tonic::Code::InvalidArgument => "rejected",
             tonic::Code::FailedPrecondition => "refused",
             tonic::Code::NotFound => "not found",
+            // The control plane answered: its store (etcd) did not.
+            tonic::Code::Unavailable if s.message().starts_with("etcd") => "refused",
             tonic::Code::Unavailable => "control plane unavailable",
+            tonic::Code::Aborted => "not applied",
             tonic::Code::DeadlineExceeded => "control plane did not answer in time",
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "not allowed",
             _ => "control plane error",

@@ -1,5 +1,5 @@
-//! The embedded store (redb, one file in `--data-dir`): applied resources and
-//! the instance catalog. Resources must survive a restart; instances are kept
+//! The embedded store (redb, one file in `--data-dir`): applied resources,
+//! join tokens and the instance catalog. Resources must survive a restart; instances are kept
 //! too, so that a restarted control plane serves the catalog it had instead of
 //! an empty one while sidecars reconnect.
 //!
@@ -11,13 +11,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use weft_proto::v1 as pb;
 
 use crate::api::convert::{record_from_proto, resources_from_proto};
+use crate::auth::TokenRecord;
 use crate::catalog::{InstanceRecord, InstanceStore};
 use crate::resource::{Kind, Name, Resource};
+
+use super::{Replication, Revision, Snapshot, Store, StoreError};
 
 const RESOURCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("resources");
 const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
@@ -27,7 +31,7 @@ const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 pub const FILE_NAME: &str = "weft.redb";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum EmbeddedError {
     #[error("cannot create data directory {path}: {error}")]
     CreateDir {
         path: PathBuf,
@@ -46,9 +50,9 @@ pub enum StoreError {
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+        impl From<$t> for EmbeddedError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
+                EmbeddedError::Db(e.into())
             }
         }
     )*};
@@ -60,47 +64,48 @@ from_redb!(
     redb::CommitError
 );
 
-pub struct Store {
-    db: Database,
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
 }
 
-impl Store {
+impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir {
+    pub fn open(dir: &Path) -> Result<Self, EmbeddedError> {
+        std::fs::create_dir_all(dir).map_err(|error| EmbeddedError::CreateDir {
             path: dir.to_owned(),
             error,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|error| StoreError::Open { path, error })?;
+        let db = Database::create(&path).map_err(|error| EmbeddedError::Open { path, error })?;
         let tx = db.begin_write()?;
         tx.open_table(RESOURCES)?;
         tx.open_table(INSTANCES)?;
         tx.open_table(TOKENS)?;
         tx.commit()?;
-        Ok(Store { db })
+        Ok(EmbeddedStore { db: Arc::new(db) })
     }
 
-    pub fn load_resources(&self) -> Result<Vec<Resource>, StoreError> {
+    pub fn load_resources(&self) -> Result<Vec<Resource>, EmbeddedError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(RESOURCES)?;
         let mut protos = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let p = pb::Resource::decode(v.value()).map_err(|e| StoreError::Corrupt {
+            let p = pb::Resource::decode(v.value()).map_err(|e| EmbeddedError::Corrupt {
                 key: k.value().to_string(),
                 reason: e.to_string(),
             })?;
             protos.push(p);
         }
-        resources_from_proto(&protos).map_err(|e| StoreError::Corrupt {
+        resources_from_proto(&protos).map_err(|e| EmbeddedError::Corrupt {
             key: "resources".into(),
             reason: e.to_string(),
         })
     }
 
     /// Stores every resource in one transaction: all or nothing.
-    pub fn apply(&self, resources: &[Resource]) -> Result<(), StoreError> {
+    pub fn apply(&self, resources: &[Resource]) -> Result<(), EmbeddedError> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(RESOURCES)?;
@@ -114,7 +119,7 @@ impl Store {
     }
 
     /// Deletes one resource; `false` when there was none.
-    pub fn delete(&self, kind: Kind, name: &Name) -> Result<bool, StoreError> {
+    pub fn delete(&self, kind: Kind, name: &Name) -> Result<bool, EmbeddedError> {
         let tx = self.db.begin_write()?;
         let existed = {
             let mut table = tx.open_table(RESOURCES)?;
@@ -128,13 +133,13 @@ impl Store {
     /// The stored instance records. One that decodes but no longer
     /// validates (written by another version, say) is dropped with a
     /// warning rather than failing the start.
-    pub fn load_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+    pub fn load_instances(&self) -> Result<Vec<InstanceRecord>, EmbeddedError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(INSTANCES)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let info = pb::InstanceInfo::decode(v.value()).map_err(|e| StoreError::Corrupt {
+            let info = pb::InstanceInfo::decode(v.value()).map_err(|e| EmbeddedError::Corrupt {
                 key: k.value().to_string(),
                 reason: e.to_string(),
             })?;
@@ -148,7 +153,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+    pub fn put_instance(&self, record: &InstanceRecord) -> Result<(), EmbeddedError> {
         let bytes = pb::InstanceInfo::from(record).encode_to_vec();
         let tx = self.db.begin_write()?;
         tx.open_table(INSTANCES)?
@@ -157,7 +162,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+    pub fn remove_instance(&self, instance_id: &str) -> Result<(), EmbeddedError> {
         let tx = self.db.begin_write()?;
         tx.open_table(INSTANCES)?.remove(instance_id)?;
         tx.commit()?;
@@ -166,21 +171,91 @@ impl Store {
 }
 
 /// The catalog's writer thread keeps instance records here.
-impl InstanceStore for Arc<Store> {
+struct Instances(EmbeddedStore);
+
+impl InstanceStore for Instances {
     type Error = StoreError;
 
     fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
-        Store::put_instance(self, record)
+        Ok(self.0.put_instance(record)?)
     }
 
     fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
-        Store::remove_instance(self, instance_id)
+        Ok(self.0.remove_instance(instance_id)?)
     }
 }
 
-impl Store {
-    pub fn put_token(&self, id: &str, record: &crate::auth::TokenRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+impl EmbeddedStore {
+    /// Runs a redb call (a commit fsyncs) on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedStore) -> Result<T, EmbeddedError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = self.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&me)).await??)
+    }
+}
+
+/// One replica, one writer: the admin service serializes applies, so the
+/// revision an apply was validated against cannot have moved.
+#[tonic::async_trait]
+impl Store for EmbeddedStore {
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.blocking(|s| {
+            Ok(Snapshot {
+                resources: s.load_resources()?,
+                tokens: s.load_tokens()?,
+                instances: s.load_instances()?,
+            })
+        })
+        .await
+    }
+
+    fn revision(&self) -> Revision {
+        Revision::default()
+    }
+
+    async fn apply(&self, resources: &[Resource], _seen: Revision) -> Result<(), StoreError> {
+        let resources = resources.to_vec();
+        self.blocking(move |s| s.apply(&resources)).await
+    }
+
+    async fn delete(&self, kind: Kind, name: &Name, _seen: Revision) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.blocking(move |s| s.delete(kind, &name)).await
+    }
+
+    async fn put_token(&self, id: &str, record: &TokenRecord) -> Result<(), StoreError> {
+        let (id, record) = (id.to_string(), record.clone());
+        self.blocking(move |s| s.put_token(&id, &record)).await
+    }
+
+    async fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.blocking(move |s| s.delete_tokens(&ids)).await
+    }
+
+    async fn admin_hash(&self, proposed: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        // The credential file in the data directory is the record.
+        Ok(proposed)
+    }
+
+    fn instance_store(&self) -> Box<dyn InstanceStore<Error = StoreError>> {
+        Box::new(Instances(self.clone()))
+    }
+
+    fn replicate(self: Arc<Self>, _r: Replication) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+impl EmbeddedStore {
+    pub fn put_token(&self, id: &str, record: &TokenRecord) -> Result<(), EmbeddedError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| EmbeddedError::Corrupt {
             key: id.to_string(),
             reason: e.to_string(),
         })?;
@@ -191,7 +266,7 @@ impl Store {
     }
 
     /// Forgets tokens; unknown ids are no error.
-    pub fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError> {
+    pub fn delete_tokens(&self, ids: &[String]) -> Result<(), EmbeddedError> {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(TOKENS)?;
@@ -203,13 +278,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn load_tokens(&self) -> Result<Vec<(String, crate::auth::TokenRecord)>, StoreError> {
+    pub fn load_tokens(&self) -> Result<Vec<(String, TokenRecord)>, EmbeddedError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TOKENS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let rec = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+            let rec = serde_json::from_slice(v.value()).map_err(|e| EmbeddedError::Corrupt {
                 key: k.value().to_string(),
                 reason: e.to_string(),
             })?;
@@ -229,13 +304,13 @@ mod tests {
         use crate::auth::TokenRecord;
         let dir = tempfile::tempdir()?;
         {
-            let store = Store::open(dir.path())?;
+            let store = EmbeddedStore::open(dir.path())?;
             let rec = TokenRecord::new("users", "s", std::time::Duration::from_secs(60));
             store.put_token("a", &rec)?;
             store.put_token("b", &rec)?;
             store.delete_tokens(&["a".into(), "unknown".into()])?;
         }
-        let store = Store::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path())?;
         let ids: Vec<String> = store.load_tokens()?.into_iter().map(|t| t.0).collect();
         assert_eq!(ids, ["b"]);
         Ok(())
@@ -248,7 +323,7 @@ mod tests {
             "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {protocol: http}\n",
         )?;
         {
-            let store = Store::open(dir.path())?;
+            let store = EmbeddedStore::open(dir.path())?;
             store.apply(&rs)?;
             store.apply(&rs)?;
             store.put_instance(&InstanceRecord {
@@ -262,7 +337,7 @@ mod tests {
                 no_app: false,
             })?;
         }
-        let store = Store::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path())?;
         assert_eq!(store.load_resources()?, rs);
         let instances = store.load_instances()?;
         assert_eq!(instances.len(), 1);
@@ -291,10 +366,10 @@ mod tests {
             route("GRPCRoute")
         ))?;
         {
-            let store = Store::open(dir.path())?;
+            let store = EmbeddedStore::open(dir.path())?;
             store.apply(&rs)?;
         }
-        let store = Store::open(dir.path())?;
+        let store = EmbeddedStore::open(dir.path())?;
         let mut back = store.load_resources()?;
         back.sort_by_key(|r| std::cmp::Reverse(r.key()));
         assert_eq!(back, rs, "both kinds, filters in their written order");

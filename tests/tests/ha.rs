@@ -1,0 +1,454 @@
+//! The control plane on etcd: several replicas sharing one real etcd
+//! (a single member, or three for the failure tests), started as real
+//! processes with real sidecars and real traffic on 127.0.0.1.
+//!
+//! - an apply on one replica reaches a sidecar connected to another, and
+//!   an instance registered through one replica is seen through all;
+//! - a killed replica's instances expire with its lease, while a sidecar
+//!   that re-registered on another replica stays, never absent;
+//! - one replica is elected to sweep, and another takes over when it dies;
+//! - two replicas cannot interleave applies (the store's compare);
+//! - with one etcd member of three down nothing is noticed; with all down
+//!   traffic flows, writes are refused naming etcd, and accepted again
+//!   (reaching the sidecars) when etcd is back.
+//!
+//! Under `CI=true` a missing etcd binary fails these tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_control_plane::auth::CREDENTIAL_FILE;
+use weft_control_plane::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaSource};
+use weft_control_plane::resource::parse_documents;
+use weft_control_plane::store::{EtcdConfig, EtcdStore, Store, StoreConfig};
+use weft_proto::v1::ListInstancesRequest;
+use weft_tests::echo::{client, start_echo};
+use weft_tests::etcd::{self, EtcdCluster};
+use weft_tests::mesh::{Sidecar, SidecarSpec};
+use weft_tests::pb::EchoRequest;
+use weft_tests::process::{ControlPlaneProc, free_port, run};
+use weft_tests::util::{http_get, init_logs, metric, wait_for};
+
+/// A replica's lease in these tests: a killed replica's instances go
+/// within seconds, and a sidecar still has time to move.
+const LEASE_TTL: &str = "5s";
+
+/// etcd, the mesh's CA (the same files on every replica, as the docs say),
+/// and a directory per replica.
+struct Ha {
+    etcd: EtcdCluster,
+    dir: tempfile::TempDir,
+    ca: (PathBuf, PathBuf),
+}
+
+impl Ha {
+    /// `None`: etcd is not installed and CI is not set (said loudly).
+    async fn start(members: usize) -> anyhow::Result<Option<Self>> {
+        init_logs();
+        let Some(binary) = etcd::binary()? else {
+            return Ok(None);
+        };
+        let etcd = EtcdCluster::start(binary, members).await?;
+        let dir = tempfile::tempdir()?;
+        let ca_dir = dir.path().join("ca");
+        std::fs::create_dir_all(&ca_dir)?;
+        Ca::load_or_create(
+            &CaSource::DataDir(ca_dir.clone()),
+            "weft.local",
+            Duration::from_secs(3600),
+        )?;
+        Ok(Some(Ha {
+            etcd,
+            dir,
+            ca: (ca_dir.join(CA_CERT_FILE), ca_dir.join(CA_KEY_FILE)),
+        }))
+    }
+
+    /// Starts replica `name`. Replicas after `a` get a copy of `a`'s admin
+    /// credential, as the README says to do.
+    async fn replica(&self, name: &str) -> anyhow::Result<ControlPlaneProc> {
+        let data = self.dir.path().join(name);
+        std::fs::create_dir_all(&data)?;
+        let first = self.dir.path().join("a").join(CREDENTIAL_FILE);
+        if name != "a" && first.exists() {
+            std::fs::copy(&first, data.join(CREDENTIAL_FILE))?;
+        }
+        let store = self.etcd.store_flag();
+        let (cert, key) = (
+            self.ca.0.display().to_string(),
+            self.ca.1.display().to_string(),
+        );
+        ControlPlaneProc::start(
+            free_port()?,
+            free_port()?,
+            &data,
+            &[
+                "--store",
+                &store,
+                "--ca-cert",
+                &cert,
+                "--ca-key",
+                &key,
+                "--etcd-lease-ttl",
+                LEASE_TTL,
+                "--instance-grace",
+                "500ms",
+            ],
+        )
+        .await
+    }
+}
+
+fn weftctl(
+    cp: &ControlPlaneProc,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<(i32, String, String)> {
+    let url = cp.url();
+    let credential = cp.data_dir.join(CREDENTIAL_FILE).display().to_string();
+    let mut all = vec!["--control-plane", &url, "--credential", &credential];
+    all.extend_from_slice(args);
+    run("weftctl", &all, stdin)
+}
+
+fn echo_service(balance: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: echo}}\nspec: {{protocol: grpc, loadBalancer: {balance}}}\n"
+    )
+}
+
+async fn instance_ids(cp: &ControlPlaneProc) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<String> = cp
+        .access()?
+        .admin_client()
+        .await?
+        .list_instances(ListInstancesRequest::default())
+        .await?
+        .into_inner()
+        .instances
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+async fn calls(caller: &Sidecar, n: usize) -> anyhow::Result<()> {
+    let mut c = client(caller.upstream("echo")).await?;
+    for _ in 0..n {
+        c.unary(EchoRequest::default()).await?;
+    }
+    Ok(())
+}
+
+async fn wait_balance(caller: &Sidecar, balance: &str) -> anyhow::Result<()> {
+    wait_for(
+        &format!("loadBalancer {balance} on the caller"),
+        Duration::from_secs(10),
+        || async {
+            let c = caller.config().await.ok()?;
+            (c["services"]["echo"]["policy"]["balance"] == balance).then_some(())
+        },
+    )
+    .await
+}
+
+async fn is_leader(cp: &ControlPlaneProc) -> Option<bool> {
+    let m = http_get(&format!("http://{}/metrics", cp.admin))
+        .await
+        .ok()?;
+    Some(metric(&m.body, "weft_control_plane_leader", &[])? == 1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_on_one_replica_reaches_a_sidecar_on_another() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    let (a, b) = (ha.replica("a").await?, ha.replica("b").await?);
+    let echo = start_echo("e1").await?;
+    let _server = SidecarSpec::new("echo")
+        .access(&a.access()?)
+        .app(echo.addr)
+        .arg("--instance-id", "echo-a")
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .access(&b.access()?)
+        .upstream("echo")
+        .start()
+        .await?;
+    // Registered through A, pushed by B.
+    caller
+        .wait_endpoints(
+            "echo",
+            "the instance registered on A, on B's sidecar",
+            |e| e.iter().any(|(id, _)| id == "echo-a"),
+        )
+        .await?;
+    calls(&caller, 5).await?;
+    assert_eq!(echo.calls(), 5);
+    let on_b = instance_ids(&b).await?;
+    assert!(on_b.contains(&"echo-a".to_string()), "{on_b:?}");
+    assert_eq!(on_b, instance_ids(&a).await?, "both replicas list the same");
+
+    let (code, _, err) = weftctl(
+        &a,
+        &["apply", "-f", "-"],
+        Some(&echo_service("round-robin")),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    wait_balance(&caller, "round-robin").await?;
+    let (code, out, err) = weftctl(&b, &["get", "services", "echo", "-o", "json"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("round-robin"), "{out}");
+    // And the other way round: deleted on B, gone from A.
+    let (code, _, err) = weftctl(&b, &["delete", "service", "echo"], None)?;
+    assert_eq!(code, 0, "{err}");
+    // The service stays (its instance is registered), its resource goes.
+    wait_for("the delete on A", Duration::from_secs(10), || async {
+        let (code, out, _) = weftctl(&a, &["get", "services", "echo", "-o", "json"], None).ok()?;
+        (code == 0 && !out.contains("round-robin")).then_some(())
+    })
+    .await?;
+
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_instances_expire_but_a_sidecar_that_moved_stays() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    let (mut a, b) = (ha.replica("a").await?, ha.replica("b").await?);
+    let (e1, e2) = (start_echo("e1").await?, start_echo("e2").await?);
+    let moving = SidecarSpec::new("echo")
+        .access(&a.access()?)
+        .app(e1.addr)
+        .arg("--instance-id", "echo-1")
+        .start()
+        .await?;
+    let _staying = SidecarSpec::new("echo")
+        .access(&a.access()?)
+        .app(e2.addr)
+        .arg("--instance-id", "echo-2")
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .access(&b.access()?)
+        .upstream("echo")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "both instances on B's sidecar", |e| e.len() == 2)
+        .await?;
+    let access_b = b.access()?;
+
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait(Duration::from_secs(10))?;
+    // echo-1's sidecar reconnects to B (failover across addresses is the
+    // sidecar's, tested elsewhere): same instance, same app, B's lease.
+    moving.stop().await?;
+    let _moved = SidecarSpec::new("echo")
+        .access(&access_b)
+        .app(e1.addr)
+        .arg("--instance-id", "echo-1")
+        .start()
+        .await?;
+    // Polled until A's lease took echo-2 away; echo-1 must be there at
+    // every look.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ids = instance_ids(&b).await?;
+        assert!(
+            ids.contains(&"echo-1".to_string()),
+            "echo-1 absent: {ids:?}"
+        );
+        if !ids.contains(&"echo-2".to_string()) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "A's lease did not take echo-2 away: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    caller
+        .wait_endpoints("echo", "only echo-1 on the caller", |e| {
+            e.len() == 1 && e[0].0 == "echo-1"
+        })
+        .await?;
+    calls(&caller, 3).await?;
+    assert_eq!(e1.calls(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_sweeps_and_another_takes_over_when_it_dies() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    let mut replicas = vec![ha.replica("a").await?, ha.replica("b").await?];
+    let leader = wait_for("one elected replica", Duration::from_secs(10), || async {
+        let (x, y) = (
+            is_leader(&replicas[0]).await?,
+            is_leader(&replicas[1]).await?,
+        );
+        match (x, y) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await?;
+    let mut dead = replicas.remove(leader);
+    dead.proc.signal(libc::SIGKILL);
+    dead.proc.wait(Duration::from_secs(10))?;
+    let survivor = &replicas[0];
+    wait_for(
+        "the other replica to be elected after the lease expired",
+        Duration::from_secs(15),
+        || async { is_leader(survivor).await.filter(|l| *l) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; the survivor's log:\n{}", survivor.proc.log_text()))?;
+
+    // The sweep it now runs forgets an expired join token in etcd.
+    let access = survivor.access()?;
+    access.token("users", Duration::from_secs(1)).await?;
+    let etcd = etcd_client::Client::connect(ha.etcd.urls(), None).await?;
+    let count = || {
+        let mut etcd = etcd.clone();
+        async move {
+            let tokens = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let get = etcd.get("/weft/tokens/", Some(tokens));
+            tokio::time::timeout(Duration::from_secs(2), get)
+                .await
+                .ok()?
+                .ok()
+                .map(|r| r.count())
+        }
+    };
+    assert_eq!(count().await, Some(1));
+    let swept = wait_for(
+        "the expired token swept",
+        Duration::from_secs(15),
+        || async { (count().await? == 0).then_some(()) },
+    )
+    .await;
+    if let Err(e) = swept {
+        anyhow::bail!("{e}; the survivor's log:\n{}", survivor.proc.log_text());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_cannot_interleave_applies() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    let open = || async {
+        let StoreConfig::Etcd(config) = StoreConfig::parse(&ha.etcd.store_flag())? else {
+            anyhow::bail!("not etcd");
+        };
+        let store = EtcdStore::connect(EtcdConfig {
+            request_timeout: Duration::from_millis(500),
+            ..config
+        })
+        .await?;
+        store.load().await?;
+        anyhow::Ok(store)
+    };
+    let (one, two) = (open().await?, open().await?);
+    let v1 = parse_documents(&echo_service("round-robin"))?;
+    let v2 = parse_documents(&echo_service("p2c-ewma"))?;
+    // Both checked their apply against the same resources…
+    let (seen_one, seen_two) = (one.revision(), two.revision());
+    assert_eq!(seen_one, seen_two);
+    one.apply(&v1, seen_one).await?;
+    // …so the second must check again.
+    let e = two.apply(&v2, seen_two).await.expect_err("a conflict");
+    assert!(e.is_conflict(), "{e}");
+    assert!(
+        e.to_string().contains("another control-plane replica"),
+        "{e}"
+    );
+    // Once it has seen the first apply, it goes through.
+    let reloaded = open().await?;
+    assert_eq!(reloaded.load().await?.resources, v1);
+    reloaded.apply(&v2, reloaded.revision()).await?;
+    assert_eq!(open().await?.load().await?.resources, v2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_members_dying_leave_traffic_alone_and_writes_wait_for_etcd() -> anyhow::Result<()> {
+    let Some(mut ha) = Ha::start(3).await? else {
+        return Ok(());
+    };
+    let (a, b) = (ha.replica("a").await?, ha.replica("b").await?);
+    let echo = start_echo("e1").await?;
+    let _server = SidecarSpec::new("echo")
+        .access(&a.access()?)
+        .app(echo.addr)
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .access(&b.access()?)
+        .upstream("echo")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "the echo instance on the caller", |e| e.len() == 1)
+        .await?;
+
+    // One member of three down: nothing noticed.
+    ha.etcd.kill(0)?;
+    let (code, _, err) = weftctl(
+        &a,
+        &["apply", "-f", "-"],
+        Some(&echo_service("round-robin")),
+    )?;
+    assert_eq!(code, 0, "an apply with one etcd member down: {err}");
+    wait_balance(&caller, "round-robin").await?;
+    calls(&caller, 10).await?;
+
+    // All down: traffic and reads go on, writes are refused naming etcd.
+    ha.etcd.kill(1)?;
+    ha.etcd.kill(2)?;
+    calls(&caller, 50).await?;
+    let (code, out, err) = weftctl(&b, &["get", "services", "echo", "-o", "json"], None)?;
+    assert_eq!(code, 0, "reads are served from the catalog: {err}");
+    assert!(out.contains("round-robin"), "{out}");
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&echo_service("p2c-ewma")))?;
+    assert_ne!(code, 0, "an apply without etcd");
+    assert!(
+        err.contains("etcd") && err.contains("unavailable"),
+        "the refusal names etcd: {err}"
+    );
+    let (code, _, err) = weftctl(&b, &["token", "create", "echo"], None)?;
+    assert_ne!(code, 0);
+    assert!(err.contains("etcd"), "{err}");
+    calls(&caller, 10).await?;
+
+    // Back: the apply is accepted again and reaches the sidecars.
+    for i in 0..3 {
+        ha.etcd.restart(i)?;
+    }
+    wait_for(
+        "an apply to be accepted again",
+        Duration::from_secs(30),
+        || async {
+            let (code, _, _) =
+                weftctl(&a, &["apply", "-f", "-"], Some(&echo_service("p2c-ewma"))).ok()?;
+            (code == 0).then_some(())
+        },
+    )
+    .await?;
+    wait_balance(&caller, "p2c-ewma").await?;
+    calls(&caller, 10).await?;
+    assert_eq!(echo.calls(), 80);
+    Ok(())
+}
