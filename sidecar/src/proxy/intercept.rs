@@ -102,13 +102,10 @@ impl Inbound {
             return Ok(());
         }
         metrics.count_intercepted("inbound", "app");
-        // Not one of the sidecar's own ports either: an upstream port would
-        // send the outsider into the mesh with this pod's identity.
-        let app = self
-            .apps
-            .get(Some(port))
-            .map_err(|e| self.count_refused(e))?;
-        self.tcp_to(stream, app.addr, None).await?;
+        // As a plaintext caller naming the port: never one of the
+        // sidecar's own (an upstream port would send the outsider into the
+        // mesh with this pod's identity).
+        self.tcp(stream, None, Some(port)).await?;
         Ok(())
     }
 }

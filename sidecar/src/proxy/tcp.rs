@@ -107,30 +107,6 @@ impl Inbound {
         .await;
         Ok(())
     }
-
-    /// Carries one connection to the app listening at `app`, if the
-    /// inbound policy lets `peer` open one.
-    pub async fn tcp_to<T>(
-        &self,
-        mut io: T,
-        app: std::net::SocketAddr,
-        peer: Option<&Peer>,
-    ) -> Result<(), ProxyError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
-        self.authorize_connection(peer)?;
-        let mut upstream = self.app_connector.connect_tcp(&app.to_string()).await?;
-        copy(
-            &self.telemetry,
-            &mut io,
-            &mut upstream,
-            Direction::inbound,
-            &self.service,
-        )
-        .await;
-        Ok(())
-    }
 }
 
 async fn copy<A, B>(
