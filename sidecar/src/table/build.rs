@@ -7,8 +7,8 @@
 //! included), their policy the service's with the rule's overrides.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 use weft_proto::name::ServiceName;
@@ -228,6 +228,7 @@ impl TableBuilder {
                             policy: Arc::new(rule_policy(&parent.route_policy, spec)),
                             filters: spec.filters.clone(),
                             mirrors,
+                            requests: OnceLock::new(),
                         };
                         Rule {
                             matches: rule.matches.clone(),

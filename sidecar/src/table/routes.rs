@@ -3,8 +3,9 @@
 //! merged from the service's and the rule's overrides, its filters and
 //! mirrors. Built with the table, so a request pays only the match.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use prometheus_client::metrics::counter::Counter;
 use weft_proto::name::ServiceName;
 use weft_proto::routing::{Filters, RouteTable};
 
@@ -115,6 +116,9 @@ pub struct RuleRuntime {
     pub filters: Filters,
     /// Where copies go, and for which share of the requests (percent).
     pub mirrors: Vec<(Backend, u32)>,
+    /// Its `weft_route_requests_total` counter, found on its first request
+    /// and kept while the rule is (its labels are looked up once).
+    pub requests: OnceLock<Counter>,
 }
 
 /// The policy of a rule: the service's, with what the rule overrides.

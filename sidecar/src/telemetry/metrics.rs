@@ -220,10 +220,9 @@ pub struct SpanCounters {
 }
 
 fn rule_labels(service: &ServiceName, route: Option<(&Arc<str>, usize)>) -> RuleLabels {
-    let default: Arc<str> = Arc::from("(default)");
     RuleLabels {
         service: service.clone(),
-        http_route: route.map_or(default, |(r, _)| r.clone()),
+        http_route: route.map_or_else(|| Arc::from("(default)"), |(r, _)| r.clone()),
         rule: RuleIndex(route.map(|(_, i)| i)),
     }
 }
@@ -709,9 +708,19 @@ impl Metrics {
     /// A request to a service with routes took `rule` of `route` (`None`:
     /// no rule matched; the service's default).
     pub fn count_route(&self, service: &ServiceName, route: Option<(&Arc<str>, usize)>) {
+        self.route_counter(service, route).inc();
+    }
+
+    /// The counter `count_route` adds to, as a handle a rule keeps (so a
+    /// routed request does not look its labels up).
+    pub fn route_counter(
+        &self,
+        service: &ServiceName,
+        route: Option<(&Arc<str>, usize)>,
+    ) -> Counter {
         self.route_requests
             .get_or_create(&rule_labels(service, route))
-            .inc();
+            .clone()
     }
 
     /// A rule's weights drew `from`, which had no endpoint ready.

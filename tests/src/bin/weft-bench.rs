@@ -348,13 +348,15 @@ async fn main() -> anyhow::Result<()> {
     // matching a header the calls do not carry) before the catch-all.
     cp.apply_yaml(&hundred_rules("echo-r100")).await?;
     // The gateway's hop: a gateway in front of one sidecar, routing every
-    // call to it (compared with a pair of sidecars: two hops each).
+    // call to it (compared with a pair of sidecars: two hops each). Its
+    // rules take the Gateway's policy, not the backend's: without retries,
+    // as the bare pair, so that the two do the same work.
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-gw}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gateway}\nspec:\n  listeners: [{name: web, port: 8080, protocol: HTTP}]\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: to-echo}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  rules: [{backendRefs: [{name: echo-gw}]}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: to-echo}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  rules: [{backendRefs: [{name: echo-gw}], retry: {attempts: 1}}]\n---\n\
          apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: web-gw}\nspec:\n  protocol: http\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: to-web}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  hostnames: [web.bench]\n  rules: [{backendRefs: [{name: web-gw}]}]\n",
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: to-web}\nspec:\n  parentRefs: [{kind: Gateway, name: gateway}]\n  hostnames: [web.bench]\n  rules: [{backendRefs: [{name: web-gw}], retry: {attempts: 1}}]\n",
     )
     .await?;
     let collector = Collector::start_on_thread()?;
@@ -649,6 +651,7 @@ async fn main() -> anyhow::Result<()> {
         median(&mut r100_ratios),
         median(&mut gw_ratios)
     );
+    gateway_hop(&rows, args.rounds, args.rate);
     println!(
         "\nSpans received by the OTLP receiver: {}",
         collector.received()
@@ -778,6 +781,37 @@ async fn gateway_path(
     ]))
     .await?;
     Ok((gateway, server, public))
+}
+
+/// The gateway's hop against a client sidecar's, round by round: the
+/// added p50 of gateway + sidecar over that of the bare pair (each minus
+/// direct in the same round). Printed whenever the three ran, so that
+/// `--only 'direct|mTLS bare|gateway + sidecar'` measures it alone.
+fn gateway_hop(rows: &[(String, usize, Result)], rounds: u32, rate: u32) {
+    let p50 = |label: &str, path: &str| {
+        let name = format!("{path} @{rate}");
+        rows.iter()
+            .find(|(l, _, r)| l == label && r.name == name)
+            .map(|(_, _, r)| r.pct(0.5).as_secs_f64())
+    };
+    let mut ratios: Vec<f64> = (1..=rounds)
+        .filter_map(|round| {
+            let label = format!("round {round}");
+            let direct = p50(&label, "direct")?;
+            let pair = p50(&label, "mTLS bare")? - direct;
+            let gateway = p50(&label, "gateway + sidecar")? - direct;
+            Some(gateway / pair)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return;
+    }
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!(
+        "\nThe gateway's hop against a client sidecar's (added p50 of gateway + sidecar / of the bare pair), by round: {}; median {:.2}",
+        each.join(", "),
+        median(&mut ratios)
+    );
 }
 
 /// The middle value (the mean of the two middle ones for an even count): one

@@ -171,10 +171,17 @@ impl Outbound {
         if !route.routed {
             return;
         }
-        let rule = route.rule.as_ref().map(|r| (&r.route, r.rule));
-        self.telemetry.metrics.count_route(&route.service, rule);
-        if let Some((name, i)) = rule {
-            ex.set_route(name, i);
+        let metrics = &self.telemetry.metrics;
+        match &route.rule {
+            Some(r) => {
+                let rule = Some((&r.route, r.rule));
+                let counter = r
+                    .requests
+                    .get_or_init(|| metrics.route_counter(&route.service, rule));
+                counter.inc();
+                ex.set_route(&r.route, r.rule);
+            }
+            None => metrics.count_route(&route.service, None),
         }
     }
 
