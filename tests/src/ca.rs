@@ -31,6 +31,12 @@ impl TestCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: rcgen gives every certificate the same
+        // default one, and OpenSSL (Envoy, in the benchmark) takes a leaf
+        // whose issuer is its own subject for self-signed.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "weft test CA");
         let cert = params.self_signed(&key)?;
         Ok(TestCa {
             pem: pem("CERTIFICATE", cert.der()),

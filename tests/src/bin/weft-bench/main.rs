@@ -6,6 +6,11 @@
 //! gateway in front of one sidecar, at a fixed rate and at the maximum rate. Prints latency percentiles, achieved RPS,
 //! the added latency of each pair, and each sidecar's peak RSS and CPU time.
 //!
+//! Also through the floor (two bare TCP relays, `peers.rs`) and, with
+//! `--envoy`, an Envoy pair; `--pin` puts the load generator alone on one
+//! core and everything it measures on the other (`tests/bench/peers.sh`
+//! does both).
+//!
 //! Build and run (release):
 //!   cargo build --release --workspace --bins && target/release/weft-bench
 //!
@@ -24,6 +29,8 @@ use weft_tests::mesh::{ControlPlane, write_temp};
 use weft_tests::otlp::Collector;
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
+
+mod peers;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +58,17 @@ struct Args {
     /// all.
     #[arg(long)]
     only: Option<String>,
+    /// An Envoy binary: adds a pair of Envoy proxies (mutual TLS between
+    /// them) to compare with (`tests/bench/peers.sh` installs one).
+    #[arg(long)]
+    envoy: Option<std::path::PathBuf>,
+    /// The load generator alone on CPU 0; the backend and every proxy on
+    /// CPU 1, so that the maximum rate measures CPU per request.
+    #[arg(long)]
+    pin: bool,
+    /// Runs as one bare TCP relay, `LISTEN=TARGET` (the floor's pair is two).
+    #[arg(long, hide = true)]
+    relay: Option<String>,
 }
 
 struct Result {
@@ -293,11 +311,33 @@ async fn sidecar(args: Vec<String>) -> anyhow::Result<(Proc, SocketAddr)> {
     Ok((start_sidecar(&all, admin).await?, inbound))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(spec) = &args.relay {
+        // One thread, as each proxy of a pair has: two workers sharing
+        // one pinned core would only take turns.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(peers::relay(spec));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     weft_proto::identity::install_provider();
-    let backend = start_echo("backend").await?;
+    if args.pin {
+        anyhow::ensure!(
+            peers::cores() >= 2,
+            "--pin needs two cores, this process may use {}",
+            peers::cores()
+        );
+        peers::pin_process(std::process::id() as i32, peers::LOAD_CPU)?;
+    }
+    let backend = backend(args.pin).await?;
     let dir = tempfile::tempdir()?;
 
     // Plaintext pair: static configs, no control plane.
@@ -411,6 +451,20 @@ async fn main() -> anyhow::Result<()> {
     let (r100_client, r100_server, r100_up) = pairs.remove(0);
     let web = weft_tests::http_app::start_http_app("web").await?;
     let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
+    let (relay_client, relay_server, relay_addr) = peers::relay_pair(backend.addr).await?;
+    let envoy = match &args.envoy {
+        Some(bin) => Some(peers::envoy_pair(bin, dir.path(), backend.addr).await?),
+        None => None,
+    };
+    probe(
+        "the bare TCP relays",
+        relay_addr,
+        [&relay_client, &relay_server],
+    )
+    .await?;
+    if let Some((c, s, addr)) = &envoy {
+        probe("Envoy's pair", *addr, [c, s]).await?;
+    }
     let web_server = web_sidecar(&cp, dir.path(), web.addr).await?;
 
     let paths = [
@@ -498,7 +552,36 @@ async fn main() -> anyhow::Result<()> {
                 ("behind the gateway (HTTP/1.1)", web_server.pid()),
             ],
         },
+        Path {
+            name: FLOOR,
+            addr: relay_addr,
+            http: None,
+            sidecars: vec![
+                ("relay client-side", relay_client.pid()),
+                ("relay server-side", relay_server.pid()),
+            ],
+        },
     ];
+    let mut paths = Vec::from(paths);
+    if let Some((client, server, addr)) = &envoy {
+        paths.push(Path {
+            name: ENVOY,
+            addr: *addr,
+            http: None,
+            sidecars: vec![
+                ("Envoy client-side", client.pid()),
+                ("Envoy server-side", server.pid()),
+            ],
+        });
+    }
+    if args.pin {
+        for p in &paths {
+            for (label, pid) in &p.sidecars {
+                peers::pin_process(*pid, peers::PROXY_CPU)
+                    .with_context(|| format!("pinning the {label} proxy"))?;
+            }
+        }
+    }
 
     let paths: Vec<Path> = paths
         .into_iter()
@@ -612,6 +695,7 @@ async fn main() -> anyhow::Result<()> {
             (_, _, g),
             (_, _, hd),
             (_, _, hg),
+            ..,
         ] = chunk
         {
             let p50 = |r: &Result| added(d.pct(0.5), r.pct(0.5));
@@ -652,6 +736,7 @@ async fn main() -> anyhow::Result<()> {
         median(&mut gw_ratios)
     );
     gateway_hop(&rows, args.rounds, args.rate);
+    against_peers(&rows, &cpu, &paths, &args);
     println!(
         "\nSpans received by the OTLP receiver: {}",
         collector.received()
@@ -689,6 +774,9 @@ async fn main() -> anyhow::Result<()> {
         gw,
         gw_server,
         web_server,
+        relay_client,
+        relay_server,
+        envoy,
     ));
     Ok(())
 }
@@ -781,6 +869,148 @@ async fn gateway_path(
     ]))
     .await?;
     Ok((gateway, server, public))
+}
+
+/// One call through a peer's pair before it is measured: a pair that
+/// cannot carry one fails the run with its proxies' logs.
+async fn probe(what: &str, addr: SocketAddr, procs: [&Proc; 2]) -> anyhow::Result<()> {
+    let call = async {
+        let mut c = client(addr).await?;
+        c.unary(EchoRequest::default()).await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!(
+            "a call through {what} failed: {e:#}; logs:\n{}\n{}",
+            procs[0].log_text(),
+            procs[1].log_text()
+        ),
+        Err(_) => anyhow::bail!("a call through {what} took over 10 s"),
+    }
+}
+
+/// The floor's path: two bare TCP relays.
+const FLOOR: &str = "bare TCP relays";
+/// Envoy's pair (with `--envoy`).
+const ENVOY: &str = "Envoy mTLS pair";
+
+/// The echo backend: on this runtime, or with `--pin` on a thread of its
+/// own pinned beside the proxies.
+async fn backend(pin: bool) -> anyhow::Result<weft_tests::echo::EchoServerHandle> {
+    if !pin {
+        return start_echo("backend").await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("backend".into())
+        .spawn(move || {
+            let run = || -> anyhow::Result<()> {
+                peers::pin_thread(peers::PROXY_CPU)?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let handle = start_echo("backend").await;
+                    let _ = tx.send(handle);
+                    // The server's tasks live on this runtime: it runs
+                    // until the process ends.
+                    std::future::pending::<()>().await;
+                });
+                Ok(())
+            };
+            if let Err(e) = run() {
+                eprintln!("the backend thread failed: {e:#}");
+            }
+        })?;
+    rx.await
+        .context("the backend thread ended before it started")?
+}
+
+/// Weft's bare mTLS pair against Envoy's pair and against the floor (two
+/// bare TCP relays), round by round: added p50 (each minus direct in the
+/// same round) and their ratios; then the maximum rate and each pair's CPU
+/// per request at it. Printed whenever the paths ran.
+fn against_peers(
+    rows: &[(String, usize, Result)],
+    cpu: &[(String, &'static str, Duration, u64)],
+    paths: &[Path],
+    args: &Args,
+) {
+    let find = |label: &str, path: &str| {
+        rows.iter()
+            .find(|(l, i, _)| l == label && paths[*i].name == path)
+            .map(|(_, _, r)| r)
+    };
+    let added = |label: &str, path: &str, p: f64| {
+        let direct = find(label, "direct")?.pct(p).as_secs_f64();
+        Some(find(label, path)?.pct(p).as_secs_f64() - direct)
+    };
+    let envoy = args.envoy.is_some();
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 6];
+    for round in 1..=args.rounds {
+        let label = format!("round {round}");
+        let (Some(floor), Some(weft), Some(weft99)) = (
+            added(&label, FLOOR, 0.5),
+            added(&label, "mTLS bare", 0.5),
+            added(&label, "mTLS bare", 0.99),
+        ) else {
+            continue;
+        };
+        cols[0].push(weft / floor);
+        cols[1].push(weft * 1e6);
+        cols[2].push(floor * 1e6);
+        if let (true, Some(e), Some(e99)) =
+            (envoy, added(&label, ENVOY, 0.5), added(&label, ENVOY, 0.99))
+        {
+            cols[3].push(weft / e);
+            cols[4].push(weft99 / e99);
+            cols[5].push(e / floor);
+        }
+    }
+    if cols[0].is_empty() {
+        return;
+    }
+    println!(
+        "\nAgainst the floor (two bare TCP relays) and Envoy (medians of {} rounds; added = minus direct in the same round):\n",
+        cols[0].len()
+    );
+    println!(
+        "| Weft bare mTLS added p50 | floor added p50 | Weft / floor p50 | Weft / Envoy added p50 | Weft / Envoy added p99 | Envoy / floor p50 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let m = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.2}", median(v))
+        }
+    };
+    let (w, f) = (median(&mut cols[1]), median(&mut cols[2]));
+    let (r0, r3, r4, r5) = (
+        m(&mut cols[0]),
+        m(&mut cols[3]),
+        m(&mut cols[4]),
+        m(&mut cols[5]),
+    );
+    println!("| {w:.0} µs | {f:.0} µs | {r0} | {r3} | {r4} | {r5} |");
+    println!("\n| pair at the maximum rate | rps | CPU µs per request, both proxies |");
+    println!("|---|---:|---:|");
+    for name in ["mTLS bare", FLOOR, ENVOY] {
+        let Some(r) = find("max", name) else { continue };
+        let Some(path) = paths.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        let used: f64 = cpu
+            .iter()
+            .filter(|(run, label, _, _)| {
+                run == "max rate" && path.sidecars.iter().any(|(l, _)| l == label)
+            })
+            .map(|(_, _, t, _)| t.as_secs_f64())
+            .sum();
+        let per = used / r.latencies.len().max(1) as f64 * 1e6;
+        println!("| {name} | {:.0} | {per:.1} |", r.rps());
+    }
 }
 
 /// The gateway's hop against a client sidecar's, round by round: the

