@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use weft_proto::addresses::{Candidate, ControlPlaneList, preference_order};
 use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, certs_from_pem, root_store};
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_client::AdminClient;
@@ -39,13 +40,19 @@ use crate::resource::{Kind, Resource, parse_documents};
                   weftctl get gateways\n  weftctl delete gateway gateway\n  \
                   weftctl explain --gateway gateway GET http://api.example.com/api/users/1\n  \
                   weftctl status\n  \
+                  weftctl status --control-plane https://10.0.0.1:15012,https://10.0.0.2:15012\n  \
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
                   weftctl top user-service --window 1m --once\n  weftctl top -o json\n  \
                   weftctl inject -f deploy.yaml | kubectl apply -f -"
 )]
 pub struct Cli {
-    /// The control plane's gRPC API (TLS).
+    /// The control plane's gRPC API (TLS): https://HOST:PORT (port 15012
+    /// when none is given). Replicas on etcd: a comma-separated list, and a
+    /// host name that resolves to several addresses counts as each. A
+    /// command goes to the first replica that answers, in an order of this
+    /// run's own; `status` asks every one and shows which replica each
+    /// sidecar is connected to.
     #[arg(
         long,
         env = "WEFT_CONTROL_PLANE",
@@ -129,8 +136,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Every connected sidecar: its service, since when, the version it
-    /// applied, its last rejection and its certificate's expiry.
+    /// Every connected sidecar: its service, the control-plane replica it
+    /// is connected to, since when, the version it applied, its last
+    /// rejection and its certificate's expiry. With several --control-plane
+    /// addresses every replica is asked (one that does not answer is named
+    /// on stderr and left out).
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -358,13 +368,105 @@ pub async fn connect_tls(
     })
 }
 
-async fn connect(cli: &Cli) -> Result<Client, CliError> {
-    let cred = read_credential(&cli.credential)?;
-    let channel = connect_tls(&cli.control_plane, &cred, cli.timeout).await?;
+/// The replicas `--control-plane` names, resolved, in this run's order
+/// (random, so that many weftctl runs spread over the replicas).
+async fn candidates(cli: &Cli) -> Result<Vec<Candidate>, CliError> {
+    let list = ControlPlaneList::parse(&cli.control_plane)
+        .map_err(|e| CliError::Input(format!("--control-plane: {e}")))?;
+    let (mut found, failed) = list.resolve().await;
+    if found.is_empty() {
+        let reasons: Vec<String> = failed.iter().map(|(e, r)| format!("{e}: {r}")).collect();
+        return Err(CliError::Connect {
+            url: cli.control_plane.clone(),
+            reason: format!("no address resolved ({})", reasons.join("; ")),
+        });
+    }
+    let seed = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        std::process::id(),
+    );
+    preference_order(&mut found, seed);
+    Ok(found)
+}
+
+fn admin_client(channel: Channel, cred: &AdminCredential) -> Result<Client, CliError> {
     let bearer = format!("Bearer {}", cred.token)
         .parse()
         .map_err(|_| CliError::Input("the credential's token is not valid text".into()))?;
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// A client of the first replica that answers.
+async fn connect(cli: &Cli) -> Result<Client, CliError> {
+    let cred = read_credential(&cli.credential)?;
+    let mut reasons = Vec::new();
+    for at in candidates(cli).await? {
+        match connect_tls(&at.url(), &cred, cli.timeout).await {
+            Ok(channel) => return admin_client(channel, &cred),
+            Err(CliError::Connect { reason, .. }) => reasons.push(format!("{at}: {reason}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(CliError::Connect {
+        url: cli.control_plane.clone(),
+        reason: reasons.join("; "),
+    })
+}
+
+/// Every replica's sidecars, each marked with its replica; the replicas
+/// that did not answer are named on stderr. A sidecar listed by two (its
+/// old replica has not noticed it left) is shown where it connected last.
+async fn sidecars_everywhere(cli: &Cli) -> Result<Vec<pb::SidecarInfo>, CliError> {
+    let cred = read_credential(&cli.credential)?;
+    let asks = candidates(cli).await?.into_iter().map(|at| {
+        let cred = &cred;
+        async move {
+            let channel = connect_tls(&at.url(), cred, cli.timeout).await?;
+            let mut client = admin_client(channel, cred)?;
+            let list = client
+                .list_sidecars(pb::ListSidecarsRequest {})
+                .await?
+                .into_inner()
+                .sidecars;
+            Ok::<_, CliError>((at, list))
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut all: Vec<pb::SidecarInfo> = Vec::new();
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    for answer in answers {
+        match answer {
+            Ok((at, list)) => {
+                answered += 1;
+                for mut s in list {
+                    if s.replica.is_empty() {
+                        s.replica = at.url();
+                    }
+                    match all
+                        .iter_mut()
+                        .find(|x| x.instance_id == s.instance_id && x.service == s.service)
+                    {
+                        Some(x) if x.connected_since_unix_ms >= s.connected_since_unix_ms => {}
+                        Some(x) => *x = s,
+                        None => all.push(s),
+                    }
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if answered == 0 {
+        return Err(CliError::Connect {
+            url: cli.control_plane.clone(),
+            reason: failures.join("; "),
+        });
+    }
+    for f in failures {
+        eprintln!("warning: left out of the status: {f}");
+    }
+    all.sort_by(|a, b| (&a.service, &a.instance_id).cmp(&(&b.service, &b.instance_id)));
+    Ok(all)
 }
 
 fn read_input(file: &str) -> Result<String, CliError> {
@@ -572,12 +674,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             }
         }
         Command::Status { output } => {
-            let mut client = connect(&cli).await?;
-            let s = client
-                .list_sidecars(pb::ListSidecarsRequest {})
-                .await?
-                .into_inner()
-                .sidecars;
+            let s = sidecars_everywhere(&cli).await?;
             w(out, output::status(&s, *output));
         }
         Command::Token {
