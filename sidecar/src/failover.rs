@@ -56,6 +56,11 @@ impl ControlPlanes {
         })
     }
 
+    /// The list as given.
+    pub fn list(&self) -> &ControlPlaneList {
+        &self.list
+    }
+
     /// The list as given, for messages.
     pub fn text(&self) -> String {
         self.list

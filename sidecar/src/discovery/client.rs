@@ -261,7 +261,7 @@ impl DiscoveryClient {
                             let resumed = pb::ResumeResult::try_from(update.resumed).unwrap_or_default();
                             tracing::info!(replica = %at, version = update.version, resumed = resumed.as_str_name(), "synced with the control plane");
                             let replica = at.to_string();
-                            self.status.update(|s| s.control_plane = Some(replica));
+                            self.status.update(|s| s.replica = Some(replica));
                         }
                         synced |= acked;
                         if tx.send(reply).await.is_err() {

@@ -53,7 +53,7 @@ pub struct Status {
     pub last_nack: Option<String>,
     pub reconnects: u64,
     /// The control-plane replica the stream last synced with.
-    pub control_plane: Option<String>,
+    pub replica: Option<String>,
 }
 
 /// The shared [`Status`]: read by the admin endpoint, written by the
@@ -69,7 +69,7 @@ impl StatusCell {
             has_config: state == StreamState::Static,
             last_nack: None,
             reconnects: 0,
-            control_plane: None,
+            replica: None,
         })))
     }
 
