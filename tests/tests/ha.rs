@@ -481,7 +481,12 @@ fn urls(replicas: &[ControlPlaneProc]) -> Vec<String> {
 
 /// `weftctl` given every replica's address (`urls`), with the first
 /// replica's credential (every replica accepts it).
-fn weftctl_any(urls: &[String], ha: &Ha, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+fn weftctl_any(
+    urls: &[String],
+    ha: &Ha,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<(i32, String, String)> {
     let list = urls.join(",");
     let credential = ha
         .dir
@@ -492,7 +497,7 @@ fn weftctl_any(urls: &[String], ha: &Ha, args: &[&str]) -> anyhow::Result<(i32, 
         .to_string();
     let mut all = vec!["--control-plane", &list, "--credential", &credential];
     all.extend_from_slice(args);
-    run("weftctl", &all, None)
+    run("weftctl", &all, stdin)
 }
 
 /// A counter on a replica's /metrics (0 when not there yet).
@@ -541,7 +546,7 @@ async fn an_apply_on_one_of_three_replicas_reaches_sidecars_on_every_replica() -
     }
     assert_eq!(echo.calls(), 9);
     // Status through all three: each caller on its own replica.
-    let (code, out, err) = weftctl_any(&urls(&replicas), &ha, &["status", "-o", "json"])?;
+    let (code, out, err) = weftctl_any(&urls(&replicas), &ha, &["status", "-o", "json"], None)?;
     assert_eq!(code, 0, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out)?;
     let mut on: Vec<String> = listed
@@ -555,6 +560,40 @@ async fn an_apply_on_one_of_three_replicas_reaches_sidecars_on_every_replica() -
         .unwrap_or_default();
     on.sort();
     assert_eq!(on, vec!["a", "b", "c"], "{out}");
+
+    // A sidecar whose first choice is an address nothing answers on gets
+    // its certificate and its config from the next one.
+    let dead = format!("https://127.0.0.1:{}", free_port()?);
+    let list = [dead.clone(), replicas[2].url()];
+    let candidates: Vec<Candidate> = list
+        .iter()
+        .map(|u| {
+            let addr = u.trim_start_matches("https://").parse()?;
+            anyhow::Ok(Candidate {
+                addr,
+                entry: u.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let seed = (0u64..)
+        .find(|&s| {
+            let mut c = candidates.clone();
+            preference_order(&mut c, s);
+            c[0].entry == dead
+        })
+        .ok_or_else(|| anyhow::anyhow!("no seed"))?;
+    let late = SidecarSpec::new("caller")
+        .access_any(&replicas[0].access()?, &list)
+        .seed(seed)
+        .upstream("echo")
+        .start()
+        .await?;
+    wait_balance(&late, "round-robin").await?;
+    assert_eq!(
+        late.config().await?["controlPlane"]["replica"],
+        serde_json::json!(replicas[2].url())
+    );
+    calls(&late, 1).await?;
     Ok(())
 }
 
@@ -617,7 +656,7 @@ async fn load(addr: std::net::SocketAddr, rps: u64, span: Duration) -> anyhow::R
 /// The replica each listed sidecar of `service` is on, from `weftctl
 /// status -o json` given every address.
 fn replicas_of(urls: &[String], ha: &Ha, service: &str) -> Option<Vec<String>> {
-    let (code, out, _) = weftctl_any(urls, ha, &["status", "-o", "json"]).ok()?;
+    let (code, out, _) = weftctl_any(urls, ha, &["status", "-o", "json"], None).ok()?;
     if code != 0 {
         return None;
     }
@@ -768,7 +807,7 @@ async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> an
         assert_eq!(counter(r, name, &[("result", "full")]).await, 0.0);
     }
     // And it ACKed what the new replica sent: status shows it synced.
-    let (code, out, err) = weftctl_any(&all, &ha, &["status"])?;
+    let (code, out, err) = weftctl_any(&all, &ha, &["status"], None)?;
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("left out of the status"),
@@ -780,5 +819,14 @@ async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> an
         .ok_or_else(|| anyhow::anyhow!("{out}"))?;
     assert!(line.contains("(synced)") && line.contains(&moved), "{line}");
     calls(&caller, 5).await?;
+    // Any command goes to a replica that answers.
+    let (code, _, err) = weftctl_any(
+        &all,
+        &ha,
+        &["apply", "-f", "-"],
+        Some(&echo_service("round-robin")),
+    )?;
+    assert_eq!(code, 0, "an apply with replica a down: {err}");
+    wait_balance(&caller, "round-robin").await?;
     Ok(())
 }
