@@ -75,6 +75,11 @@ impl Ha {
     /// Starts replica `name`. Replicas after `a` get a copy of `a`'s admin
     /// credential, as the README says to do.
     async fn replica(&self, name: &str) -> anyhow::Result<ControlPlaneProc> {
+        self.replica_with(name, &[]).await
+    }
+
+    /// The same with more flags.
+    async fn replica_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<ControlPlaneProc> {
         let data = self.dir.path().join(name);
         std::fs::create_dir_all(&data)?;
         let first = self.dir.path().join("a").join(CREDENTIAL_FILE);
@@ -86,26 +91,22 @@ impl Ha {
             self.ca.0.display().to_string(),
             self.ca.1.display().to_string(),
         );
-        ControlPlaneProc::start(
-            free_port()?,
-            free_port()?,
-            &data,
-            &[
-                "--store",
-                &store,
-                "--ca-cert",
-                &cert,
-                "--ca-key",
-                &key,
-                "--etcd-lease-ttl",
-                LEASE_TTL,
-                "--instance-grace",
-                "500ms",
-                "--replica-name",
-                name,
-            ],
-        )
-        .await
+        let mut flags = vec![
+            "--store",
+            &store,
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+            "--etcd-lease-ttl",
+            LEASE_TTL,
+            "--instance-grace",
+            "500ms",
+            "--replica-name",
+            name,
+        ];
+        flags.extend_from_slice(extra);
+        ControlPlaneProc::start(free_port()?, free_port()?, &data, &flags).await
     }
 }
 
@@ -828,5 +829,80 @@ async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> an
     )?;
     assert_eq!(code, 0, "an apply with replica a down: {err}");
     wait_balance(&caller, "round-robin").await?;
+    Ok(())
+}
+
+/// A seed whose first choice among `replicas` is `first`.
+fn seed_preferring(
+    replicas: &[&ControlPlaneProc],
+    first: &ControlPlaneProc,
+) -> anyhow::Result<u64> {
+    let candidates: Vec<Candidate> = replicas
+        .iter()
+        .map(|r| Candidate {
+            addr: r.grpc,
+            entry: r.url(),
+        })
+        .collect();
+    (0u64..10_000)
+        .find(|&s| {
+            let mut c = candidates.clone();
+            preference_order(&mut c, s);
+            c[0].addr == first.grpc
+        })
+        .ok_or_else(|| anyhow::anyhow!("no seed prefers {}", first.url()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_renews_its_certificate_through_another_replica() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    // Certificates of 4 s: renewed every 2.6 to 3 s.
+    let ttl = ["--cert-ttl", "4s"];
+    let mut a = ha.replica_with("a", &ttl).await?;
+    let b = ha.replica_with("b", &ttl).await?;
+    let echo = start_echo("e1").await?;
+    let sidecar = SidecarSpec::new("echo")
+        .access_any(&a.access()?, &[a.url(), b.url()])
+        .seed(seed_preferring(&[&a, &b], &a)?)
+        .app(echo.addr)
+        .start()
+        .await?;
+    let renewals = || async {
+        let m = sidecar.metrics().await.ok()?;
+        metric(&m, "weft_certificate_renewals_total", &[("result", "ok")])
+    };
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait(Duration::from_secs(10))?;
+    let before = renewals().await.unwrap_or(0.0);
+    let expiry = || async {
+        let m = sidecar.metrics().await.ok()?;
+        metric(&m, "weft_certificate_expiry_timestamp_seconds", &[])
+    };
+    let first_expiry = expiry().await.unwrap_or(0.0);
+    // Two renewals after the kill: both went to b (a is gone).
+    wait_for(
+        "two renewals through b",
+        Duration::from_secs(10),
+        || async { (renewals().await? >= before + 2.0).then_some(()) },
+    )
+    .await?;
+    assert!(expiry().await.unwrap_or(0.0) > first_expiry);
+    let m = sidecar.metrics().await?;
+    assert_eq!(
+        metric(
+            &m,
+            "weft_certificate_renewals_total",
+            &[("result", "failed")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a renewal failed instead of moving on: {m}"
+    );
+    assert_eq!(
+        sidecar.config().await?["controlPlane"]["replica"],
+        serde_json::json!(b.url())
+    );
     Ok(())
 }
