@@ -9,6 +9,7 @@
 mod explain;
 pub mod inject;
 mod output;
+mod replicas;
 pub mod top;
 
 use std::io::{IsTerminal, Read};
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use weft_proto::addresses::{Candidate, ControlPlaneList, preference_order};
 use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, certs_from_pem, root_store};
 use weft_proto::v1 as pb;
 use weft_proto::v1::admin_client::AdminClient;
@@ -314,7 +314,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-fn read_credential(path: &std::path::Path) -> Result<AdminCredential, CliError> {
+pub(super) fn read_credential(path: &std::path::Path) -> Result<AdminCredential, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::Input(format!(
             "cannot read the admin credential {}: {e} (the control plane writes it to its \
@@ -366,107 +366,6 @@ pub async fn connect_tls(
         }
         err(reason)
     })
-}
-
-/// The replicas `--control-plane` names, resolved, in this run's order
-/// (random, so that many weftctl runs spread over the replicas).
-async fn candidates(cli: &Cli) -> Result<Vec<Candidate>, CliError> {
-    let list = ControlPlaneList::parse(&cli.control_plane)
-        .map_err(|e| CliError::Input(format!("--control-plane: {e}")))?;
-    let (mut found, failed) = list.resolve().await;
-    if found.is_empty() {
-        let reasons: Vec<String> = failed.iter().map(|(e, r)| format!("{e}: {r}")).collect();
-        return Err(CliError::Connect {
-            url: cli.control_plane.clone(),
-            reason: format!("no address resolved ({})", reasons.join("; ")),
-        });
-    }
-    let seed = std::hash::BuildHasher::hash_one(
-        &std::collections::hash_map::RandomState::new(),
-        std::process::id(),
-    );
-    preference_order(&mut found, seed);
-    Ok(found)
-}
-
-fn admin_client(channel: Channel, cred: &AdminCredential) -> Result<Client, CliError> {
-    let bearer = format!("Bearer {}", cred.token)
-        .parse()
-        .map_err(|_| CliError::Input("the credential's token is not valid text".into()))?;
-    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
-}
-
-/// A client of the first replica that answers.
-async fn connect(cli: &Cli) -> Result<Client, CliError> {
-    let cred = read_credential(&cli.credential)?;
-    let mut reasons = Vec::new();
-    for at in candidates(cli).await? {
-        match connect_tls(&at.url(), &cred, cli.timeout).await {
-            Ok(channel) => return admin_client(channel, &cred),
-            Err(CliError::Connect { reason, .. }) => reasons.push(format!("{at}: {reason}")),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(CliError::Connect {
-        url: cli.control_plane.clone(),
-        reason: reasons.join("; "),
-    })
-}
-
-/// Every replica's sidecars, each marked with its replica; the replicas
-/// that did not answer are named on stderr. A sidecar listed by two (its
-/// old replica has not noticed it left) is shown where it connected last.
-async fn sidecars_everywhere(cli: &Cli) -> Result<Vec<pb::SidecarInfo>, CliError> {
-    let cred = read_credential(&cli.credential)?;
-    let asks = candidates(cli).await?.into_iter().map(|at| {
-        let cred = &cred;
-        async move {
-            let channel = connect_tls(&at.url(), cred, cli.timeout).await?;
-            let mut client = admin_client(channel, cred)?;
-            let list = client
-                .list_sidecars(pb::ListSidecarsRequest {})
-                .await?
-                .into_inner()
-                .sidecars;
-            Ok::<_, CliError>((at, list))
-        }
-    });
-    let answers = futures_util::future::join_all(asks).await;
-    let mut all: Vec<pb::SidecarInfo> = Vec::new();
-    let mut failures = Vec::new();
-    let mut answered = 0;
-    for answer in answers {
-        match answer {
-            Ok((at, list)) => {
-                answered += 1;
-                for mut s in list {
-                    if s.replica.is_empty() {
-                        s.replica = at.url();
-                    }
-                    match all
-                        .iter_mut()
-                        .find(|x| x.instance_id == s.instance_id && x.service == s.service)
-                    {
-                        Some(x) if x.connected_since_unix_ms >= s.connected_since_unix_ms => {}
-                        Some(x) => *x = s,
-                        None => all.push(s),
-                    }
-                }
-            }
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    if answered == 0 {
-        return Err(CliError::Connect {
-            url: cli.control_plane.clone(),
-            reason: failures.join("; "),
-        });
-    }
-    for f in failures {
-        eprintln!("warning: left out of the status: {f}");
-    }
-    all.sort_by(|a, b| (&a.service, &a.instance_id).cmp(&(&b.service, &b.instance_id)));
-    Ok(all)
 }
 
 fn read_input(file: &str) -> Result<String, CliError> {
@@ -523,7 +422,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             // Validate here first: the same rules as the server, with YAML paths.
             let resources =
                 parse_documents(&text).map_err(|e| CliError::Input(format!("{file}: {e}")))?;
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client
                 .apply(pb::ApplyRequest {
                     resources: resources.iter().map(pb::Resource::from).collect(),
@@ -545,7 +444,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             }
         }
         Command::Get { what, name, output } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let text = match what {
                 GetWhat::Services => {
                     let mut s = client
@@ -627,7 +526,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             w(out, text);
         }
         Command::Delete { kind, name } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             client
                 .delete(pb::DeleteRequest {
                     kind: kind.clone(),
@@ -653,7 +552,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 headers,
                 service: service.as_deref(),
             })?;
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client.explain(req.clone()).await?.into_inner();
             w(out, explain::print(&req, &resp, *output));
         }
@@ -674,13 +573,13 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             }
         }
         Command::Status { output } => {
-            let s = sidecars_everywhere(&cli).await?;
+            let s = replicas::sidecars_everywhere(&cli).await?;
             w(out, output::status(&s, *output));
         }
         Command::Token {
             command: TokenCommand::Create { service, ttl },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client
                 .create_token(pb::CreateTokenRequest {
                     service: service.clone(),
@@ -694,7 +593,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Token {
             command: TokenCommand::List { output },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let t = client
                 .list_tokens(pb::ListTokensRequest {})
                 .await?
@@ -705,7 +604,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Token {
             command: TokenCommand::Revoke { id },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let r = client
                 .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
                 .await?
@@ -722,7 +621,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             once,
             output,
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let args = top::TopArgs {
                 url: cli.control_plane.clone(),
                 request: pb::TopRequest {
