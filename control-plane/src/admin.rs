@@ -47,6 +47,8 @@ pub struct AdminService {
     /// Applies and deletes go to the store and then to memory one at a time,
     /// so the two never disagree.
     write: tokio::sync::Mutex<()>,
+    /// This replica's name, given with every sidecar it lists.
+    replica: String,
 }
 
 impl AdminService {
@@ -64,7 +66,14 @@ impl AdminService {
             tokens,
             ca,
             write: tokio::sync::Mutex::new(()),
+            replica: String::new(),
         }
+    }
+
+    /// Names this replica in `ListSidecars`.
+    pub fn with_replica(mut self, replica: String) -> Self {
+        self.replica = replica;
+        self
     }
 
     fn count(&self, outcome: &'static str) {
@@ -304,7 +313,10 @@ impl Admin for AdminService {
             .catalog
             .sidecars()
             .into_iter()
-            .map(pb::SidecarInfo::from)
+            .map(|s| pb::SidecarInfo {
+                replica: self.replica.clone(),
+                ..pb::SidecarInfo::from(s)
+            })
             .collect();
         Ok(Response::new(pb::ListSidecarsResponse { sidecars }))
     }

@@ -24,6 +24,7 @@ use crate::catalog::{
 };
 use crate::metrics::Metrics;
 use crate::resource::Name;
+use weft_proto::resume::Claimed;
 
 pub struct DiscoveryService {
     catalog: Arc<Catalog>,
@@ -98,7 +99,8 @@ impl Discovery for DiscoveryService {
         wanted.insert(reg.service.clone());
         let certificate_expires = hello.certificate_expires_unix_ms;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::open(self, reg, wanted, certificate_expires, tx);
+        let mut session = Session::open(self, reg, wanted, certificate_expires, tx);
+        session.resume = hello.resume.as_ref().map(Claimed::from);
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -126,6 +128,9 @@ struct Session {
     roots: Arc<Vec<Vec<u8>>>,
     /// The address map last sent (`None` before the first push).
     sent_addresses: Option<Vec<ServiceAddresses>>,
+    /// What a reconnected sidecar holds: its first update is cut down to
+    /// what differs (`resume.rs`).
+    resume: Option<Claimed>,
 }
 
 impl Session {
@@ -158,6 +163,7 @@ impl Session {
             tx,
             roots: service.roots.clone(),
             sent_addresses: None,
+            resume: None,
         }
     }
 
@@ -298,6 +304,7 @@ impl Session {
                 Vec::new()
             },
             addresses: None,
+            resumed: pb::ResumeResult::None as i32,
         };
         // Every service's addresses, not only the wanted ones': an
         // intercepted connection may go anywhere.
@@ -322,8 +329,26 @@ impl Session {
         if !full && update.services.is_empty() && update.addresses.is_none() {
             return true;
         }
+        // A resumed stream's first update is sent even when it is empty:
+        // the sidecar ACKs it like any, and `weftctl status` shows it.
+        if let Some(claimed) = self.resume.take().filter(|_| full) {
+            let result = crate::resume::resume(&mut update, &claimed);
+            self.metrics
+                .resumes
+                .get_or_create(&crate::metrics::ResumeLabels {
+                    result: result.as_str(),
+                })
+                .inc();
+            tracing::info!(
+                stream = self.stream.id(),
+                result = result.as_str(),
+                services = update.services.len(),
+                "resumed a sidecar's stream"
+            );
+        }
         update.version = self.stream.next_version();
         let version = update.version;
+        let update_full = update.full;
         let n = update.services.len();
         let sent = Instant::now();
         if self.tx.send(Ok(update)).await.is_err() {
@@ -337,13 +362,13 @@ impl Session {
         self.stream.record_sent(version);
         self.metrics
             .pushes
-            .get_or_create(&crate::metrics::PushLabels { full })
+            .get_or_create(&crate::metrics::PushLabels { full: update_full })
             .inc();
         tracing::debug!(
             stream = self.stream.id(),
             version,
             services = n,
-            full,
+            full = update_full,
             "pushed update"
         );
         true

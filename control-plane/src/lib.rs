@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod identity;
 pub mod metrics;
 pub mod resource;
+pub mod resume;
 pub mod server;
 pub mod store;
 

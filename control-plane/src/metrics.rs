@@ -17,6 +17,12 @@ pub struct PushLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabels {
+    /// unchanged | partial | full
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplyLabels {
     pub outcome: &'static str,
 }
@@ -31,6 +37,8 @@ pub struct Metrics {
     pub sidecars_connected: Gauge,
     pub pushes: Family<PushLabels, Counter>,
     pub nacks: Counter,
+    /// Reconnected sidecars' streams resumed, by how (`resume.rs`).
+    pub resumes: Family<ResumeLabels, Counter>,
     /// From an update sent to its ACK or NACK.
     pub push_duration: Histogram,
     pub applies: Family<ApplyLabels, Counter>,
@@ -67,6 +75,12 @@ impl Metrics {
         );
         let nacks = Counter::default();
         registry.register("nacks", "Updates a sidecar rejected", nacks.clone());
+        let resumes = Family::<ResumeLabels, Counter>::default();
+        registry.register(
+            "resumes",
+            "Streams of reconnected sidecars resumed from what they hold (unchanged: nothing resent; partial: only what differs; full: nothing matched)",
+            resumes.clone(),
+        );
         // 0.5 ms .. 8 s: a push on loopback is answered in about a
         // millisecond; seconds mean a sidecar or the network is struggling.
         let push_duration = Histogram::new(
@@ -114,6 +128,7 @@ impl Metrics {
             sidecars_connected,
             pushes,
             nacks,
+            resumes,
             push_duration,
             applies,
             issued,

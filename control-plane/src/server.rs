@@ -48,6 +48,9 @@ pub struct ControlPlaneConfig {
     /// The process's log filter, for the admin port's `/log-level`; `None`
     /// when an embedding program owns logging.
     pub log_level: Option<Arc<weft_process::logs::LogLevel>>,
+    /// This replica's name, shown by `weftctl status` beside each sidecar
+    /// connected to it; empty: the host name and the gRPC port.
+    pub replica: String,
 }
 
 impl ControlPlaneConfig {
@@ -62,6 +65,7 @@ impl ControlPlaneConfig {
             trust_bundle: None,
             leaf_ttl: Duration::from_secs(24 * 3600),
             log_level: None,
+            replica: String::new(),
         }
     }
 }
@@ -182,13 +186,16 @@ pub async fn run(
         // rotated out still renews and keeps its stream.
         .client_ca_root(TlsCertificate::from_pem(ca.roots_pem()))
         .client_auth_optional(true);
+    let replica = replica_name(&config.replica, &grpc);
+    tracing::info!(%replica, "this control-plane replica's name");
     let admin_service = AdminService::new(
         catalog.clone(),
         Some(store),
         metrics.clone(),
         tokens.clone(),
         ca.clone(),
-    );
+    )
+    .with_replica(replica);
     tonic::transport::Server::builder()
         .tls_config(tls)?
         // Find sidecars that vanished without closing their connection.
@@ -350,4 +357,22 @@ async fn admin_response(
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+/// `given`, or the host name and the gRPC port: unique among replicas
+/// (pods have their own host names; on one machine, ports differ).
+fn replica_name(given: &str, grpc: &TcpListener) -> String {
+    if !given.is_empty() {
+        return given.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "control-plane".into());
+    match grpc.local_addr() {
+        Ok(a) => format!("{host}:{}", a.port()),
+        Err(_) => host,
+    }
 }

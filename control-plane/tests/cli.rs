@@ -94,7 +94,44 @@ fn unreachable_control_plane_is_named() {
         None,
     );
     assert_eq!(code, 1);
-    assert!(err.contains("use an https:// URL"), "{err}");
+    assert!(
+        err.contains(
+            "--control-plane: \"http://127.0.0.1:1\": the control plane serves TLS: use https://"
+        ),
+        "{err}"
+    );
+    // A list: every bad entry named; every unreachable replica named.
+    let (code, _, err) = weftctl(
+        &[
+            "--control-plane",
+            "https://a:1,,ftp://b",
+            "--credential",
+            &cred,
+            "status",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("\"entry 2\": empty") && err.contains("\"ftp://b\": must be a URL"),
+        "{err}"
+    );
+    let (code, _, err) = weftctl(
+        &[
+            "--control-plane",
+            "https://127.0.0.1:1,https://127.0.0.1:2",
+            "--credential",
+            &cred,
+            "get",
+            "services",
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("https://127.0.0.1:1: ") && err.contains("https://127.0.0.1:2: "),
+        "{err}"
+    );
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //!
 //! - [`v1`]: the wire types of package `weft.v1` (generated from
 //!   `proto/weft/v1/mesh.proto`).
+//! - [`addresses`]: the control plane's address list, resolved, in each
+//!   client's own preference order.
+//! - [`resume`]: digests of what a reconnecting sidecar holds.
 //! - [`name`]: service names, instance ids and advertised addresses.
 //! - [`labels`]: `key=value` labels of instances and subsets.
 //! - [`protocol`]: a service's protocol, load balancer and inbound mode.
@@ -21,6 +24,7 @@
 //! messages into its own validated domain types at the edge, and no wire
 //! type reaches a data path.
 
+pub mod addresses;
 pub mod duration;
 pub mod grpc;
 pub mod identity;
@@ -28,6 +32,7 @@ pub mod labels;
 pub mod name;
 pub mod pattern;
 pub mod protocol;
+pub mod resume;
 pub mod retry;
 pub mod routing;
 pub mod stats;

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod edge;
 pub mod endpoint;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod identity;
 pub mod intercept;

@@ -308,7 +308,7 @@ impl Parts {
                 let (tx, subscriptions) = mpsc::unbounded_channel();
                 let feed = Feed::ControlPlane {
                     identity: identity.clone(),
-                    url: join.control_plane.clone(),
+                    url: join.control_plane.text(),
                     subscriptions,
                 };
                 (Some(identity), Some(tx), feed)
@@ -497,6 +497,7 @@ fn spawn_feed(
         addresses: parts.addresses.clone(),
         ejections,
         ejected: Default::default(),
+        held: Default::default(),
         telemetry: parts.telemetry.clone(),
     };
     tokio::spawn(client.run(drain.clone()));

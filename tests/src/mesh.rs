@@ -211,6 +211,8 @@ pub struct SidecarSpec {
     pub args: Vec<String>,
     /// Mint a join token from this control plane at start.
     token_from: Option<CpAccess>,
+    /// The seed of its order of control-plane replicas (random if unset).
+    seed: Option<u64>,
 }
 
 impl SidecarSpec {
@@ -232,6 +234,7 @@ impl SidecarSpec {
         SidecarSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             token_from: None,
+            seed: None,
         }
     }
 
@@ -249,6 +252,20 @@ impl SidecarSpec {
     pub fn access(mut self, access: &CpAccess) -> Self {
         self.token_from = Some(access.clone());
         self.arg("--control-plane", &access.url)
+    }
+
+    /// Joins the mesh through any of `urls` (replicas; the token minted
+    /// through `access`).
+    pub fn access_any(mut self, access: &CpAccess, urls: &[String]) -> Self {
+        self.token_from = Some(access.clone());
+        self.arg("--control-plane", urls.join(","))
+    }
+
+    /// Orders the control-plane replicas with `seed`, as a sidecar started
+    /// with it would (`weft_proto::addresses::preference_order`).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     pub fn app(self, addr: SocketAddr) -> Self {
@@ -297,7 +314,15 @@ impl SidecarSpec {
             )?;
             self = self.arg("--token-file", path.display());
         }
-        let config = Args::try_parse_from(&self.args)?.into_config()?;
+        let mut config = Args::try_parse_from(&self.args)?.into_config()?;
+        if let (Some(seed), weft_sidecar::config::Source::ControlPlane(join)) =
+            (self.seed, &mut config.source)
+        {
+            join.control_plane = weft_sidecar::failover::ControlPlanes::with_seed(
+                join.control_plane.list().clone(),
+                seed,
+            );
+        }
         let listeners = Listeners::bind(&config).await?;
         let inbound = listeners.inbound.local_addr()?;
         let outbound = listeners.outbound.local_addr()?;

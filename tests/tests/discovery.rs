@@ -234,6 +234,7 @@ impl Discovery for FakeDiscovery {
             }],
             roots: vec![],
             addresses: None,
+            resumed: 0,
         };
         let bad = pb::DiscoveryUpdate {
             version: 2,
@@ -247,6 +248,7 @@ impl Discovery for FakeDiscovery {
             }],
             roots: vec![],
             addresses: None,
+            resumed: 0,
         };
         tokio::spawn(async move {
             let _ = tx.send(Ok(good)).await;

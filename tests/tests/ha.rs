@@ -10,7 +10,14 @@
 //! - two replicas cannot interleave applies (the store's compare);
 //! - with one etcd member of three down nothing is noticed; with all down
 //!   traffic flows, writes are refused naming etcd, and accepted again
-//!   (reaching the sidecars) when etcd is back.
+//!   (reaching the sidecars) when etcd is back;
+//! - three replicas on three etcd members: an apply on one reaches the
+//!   sidecars on every replica; the replica two sidecars are on is killed
+//!   under ~1000 requests a second through them: not one fails, the
+//!   server's instance is never absent from the caller's view or the
+//!   catalog, both move to another replica (given all three addresses),
+//!   `weftctl status` shows them there within 5 s, and their streams
+//!   resume unchanged (nothing resent).
 //!
 //! Under `CI=true` a missing etcd binary fails these tests.
 
@@ -21,6 +28,7 @@ use weft_control_plane::auth::CREDENTIAL_FILE;
 use weft_control_plane::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, CaSource};
 use weft_control_plane::resource::parse_documents;
 use weft_control_plane::store::{EtcdConfig, EtcdStore, Store, StoreConfig};
+use weft_proto::addresses::{Candidate, preference_order};
 use weft_proto::v1::ListInstancesRequest;
 use weft_tests::echo::{client, start_echo};
 use weft_tests::etcd::{self, EtcdCluster};
@@ -67,6 +75,11 @@ impl Ha {
     /// Starts replica `name`. Replicas after `a` get a copy of `a`'s admin
     /// credential, as the README says to do.
     async fn replica(&self, name: &str) -> anyhow::Result<ControlPlaneProc> {
+        self.replica_with(name, &[]).await
+    }
+
+    /// The same with more flags.
+    async fn replica_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<ControlPlaneProc> {
         let data = self.dir.path().join(name);
         std::fs::create_dir_all(&data)?;
         let first = self.dir.path().join("a").join(CREDENTIAL_FILE);
@@ -78,24 +91,22 @@ impl Ha {
             self.ca.0.display().to_string(),
             self.ca.1.display().to_string(),
         );
-        ControlPlaneProc::start(
-            free_port()?,
-            free_port()?,
-            &data,
-            &[
-                "--store",
-                &store,
-                "--ca-cert",
-                &cert,
-                "--ca-key",
-                &key,
-                "--etcd-lease-ttl",
-                LEASE_TTL,
-                "--instance-grace",
-                "500ms",
-            ],
-        )
-        .await
+        let mut flags = vec![
+            "--store",
+            &store,
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+            "--etcd-lease-ttl",
+            LEASE_TTL,
+            "--instance-grace",
+            "500ms",
+            "--replica-name",
+            name,
+        ];
+        flags.extend_from_slice(extra);
+        ControlPlaneProc::start(free_port()?, free_port()?, &data, &flags).await
     }
 }
 
@@ -416,8 +427,11 @@ async fn etcd_members_dying_leave_traffic_alone_and_writes_wait_for_etcd() -> an
     calls(&caller, 10).await?;
 
     // All down: traffic and reads go on, writes are refused naming etcd.
+    let traffic = tokio::spawn(load(caller.upstream("echo"), 200, Duration::from_secs(2)));
     ha.etcd.kill(1)?;
     ha.etcd.kill(2)?;
+    let seen = traffic.await??;
+    assert_eq!(seen.failed, 0, "calls failed while etcd died: {seen:?}");
     calls(&caller, 50).await?;
     let (code, out, err) = weftctl(&b, &["get", "services", "echo", "-o", "json"], None)?;
     assert_eq!(code, 0, "reads are served from the catalog: {err}");
@@ -449,6 +463,446 @@ async fn etcd_members_dying_leave_traffic_alone_and_writes_wait_for_etcd() -> an
     .await?;
     wait_balance(&caller, "p2c-ewma").await?;
     calls(&caller, 10).await?;
-    assert_eq!(echo.calls(), 80);
+    assert_eq!(echo.calls(), 80 + seen.ok);
+    Ok(())
+}
+
+/// Three replicas on a three-member etcd, named a, b and c.
+async fn three_replicas(ha: &Ha) -> anyhow::Result<Vec<ControlPlaneProc>> {
+    Ok(vec![
+        ha.replica("a").await?,
+        ha.replica("b").await?,
+        ha.replica("c").await?,
+    ])
+}
+
+fn urls(replicas: &[ControlPlaneProc]) -> Vec<String> {
+    replicas.iter().map(ControlPlaneProc::url).collect()
+}
+
+/// `weftctl` given every replica's address (`urls`), with the first
+/// replica's credential (every replica accepts it).
+fn weftctl_any(
+    urls: &[String],
+    ha: &Ha,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<(i32, String, String)> {
+    let list = urls.join(",");
+    let credential = ha
+        .dir
+        .path()
+        .join("a")
+        .join(CREDENTIAL_FILE)
+        .display()
+        .to_string();
+    let mut all = vec!["--control-plane", &list, "--credential", &credential];
+    all.extend_from_slice(args);
+    run("weftctl", &all, stdin)
+}
+
+/// A counter on a replica's /metrics (0 when not there yet).
+async fn counter(cp: &ControlPlaneProc, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match http_get(&format!("http://{}/metrics", cp.admin)).await {
+        Ok(m) => metric(&m.body, name, labels).unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_on_one_of_three_replicas_reaches_sidecars_on_every_replica() -> anyhow::Result<()>
+{
+    let Some(ha) = Ha::start(3).await? else {
+        return Ok(());
+    };
+    let replicas = three_replicas(&ha).await?;
+    let echo = start_echo("e1").await?;
+    let _server = SidecarSpec::new("echo")
+        .access(&replicas[0].access()?)
+        .app(echo.addr)
+        .start()
+        .await?;
+    // One caller pinned to each replica.
+    let mut callers = Vec::new();
+    for r in &replicas {
+        let caller = SidecarSpec::new("caller")
+            .access(&r.access()?)
+            .upstream("echo")
+            .start()
+            .await?;
+        caller
+            .wait_endpoints("echo", "the echo instance", |e| e.len() == 1)
+            .await?;
+        callers.push(caller);
+    }
+    let (code, _, err) = weftctl(
+        &replicas[1],
+        &["apply", "-f", "-"],
+        Some(&echo_service("round-robin")),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    for caller in &callers {
+        wait_balance(caller, "round-robin").await?;
+        calls(caller, 3).await?;
+    }
+    assert_eq!(echo.calls(), 9);
+    // Status through all three: each caller on its own replica.
+    let (code, out, err) = weftctl_any(&urls(&replicas), &ha, &["status", "-o", "json"], None)?;
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out)?;
+    let mut on: Vec<String> = listed
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["service"] == "caller")
+                .filter_map(|s| s["replica"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    on.sort();
+    assert_eq!(on, vec!["a", "b", "c"], "{out}");
+
+    // A sidecar whose first choice is an address nothing answers on gets
+    // its certificate and its config from the next one.
+    let dead = format!("https://127.0.0.1:{}", free_port()?);
+    let list = [dead.clone(), replicas[2].url()];
+    let candidates: Vec<Candidate> = list
+        .iter()
+        .map(|u| {
+            let addr = u.trim_start_matches("https://").parse()?;
+            anyhow::Ok(Candidate {
+                addr,
+                entry: u.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let seed = (0u64..)
+        .find(|&s| {
+            let mut c = candidates.clone();
+            preference_order(&mut c, s);
+            c[0].entry == dead
+        })
+        .ok_or_else(|| anyhow::anyhow!("no seed"))?;
+    let late = SidecarSpec::new("caller")
+        .access_any(&replicas[0].access()?, &list)
+        .seed(seed)
+        .upstream("echo")
+        .start()
+        .await?;
+    wait_balance(&late, "round-robin").await?;
+    assert_eq!(
+        late.config().await?["controlPlane"]["replica"],
+        serde_json::json!(replicas[2].url())
+    );
+    calls(&late, 1).await?;
+    Ok(())
+}
+
+/// What a bounded load saw.
+#[derive(Debug, Default)]
+struct Load {
+    ok: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+/// About `rps` unary calls a second through `addr` for `span`, from
+/// several workers on one HTTP/2 connection; each call has 2 s.
+async fn load(addr: std::net::SocketAddr, rps: u64, span: Duration) -> anyhow::Result<Load> {
+    const WORKERS: u64 = 10;
+    let channel = client(addr).await?;
+    let period = Duration::from_micros(1_000_000 * WORKERS / rps);
+    let until = tokio::time::Instant::now() + span;
+    let max_per_worker = rps * span.as_secs().max(1) / WORKERS + 1;
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let mut c = channel.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Load::default();
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            for _ in 0..max_per_worker {
+                tick.tick().await;
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+                let call = c.unary(EchoRequest::default());
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(_)) => seen.ok += 1,
+                    Ok(Err(e)) => {
+                        seen.failed += 1;
+                        seen.first_error.get_or_insert(format!("{e:?}"));
+                    }
+                    Err(_) => {
+                        seen.failed += 1;
+                        seen.first_error.get_or_insert("timed out".into());
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let mut all = Load::default();
+    for t in tasks {
+        let l = t.await?;
+        all.ok += l.ok;
+        all.failed += l.failed;
+        if all.first_error.is_none() {
+            all.first_error = l.first_error;
+        }
+    }
+    Ok(all)
+}
+
+/// The replica each listed sidecar of `service` is on, from `weftctl
+/// status -o json` given every address.
+fn replicas_of(urls: &[String], ha: &Ha, service: &str) -> Option<Vec<String>> {
+    let (code, out, _) = weftctl_any(urls, ha, &["status", "-o", "json"], None).ok()?;
+    if code != 0 {
+        return None;
+    }
+    let listed: serde_json::Value = serde_json::from_str(&out).ok()?;
+    Some(
+        listed
+            .as_array()?
+            .iter()
+            .filter(|s| s["service"] == service)
+            .filter_map(|s| s["replica"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(3).await? else {
+        return Ok(());
+    };
+    let mut replicas = three_replicas(&ha).await?;
+    let all = urls(&replicas);
+    // A seed whose first choice is replica a, for both sidecars, so that
+    // killing a moves the server's instance and the caller's stream at once.
+    let candidates: Vec<Candidate> = replicas
+        .iter()
+        .map(|r| Candidate {
+            addr: r.grpc,
+            entry: r.url(),
+        })
+        .collect();
+    let seed = (0u64..)
+        .find(|&s| {
+            let mut c = candidates.clone();
+            preference_order(&mut c, s);
+            c[0].addr == replicas[0].grpc
+        })
+        .ok_or_else(|| anyhow::anyhow!("no seed"))?;
+    let echo = start_echo("e1").await?;
+    let access = replicas[0].access()?;
+    let _server = SidecarSpec::new("echo")
+        .access_any(&access, &all)
+        .seed(seed)
+        .app(echo.addr)
+        .arg("--instance-id", "echo-1")
+        .start()
+        .await?;
+    let caller = SidecarSpec::new("caller")
+        .access_any(&access, &all)
+        .seed(seed)
+        .upstream("echo")
+        .arg("--instance-id", "caller-1")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "the echo instance on the caller", |e| e.len() == 1)
+        .await?;
+    let on = caller.config().await?["controlPlane"]["replica"].clone();
+    assert_eq!(
+        on,
+        serde_json::json!(replicas[0].url()),
+        "the seed's first choice"
+    );
+    assert_eq!(
+        replicas_of(&all, &ha, "caller"),
+        Some(vec!["a".to_string()])
+    );
+
+    // ~1000 calls a second for 5 s; the replica dies a second in.
+    let traffic = tokio::spawn(load(caller.upstream("echo"), 1000, Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the load get going
+    let killed_at = tokio::time::Instant::now();
+    let mut a = replicas.remove(0);
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait(Duration::from_secs(10))?;
+    // Until both moved: the server's instance is in the caller's view and
+    // in the surviving replicas' catalogs at every look.
+    let mut looks = 0;
+    let moved = loop {
+        let endpoints = caller.endpoints("echo").await?;
+        assert!(
+            endpoints.iter().any(|(id, _)| id == "echo-1"),
+            "echo-1 absent from the caller's view: {endpoints:?}"
+        );
+        for r in &replicas {
+            let ids = instance_ids(r).await?;
+            assert!(
+                ids.contains(&"echo-1".to_string()),
+                "echo-1 absent on a replica: {ids:?}"
+            );
+        }
+        looks += 1;
+        let caller_on = replicas_of(&all, &ha, "caller").unwrap_or_default();
+        let echo_on = replicas_of(&all, &ha, "echo").unwrap_or_default();
+        if caller_on.len() == 1 && echo_on.len() == 1 && caller_on[0] != "a" && echo_on[0] != "a" {
+            break caller_on[0].clone();
+        }
+        anyhow::ensure!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "not on another replica 5 s after the kill: caller {caller_on:?}, echo {echo_on:?}"
+        );
+    };
+    let took = killed_at.elapsed();
+    // And on until a's lease has surely expired (what would take echo-1
+    // away had it not been put under its new replica's lease).
+    let lease = Duration::from_secs(5) + Duration::from_millis(1500);
+    while killed_at.elapsed() < lease {
+        let endpoints = caller.endpoints("echo").await?;
+        assert!(
+            endpoints.iter().any(|(id, _)| id == "echo-1"),
+            "echo-1 absent from the caller's view after the move: {endpoints:?}"
+        );
+        for r in &replicas {
+            let ids = instance_ids(r).await?;
+            assert!(
+                ids.contains(&"echo-1".to_string()),
+                "echo-1 absent after the move: {ids:?}"
+            );
+        }
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await; // a polling interval
+    }
+    let seen = traffic.await??;
+    tracing::info!(
+        ok = seen.ok,
+        looks,
+        took_ms = took.as_millis() as u64,
+        "load through the failover"
+    );
+    assert_eq!(seen.failed, 0, "failed calls: {seen:?}");
+    assert!(
+        seen.ok >= 1000,
+        "too little load to mean anything: {seen:?}"
+    );
+    // Its new replica resumed it without resending anything.
+    let to = replicas
+        .iter()
+        .find(|r| r.data_dir.ends_with(&moved))
+        .ok_or_else(|| anyhow::anyhow!("no replica {moved}"))?;
+    let name = "weft_control_plane_resumes_total";
+    assert!(
+        counter(to, name, &[("result", "unchanged")]).await >= 1.0,
+        "no unchanged resume on {moved}: {:?}",
+        http_get(&format!("http://{}/metrics", to.admin))
+            .await
+            .map(|m| m.body)
+    );
+    for r in &replicas {
+        assert_eq!(counter(r, name, &[("result", "full")]).await, 0.0);
+    }
+    // And it ACKed what the new replica sent: status shows it synced.
+    let (code, out, err) = weftctl_any(&all, &ha, &["status"], None)?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("left out of the status"),
+        "the dead replica is named: {err}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("caller-1"))
+        .ok_or_else(|| anyhow::anyhow!("{out}"))?;
+    assert!(line.contains("(synced)") && line.contains(&moved), "{line}");
+    calls(&caller, 5).await?;
+    // Any command goes to a replica that answers.
+    let (code, _, err) = weftctl_any(
+        &all,
+        &ha,
+        &["apply", "-f", "-"],
+        Some(&echo_service("round-robin")),
+    )?;
+    assert_eq!(code, 0, "an apply with replica a down: {err}");
+    wait_balance(&caller, "round-robin").await?;
+    Ok(())
+}
+
+/// A seed whose first choice among `replicas` is `first`.
+fn seed_preferring(
+    replicas: &[&ControlPlaneProc],
+    first: &ControlPlaneProc,
+) -> anyhow::Result<u64> {
+    let candidates: Vec<Candidate> = replicas
+        .iter()
+        .map(|r| Candidate {
+            addr: r.grpc,
+            entry: r.url(),
+        })
+        .collect();
+    (0u64..10_000)
+        .find(|&s| {
+            let mut c = candidates.clone();
+            preference_order(&mut c, s);
+            c[0].addr == first.grpc
+        })
+        .ok_or_else(|| anyhow::anyhow!("no seed prefers {}", first.url()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_renews_its_certificate_through_another_replica() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    // Certificates of 4 s: renewed every 2.6 to 3 s.
+    let ttl = ["--cert-ttl", "4s"];
+    let mut a = ha.replica_with("a", &ttl).await?;
+    let b = ha.replica_with("b", &ttl).await?;
+    let echo = start_echo("e1").await?;
+    let sidecar = SidecarSpec::new("echo")
+        .access_any(&a.access()?, &[a.url(), b.url()])
+        .seed(seed_preferring(&[&a, &b], &a)?)
+        .app(echo.addr)
+        .start()
+        .await?;
+    let renewals = || async {
+        let m = sidecar.metrics().await.ok()?;
+        metric(&m, "weft_certificate_renewals_total", &[("result", "ok")])
+    };
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait(Duration::from_secs(10))?;
+    let before = renewals().await.unwrap_or(0.0);
+    let expiry = || async {
+        let m = sidecar.metrics().await.ok()?;
+        metric(&m, "weft_certificate_expiry_timestamp_seconds", &[])
+    };
+    let first_expiry = expiry().await.unwrap_or(0.0);
+    // Two renewals after the kill: both went to b (a is gone).
+    wait_for(
+        "two renewals through b",
+        Duration::from_secs(10),
+        || async { (renewals().await? >= before + 2.0).then_some(()) },
+    )
+    .await?;
+    assert!(expiry().await.unwrap_or(0.0) > first_expiry);
+    let m = sidecar.metrics().await?;
+    assert_eq!(
+        metric(
+            &m,
+            "weft_certificate_renewals_total",
+            &[("result", "failed")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "a renewal failed instead of moving on: {m}"
+    );
+    assert_eq!(
+        sidecar.config().await?["controlPlane"]["replica"],
+        serde_json::json!(b.url())
+    );
     Ok(())
 }

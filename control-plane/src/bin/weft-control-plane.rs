@@ -54,6 +54,11 @@ struct Args {
     /// Lifetime of the sidecars' certificates (renewed at about 70%).
     #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// This replica's name, shown by `weftctl status` beside the sidecars
+    /// connected to it (several replicas share an etcd store). Default: the
+    /// host name and the --listen port.
+    #[arg(long, env = "WEFT_REPLICA_NAME", default_value = "")]
+    replica_name: String,
     /// Log filter, e.g. info or weft_control_plane=debug.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -109,6 +114,7 @@ async fn run_main() -> anyhow::Result<()> {
         trust_bundle: args.trust_bundle,
         leaf_ttl: args.cert_ttl,
         log_level: Some(log_level),
+        replica: args.replica_name,
     };
     run(config, grpc, admin, weft_process::shutdown::on_signal()).await?;
     Ok(())

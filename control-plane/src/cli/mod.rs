@@ -9,6 +9,7 @@
 mod explain;
 pub mod inject;
 mod output;
+mod replicas;
 pub mod top;
 
 use std::io::{IsTerminal, Read};
@@ -39,13 +40,19 @@ use crate::resource::{Kind, Resource, parse_documents};
                   weftctl get gateways\n  weftctl delete gateway gateway\n  \
                   weftctl explain --gateway gateway GET http://api.example.com/api/users/1\n  \
                   weftctl status\n  \
+                  weftctl status --control-plane https://10.0.0.1:15012,https://10.0.0.2:15012\n  \
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
                   weftctl top user-service --window 1m --once\n  weftctl top -o json\n  \
                   weftctl inject -f deploy.yaml | kubectl apply -f -"
 )]
 pub struct Cli {
-    /// The control plane's gRPC API (TLS).
+    /// The control plane's gRPC API (TLS): https://HOST:PORT (port 15012
+    /// when none is given). Replicas on etcd: a comma-separated list, and a
+    /// host name that resolves to several addresses counts as each. A
+    /// command goes to the first replica that answers, in an order of this
+    /// run's own; `status` asks every one and shows which replica each
+    /// sidecar is connected to.
     #[arg(
         long,
         env = "WEFT_CONTROL_PLANE",
@@ -129,8 +136,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// Every connected sidecar: its service, since when, the version it
-    /// applied, its last rejection and its certificate's expiry.
+    /// Every connected sidecar: its service, the control-plane replica it
+    /// is connected to, since when, the version it applied, its last
+    /// rejection and its certificate's expiry. With several --control-plane
+    /// addresses every replica is asked (one that does not answer is named
+    /// on stderr and left out).
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -304,7 +314,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-fn read_credential(path: &std::path::Path) -> Result<AdminCredential, CliError> {
+pub(super) fn read_credential(path: &std::path::Path) -> Result<AdminCredential, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::Input(format!(
             "cannot read the admin credential {}: {e} (the control plane writes it to its \
@@ -356,15 +366,6 @@ pub async fn connect_tls(
         }
         err(reason)
     })
-}
-
-async fn connect(cli: &Cli) -> Result<Client, CliError> {
-    let cred = read_credential(&cli.credential)?;
-    let channel = connect_tls(&cli.control_plane, &cred, cli.timeout).await?;
-    let bearer = format!("Bearer {}", cred.token)
-        .parse()
-        .map_err(|_| CliError::Input("the credential's token is not valid text".into()))?;
-    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 fn read_input(file: &str) -> Result<String, CliError> {
@@ -421,7 +422,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             // Validate here first: the same rules as the server, with YAML paths.
             let resources =
                 parse_documents(&text).map_err(|e| CliError::Input(format!("{file}: {e}")))?;
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client
                 .apply(pb::ApplyRequest {
                     resources: resources.iter().map(pb::Resource::from).collect(),
@@ -443,7 +444,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             }
         }
         Command::Get { what, name, output } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let text = match what {
                 GetWhat::Services => {
                     let mut s = client
@@ -525,7 +526,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             w(out, text);
         }
         Command::Delete { kind, name } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             client
                 .delete(pb::DeleteRequest {
                     kind: kind.clone(),
@@ -551,7 +552,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 headers,
                 service: service.as_deref(),
             })?;
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client.explain(req.clone()).await?.into_inner();
             w(out, explain::print(&req, &resp, *output));
         }
@@ -572,18 +573,13 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             }
         }
         Command::Status { output } => {
-            let mut client = connect(&cli).await?;
-            let s = client
-                .list_sidecars(pb::ListSidecarsRequest {})
-                .await?
-                .into_inner()
-                .sidecars;
+            let s = replicas::sidecars_everywhere(&cli).await?;
             w(out, output::status(&s, *output));
         }
         Command::Token {
             command: TokenCommand::Create { service, ttl },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let resp = client
                 .create_token(pb::CreateTokenRequest {
                     service: service.clone(),
@@ -597,7 +593,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Token {
             command: TokenCommand::List { output },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let t = client
                 .list_tokens(pb::ListTokensRequest {})
                 .await?
@@ -608,7 +604,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
         Command::Token {
             command: TokenCommand::Revoke { id },
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let r = client
                 .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
                 .await?
@@ -625,7 +621,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
             once,
             output,
         } => {
-            let mut client = connect(&cli).await?;
+            let mut client = replicas::connect(&cli).await?;
             let args = top::TopArgs {
                 url: cli.control_plane.clone(),
                 request: pb::TopRequest {

@@ -359,6 +359,7 @@ fn sidecar_json(s: &pb::SidecarInfo) -> Value {
         "subscriptions": s.subscriptions,
         "sidecarVersion": s.sidecar_version,
         "certificateExpiresUnixMs": s.certificate_expires_unix_ms,
+        "replica": s.replica,
     })
 }
 
@@ -424,6 +425,11 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
                 s.service.clone(),
                 s.instance_id.clone(),
                 s.address.clone(),
+                if s.replica.is_empty() {
+                    "-".into()
+                } else {
+                    s.replica.clone()
+                },
                 age(s.connected_since_unix_ms),
                 format!("{} ({synced})", s.applied_version),
                 time_left(s.certificate_expires_unix_ms),
@@ -440,6 +446,7 @@ pub fn status(list: &[pb::SidecarInfo], format: Format) -> String {
             "SERVICE",
             "INSTANCE",
             "ADDRESS",
+            "REPLICA",
             "CONNECTED FOR",
             "APPLIED VERSION",
             "CERT EXPIRES IN",

@@ -1,6 +1,9 @@
 //! The discovery stream loop: connect, hello, apply updates with ACK/NACK,
 //! forward subscriptions and app health; on loss keep the last config and
-//! reconnect with jittered backoff; on shutdown say `Leave`.
+//! reconnect with jittered backoff, to the next control-plane replica in
+//! this sidecar's order (`failover.rs`), saying in the hello what it holds
+//! (`weft_proto::resume`) so that the replica sends only what differs; on
+//! shutdown say `Leave`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 
 use super::convert::{ConvertError, convert_update, health_to_proto};
 use super::{ConfigState, StatusCell, StreamState};
+
+use weft_proto::addresses::Candidate;
 
 use crate::backoff::Backoff;
 use crate::drain;
@@ -69,6 +74,8 @@ pub struct DiscoveryClient {
     /// Its metrics, and its inbound traffic totals, reported every second
     /// for `weftctl top`.
     pub telemetry: Arc<Telemetry>,
+    /// What it was sent and applied, merged: the digests of its next hello.
+    pub held: weft_proto::resume::Held,
 }
 
 /// How often traffic totals are reported (when they changed).
@@ -161,12 +168,42 @@ impl DiscoveryClient {
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
             certificate_expires_unix_ms: *self.identity.expiry().borrow(),
             no_app: self.member.no_app,
+            // Only a sidecar that holds a config can resume: a first
+            // connect gets a full state.
+            resume: (!self.held.is_empty()).then(|| self.held.resume()),
         }))
     }
 
+    /// One stream, to the current replica; a lost one passes the turn to
+    /// the next replica.
     async fn session(&mut self, drain: &mut drain::Watch) -> End {
+        let planes = match self.identity.control_planes() {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                return End::Lost {
+                    reason: e.to_string(),
+                    synced: false,
+                };
+            }
+        };
+        let at = tokio::select! {
+            r = planes.current() => match r {
+                Ok(at) => at,
+                Err(e) => return End::Lost { reason: e.to_string(), synced: false },
+            },
+            _ = drain.signaled() => return End::Shutdown,
+        };
+        let end = self.session_at(&at, drain).await;
+        if let End::Lost { reason, .. } = &end {
+            tracing::debug!(replica = %at, %reason, "stream to this replica ended");
+            planes.failed(&at);
+        }
+        end
+    }
+
+    async fn session_at(&mut self, at: &Candidate, drain: &mut drain::Watch) -> End {
         let lost = |reason: String| End::Lost {
-            reason,
+            reason: format!("{at}: {reason}"),
             synced: false,
         };
         let mut expiry = self.identity.expiry();
@@ -179,7 +216,7 @@ impl DiscoveryClient {
         }
         // Over TLS with the current certificate: the control plane's API
         // is not open.
-        let endpoint = match self.identity.control_plane_endpoint() {
+        let endpoint = match self.identity.control_plane_endpoint(at) {
             Ok(e) => e
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
@@ -219,7 +256,14 @@ impl DiscoveryClient {
                 m = inbound.message() => match m {
                     Ok(Some(update)) => {
                         let reply = self.apply(&update);
-                        synced |= matches!(reply.kind, Some(pb::sidecar_message::Kind::Ack(_)));
+                        let acked = matches!(reply.kind, Some(pb::sidecar_message::Kind::Ack(_)));
+                        if acked && !synced {
+                            let resumed = pb::ResumeResult::try_from(update.resumed).unwrap_or_default();
+                            tracing::info!(replica = %at, version = update.version, resumed = resumed.as_str_name(), "synced with the control plane");
+                            let replica = at.to_string();
+                            self.status.update(|s| s.replica = Some(replica));
+                        }
+                        synced |= acked;
                         if tx.send(reply).await.is_err() {
                             return End::Lost { reason: "request stream closed".into(), synced };
                         }
@@ -227,8 +271,8 @@ impl DiscoveryClient {
                             stats_tick.reset_immediately();
                         }
                     }
-                    Ok(None) => return End::Lost { reason: "closed by the control plane".into(), synced },
-                    Err(s) => return End::Lost { reason: format!("{}: {}", s.code(), s.message()), synced },
+                    Ok(None) => return End::Lost { reason: format!("{at}: closed by the control plane"), synced },
+                    Err(s) => return End::Lost { reason: format!("{at}: {}: {}", s.code(), s.message()), synced },
                 },
                 Some(name) = self.subscriptions.recv() => {
                     if self.wanted.insert(name.clone()) {
@@ -314,6 +358,7 @@ impl DiscoveryClient {
                     self.addresses.store(Arc::new(map));
                 }
                 self.state.apply(update.full, changes);
+                self.held.apply(update);
                 let table = self
                     .builder
                     .build(self.state.known.iter(), self.state.unknown.iter());

@@ -52,6 +52,8 @@ pub struct Status {
     pub has_config: bool,
     pub last_nack: Option<String>,
     pub reconnects: u64,
+    /// The control-plane replica the stream last synced with.
+    pub replica: Option<String>,
 }
 
 /// The shared [`Status`]: read by the admin endpoint, written by the
@@ -67,6 +69,7 @@ impl StatusCell {
             has_config: state == StreamState::Static,
             last_nack: None,
             reconnects: 0,
+            replica: None,
         })))
     }
 

@@ -95,6 +95,7 @@ mod tests {
             full: true,
             roots: vec![],
             addresses: None,
+            resumed: 0,
             services: vec![
                 pb::ServiceUpdate {
                     name: "a".into(),
@@ -142,6 +143,7 @@ mod tests {
             full: false,
             roots: vec![],
             addresses: None,
+            resumed: 0,
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,
@@ -171,6 +173,7 @@ mod tests {
             full: false,
             roots: vec![],
             addresses: None,
+            resumed: 0,
             services: vec![pb::ServiceUpdate {
                 name: "a".into(),
                 known: true,

@@ -30,14 +30,16 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::identity_client::IdentityClient;
 
 use crate::error::error_chain;
+use crate::failover::ControlPlanes;
+use weft_proto::addresses::Candidate;
 
 /// What the sidecar needs to join the mesh through the control plane: where
 /// it is, the join token for the first certificate, and optionally the CA
 /// to verify it with.
 #[derive(Clone)]
 pub struct IdentityConfig {
-    /// The control plane's URL (https).
-    pub control_plane: String,
+    /// The control plane's replicas, shared with the discovery stream.
+    pub control_plane: Arc<ControlPlanes>,
     /// The join token (its text), for the first certificate.
     pub token: String,
     /// The CA bundle (PEM) to verify the control plane with, instead of the
@@ -49,7 +51,7 @@ impl std::fmt::Debug for IdentityConfig {
     /// The token's secret never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityConfig")
-            .field("control_plane", &self.control_plane)
+            .field("control_plane", &self.control_plane.text())
             .field("ca_pem", &self.ca_pem.as_ref().map(String::len))
             .finish_non_exhaustive()
     }
@@ -248,15 +250,19 @@ impl Identity {
         self.expiry.subscribe()
     }
 
-    /// A TLS channel to the control plane: verified as
+    /// The control plane's replicas.
+    pub fn control_planes(&self) -> Result<&Arc<ControlPlanes>, IdentityError> {
+        self.control_plane().map(|(c, _)| &c.control_plane)
+    }
+
+    /// A TLS endpoint for one control-plane replica: verified as
     /// `spiffe://<td>/control-plane` under the mesh roots (or, before the
     /// first certificate, the CA file or the token's pinned fingerprint),
     /// presenting the current certificate when there is one.
-    pub fn control_plane_endpoint(&self) -> Result<Endpoint, IdentityError> {
+    pub fn control_plane_endpoint(&self, at: &Candidate) -> Result<Endpoint, IdentityError> {
         let (config, token) = self.control_plane()?;
-        let url = &config.control_plane;
         let unreachable = |reason: String| IdentityError::Unreachable {
-            url: url.clone(),
+            url: at.to_string(),
             reason,
         };
         let expected = SpiffeId::control_plane(&token.td);
@@ -276,7 +282,7 @@ impl Identity {
             let (chain, key) = c.pem();
             tls = tls.identity(tonic::transport::Identity::from_pem(chain, key));
         }
-        Endpoint::from_shared(url.clone())
+        Endpoint::from_shared(at.url())
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
@@ -285,17 +291,31 @@ impl Identity {
             .map_err(|e| unreachable(e.to_string()))
     }
 
-    async fn channel(&self) -> Result<Channel, IdentityError> {
-        self.control_plane_endpoint()?
-            .connect()
+    /// A channel to the first replica that answers, in this sidecar's
+    /// order from the current one; those that do not are passed over.
+    async fn channel(&self) -> Result<(Channel, Candidate), IdentityError> {
+        let planes = self.control_planes()?;
+        let order = planes
+            .in_order()
             .await
             .map_err(|e| IdentityError::Unreachable {
-                url: self
-                    .control_plane()
-                    .map(|(c, _)| c.control_plane.clone())
-                    .unwrap_or_default(),
-                reason: error_chain(&e),
-            })
+                url: planes.text(),
+                reason: e.to_string(),
+            })?;
+        let mut reasons = Vec::new();
+        for at in order {
+            match self.control_plane_endpoint(&at)?.connect().await {
+                Ok(channel) => return Ok((channel, at)),
+                Err(e) => {
+                    reasons.push(format!("{at}: {}", error_chain(&e)));
+                    planes.failed(&at);
+                }
+            }
+        }
+        Err(IdentityError::Unreachable {
+            url: planes.text(),
+            reason: reasons.join("; "),
+        })
     }
 
     /// Makes a new key and asks for a certificate: with the join token the
@@ -334,7 +354,8 @@ impl Identity {
             .serialize_request(&key)
             .map_err(|e| IdentityError::Local(e.to_string()))?;
         let renewing = self.current().is_some();
-        let mut client = IdentityClient::new(self.channel().await?);
+        let (channel, at) = self.channel().await?;
+        let mut client = IdentityClient::new(channel);
         let resp = client
             .issue(pb::IssueRequest {
                 csr: csr.der().to_vec(),
@@ -347,8 +368,10 @@ impl Identity {
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                    // The next try goes to the next replica.
+                    config.control_plane.failed(&at);
                     IdentityError::Unreachable {
-                        url: config.control_plane.clone(),
+                        url: at.to_string(),
                         reason: s.message().to_string(),
                     }
                 }

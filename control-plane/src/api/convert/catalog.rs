@@ -261,6 +261,8 @@ impl From<SidecarStatus> for pb::SidecarInfo {
             subscriptions: s.subscriptions.iter().map(Name::to_string).collect(),
             sidecar_version: s.sidecar_version,
             certificate_expires_unix_ms: s.certificate_expires_unix_ms,
+            // The admin service names its replica.
+            replica: String::new(),
         }
     }
 }

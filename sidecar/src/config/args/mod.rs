@@ -34,6 +34,9 @@ use super::{ConfigError, SidecarConfig, Timeouts};
     after_help = "Example:\n  weft-sidecar --service order-service --app 127.0.0.1:8080 \\\n    \
                   --control-plane https://127.0.0.1:15012 --token-file token \\\n    \
                   --upstream user-service=127.0.0.1:9001\n\n\
+                  Control-plane replicas on etcd (a list, or a name with several addresses):\n  \
+                  weft-sidecar --service order-service --app 127.0.0.1:8080 --token-file token \\\n    \
+                  --control-plane https://10.0.0.1:15012,https://10.0.0.2:15012,https://10.0.0.3:15012\n\n\
                   The gateway (the mesh's front door: no app, public listeners):\n  \
                   weft-sidecar --service gateway --control-plane https://127.0.0.1:15012 \\\n    \
                   --token-file gateway.token --advertise 10.0.0.9:15006 \\\n    \
@@ -406,6 +409,21 @@ mod tests {
             "--service",
         );
         fails(&["--service", "a"], "--control-plane");
+        // Every bad entry of a list is named.
+        let e = parse(&[
+            "--service",
+            "a",
+            "--control-plane",
+            "https://a:1,http://b:2,,https://c:1",
+        ])
+        .expect_err("bad list");
+        assert!(
+            e.contains("--control-plane")
+                && e.contains("\"http://b:2\": the control plane serves TLS")
+                && e.contains("\"entry 3\": empty")
+                && !e.contains("https://c:1"),
+            "{e}"
+        );
         fails(
             &[
                 "--service",

@@ -8,15 +8,23 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use weft_proto::addresses::ControlPlaneList;
 use weft_proto::identity::{JoinToken, certs_from_pem};
 use weft_proto::name::ServiceName;
 
 use crate::config::{ConfigError, Source, load_static_file};
+use crate::failover::ControlPlanes;
 use crate::identity::{CertFiles, IdentityConfig};
 
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// The control plane's gRPC URL.
+    /// The control plane's gRPC URL (https://HOST:PORT; port 15012 when
+    /// none is given). Replicas on etcd: a comma-separated list, and a host
+    /// name that resolves to several addresses counts as each of them. The
+    /// sidecar tries them in an order of its own (so that a fleet spreads
+    /// over the replicas), moves to the next when one cannot be reached or
+    /// its stream ends, with jittered backoff, and serves traffic with what
+    /// it holds meanwhile.
     #[arg(long, env = "WEFT_CONTROL_PLANE", conflicts_with = "config")]
     pub control_plane: Option<String>,
 
@@ -53,7 +61,7 @@ pub struct SourceArgs {
 /// The source the flags chose, well formed; its files not read yet.
 pub(super) enum SourceFlags {
     ControlPlane {
-        url: String,
+        list: ControlPlaneList,
         token_file: Option<PathBuf>,
         ca_file: Option<PathBuf>,
     },
@@ -67,7 +75,8 @@ impl SourceArgs {
     pub(super) fn validate(self) -> Result<SourceFlags, ConfigError> {
         match (self.control_plane, self.config) {
             (Some(url), None) => {
-                check_url(&url)?;
+                let list = ControlPlaneList::parse(&url)
+                    .map_err(|e| ConfigError::flag_says("control-plane", e.to_string()))?;
                 if let Some(which) = match (&self.cert_file, &self.key_file) {
                     (Some(_), _) => Some("cert-file"),
                     (None, Some(_)) => Some("key-file"),
@@ -80,7 +89,7 @@ impl SourceArgs {
                     ));
                 }
                 Ok(SourceFlags::ControlPlane {
-                    url,
+                    list,
                     token_file: self.token_file,
                     ca_file: self.ca_file,
                 })
@@ -99,26 +108,6 @@ impl SourceArgs {
             )),
         }
     }
-}
-
-/// The control plane serves TLS only.
-fn check_url(url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("http://") {
-        return Err(ConfigError::flag_says(
-            "control-plane",
-            format!("the control plane serves TLS: use https:// ({url:?})"),
-        ));
-    }
-    if !url.starts_with("https://") {
-        return Err(ConfigError::flag_says(
-            "control-plane",
-            format!("{url:?} must be a URL such as https://127.0.0.1:15012"),
-        ));
-    }
-    url.parse::<http::Uri>().map_err(|e| {
-        ConfigError::flag_says("control-plane", format!("{url:?} is not a URL: {e}"))
-    })?;
-    Ok(())
 }
 
 /// All three certificate files, or none.
@@ -159,11 +148,11 @@ impl SourceFlags {
     pub(super) fn read(self, service: &ServiceName) -> Result<Source, ConfigError> {
         match self {
             SourceFlags::ControlPlane {
-                url,
+                list,
                 token_file,
                 ca_file,
             } => Ok(Source::ControlPlane(IdentityConfig {
-                control_plane: url,
+                control_plane: ControlPlanes::new(list),
                 token: read_token(token_file.as_deref())?,
                 ca_pem: ca_file.as_deref().map(read_ca).transpose()?,
             })),
