@@ -38,6 +38,9 @@ pub struct Member {
     pub labels: Labels,
     /// No app behind this sidecar: it only makes calls.
     pub no_app: bool,
+    /// It intercepts its app's connections, and so needs every service's
+    /// addresses (the control plane sends them only then).
+    pub intercepts: bool,
 }
 
 /// One sidecar's discovery stream, with what it keeps current (the routing
@@ -161,6 +164,7 @@ impl DiscoveryClient {
             sidecar_version: env!("CARGO_PKG_VERSION").into(),
             certificate_expires_unix_ms: *self.identity.expiry().borrow(),
             no_app: self.member.no_app,
+            intercept: self.member.intercepts,
         }))
     }
 

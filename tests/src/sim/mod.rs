@@ -81,7 +81,10 @@ impl Default for SimConfig {
 impl SimConfig {
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.streams >= 1, "--streams must be at least 1");
-        anyhow::ensure!(self.services >= 2, "--services must be at least 2 ({HOT} and one more)");
+        anyhow::ensure!(
+            self.services >= 2,
+            "--services must be at least 2 ({HOT} and one more)"
+        );
         anyhow::ensure!(
             (1..=self.services).contains(&self.wanted),
             "--wanted must be between 1 and --services ({})",
@@ -91,7 +94,10 @@ impl SimConfig {
             self.replicas == 1 || self.replicas == 3,
             "--replicas must be 1 (embedded store) or 3 (three replicas on a three-member etcd)"
         );
-        anyhow::ensure!(self.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
+        anyhow::ensure!(
+            self.connect_concurrency >= 1,
+            "--connect-concurrency must be at least 1"
+        );
         Ok(())
     }
 }
@@ -156,7 +162,11 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
 
     // Measured changes, with churn in the background.
     let churn = tokio::spawn(churn(shared.clone(), access.clone(), cfg.clone()));
-    let before = (plane.usage()?, shared.counters.updates.load(Ordering::Relaxed), Instant::now());
+    let before = (
+        plane.usage()?,
+        shared.counters.updates.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     let mut joined = Vec::new();
     let mut missing = 0;
     let mut admin = access.admin_client().await?;
@@ -186,7 +196,11 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
             missing += cfg.streams - change.received.load(Ordering::Relaxed);
         }
     }
-    let after = (plane.usage()?, shared.counters.updates.load(Ordering::Relaxed), Instant::now());
+    let after = (
+        plane.usage()?,
+        shared.counters.updates.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     churn.abort();
 
     // A replica restarts; its streams come back with the sidecar's backoff.
@@ -201,9 +215,11 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         let ready = t.elapsed();
         let on_it: Vec<&StreamHandle> = streams.iter().filter(|s| s.spec.replica == 0).collect();
         let within = cfg.wait + Duration::from_millis(5 * cfg.streams as u64);
-        wait_for("every stream of the restarted replica to resync", within, || async {
-            on_it.iter().all(|s| s.synced_in(epoch)).then_some(())
-        })
+        wait_for(
+            "every stream of the restarted replica to resync",
+            within,
+            || async { on_it.iter().all(|s| s.synced_in(epoch)).then_some(()) },
+        )
         .await?;
         let failed = shared.counters.failed_connects.load(Ordering::Relaxed)
             + shared.counters.refused.load(Ordering::Relaxed)

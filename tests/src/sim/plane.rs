@@ -158,7 +158,8 @@ pub fn usage_of(pid: i32) -> anyhow::Result<Usage> {
         .map(|(_, r)| r)
         .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no command field"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).unwrap_or(&"0").parse::<u64>()? + f.get(12).unwrap_or(&"0").parse::<u64>()?;
+    let ticks: u64 =
+        f.get(11).unwrap_or(&"0").parse::<u64>()? + f.get(12).unwrap_or(&"0").parse::<u64>()?;
     // USER_HZ, the unit of these fields, is 100 on Linux whatever the
     // kernel's own tick rate.
     let cpu = Duration::from_millis(ticks * 10);

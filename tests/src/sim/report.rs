@@ -112,8 +112,7 @@ impl Report {
             connect_cpu: i.connected.since(&i.base).cpu,
             rss: i.connected.rss_bytes,
             rss_base: i.base.rss_bytes,
-            rss_per_stream: i.connected.rss_bytes.saturating_sub(i.base.rss_bytes)
-                / streams as u64,
+            rss_per_stream: i.connected.rss_bytes.saturating_sub(i.base.rss_bytes) / streams as u64,
             updates_per_stream_change: (n1 - n0) as f64
                 / (streams as f64 * i.cfg.changes.max(1) as f64),
             unwanted: c.unwanted.load(Ordering::Relaxed),
@@ -132,9 +131,15 @@ impl Report {
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
         let mut rows: Vec<(String, String)> = vec![
             ("streams (N)".into(), self.streams.to_string()),
-            ("services (S) / called per stream (M)".into(), format!("{} / {}", self.services, self.wanted)),
+            (
+                "services (S) / called per stream (M)".into(),
+                format!("{} / {}", self.services, self.wanted),
+            ),
             ("control-plane replicas".into(), self.replicas.to_string()),
-            ("connect + first full state, all N".into(), ms(self.connect_time)),
+            (
+                "connect + first full state, all N".into(),
+                ms(self.connect_time),
+            ),
             ("  control-plane CPU for it".into(), ms(self.connect_cpu)),
             ("measured changes".into(), self.changes.to_string()),
             ("push to each stream p50".into(), ms(self.p50)),
@@ -142,24 +147,51 @@ impl Report {
             ("push to each stream max".into(), ms(self.max)),
             ("slowest change to reach all N".into(), ms(self.slowest_all)),
             ("receipts missing".into(), self.missing.to_string()),
-            ("control-plane CPU during changes + churn".into(), format!("{:.0} %", self.cpu_share * 100.0)),
-            ("updates per stream per change".into(), format!("{:.2}", self.updates_per_stream_change)),
-            ("updates for services not called".into(), self.unwanted.to_string()),
-            ("updates carrying the address map".into(), self.address_maps.to_string()),
+            (
+                "control-plane CPU during changes + churn".into(),
+                format!("{:.0} %", self.cpu_share * 100.0),
+            ),
+            (
+                "updates per stream per change".into(),
+                format!("{:.2}", self.updates_per_stream_change),
+            ),
+            (
+                "updates for services not called".into(),
+                self.unwanted.to_string(),
+            ),
+            (
+                "updates carrying the address map".into(),
+                self.address_maps.to_string(),
+            ),
             ("bytes received, all streams".into(), mib(self.bytes)),
-            ("control-plane RSS before streams".into(), mib(self.rss_base)),
+            (
+                "control-plane RSS before streams".into(),
+                mib(self.rss_base),
+            ),
             ("control-plane RSS with N streams".into(), mib(self.rss)),
-            ("RSS per stream".into(), format!("{:.1} KiB", self.rss_per_stream as f64 / 1024.0)),
+            (
+                "RSS per stream".into(),
+                format!("{:.1} KiB", self.rss_per_stream as f64 / 1024.0),
+            ),
         ];
         if let Some(r) = &self.resync {
             rows.extend([
-                ("restart: streams on the killed replica".into(), r.streams.to_string()),
+                (
+                    "restart: streams on the killed replica".into(),
+                    r.streams.to_string(),
+                ),
                 ("restart: kill → ready".into(), ms(r.ready)),
                 ("restart: kill → all resynced".into(), ms(r.synced)),
-                ("restart: failed connects / refused streams".into(), r.failed.to_string()),
+                (
+                    "restart: failed connects / refused streams".into(),
+                    r.failed.to_string(),
+                ),
             ]);
         }
-        rows.push(("failed connects / refused, whole run".into(), format!("{} / {}", self.failed_connects, self.refused)));
+        rows.push((
+            "failed connects / refused, whole run".into(),
+            format!("{} / {}", self.failed_connects, self.refused),
+        ));
         rows.push(("whole run".into(), ms(self.total)));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();

@@ -178,7 +178,10 @@ impl Session<'_> {
         let epoch = shared.epoch.load(Ordering::Relaxed);
         shared.counters.connects.fetch_add(1, Ordering::Relaxed);
         let Some(channel) = self.connect().await else {
-            shared.counters.failed_connects.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .failed_connects
+                .fetch_add(1, Ordering::Relaxed);
             return End::Lost;
         };
         let (tx, rx) = mpsc::channel(4);
@@ -247,7 +250,12 @@ impl Session<'_> {
 
     fn hello(&self) -> pb::SidecarMessage {
         let i = self.spec.index as u32 + 1;
-        let address = format!("10.{}.{}.{}:15006", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        let address = format!(
+            "10.{}.{}.{}:15006",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
         pb::SidecarMessage {
             kind: Some(pb::sidecar_message::Kind::Hello(pb::Hello {
                 service: self.spec.service.clone(),
@@ -266,8 +274,7 @@ impl Session<'_> {
     fn observe(&mut self, u: &pb::DiscoveryUpdate) {
         let c = &self.shared.counters;
         c.updates.fetch_add(1, Ordering::Relaxed);
-        c.bytes
-            .fetch_add(u.encoded_len() as u64, Ordering::Relaxed);
+        c.bytes.fetch_add(u.encoded_len() as u64, Ordering::Relaxed);
         if u.addresses.is_some() {
             c.address_maps.fetch_add(1, Ordering::Relaxed);
         }
@@ -287,7 +294,11 @@ impl Session<'_> {
                 self.note(k as usize);
             }
             for e in &s.endpoints {
-                if let Some(k) = e.instance_id.strip_prefix("join-").and_then(|k| k.parse().ok()) {
+                if let Some(k) = e
+                    .instance_id
+                    .strip_prefix("join-")
+                    .and_then(|k| k.parse().ok())
+                {
                     self.note(k);
                 }
             }

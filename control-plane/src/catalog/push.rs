@@ -1,0 +1,112 @@
+//! What one discovery stream has been sent, and what brings its sidecar up
+//! to date: the views of the services it wants whose generation moved
+//! (built once per change and shared by every stream, see `ViewCache`),
+//! each diffed against what this stream last got; and the address map,
+//! only for a sidecar that intercepts. A change to one service costs each
+//! stream that wants it a diff, and every other stream a few generation
+//! look-ups — never a walk over the whole catalog.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Catalog, MAX_WANTED, ServiceAddresses, ServiceUpdate, ServiceView};
+use crate::resource::Name;
+
+/// One stream's side of the push: what it wants and what it was sent.
+#[derive(Debug)]
+pub struct PushState {
+    /// The sidecar's own service: only its updates carry the inbound policy.
+    own: Name,
+    /// The sidecar intercepts its app's connections: it needs every
+    /// service's addresses.
+    intercept: bool,
+    wanted: BTreeSet<Name>,
+    /// Per wanted service, the generation last looked at.
+    seen: HashMap<Name, u64>,
+    /// Per wanted service, what the sidecar was last sent (shared).
+    sent: HashMap<Name, Arc<ServiceView>>,
+    /// The address map last sent (`None` before the first push, and always
+    /// for a sidecar that does not intercept).
+    sent_addresses: Option<Arc<Vec<ServiceAddresses>>>,
+}
+
+/// What to send now.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub services: Vec<ServiceUpdate>,
+    /// The address map, when the sidecar intercepts and it changed (in
+    /// every full state).
+    pub addresses: Option<Arc<Vec<ServiceAddresses>>>,
+    /// Services added to what the stream wants (its routes' backends).
+    pub added: Vec<Name>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.addresses.is_none()
+    }
+}
+
+impl PushState {
+    /// `wanted` holds the sidecar's own service too.
+    pub fn new(own: Name, wanted: BTreeSet<Name>, intercept: bool) -> Self {
+        PushState {
+            own,
+            intercept,
+            wanted,
+            seen: HashMap::new(),
+            sent: HashMap::new(),
+            sent_addresses: None,
+        }
+    }
+
+    pub fn wanted(&self) -> &BTreeSet<Name> {
+        &self.wanted
+    }
+
+    /// More services the sidecar wants (the caller keeps within
+    /// [`MAX_WANTED`]).
+    pub fn want(&mut self, names: impl IntoIterator<Item = Name>) {
+        self.wanted.extend(names);
+    }
+}
+
+impl Catalog {
+    /// What `state`'s sidecar needs now: everything when `full`, else what
+    /// changed since it was last sent something; records it as sent.
+    pub fn pending(&self, state: &mut PushState, full: bool) -> Pending {
+        if full {
+            state.seen.clear();
+        }
+        let (views, added) = self.views_with_backends(&mut state.wanted, &state.seen, MAX_WANTED);
+        let mut out = Pending {
+            added,
+            ..Pending::default()
+        };
+        if state.intercept {
+            let map = self.shared_address_map();
+            let same = state
+                .sent_addresses
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &map) || **s == *map);
+            if full || !same {
+                out.addresses = Some(map.clone());
+            }
+            state.sent_addresses = Some(map);
+        }
+        for (name, generation, view) in views {
+            state.seen.insert(name.clone(), generation);
+            let own = name == state.own;
+            let old = state.sent.get(&name);
+            let change = match old {
+                _ if full => Some(view.full(&name, own)),
+                // Built for the same generation: nothing new.
+                Some(old) if Arc::ptr_eq(old, &view) => None,
+                old => view.diff(&name, old.map(|o| &**o), own),
+            };
+            out.services.extend(change);
+            state.sent.insert(name, view);
+        }
+        out
+    }
+}
