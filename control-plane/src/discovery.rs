@@ -100,8 +100,7 @@ impl Discovery for DiscoveryService {
         // Few updates are ever queued: the session waits for room before it
         // builds the next, and each carries everything that changed.
         let (tx, rx) = mpsc::channel(2);
-        let push = PushState::new(reg.service.clone(), wanted.clone(), hello.intercept);
-        let session = Session::open(self, reg, wanted, push, certificate_expires, tx);
+        let session = Session::open(self, reg, wanted, hello.intercept, certificate_expires, tx);
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -115,7 +114,8 @@ struct Session {
     own_service: Name,
     instance: String,
     catalog: Arc<Catalog>,
-    /// Wakes when the catalog changed.
+    /// Wakes when the catalog changed (read only by a sidecar that is
+    /// sent the address map; others wait for what they want, see `push`).
     changed: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     /// What the sidecar wants and was sent.
@@ -132,7 +132,7 @@ impl Session {
         service: &DiscoveryService,
         reg: Registration,
         wanted: BTreeSet<Name>,
-        push: PushState,
+        intercept: bool,
         certificate_expires: u64,
         tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
     ) -> Self {
@@ -140,7 +140,8 @@ impl Session {
         // Subscribed before registering, so no change after it is missed.
         let mut changed = catalog.subscribe();
         let (own_service, instance) = (reg.service.clone(), reg.instance_id.clone());
-        let stream = catalog.connect(reg, wanted, certificate_expires);
+        let stream = catalog.connect(reg, wanted.clone(), certificate_expires);
+        let push = PushState::new(stream.id(), own_service.clone(), wanted, intercept);
         tracing::info!(stream = stream.id(), service = %own_service, %instance, "sidecar connected");
         changed.borrow_and_update();
         Session {
@@ -161,6 +162,10 @@ impl Session {
         self.metrics.sidecars_connected.inc();
         let mut left = false;
         let mut ok = self.push(true).await;
+        // Woken by the services it wants; a sidecar sent the address map
+        // (every service's) by every change too.
+        let wanted_changed = self.push.changed();
+        let every = self.push.needs_every_change();
         while ok {
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -174,8 +179,11 @@ impl Session {
                         break;
                     }
                 },
-                r = self.changed.changed() => {
+                r = self.changed.changed(), if every => {
                     if r.is_err() { break; }
+                    ok = self.push(false).await;
+                }
+                _ = wanted_changed.notified() => {
                     ok = self.push(false).await;
                 }
             }

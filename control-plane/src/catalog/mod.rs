@@ -23,6 +23,7 @@ mod stats;
 mod stream;
 mod top;
 mod view;
+mod wake;
 
 pub use bounds::{MAX_REPORTED_TEXT, MAX_VERSION_TEXT, MAX_WANTED, clip};
 pub use explain::{
@@ -52,6 +53,7 @@ use persistence::Persistence;
 use resources::Resources;
 use sidecars::Sidecars;
 use view::{Generations, ViewCache};
+use wake::Wakers;
 
 /// Timing rules of the catalog.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +125,8 @@ struct Parts {
     /// that is sent it: rebuilt at most once per change, and kept (the same
     /// `Arc`) while equal, so that a stream can tell it unchanged by pointer.
     addresses: Option<(u64, Arc<Vec<ServiceAddresses>>)>,
+    /// The streams to wake per service.
+    wakers: Wakers,
 }
 
 impl Parts {
@@ -236,6 +240,7 @@ impl Catalog {
         for s in services {
             parts.generations.touch(s);
         }
+        parts.wakers.wake(services);
         let generation = parts.generations.current();
         drop(parts);
         self.changed.send_replace(generation);
@@ -321,26 +326,7 @@ impl Catalog {
         seen: &HashMap<Name, u64>,
         max: usize,
     ) -> (Vec<(Name, u64, Arc<ServiceView>)>, Vec<Name>) {
-        let mut parts = self.lock();
-        let mut views = Vec::new();
-        let mut added = Vec::new();
-        let mut queue: Vec<Name> = wanted.iter().cloned().collect();
-        while let Some(name) = queue.pop() {
-            let g = parts.generations.of(&name);
-            if seen.get(&name).is_some_and(|&s| s >= g) {
-                continue;
-            }
-            let view = parts.shared_view(&name);
-            for b in view.route_backends() {
-                if wanted.len() < max && wanted.insert(b.clone()) {
-                    added.push(b.clone());
-                    queue.push(b.clone());
-                }
-            }
-            views.push((name, g, view));
-        }
-        views.sort_by(|a, b| a.0.cmp(&b.0));
-        (views, added)
+        views_with_backends(&mut self.lock(), wanted, seen, max)
     }
 
     /// The services with registered instances (which routes may name).
@@ -479,6 +465,34 @@ impl Catalog {
             sidecars: parts.sidecars.len(),
         }
     }
+}
+
+/// See [`Catalog::views_with_backends`].
+fn views_with_backends(
+    parts: &mut Parts,
+    wanted: &mut BTreeSet<Name>,
+    seen: &HashMap<Name, u64>,
+    max: usize,
+) -> (Vec<(Name, u64, Arc<ServiceView>)>, Vec<Name>) {
+    let mut views = Vec::new();
+    let mut added = Vec::new();
+    let mut queue: Vec<Name> = wanted.iter().cloned().collect();
+    while let Some(name) = queue.pop() {
+        let g = parts.generations.of(&name);
+        if seen.get(&name).is_some_and(|&s| s >= g) {
+            continue;
+        }
+        let view = parts.shared_view(&name);
+        for b in view.route_backends() {
+            if wanted.len() < max && wanted.insert(b.clone()) {
+                added.push(b.clone());
+                queue.push(b.clone());
+            }
+        }
+        views.push((name, g, view));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    (views, added)
 }
 
 /// Every service's addresses (see [`Catalog::address_map`]).

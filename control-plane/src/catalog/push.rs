@@ -9,12 +9,20 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use super::{Catalog, MAX_WANTED, ServiceAddresses, ServiceUpdate, ServiceView};
 use crate::resource::Name;
 
 /// One stream's side of the push: what it wants and what it was sent.
 #[derive(Debug)]
 pub struct PushState {
+    /// The stream's number in the catalog.
+    stream: u64,
+    /// Woken when a wanted service changes.
+    notify: Arc<Notify>,
+    /// How many of `wanted` the catalog wakes this stream for.
+    watched: usize,
     /// The sidecar's own service: only its updates carry the inbound policy.
     own: Name,
     /// The sidecar intercepts its app's connections: it needs every
@@ -48,9 +56,13 @@ impl Pending {
 }
 
 impl PushState {
-    /// `wanted` holds the sidecar's own service too.
-    pub fn new(own: Name, wanted: BTreeSet<Name>, intercept: bool) -> Self {
+    /// For the catalog's stream `stream`; `wanted` holds the sidecar's own
+    /// service too.
+    pub fn new(stream: u64, own: Name, wanted: BTreeSet<Name>, intercept: bool) -> Self {
         PushState {
+            stream,
+            notify: Arc::new(Notify::new()),
+            watched: 0,
             own,
             intercept,
             wanted,
@@ -58,6 +70,17 @@ impl PushState {
             sent: HashMap::new(),
             sent_addresses: None,
         }
+    }
+
+    /// Resolves when a service the stream wants may have changed.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    /// Whether the stream must look at every change of the catalog (the
+    /// address map covers every service).
+    pub fn needs_every_change(&self) -> bool {
+        self.intercept
     }
 
     pub fn wanted(&self) -> &BTreeSet<Name> {
@@ -78,7 +101,19 @@ impl Catalog {
         if full {
             state.seen.clear();
         }
-        let (views, added) = self.views_with_backends(&mut state.wanted, &state.seen, MAX_WANTED);
+        let (views, added) = {
+            let mut parts = self.lock();
+            let found =
+                super::views_with_backends(&mut parts, &mut state.wanted, &state.seen, MAX_WANTED);
+            // Under the same lock as the views: a change after them wakes us.
+            if state.watched != state.wanted.len() {
+                parts
+                    .wakers
+                    .watch(state.stream, &state.notify, state.wanted.iter());
+                state.watched = state.wanted.len();
+            }
+            found
+        };
         let mut out = Pending {
             added,
             ..Pending::default()

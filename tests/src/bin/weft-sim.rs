@@ -42,6 +42,10 @@ struct Args {
     /// Skip the restart and resync measurement.
     #[arg(long)]
     no_restart: bool,
+    /// The simulated sidecars say they intercept (then each gets every
+    /// service's addresses).
+    #[arg(long)]
+    intercept: bool,
     /// Longest wait for one change to reach every stream, or for the resync.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         churn_interval: args.churn_interval,
         connect_concurrency: args.connect_concurrency,
         restart: !args.no_restart,
+        intercept: args.intercept,
         wait: args.wait,
     };
     let report = tokio::runtime::Runtime::new()?.block_on(run(cfg))?;

@@ -57,6 +57,9 @@ pub struct SimConfig {
     pub connect_concurrency: usize,
     /// Kill a replica at the end and time the resync.
     pub restart: bool,
+    /// The simulated sidecars say they intercept (and so get the address
+    /// map of every service).
+    pub intercept: bool,
     /// How long one change may take to reach every stream, and the resync.
     pub wait: Duration,
 }
@@ -73,6 +76,7 @@ impl Default for SimConfig {
             churn_interval: Duration::from_millis(500),
             connect_concurrency: 64,
             restart: true,
+            intercept: false,
             wait: Duration::from_secs(60),
         }
     }
@@ -274,6 +278,7 @@ async fn shared(plane: &Plane, access: &CpAccess, cfg: &SimConfig) -> anyhow::Re
         changes: (0..cfg.changes).map(|_| Change::default()).collect(),
         counters: Counters::default(),
         epoch: 0.into(),
+        intercept: cfg.intercept,
         // 127.0.0.0/8 is all loopback: four source addresses, four times
         // the ephemeral ports.
         sources: (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect(),

@@ -70,6 +70,8 @@ pub struct Shared {
     /// Source addresses to spread connections over (ephemeral ports are per
     /// source address).
     pub sources: Vec<IpAddr>,
+    /// Every stream says it intercepts.
+    pub intercept: bool,
 }
 
 /// Who one stream is.
@@ -265,6 +267,7 @@ impl Session<'_> {
                 upstreams: self.spec.wanted.clone(),
                 health: pb::Health::Healthy as i32,
                 sidecar_version: "weft-sim".into(),
+                intercept: self.shared.intercept,
                 ..Default::default()
             })),
         }
