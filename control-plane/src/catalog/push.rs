@@ -145,3 +145,75 @@ impl Catalog {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CatalogConfig;
+    use crate::resource::parse_documents;
+
+    fn name(s: &str) -> Name {
+        Name::parse(s).expect("a valid name")
+    }
+
+    fn service(name: &str, address: &str, timeout: &str) -> Vec<crate::resource::Resource> {
+        parse_documents(&format!(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec: {{protocol: grpc, addresses: [{address}], timeouts: {{request: {timeout}}}}}\n"
+        ))
+        .expect("a valid Service")
+    }
+
+    fn state(stream: u64, intercept: bool) -> PushState {
+        PushState::new(
+            stream,
+            name("caller"),
+            BTreeSet::from([name("caller"), name("users")]),
+            intercept,
+        )
+    }
+
+    #[test]
+    fn only_a_sidecar_that_intercepts_gets_the_address_map_and_only_when_it_changed() {
+        let c = Catalog::in_memory(CatalogConfig::default());
+        c.apply(&service("users", "10.0.0.1", "1s"));
+        c.apply(&service("other", "10.0.0.2", "1s"));
+        let (mut plain, mut intercepting) = (state(1, false), state(2, true));
+        let p = c.pending(&mut plain, true);
+        assert!(p.addresses.is_none());
+        let i = c.pending(&mut intercepting, true);
+        assert_eq!(i.addresses.as_ref().map(|a| a.len()), Some(2));
+        // A service neither calls changes its timeout: the map is the same.
+        c.apply(&service("other", "10.0.0.2", "2s"));
+        assert!(c.pending(&mut plain, false).is_empty());
+        assert!(c.pending(&mut intercepting, false).is_empty());
+        // …and its address: only the sidecar that intercepts is told.
+        c.apply(&service("other", "10.0.0.3", "2s"));
+        assert!(c.pending(&mut plain, false).is_empty());
+        let i = c.pending(&mut intercepting, false);
+        assert!(i.services.is_empty());
+        assert_eq!(
+            i.addresses.map(|a| a[0].addresses.clone()),
+            Some(vec!["10.0.0.3".parse().expect("ip")])
+        );
+    }
+
+    #[test]
+    fn a_change_is_built_once_and_shared_by_every_stream_that_wants_it() {
+        let c = Catalog::in_memory(CatalogConfig::default());
+        c.apply(&service("users", "10.0.0.1", "1s"));
+        let (mut a, mut b) = (state(1, false), state(2, false));
+        c.pending(&mut a, true);
+        c.pending(&mut b, true);
+        c.apply(&service("users", "10.0.0.1", "3s"));
+        let (pa, pb) = (c.pending(&mut a, false), c.pending(&mut b, false));
+        assert_eq!(pa.services.len(), 1);
+        assert_eq!(pa.services, pb.services);
+        assert!(Arc::ptr_eq(
+            &a.sent[&name("users")],
+            &b.sent[&name("users")]
+        ));
+        // Nothing moved since: nothing to send.
+        assert!(c.pending(&mut a, false).is_empty());
+    }
+}
