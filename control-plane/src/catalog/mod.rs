@@ -112,6 +112,9 @@ impl ServiceAddresses {
     }
 }
 
+/// A service's view as built for its generation, shared by the streams.
+pub type SharedView = (Name, u64, Arc<ServiceView>);
+
 /// The parts, under the catalog's one lock.
 #[derive(Default)]
 struct Parts {
@@ -325,7 +328,7 @@ impl Catalog {
         wanted: &mut BTreeSet<Name>,
         seen: &HashMap<Name, u64>,
         max: usize,
-    ) -> (Vec<(Name, u64, Arc<ServiceView>)>, Vec<Name>) {
+    ) -> (Vec<SharedView>, Vec<Name>) {
         views_with_backends(&mut self.lock(), wanted, seen, max)
     }
 
@@ -473,7 +476,7 @@ fn views_with_backends(
     wanted: &mut BTreeSet<Name>,
     seen: &HashMap<Name, u64>,
     max: usize,
-) -> (Vec<(Name, u64, Arc<ServiceView>)>, Vec<Name>) {
+) -> (Vec<SharedView>, Vec<Name>) {
     let mut views = Vec::new();
     let mut added = Vec::new();
     let mut queue: Vec<Name> = wanted.iter().cloned().collect();
