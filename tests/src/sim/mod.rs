@@ -342,8 +342,9 @@ async fn issue(
     Ok((out, roots))
 }
 
-/// Applies a `Service` for each of `count` services, 500 to an apply; with
-/// `timeout_ms`, every one with that request timeout.
+/// Applies a `Service` for each of `count` services, 100 to an apply (etcd
+/// takes at most 128 operations in a transaction by default, and an apply
+/// is one); with `timeout_ms`, every one with that request timeout.
 async fn apply_services(
     access: &CpAccess,
     count: usize,
@@ -351,7 +352,7 @@ async fn apply_services(
 ) -> anyhow::Result<()> {
     let mut admin = access.admin_client().await?;
     let ids: Vec<usize> = (0..count).collect();
-    for chunk in ids.chunks(500) {
+    for chunk in ids.chunks(100) {
         let yaml: String = chunk
             .iter()
             .map(|&i| service_yaml(&svc(i), timeout_ms))
