@@ -171,9 +171,12 @@ impl Admin for AdminService {
             self.count("invalid");
             return Err(Status::invalid_argument(e.to_string()));
         }
+        // By key, not a scan per resource: linear in a large catalog.
+        let by_key: std::collections::HashMap<String, &crate::resource::Resource> =
+            existing.iter().map(|x| (x.key(), x)).collect();
         let outcomes: Vec<Outcome> = resources
             .iter()
-            .map(|r| match existing.iter().find(|x| x.key() == r.key()) {
+            .map(|r| match by_key.get(&r.key()).copied() {
                 None => Outcome::Created,
                 Some(x) if x == r => Outcome::Unchanged,
                 Some(_) => Outcome::Configured,

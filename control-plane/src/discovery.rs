@@ -5,7 +5,7 @@
 //! sends only what changed, each update with a new version that the sidecar
 //! ACKs or NACKs.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +19,7 @@ use weft_proto::v1::discovery_server::Discovery;
 
 use crate::api::convert::{health_from_proto, registration_from_hello};
 use crate::catalog::{
-    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, Registration, ServiceAddresses, ServiceView,
+    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, PushState, Registration, ServiceAddresses,
     SidecarStream, clip,
 };
 use crate::metrics::Metrics;
@@ -98,8 +98,11 @@ impl Discovery for DiscoveryService {
         // A sidecar always learns its own service: its inbound policy travels there.
         wanted.insert(reg.service.clone());
         let certificate_expires = hello.certificate_expires_unix_ms;
-        let (tx, rx) = mpsc::channel(16);
-        let mut session = Session::open(self, reg, wanted, certificate_expires, tx);
+        // Few updates are ever queued: the session waits for room before it
+        // builds the next, and each carries everything that changed.
+        let (tx, rx) = mpsc::channel(2);
+        let mut session =
+            Session::open(self, reg, wanted, hello.intercept, certificate_expires, tx);
         session.resume = hello.resume.as_ref().map(Claimed::from);
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -114,20 +117,16 @@ struct Session {
     own_service: Name,
     instance: String,
     catalog: Arc<Catalog>,
-    /// Wakes when the catalog changed.
+    /// Wakes when the catalog changed (read only by a sidecar that is
+    /// sent the address map; others wait for what they want, see `push`).
     changed: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
-    wanted: BTreeSet<Name>,
-    /// Per wanted service, the generation last looked at.
-    seen: HashMap<Name, u64>,
-    /// Per wanted service, what the sidecar was last sent.
-    sent: HashMap<Name, ServiceView>,
+    /// What the sidecar wants and was sent.
+    push: PushState,
     /// Updates sent and not yet ACKed or NACKed, oldest first (bounded).
     unanswered: VecDeque<(u64, Instant)>,
     tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
     roots: Arc<Vec<Vec<u8>>>,
-    /// The address map last sent (`None` before the first push).
-    sent_addresses: Option<Vec<ServiceAddresses>>,
     /// What a reconnected sidecar holds: its first update is cut down to
     /// what differs (`resume.rs`).
     resume: Option<Claimed>,
@@ -139,6 +138,7 @@ impl Session {
         service: &DiscoveryService,
         reg: Registration,
         wanted: BTreeSet<Name>,
+        intercept: bool,
         certificate_expires: u64,
         tx: mpsc::Sender<Result<pb::DiscoveryUpdate, Status>>,
     ) -> Self {
@@ -147,6 +147,7 @@ impl Session {
         let mut changed = catalog.subscribe();
         let (own_service, instance) = (reg.service.clone(), reg.instance_id.clone());
         let stream = catalog.connect(reg, wanted.clone(), certificate_expires);
+        let push = PushState::new(stream.id(), own_service.clone(), wanted, intercept);
         tracing::info!(stream = stream.id(), service = %own_service, %instance, "sidecar connected");
         changed.borrow_and_update();
         Session {
@@ -156,13 +157,10 @@ impl Session {
             catalog,
             changed,
             metrics: service.metrics.clone(),
-            wanted,
-            seen: HashMap::new(),
-            sent: HashMap::new(),
+            push,
             unanswered: VecDeque::new(),
             tx,
             roots: service.roots.clone(),
-            sent_addresses: None,
             resume: None,
         }
     }
@@ -171,6 +169,10 @@ impl Session {
         self.metrics.sidecars_connected.inc();
         let mut left = false;
         let mut ok = self.push(true).await;
+        // Woken by the services it wants; a sidecar sent the address map
+        // (every service's) by every change too.
+        let wanted_changed = self.push.changed();
+        let every = self.push.needs_every_change();
         while ok {
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -184,8 +186,11 @@ impl Session {
                         break;
                     }
                 },
-                r = self.changed.changed() => {
+                r = self.changed.changed(), if every => {
                     if r.is_err() { break; }
+                    ok = self.push(false).await;
+                }
+                _ = wanted_changed.notified() => {
                     ok = self.push(false).await;
                 }
             }
@@ -213,13 +218,13 @@ impl Session {
             Some(Kind::Subscribe(s)) => {
                 // Names that cannot be services are dropped (no such service
                 // can ever exist), and so is anything past MAX_WANTED.
-                let room = MAX_WANTED.saturating_sub(self.wanted.len());
+                let room = MAX_WANTED.saturating_sub(self.push.wanted().len());
                 let asked = s.services.len();
                 let new: Vec<Name> = s
                     .services
                     .iter()
                     .filter_map(|x| Name::parse(x).ok())
-                    .filter(|n| !self.wanted.contains(n))
+                    .filter(|n| !self.push.wanted().contains(n))
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .take(room)
@@ -234,7 +239,7 @@ impl Session {
                 }
                 if !new.is_empty() {
                     self.stream.add_subscriptions(&new);
-                    self.wanted.extend(new);
+                    self.push.want(new);
                     if !self.push(false).await {
                         return Handled::Leave;
                     }
@@ -283,52 +288,34 @@ impl Session {
     /// Sends what changed (everything when `full`). Returns false once the
     /// sidecar is gone.
     async fn push(&mut self, full: bool) -> bool {
-        let seen = if full {
-            HashMap::new()
-        } else {
-            self.seen.clone()
+        // Room in the stream first: a sidecar that reads slowly gets one
+        // update with everything that changed meanwhile, not a queue of them.
+        let Ok(permit) = self.tx.reserve().await else {
+            return false;
         };
-        let (views, added) = self
-            .catalog
-            .views_with_backends(&mut self.wanted, &seen, MAX_WANTED);
-        if !added.is_empty() {
-            self.stream.add_subscriptions(&added);
+        let pending = self.catalog.pending(&mut self.push, full);
+        if !pending.added.is_empty() {
+            self.stream.add_subscriptions(&pending.added);
+        }
+        if !full && pending.is_empty() {
+            return true;
         }
         let mut update = pb::DiscoveryUpdate {
             version: 0,
             full,
-            services: Vec::new(),
+            services: pending
+                .services
+                .iter()
+                .map(pb::ServiceUpdate::from)
+                .collect(),
             roots: if full {
                 self.roots.as_ref().clone()
             } else {
                 Vec::new()
             },
-            addresses: None,
+            addresses: pending.addresses.map(|a| address_map_to_proto(&a)),
             resumed: pb::ResumeResult::None as i32,
         };
-        // Every service's addresses, not only the wanted ones': an
-        // intercepted connection may go anywhere.
-        let addresses = self.catalog.address_map();
-        if full || self.sent_addresses.as_ref() != Some(&addresses) {
-            update.addresses = Some(address_map_to_proto(&addresses));
-            self.sent_addresses = Some(addresses);
-        }
-        for (name, generation, view) in views {
-            self.seen.insert(name.clone(), generation);
-            let own = name == self.own_service;
-            let change = if full {
-                Some(view.full(&name, own))
-            } else {
-                view.diff(&name, self.sent.get(&name), own)
-            };
-            if let Some(u) = change {
-                update.services.push(pb::ServiceUpdate::from(&u));
-            }
-            self.sent.insert(name, view);
-        }
-        if !full && update.services.is_empty() && update.addresses.is_none() {
-            return true;
-        }
         // A resumed stream's first update is sent even when it is empty:
         // the sidecar ACKs it like any, and `weftctl status` shows it.
         if let Some(claimed) = self.resume.take().filter(|_| full) {
@@ -351,9 +338,7 @@ impl Session {
         let update_full = update.full;
         let n = update.services.len();
         let sent = Instant::now();
-        if self.tx.send(Ok(update)).await.is_err() {
-            return false;
-        }
+        permit.send(Ok(update));
         // A sidecar that never answers must not grow this without bound.
         if self.unanswered.len() >= 64 {
             self.unanswered.pop_front();

@@ -477,6 +477,7 @@ fn spawn_feed(
             protocol: cfg.protocol,
             labels: cfg.labels.clone(),
             no_app: cfg.app.is_none(),
+            intercepts: cfg.intercept.is_some(),
         },
         // A gateway routes by the routes attached to itself.
         wanted: cfg

@@ -3,7 +3,8 @@
 //! control plane and sidecars on 127.0.0.1 port 0, a test mesh CA, child processes of the
 //! real binaries, an OTLP trace receiver, and polling helpers with bounded deadlines;
 //! network namespaces as pods for the interception tests (`netns`); real
-//! etcd clusters for the HA tests (`etcd`).
+//! etcd clusters for the HA tests (`etcd`); the simulator of many sidecars
+//! (`sim`, run by `weft-sim`).
 
 pub mod ca;
 pub mod echo;
@@ -13,6 +14,7 @@ pub mod mesh;
 pub mod netns;
 pub mod otlp;
 pub mod process;
+pub mod sim;
 pub mod util;
 
 /// Generated code of `proto/echo.proto`.

@@ -15,6 +15,7 @@ mod bounds;
 mod explain;
 mod instances;
 mod persistence;
+mod push;
 mod resources;
 mod shared;
 mod sidecars;
@@ -22,6 +23,7 @@ mod stats;
 mod stream;
 mod top;
 mod view;
+mod wake;
 
 pub use bounds::{MAX_REPORTED_TEXT, MAX_VERSION_TEXT, MAX_WANTED, clip};
 pub use explain::{
@@ -29,6 +31,7 @@ pub use explain::{
 };
 pub use instances::{EjectedBy, Health, InstanceRecord, InstanceView, Registration};
 pub use persistence::InstanceStore;
+pub use push::{Pending, PushState};
 pub use sidecars::{Nack, SidecarStatus};
 pub use stats::Counters;
 pub use stream::SidecarStream;
@@ -49,7 +52,8 @@ use instances::Instances;
 use persistence::Persistence;
 use resources::Resources;
 use sidecars::Sidecars;
-use view::Generations;
+use view::{Generations, ViewCache};
+use wake::Wakers;
 
 /// Timing rules of the catalog.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +112,9 @@ impl ServiceAddresses {
     }
 }
 
+/// A service's view as built for its generation, shared by the streams.
+pub type SharedView = (Name, u64, Arc<ServiceView>);
+
 /// The parts, under the catalog's one lock.
 #[derive(Default)]
 struct Parts {
@@ -115,9 +122,28 @@ struct Parts {
     instances: Instances,
     sidecars: Sidecars,
     generations: Generations,
+    /// Views as last built, by generation (see [`ViewCache`]).
+    views: ViewCache,
+    /// The address map as of a catalog generation, shared by every stream
+    /// that is sent it: rebuilt at most once per change, and kept (the same
+    /// `Arc`) while equal, so that a stream can tell it unchanged by pointer.
+    addresses: Option<(u64, Arc<Vec<ServiceAddresses>>)>,
+    /// The streams to wake per service.
+    wakers: Wakers,
 }
 
 impl Parts {
+    /// `name`'s view, built once per change of its generation.
+    fn shared_view(&mut self, name: &Name) -> Arc<ServiceView> {
+        let g = self.generations.of(name);
+        if let Some(v) = self.views.get(name, g) {
+            return v;
+        }
+        let v = Arc::new(self.view(name));
+        self.views.put(name, g, v.clone());
+        v
+    }
+
     fn view(&self, name: &Name) -> ServiceView {
         let gateway = self.resources.gateway(name);
         let routing = view::routing(
@@ -217,6 +243,7 @@ impl Catalog {
         for s in services {
             parts.generations.touch(s);
         }
+        parts.wakers.wake(services);
         let generation = parts.generations.current();
         drop(parts);
         self.changed.send_replace(generation);
@@ -301,27 +328,8 @@ impl Catalog {
         wanted: &mut BTreeSet<Name>,
         seen: &HashMap<Name, u64>,
         max: usize,
-    ) -> (Vec<(Name, u64, ServiceView)>, Vec<Name>) {
-        let parts = self.lock();
-        let mut views = Vec::new();
-        let mut added = Vec::new();
-        let mut queue: Vec<Name> = wanted.iter().cloned().collect();
-        while let Some(name) = queue.pop() {
-            let g = parts.generations.of(&name);
-            if seen.get(&name).is_some_and(|&s| s >= g) {
-                continue;
-            }
-            let view = parts.view(&name);
-            for b in view.route_backends() {
-                if wanted.len() < max && wanted.insert(b.clone()) {
-                    added.push(b.clone());
-                    queue.push(b.clone());
-                }
-            }
-            views.push((name, g, view));
-        }
-        views.sort_by(|a, b| a.0.cmp(&b.0));
-        (views, added)
+    ) -> (Vec<SharedView>, Vec<Name>) {
+        views_with_backends(&mut self.lock(), wanted, seen, max)
     }
 
     /// The services with registered instances (which routes may name).
@@ -364,35 +372,27 @@ impl Catalog {
     /// and host names left out), for interception. Sorted, so that two
     /// equal maps compare equal.
     pub fn address_map(&self) -> Vec<ServiceAddresses> {
-        let parts = self.lock();
-        let mut map: std::collections::BTreeMap<&Name, ServiceAddresses> = Default::default();
-        for name in parts.resources.service_names() {
-            if let Some(spec) = parts.resources.service(name) {
-                let e = map
-                    .entry(name)
-                    .or_insert_with(|| ServiceAddresses::new(name));
-                e.addresses.extend(&spec.addresses);
-                e.opaque_ports.extend(&spec.opaque_ports);
-            }
+        address_map_of(&self.lock())
+    }
+
+    /// [`address_map`](Self::address_map), shared: built at most once per
+    /// catalog change however many streams ask, and the same `Arc` while
+    /// it stays equal.
+    pub fn shared_address_map(&self) -> Arc<Vec<ServiceAddresses>> {
+        let mut parts = self.lock();
+        let g = parts.generations.current();
+        if let Some((at, map)) = &parts.addresses
+            && *at == g
+        {
+            return map.clone();
         }
-        for i in parts.instances.iter().filter(|i| !i.record.no_app) {
-            if let Ok(addr) = i.record.address.parse::<std::net::SocketAddr>() {
-                let name = &i.record.service;
-                map.entry(name)
-                    .or_insert_with(|| ServiceAddresses::new(name))
-                    .addresses
-                    .push(addr.ip());
-            }
-        }
-        map.into_values()
-            .filter(|s| !s.addresses.is_empty())
-            .map(|mut s| {
-                s.addresses.sort();
-                s.addresses.dedup();
-                s.opaque_ports.sort_unstable();
-                s
-            })
-            .collect()
+        let fresh = address_map_of(&parts);
+        let map = match parts.addresses.take() {
+            Some((_, old)) if *old == fresh => old,
+            _ => Arc::new(fresh),
+        };
+        parts.addresses = Some((g, map.clone()));
+        map
     }
 
     /// Every instance, by service and id.
@@ -468,6 +468,66 @@ impl Catalog {
             sidecars: parts.sidecars.len(),
         }
     }
+}
+
+/// See [`Catalog::views_with_backends`].
+fn views_with_backends(
+    parts: &mut Parts,
+    wanted: &mut BTreeSet<Name>,
+    seen: &HashMap<Name, u64>,
+    max: usize,
+) -> (Vec<SharedView>, Vec<Name>) {
+    let mut views = Vec::new();
+    let mut added = Vec::new();
+    let mut queue: Vec<Name> = wanted.iter().cloned().collect();
+    while let Some(name) = queue.pop() {
+        let g = parts.generations.of(&name);
+        if seen.get(&name).is_some_and(|&s| s >= g) {
+            continue;
+        }
+        let view = parts.shared_view(&name);
+        for b in view.route_backends() {
+            if wanted.len() < max && wanted.insert(b.clone()) {
+                added.push(b.clone());
+                queue.push(b.clone());
+            }
+        }
+        views.push((name, g, view));
+    }
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    (views, added)
+}
+
+/// Every service's addresses (see [`Catalog::address_map`]).
+fn address_map_of(parts: &Parts) -> Vec<ServiceAddresses> {
+    let mut map: BTreeMap<&Name, ServiceAddresses> = BTreeMap::new();
+    for name in parts.resources.service_names() {
+        if let Some(spec) = parts.resources.service(name) {
+            let e = map
+                .entry(name)
+                .or_insert_with(|| ServiceAddresses::new(name));
+            e.addresses.extend(&spec.addresses);
+            e.opaque_ports.extend(&spec.opaque_ports);
+        }
+    }
+    for i in parts.instances.iter().filter(|i| !i.record.no_app) {
+        if let Ok(addr) = i.record.address.parse::<std::net::SocketAddr>() {
+            let name = &i.record.service;
+            map.entry(name)
+                .or_insert_with(|| ServiceAddresses::new(name))
+                .addresses
+                .push(addr.ip());
+        }
+    }
+    map.into_values()
+        .filter(|s| !s.addresses.is_empty())
+        .map(|mut s| {
+            s.addresses.sort();
+            s.addresses.dedup();
+            s.opaque_ports.sort_unstable();
+            s
+        })
+        .collect()
 }
 
 /// Removes expired instances until `shutdown` resolves.

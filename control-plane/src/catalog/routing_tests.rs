@@ -44,8 +44,8 @@ fn view(c: &Catalog, service: &str) -> ServiceView {
     views
         .into_iter()
         .find(|(n, _, _)| n.as_str() == service)
+        .map(|(_, _, v)| (*v).clone())
         .expect("a view")
-        .2
 }
 
 /// The generation of every service in `wanted`, as a stream would remember it.

@@ -57,6 +57,7 @@ impl Catalog {
     /// away at once, otherwise the instance waits out the grace period.
     fn disconnect(&self, stream: u64, left: bool) {
         let mut parts = self.lock();
+        parts.wakers.forget(stream);
         let Some(status) = parts.sidecars.disconnect(stream) else {
             return;
         };

@@ -11,6 +11,7 @@
 //! like any service, and so gets them, and their backends with them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use weft_proto::labels::Labels;
 use weft_proto::protocol::{InboundMode, Protocol};
@@ -279,5 +280,36 @@ impl Generations {
     /// When `service`'s view last changed (0: never).
     pub fn of(&self, service: &Name) -> u64 {
         self.by_service.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// Views built once per change and shared (behind an `Arc`) by every
+/// stream that wants them: a change to a service every sidecar calls
+/// costs one build, not one per stream, and a stream keeps what it was
+/// sent as a pointer, not a copy. A view is good while its service's
+/// generation has not moved.
+#[derive(Debug, Default)]
+pub(super) struct ViewCache {
+    by_service: HashMap<Name, (u64, Arc<ServiceView>)>,
+}
+
+impl ViewCache {
+    /// Names subscribed to but never known are cached too; sidecars may
+    /// subscribe to many (each within its bound), so the cache is emptied
+    /// when it holds this many, and refills with what is asked for.
+    const MAX: usize = 65_536;
+
+    pub fn get(&self, name: &Name, generation: u64) -> Option<Arc<ServiceView>> {
+        match self.by_service.get(name) {
+            Some((g, v)) if *g == generation => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&mut self, name: &Name, generation: u64, view: Arc<ServiceView>) {
+        if self.by_service.len() >= Self::MAX && !self.by_service.contains_key(name) {
+            self.by_service.clear();
+        }
+        self.by_service.insert(name.clone(), (generation, view));
     }
 }

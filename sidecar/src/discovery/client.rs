@@ -43,6 +43,9 @@ pub struct Member {
     pub labels: Labels,
     /// No app behind this sidecar: it only makes calls.
     pub no_app: bool,
+    /// It intercepts its app's connections, and so needs every service's
+    /// addresses (the control plane sends them only then).
+    pub intercepts: bool,
 }
 
 /// One sidecar's discovery stream, with what it keeps current (the routing
@@ -171,6 +174,7 @@ impl DiscoveryClient {
             // Only a sidecar that holds a config can resume: a first
             // connect gets a full state.
             resume: (!self.held.is_empty()).then(|| self.held.resume()),
+            intercept: self.member.intercepts,
         }))
     }
 

@@ -165,7 +165,19 @@ async fn write_instances(
         tokio::select! {
             _ = r.shutdown.clone() => return,
             w = pending.recv() => match w {
-                Some(w) => write_one(s, w).await,
+                Some(w) => {
+                    // What queued meanwhile goes with it: 10,000 sidecars
+                    // connecting are 100 transactions, not 10,000 puts in a
+                    // row (an instance joining after them waited 18 s).
+                    let mut batch = vec![w];
+                    while batch.len() < MAX_BATCH {
+                        match pending.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    write_batch(s, batch).await;
+                }
                 None => return,
             },
             changed = lease.changed() => {
@@ -196,6 +208,56 @@ async fn reconcile(s: &Shared, r: &Replication, listed: Vec<(String, i64)>) {
     }
     for record in own {
         write_one(s, InstanceWrite::Put(record)).await;
+    }
+}
+
+/// Puts per transaction: under etcd's default `--max-txn-ops` (128).
+const MAX_BATCH: usize = 100;
+
+/// Writes in their order: runs of puts of distinct keys as one transaction
+/// each, removes one at a time (each compares its key's lease).
+async fn write_batch(s: &Shared, batch: Vec<InstanceWrite>) {
+    let lease = s.lease.load(Ordering::Acquire);
+    if lease == 0 {
+        return; // written when the first lease is granted
+    }
+    let mut puts: Vec<TxnOp> = Vec::new();
+    let mut keys_in: BTreeSet<String> = BTreeSet::new();
+    for w in batch {
+        let key = match &w {
+            InstanceWrite::Put(record) => s.keys.instance(&record.instance_id),
+            InstanceWrite::Remove(_) => String::new(),
+        };
+        let flush = matches!(w, InstanceWrite::Remove(_)) || keys_in.contains(&key);
+        if flush && !puts.is_empty() {
+            put_all(s, std::mem::take(&mut puts)).await;
+            keys_in.clear();
+        }
+        match w {
+            InstanceWrite::Put(record) => {
+                let value = keys::encode_instance(&record);
+                puts.push(TxnOp::put(key.clone(), value, with_lease(lease)));
+                keys_in.insert(key);
+            }
+            remove => write_one(s, remove).await,
+        }
+    }
+    if !puts.is_empty() {
+        put_all(s, puts).await;
+    }
+}
+
+async fn put_all(s: &Shared, ops: Vec<TxnOp>) {
+    let n = ops.len();
+    let txn = Txn::new().and_then(ops);
+    let r = retrying(&s.config, "registering instances", || {
+        let (mut kv, txn) = (s.client.kv_client(), txn.clone());
+        async move { kv.txn(txn).await }
+    })
+    .await;
+    if let Err(e) = r {
+        // Put again after the next list, once etcd is back.
+        tracing::warn!(error = %e, instances = n, "could not write instances to etcd");
     }
 }
 
