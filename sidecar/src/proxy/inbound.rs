@@ -448,6 +448,22 @@ mod tests {
         addr
     }
 
+    /// `ib` served on a listener of its own: its address, and the drain
+    /// signal that keeps it serving while held.
+    async fn serve_inbound(ib: &Arc<Inbound>) -> (std::net::SocketAddr, crate::drain::Signal) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (signal, watch) = crate::drain::channel();
+        tokio::spawn(super::super::serve(
+            l,
+            super::super::Listener::Inbound(ib.clone()),
+            watch,
+        ));
+        (addr, signal)
+    }
+
     #[tokio::test]
     async fn over_the_wire_the_limit_answers_429_with_retry_after() {
         use http_body_util::BodyExt;
@@ -456,16 +472,7 @@ mod tests {
             ..limited(2, RateKey::All)
         };
         let ib = Arc::new(inbound_to(policy, Some(app().await)));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let (_signal, watch) = crate::drain::channel();
-        tokio::spawn(super::super::serve(
-            l,
-            super::super::Listener::Inbound(ib.clone()),
-            watch,
-        ));
+        let (addr, _signal) = serve_inbound(&ib).await;
         let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody>();
         let mut answers = Vec::new();
         for _ in 0..3 {
@@ -503,16 +510,7 @@ mod tests {
             ..Default::default()
         };
         let ib = Arc::new(inbound_to(policy, Some(main)));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let (_signal, watch) = crate::drain::channel();
-        tokio::spawn(super::super::serve(
-            l,
-            super::super::Listener::Inbound(ib.clone()),
-            watch,
-        ));
+        let (addr, _signal) = serve_inbound(&ib).await;
         let client = Client::builder(TokioExecutor::new()).build_http::<BoxBody>();
         let req = Request::get(format!("http://{addr}/"))
             .header(TARGET_PORT, other.port())

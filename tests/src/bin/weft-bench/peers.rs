@@ -141,21 +141,27 @@ pub async fn envoy_pair(
     let (server_in, client_in) = (port()?, port()?);
     let required = "    require_client_certificate: true\n";
     let server_tls = tls("DownstreamTlsContext", required, &files[1]);
-    let server_cfg = config(server_in, &server_tls, backend, "");
+    let (server_admin, client_admin) = (port()?, port()?);
+    let server_cfg = config(server_admin, server_in, &server_tls, backend, "");
     let client_tls = tls("UpstreamTlsContext", "", &files[0]);
-    let client_cfg = config(client_in, "", server_in, &client_tls);
-    let server = start_envoy(envoy, dir, "server", &server_cfg).await?;
-    let client = start_envoy(envoy, dir, "client", &client_cfg).await?;
+    let client_cfg = config(client_admin, client_in, "", server_in, &client_tls);
+    let server = start_envoy(envoy, dir, "server", &server_cfg, server_admin).await?;
+    let client = start_envoy(envoy, dir, "client", &client_cfg, client_admin).await?;
     Ok((client, server, client_in))
 }
 
 /// A bootstrap: one HTTP/2 listener on `listen` (with `listener_tls`
 /// under its filter chain) routing everything to one HTTP/2 cluster at
-/// `to` (with `cluster_tls`). The admin port comes first, for readiness.
-fn config(listen: SocketAddr, listener_tls: &str, to: SocketAddr, cluster_tls: &str) -> String {
-    let admin = free_port().unwrap_or(0);
+/// `to` (with `cluster_tls`), and the admin interface on `admin`.
+fn config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    listener_tls: &str,
+    to: SocketAddr,
+    cluster_tls: &str,
+) -> String {
     format!(
-        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {aport}}}}}}}
 static_resources:
   listeners:
   - name: in
@@ -183,6 +189,7 @@ static_resources:
       cluster_name: to
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {tport}}}}}}}}}]}}]
 {cluster_tls}"#,
+        aport = admin.port(),
         lport = listen.port(),
         tport = to.port(),
         listener_tls = indent(listener_tls, 6),
@@ -196,14 +203,14 @@ fn indent(yaml: &str, n: usize) -> String {
     yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
-async fn start_envoy(envoy: &Path, dir: &Path, side: &str, cfg: &str) -> anyhow::Result<Proc> {
+async fn start_envoy(
+    envoy: &Path,
+    dir: &Path,
+    side: &str,
+    cfg: &str,
+    admin: SocketAddr,
+) -> anyhow::Result<Proc> {
     let file = write_temp(dir, &format!("envoy-{side}.yaml"), cfg)?;
-    let admin: u16 = cfg
-        .lines()
-        .next()
-        .and_then(|l| l.split("port_value: ").nth(1))
-        .and_then(|p| p.trim_end_matches('}').parse().ok())
-        .context("the admin port of the Envoy config")?;
     let args: Vec<String> = [
         "-c",
         &file.display().to_string(),
@@ -218,7 +225,6 @@ async fn start_envoy(envoy: &Path, dir: &Path, side: &str, cfg: &str) -> anyhow:
     .collect();
     let mut p = Proc::spawn_program(envoy, &args)
         .with_context(|| format!("starting {}", envoy.display()))?;
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
     p.wait_ready(&format!("the {side}-side Envoy"), admin)
         .await?;
     Ok(p)
