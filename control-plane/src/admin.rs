@@ -86,8 +86,14 @@ impl AdminService {
 
 /// The one place store errors become statuses: etcd out of reach is
 /// UNAVAILABLE (retry later), a concurrent apply on another replica is
-/// ABORTED (retry now), anything else INTERNAL.
+/// ABORTED (retry now), a change larger than etcd takes at once
+/// INVALID_ARGUMENT (make it smaller), anything else INTERNAL.
 fn store_status(e: StoreError) -> Status {
+    if e.is_too_big() {
+        // The caller's to mend, not the store's.
+        tracing::info!(error = %e, "change refused by the store");
+        return Status::invalid_argument(e.to_string());
+    }
     tracing::error!(error = %e, "store error");
     if e.is_unavailable() {
         Status::unavailable(e.to_string())
@@ -117,6 +123,8 @@ impl AdminService {
             "unavailable"
         } else if e.is_conflict() {
             "conflict"
+        } else if e.is_too_big() {
+            "invalid"
         } else {
             "error"
         });

@@ -44,11 +44,18 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     token: String,
     dir: tempfile::TempDir,
+    /// More flags for every member.
+    extra: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster has a leader.
     pub async fn start(binary: PathBuf, n: usize) -> anyhow::Result<Self> {
+        Self::start_with(binary, n, &[]).await
+    }
+
+    /// The same, every member with `extra` flags (its limits, say).
+    pub async fn start_with(binary: PathBuf, n: usize, extra: &[&str]) -> anyhow::Result<Self> {
         let members = (0..n)
             .map(|i| {
                 Ok(Member {
@@ -64,6 +71,7 @@ impl EtcdCluster {
             members,
             token: format!("weft-test-{}-{}", std::process::id(), free_port()?),
             dir: tempfile::tempdir()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -116,6 +124,7 @@ impl EtcdCluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.extra.iter().cloned())
         .collect();
         let proc = Proc::spawn_program(&self.binary, &args)?;
         self.members[i].proc = Some(proc);

@@ -8,6 +8,9 @@
 //!   that re-registered on another replica stays, never absent;
 //! - one replica is elected to sweep, and another takes over when it dies;
 //! - two replicas cannot interleave applies (the store's compare);
+//! - an apply larger than one etcd transaction (in operations or bytes)
+//!   is refused whole, naming the limit (whether this replica or etcd
+//!   found it);
 //! - with one etcd member of three down nothing is noticed; with all down
 //!   traffic flows, writes are refused naming etcd, and accepted again
 //!   (reaching the sidecars) when etcd is back;
@@ -52,11 +55,16 @@ struct Ha {
 impl Ha {
     /// `None`: etcd is not installed and CI is not set (said loudly).
     async fn start(members: usize) -> anyhow::Result<Option<Self>> {
+        Self::start_with(members, &[]).await
+    }
+
+    /// The same, every etcd member with `etcd_flags`.
+    async fn start_with(members: usize, etcd_flags: &[&str]) -> anyhow::Result<Option<Self>> {
         init_logs();
         let Some(binary) = etcd::binary()? else {
             return Ok(None);
         };
-        let etcd = EtcdCluster::start(binary, members).await?;
+        let etcd = EtcdCluster::start_with(binary, members, etcd_flags).await?;
         let dir = tempfile::tempdir()?;
         let ca_dir = dir.path().join("ca");
         std::fs::create_dir_all(&ca_dir)?;
@@ -391,6 +399,111 @@ async fn two_replicas_cannot_interleave_applies() -> anyhow::Result<()> {
     assert_eq!(reloaded.load().await?.resources, v1);
     reloaded.apply(&v2, reloaded.revision()).await?;
     assert_eq!(open().await?.load().await?.resources, v2);
+    Ok(())
+}
+
+/// `n` Services named `svc-000`… in one YAML stream.
+fn many_services(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: svc-{i:03}}}\nspec: {{protocol: grpc}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// How many `svc-…` services `weftctl get services` lists.
+fn services_listed(cp: &ControlPlaneProc) -> anyhow::Result<usize> {
+    let (code, out, err) = weftctl(cp, &["get", "services"], None)?;
+    anyhow::ensure!(code == 0, "weftctl get services: {err}");
+    Ok(out.lines().filter(|l| l.starts_with("svc-")).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_larger_than_one_etcd_transaction_is_refused_whole_naming_the_limit()
+-> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    // etcd runs with its default --max-txn-ops (128). Replica a knows it;
+    // b was told etcd takes more than it does.
+    let a = ha.replica("a").await?;
+    let b = ha
+        .replica_with("b", &["--etcd-max-txn-ops", "1000"])
+        .await?;
+
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(200)))?;
+    assert_ne!(code, 0, "200 resources in one apply on etcd");
+    for said in [
+        "200 resources",
+        "201 operations",
+        "at most 128",
+        "at most 127 resources",
+        "--max-txn-ops",
+        "--etcd-max-txn-ops",
+        "Nothing was applied",
+    ] {
+        assert!(err.contains(said), "the refusal says {said:?}: {err}");
+    }
+    assert_eq!(
+        counter(
+            &a,
+            "weft_control_plane_applies_total",
+            &[("outcome", "invalid")]
+        )
+        .await,
+        1.0,
+        "counted as the caller's to mend"
+    );
+    // Refused by etcd itself, the error is as clear.
+    let (code, _, err) = weftctl(&b, &["apply", "-f", "-"], Some(&many_services(200)))?;
+    assert_ne!(code, 0, "etcd refuses 201 operations");
+    for said in [
+        "200 resources",
+        "etcd refused it as too many",
+        "(1000)",
+        "Nothing was applied",
+    ] {
+        assert!(err.contains(said), "the refusal says {said:?}: {err}");
+    }
+    assert_eq!(services_listed(&a)?, 0, "nothing of the refused applies");
+    assert_eq!(services_listed(&b)?, 0, "nothing of the refused applies");
+
+    // The largest apply etcd takes goes through whole, on both replicas.
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(127)))?;
+    assert_eq!(code, 0, "127 resources and the revision make 128: {err}");
+    assert_eq!(services_listed(&a)?, 127);
+    wait_for("the apply on b", Duration::from_secs(10), || async {
+        (services_listed(&b).ok()? == 127).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_larger_than_etcd_takes_in_bytes_is_refused_whole() -> anyhow::Result<()> {
+    // etcd with a small request limit: 40 services (~4 KiB) are over it,
+    // well under the operations limit.
+    let Some(ha) = Ha::start_with(1, &["--max-request-bytes", "2048"]).await? else {
+        return Ok(());
+    };
+    let a = ha.replica("a").await?;
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(40)))?;
+    assert_ne!(code, 0, "an apply over etcd's --max-request-bytes");
+    for said in [
+        "40 resources",
+        "bytes)",
+        "--max-request-bytes",
+        "Nothing was applied",
+    ] {
+        assert!(err.contains(said), "the refusal says {said:?}: {err}");
+    }
+    assert_eq!(services_listed(&a)?, 0, "nothing of the refused apply");
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(5)))?;
+    assert_eq!(code, 0, "a small apply still goes through: {err}");
+    assert_eq!(services_listed(&a)?, 5);
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weft_proto::duration::parse_duration;
 
-use super::{EtcdTls, KEY_PREFIX, StoreConfig, StoreConfigError};
+use super::{DEFAULT_MAX_TXN_OPS, EtcdTls, KEY_PREFIX, StoreConfig, StoreConfigError};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
@@ -32,6 +32,11 @@ pub struct StoreArgs {
     /// that reconnects to another replica within it keeps its place).
     #[arg(long, env = "WEFT_ETCD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub etcd_lease_ttl: Duration,
+    /// The etcd members' --max-txn-ops. An apply is one transaction, so it
+    /// holds at most one resource fewer; a larger one is refused whole,
+    /// naming this limit. Raise it only with the members' own.
+    #[arg(long, env = "WEFT_ETCD_MAX_TXN_OPS", default_value_t = DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
 }
 
 impl StoreArgs {
@@ -53,6 +58,10 @@ impl StoreArgs {
                 });
                 etcd.prefix = self.etcd_prefix.clone();
                 etcd.lease_ttl = self.etcd_lease_ttl;
+                if self.etcd_max_txn_ops < 2 {
+                    return Err(StoreConfigError::MaxTxnOps);
+                }
+                etcd.max_txn_ops = self.etcd_max_txn_ops;
             }
             StoreConfig::Embedded if self.etcd_ca.is_some() => {
                 return Err(StoreConfigError::EtcdFlags);
@@ -60,5 +69,42 @@ impl StoreArgs {
             StoreConfig::Embedded => {}
         }
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<StoreConfig, StoreConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("cp").chain(args.iter().copied()))
+            .expect("flags parse");
+        cli.store.config(true)
+    }
+
+    #[test]
+    fn etcd_limits_are_checked_and_kept() {
+        let etcd = ["--store", "etcd://127.0.0.1:2379"];
+        let Ok(StoreConfig::Etcd(c)) = config(&etcd) else {
+            panic!("etcd store");
+        };
+        assert_eq!(c.max_txn_ops, DEFAULT_MAX_TXN_OPS);
+        let raised = [&etcd[..], &["--etcd-max-txn-ops", "1000"]].concat();
+        let Ok(StoreConfig::Etcd(c)) = config(&raised) else {
+            panic!("etcd store");
+        };
+        assert_eq!(c.max_txn_ops, 1000);
+        let one = [&etcd[..], &["--etcd-max-txn-ops", "1"]].concat();
+        assert_eq!(config(&one), Err(StoreConfigError::MaxTxnOps));
+        let short = [&etcd[..], &["--etcd-lease-ttl", "500ms"]].concat();
+        assert_eq!(config(&short), Err(StoreConfigError::LeaseTtl));
     }
 }

@@ -24,7 +24,9 @@ use crate::catalog::{Catalog, InstanceRecord, InstanceStore};
 use crate::resource::{Kind, Name, Resource};
 
 pub use embedded::{EmbeddedError, EmbeddedStore, FILE_NAME};
-pub use etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls, KEY_PREFIX};
+pub use etcd::{
+    DEFAULT_MAX_TXN_OPS, EtcdConfig, EtcdError, EtcdStore, EtcdTls, KEY_PREFIX, OpsLimit,
+};
 pub use flags::StoreArgs;
 
 /// Which store a control plane runs on (`--store`).
@@ -75,6 +77,8 @@ pub enum StoreConfigError {
     SharedCa,
     #[error("--etcd-lease-ttl must be at least 1s (etcd counts leases in whole seconds)")]
     LeaseTtl,
+    #[error("--etcd-max-txn-ops must be at least 2 (an apply is its resources and one more put)")]
+    MaxTxnOps,
     #[error("--etcd-ca/--etcd-cert/--etcd-key are for --store etcd://…")]
     EtcdFlags,
 }
@@ -102,6 +106,12 @@ impl StoreError {
     /// apply against them: retryable, the request itself was fine.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Etcd(EtcdError::Conflict))
+    }
+
+    /// The change is more than the store takes at once: the request has
+    /// to be made smaller (or the store's limit raised).
+    pub fn is_too_big(&self) -> bool {
+        matches!(self, StoreError::Etcd(e) if e.is_too_big())
     }
 }
 

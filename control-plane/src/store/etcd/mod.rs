@@ -37,6 +37,9 @@ use keys::{Entry, Keys};
 /// The default key prefix: every key of one mesh lives under it.
 pub const KEY_PREFIX: &str = "/weft/";
 
+/// etcd's own default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
 /// Client certificates for etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTls {
@@ -59,6 +62,10 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// How often the elected replica sweeps.
     pub sweep_interval: Duration,
+    /// The most operations etcd takes in one transaction (its members'
+    /// `--max-txn-ops`). An apply is one transaction, so it holds at most
+    /// one resource fewer (the resources' revision is the last put).
+    pub max_txn_ops: usize,
 }
 
 impl EtcdConfig {
@@ -70,6 +77,7 @@ impl EtcdConfig {
             lease_ttl: Duration::from_secs(10),
             request_timeout: super::DEFAULT_REQUEST_TIMEOUT,
             sweep_interval: Duration::from_secs(5),
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
         }
     }
 
@@ -106,13 +114,56 @@ pub enum EtcdError {
         "the resources changed on another control-plane replica while this request was checked against them; try again"
     )]
     Conflict,
+    #[error(
+        "an apply of {resources} resources is one etcd transaction of {} operations, and {limit}. Apply fewer resources at a time, or raise --max-txn-ops on every etcd member and --etcd-max-txn-ops on every replica to match. Nothing was applied",
+        resources + 1
+    )]
+    TooManyOps { resources: usize, limit: OpsLimit },
+    #[error(
+        "an apply of {resources} resources ({bytes} bytes) is larger than etcd takes in one request (its --max-request-bytes, 1.5 MiB unless raised): apply fewer resources at a time, or raise --max-request-bytes on every etcd member. Nothing was applied"
+    )]
+    TooLarge { resources: usize, bytes: usize },
     #[error(transparent)]
     BadValue(#[from] keys::BadValue),
+}
+
+/// Which limit an apply of too many resources ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsLimit {
+    /// This replica's `--etcd-max-txn-ops`, checked before sending.
+    Configured(usize),
+    /// etcd's, lower than this replica was told (`--etcd-max-txn-ops`).
+    Etcd { configured: usize },
+}
+
+impl std::fmt::Display for OpsLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpsLimit::Configured(max) => write!(
+                f,
+                "etcd takes at most {max} (--etcd-max-txn-ops, which must match the members' --max-txn-ops; etcd's default is {DEFAULT_MAX_TXN_OPS}), so at most {} resources",
+                max - 1
+            ),
+            OpsLimit::Etcd { configured } => write!(
+                f,
+                "etcd refused it as too many: the members' --max-txn-ops is lower than this replica's --etcd-max-txn-ops ({configured})"
+            ),
+        }
+    }
 }
 
 impl EtcdError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, EtcdError::Unavailable { .. })
+    }
+
+    /// The request is more than etcd takes, however often it is retried:
+    /// the caller has to change it.
+    pub fn is_too_big(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::TooManyOps { .. } | EtcdError::TooLarge { .. }
+        )
     }
 }
 
@@ -337,6 +388,12 @@ fn transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// What etcd says when a transaction holds more than its `--max-txn-ops`.
+const TOO_MANY_OPS: &str = "too many operations in txn request";
+/// What etcd (or its gRPC server, further over the limit) says when a
+/// request is over its `--max-request-bytes`.
+const TOO_LARGE: [&str; 2] = ["request is too large", "larger than max"];
+
 /// 16 random hex digits.
 fn random_mark() -> Vec<u8> {
     let mut b = [0u8; 8];
@@ -404,11 +461,45 @@ impl Store for EtcdStore {
     }
 
     async fn apply(&self, resources: &[Resource], seen: Revision) -> Result<(), StoreError> {
-        let ops = resources
-            .iter()
-            .map(|r| TxnOp::put(self.keys.resource(r), keys::encode_resource(r), None))
-            .collect();
-        Ok(self.write_resources(ops, seen).await?)
+        // An apply is all or nothing, so it cannot be split over several
+        // transactions: one too big for etcd is refused whole, and said so
+        // before etcd has to.
+        let n = resources.len();
+        if n + 1 > self.config.max_txn_ops {
+            return Err(EtcdError::TooManyOps {
+                resources: n,
+                limit: OpsLimit::Configured(self.config.max_txn_ops),
+            }
+            .into());
+        }
+        let (mut ops, mut bytes) = (Vec::with_capacity(n + 1), 0);
+        for r in resources {
+            let (key, value) = (self.keys.resource(r), keys::encode_resource(r));
+            bytes += key.len() + value.len();
+            ops.push(TxnOp::put(key, value, None));
+        }
+        self.write_resources(ops, seen).await.map_err(|e| {
+            match &e {
+                EtcdError::Refused { reason, .. } if reason.contains(TOO_MANY_OPS) => {
+                    EtcdError::TooManyOps {
+                        resources: n,
+                        limit: OpsLimit::Etcd {
+                            configured: self.config.max_txn_ops,
+                        },
+                    }
+                }
+                EtcdError::Refused { reason, .. }
+                    if TOO_LARGE.iter().any(|t| reason.contains(t)) =>
+                {
+                    EtcdError::TooLarge {
+                        resources: n,
+                        bytes,
+                    }
+                }
+                _ => e,
+            }
+            .into()
+        })
     }
 
     async fn delete(&self, kind: Kind, name: &Name, seen: Revision) -> Result<bool, StoreError> {
