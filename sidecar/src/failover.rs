@@ -8,8 +8,19 @@
 //! other. Past the last address, the list is resolved again (a name's
 //! addresses may have changed) and the order starts over; the callers
 //! wait with their jittered backoff between tries.
+//!
+//! Rebalancing: a sidecar that moved down its order (its first choice
+//! died) checks now and then (`--control-plane-rebalance`, jittered so a
+//! fleet does not return at once) whether a replica it prefers answers
+//! again, and returns to it. Without this, a replica that restarts stays
+//! empty while the others carry its share until they fail in turn; Consul's
+//! clients rebalance their servers the same way. The move is cheap: the
+//! sidecar resumes with what it holds, and its instance stays in the
+//! catalog throughout (the new replica takes the registration over).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use weft_proto::addresses::{Candidate, ControlPlaneList, preference_order};
 
@@ -24,8 +35,15 @@ pub struct NoAddress {
 pub struct ControlPlanes {
     list: ControlPlaneList,
     seed: u64,
+    /// How often a sidecar away from its first choice looks for a replica
+    /// it prefers; `None`: it stays where it is.
+    rebalance: Option<Duration>,
     round: Mutex<Round>,
 }
+
+/// `--control-plane-rebalance`'s default: a restarted replica gets its
+/// sidecars back within about a minute, spread over that minute.
+pub const DEFAULT_REBALANCE: Duration = Duration::from_secs(60);
 
 /// One pass over the resolved addresses.
 #[derive(Default)]
@@ -44,16 +62,22 @@ impl std::fmt::Debug for ControlPlanes {
 
 impl ControlPlanes {
     /// With a random seed: this sidecar's own order.
-    pub fn new(list: ControlPlaneList) -> Arc<Self> {
-        Self::with_seed(list, crate::rand::next_u64())
+    pub fn new(list: ControlPlaneList, rebalance: Option<Duration>) -> Arc<Self> {
+        Self::with_seed(list, crate::rand::next_u64(), rebalance)
     }
 
-    pub fn with_seed(list: ControlPlaneList, seed: u64) -> Arc<Self> {
+    pub fn with_seed(list: ControlPlaneList, seed: u64, rebalance: Option<Duration>) -> Arc<Self> {
         Arc::new(ControlPlanes {
             list,
             seed,
+            rebalance,
             round: Mutex::new(Round::default()),
         })
+    }
+
+    /// How often it looks for a preferred replica (`None`: never).
+    pub fn rebalance(&self) -> Option<Duration> {
+        self.rebalance
     }
 
     /// The list as given.
@@ -118,11 +142,52 @@ impl ControlPlanes {
             }
         }
     }
+
+    /// Returns once a replica this sidecar prefers to `at` answers
+    /// `probe`, looking every rebalance interval (jittered in [½, 1½] of
+    /// it). Pending forever when `at` is its first choice (or rebalancing
+    /// is off), so a session can always wait on it.
+    pub async fn preferred_again<F, Fut>(&self, at: &Candidate, mut probe: F) -> Candidate
+    where
+        F: FnMut(Candidate) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let Some(every) = self.rebalance else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(every.mul_f64(0.5 + crate::rand::unit())).await;
+            let earlier = {
+                let r = self.round();
+                match r.order.iter().position(|c| c == at) {
+                    Some(i) => r.order[..i].to_vec(),
+                    None => Vec::new(),
+                }
+            };
+            if earlier.is_empty() {
+                return std::future::pending().await;
+            }
+            for c in earlier {
+                if probe(c.clone()).await {
+                    return c;
+                }
+            }
+        }
+    }
+
+    /// Makes `to` the current address (a preferred replica that answers
+    /// again), so that the stream and the renewals both go there.
+    pub fn move_to(&self, to: &Candidate) {
+        let mut r = self.round();
+        if let Some(i) = r.order.iter().position(|c| c == to) {
+            r.at = i;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::backoff::Backoff;
@@ -132,7 +197,7 @@ mod tests {
             "https://127.0.0.1:1001,https://127.0.0.2:1002,https://127.0.0.3:1003",
         )
         .expect("valid");
-        ControlPlanes::with_seed(list, seed)
+        ControlPlanes::with_seed(list, seed, Some(Duration::from_secs(60)))
     }
 
     #[tokio::test]
@@ -197,5 +262,41 @@ mod tests {
             let d = (100u128 << i).min(5_000);
             assert!(*gap >= d / 2 && *gap <= d, "gap {i}: {gap} ms, d = {d}");
         }
+    }
+
+    /// After failing over, the sidecar looks for its first choice once per
+    /// jittered interval, and returns only when it answers; on its first
+    /// choice it never looks.
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_returns_to_its_first_choice_once_it_answers_again() {
+        let cps = planes(11);
+        let order = cps.in_order().await.expect("resolved");
+        cps.failed(&order[0]);
+        let at = cps.current().await.expect("one");
+        assert_eq!(at, order[1]);
+        let probes = AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        let back = cps
+            .preferred_again(&at, |c| {
+                assert_eq!(c, order[0], "only a preferred replica is probed");
+                // Down for the first two looks.
+                let n = probes.fetch_add(1, Ordering::Relaxed);
+                async move { n >= 2 }
+            })
+            .await;
+        assert_eq!(back, order[0]);
+        assert_eq!(probes.load(Ordering::Relaxed), 3);
+        // Three jittered intervals of 60 s: each in [30 s, 90 s].
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(90) && waited <= Duration::from_secs(270),
+            "{waited:?}"
+        );
+        cps.move_to(&back);
+        assert_eq!(cps.current().await.expect("one"), order[0]);
+        // On its first choice, nothing is probed, ever.
+        let idle = cps.preferred_again(&order[0], |_| async { panic!("probed") });
+        let r = tokio::time::timeout(Duration::from_secs(3600), idle).await;
+        assert!(r.is_err(), "on the first choice it stays");
     }
 }

@@ -321,6 +321,7 @@ impl SidecarSpec {
             join.control_plane = weft_sidecar::failover::ControlPlanes::with_seed(
                 join.control_plane.list().clone(),
                 seed,
+                join.control_plane.rebalance(),
             );
         }
         let listeners = Listeners::bind(&config).await?;

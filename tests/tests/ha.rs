@@ -20,7 +20,9 @@
 //!   server's instance is never absent from the caller's view or the
 //!   catalog, both move to another replica (given all three addresses),
 //!   `weftctl status` shows them there within 5 s, and their streams
-//!   resume unchanged (nothing resent).
+//!   resume unchanged (nothing resent);
+//! - a sidecar whose first-choice replica died returns to it when it is
+//!   back, under load, without a failed call or a gap in the catalog.
 //!
 //! Under `CI=true` a missing etcd binary fails these tests.
 
@@ -88,6 +90,17 @@ impl Ha {
 
     /// The same with more flags.
     async fn replica_with(&self, name: &str, extra: &[&str]) -> anyhow::Result<ControlPlaneProc> {
+        self.replica_at(name, (free_port()?, free_port()?), extra)
+            .await
+    }
+
+    /// The same on given ports (gRPC, admin): a replica back where it was.
+    async fn replica_at(
+        &self,
+        name: &str,
+        (grpc, admin): (u16, u16),
+        extra: &[&str],
+    ) -> anyhow::Result<ControlPlaneProc> {
         let data = self.dir.path().join(name);
         std::fs::create_dir_all(&data)?;
         let first = self.dir.path().join("a").join(CREDENTIAL_FILE);
@@ -114,7 +127,7 @@ impl Ha {
             name,
         ];
         flags.extend_from_slice(extra);
-        ControlPlaneProc::start(free_port()?, free_port()?, &data, &flags).await
+        ControlPlaneProc::start(grpc, admin, &data, &flags).await
     }
 }
 
@@ -1017,5 +1030,102 @@ async fn a_sidecar_renews_its_certificate_through_another_replica() -> anyhow::R
         sidecar.config().await?["controlPlane"]["replica"],
         serde_json::json!(b.url())
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_returns_to_its_first_choice_replica_when_it_is_back() -> anyhow::Result<()> {
+    let Some(ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    let mut a = ha.replica("a").await?;
+    let b = ha.replica("b").await?;
+    let all = vec![a.url(), b.url()];
+    let echo = start_echo("e1").await?;
+    let server = SidecarSpec::new("echo")
+        .access_any(&a.access()?, &all)
+        .seed(seed_preferring(&[&a, &b], &a)?)
+        .app(echo.addr)
+        .arg("--instance-id", "echo-1")
+        .arg("--control-plane-rebalance", "500ms")
+        .start()
+        .await?;
+    // The caller stays on b throughout: it sees the move from outside.
+    let caller = SidecarSpec::new("caller")
+        .access_any(&a.access()?, &all)
+        .seed(seed_preferring(&[&a, &b], &b)?)
+        .upstream("echo")
+        .start()
+        .await?;
+    caller
+        .wait_endpoints("echo", "the echo instance on the caller", |e| e.len() == 1)
+        .await?;
+    let replica = || async {
+        let c = server.config().await.ok()?;
+        c["controlPlane"]["replica"].as_str().map(str::to_string)
+    };
+    assert_eq!(replica().await, Some(a.url()), "the seed's first choice");
+
+    let ports = (a.grpc.port(), a.admin.port());
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait(Duration::from_secs(10))?;
+    wait_for(
+        "the server's sidecar on b",
+        Duration::from_secs(10),
+        || async { (replica().await? == b.url()).then_some(()) },
+    )
+    .await?;
+
+    // ~300 calls a second while a comes back and the sidecar returns to it.
+    let traffic = tokio::spawn(load(caller.upstream("echo"), 300, Duration::from_secs(6)));
+    let a = ha.replica_at("a", ports, &[]).await?;
+    let back = tokio::time::Instant::now();
+    let mut looks = 0;
+    loop {
+        let endpoints = caller.endpoints("echo").await?;
+        assert!(
+            endpoints.iter().any(|(id, _)| id == "echo-1"),
+            "echo-1 absent from the caller's view: {endpoints:?}"
+        );
+        for r in [&a, &b] {
+            assert!(
+                instance_ids(r).await?.contains(&"echo-1".to_string()),
+                "echo-1 absent from {}'s catalog",
+                r.url()
+            );
+        }
+        looks += 1;
+        if replica().await == Some(a.url()) {
+            break;
+        }
+        // Probes every 250 ms to 750 ms, from once the stream on b synced.
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(10),
+            "the sidecar did not return to a within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling interval
+    }
+    assert!(looks > 1, "the return was watched, not assumed");
+    let m = server.metrics().await?;
+    assert_eq!(
+        metric(&m, "weft_control_plane_rebalances_total", &[]),
+        Some(1.0),
+        "one return"
+    );
+    let seen = traffic.await??;
+    assert_eq!(seen.failed, 0, "failed calls: {seen:?}");
+    assert!(seen.ok >= 300, "too little load to mean anything: {seen:?}");
+    // a resumed it from what it held: nothing resent.
+    assert!(
+        counter(
+            &a,
+            "weft_control_plane_resumes_total",
+            &[("result", "unchanged")]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(replicas_of(&all, &ha, "echo"), Some(vec!["a".to_string()]));
+    calls(&caller, 5).await?;
     Ok(())
 }

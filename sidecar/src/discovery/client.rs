@@ -2,8 +2,9 @@
 //! forward subscriptions and app health; on loss keep the last config and
 //! reconnect with jittered backoff, to the next control-plane replica in
 //! this sidecar's order (`failover.rs`), saying in the hello what it holds
-//! (`weft_proto::resume`) so that the replica sends only what differs; on
-//! shutdown say `Leave`.
+//! (`weft_proto::resume`) so that the replica sends only what differs;
+//! move back to a preferred replica once it answers again; on shutdown
+//! say `Leave`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,10 +22,14 @@ use weft_proto::v1::discovery_client::DiscoveryClient as GrpcClient;
 use super::convert::{ConvertError, convert_update, health_to_proto};
 use super::{ConfigState, StatusCell, StreamState};
 
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use weft_proto::addresses::Candidate;
 
 use crate::backoff::Backoff;
 use crate::drain;
+use crate::failover::ControlPlanes;
 use crate::identity::{Identity, IdentityError};
 use crate::intercept::AddressMap;
 use crate::intercept::map::MapError;
@@ -95,6 +100,11 @@ fn ejection_msg(service: &str, instance: &str, until_unix_ms: u64) -> pb::Sideca
 /// Why a session ended.
 enum End {
     Shutdown,
+    /// A replica this sidecar prefers answers again: the stream moves
+    /// there (not a loss: no backoff, the config stays current).
+    Moved {
+        to: Candidate,
+    },
     /// The stream was lost; `synced` says whether it had delivered a config
     /// (then the backoff starts over).
     Lost {
@@ -114,6 +124,40 @@ enum Refused {
     Addresses(#[from] MapError),
 }
 
+/// Whether the replica at `at` serves discovery now: a TLS connection as
+/// the stream's, and its health for `weft.v1.Discovery`, each within a
+/// few seconds.
+async fn answers(identity: Arc<Identity>, at: Candidate) -> bool {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+    let Ok(endpoint) = identity.control_plane_endpoint(&at) else {
+        return false;
+    };
+    let check = async {
+        let channel = endpoint
+            .connect_timeout(PROBE_TIMEOUT)
+            .connect()
+            .await
+            .ok()?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: DISCOVERY_SERVICE.into(),
+            })
+            .await
+            .ok()?;
+        Some(reply.get_ref().status == ServingStatus::Serving as i32)
+    };
+    let serving = tokio::time::timeout(PROBE_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    tracing::debug!(replica = %at, serving, "probed a preferred control-plane replica");
+    serving
+}
+
+/// The gRPC service a sidecar needs a replica to serve.
+const DISCOVERY_SERVICE: &str = "weft.v1.Discovery";
+
 fn msg(kind: pb::sidecar_message::Kind) -> pb::SidecarMessage {
     pb::SidecarMessage { kind: Some(kind) }
 }
@@ -131,6 +175,10 @@ impl DiscoveryClient {
         loop {
             match self.session(&mut drain).await {
                 End::Shutdown => return,
+                End::Moved { to } => {
+                    tracing::info!(%to, "returning to a preferred control-plane replica");
+                    self.telemetry.metrics.count_rebalance();
+                }
                 End::Lost { reason, synced } => {
                     if synced {
                         backoff.reset();
@@ -197,15 +245,24 @@ impl DiscoveryClient {
             },
             _ = drain.signaled() => return End::Shutdown,
         };
-        let end = self.session_at(&at, drain).await;
-        if let End::Lost { reason, .. } = &end {
-            tracing::debug!(replica = %at, %reason, "stream to this replica ended");
-            planes.failed(&at);
+        let end = self.session_at(&planes, &at, drain).await;
+        match &end {
+            End::Lost { reason, .. } => {
+                tracing::debug!(replica = %at, %reason, "stream to this replica ended");
+                planes.failed(&at);
+            }
+            End::Moved { to } => planes.move_to(to),
+            End::Shutdown => {}
         }
         end
     }
 
-    async fn session_at(&mut self, at: &Candidate, drain: &mut drain::Watch) -> End {
+    async fn session_at(
+        &mut self,
+        planes: &ControlPlanes,
+        at: &Candidate,
+        drain: &mut drain::Watch,
+    ) -> End {
         let lost = |reason: String| End::Lost {
             reason: format!("{at}: {reason}"),
             synced: false,
@@ -255,8 +312,20 @@ impl DiscoveryClient {
         let mut reported: Option<pb::TrafficStats> = None;
         let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Polled beside the stream: it probes preferred replicas without
+        // holding up updates, and only once this stream has synced (the
+        // move's resume then has something to resume from).
+        let identity = self.identity.clone();
+        let preferred = planes.preferred_again(at, |c| answers(identity.clone(), c));
+        tokio::pin!(preferred);
         loop {
             tokio::select! {
+                to = &mut preferred, if synced => {
+                    // Ending the request stream closes ours on the replica;
+                    // the instance stays (its grace, then the new replica's
+                    // registration, covers the move).
+                    return End::Moved { to };
+                },
                 m = inbound.message() => match m {
                     Ok(Some(update)) => {
                         let reply = self.apply(&update);

@@ -183,6 +183,7 @@ pub struct Metrics {
     endpoints: Family<EndpointLabels, Gauge>,
     stream_state: Family<StateLabels, Gauge>,
     updates: Family<UpdateLabels, Counter>,
+    rebalances: Counter,
     app_healthy: Gauge,
     tcp_connections: Family<TcpLabels, Counter>,
     tcp_open: Family<TcpLabels, Gauge>,
@@ -327,6 +328,12 @@ impl Metrics {
                 "control_plane_updates",
                 "Updates from the control plane, by result (ack, nack)",
                 Family::default(),
+            ),
+            rebalances: registered(
+                &mut r,
+                "control_plane_rebalances",
+                "Returns to a control-plane replica this sidecar prefers, once it answered again",
+                Counter::default(),
             ),
             app_healthy: registered(
                 &mut r,
@@ -532,6 +539,11 @@ impl Metrics {
                 .get_or_create(&StateLabels { state: s })
                 .set(i64::from(s == state));
         }
+    }
+
+    /// The stream moved back to a preferred control-plane replica.
+    pub fn count_rebalance(&self) {
+        self.rebalances.inc();
     }
 
     /// An update from the control plane applied (ACK).
@@ -784,6 +796,7 @@ mod tests {
         m.set_stream_state("synced");
         m.count_update_acked();
         m.count_update_rejected();
+        m.count_rebalance();
         m.set_app_healthy(true);
         // Held until rendered: the connection is open.
         let _open = m.open_tcp_connection(Direction::inbound, &svc);
@@ -829,6 +842,7 @@ mod tests {
             r#"weft_control_plane_stream{state="stale"} 0"#,
             r#"weft_control_plane_updates_total{result="ack"} 1"#,
             r#"weft_control_plane_updates_total{result="nack"} 1"#,
+            "weft_control_plane_rebalances_total 1",
             "weft_app_healthy 1",
             r#"weft_tcp_connections_total{direction="inbound",service="users"} 1"#,
             r#"weft_tcp_sent_bytes_total{direction="inbound",service="users"} 10"#,
@@ -871,7 +885,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 28, "{names:?}");
+        assert_eq!(names.len(), 29, "{names:?}");
         for name in names {
             let shown = if text.contains(&format!("{name}_total")) {
                 format!("`{name}_total`")

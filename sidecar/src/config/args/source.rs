@@ -6,9 +6,11 @@
 //! token, the CA, the mesh file and the certificates are read after.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use weft_proto::addresses::ControlPlaneList;
+use weft_proto::duration::parse_duration;
 use weft_proto::identity::{JoinToken, certs_from_pem};
 use weft_proto::name::ServiceName;
 
@@ -27,6 +29,13 @@ pub struct SourceArgs {
     /// it holds meanwhile.
     #[arg(long, env = "WEFT_CONTROL_PLANE", conflicts_with = "config")]
     pub control_plane: Option<String>,
+
+    /// With several control-plane replicas: after moving away from its
+    /// first choice, how often (jittered in [½, 1½] of this) the sidecar
+    /// checks whether a replica it prefers answers again, and returns to
+    /// it (so a restarted replica gets its share back). 0s: stay.
+    #[arg(long, env = "WEFT_CONTROL_PLANE_REBALANCE", default_value = "60s", value_parser = parse_duration)]
+    pub control_plane_rebalance: Duration,
 
     /// A file holding the join token for the sidecar's first certificate
     /// (`weftctl token create SERVICE`). The token itself can be given in
@@ -62,6 +71,7 @@ pub struct SourceArgs {
 pub(super) enum SourceFlags {
     ControlPlane {
         list: ControlPlaneList,
+        rebalance: Option<Duration>,
         token_file: Option<PathBuf>,
         ca_file: Option<PathBuf>,
     },
@@ -90,6 +100,7 @@ impl SourceArgs {
                 }
                 Ok(SourceFlags::ControlPlane {
                     list,
+                    rebalance: Some(self.control_plane_rebalance).filter(|d| !d.is_zero()),
                     token_file: self.token_file,
                     ca_file: self.ca_file,
                 })
@@ -149,10 +160,11 @@ impl SourceFlags {
         match self {
             SourceFlags::ControlPlane {
                 list,
+                rebalance,
                 token_file,
                 ca_file,
             } => Ok(Source::ControlPlane(IdentityConfig {
-                control_plane: ControlPlanes::new(list),
+                control_plane: ControlPlanes::new(list, rebalance),
                 token: read_token(token_file.as_deref())?,
                 ca_pem: ca_file.as_deref().map(read_ca).transpose()?,
             })),
