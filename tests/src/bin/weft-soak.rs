@@ -97,9 +97,18 @@ struct OverloadArgs {
     /// HTTP/2 connections the load is spread over (many callers).
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Calls the callers keep outstanding at most (together); a send over
+    /// it is counted as not sent, as a real caller's bounded pool would
+    /// refuse it. Far above the sidecar's limit, so the sidecar must shed.
+    #[arg(long, default_value_t = 3200)]
+    max_in_flight: usize,
     /// Each sidecar's peak RSS must stay under this many MB.
     #[arg(long, default_value_t = 40.0)]
     rss_bound_mb: f64,
+    /// The sidecars' `--max-concurrent-requests` (0: none, to see what an
+    /// unbounded sidecar does); unset: their default.
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -180,13 +189,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 factor: a.factor,
                 duration: a.duration,
                 connections: a.connections,
-                max_in_flight: 50_000,
+                max_in_flight: a.max_in_flight,
                 timeout: Duration::from_secs(5),
                 rss_bound_mb: a.rss_bound_mb,
                 window: Duration::from_millis(250),
                 watch: Duration::from_secs(5),
                 ratio: 1.5,
                 recover: Duration::from_secs(2),
+                sidecar_limit: a.max_concurrent_requests,
             })
             .await?;
             println!("{}", r.table());
