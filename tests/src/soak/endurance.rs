@@ -220,6 +220,10 @@ impl Row {
     }
 }
 
+/// One figure of a sample, or of a row.
+type SampleField = fn(&Sample) -> u64;
+type RowField = fn(&Row) -> u32;
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -322,7 +326,7 @@ impl SoakReport {
                 growth * 100.0
             ),
         )];
-        let kinds: [(&str, fn(&Sample) -> u64, u64); 3] = [
+        let kinds: [(&str, SampleField, u64); 3] = [
             ("fds", |s| s.fds, tol.fd_slack),
             ("threads", |s| s.threads, tol.thread_slack),
             ("tasks", |s| s.tasks, tol.task_slack),
@@ -350,7 +354,7 @@ impl SoakReport {
             let mut v: Vec<f64> = rows.iter().map(|r| f64::from(f(r))).collect();
             median(&mut v)
         };
-        let kinds: [(&str, fn(&Row) -> u32, f64, u32); 2] = [
+        let kinds: [(&str, RowField, f64, u32); 2] = [
             ("p50", |r| r.p50_us, tol.p50_ratio, tol.p50_floor_us),
             ("p99", |r| r.p99_us, tol.p99_ratio, tol.p99_floor_us),
         ];
@@ -374,7 +378,7 @@ impl SoakReport {
         let c = &self.cfg;
         let step = (c.rotation.as_secs_f64() / c.interval.as_secs_f64()).round() as usize;
         let (mut spans, mut missed, mut failed, mut total) = (0, 0, 0, [0u64; 2]);
-        for side in 0..2 {
+        for (side, total) in total.iter_mut().enumerate() {
             let points: Vec<u64> = std::iter::once(&self.start[side])
                 .chain(self.rows.iter().map(|r| &r.sidecars[side]))
                 .map(|s| s.renewals_ok)
@@ -388,7 +392,7 @@ impl SoakReport {
                 .last()
                 .map_or(self.start[side], |r| r.sidecars[side]);
             failed += last.renewals_failed - self.start[side].renewals_failed;
-            total[side] = last.renewals_ok - self.start[side].renewals_ok;
+            *total = last.renewals_ok - self.start[side].renewals_ok;
         }
         Verdict::new(
             &format!("a rotation every {} s", c.rotation.as_secs()),
