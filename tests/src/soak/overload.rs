@@ -131,7 +131,8 @@ pub async fn run_overload(cfg: OverloadConfig) -> anyhow::Result<OverloadReport>
     let mut during = rec.take();
     let s1 = samples(&pair).await?;
     Ok(OverloadReport {
-        offered_rps: sent as f64 / cfg.duration.as_secs_f64(),
+        // Offered: every tick, sent or refused by the callers' own bound.
+        offered_rps: (sent + during.skipped) as f64 / cfg.duration.as_secs_f64(),
         max_rps,
         before_p50_us,
         during_p50_us: pct(&mut during.ok_us, 0.5),
@@ -176,30 +177,32 @@ async fn watch_recovery(cfg: &OverloadConfig, clients: &Clients) -> Vec<(Duratio
 }
 
 impl OverloadReport {
-    /// When latency was back: the earliest window start from which on
-    /// every call succeeded and the p50 of all of them (pooled to the end
-    /// of the watch) is within the bound; `None` if no such point leaves
-    /// at least a second of watching. Pooled, not window by window: one
-    /// window of 50 calls on a shared machine is noise, and a latency that
-    /// stays high still fails.
+    /// When latency was back: the start of the earliest window from which
+    /// on every window answered calls and none failed, and both the p50 of
+    /// the next second's calls and that of every call to the end of the
+    /// watch are within the bound; `None` if no such point leaves at least
+    /// a second of watching. Pooled, not window by window: one window of 50
+    /// calls on a shared machine is noise, while a stall (a window with
+    /// nothing answered) or a latency that stays high still fails.
     pub fn recovered_after(&self) -> Option<Duration> {
         let bound = f64::from(self.before_p50_us) * self.cfg.ratio;
         let watched = self.after.last().map_or(Duration::ZERO, |w| w.0);
-        let mut rest = Bucket::default();
-        let mut found = None;
-        for (i, (_, b)) in self.after.iter().enumerate().rev() {
-            rest.merge(b.clone());
-            let start = i.checked_sub(1).map_or(Duration::ZERO, |j| self.after[j].0);
-            let mut lat = rest.ok_us.clone();
-            let ok = rest.not_ok() == 0 && rest.ok() > 0;
-            if !ok || f64::from(pct(&mut lat, 0.5)) > bound {
-                break;
-            }
-            if watched - start >= Duration::from_secs(1) {
-                found = Some(start);
-            }
-        }
-        found
+        let per_second = (1.0 / self.cfg.window.as_secs_f64()).round().max(1.0) as usize;
+        let pooled_p50 = |windows: &[(Duration, Bucket)]| {
+            let mut lat: Vec<u32> = windows.iter().flat_map(|(_, b)| b.ok_us.clone()).collect();
+            f64::from(pct(&mut lat, 0.5))
+        };
+        (0..self.after.len()).find_map(|k| {
+            let start = k.checked_sub(1).map_or(Duration::ZERO, |j| self.after[j].0);
+            let rest = &self.after[k..];
+            let next = &rest[..per_second.min(rest.len())];
+            let all_answered = rest.iter().all(|(_, b)| b.ok() > 0 && b.not_ok() == 0);
+            (watched.saturating_sub(start) >= Duration::from_secs(1)
+                && all_answered
+                && pooled_p50(next) <= bound
+                && pooled_p50(rest) <= bound)
+                .then_some(start)
+        })
     }
 
     /// The figures, as a small table.
