@@ -563,6 +563,7 @@ fn serve_traffic(
         telemetry: parts.telemetry.clone(),
         connector: parts.peers.clone(),
         discovery_timeout: cfg.timeouts.discovery,
+        default_max_concurrent: cfg.max_concurrent_requests,
         intercept: cfg.intercept.map(|unknown| proxy::Interception {
             addresses: parts.addresses.clone(),
             unknown,

@@ -15,6 +15,7 @@ pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod sim;
+pub mod soak;
 pub mod util;
 
 /// Generated code of `proto/echo.proto`.

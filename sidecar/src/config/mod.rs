@@ -63,6 +63,9 @@ pub struct SidecarConfig {
     pub intercept: Option<crate::intercept::UnknownDestinations>,
     pub source: Source,
     pub timeouts: Timeouts,
+    /// The in-flight limit of each called service whose policy sets none
+    /// (`--max-concurrent-requests`); `None`: unlimited.
+    pub max_concurrent_requests: Option<usize>,
     /// Where and how much to trace; `None`: no spans, headers untouched.
     pub tracing: Option<TracingConfig>,
     /// One JSON line per request on stdout.

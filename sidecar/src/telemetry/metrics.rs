@@ -194,6 +194,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     renewals: Family<RenewalLabels, Counter>,
     cert_expiry: Gauge,
+    tasks: Gauge,
     authz_denied: Family<CallerLabels, Counter>,
     rate_limited: Family<CallerLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
@@ -399,6 +400,12 @@ impl Metrics {
                 &mut r,
                 "certificate_expiry_timestamp_seconds",
                 "When this sidecar's certificate expires (unix seconds; 0: no certificate)",
+                Gauge::default(),
+            ),
+            tasks: registered(
+                &mut r,
+                "tasks",
+                "Tasks alive on the sidecar's runtime when scraped",
                 Gauge::default(),
             ),
             authz_denied: registered(
@@ -768,6 +775,11 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        // Read at scrape time from tokio's own count (one atomic load): a
+        // leak of connections or requests shows as tasks that never end.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(rt.metrics().num_alive_tasks() as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -873,6 +885,29 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn live_tasks_are_read_at_scrape_time() {
+        let m = Metrics::new();
+        let count = |m: &Metrics| -> i64 {
+            let text = m.render();
+            let line = text.lines().find(|l| l.starts_with("weft_tasks "));
+            line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+                .expect("weft_tasks is rendered")
+        };
+        let before = count(&m);
+        let parked: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(std::future::pending::<()>()))
+            .collect();
+        assert_eq!(count(&m), before + 5, "five more tasks alive");
+        for t in &parked {
+            t.abort();
+        }
+        for t in parked {
+            let _ = t.await;
+        }
+        assert_eq!(count(&m), before, "and gone again");
     }
 
     #[test]

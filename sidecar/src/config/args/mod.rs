@@ -68,6 +68,13 @@ pub struct Args {
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
+    /// The most requests in flight (not yet answered with headers) to each
+    /// called service whose policy sets no `maxConcurrentRequests`; over
+    /// it a request is answered at once with 503 / UNAVAILABLE
+    /// `overloaded` instead of queueing. 0: no default limit.
+    #[arg(long, env = "WEFT_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
     /// Log filter, e.g. info or weft_sidecar=debug (changeable at runtime:
     /// PUT /log-level on the admin port).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
@@ -146,6 +153,8 @@ impl Args {
             intercept: listen.intercept,
             source,
             timeouts: self.timeouts.into(),
+            max_concurrent_requests: (self.max_concurrent_requests != 0)
+                .then_some(self.max_concurrent_requests),
             tracing,
             access_log: telemetry.access_log,
             log_level: None,
@@ -200,6 +209,20 @@ mod tests {
         let path = dir.join("token");
         std::fs::write(&path, t.encode()).expect("write");
         path.display().to_string()
+    }
+
+    #[test]
+    fn a_default_concurrency_limit_unless_turned_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = token_file(dir.path());
+        let c = parse_joined(&token, &[]).expect("flags");
+        assert_eq!(c.max_concurrent_requests, Some(1024));
+        let c = parse_joined(&token, &["--max-concurrent-requests", "50"]).expect("flags");
+        assert_eq!(c.max_concurrent_requests, Some(50));
+        let c = parse_joined(&token, &["--max-concurrent-requests", "0"]).expect("flags");
+        assert_eq!(c.max_concurrent_requests, None);
+        let e = parse_joined(&token, &["--max-concurrent-requests", "lots"]).expect_err("bad");
+        assert!(e.contains("--max-concurrent-requests"), "{e}");
     }
 
     #[test]

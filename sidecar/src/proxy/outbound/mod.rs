@@ -60,6 +60,11 @@ pub struct Outbound {
     pub connector: Arc<dyn Connector>,
     /// How long a call to a service not known yet waits to learn it.
     pub discovery_timeout: Duration,
+    /// The in-flight limit of a service whose policy sets none
+    /// (`--max-concurrent-requests`): without one, requests past what the
+    /// peer's HTTP/2 streams take would wait in the connection's queue
+    /// without bound.
+    pub default_max_concurrent: Option<usize>,
     /// Transparent interception (`--intercept`); `None`: off.
     pub intercept: Option<super::Interception>,
 }
@@ -187,7 +192,8 @@ impl Outbound {
 
     /// A place under the service's concurrency limit, or the refusal.
     fn admit(&self, route: &Route, primary: &Target) -> Result<Option<Permit>, ProxyError> {
-        let limit = primary.policy.resilience.limits.max_concurrent;
+        let limits = &primary.policy.resilience.limits;
+        let limit = limits.max_concurrent.or(self.default_max_concurrent);
         primary.runtime.concurrent.acquire(limit).map_err(|over| {
             self.telemetry.metrics.count_overloaded(&route.service);
             ProxyError::Overloaded {
