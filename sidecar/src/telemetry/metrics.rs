@@ -920,7 +920,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next())
             .collect();
-        assert_eq!(names.len(), 29, "{names:?}");
+        assert_eq!(names.len(), 30, "{names:?}");
         for name in names {
             let shown = if text.contains(&format!("{name}_total")) {
                 format!("`{name}_total`")
