@@ -18,6 +18,8 @@
 //! - [`duration`]: `10s`-style durations, parsed and printed alike.
 //! - [`stats`]: the latency buckets of `weftctl top`.
 //! - [`time`]: wall-clock times as the API carries them (`unix_ms`).
+//! - [`mutate`]: byte mutations of valid inputs, for property tests and
+//!   `weft-fuzz`.
 //!
 //! Both programs check every flag, file, resource and message with the words
 //! defined here, so they accept exactly the same inputs; each converts
@@ -29,6 +31,7 @@ pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod labels;
+pub mod mutate;
 pub mod name;
 pub mod pattern;
 pub mod protocol;

@@ -9,6 +9,7 @@
 pub mod ca;
 pub mod echo;
 pub mod etcd;
+pub mod fuzz;
 pub mod http_app;
 pub mod mesh;
 pub mod netns;

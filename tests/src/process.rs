@@ -119,6 +119,15 @@ impl Proc {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
+    /// Takes the lines logged so far, leaving none: a long run reads its
+    /// children's logs in slices instead of keeping them all.
+    pub fn take_log(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
     /// Sends a signal (SIGTERM, SIGKILL, …).
     pub fn signal(&self, sig: i32) {
         // SAFETY-free: libc::kill is a plain syscall on our own child's pid.

@@ -16,32 +16,17 @@ use weft_proto::v1 as pb;
 use weft_proto::v1::discovery_client::DiscoveryClient;
 use weft_proto::v1::identity_client::IdentityClient;
 use weft_tests::echo::{client, start_echo};
+use weft_tests::fuzz::seeds::{H2_PREFACE, h2_frame, junk};
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{ControlPlaneProc, Proc, SidecarProc, free_port};
 use weft_tests::util::{http_get, init_logs};
 
-/// Deterministic junk (xorshift64*), so that a failure can be replayed.
-fn junk(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Byte streams no server should choke on.
 fn raw_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    // A frame whose length field may lie about its payload.
     let frame = |len: u32, kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let mut f = len.to_be_bytes()[1..].to_vec();
-        f.extend([kind, flags]);
-        f.extend(stream.to_be_bytes());
-        f.extend_from_slice(payload);
+        let mut f = h2_frame(kind, flags, stream, payload);
+        f[..3].copy_from_slice(&len.to_be_bytes()[1..]);
         f
     };
     let with_preface = |frames: &[Vec<u8>]| {

@@ -2,7 +2,10 @@
 //! a sampled flag, and written back with this hop's span id. `tracestate`
 //! is vendor data: it passes through untouched and is recorded on the span.
 
+use std::str::FromStr;
+
 use http::HeaderValue;
+use opentelemetry::trace::TraceState;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -57,6 +60,16 @@ impl TraceContext {
         // Only hex digits and dashes: always a valid header value.
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
+}
+
+/// Reads a `tracestate` value for the span; one that breaks the spec's
+/// rules (list members, key and value characters) is dropped whole, as the
+/// spec allows, rather than passed on half-read.
+pub fn trace_state(v: &HeaderValue) -> TraceState {
+    v.to_str()
+        .ok()
+        .and_then(|s| TraceState::from_str(s).ok())
+        .unwrap_or_default()
 }
 
 /// Lower-case hex to a number (at most 32 digits).

@@ -10,15 +10,12 @@
 //! no span object is ever built for them.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
@@ -288,8 +285,7 @@ impl Tracer {
         let trace_state = started
             .tracestate
             .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| TraceState::from_str(s).ok())
+            .map(super::context::trace_state)
             .unwrap_or_default();
         let data = SpanData {
             span_context: SpanContext::new(

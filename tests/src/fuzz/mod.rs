@@ -1,0 +1,691 @@
+//! The random-input driver (`weft-fuzz`, and `tests/tests/fuzz.rs` with a
+//! small count): a real control plane and two real sidecars (an mTLS pair in
+//! front of an echo app), and a stream of mutated valid inputs at every
+//! listener, many connections at once, each input bounded by a timeout.
+//! Between batches and at the end it checks that every process still runs,
+//! logged no panic, keeps its memory within a bound, and carries a normal
+//! call through the pair.
+//!
+//! Every input is drawn from `(seed, index)` alone, so a run is replayed
+//! from its seed; which connection carries it depends on timing.
+
+pub mod seeds;
+pub mod send;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
+use tokio_rustls::TlsConnector;
+use weft_proto::identity::{SpiffeId, certs_from_pem, pem, root_store};
+use weft_proto::v1 as pb;
+
+use crate::echo::{EchoServerHandle, client, start_echo};
+use crate::pb::EchoRequest;
+use crate::process::{ControlPlaneProc, Proc, SidecarProc, free_port};
+use seeds::Rng;
+use send::Outcome;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Inputs in all (a discovery stream of four messages is one).
+    pub inputs: u64,
+    /// Stop starting inputs after this long.
+    pub limit: Option<Duration>,
+    pub seed: u64,
+    /// Inputs in flight at once.
+    pub concurrency: usize,
+    /// Inputs between two checks of the processes.
+    pub batch: u64,
+    /// How long one input may take before it counts as a hang.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            inputs: 10_000_000,
+            limit: None,
+            seed: 1,
+            concurrency: 32,
+            batch: 20_000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How inputs reach a listener.
+enum Kind {
+    /// Mutated bytes on a new TCP connection.
+    Raw(Vec<Vec<u8>>),
+    /// Mutated bytes inside a mutual-TLS session with a mesh certificate.
+    RawInMtls(Vec<Vec<u8>>),
+    /// Valid HTTP/2 framing carrying gRPC calls with mutated paths,
+    /// authorities, headers and bodies; one connection carries many.
+    Requests { authority: &'static str, mtls: bool },
+    /// A discovery stream over mutual TLS: a hello and three more
+    /// messages, each mutated or not (one input: the stream).
+    Discovery,
+}
+
+/// Counts of one target.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub inputs: AtomicU64,
+    pub answered: AtomicU64,
+    pub resets: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, inputs: u64, o: Outcome) {
+        self.inputs.fetch_add(inputs, Ordering::Relaxed);
+        let c = match o {
+            Outcome::Answered => &self.answered,
+            Outcome::Reset => &self.resets,
+            Outcome::TimedOut => &self.timeouts,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    kind: Kind,
+    /// Share of the inputs (out of the sum of all weights).
+    weight: u64,
+    counts: Counts,
+}
+
+/// Memory and health of one process over the run.
+#[derive(Debug, Clone)]
+pub struct ProcReport {
+    pub name: &'static str,
+    pub rss_start_kib: u64,
+    pub rss_end_kib: u64,
+    pub rss_peak_kib: u64,
+    pub bound_kib: u64,
+    pub panics: Vec<String>,
+    pub exited: Option<String>,
+}
+
+/// One target's counts at the end.
+#[derive(Debug, Clone)]
+pub struct TargetReport {
+    pub name: &'static str,
+    pub inputs: u64,
+    pub answered: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub elapsed: Duration,
+    pub targets: Vec<TargetReport>,
+    pub processes: Vec<ProcReport>,
+    /// Normal calls through the pair after each batch: made, and failed
+    /// (with the first error).
+    pub checks: u64,
+    pub failed_checks: Vec<String>,
+}
+
+impl Report {
+    pub fn inputs(&self) -> u64 {
+        self.targets.iter().map(|t| t.inputs).sum()
+    }
+
+    pub fn timeouts(&self) -> u64 {
+        self.targets.iter().map(|t| t.timeouts).sum()
+    }
+
+    /// Everything that went wrong; empty for a clean run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.processes {
+            if let Some(e) = &p.exited {
+                out.push(format!("{} exited: {e}", p.name));
+            }
+            for line in p.panics.iter().take(3) {
+                out.push(format!("{} panicked: {line}", p.name));
+            }
+            if p.rss_peak_kib > p.bound_kib {
+                out.push(format!(
+                    "{} RSS peaked at {} KiB, over its bound of {} KiB",
+                    p.name, p.rss_peak_kib, p.bound_kib
+                ));
+            }
+        }
+        for t in &self.targets {
+            if t.timeouts > 0 {
+                out.push(format!(
+                    "{}: {} inputs hung past the timeout",
+                    t.name, t.timeouts
+                ));
+            }
+        }
+        out.extend(self.failed_checks.iter().cloned());
+        out
+    }
+
+    /// The tables `weft-fuzz` prints.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<40} {:>11} {:>11} {:>10} {:>9}\n",
+            "target", "inputs", "answered", "resets", "timeouts"
+        );
+        for t in &self.targets {
+            s += &format!(
+                "{:<40} {:>11} {:>11} {:>10} {:>9}\n",
+                t.name, t.inputs, t.answered, t.resets, t.timeouts
+            );
+        }
+        s += &format!(
+            "{:<40} {:>11} {:>11} {:>10} {:>9}\n\n",
+            "total",
+            self.inputs(),
+            self.targets.iter().map(|t| t.answered).sum::<u64>(),
+            self.targets.iter().map(|t| t.resets).sum::<u64>(),
+            self.timeouts()
+        );
+        s += &format!(
+            "{:<22} {:>14} {:>14} {:>14} {:>14}  {}\n",
+            "process", "RSS start KiB", "RSS end KiB", "RSS peak KiB", "bound KiB", "status"
+        );
+        for p in &self.processes {
+            let status = match (&p.exited, p.panics.len()) {
+                (Some(e), _) => format!("exited: {e}"),
+                (None, 0) => "running, no panic".to_string(),
+                (None, n) => format!("{n} panic lines"),
+            };
+            s += &format!(
+                "{:<22} {:>14} {:>14} {:>14} {:>14}  {status}\n",
+                p.name, p.rss_start_kib, p.rss_end_kib, p.rss_peak_kib, p.bound_kib
+            );
+        }
+        let secs = self.elapsed.as_secs_f64();
+        s += &format!(
+            "\nseed {}; {} inputs in {:.1} s ({:.0}/s); {} normal calls through the pair after batches, {} failed\n",
+            self.seed,
+            self.inputs(),
+            secs,
+            self.inputs() as f64 / secs.max(0.001),
+            self.checks,
+            self.failed_checks.len()
+        );
+        s
+    }
+}
+
+/// The processes under test and what the inputs need to reach them.
+struct Mesh {
+    cp: ControlPlaneProc,
+    echo: SidecarProc,
+    caller: SidecarProc,
+    _app: EchoServerHandle,
+    upstream: SocketAddr,
+    /// Mutual TLS as service `fuzz`, to the echo sidecar's inbound.
+    inbound_tls: TlsConnector,
+    /// The discovery API over mutual TLS as service `fuzz`.
+    discovery: tonic::transport::Channel,
+    _dir: tempfile::TempDir,
+}
+
+/// A request deadline on the echo service: however a call's headers or
+/// body are mutated, the pair answers it within this.
+const ECHO_SERVICE: &str = "apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: echo}
+spec:
+  timeouts: {request: 2s}
+";
+
+async fn start_mesh() -> anyhow::Result<Mesh> {
+    let dir = tempfile::tempdir()?;
+    let quiet = ["--log", "warn"];
+    let cp = ControlPlaneProc::start(free_port()?, free_port()?, dir.path(), &quiet).await?;
+    let access = cp.access()?;
+    let resources = weft_control_plane::resource::parse_documents(ECHO_SERVICE)?;
+    access
+        .admin_client()
+        .await?
+        .apply(pb::ApplyRequest {
+            resources: resources.iter().map(pb::Resource::from).collect(),
+            dry_run: false,
+        })
+        .await?;
+    let app = start_echo("echo-1").await?;
+    let flags = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.extend(quiet.iter().map(|s| s.to_string()));
+        v
+    };
+    let echo = SidecarProc::start(
+        "echo",
+        Some(&access),
+        &flags(&["--app".into(), app.addr.to_string()]),
+    )
+    .await?;
+    let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let caller = SidecarProc::start(
+        "caller",
+        Some(&access),
+        &flags(&["--upstream".into(), format!("echo={upstream}")]),
+    )
+    .await?;
+
+    // A mesh certificate for service `fuzz`, as a sidecar gets one.
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://weft.local/service/fuzz".try_into()?,
+    )];
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    let token = access.token("fuzz", Duration::from_secs(24 * 3600)).await?;
+    let anonymous = weft_control_plane::cli::connect_tls(
+        &access.url,
+        &access.credential,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let issued = pb::identity_client::IdentityClient::new(anonymous)
+        .issue(pb::IssueRequest { csr, token })
+        .await?
+        .into_inner();
+    let roots = root_store(&certs_from_pem(&access.credential.ca)?)?;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = issued
+        .chain
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("the key: {e}"))?;
+    let inbound_tls = send::mesh_tls(
+        roots.clone(),
+        SpiffeId::service("weft.local", "echo"),
+        chain.clone(),
+        key_der.clone_key(),
+    )?;
+    let chain_pem: String = issued.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    let verifier = weft_proto::identity::SpiffeServerVerifier::new(
+        roots,
+        SpiffeId::control_plane("weft.local"),
+    );
+    let tls = tonic::transport::ClientTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(chain_pem, pem("PRIVATE KEY", &key.serialize_der())),
+    );
+    let discovery = tonic::transport::Endpoint::from_shared(access.url.clone())?
+        .tls_config_with_verifier(tls, Arc::new(verifier))?
+        .connect()
+        .await?;
+    let mesh = Mesh {
+        cp,
+        echo,
+        caller,
+        _app: app,
+        upstream,
+        inbound_tls,
+        discovery,
+        _dir: dir,
+    };
+    // The caller knows the echo instance before the first input.
+    crate::util::wait_for(
+        "a call through the pair",
+        Duration::from_secs(20),
+        || async move { normal_call(upstream).await.ok() },
+    )
+    .await?;
+    Ok(mesh)
+}
+
+/// A normal unary call through the pair.
+async fn normal_call(upstream: SocketAddr) -> anyhow::Result<()> {
+    let run = async {
+        let r = client(upstream)
+            .await?
+            .unary(EchoRequest {
+                message: "still here".into(),
+                ..Default::default()
+            })
+            .await?;
+        anyhow::ensure!(r.into_inner().message == "still here", "a wrong echo");
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("no answer in 10 s"),
+    }
+}
+
+fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
+    use seeds::{admin_requests, client_hello, h1_requests, h2_call};
+    let hello = client_hello()?;
+    let mut admin = admin_requests();
+    admin.push(h2_call("admin"));
+    let mut app_side = h1_requests("echo");
+    app_side.push(h2_call("echo"));
+    app_side.push(seeds::junk(7, 64));
+    let t = |name, addr, kind, weight| Target {
+        name,
+        addr,
+        kind,
+        weight,
+        counts: Counts::default(),
+    };
+    Ok(vec![
+        t(
+            "control plane gRPC (TLS), raw",
+            mesh.cp.grpc,
+            Kind::Raw(vec![hello.clone(), h2_call("cp")]),
+            2,
+        ),
+        t(
+            "control plane discovery streams (mTLS)",
+            mesh.cp.grpc,
+            Kind::Discovery,
+            4,
+        ),
+        t(
+            "control plane admin, raw",
+            mesh.cp.admin,
+            Kind::Raw(admin.clone()),
+            2,
+        ),
+        t(
+            "echo sidecar inbound, raw",
+            mesh.echo.inbound,
+            Kind::Raw(vec![hello, h2_call("echo")]),
+            2,
+        ),
+        t(
+            "echo sidecar inbound, h2 in mTLS",
+            mesh.echo.inbound,
+            Kind::RawInMtls(vec![h2_call("echo")]),
+            1,
+        ),
+        t(
+            "echo sidecar inbound, calls in mTLS",
+            mesh.echo.inbound,
+            Kind::Requests {
+                authority: "echo",
+                mtls: true,
+            },
+            6,
+        ),
+        t(
+            "echo sidecar admin, raw",
+            mesh.echo.admin,
+            Kind::Raw(admin.clone()),
+            2,
+        ),
+        t(
+            "caller upstream port, raw",
+            mesh.upstream,
+            Kind::Raw(app_side.clone()),
+            3,
+        ),
+        t(
+            "caller upstream port, calls",
+            mesh.upstream,
+            Kind::Requests {
+                authority: "echo",
+                mtls: false,
+            },
+            10,
+        ),
+        t(
+            "caller outbound port, raw",
+            mesh.caller.outbound,
+            Kind::Raw(app_side),
+            3,
+        ),
+        t(
+            "caller outbound port, calls",
+            mesh.caller.outbound,
+            Kind::Requests {
+                authority: "echo",
+                mtls: false,
+            },
+            4,
+        ),
+        t(
+            "caller sidecar admin, raw",
+            mesh.caller.admin,
+            Kind::Raw(admin),
+            2,
+        ),
+    ])
+}
+
+/// Which target input `i` goes to: by weight, interleaved.
+fn pick(targets: &[Target], total_weight: u64, i: u64) -> usize {
+    let mut slot = i % total_weight;
+    for (n, t) in targets.iter().enumerate() {
+        if slot < t.weight {
+            return n;
+        }
+        slot -= t.weight;
+    }
+    0
+}
+
+/// What a worker keeps between inputs: an HTTP/2 connection per request
+/// target.
+type Conns = Vec<Option<SendRequest<Full<bytes::Bytes>>>>;
+
+/// What workers share to reach the listeners.
+struct Net {
+    inbound_tls: TlsConnector,
+    discovery: tonic::transport::Channel,
+}
+
+async fn one_input(
+    mesh: &Net,
+    targets: &[Target],
+    conns: &mut Conns,
+    n: usize,
+    rng: &mut Rng,
+    timeout: Duration,
+) {
+    let t = &targets[n];
+    match &t.kind {
+        Kind::Raw(seeds) | Kind::RawInMtls(seeds) => {
+            let bytes = match rng.below(16) {
+                0 => {
+                    let len = rng.below(512);
+                    rng.junk(len)
+                }
+                _ => {
+                    let seed = &seeds[rng.below(seeds.len())];
+                    rng.mutate(seed, 8)
+                }
+            };
+            let tls = matches!(t.kind, Kind::RawInMtls(_)).then_some(&mesh.inbound_tls);
+            t.counts
+                .add(1, send::raw(t.addr, tls, &bytes, timeout).await);
+        }
+        Kind::Requests { authority, mtls } => {
+            let req = send::request(rng, authority);
+            if conns[n].as_ref().is_none_or(|c| c.is_closed()) {
+                let tls = mtls.then_some(&mesh.inbound_tls);
+                conns[n] = match tokio::time::timeout(timeout, send::h2_connect(t.addr, tls)).await
+                {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(_)) => {
+                        t.counts.add(1, Outcome::Reset);
+                        return;
+                    }
+                    Err(_) => {
+                        t.counts.add(1, Outcome::TimedOut);
+                        return;
+                    }
+                };
+            }
+            if let Some(c) = conns[n].as_mut() {
+                let o = send::call(c, req, timeout).await;
+                if o == Outcome::TimedOut {
+                    conns[n] = None;
+                }
+                t.counts.add(1, o);
+            }
+        }
+        Kind::Discovery => {
+            let valid = seeds::sidecar_messages("fuzz", &format!("fuzz-{}", rng.below(16)));
+            let hello = if rng.below(4) == 0 {
+                rng.mutate(&valid[0], 6)
+            } else {
+                valid[0].clone()
+            };
+            let mut messages = vec![hello];
+            for _ in 0..3 {
+                let m = &valid[1 + rng.below(valid.len() - 1)];
+                messages.push(if rng.below(4) == 0 {
+                    m.clone()
+                } else {
+                    rng.mutate(m, 6)
+                });
+            }
+            t.counts
+                .add(1, send::discovery(&mesh.discovery, messages, timeout).await);
+        }
+    }
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The bound on a process's RSS over a run: twice what it used after
+/// start-up and a first call, plus 32 MiB for pools and buffers that grow
+/// with concurrency. A leak of even a few bytes per input crosses it over
+/// millions of inputs.
+pub fn rss_bound_kib(start_kib: u64) -> u64 {
+    2 * start_kib + 32 * 1024
+}
+
+fn watch(p: &mut Proc, r: &mut ProcReport) {
+    let rss = rss_kib(p.pid());
+    r.rss_end_kib = rss;
+    r.rss_peak_kib = r.rss_peak_kib.max(rss);
+    for line in p.take_log() {
+        if line.contains("panicked") && r.panics.len() < 10 {
+            r.panics.push(line.chars().take(500).collect());
+        }
+    }
+    if r.exited.is_none()
+        && let Ok(Some(status)) = p.child.try_wait()
+    {
+        r.exited = Some(status.to_string());
+    }
+}
+
+/// Runs the whole thing: starts the mesh, sends the inputs in batches,
+/// checks after each, and reports.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let mut mesh = start_mesh().await?;
+    let targets = Arc::new(targets(&mesh)?);
+    let net = Arc::new(Net {
+        inbound_tls: mesh.inbound_tls.clone(),
+        discovery: mesh.discovery.clone(),
+    });
+    let total_weight: u64 = targets.iter().map(|t| t.weight).sum();
+    let upstream = mesh.upstream;
+    let mut procs: Vec<(&mut Proc, ProcReport)> = [
+        ("control plane", &mut mesh.cp.proc),
+        ("echo sidecar", &mut mesh.echo.proc),
+        ("caller sidecar", &mut mesh.caller.proc),
+    ]
+    .into_iter()
+    .map(|(name, p)| {
+        let rss = rss_kib(p.pid());
+        let _ = p.take_log();
+        let r = ProcReport {
+            name,
+            rss_start_kib: rss,
+            rss_end_kib: rss,
+            rss_peak_kib: rss,
+            bound_kib: rss_bound_kib(rss),
+            panics: Vec::new(),
+            exited: None,
+        };
+        (p, r)
+    })
+    .collect();
+    let started = Instant::now();
+    let deadline = opts.limit.map(|l| started + l);
+    let next = Arc::new(AtomicU64::new(0));
+    let (mut checks, mut failed_checks) = (0, Vec::new());
+    let mut done = 0;
+    while done < opts.inputs && deadline.is_none_or(|d| Instant::now() < d) {
+        let end = (done + opts.batch.max(1)).min(opts.inputs);
+        let workers: Vec<_> = (0..opts.concurrency.max(1))
+            .map(|_| {
+                let (targets, net, next) = (targets.clone(), net.clone(), next.clone());
+                let (seed, timeout) = (opts.seed, opts.timeout);
+                tokio::spawn(async move {
+                    let mut conns: Conns = targets.iter().map(|_| None).collect();
+                    loop {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= end {
+                            next.fetch_sub(1, Ordering::Relaxed);
+                            break;
+                        }
+                        let mut rng = Rng::new(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                        let n = pick(&targets, total_weight, i);
+                        one_input(&net, &targets, &mut conns, n, &mut rng, timeout).await;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await?;
+        }
+        done = next.load(Ordering::Relaxed);
+        for (p, r) in procs.iter_mut() {
+            watch(p, r);
+        }
+        checks += 1;
+        if let Err(e) = normal_call(upstream).await {
+            failed_checks.push(format!("the normal call after {done} inputs failed: {e:#}"));
+        }
+        if procs.iter().any(|(_, r)| r.exited.is_some()) {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok(Report {
+        seed: opts.seed,
+        elapsed,
+        targets: targets
+            .iter()
+            .map(|t| TargetReport {
+                name: t.name,
+                inputs: t.counts.inputs.load(Ordering::Relaxed),
+                answered: t.counts.answered.load(Ordering::Relaxed),
+                resets: t.counts.resets.load(Ordering::Relaxed),
+                timeouts: t.counts.timeouts.load(Ordering::Relaxed),
+            })
+            .collect(),
+        processes: procs.into_iter().map(|(_, r)| r).collect(),
+        checks,
+        failed_checks,
+    })
+}

@@ -1,0 +1,260 @@
+//! Sending one input and classifying what became of it: answered (the
+//! server replied or closed cleanly), reset (an I/O or protocol error,
+//! which is how servers refuse junk), or timed out (the server neither
+//! answered nor closed in time: the failure this driver looks for).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::seeds::{Rng, UNARY, echo_body};
+
+/// What became of one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    Reset,
+    TimedOut,
+}
+
+/// Writes `bytes` on a new connection (inside TLS when `tls` is given),
+/// half-closes, and reads until the server closes.
+pub async fn raw(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Outcome {
+    let run = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        match tls {
+            None => exchange(tcp, bytes).await,
+            Some(c) => {
+                let name = rustls::pki_types::ServerName::try_from("echo")
+                    .map_err(std::io::Error::other)?;
+                exchange(c.connect(name, tcp).await?, bytes).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::Answered,
+        Ok(Err(_)) => Outcome::Reset,
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    // A server may close before reading everything: that is an answer.
+    if s.write_all(bytes).await.is_ok() {
+        let _ = s.shutdown().await;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    while s.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+/// An HTTP/2 connection for requests, over TCP or mutual TLS.
+pub async fn h2_connect(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let exec = TokioExecutor::new();
+    let send = match tls {
+        None => {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(exec, TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            send
+        }
+        Some(c) => {
+            let name = rustls::pki_types::ServerName::try_from("echo")?;
+            let io = TokioIo::new(c.connect(name, tcp).await?);
+            let (send, conn) = hyper::client::conn::http2::handshake(exec, io).await?;
+            tokio::spawn(conn);
+            send
+        }
+    };
+    Ok(send)
+}
+
+/// Headers a gRPC client sends, whose values are mutated.
+const HEADERS: &[(&str, &str)] = &[
+    ("grpc-timeout", "1S"),
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ),
+    ("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    ("grpc-encoding", "identity"),
+    ("grpc-accept-encoding", "identity,gzip"),
+    ("content-type", "application/grpc+proto"),
+    ("x-request-id", "4bf92f35"),
+    ("user-agent", "grpc-rust/0.14"),
+    ("grpc-status", "0"),
+    ("authorization", "Bearer x"),
+];
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A gRPC call to `authority` with mutated path, headers and body; parts a
+/// client could not even send (an invalid URI or header) stay valid.
+pub fn request(rng: &mut Rng, authority: &str) -> http::Request<Full<Bytes>> {
+    let path = if rng.below(4) == 0 {
+        lossy(&rng.mutate(UNARY.as_bytes(), 3))
+    } else {
+        UNARY.to_string()
+    };
+    let auth = if rng.below(6) == 0 {
+        lossy(&rng.mutate(authority.as_bytes(), 2))
+    } else {
+        authority.to_string()
+    };
+    let uri: http::Uri = format!("http://{auth}{path}")
+        .parse()
+        .or_else(|_| format!("http://{authority}{UNARY}").parse())
+        .unwrap_or_else(|_| http::Uri::from_static("http://echo/weft.test.v1.Echo/Unary"));
+    let mut req = http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for _ in 0..rng.below(4) {
+        let (name, value) = HEADERS[rng.below(HEADERS.len())];
+        let value = if rng.below(4) == 0 {
+            value.as_bytes().to_vec()
+        } else {
+            rng.mutate(value.as_bytes(), 4)
+        };
+        if let Ok(v) = http::HeaderValue::from_bytes(&value) {
+            req = req.header(name, v);
+        }
+    }
+    let body = echo_body("fuzz");
+    let body = if rng.below(2) == 0 {
+        body
+    } else {
+        rng.mutate(&body, 4)
+    };
+    req.body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
+}
+
+/// Sends one request on `send`, reading the whole response.
+pub async fn call(
+    send: &mut SendRequest<Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Outcome {
+    let run = async {
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        resp.into_body().collect().await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::Answered,
+        Ok(Err(_)) => Outcome::Reset,
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+/// A codec that passes encoded messages through as they are: a discovery
+/// stream can then carry bytes no prost type would produce.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// One discovery stream carrying `messages`, read until the control plane
+/// ends it (it does when the sidecar's side ends, or at a bad message).
+pub async fn discovery(
+    channel: &tonic::transport::Channel,
+    messages: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> Outcome {
+    let run = async {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await?;
+        let path = http::uri::PathAndQuery::from_static("/weft.v1.Discovery/Stream");
+        let req = tonic::Request::new(tokio_stream::iter(messages));
+        let mut updates = grpc.streaming(req, path, RawCodec).await?.into_inner();
+        while updates.message().await?.is_some() {}
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::Answered,
+        Ok(Err(_)) => Outcome::Reset,
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+/// A TLS client presenting `chain`/`key` that expects the server to be
+/// `expected` (a mesh peer).
+pub fn mesh_tls(
+    roots: Arc<rustls::RootCertStore>,
+    expected: weft_proto::identity::SpiffeId,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<TlsConnector> {
+    let verifier = weft_proto::identity::SpiffeServerVerifier::new(roots, expected);
+    let mut cfg = rustls::ClientConfig::builder_with_provider(weft_proto::identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
