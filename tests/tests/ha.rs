@@ -434,6 +434,21 @@ fn services_listed(cp: &ControlPlaneProc) -> anyhow::Result<usize> {
     Ok(out.lines().filter(|l| l.starts_with("svc-")).count())
 }
 
+/// Applies `n` services through `cp`, expecting a refusal whose message
+/// says each of `said`.
+fn apply_refused(cp: &ControlPlaneProc, n: usize, said: &[&str]) -> anyhow::Result<()> {
+    let (code, _, err) = weftctl(cp, &["apply", "-f", "-"], Some(&many_services(n)))?;
+    anyhow::ensure!(
+        code != 0,
+        "an apply of {n} services on {} went through",
+        cp.url()
+    );
+    for said in said {
+        anyhow::ensure!(err.contains(said), "the refusal says {said:?}: {err}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_larger_than_one_etcd_transaction_is_refused_whole_naming_the_limit()
 -> anyhow::Result<()> {
@@ -447,19 +462,19 @@ async fn an_apply_larger_than_one_etcd_transaction_is_refused_whole_naming_the_l
         .replica_with("b", &["--etcd-max-txn-ops", "1000"])
         .await?;
 
-    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(200)))?;
-    assert_ne!(code, 0, "200 resources in one apply on etcd");
-    for said in [
-        "200 resources",
-        "201 operations",
-        "at most 128",
-        "at most 127 resources",
-        "--max-txn-ops",
-        "--etcd-max-txn-ops",
-        "Nothing was applied",
-    ] {
-        assert!(err.contains(said), "the refusal says {said:?}: {err}");
-    }
+    apply_refused(
+        &a,
+        200,
+        &[
+            "200 resources",
+            "201 operations",
+            "at most 128",
+            "at most 127 resources",
+            "--max-txn-ops",
+            "--etcd-max-txn-ops",
+            "Nothing was applied",
+        ],
+    )?;
     assert_eq!(
         counter(
             &a,
@@ -471,16 +486,16 @@ async fn an_apply_larger_than_one_etcd_transaction_is_refused_whole_naming_the_l
         "counted as the caller's to mend"
     );
     // Refused by etcd itself, the error is as clear.
-    let (code, _, err) = weftctl(&b, &["apply", "-f", "-"], Some(&many_services(200)))?;
-    assert_ne!(code, 0, "etcd refuses 201 operations");
-    for said in [
-        "200 resources",
-        "etcd refused it as too many",
-        "(1000)",
-        "Nothing was applied",
-    ] {
-        assert!(err.contains(said), "the refusal says {said:?}: {err}");
-    }
+    apply_refused(
+        &b,
+        200,
+        &[
+            "200 resources",
+            "etcd refused it as too many",
+            "(1000)",
+            "Nothing was applied",
+        ],
+    )?;
     assert_eq!(services_listed(&a)?, 0, "nothing of the refused applies");
     assert_eq!(services_listed(&b)?, 0, "nothing of the refused applies");
 
@@ -503,16 +518,16 @@ async fn an_apply_larger_than_etcd_takes_in_bytes_is_refused_whole() -> anyhow::
         return Ok(());
     };
     let a = ha.replica("a").await?;
-    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(40)))?;
-    assert_ne!(code, 0, "an apply over etcd's --max-request-bytes");
-    for said in [
-        "40 resources",
-        "bytes)",
-        "--max-request-bytes",
-        "Nothing was applied",
-    ] {
-        assert!(err.contains(said), "the refusal says {said:?}: {err}");
-    }
+    apply_refused(
+        &a,
+        40,
+        &[
+            "40 resources",
+            "bytes)",
+            "--max-request-bytes",
+            "Nothing was applied",
+        ],
+    )?;
     assert_eq!(services_listed(&a)?, 0, "nothing of the refused apply");
     let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&many_services(5)))?;
     assert_eq!(code, 0, "a small apply still goes through: {err}");
