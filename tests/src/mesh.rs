@@ -32,6 +32,22 @@ pub struct CpAccess {
 }
 
 impl CpAccess {
+    /// Applies a YAML file's resources through the admin API.
+    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<()> {
+        let resources = weft_control_plane::resource::parse_documents(yaml)?;
+        self.admin_client()
+            .await?
+            .apply(weft_proto::v1::ApplyRequest {
+                resources: resources
+                    .iter()
+                    .map(weft_proto::v1::Resource::from)
+                    .collect(),
+                dry_run: false,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Reads `<data_dir>/admin.credential`.
     pub fn read(url: String, data_dir: &Path) -> anyhow::Result<Self> {
         let text =
@@ -183,18 +199,7 @@ impl ControlPlane {
 
     /// Applies a YAML file's resources.
     pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<()> {
-        let resources = weft_control_plane::resource::parse_documents(yaml)?;
-        self.admin_client()
-            .await?
-            .apply(weft_proto::v1::ApplyRequest {
-                resources: resources
-                    .iter()
-                    .map(weft_proto::v1::Resource::from)
-                    .collect(),
-                dry_run: false,
-            })
-            .await?;
-        Ok(())
+        self.access.apply_yaml(yaml).await
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -739,6 +739,28 @@ async fn an_apply_on_one_of_three_replicas_reaches_sidecars_on_every_replica() -
     Ok(())
 }
 
+/// Fails unless echo-1 is in `caller`'s view and in every replica's
+/// catalog now.
+async fn echo_1_everywhere<'a>(
+    caller: &Sidecar,
+    replicas: impl IntoIterator<Item = &'a ControlPlaneProc>,
+) -> anyhow::Result<()> {
+    let endpoints = caller.endpoints("echo").await?;
+    anyhow::ensure!(
+        endpoints.iter().any(|(id, _)| id == "echo-1"),
+        "echo-1 absent from the caller's view: {endpoints:?}"
+    );
+    for r in replicas {
+        let ids = instance_ids(r).await?;
+        anyhow::ensure!(
+            ids.contains(&"echo-1".to_string()),
+            "echo-1 absent from {}'s catalog: {ids:?}",
+            r.url()
+        );
+    }
+    Ok(())
+}
+
 /// What a bounded load saw.
 #[derive(Debug, Default)]
 struct Load {
@@ -877,18 +899,7 @@ async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> an
     // in the surviving replicas' catalogs at every look.
     let mut looks = 0;
     let moved = loop {
-        let endpoints = caller.endpoints("echo").await?;
-        assert!(
-            endpoints.iter().any(|(id, _)| id == "echo-1"),
-            "echo-1 absent from the caller's view: {endpoints:?}"
-        );
-        for r in &replicas {
-            let ids = instance_ids(r).await?;
-            assert!(
-                ids.contains(&"echo-1".to_string()),
-                "echo-1 absent on a replica: {ids:?}"
-            );
-        }
+        echo_1_everywhere(&caller, replicas.iter()).await?;
         looks += 1;
         let caller_on = replicas_of(&all, &ha, "caller").unwrap_or_default();
         let echo_on = replicas_of(&all, &ha, "echo").unwrap_or_default();
@@ -905,18 +916,7 @@ async fn killing_the_replica_sidecars_are_on_under_load_fails_no_request() -> an
     // away had it not been put under its new replica's lease).
     let lease = Duration::from_secs(5) + Duration::from_millis(1500);
     while killed_at.elapsed() < lease {
-        let endpoints = caller.endpoints("echo").await?;
-        assert!(
-            endpoints.iter().any(|(id, _)| id == "echo-1"),
-            "echo-1 absent from the caller's view after the move: {endpoints:?}"
-        );
-        for r in &replicas {
-            let ids = instance_ids(r).await?;
-            assert!(
-                ids.contains(&"echo-1".to_string()),
-                "echo-1 absent after the move: {ids:?}"
-            );
-        }
+        echo_1_everywhere(&caller, replicas.iter()).await?;
         looks += 1;
         tokio::time::sleep(Duration::from_millis(50)).await; // a polling interval
     }
@@ -1097,18 +1097,7 @@ async fn a_sidecar_returns_to_its_first_choice_replica_when_it_is_back() -> anyh
     let back = tokio::time::Instant::now();
     let mut looks = 0;
     loop {
-        let endpoints = caller.endpoints("echo").await?;
-        assert!(
-            endpoints.iter().any(|(id, _)| id == "echo-1"),
-            "echo-1 absent from the caller's view: {endpoints:?}"
-        );
-        for r in [&a, &b] {
-            assert!(
-                instance_ids(r).await?.contains(&"echo-1".to_string()),
-                "echo-1 absent from {}'s catalog",
-                r.url()
-            );
-        }
+        echo_1_everywhere(&caller, [&a, &b]).await?;
         looks += 1;
         if replica().await == Some(a.url()) {
             break;

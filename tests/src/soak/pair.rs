@@ -60,7 +60,7 @@ impl Pair {
         )
         .await?;
         let access = control_plane.access()?;
-        apply(&access, POLICY).await?;
+        access.apply_yaml(POLICY).await?;
         let collector = Collector::start_on_thread()?;
         collector.discard();
         let backend = start_echo("backend").await?;
@@ -124,21 +124,4 @@ impl Pair {
             ("server", self.server.proc.pid(), self.server.admin),
         ]
     }
-}
-
-/// Applies YAML resources through the control plane's admin API.
-async fn apply(access: &crate::mesh::CpAccess, yaml: &str) -> anyhow::Result<()> {
-    let resources = weft_control_plane::resource::parse_documents(yaml)?;
-    access
-        .admin_client()
-        .await?
-        .apply(weft_proto::v1::ApplyRequest {
-            resources: resources
-                .iter()
-                .map(weft_proto::v1::Resource::from)
-                .collect(),
-            dry_run: false,
-        })
-        .await?;
-    Ok(())
 }
