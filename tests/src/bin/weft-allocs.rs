@@ -13,6 +13,11 @@
 //! Build and run (release):
 //!   cargo build --release -p weft-tests --bin weft-allocs && target/release/weft-allocs
 //!
+//! Also the CPU time of the sidecars' thread per call (both sidecars, from
+//! the kernel's per-thread schedstat): not exact, but time stolen by the
+//! hypervisor or spent waiting for a CPU is not in it, so it compares
+//! builds on a shared machine far better than latency does.
+//!
 //! The count is exact for a given build and input, so unlike latency it can
 //! be compared between builds; background work (health checks, traffic
 //! reports each second) adds a little, spread over the calls.
@@ -24,7 +29,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -41,6 +46,11 @@ thread_local! {
 }
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// The sidecars' thread, whose CPU time is read from
+/// `/proc/self/task/TID/schedstat` (nanoseconds on a CPU; time stolen by
+/// the hypervisor or spent waiting to run is not in it, so on a shared
+/// machine it moves far less than latency does).
+static SIDECARS_TID: AtomicI32 = AtomicI32::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
 struct Counting;
@@ -120,6 +130,8 @@ fn sidecar_thread() -> anyhow::Result<mpsc::UnboundedSender<Job>> {
         .name("sidecars".into())
         .spawn(move || {
             COUNTED.with(|c| c.set(true));
+            // SAFETY: gettid has no preconditions.
+            SIDECARS_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
             rt.block_on(async move {
                 // The sidecars keep running here until the process ends.
                 let mut running: Vec<Sidecar> = Vec::new();
@@ -147,9 +159,27 @@ async fn start(thread: &mpsc::UnboundedSender<Job>, spec: SidecarSpec) -> anyhow
     rx.await?
 }
 
+/// CPU time the sidecars' thread has run, in nanoseconds.
+fn sidecars_cpu_ns() -> anyhow::Result<u64> {
+    let tid = SIDECARS_TID.load(Ordering::Relaxed);
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))?;
+    stat.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/task/{tid}/schedstat: {stat:?}"))
+}
+
+/// What one path cost on the sidecars' thread.
+struct Cost {
+    allocs: u64,
+    bytes: u64,
+    cpu_ns: u64,
+    failed: u32,
+}
+
 /// `calls` unary calls to `addr`, `concurrency` at a time; the allocations
-/// counted on the sidecars' thread meanwhile.
-async fn measure(addr: SocketAddr, args: &Args) -> anyhow::Result<(u64, u64, u32)> {
+/// counted and the CPU time used on the sidecars' thread meanwhile.
+async fn measure(addr: SocketAddr, args: &Args) -> anyhow::Result<Cost> {
     let c = client(addr).await?;
     let call = |mut c: EchoClient<Channel>, payload: usize| async move {
         let req = EchoRequest {
@@ -166,9 +196,10 @@ async fn measure(addr: SocketAddr, args: &Args) -> anyhow::Result<(u64, u64, u32
     for _ in 0..500 {
         call(c.clone(), args.payload).await;
     }
-    let (a0, b0) = (
+    let (a0, b0, t0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
+        sidecars_cpu_ns()?,
     );
     let mut failed = 0;
     let per_worker = args.calls / args.concurrency;
@@ -188,11 +219,17 @@ async fn measure(addr: SocketAddr, args: &Args) -> anyhow::Result<(u64, u64, u32
     while let Some(f) = workers.join_next().await {
         failed += f?;
     }
-    let (a1, b1) = (
+    let (a1, b1, t1) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
+        sidecars_cpu_ns()?,
     );
-    Ok((a1 - a0, b1 - b0, failed))
+    Ok(Cost {
+        allocs: a1 - a0,
+        bytes: b1 - b0,
+        cpu_ns: t1 - t0,
+        failed,
+    })
 }
 
 /// A server-side and a client-side sidecar joined to `cp` for `service`;
@@ -269,17 +306,19 @@ async fn main() -> anyhow::Result<()> {
         ("mTLS pair, bare", bare_up),
     ];
     println!(
-        "| path ({} calls, {} in flight, {}-byte messages) | allocations per call | bytes per call | failed |",
+        "| path ({} calls, {} in flight, {}-byte messages) | allocations per call | bytes per call | CPU µs per call | failed |",
         args.calls, args.concurrency, args.payload
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|");
     for (name, addr) in paths {
-        let (allocs, bytes, failed) = measure(addr, &args).await?;
+        let c = measure(addr, &args).await?;
         let n = f64::from(args.calls / args.concurrency * args.concurrency);
         println!(
-            "| {name} | {:.1} | {:.0} | {failed} |",
-            allocs as f64 / n,
-            bytes as f64 / n
+            "| {name} | {:.1} | {:.0} | {:.1} | {} |",
+            c.allocs as f64 / n,
+            c.bytes as f64 / n,
+            c.cpu_ns as f64 / n / 1e3,
+            c.failed
         );
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `weft-bench`: gRPC unary load, directly and through two Weft sidecars
 //! (real `weft-sidecar` processes from the same build; a plaintext pair from
 //! static configs, mTLS pairs joined to a control plane: with resilience,
-//! bare, and bare with 100% and 1% of traces exported over OTLP to a receiver
+//! 1% tracing and authorization (as production runs), bare, and bare with 100% and 1% of traces exported over OTLP to a receiver
 //! in this process, bare with 100 route rules to walk), and through a
 //! gateway in front of one sidecar, at a fixed rate and at the maximum rate. Prints latency percentiles, achieved RPS,
 //! the added latency of each pair, and each sidecar's peak RSS and CPU time.
@@ -9,7 +9,8 @@
 //! Also through the floor (two bare TCP relays, `peers.rs`) and, with
 //! `--envoy`, an Envoy pair; `--pin` puts the load generator alone on one
 //! core and everything it measures on the other (`tests/bench/peers.sh`
-//! does both).
+//! does both). Ends with the side-by-side table and issue 13's targets
+//! (`versus.rs`).
 //!
 //! Build and run (release):
 //!   cargo build --release --workspace --bins && target/release/weft-bench
@@ -31,6 +32,7 @@ use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
 
 mod peers;
+mod versus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -370,13 +372,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .await?;
 
     // mTLS pairs: joined to a control plane (in this process), certificates
-    // from its CA, TLS 1.3 between the sidecars. One with the resilience
-    // defaults (retries with a budget, outlier detection) plus a request
-    // timeout and limits configured; one bare (a single try, ejection out of
+    // from its CA, TLS 1.3 between the sidecars. One as production runs
+    // (issue 13's targets are for it): the resilience defaults (retries
+    // with a budget, outlier detection) plus a request timeout and limits
+    // configured, 1% of traces exported, and an AuthorizationPolicy
+    // admitting only the caller's identity to the echo methods; one bare (a single try, ejection out of
     // reach), to see what resilience costs when nothing fails.
     let cp = ControlPlane::start(None, Default::default()).await?;
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: echo-tls-callers}\nspec:\n  service: echo-tls\n  rules:\n    - from: [bench-tls]\n      grpcMethods: [\"/weft.test.v1.Echo/*\"]\n---\n\
          apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
          apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-t100}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
          apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-t1}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
@@ -405,7 +410,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let traced = |ratio: &str| strings(&["--otlp-endpoint", &endpoint, "--trace-sampling", ratio]);
     let mut pairs = Vec::new();
     for (server_service, client_service, extra) in [
-        ("echo-tls", "bench-tls", vec![]),
+        ("echo-tls", "bench-tls", traced("0.01")),
         ("echo-bare", "bench-bare", vec![]),
         ("echo-t100", "bench-t100", traced("1")),
         ("echo-t1", "bench-t1", traced("0.01")),
@@ -736,7 +741,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         median(&mut gw_ratios)
     );
     gateway_hop(&rows, args.rounds, args.rate);
-    against_peers(&rows, &cpu, &paths, &args);
+    versus::print(&rows, &cpu, &paths, args.rounds)?;
     println!(
         "\nSpans received by the OTLP receiver: {}",
         collector.received()
@@ -925,92 +930,6 @@ async fn backend(pin: bool) -> anyhow::Result<weft_tests::echo::EchoServerHandle
         })?;
     rx.await
         .context("the backend thread ended before it started")?
-}
-
-/// Weft's bare mTLS pair against Envoy's pair and against the floor (two
-/// bare TCP relays), round by round: added p50 (each minus direct in the
-/// same round) and their ratios; then the maximum rate and each pair's CPU
-/// per request at it. Printed whenever the paths ran.
-fn against_peers(
-    rows: &[(String, usize, Result)],
-    cpu: &[(String, &'static str, Duration, u64)],
-    paths: &[Path],
-    args: &Args,
-) {
-    let find = |label: &str, path: &str| {
-        rows.iter()
-            .find(|(l, i, _)| l == label && paths[*i].name == path)
-            .map(|(_, _, r)| r)
-    };
-    let added = |label: &str, path: &str, p: f64| {
-        let direct = find(label, "direct")?.pct(p).as_secs_f64();
-        Some(find(label, path)?.pct(p).as_secs_f64() - direct)
-    };
-    let envoy = args.envoy.is_some();
-    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 6];
-    for round in 1..=args.rounds {
-        let label = format!("round {round}");
-        let (Some(floor), Some(weft), Some(weft99)) = (
-            added(&label, FLOOR, 0.5),
-            added(&label, "mTLS bare", 0.5),
-            added(&label, "mTLS bare", 0.99),
-        ) else {
-            continue;
-        };
-        cols[0].push(weft / floor);
-        cols[1].push(weft * 1e6);
-        cols[2].push(floor * 1e6);
-        if let (true, Some(e), Some(e99)) =
-            (envoy, added(&label, ENVOY, 0.5), added(&label, ENVOY, 0.99))
-        {
-            cols[3].push(weft / e);
-            cols[4].push(weft99 / e99);
-            cols[5].push(e / floor);
-        }
-    }
-    if cols[0].is_empty() {
-        return;
-    }
-    println!(
-        "\nAgainst the floor (two bare TCP relays) and Envoy (medians of {} rounds; added = minus direct in the same round):\n",
-        cols[0].len()
-    );
-    println!(
-        "| Weft bare mTLS added p50 | floor added p50 | Weft / floor p50 | Weft / Envoy added p50 | Weft / Envoy added p99 | Envoy / floor p50 |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    let m = |v: &mut Vec<f64>| {
-        if v.is_empty() {
-            "—".to_string()
-        } else {
-            format!("{:.2}", median(v))
-        }
-    };
-    let (w, f) = (median(&mut cols[1]), median(&mut cols[2]));
-    let (r0, r3, r4, r5) = (
-        m(&mut cols[0]),
-        m(&mut cols[3]),
-        m(&mut cols[4]),
-        m(&mut cols[5]),
-    );
-    println!("| {w:.0} µs | {f:.0} µs | {r0} | {r3} | {r4} | {r5} |");
-    println!("\n| pair at the maximum rate | rps | CPU µs per request, both proxies |");
-    println!("|---|---:|---:|");
-    for name in ["mTLS bare", FLOOR, ENVOY] {
-        let Some(r) = find("max", name) else { continue };
-        let Some(path) = paths.iter().find(|p| p.name == name) else {
-            continue;
-        };
-        let used: f64 = cpu
-            .iter()
-            .filter(|(run, label, _, _)| {
-                run == "max rate" && path.sidecars.iter().any(|(l, _)| l == label)
-            })
-            .map(|(_, _, t, _)| t.as_secs_f64())
-            .sum();
-        let per = used / r.latencies.len().max(1) as f64 * 1e6;
-        println!("| {name} | {:.0} | {per:.1} |", r.rps());
-    }
 }
 
 /// The gateway's hop against a client sidecar's, round by round: the
