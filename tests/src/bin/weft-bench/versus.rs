@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{FLOOR, ENVOY, Path, Result, median, usage};
+use super::{ENVOY, FLOOR, Path, Result, median, usage};
 
 /// Linkerd's pair against Envoy's, from issue 13's measurement.
 const LINKERD_P50: f64 = 0.93;
@@ -79,9 +79,11 @@ pub fn print(
         let (mut p50, mut p99, mut floor, mut e50, mut e99) =
             (vec![], vec![], vec![], vec![], vec![]);
         for l in &labels {
-            let (Some(a), Some(b), Some(f)) =
-                (added(l, name, 0.5), added(l, name, 0.99), added(l, FLOOR, 0.5))
-            else {
+            let (Some(a), Some(b), Some(f)) = (
+                added(l, name, 0.5),
+                added(l, name, 0.99),
+                added(l, FLOOR, 0.5),
+            ) else {
                 continue;
             };
             p50.push(a);
@@ -125,9 +127,9 @@ pub fn print(
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, f) in &table {
         let Some(f) = f else { continue };
-        let (e50, e99) = f
-            .per_envoy
-            .map_or(("—".into(), "—".into()), |(a, b)| (format!("{a:.2}"), format!("{b:.2}")));
+        let (e50, e99) = f.per_envoy.map_or(("—".into(), "—".into()), |(a, b)| {
+            (format!("{a:.2}"), format!("{b:.2}"))
+        });
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} | {e50} | {e99} | {:.0} | {:.1} | {:.1} MB |",
             f.p50, f.p99, f.per_floor, f.max_rps, f.cpu_us, f.rss_mb
@@ -147,16 +149,36 @@ pub fn print(
     println!("|---|---:|---|");
     let yes = |ok: bool| if ok { "yes" } else { "**no**" };
     let rows: [(&str, f64, bool); 6] = [
-        ("added p50 ≤ 0.5× Linkerd's", e50 / LINKERD_P50, e50 / LINKERD_P50 <= 0.5),
-        ("added p50 ≤ 2× the floor's", full.per_floor, full.per_floor <= 2.0),
-        ("added p99 ≤ 0.5× Linkerd's", e99 / LINKERD_P99, e99 / LINKERD_P99 <= 0.5),
+        (
+            "added p50 ≤ 0.5× Linkerd's",
+            e50 / LINKERD_P50,
+            e50 / LINKERD_P50 <= 0.5,
+        ),
+        (
+            "added p50 ≤ 2× the floor's",
+            full.per_floor,
+            full.per_floor <= 2.0,
+        ),
+        (
+            "added p99 ≤ 0.5× Linkerd's",
+            e99 / LINKERD_P99,
+            e99 / LINKERD_P99 <= 0.5,
+        ),
         (
             "max rps ≥ 1.5× Linkerd's",
             max_vs_envoy / LINKERD_MAX,
             max_vs_envoy / LINKERD_MAX >= 1.5,
         ),
-        ("pair CPU per request at max ≤ 40 µs", full.cpu_us, full.cpu_us <= 40.0),
-        ("peak RSS ≤ 10 MB per sidecar", full.rss_mb, full.rss_mb <= 10.0),
+        (
+            "pair CPU per request at max ≤ 40 µs",
+            full.cpu_us,
+            full.cpu_us <= 40.0,
+        ),
+        (
+            "peak RSS ≤ 10 MB per sidecar",
+            full.rss_mb,
+            full.rss_mb <= 10.0,
+        ),
     ];
     for (what, figure, ok) in rows {
         println!("| {what} | {figure:.2} | {} |", yes(ok));

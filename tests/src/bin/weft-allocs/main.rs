@@ -29,7 +29,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -40,10 +40,19 @@ use weft_tests::mesh::{ControlPlane, CpAccess, Sidecar, SidecarSpec, write_temp}
 use weft_tests::pb::EchoRequest;
 use weft_tests::pb::echo_client::EchoClient;
 
+mod memory;
+
 thread_local! {
-    /// Set on the sidecars' thread: only its allocations count.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
+    /// Which sidecars' thread this is (0: none): only their allocations
+    /// count. `--memory` runs two, the client side (1) and the server side
+    /// (2), and keeps each one's live heap apart.
+    static SIDE: Cell<usize> = const { Cell::new(0) };
 }
+
+/// Live heap bytes allocated and not yet freed, by side (`SIDE`). Only
+/// meaningful as a difference, and only because each sidecar allocates
+/// and frees on its own thread (a current-thread runtime).
+static LIVE: [AtomicI64; 3] = [const { AtomicI64::new(0) }; 3];
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 /// The sidecars' thread, whose CPU time is read from
@@ -60,33 +69,42 @@ struct Counting;
 // it allocates nothing).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
+        count(layout.size(), layout.size() as i64);
         // SAFETY: the caller's contract is System's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
+        count(layout.size(), layout.size() as i64);
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
+        count(new_size, new_size as i64 - layout.size() as i64);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
 }
 
-fn count(bytes: usize) {
-    if COUNTED.try_with(Cell::get).unwrap_or(false) {
+fn count(bytes: usize, change: i64) {
+    if SIDE.try_with(Cell::get).unwrap_or(0) != 0 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    live(change);
+}
+
+fn live(change: i64) {
+    let side = SIDE.try_with(Cell::get).unwrap_or(0);
+    if side != 0 {
+        LIVE[side].fetch_add(change, Ordering::Relaxed);
     }
 }
 
@@ -108,11 +126,16 @@ struct Args {
     /// Request and response payload, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Instead: the live heap of a sidecar per in-flight stream, per idle
+    /// connection from its app, and per idle pooled connection to a peer.
+    #[arg(long)]
+    memory: bool,
 }
 
 /// What the caller learns of a sidecar started on the sidecars' thread.
 struct Ports {
     inbound: SocketAddr,
+    admin: SocketAddr,
     upstreams: HashMap<String, SocketAddr>,
 }
 
@@ -120,8 +143,9 @@ struct Ports {
 /// running sidecar's ports.
 type Job = (SidecarSpec, oneshot::Sender<anyhow::Result<Ports>>);
 
-/// Starts the thread the sidecars live on; send it specs to start.
-fn sidecar_thread() -> anyhow::Result<mpsc::UnboundedSender<Job>> {
+/// Starts a thread for sidecars, counted as `side` (1 or 2; 0: not
+/// counted); send it specs to start.
+fn sidecar_thread(side: usize) -> anyhow::Result<mpsc::UnboundedSender<Job>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,9 +153,11 @@ fn sidecar_thread() -> anyhow::Result<mpsc::UnboundedSender<Job>> {
     std::thread::Builder::new()
         .name("sidecars".into())
         .spawn(move || {
-            COUNTED.with(|c| c.set(true));
-            // SAFETY: gettid has no preconditions.
-            SIDECARS_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            SIDE.with(|c| c.set(side));
+            if side == 1 {
+                // SAFETY: gettid has no preconditions.
+                SIDECARS_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+            }
             rt.block_on(async move {
                 // The sidecars keep running here until the process ends.
                 let mut running: Vec<Sidecar> = Vec::new();
@@ -139,6 +165,7 @@ fn sidecar_thread() -> anyhow::Result<mpsc::UnboundedSender<Job>> {
                     let ports = spec.start().await.map(|s| {
                         let ports = Ports {
                             inbound: s.inbound,
+                            admin: s.admin,
                             upstreams: s.upstreams.clone(),
                         };
                         running.push(s);
@@ -263,9 +290,12 @@ async fn joined_pair(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     weft_proto::identity::install_provider();
+    if args.memory {
+        return memory::run().await;
+    }
     let backend = start_echo("backend").await?;
     let dir = tempfile::tempdir()?;
-    let thread = sidecar_thread()?;
+    let thread = sidecar_thread(1)?;
 
     let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
     let plain_in = start(
