@@ -9,8 +9,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The path of a workspace binary (`weft-sidecar`, `weft-control-plane`,
-/// `weftctl`). Fails loudly when it was not built.
+/// `weftctl`). Fails loudly when it was not built. `WEFT_SIDECAR_BIN`
+/// names another `weft-sidecar` (the benchmarks measure the `dist`
+/// profile's build with it: `tests/bench/peers.sh`).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    if name == "weft-sidecar"
+        && let Some(path) = std::env::var_os("WEFT_SIDECAR_BIN")
+    {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.exists(),
+            "WEFT_SIDECAR_BIN names {}, which does not exist",
+            path.display()
+        );
+        return Ok(path);
+    }
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     if dir.ends_with("deps") {
