@@ -46,6 +46,13 @@ impl H2Client {
         {
             return Ok(c);
         }
+        // Boxed: connecting (TLS and the HTTP/2 handshake) is rare, and its
+        // future would otherwise be carried by every request's (1 KB).
+        Box::pin(self.connect()).await
+    }
+
+    /// Opens the connection, unless another task did meanwhile.
+    async fn connect(&self) -> Result<Arc<SendRequest<BoxBody>>, ProxyError> {
         let _guard = self.connecting.lock().await;
         if let Some(c) = self.conn.load_full()
             && !c.is_closed()

@@ -228,7 +228,9 @@ async fn one(
         let req = call.template.request(body, timeout, false);
         Some(attempt::send(target, other, req, &how))
     };
-    let (winner, _) = hedge::race(first, delay, second).await;
+    // Boxed: the race holds two attempts and a timer, and would otherwise
+    // triple the size of every request's future, hedged or not (7 KB).
+    let (winner, _) = Box::pin(hedge::race(first, delay, second)).await;
     // The attempt that answered is the one reported (and not retried to).
     if winner.pick.endpoint.spec.addr != first_addr {
         tried.push(winner.pick.endpoint.spec.addr.clone());
