@@ -205,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 watch: Duration::from_secs(5),
                 ratio: 1.5,
                 recover: Duration::from_secs(2),
+                judge_recovery_time: true,
                 sidecar_limit: a.max_concurrent_requests,
             })
             .await?;

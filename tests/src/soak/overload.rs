@@ -44,6 +44,11 @@ pub struct OverloadConfig {
     pub watch: Duration,
     pub ratio: f64,
     pub recover: Duration,
+    /// Whether the time to recover decides the run. Off in CI, whose host
+    /// stalls for seconds at times (see tests/tests/endurance.rs); there
+    /// the run judges instead that the last second watched is served
+    /// whole, and prints the time.
+    pub judge_recovery_time: bool,
     /// `--max-concurrent-requests` of both sidecars (`Some(0)`: no limit,
     /// to see what an unbounded sidecar does); `None`: their default.
     pub sidecar_limit: Option<usize>,
@@ -287,24 +292,47 @@ impl OverloadReport {
                 peak < self.cfg.rss_bound_mb,
                 format!("peak RSS of either sidecar {peak:.1} MB"),
             ),
-            Verdict::new(
-                &format!(
-                    "p50 back within {:.1}× of before within {} ms",
-                    self.cfg.ratio,
-                    self.cfg.recover.as_millis()
-                ),
-                self.recovered_after()
-                    .is_some_and(|t| t <= self.cfg.recover),
-                format!(
-                    "p50 before {} µs; back after {}",
-                    self.before_p50_us,
+            self.served_at_the_end(),
+            {
+                let v = Verdict::new(
+                    &format!(
+                        "p50 back within {:.1}× of before within {} ms",
+                        self.cfg.ratio,
+                        self.cfg.recover.as_millis()
+                    ),
                     self.recovered_after()
-                        .map_or("never in the watch".into(), |t| format!(
-                            "{} ms",
-                            t.as_millis()
-                        ))
-                ),
-            ),
+                        .is_some_and(|t| t <= self.cfg.recover),
+                    format!(
+                        "p50 before {} µs; back after {}",
+                        self.before_p50_us,
+                        self.recovered_after()
+                            .map_or("never in the watch".into(), |t| format!(
+                                "{} ms",
+                                t.as_millis()
+                            ))
+                    ),
+                );
+                if self.cfg.judge_recovery_time {
+                    v
+                } else {
+                    v.unjudged()
+                }
+            },
         ]
+    }
+
+    /// The last second watched after the load dropped: every call answered
+    /// OK (recovered at all, whatever the time it took).
+    fn served_at_the_end(&self) -> Verdict {
+        let per_second = (1.0 / self.cfg.window.as_secs_f64()).round().max(1.0) as usize;
+        let tail = &self.after[self.after.len().saturating_sub(per_second)..];
+        let (ok, not_ok) = tail
+            .iter()
+            .fold((0, 0), |(o, n), (_, b)| (o + b.ok(), n + b.not_ok()));
+        Verdict::new(
+            "served normally by the end of the watch",
+            ok > 0 && not_ok == 0,
+            format!("the last second watched: {ok} OK, {not_ok} not"),
+        )
     }
 }
