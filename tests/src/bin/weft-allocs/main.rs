@@ -114,7 +114,7 @@ static GLOBAL: Counting = Counting;
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-allocs",
-    about = "Heap allocations per request in a pair of Weft sidecars"
+    about = "Heap allocations and CPU per request in a pair of Weft sidecars; with --memory, the live heap per stream and per connection"
 )]
 struct Args {
     /// Measured calls per path.

@@ -81,18 +81,23 @@ pub async fn run() -> anyhow::Result<()> {
     cp.apply_yaml(POLICY).await?;
     let (client_t, server_t, others_t) =
         (sidecar_thread(1)?, sidecar_thread(2)?, sidecar_thread(0)?);
-    let quiet = |s: SidecarSpec| s.access(&cp.access).arg("--log", "warn");
-    start(
-        &server_t,
-        quiet(SidecarSpec::new("echo-m")).app(backend.addr),
-    )
-    .await?;
-    let caller = start(
-        &client_t,
-        quiet(SidecarSpec::new("caller")).upstream("echo-m"),
-    )
-    .await?;
-    let up = caller.upstreams["echo-m"];
+    // A sidecar of `service` in front of the backend, or calling `service`.
+    let serving = |service: &str| {
+        SidecarSpec::new(service)
+            .access(&cp.access)
+            .arg("--log", "warn")
+            .app(backend.addr)
+    };
+    let calling = |caller: &str, service: &str| {
+        SidecarSpec::new(caller)
+            .access(&cp.access)
+            .arg("--log", "warn")
+            .upstream(service)
+    };
+    start(&server_t, serving("echo-m")).await?;
+    let up = start(&client_t, calling("caller", "echo-m"))
+        .await?
+        .upstreams["echo-m"];
     let c = client(up).await?;
     for _ in 0..200 {
         c.clone().unary(EchoRequest::default()).await?;
@@ -152,17 +157,9 @@ pub async fn run() -> anyhow::Result<()> {
     // (on an uncounted thread); the client side's heap once it knows them
     // all, and again once it has a connection open to each.
     for _ in 0..ENDPOINTS {
-        start(
-            &others_t,
-            quiet(SidecarSpec::new("echo-p")).app(backend.addr),
-        )
-        .await?;
+        start(&others_t, serving("echo-p")).await?;
     }
-    let pooled = start(
-        &client_t,
-        quiet(SidecarSpec::new("caller-p")).upstream("echo-p"),
-    )
-    .await?;
+    let pooled = start(&client_t, calling("caller-p", "echo-p")).await?;
     let pup = pooled.upstreams["echo-p"];
     call(pup, 0).await?;
     let admin = pooled.admin;
