@@ -17,6 +17,7 @@ use anyhow::Context;
 use weft_tests::echo::{client, start_echo};
 use weft_tests::mesh::{ControlPlane, SidecarSpec};
 use weft_tests::pb::EchoRequest;
+use weft_tests::util::wait_for;
 
 use super::{LIVE, sidecar_thread, start};
 
@@ -44,16 +45,6 @@ async fn live(side: usize) -> i64 {
 
 async fn both() -> (i64, i64) {
     (live(1).await, live(2).await)
-}
-
-/// Waits until `f` holds, for at most 20 s.
-async fn until(what: &str, mut f: impl AsyncFnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !f().await? {
-        anyhow::ensure!(tokio::time::Instant::now() < end, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 async fn call(addr: SocketAddr, sleep_ms: u32) -> anyhow::Result<()> {
@@ -120,9 +111,12 @@ pub async fn run() -> anyhow::Result<()> {
             .await
         });
     }
-    until("every held call at the backend", async || {
-        Ok(backend.calls() >= received + STREAMS)
-    })
+    let held = || async { (backend.calls() >= received + STREAMS).then_some(()) };
+    wait_for(
+        "every held call at the backend",
+        Duration::from_secs(20),
+        held,
+    )
     .await?;
     let during = both().await;
     rows.push((
@@ -165,15 +159,18 @@ pub async fn run() -> anyhow::Result<()> {
     let admin = pooled.admin;
     let (open0, before) = (connected(admin).await?, live(1).await);
     let pc = client(pup).await?;
+    // Calls until the balancer has picked every endpoint: a bounded count.
     let mut sent = 0;
-    until("a connection to every endpoint", async || {
+    while connected(admin).await? < ENDPOINTS {
+        anyhow::ensure!(
+            sent < 2000,
+            "no connection to every endpoint after {sent} calls"
+        );
         for _ in 0..20 {
             pc.clone().unary(EchoRequest::default()).await?;
             sent += 1;
         }
-        Ok(connected(admin).await? >= ENDPOINTS)
-    })
-    .await?;
+    }
     let (open1, after) = (connected(admin).await?, live(1).await);
     let opened = (open1 - open0) as u64;
     anyhow::ensure!(
