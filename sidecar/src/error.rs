@@ -30,9 +30,9 @@ pub enum ProxyError {
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: String },
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
-    Handshake { addr: String, source: hyper::Error },
+    Handshake { addr: String, source: h2::Error },
     #[error("upstream {addr} failed the request: {source}")]
-    Upstream { addr: String, source: hyper::Error },
+    Upstream { addr: String, source: h2::Error },
     #[error("this sidecar has no local app (--app)")]
     NoApp,
     #[error("the local app at {addr} failed the request: {reason}")]
@@ -359,18 +359,10 @@ pub fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Whether hyper's error is the peer refusing the stream (HTTP/2
-/// REFUSED_STREAM: RFC 9113 §8.7, the request was not processed), read
-/// from the typed h2 error in its cause chain.
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cause = c.source();
-    }
-    false
+/// Whether the peer refused the stream (HTTP/2 REFUSED_STREAM: RFC 9113
+/// §8.7, the request was not processed).
+fn refused_stream(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`.

@@ -1,26 +1,69 @@
 //! One multiplexed HTTP/2 connection to a peer, opened on first use and
 //! reopened when it closes. Every request to that peer shares it.
+//!
+//! Driven with `h2` directly, not through hyper's client: the request's
+//! own task opens the stream, writes a body that is already at hand and
+//! waits for the response. hyper's client hands every request over a
+//! channel to the connection's task, spawns a task per request that waits
+//! for the response and answers over a oneshot: two task hops, a spawn
+//! and two channels per request, about 6% of a sidecar's CPU in the
+//! profile (docs/performance.md). Only a body that is still arriving (a
+//! client stream) gets a task of its own to pump it ([`Pump`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::AbortHandle;
 
-use super::connector::{ConnectTarget, Connector};
+use super::connector::{BoxedIo, ConnectTarget, Connector};
 use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::resilience::limit::Limit;
+
+/// A PING this often, to notice a dead peer even while nothing is in
+/// flight...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...which must be answered within this, or the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Windows and buffers as hyper's client sets them (h2's own defaults are
+/// the protocol's 64 KiB windows, too small for a proxy carrying many
+/// streams over one connection).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams opened before the peer's SETTINGS say how many it takes.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 pub struct H2Client {
     target: ConnectTarget,
     connector: Arc<dyn Connector>,
     /// The open connection. Read without a lock on every request.
-    conn: ArcSwapOption<SendRequest<BoxBody>>,
+    conn: ArcSwapOption<Conn>,
     /// Only one task opens a connection at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
+}
+
+/// An open connection: the handle streams are opened with, and whether
+/// the task driving it has ended.
+struct Conn {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 impl H2Client {
@@ -40,7 +83,7 @@ impl H2Client {
 
     /// The open connection, or a new one. Returned as the shared handle so
     /// that a caller that finds it broken can retire exactly that one.
-    async fn sender(&self) -> Result<Arc<SendRequest<BoxBody>>, ProxyError> {
+    async fn conn(&self) -> Result<Arc<Conn>, ProxyError> {
         if let Some(c) = self.conn.load_full()
             && !c.is_closed()
         {
@@ -52,7 +95,7 @@ impl H2Client {
     }
 
     /// Opens the connection, unless another task did meanwhile.
-    async fn connect(&self) -> Result<Arc<SendRequest<BoxBody>>, ProxyError> {
+    async fn connect(&self) -> Result<Arc<Conn>, ProxyError> {
         let _guard = self.connecting.lock().await;
         if let Some(c) = self.conn.load_full()
             && !c.is_closed()
@@ -60,51 +103,48 @@ impl H2Client {
             return Ok(c);
         }
         let io = self.connector.connect(&self.target).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // Notice a dead peer even while no request is in flight.
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .handshake::<_, BoxBody>(TokioIo::new(io))
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .enable_push(false)
+            .handshake::<BoxedIo, Bytes>(io)
             .await
             .map_err(|source| ProxyError::Handshake {
                 addr: self.target.addr.to_string(),
                 source,
             })?;
-        let addr = self.target.addr.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
-            }
-        });
-        let sender = Arc::new(sender);
-        self.conn.store(Some(sender.clone()));
-        Ok(sender)
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(connection, closed.clone(), self.target.addr.clone()));
+        let conn = Arc::new(Conn { send, closed });
+        self.conn.store(Some(conn.clone()));
+        Ok(conn)
     }
 
     /// Forgets `broken`, unless another task already replaced it.
-    fn retire(&self, broken: &Arc<SendRequest<BoxBody>>) {
-        self.conn
-            .compare_and_swap(broken, None::<Arc<SendRequest<BoxBody>>>);
+    fn retire(&self, broken: &Arc<Conn>) {
+        self.conn.compare_and_swap(broken, None::<Arc<Conn>>);
     }
 
     /// Sends one request, with at most `limit.1` requests of the service
     /// waiting for a connection or a stream (counted in `limit.0`); over
-    /// it, the request fails at once. A request the connection refused
-    /// before sending anything (it had just closed) is sent once more on a
-    /// new connection; that is not a retry in the policy sense, the peer
-    /// never saw it.
+    /// it, the request fails at once. A request the connection could not
+    /// take (it had just closed) is sent once more on a new connection;
+    /// that is not a retry in the policy sense, the peer never saw it.
     ///
     /// Also returns the time from handing the request to a ready connection
     /// to the response headers: the peer's latency without connection setup
     /// (which would make a new endpoint look slow to the balancer).
     pub async fn send(
         &self,
-        mut req: http::Request<BoxBody>,
+        req: http::Request<BoxBody>,
         limit: Option<(&Limit, usize)>,
-    ) -> Result<(http::Response<Incoming>, Duration), ProxyError> {
-        for attempt in 0..2 {
+    ) -> Result<(http::Response<H2Body>, Duration), ProxyError> {
+        let (parts, body) = req.into_parts();
+        let mut head = Some(http::Request::from_parts(parts, ()));
+        for _ in 0..2 {
             let waiting = match limit {
                 Some((count, max)) => {
                     count
@@ -118,38 +158,461 @@ impl H2Client {
                 None => None,
             };
             let ready = async {
-                let shared = self.sender().await?;
-                let mut sender = (*shared).clone();
-                let ok = sender.ready().await.is_ok();
-                Ok::<_, ProxyError>((shared, sender, ok))
+                let shared = self.conn().await?;
+                let ready = shared.send.clone().ready().await;
+                Ok::<_, ProxyError>((shared, ready))
             }
             .await;
             drop(waiting);
-            let (shared, mut sender, ok) = ready?;
-            if !ok {
+            let (shared, ready) = ready?;
+            let Ok(mut sender) = ready else {
                 self.retire(&shared);
                 continue;
-            }
+            };
+            // The same poll that found the connection ready opens the
+            // stream: nothing can close it in between.
+            let head = head.take().expect("a head until the stream is opened");
             let sent = tokio::time::Instant::now();
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sent.elapsed())),
-                Err(mut e) => match e.take_message() {
-                    Some(r) if attempt == 0 => {
-                        self.retire(&shared);
-                        req = r;
-                    }
-                    _ => {
-                        return Err(ProxyError::Upstream {
-                            addr: self.target.addr.to_string(),
-                            source: e.into_error(),
-                        });
-                    }
-                },
-            }
+            let eos = body.is_end_stream();
+            let upstream = |source| ProxyError::Upstream {
+                addr: self.target.addr.to_string(),
+                source,
+            };
+            let (response, stream) = sender.send_request(head, eos).map_err(upstream)?;
+            let pump = if eos {
+                PumpGuard(None)
+            } else {
+                start_pump(Pump::new(body, stream)).await
+            };
+            let response = response.await.map_err(upstream)?;
+            let response = response.map(|recv| H2Body {
+                recv,
+                data_done: false,
+                done: false,
+                pump,
+            });
+            return Ok((response, sent.elapsed()));
         }
         Err(ProxyError::Connect {
             addr: self.target.addr.to_string(),
             source: std::io::Error::other("connection closed before the request was sent"),
         })
+    }
+}
+
+/// Drives the connection until it ends or stops answering PINGs; then
+/// marks it closed, so the next request opens another.
+async fn drive(
+    mut connection: h2::client::Connection<BoxedIo, Bytes>,
+    closed: Arc<AtomicBool>,
+    addr: Arc<str>,
+) {
+    let pings = connection.ping_pong();
+    let keepalive = async move {
+        let Some(mut pings) = pings else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+            match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                // The connection is ending: the other branch sees why.
+                Ok(Err(_)) => return std::future::pending().await,
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        ended = &mut connection => {
+            if let Err(e) = ended {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection ended");
+            }
+        }
+        () = keepalive => {
+            tracing::debug!(
+                %addr,
+                timeout = ?KEEPALIVE_TIMEOUT,
+                "HTTP/2 peer did not answer a PING; closing the connection",
+            );
+        }
+    }
+    closed.store(true, Ordering::Release);
+}
+
+/// Writes what of the request body is at hand now; if the body goes on,
+/// the rest is written by a task of its own, cancelled when the exchange
+/// is dropped before it ends.
+async fn start_pump(mut pump: Pump) -> PumpGuard {
+    let first = std::future::poll_fn(|cx| Poll::Ready(pump.poll_pump(cx))).await;
+    if first.is_ready() {
+        return PumpGuard(None);
+    }
+    let task = tokio::spawn(std::future::poll_fn(move |cx| pump.poll_pump(cx)));
+    PumpGuard(Some(task.abort_handle()))
+}
+
+/// Aborts a request body's pump when dropped before disarmed: the response
+/// was dropped unfinished (the caller went away, or a timeout), so the
+/// stream is reset rather than fed on.
+struct PumpGuard(Option<AbortHandle>);
+
+impl PumpGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PumpGuard {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A request body written to its stream as the peer's flow-control window
+/// allows: at most one chunk waits for the window, so a fast body cannot
+/// fill memory ahead of a slow peer.
+struct Pump {
+    body: BoxBody,
+    stream: SendStream<Bytes>,
+    /// A chunk read and waiting for the window, and whether it is the last.
+    held: Option<(Bytes, bool)>,
+}
+
+impl Pump {
+    fn new(body: BoxBody, stream: SendStream<Bytes>) -> Self {
+        Pump {
+            body,
+            stream,
+            held: None,
+        }
+    }
+
+    /// Ready when the body is written or the stream is gone. Failures end
+    /// the stream; the response side sees them, so they are only logged.
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // Woken by a reset while waiting for the body or the window.
+            if let Poll::Ready(reason) = self.stream.poll_reset(cx) {
+                tracing::debug!(?reason, "peer reset the stream; request body not sent on");
+                return Poll::Ready(());
+            }
+            if let Some((chunk, last)) = self.held.take() {
+                while self.stream.capacity() == 0 {
+                    match self.stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            self.held = Some((chunk, last));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return self.fail(&e),
+                        Poll::Ready(None) => return Poll::Ready(()),
+                    }
+                }
+                if let Err(e) = self.stream.send_data(chunk, last) {
+                    return self.fail(&e);
+                }
+                if last {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "request body failed; resetting the stream");
+                    self.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                None => {
+                    // Ended without a last data frame or trailers.
+                    if let Err(e) = self.stream.send_data(Bytes::new(), true) {
+                        return self.fail(&e);
+                    }
+                    return Poll::Ready(());
+                }
+            };
+            match frame.into_data() {
+                Ok(chunk) => {
+                    let last = self.body.is_end_stream();
+                    if chunk.is_empty() {
+                        if let Err(e) = self.stream.send_data(chunk, last) {
+                            return self.fail(&e);
+                        }
+                        if last {
+                            return Poll::Ready(());
+                        }
+                        continue;
+                    }
+                    // A claim of one byte, not the chunk's length: h2 asks
+                    // for the rest as it sends, and a large claim held
+                    // while waiting would starve the connection's other
+                    // streams of window.
+                    self.stream.reserve_capacity(1);
+                    self.held = Some((chunk, last));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.stream.reserve_capacity(0);
+                        if let Err(e) = self.stream.send_trailers(trailers) {
+                            return self.fail(&e);
+                        }
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &h2::Error) -> Poll<()> {
+        tracing::debug!(error = %e, "request body not sent on");
+        Poll::Ready(())
+    }
+}
+
+/// A response body read from its stream, giving the window back as the
+/// caller takes the data.
+pub struct H2Body {
+    recv: RecvStream,
+    /// The data is read; trailers (or the end) are next.
+    data_done: bool,
+    done: bool,
+    /// The request body's pump, if it still runs: cancelled if this body
+    /// is dropped before its end.
+    pump: PumpGuard,
+}
+
+impl H2Body {
+    /// The response ended well: a request body still being written may
+    /// finish (the peer ends it if it wants no more).
+    fn finish(&mut self) {
+        self.done = true;
+        self.pump.disarm();
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Can only fail once the stream is gone; the next read
+                    // says so.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = ready!(this.recv.poll_trailers(cx));
+        match trailers {
+            Ok(Some(t)) => {
+                this.finish();
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against h2's own server over an in-memory pipe: no sockets, so
+    //! paused time is exact.
+
+    use std::sync::Mutex;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::DuplexStream;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+    use crate::endpoint::{Alpn, ConnectFuture};
+
+    /// Hands out one end of a pipe, once.
+    struct Pipe(Mutex<Option<DuplexStream>>);
+
+    impl Connector for Pipe {
+        fn connect<'a>(&'a self, target: &'a ConnectTarget) -> ConnectFuture<'a> {
+            let end = self.0.lock().expect("lock").take();
+            Box::pin(async move {
+                end.map(|e| Box::new(e) as BoxedIo)
+                    .ok_or_else(|| ProxyError::Connect {
+                        addr: target.addr.to_string(),
+                        source: std::io::Error::other("the pipe was handed out already"),
+                    })
+            })
+        }
+    }
+
+    /// A client whose one connection is a pipe; the other end is returned.
+    fn client() -> (H2Client, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let target = ConnectTarget {
+            addr: "peer:1".into(),
+            service: weft_proto::name::ServiceName::parse("peer").expect("name"),
+            alpn: Alpn::H2,
+        };
+        (
+            H2Client::new(target, Arc::new(Pipe(Mutex::new(Some(ours))))),
+            theirs,
+        )
+    }
+
+    /// A request whose body is whatever is sent on the returned channel.
+    fn streaming() -> (http::Request<BoxBody>, mpsc::Sender<Bytes>) {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let frames =
+            ReceiverStream::new(rx).map(|b| Ok::<_, crate::body::BoxError>(Frame::data(b)));
+        let body = BodyExt::boxed_unsync(StreamBody::new(frames));
+        let req = http::Request::post("http://peer/stream")
+            .body(body)
+            .expect("request");
+        (req, tx)
+    }
+
+    use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_client_stream_larger_than_the_peers_window_arrives_whole() {
+        let (client, theirs) = client();
+        // A 16 KiB stream window: half a megabyte needs 32 window updates.
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(16 * 1024)
+                .handshake::<_, Bytes>(theirs)
+                .await
+                .expect("handshake");
+            let (req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("chunk");
+                body.flow_control()
+                    .release_capacity(chunk.len())
+                    .expect("release");
+                got.extend_from_slice(&chunk);
+            }
+            let resp = http::Response::new(());
+            let mut send = respond.send_response(resp, false).expect("respond");
+            send.send_data(Bytes::from(got.len().to_string()), true)
+                .expect("send");
+            got
+        });
+        let (req, tx) = streaming();
+        let writer = tokio::spawn(async move {
+            for i in 0..64u8 {
+                tx.send(Bytes::from(vec![i; 8 * 1024])).await.expect("send");
+            }
+        });
+        let (resp, _) = client.send(req, None).await.expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"524288");
+        writer.await.expect("writer");
+        let got = server.await.expect("server");
+        let want: Vec<u8> = (0..64u8).flat_map(|i| vec![i; 8 * 1024]).collect();
+        assert!(got == want, "the body arrived altered or out of order");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_response_resets_a_stream_still_sending() {
+        let (client, theirs) = client();
+        let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(theirs).await.expect("handshake");
+            let (req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            respond
+                .send_response(http::Response::new(()), false)
+                .expect("respond");
+            let mut body = req.into_body();
+            // Data, then the reset when the client gives up.
+            let ended = loop {
+                match body.data().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break e.reason(),
+                    None => break None,
+                }
+            };
+            let _ = reset_tx.send(ended);
+        });
+        let (req, tx) = streaming();
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        let (resp, _) = client.send(req, None).await.expect("response");
+        drop(resp);
+        let ended = tokio::time::timeout(Duration::from_secs(5), reset_rx)
+            .await
+            .expect("the server saw no reset within 5 s")
+            .expect("the server saw the stream end");
+        assert_eq!(ended, Some(Reason::CANCEL));
+        // And the body's pump is gone: nothing reads the caller's body on.
+        tokio::time::timeout(Duration::from_secs(5), tx.closed())
+            .await
+            .expect("the request body was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_no_ping_is_dropped_with_its_streams() {
+        let (client, theirs) = client();
+        // The peer reads everything and never says a word.
+        tokio::spawn(async move {
+            let mut theirs = theirs;
+            let _ = tokio::io::copy(&mut theirs, &mut tokio::io::sink()).await;
+        });
+        let req = http::Request::get("http://peer/silent")
+            .body(crate::body::empty())
+            .expect("request");
+        let started = tokio::time::Instant::now();
+        let Err(failed) = client.send(req, None).await else {
+            panic!("an answer from a silent peer");
+        };
+        let waited = started.elapsed();
+        assert_eq!(
+            failed.kind(),
+            crate::error::ErrorKind::UpstreamFailed,
+            "{failed}"
+        );
+        assert!(
+            waited >= KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT
+                && waited < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(1),
+            "dropped after {waited:?}"
+        );
+        assert!(!client.is_connected());
     }
 }

@@ -6,7 +6,7 @@ mod h2;
 mod load;
 
 pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
-pub use h2::H2Client;
+pub use h2::{H2Body, H2Client};
 pub use load::{Load, PendingGuard, prefer_second};
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use weft_proto::name::ServiceName;
@@ -23,7 +24,7 @@ use super::outcome::Outcome;
 use super::response::{self, Layers};
 use crate::body::{BoxBody, boxed};
 use crate::edge::ratelimit::{self, SharedLimiter};
-use crate::endpoint::TcpConnector;
+use crate::endpoint::{H2Body, TcpConnector};
 use crate::error::{AppPortRefusal, ProxyError, error_chain};
 use crate::identity::tls::LazyAcceptor;
 use crate::model::inbound::InboundPolicy;
@@ -252,7 +253,7 @@ impl Inbound {
         req: Request<Incoming>,
         peer: Option<&Peer>,
         grpc: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<AppBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(PEER_IDENTITY);
         if let Some(v) = peer.and_then(|p| p.header.clone()) {
@@ -279,6 +280,7 @@ impl Inbound {
                 .h1
                 .request(Request::from_parts(parts, boxed(body)))
                 .await
+                .map(|r| r.map(Either::Left))
                 .map_err(|e| {
                     if e.is_connect() {
                         app.connect_error(error_chain(&e))
@@ -294,13 +296,16 @@ impl Inbound {
         app.h2
             .send(Request::from_parts(parts, boxed(body)), None)
             .await
-            .map(|(r, _)| r)
+            .map(|(r, _)| r.map(Either::Right))
             .map_err(|e| match e {
                 ProxyError::Connect { source, .. } => app.connect_error(source.to_string()),
                 other => other,
             })
     }
 }
+
+/// An app's answer: over HTTP/1.1 (hyper's pooled client) or HTTP/2.
+type AppBody = Either<Incoming, H2Body>;
 
 /// The app port the caller named (`x-weft-target-port`), removed from the
 /// request either way: believed only from a caller mutual TLS proved (a

@@ -15,13 +15,12 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::plan::Plan;
 use super::route::{Destination, Rewritten};
 use crate::body::{BoxBody, boxed};
-use crate::endpoint::PendingGuard;
+use crate::endpoint::{H2Body, PendingGuard};
 use crate::error::{ErrorKind, ProxyError, error_chain};
 use crate::proxy::headers::{HTTP11, ORIG_PROTO, TARGET_PORT, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
@@ -172,7 +171,7 @@ pub struct Attempt {
 pub enum Answer {
     /// The endpoint answered.
     Response {
-        resp: Response<Incoming>,
+        resp: Response<H2Body>,
         /// A frame read before the headers went to the caller.
         first: Option<Frame<Bytes>>,
         /// That read found the end of the stream.
@@ -296,7 +295,7 @@ enum Peeked {
 
 /// Reads the first frame, waiting at most the peek window or what is left
 /// of the attempt's limit.
-async fn peek(body: &mut Incoming, left: Option<Duration>) -> Peeked {
+async fn peek(body: &mut H2Body, left: Option<Duration>) -> Peeked {
     let window = left.map_or(PEEK_WINDOW, |l| l.min(PEEK_WINDOW));
     match tokio::time::timeout(window, body.frame()).await {
         Err(_) if left.is_some_and(|l| l <= PEEK_WINDOW) => Peeked::TimedOut,
