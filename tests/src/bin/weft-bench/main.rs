@@ -250,6 +250,21 @@ async fn max_rate(
     })
 }
 
+/// A process's resident memory now (kB), from /proc: anonymous (heap,
+/// stacks) and file-backed (mostly the binary's code, shared by every
+/// process of that binary, which RSS counts whole in each).
+fn resident(pid: i32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// Peak RSS (kB) and CPU time (user + system) of a process, from /proc.
 fn usage(pid: i32) -> anyhow::Result<(u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -747,11 +762,20 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         collector.received()
     );
     println!("\nSidecars:\n");
-    println!("| sidecar | peak RSS |");
-    println!("|---|---:|");
+    println!(
+        "| sidecar | peak RSS | at the end: anonymous (heap, stacks) | at the end: file-backed (code; shared by all sidecars of one binary) |"
+    );
+    println!("|---|---:|---:|---:|");
+    let mb = |kb: u64| kb as f64 / 1024.0;
     for p in &paths {
         for (label, pid) in &p.sidecars {
-            println!("| {label} | {:.1} MB |", usage(*pid)?.0 as f64 / 1024.0);
+            let (anon, file) = resident(*pid)?;
+            println!(
+                "| {label} | {:.1} MB | {:.1} MB | {:.1} MB |",
+                mb(usage(*pid)?.0),
+                mb(anon),
+                mb(file)
+            );
         }
     }
     println!("\n| run | sidecar | CPU | of a core |");
