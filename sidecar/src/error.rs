@@ -396,6 +396,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_refused_stream_is_told_apart_from_other_upstream_failures() {
+        let upstream = |reason| ProxyError::Upstream {
+            addr: "10.0.0.1:4143".into(),
+            source: h2::Error::from(reason),
+        };
+        let refused = upstream(h2::Reason::REFUSED_STREAM);
+        assert_eq!(refused.kind(), ErrorKind::RefusedStream);
+        assert_eq!(refused.kind().transport(), Some(Transport::RefusedStream));
+        assert_eq!(refused.code(), "upstream-failed");
+        for other in [h2::Reason::CANCEL, h2::Reason::INTERNAL_ERROR] {
+            let e = upstream(other);
+            assert_eq!(e.kind(), ErrorKind::UpstreamFailed, "{other:?}");
+            assert_eq!(e.kind().transport(), Some(Transport::Reset));
+        }
+    }
+
+    #[test]
     fn grpc_errors_are_trailers_only() {
         let r = ProxyError::UnknownService("x".into()).into_response(true);
         assert_eq!(r.status(), StatusCode::OK);
