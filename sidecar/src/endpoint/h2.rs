@@ -299,19 +299,20 @@ impl Pump {
                 return Poll::Ready(());
             }
             if let Some((chunk, last)) = self.held.take() {
-                while self.stream.capacity() == 0 {
+                // An empty chunk (an explicit end) needs no window.
+                while !chunk.is_empty() && self.stream.capacity() == 0 {
                     match self.stream.poll_capacity(cx) {
                         Poll::Pending => {
                             self.held = Some((chunk, last));
                             return Poll::Pending;
                         }
                         Poll::Ready(Some(Ok(_))) => {}
-                        Poll::Ready(Some(Err(e))) => return self.fail(&e),
+                        Poll::Ready(Some(Err(e))) => return fail(&e),
                         Poll::Ready(None) => return Poll::Ready(()),
                     }
                 }
                 if let Err(e) = self.stream.send_data(chunk, last) {
-                    return self.fail(&e);
+                    return fail(&e);
                 }
                 if last {
                     return Poll::Ready(());
@@ -328,35 +329,27 @@ impl Pump {
                 None => {
                     // Ended without a last data frame or trailers.
                     if let Err(e) = self.stream.send_data(Bytes::new(), true) {
-                        return self.fail(&e);
+                        return fail(&e);
                     }
                     return Poll::Ready(());
                 }
             };
             match frame.into_data() {
                 Ok(chunk) => {
-                    let last = self.body.is_end_stream();
-                    if chunk.is_empty() {
-                        if let Err(e) = self.stream.send_data(chunk, last) {
-                            return self.fail(&e);
-                        }
-                        if last {
-                            return Poll::Ready(());
-                        }
-                        continue;
-                    }
                     // A claim of one byte, not the chunk's length: h2 asks
                     // for the rest as it sends, and a large claim held
                     // while waiting would starve the connection's other
                     // streams of window.
-                    self.stream.reserve_capacity(1);
-                    self.held = Some((chunk, last));
+                    if !chunk.is_empty() {
+                        self.stream.reserve_capacity(1);
+                    }
+                    self.held = Some((chunk, self.body.is_end_stream()));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         self.stream.reserve_capacity(0);
                         if let Err(e) = self.stream.send_trailers(trailers) {
-                            return self.fail(&e);
+                            return fail(&e);
                         }
                         return Poll::Ready(());
                     }
@@ -364,11 +357,12 @@ impl Pump {
             }
         }
     }
+}
 
-    fn fail(&mut self, e: &h2::Error) -> Poll<()> {
-        tracing::debug!(error = %e, "request body not sent on");
-        Poll::Ready(())
-    }
+/// The pump's end on a stream error: logged only, the response sees it.
+fn fail(e: &h2::Error) -> Poll<()> {
+    tracing::debug!(error = %e, "request body not sent on");
+    Poll::Ready(())
 }
 
 /// A response body read from its stream, giving the window back as the

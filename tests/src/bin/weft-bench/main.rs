@@ -255,24 +255,25 @@ async fn max_rate(
 /// process of that binary, which RSS counts whole in each).
 fn resident(pid: i32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("RssAnon:")?, field("RssFile:")?))
+    Ok((
+        status_kb(&status, "RssAnon:")?,
+        status_kb(&status, "RssFile:")?,
+    ))
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kb(status: &str, name: &str) -> anyhow::Result<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {name} in /proc/PID/status"))
 }
 
 /// Peak RSS (kB) and CPU time (user + system) of a process, from /proc.
 fn usage(pid: i32) -> anyhow::Result<(u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
+    let hwm = status_kb(&status, "VmHWM:")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at ')'.
     let fields: Vec<&str> = stat
