@@ -190,7 +190,7 @@ pub async fn run(
     tracing::info!(%replica, "this control-plane replica's name");
     let admin_service = AdminService::new(
         catalog.clone(),
-        Some(store),
+        Some(store.clone()),
         metrics.clone(),
         tokens.clone(),
         ca.clone(),
@@ -213,6 +213,7 @@ pub async fn run(
         .add_service(IdentityServer::new(IdentityService::new(
             ca.clone(),
             tokens,
+            store.clone(),
             metrics.clone(),
         )))
         .add_service(AdminServer::with_interceptor(admin_service, move |req| {

@@ -230,6 +230,10 @@ impl Store for EmbeddedStore {
         self.blocking(move |s| s.put_token(&id, &record)).await
     }
 
+    async fn token(&self, _id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(None)
+    }
+
     async fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
         self.blocking(move |s| s.delete_tokens(&ids)).await

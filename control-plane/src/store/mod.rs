@@ -169,6 +169,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_token(&self, id: &str, record: &TokenRecord) -> Result<(), StoreError>;
 
+    /// One join token as the store holds it now: for a replica whose copy
+    /// (fed by the watch) may not have the token another replica minted a
+    /// moment ago. The embedded store's book is the record: `None`.
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
     /// Forgets tokens; unknown ids are no error.
     async fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError>;
 

@@ -521,6 +521,17 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let key = self.keys.token(id);
+        let resp = self.get("reading a join token", key.clone(), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            keys::decode_token(&key, kv.value()).map_err(EtcdError::from)?,
+        ))
+    }
+
     async fn delete_tokens(&self, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
