@@ -1048,6 +1048,44 @@ async fn a_sidecar_renews_its_certificate_through_another_replica() -> anyhow::R
     Ok(())
 }
 
+/// Renewal needs the CA (files on every replica), not the store: with
+/// every etcd member down, certificates are still renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_while_etcd_is_down() -> anyhow::Result<()> {
+    let Some(mut ha) = Ha::start(1).await? else {
+        return Ok(());
+    };
+    // Certificates of 4 s: renewed every 2.6 to 3 s.
+    let a = ha.replica_with("a", &["--cert-ttl", "4s"]).await?;
+    let echo = start_echo("e1").await?;
+    let sidecar = SidecarSpec::new("echo")
+        .access(&a.access()?)
+        .app(echo.addr)
+        .start()
+        .await?;
+    let renewals = |result: &'static str| {
+        let sidecar = &sidecar;
+        async move {
+            let m = sidecar.metrics().await.ok()?;
+            metric(&m, "weft_certificate_renewals_total", &[("result", result)])
+        }
+    };
+    ha.etcd.kill(0)?;
+    let before = renewals("ok").await.unwrap_or(0.0);
+    wait_for(
+        "two renewals with etcd down",
+        Duration::from_secs(10),
+        || async { (renewals("ok").await? >= before + 2.0).then_some(()) },
+    )
+    .await?;
+    assert_eq!(renewals("failed").await.unwrap_or(0.0), 0.0);
+    // And the replica knows etcd is gone: a write is refused, naming it.
+    let (code, _, err) = weftctl(&a, &["apply", "-f", "-"], Some(&echo_service("p2c-ewma")))?;
+    assert_ne!(code, 0, "an apply without etcd");
+    assert!(err.contains("etcd"), "{err}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_returns_to_its_first_choice_replica_when_it_is_back() -> anyhow::Result<()> {
     let Some(ha) = Ha::start(1).await? else {
