@@ -237,9 +237,15 @@ mod tests {
         // Read, not kept: the watch stays the book's one writer.
         assert!(ids.tokens.get("t1", SystemTime::now()).is_none());
         // The store's record is checked like the book's.
-        let wrong = ids.admit(&token("t1", "guess")).await.unwrap_err();
+        let wrong = ids
+            .admit(&token("t1", "guess"))
+            .await
+            .expect_err("a wrong secret");
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-        let unknown = ids.admit(&token("t2", "s3cret")).await.unwrap_err();
+        let unknown = ids
+            .admit(&token("t2", "s3cret"))
+            .await
+            .expect_err("a token nobody made");
         assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
         assert!(unknown.message().contains("not known"), "{unknown:?}");
         Ok(())
@@ -256,7 +262,10 @@ mod tests {
                 down: true,
             },
         )?;
-        let e = ids.admit(&token("t1", "s3cret")).await.unwrap_err();
+        let e = ids
+            .admit(&token("t1", "s3cret"))
+            .await
+            .expect_err("no store to ask");
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         assert!(e.message().contains("cannot be asked"), "{e:?}");
         Ok(())
