@@ -251,7 +251,10 @@ fn export_thread(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = built_tx.send(Err(format!("cannot start its runtime: {e}")));
+                    let _ = built_tx.send(Err(TracerError {
+                        endpoint: target,
+                        reason: format!("cannot start its runtime: {e}"),
+                    }));
                     return;
                 }
             };
@@ -279,8 +282,7 @@ fn export_thread(
         .map_err(|e| error(format!("cannot start its thread: {e}")))?;
     built_rx
         .recv()
-        .map_err(|_| error("its thread ended".into()))?
-        .map_err(error)?;
+        .map_err(|_| error("its thread ended".into()))??;
     Ok((stop_tx, done_rx))
 }
 
@@ -289,7 +291,11 @@ fn export_thread(
 fn build_exporter(
     cfg: &TracingConfig,
     target: String,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
+) -> Result<opentelemetry_otlp::SpanExporter, TracerError> {
+    let error = |reason: String| TracerError {
+        endpoint: target.clone(),
+        reason,
+    };
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(target.clone())
@@ -302,9 +308,9 @@ fn build_exporter(
         if let Some(id) = &cfg.client_identity {
             tls = tls.identity(tonic::transport::Identity::from_pem(&id.chain, &id.key));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(target)
+        let endpoint = tonic::transport::Endpoint::from_shared(target.clone())
             .and_then(|e| e.tls_config(tls))
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| error(format!("TLS: {e}")))?;
         builder = builder.with_channel(
             endpoint
                 .connect_timeout(EXPORT_TIMEOUT)
@@ -312,7 +318,7 @@ fn build_exporter(
                 .connect_lazy(),
         );
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(|e| error(e.to_string()))
 }
 
 impl Tracer {
