@@ -2,8 +2,9 @@
 //! reopened when it closes. Every request to that peer shares it.
 //!
 //! Driven with `h2` directly, not through hyper's client: the request's
-//! own task opens the stream, writes a body that is already at hand and
-//! waits for the response. hyper's client hands every request over a
+//! own task opens the stream, writes a body that is already at hand (so a
+//! unary call's headers and message leave in one write) and waits for
+//! the response. hyper's client hands every request over a
 //! channel to the connection's task, spawns a task per request that waits
 //! for the response and answers over a oneshot: two task hops, a spawn
 //! and two channels per request, about 6% of a sidecar's CPU in the
@@ -271,13 +272,19 @@ impl Drop for PumpGuard {
 }
 
 /// A request body written to its stream as the peer's flow-control window
-/// allows: at most one chunk waits for the window, so a fast body cannot
-/// fill memory ahead of a slow peer.
+/// allows. The first chunk goes to h2 at once, window or not, so that it
+/// leaves in the same write as the request's headers (a unary call is one
+/// write, not two, and needs no task of its own); later chunks wait for
+/// the window. So at most two chunks (the first, buffered in h2, and one
+/// held here) wait ahead of a slow peer, and a fast body cannot fill
+/// memory.
 struct Pump {
     body: BoxBody,
     stream: SendStream<Bytes>,
     /// A chunk read and waiting for the window, and whether it is the last.
     held: Option<(Bytes, bool)>,
+    /// A chunk has gone to h2: the next waits for the window.
+    sent_first: bool,
 }
 
 impl Pump {
@@ -286,6 +293,7 @@ impl Pump {
             body,
             stream,
             held: None,
+            sent_first: false,
         }
     }
 
@@ -299,8 +307,9 @@ impl Pump {
                 return Poll::Ready(());
             }
             if let Some((chunk, last)) = self.held.take() {
-                // An empty chunk (an explicit end) needs no window.
-                while !chunk.is_empty() && self.stream.capacity() == 0 {
+                // An empty chunk (an explicit end) needs no window, nor
+                // does the first (see `Pump`).
+                while !chunk.is_empty() && self.sent_first && self.stream.capacity() == 0 {
                     match self.stream.poll_capacity(cx) {
                         Poll::Pending => {
                             self.held = Some((chunk, last));
@@ -311,6 +320,7 @@ impl Pump {
                         Poll::Ready(None) => return Poll::Ready(()),
                     }
                 }
+                self.sent_first |= !chunk.is_empty();
                 if let Err(e) = self.stream.send_data(chunk, last) {
                     return fail(&e);
                 }
@@ -339,8 +349,8 @@ impl Pump {
                     // A claim of one byte, not the chunk's length: h2 asks
                     // for the rest as it sends, and a large claim held
                     // while waiting would starve the connection's other
-                    // streams of window.
-                    if !chunk.is_empty() {
+                    // streams of window. (The first chunk waits for none.)
+                    if !chunk.is_empty() && self.sent_first {
                         self.stream.reserve_capacity(1);
                     }
                     self.held = Some((chunk, self.body.is_end_stream()));
@@ -459,17 +469,16 @@ mod tests {
     use crate::endpoint::{Alpn, ConnectFuture};
 
     /// Hands out one end of a pipe, once.
-    struct Pipe(Mutex<Option<DuplexStream>>);
+    struct Pipe(Mutex<Option<BoxedIo>>);
 
     impl Connector for Pipe {
         fn connect<'a>(&'a self, target: &'a ConnectTarget) -> ConnectFuture<'a> {
             let end = self.0.lock().expect("lock").take();
             Box::pin(async move {
-                end.map(|e| Box::new(e) as BoxedIo)
-                    .ok_or_else(|| ProxyError::Connect {
-                        addr: target.addr.to_string(),
-                        source: std::io::Error::other("the pipe was handed out already"),
-                    })
+                end.ok_or_else(|| ProxyError::Connect {
+                    addr: target.addr.to_string(),
+                    source: std::io::Error::other("the pipe was handed out already"),
+                })
             })
         }
     }
@@ -477,15 +486,56 @@ mod tests {
     /// A client whose one connection is a pipe; the other end is returned.
     fn client() -> (H2Client, DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
+        (client_over(Box::new(ours)), theirs)
+    }
+
+    fn client_over(io: BoxedIo) -> H2Client {
         let target = ConnectTarget {
             addr: "peer:1".into(),
             service: weft_proto::name::ServiceName::parse("peer").expect("name"),
             alpn: Alpn::H2,
         };
-        (
-            H2Client::new(target, Arc::new(Pipe(Mutex::new(Some(ours))))),
-            theirs,
-        )
+        H2Client::new(target, Arc::new(Pipe(Mutex::new(Some(io)))))
+    }
+
+    /// A pipe's end that counts the writes made to it: each is a `writev`
+    /// on a socket.
+    struct Counted {
+        io: DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, buf));
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(written)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
     }
 
     /// A request whose body is whatever is sent on the returned channel.
@@ -501,6 +551,54 @@ mod tests {
     }
 
     use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_unary_calls_headers_and_message_leave_in_one_write() {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = client_over(Box::new(Counted {
+            io: ours,
+            writes: writes.clone(),
+        }));
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(theirs).await.expect("handshake");
+            // Each stream answered by a task of its own: the connection is
+            // driven by `accept` alone.
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut len = 0;
+                    while let Some(chunk) = body.data().await {
+                        len += chunk.expect("chunk").len();
+                    }
+                    let mut send = respond
+                        .send_response(http::Response::new(()), false)
+                        .expect("respond");
+                    send.send_data(Bytes::from(len.to_string()), true)
+                        .expect("send");
+                });
+            }
+        });
+        let call = |n: usize| {
+            let req = http::Request::post("http://peer/unary")
+                .body(crate::body::full(Bytes::from(vec![7u8; n])))
+                .expect("request");
+            let client = &client;
+            async move {
+                let (resp, _) = client.send(req, None).await.expect("response");
+                resp.into_body().collect().await.expect("body").to_bytes()
+            }
+        };
+        // The first call also carries the preface and the settings.
+        assert_eq!(&call(100).await[..], b"100");
+        let before = writes.load(Ordering::Relaxed);
+        assert_eq!(&call(100).await[..], b"100");
+        assert_eq!(
+            writes.load(Ordering::Relaxed) - before,
+            1,
+            "HEADERS and DATA of a unary call went out in separate writes"
+        );
+    }
 
     #[tokio::test]
     async fn a_client_stream_larger_than_the_peers_window_arrives_whole() {
