@@ -29,7 +29,8 @@ pub enum RetryCondition {
     GatewayError,
     /// No connection to the endpoint: the request never left.
     ConnectFailure,
-    /// HTTP/2 REFUSED_STREAM: the server did not process the request.
+    /// HTTP/2 REFUSED_STREAM, or a stream past a graceful GOAWAY's last
+    /// stream id: the server did not process the request.
     RefusedStream,
     /// The connection or stream was reset before a response.
     Reset,

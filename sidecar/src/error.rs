@@ -359,10 +359,15 @@ pub fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Whether the peer refused the stream (HTTP/2 REFUSED_STREAM: RFC 9113
-/// §8.7, the request was not processed).
+/// Whether the peer did not process the request: it refused the stream
+/// (REFUSED_STREAM, RFC 9113 §8.7), or it is shutting down gracefully and
+/// the stream is past the last one its GOAWAY kept (§6.8). h2 fails only
+/// those streams with the peer's GOAWAY itself; a stream the peer kept
+/// and then lost ends with the connection's own error. A GOAWAY with an
+/// error code fails kept and unkept streams alike, so only NO_ERROR says.
 fn refused_stream(e: &h2::Error) -> bool {
     e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
 }
 
 /// An error and its causes on one line, `outer: inner: innermost`.

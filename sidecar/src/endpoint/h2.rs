@@ -600,6 +600,66 @@ mod tests {
         );
     }
 
+    /// A peer written frame by frame: answers the preface with empty
+    /// SETTINGS, reads until the client's first HEADERS, then sends a
+    /// GOAWAY with `last_stream_id` and NO_ERROR and, if `close`, hangs
+    /// up.
+    async fn peer_going_away(mut io: DuplexStream, last_stream_id: u32, close: bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await.expect("preface");
+        io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .expect("settings");
+        loop {
+            let mut head = [0u8; 9];
+            io.read_exact(&mut head).await.expect("frame header");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await.expect("frame payload");
+            if head[3] == 1 {
+                break;
+            }
+        }
+        let mut goaway = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+        goaway.extend_from_slice(&last_stream_id.to_be_bytes());
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        io.write_all(&goaway).await.expect("goaway");
+        if close {
+            drop(io);
+        } else {
+            // Stay open, reading, until the client hangs up.
+            let _ = tokio::io::copy(&mut io, &mut tokio::io::sink()).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_a_graceful_goaway_counts_as_refused() {
+        let (client, theirs) = client();
+        tokio::spawn(peer_going_away(theirs, 0, false));
+        let req = http::Request::post("http://peer/unary")
+            .body(crate::body::full(Bytes::from_static(b"hello")))
+            .expect("request");
+        let Err(e) = client.send(req, None).await else {
+            panic!("an answer from a peer that went away");
+        };
+        assert_eq!(e.kind(), crate::error::ErrorKind::RefusedStream, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_goaway_kept_then_lost_is_not_refused() {
+        let (client, theirs) = client();
+        // Stream 1 is within the GOAWAY: the peer may have processed it.
+        tokio::spawn(peer_going_away(theirs, 1, true));
+        let req = http::Request::post("http://peer/unary")
+            .body(crate::body::full(Bytes::from_static(b"hello")))
+            .expect("request");
+        let Err(e) = client.send(req, None).await else {
+            panic!("an answer from a peer that hung up");
+        };
+        assert_eq!(e.kind(), crate::error::ErrorKind::UpstreamFailed, "{e}");
+    }
+
     #[tokio::test]
     async fn a_client_stream_larger_than_the_peers_window_arrives_whole() {
         let (client, theirs) = client();
