@@ -321,6 +321,37 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    // The same pair with tracing on and nothing sampled: what every
+    // request pays for its trace context (ids, `traceparent` read and
+    // written), apart from exporting. The collector's address is never
+    // dialled: no span is sampled.
+    let traced = |spec: SidecarSpec| {
+        spec.arg("--otlp-endpoint", "http://127.0.0.1:9")
+            .arg("--trace-sampling", "0")
+    };
+    let traced_in = start(
+        &thread,
+        traced(SidecarSpec::new("echo"))
+            .static_config(&empty)
+            .app(backend.addr)
+            .arg("--log", "warn"),
+    )
+    .await?
+    .inbound;
+    let traced_mesh = write_temp(
+        dir.path(),
+        "traced.yaml",
+        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {traced_in}\n"),
+    )?;
+    let traced_client = start(
+        &thread,
+        traced(SidecarSpec::new("bench"))
+            .static_config(&traced_mesh)
+            .upstream("echo")
+            .arg("--log", "warn"),
+    )
+    .await?;
+
     let cp = ControlPlane::start(None, Default::default()).await?;
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
@@ -332,6 +363,10 @@ async fn main() -> anyhow::Result<()> {
 
     let paths = [
         ("plaintext pair", plain_client.upstreams["echo"]),
+        (
+            "plaintext pair, traced (0% sampled)",
+            traced_client.upstreams["echo"],
+        ),
         ("mTLS pair, resilience", tls_up),
         ("mTLS pair, bare", bare_up),
     ];
