@@ -18,6 +18,15 @@ pub const TARGET_PORT: HeaderName = HeaderName::from_static("x-weft-target-port"
 /// Stripped from every incoming request first, so it cannot be forged.
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-weft-peer-identity");
 
+/// gRPC's own headers and trailers, named once: the request path looks
+/// them up by a built name, never by parsing a string each time.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes connection-specific headers (RFC 9110 §7.6.1), which must not be
 /// forwarded and which HTTP/2 forbids. `te: trailers` is kept: gRPC needs it.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -41,8 +50,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     ] {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
     let te_trailers = h
         .get(header::TE)
         .and_then(|v| v.to_str().ok())

@@ -7,6 +7,7 @@
 use http::{HeaderMap, StatusCode};
 use weft_proto::grpc::GrpcCode;
 
+use super::headers::GRPC_STATUS;
 use crate::error::{ErrorKind, ProxyError};
 
 /// How one exchange (or one attempt of it) ended.
@@ -100,7 +101,7 @@ impl Outcome {
 
 /// `grpc-status` of headers or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<GrpcCode> {
-    headers.get("grpc-status").and_then(GrpcCode::from_header)
+    headers.get(GRPC_STATUS).and_then(GrpcCode::from_header)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use super::exchange::Exchange;
+use super::headers::{GRPC_MESSAGE, GRPC_STATUS};
 use super::outcome::{Failure, Outcome};
 use crate::body::{BoxBody, BoxError};
 use crate::endpoint::PendingGuard;
@@ -120,9 +121,9 @@ impl<B: Body> ResponseBody<B> {
             return Poll::Ready(Some(Err(why.message().into())));
         }
         let mut t = HeaderMap::new();
-        t.insert("grpc-status", why.grpc_code().header_value());
+        t.insert(GRPC_STATUS, why.grpc_code().header_value());
         if let Ok(v) = HeaderValue::from_str(&percent_encode(why.message())) {
-            t.insert("grpc-message", v);
+            t.insert(GRPC_MESSAGE, v);
         }
         self.pass(Frame::trailers(t))
     }

@@ -4,11 +4,11 @@
 
 use std::str::FromStr;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use opentelemetry::trace::TraceState;
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Where a span sits in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use super::route::{Destination, Rewritten};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{H2Body, PendingGuard};
 use crate::error::{ErrorKind, ProxyError, error_chain};
+use crate::proxy::headers::GRPC_TIMEOUT;
 use crate::proxy::headers::{HTTP11, ORIG_PROTO, TARGET_PORT, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
 use crate::resilience::deadline;
@@ -123,7 +124,7 @@ impl Template {
             *r.headers_mut() = self.headers.clone();
         }
         if let Some(t) = timeout {
-            r.headers_mut().insert("grpc-timeout", deadline::format(t));
+            r.headers_mut().insert(GRPC_TIMEOUT, deadline::format(t));
         }
         r
     }

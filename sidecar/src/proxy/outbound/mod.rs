@@ -39,6 +39,7 @@ use crate::endpoint::Connector;
 use crate::error::ProxyError;
 use crate::proxy::HttpFuture;
 use crate::proxy::exchange::Exchange;
+use crate::proxy::headers::GRPC_TIMEOUT;
 use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
 use crate::resilience::deadline;
@@ -136,7 +137,7 @@ impl Outbound {
             method: req.method(),
             path: req.uri().path(),
             caller_timeout: grpc
-                .then(|| req.headers().get("grpc-timeout").and_then(deadline::parse))
+                .then(|| req.headers().get(GRPC_TIMEOUT).and_then(deadline::parse))
                 .flatten(),
             mirrored: route.rule.as_ref().is_some_and(|r| !r.mirrors.is_empty()),
         };
