@@ -633,31 +633,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_stream_past_a_graceful_goaway_counts_as_refused() {
+    /// What a unary call to a peer going away (`peer_going_away`) ends
+    /// with.
+    async fn call_a_peer_going_away(last_stream_id: u32, close: bool) -> crate::error::ErrorKind {
         let (client, theirs) = client();
-        tokio::spawn(peer_going_away(theirs, 0, false));
+        tokio::spawn(peer_going_away(theirs, last_stream_id, close));
         let req = http::Request::post("http://peer/unary")
             .body(crate::body::full(Bytes::from_static(b"hello")))
             .expect("request");
-        let Err(e) = client.send(req, None).await else {
-            panic!("an answer from a peer that went away");
-        };
-        assert_eq!(e.kind(), crate::error::ErrorKind::RefusedStream, "{e}");
+        match client.send(req, None).await {
+            Ok(_) => panic!("an answer from a peer going away"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_a_graceful_goaway_counts_as_refused() {
+        assert_eq!(
+            call_a_peer_going_away(0, false).await,
+            crate::error::ErrorKind::RefusedStream
+        );
     }
 
     #[tokio::test]
     async fn a_stream_the_goaway_kept_then_lost_is_not_refused() {
-        let (client, theirs) = client();
         // Stream 1 is within the GOAWAY: the peer may have processed it.
-        tokio::spawn(peer_going_away(theirs, 1, true));
-        let req = http::Request::post("http://peer/unary")
-            .body(crate::body::full(Bytes::from_static(b"hello")))
-            .expect("request");
-        let Err(e) = client.send(req, None).await else {
-            panic!("an answer from a peer that hung up");
-        };
-        assert_eq!(e.kind(), crate::error::ErrorKind::UpstreamFailed, "{e}");
+        assert_eq!(
+            call_a_peer_going_away(1, true).await,
+            crate::error::ErrorKind::UpstreamFailed
+        );
     }
 
     #[tokio::test]

@@ -178,6 +178,40 @@ fn sidecar_thread(side: usize) -> anyhow::Result<mpsc::UnboundedSender<Job>> {
     Ok(tx)
 }
 
+/// A plaintext pair from static config, both sidecars given `with`;
+/// returns the client side's ports.
+async fn plaintext_pair(
+    thread: &mpsc::UnboundedSender<Job>,
+    dir: &std::path::Path,
+    empty: &std::path::Path,
+    app: SocketAddr,
+    name: &str,
+    with: impl Fn(SidecarSpec) -> SidecarSpec,
+) -> anyhow::Result<Ports> {
+    let inbound = start(
+        thread,
+        with(SidecarSpec::new("echo"))
+            .static_config(empty)
+            .app(app)
+            .arg("--log", "warn"),
+    )
+    .await?
+    .inbound;
+    let mesh = write_temp(
+        dir,
+        &format!("{name}.yaml"),
+        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {inbound}\n"),
+    )?;
+    start(
+        thread,
+        with(SidecarSpec::new("bench"))
+            .static_config(&mesh)
+            .upstream("echo")
+            .arg("--log", "warn"),
+    )
+    .await
+}
+
 async fn start(thread: &mpsc::UnboundedSender<Job>, spec: SidecarSpec) -> anyhow::Result<Ports> {
     let (tx, rx) = oneshot::channel();
     thread
@@ -298,58 +332,16 @@ async fn main() -> anyhow::Result<()> {
     let thread = sidecar_thread(1)?;
 
     let empty = write_temp(dir.path(), "empty.yaml", "services: []\n")?;
-    let plain_in = start(
-        &thread,
-        SidecarSpec::new("echo")
-            .static_config(&empty)
-            .app(backend.addr)
-            .arg("--log", "warn"),
-    )
-    .await?
-    .inbound;
-    let mesh = write_temp(
-        dir.path(),
-        "mesh.yaml",
-        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {plain_in}\n"),
-    )?;
-    let plain_client = start(
-        &thread,
-        SidecarSpec::new("bench")
-            .static_config(&mesh)
-            .upstream("echo")
-            .arg("--log", "warn"),
-    )
-    .await?;
-
+    let plain_client =
+        plaintext_pair(&thread, dir.path(), &empty, backend.addr, "plain", |s| s).await?;
     // The same pair with tracing on and nothing sampled: what every
     // request pays for its trace context (ids, `traceparent` read and
     // written), apart from exporting. The collector's address is never
     // dialled: no span is sampled.
-    let traced = |spec: SidecarSpec| {
-        spec.arg("--otlp-endpoint", "http://127.0.0.1:9")
+    let traced_client = plaintext_pair(&thread, dir.path(), &empty, backend.addr, "traced", |s| {
+        s.arg("--otlp-endpoint", "http://127.0.0.1:9")
             .arg("--trace-sampling", "0")
-    };
-    let traced_in = start(
-        &thread,
-        traced(SidecarSpec::new("echo"))
-            .static_config(&empty)
-            .app(backend.addr)
-            .arg("--log", "warn"),
-    )
-    .await?
-    .inbound;
-    let traced_mesh = write_temp(
-        dir.path(),
-        "traced.yaml",
-        &format!("services:\n  - name: echo\n    endpoints:\n      - address: {traced_in}\n"),
-    )?;
-    let traced_client = start(
-        &thread,
-        traced(SidecarSpec::new("bench"))
-            .static_config(&traced_mesh)
-            .upstream("echo")
-            .arg("--log", "warn"),
-    )
+    })
     .await?;
 
     let cp = ControlPlane::start(None, Default::default()).await?;
