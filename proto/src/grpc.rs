@@ -4,11 +4,17 @@
 //! retry conditions, metrics and logs).
 //!
 //! The codes are those of the gRPC spec (`doc/statuscodes.md`); a value
-//! outside 0..=16 is read as `UNKNOWN`, as gRPC clients do.
+//! outside 0..=16 is read as `UNKNOWN`, as gRPC clients do. The header
+//! names gRPC carries them in are built once here, so that no request
+//! path looks them up by parsing a string.
 
 use std::fmt;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// A gRPC status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

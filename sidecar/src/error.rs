@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
-use weft_proto::grpc::GrpcCode;
+use weft_proto::grpc::{GRPC_MESSAGE, GRPC_STATUS, GrpcCode};
 
 use crate::body::{BoxBody, full};
 
@@ -331,9 +331,9 @@ impl ProxyError {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            h.insert("grpc-status", self.grpc_code().header_value());
+            h.insert(GRPC_STATUS, self.grpc_code().header_value());
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
-                h.insert("grpc-message", v);
+                h.insert(GRPC_MESSAGE, v);
             }
             r
         } else {

@@ -18,12 +18,6 @@ pub const TARGET_PORT: HeaderName = HeaderName::from_static("x-weft-target-port"
 /// Stripped from every incoming request first, so it cannot be forged.
 pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-weft-peer-identity");
 
-/// gRPC's own headers and trailers, named once: the request path looks
-/// them up by a built name, never by parsing a string each time.
-pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

@@ -5,9 +5,8 @@
 //! value; none of them looks at headers or error text again.
 
 use http::{HeaderMap, StatusCode};
-use weft_proto::grpc::GrpcCode;
+use weft_proto::grpc::{GRPC_STATUS, GrpcCode};
 
-use super::headers::GRPC_STATUS;
 use crate::error::{ErrorKind, ProxyError};
 
 /// How one exchange (or one attempt of it) ended.

@@ -17,9 +17,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
 use http_body::{Body, Frame, SizeHint};
+use weft_proto::grpc::{GRPC_MESSAGE, GRPC_STATUS};
 
 use super::exchange::Exchange;
-use super::headers::{GRPC_MESSAGE, GRPC_STATUS};
 use super::outcome::{Failure, Outcome};
 use crate::body::{BoxBody, BoxError};
 use crate::endpoint::PendingGuard;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri, Version};
-use weft_proto::grpc::GrpcCode;
+use weft_proto::grpc::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT, GrpcCode};
 
 use super::Transcoder;
 use super::error::TranscodeError;
@@ -88,10 +88,10 @@ impl Transcoder {
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        if let Some(t) = req.headers().get("grpc-timeout")
+        if let Some(t) = req.headers().get(GRPC_TIMEOUT)
             && deadline::parse(t).is_some()
         {
-            headers.insert("grpc-timeout", t.clone());
+            headers.insert(GRPC_TIMEOUT, t.clone());
         }
         Ok(Some(GrpcCall {
             request: out,
@@ -150,9 +150,9 @@ fn is_dropped(name: &HeaderName, headers: &HeaderMap) -> bool {
 /// (doc/http-grpc-status-mapping.md).
 fn grpc_status(head: &http::response::Parts, trailers: Option<&HeaderMap>) -> (GrpcCode, String) {
     let from = |map: &HeaderMap| {
-        let code = map.get("grpc-status").and_then(GrpcCode::from_header)?;
+        let code = map.get(GRPC_STATUS).and_then(GrpcCode::from_header)?;
         let message = map
-            .get("grpc-message")
+            .get(GRPC_MESSAGE)
             .and_then(|m| m.to_str().ok())
             .map(|m| percent::decode(m, Mode::Segment).unwrap_or_else(|_| m.to_owned()))
             .unwrap_or_default();

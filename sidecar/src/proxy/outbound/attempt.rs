@@ -16,13 +16,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
+use weft_proto::grpc::GRPC_TIMEOUT;
 
 use super::plan::Plan;
 use super::route::{Destination, Rewritten};
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::{H2Body, PendingGuard};
 use crate::error::{ErrorKind, ProxyError, error_chain};
-use crate::proxy::headers::GRPC_TIMEOUT;
 use crate::proxy::headers::{HTTP11, ORIG_PROTO, TARGET_PORT, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
 use crate::resilience::deadline;

@@ -32,6 +32,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use weft_proto::grpc::GRPC_TIMEOUT;
 use weft_proto::name::ServiceName;
 
 use crate::body::{BoxBody, boxed};
@@ -39,7 +40,6 @@ use crate::endpoint::Connector;
 use crate::error::ProxyError;
 use crate::proxy::HttpFuture;
 use crate::proxy::exchange::Exchange;
-use crate::proxy::headers::GRPC_TIMEOUT;
 use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
 use crate::resilience::deadline;
