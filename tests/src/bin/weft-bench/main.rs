@@ -288,6 +288,54 @@ fn usage(pid: i32) -> anyhow::Result<(u64, Duration)> {
     Ok((hwm, Duration::from_millis(ticks * 10)))
 }
 
+/// Streaming calls of each kind through one gRPC path, in the warm-up
+/// only: they are not measured, but a profile-guided build trained on
+/// this benchmark (deploy/pgo.sh) then has the streaming code in its
+/// profile too.
+async fn stream_calls(path: &str, addr: SocketAddr, payload: usize) -> anyhow::Result<()> {
+    const MESSAGES: u32 = 20;
+    let mut c = client(addr).await?;
+    let req = move |i: u32| EchoRequest {
+        message: format!("m{i}"),
+        payload: vec![0; payload],
+        count: MESSAGES,
+        ..Default::default()
+    };
+    for i in 0..50 {
+        let mut s = c.server_stream(req(i)).await?.into_inner();
+        let mut n = 0;
+        while s.message().await?.is_some() {
+            n += 1;
+        }
+        anyhow::ensure!(
+            n == MESSAGES,
+            "{path}: server stream gave {n} of {MESSAGES} replies"
+        );
+        let r = c
+            .client_stream(futures_util::stream::iter((0..MESSAGES).map(req)))
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.seq as usize == MESSAGES as usize * payload,
+            "{path}: client stream's server saw {} payload bytes",
+            r.seq
+        );
+        let mut s = c
+            .bidi(futures_util::stream::iter((0..MESSAGES).map(req)))
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while s.message().await?.is_some() {
+            n += 1;
+        }
+        anyhow::ensure!(
+            n == MESSAGES,
+            "{path}: bidi stream gave {n} of {MESSAGES} replies"
+        );
+    }
+    Ok(())
+}
+
 async fn start_sidecar(args: &[String], admin: SocketAddr) -> anyhow::Result<Proc> {
     let mut p = Proc::spawn("weft-sidecar", args)?;
     p.wait_ready("a sidecar", admin).await?;
@@ -615,6 +663,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     eprintln!("warming up…");
     for p in &paths {
         fixed_rate("warmup", (p.addr, p.http), args.rate, 2, args.payload).await?;
+        if p.http.is_none() {
+            stream_calls(p.name, p.addr, args.payload).await?;
+        }
     }
 
     // Runs alternate between the paths, and each round starts with a
