@@ -302,15 +302,8 @@ async fn stream_calls(path: &str, addr: SocketAddr, payload: usize) -> anyhow::R
         ..Default::default()
     };
     for i in 0..50 {
-        let mut s = c.server_stream(req(i)).await?.into_inner();
-        let mut n = 0;
-        while s.message().await?.is_some() {
-            n += 1;
-        }
-        anyhow::ensure!(
-            n == MESSAGES,
-            "{path}: server stream gave {n} of {MESSAGES} replies"
-        );
+        let s = c.server_stream(req(i)).await?.into_inner();
+        expect_replies(s, MESSAGES, path, "server").await?;
         let r = c
             .client_stream(futures_util::stream::iter((0..MESSAGES).map(req)))
             .await?
@@ -320,19 +313,30 @@ async fn stream_calls(path: &str, addr: SocketAddr, payload: usize) -> anyhow::R
             "{path}: client stream's server saw {} payload bytes",
             r.seq
         );
-        let mut s = c
+        let s = c
             .bidi(futures_util::stream::iter((0..MESSAGES).map(req)))
             .await?
             .into_inner();
-        let mut n = 0;
-        while s.message().await?.is_some() {
-            n += 1;
-        }
-        anyhow::ensure!(
-            n == MESSAGES,
-            "{path}: bidi stream gave {n} of {MESSAGES} replies"
-        );
+        expect_replies(s, MESSAGES, path, "bidi").await?;
     }
+    Ok(())
+}
+
+/// Reads a reply stream to its end and checks how many replies it had.
+async fn expect_replies(
+    mut s: tonic::Streaming<weft_tests::pb::EchoReply>,
+    want: u32,
+    path: &str,
+    kind: &str,
+) -> anyhow::Result<()> {
+    let mut n = 0;
+    while s.message().await?.is_some() {
+        n += 1;
+    }
+    anyhow::ensure!(
+        n == want,
+        "{path}: {kind} stream gave {n} of {want} replies"
+    );
     Ok(())
 }
 
