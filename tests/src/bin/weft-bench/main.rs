@@ -407,6 +407,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         );
         peers::pin_process(std::process::id() as i32, peers::LOAD_CPU)?;
     }
+    // Every proxy's code starts out of the page cache, so that RSS is
+    // compared from the same start (peers::evict_from_page_cache).
+    peers::evict_from_page_cache(&weft_tests::process::bin("weft-sidecar")?)?;
+    if let Some(envoy) = &args.envoy {
+        peers::evict_from_page_cache(envoy)?;
+    }
     let backend = backend(args.pin).await?;
     let dir = tempfile::tempdir()?;
 
