@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds weft-sidecar as it ships: the dist profile (fat LTO, one codegen
-# unit) plus profile-guided optimisation (PGO), trained on weft-bench's
-# workload. docs/performance.md ("Profile-guided optimisation") has what it
+# unit), optimised twice from profiles of weft-bench's workload: by LLVM
+# when compiling (PGO), then by BOLT on the linked binary (code layout).
+# docs/performance.md ("Profile-guided optimisation", "BOLT") has what each
 # buys and why the flags below.
 #
 #   deploy/pgo.sh [OUT]        (OUT defaults to target/pgo/weft-sidecar)
@@ -15,7 +16,11 @@
 # 3. Merges the counts with llvm-profdata, which must come from rustc's own
 #    LLVM version: $LLVM_PROFDATA, else rustup's llvm-tools component, else
 #    Debian's llvm-N package (N = rustc's LLVM major version).
-# 4. Builds the sidecar again with the merged profile (target/pgo/use).
+# 4. Builds the sidecar again with the merged profile (target/pgo/use),
+#    keeping the link's relocations for BOLT.
+# 5. BOLT: instruments that binary, runs weft-bench through it again, and
+#    lays the binary out by the counts (llvm-bolt from $LLVM_BOLT, else
+#    Debian's bolt-N package, any version).
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-target/pgo/weft-sidecar}
@@ -39,6 +44,13 @@ if [ -z "$profdata" ] || [ ! -x "$profdata" ]; then
         "or set LLVM_PROFDATA" >&2
     exit 1
 fi
+# BOLT reads the linked binary, so any version will do; the newest wins.
+bolt=${LLVM_BOLT:-$(ls -v /usr/lib/llvm-*/bin/llvm-bolt 2>/dev/null | tail -1)}
+if [ -z "$bolt" ] || [ ! -x "$bolt" ]; then
+    echo "pgo.sh: llvm-bolt is missing: apt-get install bolt-$llvm, or set LLVM_BOLT" >&2
+    exit 1
+fi
+merge_fdata=$(dirname "$bolt")/merge-fdata
 
 data=$here/target/pgo/data
 rm -rf "$data"
@@ -51,15 +63,21 @@ CARGO_TARGET_DIR=target/pgo/gen RUSTFLAGS="-Cprofile-generate=$data" \
 
 # weft-bench and what it starts (the control plane, the backends).
 cargo build --locked --release --workspace --bins
-echo "pgo.sh: training run (weft-bench, about 90 s; log in target/pgo/training.log)"
-LLVM_PROFILE_FILE="$data/sidecar-%p.profraw" \
-    WEFT_SIDECAR_BIN=target/pgo/gen/$host/dist/weft-sidecar \
-    target/release/weft-bench --seconds 3 --rounds 1 --payload 64 >target/pgo/training.log 2>&1 ||
-    {
-        tail -20 target/pgo/training.log >&2
-        echo "pgo.sh: the training run failed (log above)" >&2
-        exit 1
-    }
+# train LOG NAME=VALUE...: one weft-bench run, every path, in that
+# environment (WEFT_SIDECAR_BIN names the sidecar it runs).
+train() {
+    log=$1
+    shift
+    echo "pgo.sh: training run (weft-bench, about 100 s; log in $log)"
+    env "$@" target/release/weft-bench --seconds 3 --rounds 1 --payload 64 >"$log" 2>&1 ||
+        {
+            tail -20 "$log" >&2
+            echo "pgo.sh: the training run failed (log above)" >&2
+            exit 1
+        }
+}
+train target/pgo/training.log LLVM_PROFILE_FILE="$data/sidecar-%p.profraw" \
+    WEFT_SIDECAR_BIN="target/pgo/gen/$host/dist/weft-sidecar"
 if ! ls "$data"/*.profraw >/dev/null 2>&1; then
     echo "pgo.sh: the training run left no profile in $data" >&2
     exit 1
@@ -71,12 +89,43 @@ fi
 # the way. keep-text-section-prefix: LLVM marks functions hot or unlikely
 # from the profile, and the linker keeps each kind together, so the code a
 # running sidecar never touches is not paged in around the code it does.
-# pack-relative-relocs: DT_RELR (glibc 2.36+) instead of 340 KB of RELA
-# relocations the loader reads at every start.
+# emit-relocs: BOLT moves functions, so it needs every reference the
+# linker resolved. (Not -z pack-relative-relocs: BOLT 22 corrupts the
+# dynamic section of a binary with DT_RELR.)
 CARGO_TARGET_DIR=target/pgo/use RUSTFLAGS="-Cprofile-use=$here/target/pgo/weft.profdata \
 -Cllvm-args=-pgso=false -Clink-arg=-Wl,-z,keep-text-section-prefix \
--Clink-arg=-Wl,-z,pack-relative-relocs" \
+-Clink-arg=-Wl,--emit-relocs" \
     cargo build --locked --profile dist -p weft-sidecar --bin weft-sidecar --target "$host"
+pgo_bin=target/pgo/use/$host/dist/weft-sidecar
+
+# BOLT, trained the same way: each sidecar writes its counts on exit.
+bdata=$here/target/pgo/bolt
+rm -rf "$bdata"
+mkdir -p "$bdata"
+"$bolt" "$pgo_bin" -o "$bdata/weft-sidecar.inst" -instrument \
+    --instrumentation-file="$bdata/sidecar.fdata" --instrumentation-file-append-pid \
+    >"$bdata/instrument.log" 2>&1 || {
+    tail -20 "$bdata/instrument.log" >&2
+    echo "pgo.sh: llvm-bolt could not instrument $pgo_bin (log above)" >&2
+    exit 1
+}
+train target/pgo/training-bolt.log WEFT_SIDECAR_BIN="$bdata/weft-sidecar.inst"
+if ! ls "$bdata"/sidecar.fdata.* >/dev/null 2>&1; then
+    echo "pgo.sh: the BOLT training run left no profile in $bdata" >&2
+    exit 1
+fi
+"$merge_fdata" "$bdata"/sidecar.fdata.* >"$bdata/merged.fdata" 2>"$bdata/merge.log"
+# The hot code goes together, in call order (cdsort), each function's hot
+# blocks first (ext-tsp) and its cold ones split off to .text.cold; code
+# the training never ran stays where the linker put it.
 mkdir -p "$(dirname "$out")"
-cp --remove-destination "target/pgo/use/$host/dist/weft-sidecar" "$out"
+"$bolt" "$pgo_bin" -o "$out.tmp" -data="$bdata/merged.fdata" \
+    -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions \
+    -split-all-cold -split-eh -icf=1 -use-gnu-stack -update-debug-sections \
+    >"$bdata/optimise.log" 2>&1 || {
+    tail -20 "$bdata/optimise.log" >&2
+    echo "pgo.sh: llvm-bolt could not optimise $pgo_bin (log above)" >&2
+    exit 1
+}
+mv -f "$out.tmp" "$out"
 echo "pgo.sh: $out"

@@ -18,8 +18,9 @@ fi
 envoy=$("$venv/bin/python3" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 "$envoy" --version
 cargo build --release --workspace --bins
-# The sidecar as it ships: the dist profile (link-time optimised) and
-# profile-guided (deploy/pgo.sh: 11 min 20 s here, release binaries already built).
+# The sidecar as it ships: the dist profile (link-time optimised),
+# profile-guided by LLVM and laid out by BOLT (deploy/pgo.sh: 8 to 12
+# minutes here; it names the Debian packages it needs when they are missing).
 # WEFT_SIDECAR_BIN set beforehand measures that binary instead (e.g.
 # target/dist/weft-sidecar, to compare with the build without PGO).
 if [ -z "${WEFT_SIDECAR_BIN:-}" ]; then
