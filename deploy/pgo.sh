@@ -11,7 +11,7 @@
 # 2. Runs weft-bench once through it, every path: plaintext, mTLS with
 #    resilience, mTLS bare, traced at 100% and 1%, 100 route rules, the
 #    gateway over gRPC and HTTP/1.1, HTTP/1.1 REST; unary calls measured,
-#    and streaming calls of each kind in the warm-up. Each sidecar writes
+#    and in the warm-up streaming calls of each kind and opaque TCP. Each sidecar writes
 #    its counts when it exits on weft-bench's SIGTERM.
 # 3. Merges the counts with llvm-profdata, which must come from rustc's own
 #    LLVM version: $LLVM_PROFDATA, else rustup's llvm-tools component, else

@@ -10,7 +10,10 @@
 //! `--envoy`, an Envoy pair; `--pin` puts the load generator alone on one
 //! core and everything it measures on the other (`tests/bench/peers.sh`
 //! does both). Ends with the side-by-side table and issue 13's targets
-//! (`versus.rs`).
+//! (`versus.rs`). The warm-up, not measured, also makes streaming calls on
+//! every gRPC path and TCP round trips through an opaque TCP pair
+//! (`opaque.rs`), so that a build trained on this benchmark has them in
+//! its profile.
 //!
 //! Build and run (release):
 //!   cargo build --release --workspace --bins && target/release/weft-bench
@@ -31,6 +34,7 @@ use weft_tests::otlp::Collector;
 use weft_tests::pb::EchoRequest;
 use weft_tests::process::{Proc, free_port};
 
+mod opaque;
 mod peers;
 mod versus;
 
@@ -528,6 +532,39 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (t100_client, t100_server, t100_up) = pairs.remove(0);
     let (t1_client, t1_server, t1_up) = pairs.remove(0);
     let (r100_client, r100_server, r100_up) = pairs.remove(0);
+    // Opaque TCP over mTLS, for the warm-up only (opaque.rs).
+    let tcp_app = opaque::echo_backend().await?.to_string();
+    let token = write_temp(dir.path(), "echo-tcp", &cp.token("echo-tcp").await?)?
+        .display()
+        .to_string();
+    let (tcp_server, _) = sidecar(strings(&[
+        "--service",
+        "echo-tcp",
+        "--protocol",
+        "tcp",
+        "--app",
+        &tcp_app,
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+    ]))
+    .await?;
+    let tcp_up = port()?;
+    let token = write_temp(dir.path(), "bench-tcp", &cp.token("bench-tcp").await?)?
+        .display()
+        .to_string();
+    let (tcp_client, _) = sidecar(strings(&[
+        "--service",
+        "bench-tcp",
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+        "--upstream",
+        &format!("echo-tcp={tcp_up}"),
+    ]))
+    .await?;
     let web = weft_tests::http_app::start_http_app("web").await?;
     let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
     let (relay_client, relay_server, relay_addr) = peers::relay_pair(backend.addr).await?;
@@ -677,6 +714,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             stream_calls(p.name, p.addr, args.payload).await?;
         }
     }
+    opaque::warm_up(tcp_up, args.payload).await?;
 
     // Runs alternate between the paths, and each round starts with a
     // different one, so a noisy machine (or a warming cache) hits all alike.
@@ -869,6 +907,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         gw,
         gw_server,
         web_server,
+        tcp_client,
+        tcp_server,
     ];
     for s in &sidecars {
         s.signal(libc::SIGTERM);
