@@ -368,6 +368,16 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// Writes a join token for `service` from `cp` into `dir`; returns its path.
+async fn token_file(
+    dir: &std::path::Path,
+    cp: &ControlPlane,
+    service: &str,
+) -> anyhow::Result<String> {
+    let token = cp.token(service).await?;
+    Ok(write_temp(dir, service, &token)?.display().to_string())
+}
+
 /// A sidecar process on fresh ports; returns it and its inbound address.
 async fn sidecar(args: Vec<String>) -> anyhow::Result<(Proc, SocketAddr)> {
     let (inbound, admin, outbound) = (port()?, port()?, port()?);
@@ -494,9 +504,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("echo-t1", "bench-t1", traced("0.01")),
         ("echo-r100", "bench-r100", vec![]),
     ] {
-        let token = write_temp(dir.path(), server_service, &cp.token(server_service).await?)?
-            .display()
-            .to_string();
+        let token = token_file(dir.path(), &cp, server_service).await?;
         let mut server_args = strings(&[
             "--service",
             server_service,
@@ -510,9 +518,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         server_args.extend(extra.iter().cloned());
         let (server, _) = sidecar(server_args).await?;
         let up = port()?;
-        let token = write_temp(dir.path(), client_service, &cp.token(client_service).await?)?
-            .display()
-            .to_string();
+        let token = token_file(dir.path(), &cp, client_service).await?;
         let mut client_args = strings(&[
             "--service",
             client_service,
@@ -534,9 +540,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (r100_client, r100_server, r100_up) = pairs.remove(0);
     // Opaque TCP over mTLS, for the warm-up only (opaque.rs).
     let tcp_app = opaque::echo_backend().await?.to_string();
-    let token = write_temp(dir.path(), "echo-tcp", &cp.token("echo-tcp").await?)?
-        .display()
-        .to_string();
+    let token = token_file(dir.path(), &cp, "echo-tcp").await?;
     let (tcp_server, _) = sidecar(strings(&[
         "--service",
         "echo-tcp",
@@ -551,9 +555,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     ]))
     .await?;
     let tcp_up = port()?;
-    let token = write_temp(dir.path(), "bench-tcp", &cp.token("bench-tcp").await?)?
-        .display()
-        .to_string();
+    let token = token_file(dir.path(), &cp, "bench-tcp").await?;
     let (tcp_client, _) = sidecar(strings(&[
         "--service",
         "bench-tcp",
@@ -952,9 +954,7 @@ async fn web_sidecar(
     dir: &std::path::Path,
     app: SocketAddr,
 ) -> anyhow::Result<Proc> {
-    let token = write_temp(dir, "web-gw", &cp.token("web-gw").await?)?
-        .display()
-        .to_string();
+    let token = token_file(dir, cp, "web-gw").await?;
     let (server, _) = sidecar(strings(&[
         "--service",
         "web-gw",
@@ -978,9 +978,7 @@ async fn gateway_path(
     dir: &std::path::Path,
     backend: SocketAddr,
 ) -> anyhow::Result<(Proc, Proc, SocketAddr)> {
-    let token = write_temp(dir, "echo-gw", &cp.token("echo-gw").await?)?
-        .display()
-        .to_string();
+    let token = token_file(dir, cp, "echo-gw").await?;
     let (server, _) = sidecar(strings(&[
         "--service",
         "echo-gw",
@@ -992,9 +990,7 @@ async fn gateway_path(
         &token,
     ]))
     .await?;
-    let token = write_temp(dir, "gateway", &cp.token("gateway").await?)?
-        .display()
-        .to_string();
+    let token = token_file(dir, cp, "gateway").await?;
     let public = port()?;
     let (gateway, _) = sidecar(strings(&[
         "--service",
