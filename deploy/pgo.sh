@@ -11,8 +11,8 @@
 # 2. Runs weft-bench once through it, every path: plaintext, mTLS with
 #    resilience, mTLS bare, traced at 100% and 1%, 100 route rules, the
 #    gateway over gRPC and HTTP/1.1, HTTP/1.1 REST; unary calls measured,
-#    and in the warm-up streaming calls of each kind and opaque TCP. Each sidecar writes
-#    its counts when it exits on weft-bench's SIGTERM.
+#    and in the warm-up streaming calls of each kind and opaque TCP. Each
+#    sidecar writes its counts when it exits on weft-bench's SIGTERM.
 # 3. Merges the counts with llvm-profdata, which must come from rustc's own
 #    LLVM version: $LLVM_PROFDATA, else rustup's llvm-tools component, else
 #    Debian's llvm-N package (N = rustc's LLVM major version).
@@ -114,7 +114,11 @@ if ! ls "$bdata"/sidecar.fdata.* >/dev/null 2>&1; then
     echo "pgo.sh: the BOLT training run left no profile in $bdata" >&2
     exit 1
 fi
-"$merge_fdata" "$bdata"/sidecar.fdata.* >"$bdata/merged.fdata" 2>"$bdata/merge.log"
+"$merge_fdata" "$bdata"/sidecar.fdata.* >"$bdata/merged.fdata" 2>"$bdata/merge.log" || {
+    cat "$bdata/merge.log" >&2
+    echo "pgo.sh: $merge_fdata could not merge the BOLT profiles (above)" >&2
+    exit 1
+}
 # The hot code goes together, in call order (cdsort), each function's hot
 # blocks first (ext-tsp) and its cold ones split off to .text.cold; code
 # the training never ran stays where the linker put it.
