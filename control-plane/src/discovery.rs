@@ -19,8 +19,8 @@ use weft_proto::v1::discovery_server::Discovery;
 
 use crate::api::convert::{health_from_proto, registration_from_hello};
 use crate::catalog::{
-    Catalog, Counters, MAX_REPORTED_TEXT, MAX_WANTED, PushState, Registration, ServiceAddresses,
-    SidecarStream, clip,
+    Catalog, MAX_REPORTED_TEXT, MAX_WANTED, PushState, Registration, ServiceAddresses,
+    SidecarStream, TrafficReport, clip,
 };
 use crate::metrics::Metrics;
 use crate::resource::Name;
@@ -257,8 +257,8 @@ impl Session {
                     .record_ejection(e.service, e.instance_id, e.until_unix_ms)
             }
             // Malformed reports are dropped: they would only make `weftctl top` lie.
-            Some(Kind::Stats(s)) => match Counters::try_from(&s) {
-                Ok(counters) => self.stream.record_stats(&counters),
+            Some(Kind::Stats(s)) => match TrafficReport::try_from(&s) {
+                Ok(report) => self.stream.record_stats(report),
                 Err(e) => {
                     tracing::debug!(stream = self.stream.id(), error = %e, "ignoring malformed traffic stats")
                 }

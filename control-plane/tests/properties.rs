@@ -19,7 +19,7 @@ use weft_control_plane::api::convert::{
 };
 use weft_control_plane::auth::{TokenBook, TokenRecord};
 use weft_control_plane::ca::{Ca, CaSource};
-use weft_control_plane::catalog::{Catalog, CatalogConfig, Counters, MAX_REPORTED_TEXT, clip};
+use weft_control_plane::catalog::{Catalog, CatalogConfig, MAX_REPORTED_TEXT, TrafficReport, clip};
 use weft_control_plane::resource::route::check_routes;
 use weft_control_plane::resource::{
     Resource, check_unique_addresses, parse_documents, to_yaml_documents,
@@ -173,7 +173,7 @@ proptest! {
                     let _ = weft_proto::resume::Claimed::from(r);
                 }
             }
-            Some(Kind::Stats(s)) => { let _ = Counters::try_from(&s); }
+            Some(Kind::Stats(s)) => { let _ = TrafficReport::try_from(&s); }
             Some(Kind::Nack(n)) => prop_assert!(clip(n.reason, MAX_REPORTED_TEXT).len() <= MAX_REPORTED_TEXT + 3),
             Some(Kind::Health(h)) => { let _ = clip(h.detail, MAX_REPORTED_TEXT); }
             _ => {}
@@ -242,6 +242,18 @@ fn sidecar_messages() -> Vec<Vec<u8>> {
             requests: 10,
             failures: 1,
             latency_buckets: vec![1; weft_proto::stats::BUCKETS],
+            upstreams: vec![pb::UpstreamTraffic {
+                service: "users".into(),
+                requests: 4,
+                failures: 0,
+                latency_buckets: vec![4; weft_proto::stats::BUCKETS],
+            }],
+            routes: vec![pb::RouteTraffic {
+                route: "/a.B/C".into(),
+                requests: 10,
+                failures: 1,
+            }],
+            ..Default::default()
         })),
         m(Kind::Nack(pb::Nack {
             version: 3,

@@ -144,6 +144,7 @@ fn stats(requests: u64, failures: u64, ms: f64) -> pb::SidecarMessage {
             latency_buckets: (0..BUCKETS)
                 .map(|i| if i >= first { requests } else { 0 })
                 .collect(),
+            ..Default::default()
         })),
     }
 }

@@ -64,6 +64,11 @@ impl ServiceName {
     pub fn unresolved() -> Self {
         ServiceName("(unresolved)".into())
     }
+
+    /// Whether this is [`ServiceName::unresolved`].
+    pub fn is_unresolved(&self) -> bool {
+        self.as_str() == "(unresolved)"
+    }
 }
 
 impl FromStr for ServiceName {

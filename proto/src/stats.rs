@@ -19,6 +19,16 @@ pub const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 /// asking.
 pub const MAX_WINDOW: Duration = Duration::from_secs(300);
 
+/// The most `TrafficStats.upstreams` a sidecar sends: the services it
+/// called. An app calling more (a scanner, names made up per request) has
+/// the rest left out, so that no app can grow the stream, or the control
+/// plane's memory, through its calls.
+pub const MAX_UPSTREAMS: usize = 256;
+
+/// The most `TrafficStats.routes` a sidecar sends (its routes past this are
+/// left out; past its own per-service bound they are already `(other)`).
+pub const MAX_ROUTES: usize = 256;
+
 /// The `q` quantile (0..1) in milliseconds of a cumulative histogram over
 /// [`LATENCY_BOUNDS_MS`] (`buckets[i]` = requests at or under bound `i`,
 /// the last entry = all), interpolated linearly within its bucket as

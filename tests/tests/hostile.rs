@@ -398,8 +398,47 @@ async fn no_message_crashes_the_control_plane() -> anyhow::Result<()> {
             requests,
             failures,
             latency_buckets: buckets,
+            ..Default::default()
         }))
     };
+    let buckets = weft_proto::stats::BUCKETS;
+    // Well-formed counts under names made up per report, and routes that
+    // are too many or too long: refused or bounded, never kept whole.
+    let edges = |round: u64| {
+        msg(Kind::Stats(pb::TrafficStats {
+            requests: round,
+            failures: 0,
+            latency_buckets: vec![round; buckets],
+            plaintext_requests: u64::MAX,
+            upstreams: (0..256)
+                .map(|i| pb::UpstreamTraffic {
+                    service: format!("made-up-{round}-{i}"),
+                    requests: u64::MAX,
+                    failures: u64::MAX,
+                    latency_buckets: vec![u64::MAX; buckets],
+                })
+                .collect(),
+            routes: (0..256)
+                .map(|i| pb::RouteTraffic {
+                    route: format!("/r.R/{round}-{i}"),
+                    requests: u64::MAX - round,
+                    failures: u64::MAX,
+                })
+                .collect(),
+        }))
+    };
+    let too_many = msg(Kind::Stats(pb::TrafficStats {
+        latency_buckets: vec![0; buckets],
+        upstreams: vec![pb::UpstreamTraffic::default(); 100_000],
+        routes: vec![
+            pb::RouteTraffic {
+                route: "r".repeat(100_000),
+                ..Default::default()
+            };
+            10
+        ],
+        ..Default::default()
+    }));
     let streams: Vec<(&str, Vec<pb::SidecarMessage>)> = vec![
         ("empty", vec![]),
         ("stats before hello", vec![stats(5, 1, vec![1, 2, 3])]),
@@ -455,6 +494,10 @@ async fn no_message_crashes_the_control_plane() -> anyhow::Result<()> {
                 stats(10, 20, vec![u64::MAX; 10_000]),
                 stats(u64::MAX, u64::MAX, vec![]),
                 stats(1, 0, vec![5, 3, 1]),
+                edges(1),
+                edges(2),
+                edges(3),
+                too_many,
                 hello("fuzz", "127.0.0.1:2"),
                 msg(Kind::Leave(pb::Leave {})),
                 stats(2, 0, vec![1]),

@@ -13,6 +13,7 @@
 
 mod bounds;
 mod explain;
+mod graph;
 mod instances;
 mod persistence;
 mod push;
@@ -29,11 +30,15 @@ pub use bounds::{MAX_REPORTED_TEXT, MAX_VERSION_TEXT, MAX_WANTED, clip};
 pub use explain::{
     Candidate, Destination, ExplainError, ExplainQuery, Explanation, Taken, Verdict,
 };
+pub use graph::{
+    EXPIRY_WARNING, GraphEdge, GraphNode, HISTORY, HISTORY_SLOT, HistoryPoint, MeshGraph,
+    PageInstance, STALE_AFTER, ServicePage, SidecarRow,
+};
 pub use instances::{EjectedBy, Health, InstanceRecord, InstanceView, Registration};
 pub use persistence::InstanceStore;
 pub use push::{Pending, PushState};
 pub use sidecars::{Nack, SidecarStatus};
-pub use stats::Counters;
+pub use stats::{Counters, EDGE_HORIZON, RouteCounts, Traffic, TrafficReport};
 pub use stream::SidecarStream;
 pub use top::{DEFAULT_WINDOW, InstanceTop, ServiceTop, TopError, TopQuery, TopReport};
 pub use view::{Endpoint, InboundPolicy, ServiceUpdate, ServiceView};
@@ -429,6 +434,18 @@ impl Catalog {
     pub fn top(&self, query: &TopQuery) -> Result<TopReport, TopError> {
         let now = Instant::now();
         let parts = self.lock();
+        if let Some(name) = &query.service
+            && parts.resources.service(name).is_none()
+            && !parts.instances.iter().any(|i| &i.record.service == name)
+        {
+            return Err(TopError::UnknownService(name.to_string()));
+        }
+        Ok(self.top_locked(&parts, query, now))
+    }
+
+    /// [`Catalog::top`] under a lock already held; a service asked for
+    /// with neither instance nor resource comes back with no traffic.
+    fn top_locked(&self, parts: &Parts, query: &TopQuery, now: Instant) -> TopReport {
         let mut services: BTreeMap<Name, top::ServiceInstances<'_>> = BTreeMap::new();
         for i in parts.instances.iter() {
             if query
@@ -438,7 +455,10 @@ impl Catalog {
             {
                 continue;
             }
-            let ring = i.stream.and_then(|s| parts.sidecars.traffic(s));
+            let ring = i
+                .stream
+                .and_then(|s| parts.sidecars.traffic(s))
+                .map(|t| &t.inbound);
             services
                 .entry(i.record.service.clone())
                 .or_default()
@@ -449,12 +469,9 @@ impl Catalog {
         {
             // A service with a resource but no instance (yet) is known: it
             // has no traffic rather than no existence.
-            if parts.resources.service(name).is_none() {
-                return Err(TopError::UnknownService(name.to_string()));
-            }
             services.insert(name.clone(), Vec::new());
         }
-        Ok(top::build(services, query.window, now))
+        top::build(services, query.window, now)
     }
 
     /// How much the catalog holds now.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::instances::EjectedBy;
-use super::stats::{Counters, Recorded, TrafficRing};
+use super::stats::{Recorded, StreamTraffic, TrafficReport};
 use crate::resource::Name;
 
 /// An update a sidecar rejected, and why.
@@ -35,6 +35,9 @@ pub struct SidecarStatus {
     /// Endpoints this sidecar's outlier detection has ejected: (service,
     /// instance id) → until (unix ms).
     pub ejections: BTreeMap<(String, String), u64>,
+    /// Since when an update sent has had no answer (ACK or NACK); `None`
+    /// while the sidecar is caught up.
+    pub unanswered_since: Option<Instant>,
 }
 
 /// The connected sidecars, by stream.
@@ -43,7 +46,7 @@ pub(super) struct Sidecars {
     streams: HashMap<u64, SidecarStatus>,
     /// Per stream, its sidecar's recent traffic. Apart from
     /// `SidecarStatus` so that listing sidecars does not copy it.
-    traffic: HashMap<u64, TrafficRing>,
+    traffic: HashMap<u64, StreamTraffic>,
 }
 
 impl Sidecars {
@@ -71,12 +74,12 @@ impl Sidecars {
     }
 
     /// Adds a traffic sample of the sidecar on `stream`, taken at `now`.
-    pub fn record_traffic(&mut self, stream: u64, counters: &Counters, now: Instant) {
+    pub fn record_traffic(&mut self, stream: u64, report: TrafficReport, now: Instant) {
         if !self.streams.contains_key(&stream) {
             return;
         }
-        let ring = self.traffic.entry(stream).or_default();
-        if ring.record(counters, now) == Recorded::Restarted {
+        let traffic = self.traffic.entry(stream).or_default();
+        if traffic.record(report, now) == Recorded::Restarted {
             tracing::debug!(
                 stream,
                 "traffic counters went back; starting their history over"
@@ -84,8 +87,20 @@ impl Sidecars {
         }
     }
 
-    pub fn traffic(&self, stream: u64) -> Option<&TrafficRing> {
+    pub fn status(&self, stream: u64) -> Option<&SidecarStatus> {
+        self.streams.get(&stream)
+    }
+
+    pub fn traffic(&self, stream: u64) -> Option<&StreamTraffic> {
         self.traffic.get(&stream)
+    }
+
+    /// Every stream's status and traffic (streams that reported none yet
+    /// included, with `None`).
+    pub fn each_with_traffic(
+        &self,
+    ) -> impl Iterator<Item = (&SidecarStatus, Option<&StreamTraffic>)> {
+        self.streams.iter().map(|(id, s)| (s, self.traffic.get(id)))
     }
 
     /// Which sidecars have ejected instance `id` of `service`, and until

@@ -3,13 +3,20 @@
 //! failures, rate and latency.
 //!
 //! Sidecars send cumulative counters so that a lost message loses nothing;
-//! a window's traffic is the difference between two samples.
+//! a window's traffic is the difference between two samples. A sidecar's
+//! report holds three views ([`TrafficReport`]): its inbound traffic, kept
+//! for the longest `Top` window; per called service (the graph's edges),
+//! kept for [`EDGE_HORIZON`]; and inbound per route, kept coarsely
+//! ([`RouteHistory`]) for [`ROUTE_WINDOW`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weft_proto::stats::{BUCKETS, MAX_WINDOW, percentile};
+use weft_proto::stats::{BUCKETS, MAX_UPSTREAMS, MAX_WINDOW, percentile};
+
+use crate::resource::Name;
 
 /// How often a sidecar sends `TrafficStats` while its counters change
 /// (mesh.proto, `TrafficStats`). A gap longer than this after a sample means
@@ -33,14 +40,26 @@ pub struct Counters {
     pub requests: u64,
     pub failures: u64,
     pub buckets: [u64; BUCKETS],
+    /// Inbound requests without mutual TLS (0 for a called service).
+    pub plaintext: u64,
 }
 
 impl Counters {
+    pub fn zero() -> Self {
+        Counters {
+            requests: 0,
+            failures: 0,
+            buckets: [0; BUCKETS],
+            plaintext: 0,
+        }
+    }
+
     /// Whether `self` (newer) has any counter below `older`: the sidecar
     /// restarted its counting.
     fn went_back_from(&self, older: &Counters) -> bool {
         self.requests < older.requests
             || self.failures < older.failures
+            || self.plaintext < older.plaintext
             || self.buckets.iter().zip(&older.buckets).any(|(n, o)| n < o)
     }
 }
@@ -68,6 +87,7 @@ pub struct Traffic {
     pub failures: u64,
     pub buckets: [u64; BUCKETS],
     pub rps: f64,
+    pub plaintext: u64,
 }
 
 impl Default for Traffic {
@@ -77,6 +97,7 @@ impl Default for Traffic {
             failures: 0,
             buckets: [0; BUCKETS],
             rps: 0.0,
+            plaintext: 0,
         }
     }
 }
@@ -86,6 +107,7 @@ impl Traffic {
     pub fn add(&mut self, other: &Traffic) {
         self.requests = self.requests.saturating_add(other.requests);
         self.failures = self.failures.saturating_add(other.failures);
+        self.plaintext = self.plaintext.saturating_add(other.plaintext);
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a = a.saturating_add(*b);
         }
@@ -107,12 +129,29 @@ impl Traffic {
 }
 
 /// The recent samples of one discovery stream, oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TrafficRing {
     samples: VecDeque<Sample>,
+    /// The longest window asked of it: older samples are dropped.
+    horizon: Duration,
+}
+
+/// Inbound rings answer every `Top` window.
+impl Default for TrafficRing {
+    fn default() -> Self {
+        TrafficRing::with_horizon(MAX_WINDOW)
+    }
 }
 
 impl TrafficRing {
+    /// A ring that answers windows up to `horizon` (at most [`MAX_WINDOW`]).
+    pub fn with_horizon(horizon: Duration) -> Self {
+        TrafficRing {
+            samples: VecDeque::new(),
+            horizon: horizon.min(MAX_WINDOW),
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.samples.len()
@@ -144,7 +183,7 @@ impl TrafficRing {
         }
         // Keep the newest sample at or before the longest window's start: it
         // is that window's base.
-        if let Some(cutoff) = at.checked_sub(MAX_WINDOW) {
+        if let Some(cutoff) = at.checked_sub(self.horizon) {
             while self.samples.len() >= 2 && self.samples[1].at <= cutoff {
                 self.samples.pop_front();
             }
@@ -170,32 +209,160 @@ impl TrafficRing {
             .and_then(|c| self.samples.iter().rposition(|s| s.at <= c))
             .unwrap_or(0);
         let base = &self.samples[base_index];
-        let (last_counts, base_counts) = (&last.counters, &base.counters);
-        let mut buckets = [0u64; BUCKETS];
-        for (d, (l, b)) in buckets
-            .iter_mut()
-            .zip(last_counts.buckets.iter().zip(&base_counts.buckets))
-        {
-            *d = l.saturating_sub(*b);
-        }
-        let requests = last_counts.requests.saturating_sub(base_counts.requests);
         let mut start = base.at;
         if let (Some(cutoff), Some(next)) = (cutoff, self.samples.get(base_index + 1)) {
             let quiet_until = next.at.checked_sub(REPORT_PERIOD).unwrap_or(base.at);
             start = start.max(cutoff.min(quiet_until));
         }
         let elapsed = now.saturating_duration_since(start).as_secs_f64();
-        let rps = if elapsed > 0.0 {
-            requests as f64 / elapsed
+        Some(difference(&last.counters, &base.counters, elapsed))
+    }
+}
+
+impl TrafficRing {
+    /// The counters as they stood at `t`: the newest sample at or before
+    /// it; `None` before the first sample.
+    fn counters_at(&self, t: Instant) -> Option<&Counters> {
+        let i = self.samples.iter().rposition(|s| s.at <= t)?;
+        Some(&self.samples[i].counters)
+    }
+
+    /// The traffic between `from` and `to` (a slot of a history), as far
+    /// as the samples tell: `None` when the ring starts after `from` or
+    /// holds nothing before `to`. Exact to a report period at each end.
+    pub fn between(&self, from: Instant, to: Instant) -> Option<Traffic> {
+        let end = self.counters_at(to)?;
+        let base = self.counters_at(from)?;
+        let secs = to.saturating_duration_since(from).as_secs_f64();
+        Some(difference(end, base, secs))
+    }
+}
+
+/// `newer` minus `older`, as the traffic of `secs` seconds.
+fn difference(newer: &Counters, older: &Counters, secs: f64) -> Traffic {
+    let mut buckets = [0u64; BUCKETS];
+    for (d, (n, o)) in buckets
+        .iter_mut()
+        .zip(newer.buckets.iter().zip(&older.buckets))
+    {
+        *d = n.saturating_sub(*o);
+    }
+    let requests = newer.requests.saturating_sub(older.requests);
+    Traffic {
+        requests,
+        failures: newer.failures.saturating_sub(older.failures),
+        buckets,
+        rps: if secs > 0.0 {
+            requests as f64 / secs
         } else {
             0.0
+        },
+        plaintext: newer.plaintext.saturating_sub(older.plaintext),
+    }
+}
+
+/// How long a called service's samples are kept: the graph's window.
+pub const EDGE_HORIZON: Duration = Duration::from_secs(60);
+
+/// The window of a service's top routes.
+pub const ROUTE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Route snapshots closer than this replace the newest: the history holds
+/// about `ROUTE_WINDOW / ROUTE_SPACING` of them whatever the report rate.
+const ROUTE_SPACING: Duration = Duration::from_secs(10);
+
+/// Requests and failures per route, cumulative.
+pub type RouteCounts = BTreeMap<String, (u64, u64)>;
+
+/// One report of a sidecar, validated: inbound counters, per called
+/// service, per inbound route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficReport {
+    pub inbound: Counters,
+    pub upstreams: Vec<(Name, Counters)>,
+    pub routes: RouteCounts,
+}
+
+/// Coarse snapshots of a sidecar's per-route counters, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct RouteHistory {
+    snapshots: VecDeque<(Instant, Arc<RouteCounts>)>,
+}
+
+impl RouteHistory {
+    pub fn record(&mut self, routes: RouteCounts, at: Instant) {
+        let n = self.snapshots.len();
+        let went_back = self.snapshots.back().is_some_and(|(_, last)| {
+            last.iter()
+                .any(|(k, (r, f))| routes.get(k).is_none_or(|(nr, nf)| nr < r || nf < f))
+        });
+        if went_back {
+            self.snapshots.clear();
+        } else if n >= 2 && at.saturating_duration_since(self.snapshots[n - 2].0) < ROUTE_SPACING {
+            self.snapshots.pop_back();
+        }
+        self.snapshots.push_back((at, Arc::new(routes)));
+        if let Some(cutoff) = at.checked_sub(ROUTE_WINDOW) {
+            while self.snapshots.len() >= 2 && self.snapshots[1].0 <= cutoff {
+                self.snapshots.pop_front();
+            }
+        }
+    }
+
+    /// Requests and failures per route over the last [`ROUTE_WINDOW`]
+    /// (from the newest snapshot at or before its start, or the oldest).
+    pub fn window(&self, now: Instant) -> RouteCounts {
+        let Some((_, last)) = self.snapshots.back() else {
+            return RouteCounts::new();
         };
-        Some(Traffic {
-            requests,
-            failures: last_counts.failures.saturating_sub(base_counts.failures),
-            buckets,
-            rps,
-        })
+        let cutoff = now.checked_sub(ROUTE_WINDOW);
+        let base = cutoff
+            .and_then(|c| self.snapshots.iter().rposition(|(at, _)| *at <= c))
+            .unwrap_or(0);
+        let base = &self.snapshots[base].1;
+        last.iter()
+            .filter_map(|(k, (r, f))| {
+                let (br, bf) = base.get(k).copied().unwrap_or((0, 0));
+                let d = (r.saturating_sub(br), f.saturating_sub(bf));
+                (d.0 > 0).then(|| (k.clone(), d))
+            })
+            .collect()
+    }
+}
+
+/// Everything one stream's sidecar has reported.
+#[derive(Debug, Clone, Default)]
+pub struct StreamTraffic {
+    pub inbound: TrafficRing,
+    pub upstreams: BTreeMap<Name, TrafficRing>,
+    pub routes: RouteHistory,
+    /// When the previous report came.
+    last_at: Option<Instant>,
+}
+
+impl StreamTraffic {
+    pub fn record(&mut self, report: TrafficReport, at: Instant) -> Recorded {
+        for (name, counters) in &report.upstreams {
+            // Bounded across reports too: a sidecar naming new services in
+            // every report cannot grow the map past what one report holds.
+            let room = self.upstreams.len() < MAX_UPSTREAMS;
+            if let Some(ring) = self.upstreams.get_mut(name) {
+                ring.record(counters, at);
+            } else if room {
+                let mut ring = TrafficRing::with_horizon(EDGE_HORIZON);
+                // A sidecar adds a service to its reports at its first
+                // request: absent from the previous report, it stood at
+                // zero then, and that first request belongs in the window.
+                if let Some(before) = self.last_at {
+                    ring.record(&Counters::zero(), before);
+                }
+                ring.record(counters, at);
+                self.upstreams.insert(name.clone(), ring);
+            }
+        }
+        self.routes.record(report.routes, at);
+        self.last_at = Some(at);
+        self.inbound.record(&report.inbound, at)
     }
 }
 
@@ -211,6 +378,7 @@ mod tests {
             requests,
             failures,
             buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
+            plaintext: 0,
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::Catalog;
 use super::instances::{Health, Registration};
 use super::sidecars::{Nack, SidecarStatus};
-use super::stats::Counters;
+use super::stats::TrafficReport;
 use crate::resource::Name;
 
 impl Catalog {
@@ -36,6 +36,7 @@ impl Catalog {
             subscriptions: wanted,
             sent_version: 0,
             applied_version: 0,
+            unanswered_since: None,
             nack: None,
             certificate_expires_unix_ms,
             ejections: BTreeMap::new(),
@@ -111,12 +112,16 @@ impl SidecarStream {
     pub fn record_sent(&self, version: u64) {
         if let Some(s) = self.catalog.lock().sidecars.get_mut(self.id) {
             s.sent_version = version;
+            s.unanswered_since.get_or_insert_with(Instant::now);
         }
     }
 
     pub fn record_ack(&self, version: u64) {
         if let Some(s) = self.catalog.lock().sidecars.get_mut(self.id) {
             s.applied_version = s.applied_version.max(version);
+            if version >= s.sent_version {
+                s.unanswered_since = None;
+            }
         }
     }
 
@@ -124,6 +129,9 @@ impl SidecarStream {
     pub fn record_nack(&self, version: u64, reason: String) {
         if let Some(s) = self.catalog.lock().sidecars.get_mut(self.id) {
             s.nack = Some(Nack { version, reason });
+            if version >= s.sent_version {
+                s.unanswered_since = None;
+            }
         }
     }
 
@@ -175,12 +183,12 @@ impl SidecarStream {
     }
 
     /// The sidecar's cumulative traffic counters, now.
-    pub fn record_stats(&self, counters: &Counters) {
+    pub fn record_stats(&self, report: TrafficReport) {
         let now = Instant::now();
         self.catalog
             .lock()
             .sidecars
-            .record_traffic(self.id, counters, now);
+            .record_traffic(self.id, report, now);
     }
 }
 

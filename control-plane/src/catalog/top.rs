@@ -153,7 +153,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::catalog::{Catalog, CatalogConfig, Counters, Registration, SidecarStream};
+    use crate::catalog::{
+        Catalog, CatalogConfig, Counters, Registration, SidecarStream, TrafficReport,
+    };
     use crate::resource::parse_documents;
     use weft_proto::stats::bucket_of;
 
@@ -182,12 +184,17 @@ mod tests {
     }
 
     /// Cumulative stats: `requests` of `ms` each, `failures` of them failed.
-    fn stats(requests: u64, failures: u64, ms: f64) -> Counters {
+    fn stats(requests: u64, failures: u64, ms: f64) -> TrafficReport {
         let first = bucket_of(ms);
-        Counters {
-            requests,
-            failures,
-            buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
+        TrafficReport {
+            inbound: Counters {
+                requests,
+                failures,
+                buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
+                plaintext: 0,
+            },
+            upstreams: Vec::new(),
+            routes: Default::default(),
         }
     }
 
@@ -210,11 +217,11 @@ mod tests {
         // A caller-only sidecar of orders: listed, not an endpoint.
         let gateway = register_as(&c, "orders", "o-gw", Health::Unhealthy, true);
         streams.insert("o-gw", gateway);
-        streams["u-1"].record_stats(&stats(0, 0, 0.8));
-        streams["u-2"].record_stats(&stats(0, 0, 40.0));
+        streams["u-1"].record_stats(stats(0, 0, 0.8));
+        streams["u-2"].record_stats(stats(0, 0, 40.0));
         tokio::time::advance(Duration::from_secs(10)).await;
-        streams["u-1"].record_stats(&stats(100, 1, 0.8));
-        streams["u-2"].record_stats(&stats(300, 0, 40.0));
+        streams["u-1"].record_stats(stats(100, 1, 0.8));
+        streams["u-2"].record_stats(stats(300, 0, 40.0));
         (c, streams)
     }
 
@@ -308,7 +315,7 @@ mod tests {
         let again = register(&c, "users", "u-1", Health::Healthy);
         let top = c.top(&query(Some("users"), 10)).expect("an answer");
         assert!(!top.services[0].instances[0].reporting);
-        again.record_stats(&stats(7, 0, 1.0));
+        again.record_stats(stats(7, 0, 1.0));
         let top = c.top(&query(Some("users"), 10)).expect("an answer");
         assert!(top.services[0].instances[0].reporting);
         // Only a stream's own handle reports for it, and malformed stats

@@ -21,12 +21,19 @@ use crate::error::ProxyError;
 use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::metrics::{Direction, RequestLabels};
 use crate::telemetry::tracer::{SpanRecord, Started};
+use crate::telemetry::traffic::Transport;
 use crate::telemetry::{Route, Telemetry};
 
 pub struct Exchange {
     tel: Arc<Telemetry>,
     labels: RequestLabels,
     start: Instant,
+    /// Inbound: whether the caller came over mutual TLS.
+    transport: Transport,
+    /// Outbound: the service the request counts for in the traffic
+    /// summary's edges (the one its last try went to; before any try, the
+    /// one it named). `None`: no edge (no service named yet).
+    edge: Option<ServiceName>,
     /// Kept only when a span is recorded or the access log is on: the
     /// common case allocates nothing more.
     detail: Option<Box<Detail>>,
@@ -75,6 +82,8 @@ impl Exchange {
         } else {
             Route::default()
         };
+        let edge =
+            (direction == Direction::outbound && !service.is_unresolved()).then(|| service.clone());
         let labels = RequestLabels {
             direction,
             service,
@@ -100,8 +109,21 @@ impl Exchange {
             tel: tel.clone(),
             labels,
             start: Instant::now(),
+            transport: Transport::Mtls,
+            edge,
             detail,
         }
+    }
+
+    /// The inbound caller came without mutual TLS.
+    pub fn set_plaintext(&mut self) {
+        self.transport = Transport::Plaintext;
+    }
+
+    /// No edge until a try names the service (a gateway's requests carry
+    /// its own name until a route picks a backend).
+    pub fn forget_edge(&mut self) {
+        self.edge = None;
     }
 
     /// The service that called (inbound, when mTLS named it).
@@ -121,6 +143,11 @@ impl Exchange {
     /// A try went to `upstream` (an endpoint of `service`, or the local
     /// app).
     pub fn attempt(&mut self, upstream: &Arc<str>, service: Option<&ServiceName>) {
+        if let Some(s) = service
+            && self.edge.as_ref() != Some(s)
+        {
+            self.edge = Some(s.clone());
+        }
         if let Some(d) = &mut self.detail {
             d.tries += 1;
             d.upstream = Some(upstream.clone());
@@ -152,8 +179,14 @@ impl Exchange {
     /// Records how the exchange ended.
     pub fn finish(mut self, c: &Outcome) {
         let elapsed = self.start.elapsed();
-        if self.labels.direction == Direction::inbound {
-            self.tel.traffic.record(elapsed, c.is_server_fault());
+        let fault = c.is_server_fault();
+        match (self.labels.direction, &self.edge) {
+            (Direction::inbound, _) => {
+                let t = &self.tel.traffic;
+                t.record_inbound(&self.labels.route, self.transport, elapsed, fault);
+            }
+            (Direction::outbound, Some(s)) => self.tel.traffic.record_outbound(s, elapsed, fault),
+            (Direction::outbound, None) => {}
         }
         let m = &self.tel.metrics;
         m.observe_duration(&self.labels, elapsed);

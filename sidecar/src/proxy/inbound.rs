@@ -127,6 +127,9 @@ impl Inbound {
         );
         let caller = peer.and_then(|p| p.service.as_ref());
         ex.set_caller(caller);
+        if peer.is_none() {
+            ex.set_plaintext();
+        }
         let policy = self.policy.load();
         // Authorization first: a denied caller spends no one's tokens.
         if let Err(e) = self

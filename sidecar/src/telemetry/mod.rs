@@ -1,7 +1,8 @@
 //! What the sidecar tells about the traffic it carries: the Prometheus
 //! metrics ([`metrics`]), OpenTelemetry spans (W3C trace context read and
 //! propagated), the access log, the `route` label's bounded names, and the
-//! inbound traffic summary sent to the control plane for `weftctl top`.
+//! traffic summary sent to the control plane for `weftctl top` and the
+//! dashboard.
 //! Everything is decided once per request, in the exchange
 //! (`proxy::exchange`), and recorded once, when the response ends.
 
@@ -27,7 +28,7 @@ pub struct Telemetry {
     /// `--access-log`.
     pub access_log: bool,
     pub routes: RouteNames,
-    /// Inbound totals for `weftctl top`.
+    /// Totals for `weftctl top` and the dashboard.
     pub traffic: Traffic,
 }
 

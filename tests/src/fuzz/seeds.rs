@@ -216,6 +216,18 @@ pub fn sidecar_messages(service: &str, instance: &str) -> Vec<Vec<u8>> {
             requests: 100,
             failures: 1,
             latency_buckets: vec![1; weft_proto::stats::BUCKETS],
+            plaintext_requests: 3,
+            upstreams: vec![pb::UpstreamTraffic {
+                service: "users".into(),
+                requests: 40,
+                failures: 2,
+                latency_buckets: vec![4; weft_proto::stats::BUCKETS],
+            }],
+            routes: vec![pb::RouteTraffic {
+                route: "/echo.Echo/Say".into(),
+                requests: 100,
+                failures: 1,
+            }],
         })),
     ]
 }

@@ -11,15 +11,16 @@ use weft_proto::name::{
 };
 use weft_proto::protocol::{ChoiceError, Protocol};
 use weft_proto::routing::rate_limit_to_wire;
-use weft_proto::stats::{BUCKETS, MAX_WINDOW};
+use weft_proto::stats::{BUCKETS, MAX_ROUTES, MAX_UPSTREAMS, MAX_WINDOW};
 use weft_proto::time::unix_ms;
 use weft_proto::v1 as pb;
 
 use super::resources::{labels_from_proto, labels_to_proto, protocol_to_proto};
 use crate::catalog::{
     Counters, DEFAULT_WINDOW, EjectedBy, Endpoint, Health, InboundPolicy, InstanceRecord,
-    InstanceTop, InstanceView, MAX_VERSION_TEXT, MAX_WANTED, Registration, ServiceSummary,
-    ServiceTop, ServiceUpdate, SidecarStatus, TopError, TopQuery, TopReport, clip,
+    InstanceTop, InstanceView, MAX_VERSION_TEXT, MAX_WANTED, Registration, RouteCounts,
+    ServiceSummary, ServiceTop, ServiceUpdate, SidecarStatus, TopError, TopQuery, TopReport,
+    TrafficReport, clip,
 };
 use crate::resource::Name;
 
@@ -47,6 +48,36 @@ pub enum HelloError {
 pub enum StatsError {
     #[error("latency_buckets has {got} entries, expected {expected}")]
     BucketCount { got: usize, expected: usize },
+    #[error("upstreams: {0} entries, at most {MAX_UPSTREAMS}")]
+    TooManyUpstreams(usize),
+    #[error("upstreams[{index}].service: {error}")]
+    Upstream { index: usize, error: NameError },
+    #[error("upstreams[{index}].{error}")]
+    UpstreamCounts {
+        index: usize,
+        error: Box<StatsError>,
+    },
+    #[error("routes: {0} entries, at most {MAX_ROUTES}")]
+    TooManyRoutes(usize),
+    #[error("routes[{0}].route: empty, or longer than {MAX_ROUTE_TEXT} bytes")]
+    Route(usize),
+}
+
+/// The longest route name kept (a gRPC method path; the sidecar's own
+/// names are far shorter).
+pub const MAX_ROUTE_TEXT: usize = 512;
+
+fn counters(requests: u64, failures: u64, buckets: &[u64]) -> Result<Counters, StatsError> {
+    let array: [u64; BUCKETS] = buckets.try_into().map_err(|_| StatsError::BucketCount {
+        got: buckets.len(),
+        expected: BUCKETS,
+    })?;
+    Ok(Counters {
+        requests,
+        failures,
+        buckets: array,
+        plaintext: 0,
+    })
 }
 
 /// Validates a hello; returns the registration and the services it wants.
@@ -99,22 +130,45 @@ impl From<Health> for pb::Health {
     }
 }
 
-impl TryFrom<&pb::TrafficStats> for Counters {
+impl TryFrom<&pb::TrafficStats> for TrafficReport {
     type Error = StatsError;
 
     fn try_from(s: &pb::TrafficStats) -> Result<Self, StatsError> {
-        let buckets: [u64; BUCKETS] =
-            s.latency_buckets
-                .as_slice()
-                .try_into()
-                .map_err(|_| StatsError::BucketCount {
-                    got: s.latency_buckets.len(),
-                    expected: BUCKETS,
+        let mut inbound = counters(s.requests, s.failures, &s.latency_buckets)?;
+        inbound.plaintext = s.plaintext_requests;
+        if s.upstreams.len() > MAX_UPSTREAMS {
+            return Err(StatsError::TooManyUpstreams(s.upstreams.len()));
+        }
+        let upstreams = s
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, u)| {
+                let name = Name::parse(&u.service)
+                    .map_err(|error| StatsError::Upstream { index, error })?;
+                let c = counters(u.requests, u.failures, &u.latency_buckets).map_err(|e| {
+                    StatsError::UpstreamCounts {
+                        index,
+                        error: Box::new(e),
+                    }
                 })?;
-        Ok(Counters {
-            requests: s.requests,
-            failures: s.failures,
-            buckets,
+                Ok((name, c))
+            })
+            .collect::<Result<_, StatsError>>()?;
+        if s.routes.len() > MAX_ROUTES {
+            return Err(StatsError::TooManyRoutes(s.routes.len()));
+        }
+        let mut routes = RouteCounts::new();
+        for (i, r) in s.routes.iter().enumerate() {
+            if r.route.is_empty() || r.route.len() > MAX_ROUTE_TEXT {
+                return Err(StatsError::Route(i));
+            }
+            routes.insert(r.route.clone(), (r.requests, r.failures.min(r.requests)));
+        }
+        Ok(TrafficReport {
+            inbound,
+            upstreams,
+            routes,
         })
     }
 }
@@ -411,20 +465,77 @@ mod tests {
     fn a_malformed_bucket_count_is_refused() {
         let mut bad = pb::TrafficStats {
             requests: 10_000,
-            failures: 0,
             latency_buckets: vec![10_000; BUCKETS - 1],
+            ..Default::default()
         };
         assert_eq!(
-            Counters::try_from(&bad),
+            TrafficReport::try_from(&bad),
             Err(StatsError::BucketCount {
                 got: BUCKETS - 1,
                 expected: BUCKETS
             })
         );
         bad.latency_buckets = vec![10_000; BUCKETS + 1];
-        assert!(Counters::try_from(&bad).is_err());
+        assert!(TrafficReport::try_from(&bad).is_err());
         bad.latency_buckets = vec![10_000; BUCKETS];
-        assert_eq!(Counters::try_from(&bad).map(|c| c.buckets[0]), Ok(10_000));
+        assert_eq!(
+            TrafficReport::try_from(&bad).map(|c| c.inbound.buckets[0]),
+            Ok(10_000)
+        );
+    }
+
+    #[test]
+    fn upstreams_and_routes_are_validated_and_bounded() {
+        let good = pb::TrafficStats {
+            requests: 3,
+            failures: 1,
+            latency_buckets: vec![3; BUCKETS],
+            plaintext_requests: 2,
+            upstreams: vec![pb::UpstreamTraffic {
+                service: "users".into(),
+                requests: 5,
+                failures: 0,
+                latency_buckets: vec![5; BUCKETS],
+            }],
+            routes: vec![pb::RouteTraffic {
+                route: "/shop.Orders/Get".into(),
+                requests: 3,
+                // More failures than requests is clipped, not trusted.
+                failures: 9,
+            }],
+        };
+        let r = TrafficReport::try_from(&good).expect("valid");
+        assert_eq!(r.inbound.plaintext, 2);
+        assert_eq!(r.upstreams.len(), 1);
+        assert_eq!(r.upstreams[0].0.as_str(), "users");
+        assert_eq!(r.routes.get("/shop.Orders/Get"), Some(&(3, 3)));
+
+        let mut bad = good.clone();
+        bad.upstreams[0].service = "Not A Name".into();
+        let e = TrafficReport::try_from(&bad).expect_err("bad name");
+        assert!(e.to_string().starts_with("upstreams[0].service:"), "{e}");
+        let mut bad = good.clone();
+        bad.upstreams[0].latency_buckets.pop();
+        let e = TrafficReport::try_from(&bad).expect_err("bad buckets");
+        assert!(
+            e.to_string().starts_with("upstreams[0].latency_buckets"),
+            "{e}"
+        );
+        let mut bad = good.clone();
+        bad.upstreams = vec![good.upstreams[0].clone(); MAX_UPSTREAMS + 1];
+        assert_eq!(
+            TrafficReport::try_from(&bad),
+            Err(StatsError::TooManyUpstreams(MAX_UPSTREAMS + 1))
+        );
+        let mut bad = good.clone();
+        bad.routes = vec![good.routes[0].clone(); MAX_ROUTES + 1];
+        assert_eq!(
+            TrafficReport::try_from(&bad),
+            Err(StatsError::TooManyRoutes(MAX_ROUTES + 1))
+        );
+        let mut bad = good.clone();
+        bad.routes[0].route = "x".repeat(MAX_ROUTE_TEXT + 1);
+        assert_eq!(TrafficReport::try_from(&bad), Err(StatsError::Route(0)));
     }
 
     #[test]

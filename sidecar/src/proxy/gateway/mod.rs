@@ -195,7 +195,10 @@ impl Gateway {
     /// gateway's requests are outbound ones of the service it is.
     fn exchange<B>(&self, req: &mut Request<B>, grpc: bool) -> Exchange {
         let tel = &self.outbound.telemetry;
-        Exchange::begin(tel, Direction::outbound, self.name.clone(), req, grpc)
+        let mut ex = Exchange::begin(tel, Direction::outbound, self.name.clone(), req, grpc);
+        // The edge is to the backend a route picks, not to the gateway.
+        ex.forget_edge();
+        ex
     }
 
     /// From the size limit on.
