@@ -49,6 +49,16 @@ pub struct AdminService {
     write: tokio::sync::Mutex<()>,
     /// This replica's name, given with every sidecar it lists.
     replica: String,
+    /// Where the dashboard is; `None`: off.
+    dashboard: Option<DashboardInfo>,
+}
+
+/// Where this replica serves its dashboard, and whether reads need the
+/// admin credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardInfo {
+    pub addr: std::net::SocketAddr,
+    pub needs_credential: bool,
 }
 
 impl AdminService {
@@ -67,7 +77,14 @@ impl AdminService {
             ca,
             write: tokio::sync::Mutex::new(()),
             replica: String::new(),
+            dashboard: None,
         }
+    }
+
+    /// Tells `weftctl dashboard` where the dashboard is.
+    pub fn with_dashboard(mut self, dashboard: Option<DashboardInfo>) -> Self {
+        self.dashboard = dashboard;
+        self
     }
 
     /// Names this replica in `ListSidecars`.
@@ -353,6 +370,19 @@ impl Admin for AdminService {
             }
         })?;
         Ok(Response::new(pb::ExplainResponse::from(&explanation)))
+    }
+
+    async fn dashboard(
+        &self,
+        _: Request<pb::DashboardRequest>,
+    ) -> Result<Response<pb::DashboardResponse>, Status> {
+        Ok(Response::new(match self.dashboard {
+            Some(d) => pb::DashboardResponse {
+                address: d.addr.to_string(),
+                needs_credential: d.needs_credential,
+            },
+            None => pb::DashboardResponse::default(),
+        }))
     }
 
     async fn create_token(

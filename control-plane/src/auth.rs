@@ -111,6 +111,11 @@ impl AdminAuth {
     }
 
     /// A tonic interceptor for the admin service.
+    /// Whether `token` is the admin token.
+    pub fn accepts(&self, token: &str) -> bool {
+        constant_time_eq(&sha256(token.as_bytes()), &self.hash)
+    }
+
     pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
         let token = req
             .metadata()
@@ -122,7 +127,7 @@ impl AdminAuth {
                     "no admin credential: weftctl reads it from --credential (default weft-data/admin.credential)",
                 )
             })?;
-        if constant_time_eq(&sha256(token.as_bytes()), &self.hash) {
+        if self.accepts(token) {
             Ok(req)
         } else {
             Err(Status::unauthenticated(

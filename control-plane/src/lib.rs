@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod catalog;
 pub mod cli;
+pub mod dashboard;
 pub mod discovery;
 pub mod identity;
 pub mod metrics;
@@ -16,4 +17,4 @@ pub mod resume;
 pub mod server;
 pub mod store;
 
-pub use server::{ControlPlaneConfig, ServerError, run};
+pub use server::{ControlPlaneConfig, Listeners, ServerError, run};

@@ -20,10 +20,11 @@ use weft_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
 };
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, DashboardInfo};
 use crate::auth::{AdminAuth, CREDENTIAL_FILE, TokenBook};
 use crate::ca::{Ca, CaError, CaSource};
 use crate::catalog::{Catalog, CatalogConfig, run_reaper};
+use crate::dashboard::Dashboard;
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
 use crate::metrics::Metrics;
@@ -88,13 +89,29 @@ pub enum ServerError {
     SharedCaMissing,
 }
 
-/// Serves the gRPC API on `grpc` and `/live` `/ready` `/metrics` on `admin`.
+/// Where the control plane serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API (sidecars and weftctl), over TLS.
+    pub grpc: TcpListener,
+    /// `/live`, `/ready`, `/metrics`, `/log-level`.
+    pub admin: TcpListener,
+    /// The dashboard; `None`: off.
+    pub dashboard: Option<TcpListener>,
+}
+
+/// Serves the gRPC API, the admin endpoint and the dashboard until
+/// `shutdown` resolves.
 pub async fn run(
     config: ControlPlaneConfig,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        grpc,
+        admin,
+        dashboard,
+    } = listeners;
     let shutdown: futures_util::future::Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
     let store = crate::store::open(&config.store, &config.data_dir).await?;
     if store.is_shared() && config.ca_files.is_none() {
@@ -154,6 +171,17 @@ pub async fn run(
     }
 
     let reaper = tokio::spawn(run_reaper(catalog.clone(), shutdown.clone()));
+    let dashboard = dashboard.and_then(|l| {
+        let addr = l.local_addr().ok()?;
+        let d = Dashboard::new(catalog.clone(), auth.clone(), addr);
+        let info = DashboardInfo {
+            addr,
+            needs_credential: d.needs_credential(),
+        };
+        let task = tokio::spawn(crate::dashboard::serve(l, d, shutdown.clone()));
+        Some((info, task))
+    });
+    let (dashboard_info, dashboard_task) = dashboard.unzip();
     let admin = tokio::spawn(serve_admin(
         admin,
         catalog.clone(),
@@ -195,7 +223,8 @@ pub async fn run(
         tokens.clone(),
         ca.clone(),
     )
-    .with_replica(replica);
+    .with_replica(replica)
+    .with_dashboard(dashboard_info);
     tonic::transport::Server::builder()
         .tls_config(tls)?
         // Find sidecars that vanished without closing their connection.
@@ -227,6 +256,9 @@ pub async fn run(
     // Returning means everything is released (the store's file lock
     // included), so that a library user can start again on the same data.
     let _ = tokio::join!(reaper, admin, replication);
+    if let Some(task) = dashboard_task {
+        let _ = task.await;
+    }
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -188,6 +188,8 @@ fn control_plane_rejects_bad_flags() {
                 "127.0.0.1:0",
                 "--admin",
                 "127.0.0.1:0",
+                "--dashboard",
+                "off",
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))

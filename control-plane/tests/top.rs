@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 use weft_control_plane::ca::{Ca, CaSource};
-use weft_control_plane::{ControlPlaneConfig, run};
+use weft_control_plane::{ControlPlaneConfig, Listeners, run};
 use weft_proto::identity::{SpiffeId, SpiffeServerVerifier, pem, root_store};
 use weft_proto::stats::{BUCKETS, bucket_of};
 use weft_proto::v1 as pb;
@@ -56,7 +56,12 @@ async fn start() -> ControlPlane {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = run(config, grpc, admin, shutdown).await {
+        let listeners = Listeners {
+            grpc,
+            admin,
+            dashboard: None,
+        };
+        if let Err(e) = run(config, listeners, shutdown).await {
             panic!("control plane failed: {e}");
         }
     });

@@ -6,6 +6,7 @@
 //! etcd clusters for the HA tests (`etcd`); the simulator of many sidecars
 //! (`sim`, run by `weft-sim`).
 
+pub mod browser;
 pub mod ca;
 pub mod echo;
 pub mod etcd;

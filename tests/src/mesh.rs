@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use weft_control_plane::auth::AdminCredential;
 use weft_control_plane::catalog::CatalogConfig;
 use weft_control_plane::cli::{Bearer, connect_tls};
-use weft_control_plane::{ControlPlaneConfig, run as run_control_plane};
+use weft_control_plane::{ControlPlaneConfig, Listeners as CpListeners, run as run_control_plane};
 use weft_proto::name::ServiceName;
 use weft_proto::v1::admin_client::AdminClient;
 use weft_sidecar::config::Args;
@@ -84,6 +84,8 @@ impl CpAccess {
 pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The dashboard (loopback: its reads need no credential).
+    pub dashboard: SocketAddr,
     pub data_dir: PathBuf,
     pub access: CpAccess,
     _tmp: Option<tempfile::TempDir>,
@@ -112,11 +114,18 @@ impl ControlPlane {
         let dir = dir.ok_or_else(|| anyhow::anyhow!("no data directory"))?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let dashboard = TcpListener::bind("127.0.0.1:0").await?;
         let (grpc_addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
+        let dashboard_addr = dashboard.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let mut config = ControlPlaneConfig::new(dir.clone());
         adjust(&mut config);
-        let task = tokio::spawn(run_control_plane(config, grpc, admin, async {
+        let listeners = CpListeners {
+            grpc,
+            admin,
+            dashboard: Some(dashboard),
+        };
+        let task = tokio::spawn(run_control_plane(config, listeners, async {
             let _ = rx.await;
         }));
         let url = format!("http://{admin_addr}/ready");
@@ -144,6 +153,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             grpc: grpc_addr,
             admin: admin_addr,
+            dashboard: dashboard_addr,
             data_dir: dir,
             access,
             _tmp: tmp,

@@ -266,6 +266,10 @@ impl ControlPlaneProc {
             data_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Not the default port: control planes run side by side here.
+        if !extra.contains(&"--dashboard") {
+            args.extend(["--dashboard".into(), "127.0.0.1:0".into()]);
+        }
         let mut proc = Proc::spawn("weft-control-plane", &args)?;
         proc.wait_ready("the control-plane process", admin).await?;
         Ok(ControlPlaneProc {

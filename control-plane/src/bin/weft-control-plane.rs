@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use weft_control_plane::catalog::CatalogConfig;
 use weft_control_plane::store::StoreArgs;
-use weft_control_plane::{ControlPlaneConfig, run};
+use weft_control_plane::{ControlPlaneConfig, Listeners, run};
 use weft_proto::duration::parse_duration;
 
 /// The Weft control plane: keeps the catalog of services and instances and
@@ -22,6 +22,10 @@ struct Args {
     /// HTTP admin endpoint: /live, /ready, /metrics.
     #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
+    /// The web dashboard (`weftctl dashboard` prints its URL), or `off`.
+    /// Off loopback, its data needs the admin credential.
+    #[arg(long, env = "WEFT_DASHBOARD", default_value = "127.0.0.1:15015", value_parser = parse_dashboard)]
+    dashboard: Dashboard,
     /// Directory of the embedded store, the generated CA and the admin
     /// credential (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "weft-data")]
@@ -91,6 +95,14 @@ async fn run_main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on --admin {}", args.admin))?;
+    let dashboard = match args.dashboard {
+        Dashboard::Off => None,
+        Dashboard::At(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --dashboard {addr}"))?,
+        ),
+    };
     weft_proto::identity::validate_trust_domain(&args.trust_domain).map_err(|_| {
         anyhow::anyhow!(
             "--trust-domain {:?} is not a valid trust domain (e.g. example.org)",
@@ -116,6 +128,27 @@ async fn run_main() -> anyhow::Result<()> {
         log_level: Some(log_level),
         replica: args.replica_name,
     };
-    run(config, grpc, admin, weft_process::shutdown::on_signal()).await?;
+    let listeners = Listeners {
+        grpc,
+        admin,
+        dashboard,
+    };
+    run(config, listeners, weft_process::shutdown::on_signal()).await?;
     Ok(())
+}
+
+/// `--dashboard`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum Dashboard {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
+    if s == "off" {
+        return Ok(Dashboard::Off);
+    }
+    s.parse()
+        .map(Dashboard::At)
+        .map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:15015) nor off"))
 }

@@ -228,11 +228,14 @@ impl TrafficRing {
     }
 
     /// The traffic between `from` and `to` (a slot of a history), as far
-    /// as the samples tell: `None` when the ring starts after `from` or
-    /// holds nothing before `to`. Exact to a report period at each end.
+    /// as the samples tell: `None` when the ring holds nothing at or
+    /// before `to`. Exact to a report period at each end.
     pub fn between(&self, from: Instant, to: Instant) -> Option<Traffic> {
         let end = self.counters_at(to)?;
-        let base = self.counters_at(from)?;
+        // A stream's first sample is its start: before it, nothing.
+        let base = self
+            .counters_at(from)
+            .unwrap_or(&self.samples.front()?.counters);
         let secs = to.saturating_duration_since(from).as_secs_f64();
         Some(difference(end, base, secs))
     }

@@ -6,6 +6,7 @@
 //! `explain` asks the control plane which route a request would take.
 //! `inject` adds the sidecar to Kubernetes manifests, offline.
 
+mod dashboard;
 mod explain;
 pub mod inject;
 mod output;
@@ -44,6 +45,7 @@ use crate::resource::{Kind, Resource, parse_documents};
                   weftctl token create user-service --ttl 1h\n  weftctl token list\n  \
                   weftctl token revoke 3f2a9c0d1e4b5a67\n  weftctl top\n  \
                   weftctl top user-service --window 1m --once\n  weftctl top -o json\n  \
+                  weftctl dashboard\n  \
                   weftctl inject -f deploy.yaml | kubectl apply -f -"
 )]
 pub struct Cli {
@@ -187,6 +189,12 @@ pub enum Command {
     /// mesh's sidecar, no service name) fails the whole file, with the
     /// reason.
     Inject(InjectArgs),
+    /// The URL of the mesh's web dashboard (the service graph, each
+    /// service's page, the sidecars), served by the control plane at its
+    /// --dashboard address. Prints it; opens and tunnels nothing. Off
+    /// loopback the URL carries the admin token after `#` (a browser does
+    /// not send that part): share it as you would the credential.
+    Dashboard,
 }
 
 /// `weftctl inject`'s flags.
@@ -571,6 +579,15 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> Result<(), CliError>
                 })?,
                 None => w(out, injected),
             }
+        }
+        Command::Dashboard => {
+            let (mut client, replica) = replicas::connect_at(&cli).await?;
+            let answer = client
+                .dashboard(pb::DashboardRequest {})
+                .await?
+                .into_inner();
+            let token = read_credential(&cli.credential)?.token;
+            w(out, dashboard::url(&answer, &replica, &token)? + "\n");
         }
         Command::Status { output } => {
             let s = replicas::sidecars_everywhere(&cli).await?;

@@ -41,11 +41,17 @@ fn admin_client(channel: Channel, cred: &AdminCredential) -> Result<Client, CliE
 
 /// A client of the first replica that answers.
 pub(super) async fn connect(cli: &Cli) -> Result<Client, CliError> {
+    Ok(connect_at(cli).await?.0)
+}
+
+/// A client of the first replica that answers, and that replica's URL.
+pub(super) async fn connect_at(cli: &Cli) -> Result<(Client, String), CliError> {
     let cred = read_credential(&cli.credential)?;
     let mut reasons = Vec::new();
     for at in candidates(cli).await? {
-        match connect_tls(&at.url(), &cred, cli.timeout).await {
-            Ok(channel) => return admin_client(channel, &cred),
+        let url = at.url();
+        match connect_tls(&url, &cred, cli.timeout).await {
+            Ok(channel) => return Ok((admin_client(channel, &cred)?, url)),
             Err(CliError::Connect { reason, .. }) => reasons.push(format!("{at}: {reason}")),
             Err(e) => return Err(e),
         }

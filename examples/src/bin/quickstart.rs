@@ -266,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cp = p.get(15012)?;
     let cp_admin = p.get(15014)?;
+    let cp_dashboard = p.get(15015)?;
     let cp_url = format!("https://127.0.0.1:{cp}");
     let credential = workdir.join("data").join("admin.credential");
     let up_users = p.get(9001)?;
@@ -336,6 +337,8 @@ async fn main() -> anyhow::Result<()> {
             &format!("127.0.0.1:{cp}"),
             "--admin",
             &format!("127.0.0.1:{cp_admin}"),
+            "--dashboard",
+            &format!("127.0.0.1:{cp_dashboard}"),
             "--data-dir",
             &workdir.join("data").display().to_string(),
         ]),
@@ -762,6 +765,8 @@ async fn main() -> anyhow::Result<()> {
             credential.display()
         );
         println!("  curl http://{}/metrics", sidecar_admins[2].1);
+        println!("The mesh's dashboard (service graph, services, sidecars):");
+        println!("  http://127.0.0.1:{cp_dashboard}/");
         println!("Ctrl-C stops the mesh.");
         tokio::signal::ctrl_c().await?;
         println!("\nStopping the mesh");
