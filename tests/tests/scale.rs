@@ -28,6 +28,7 @@ fn small(replicas: usize, streams: usize) -> SimConfig {
         restart: true,
         intercept: false,
         wait: Duration::from_secs(30),
+        dashboard: None,
     }
 }
 
@@ -57,8 +58,18 @@ async fn two_hundred_simulated_sidecars_get_every_change_and_resync_after_a_rest
 -> anyhow::Result<()> {
     init_logs();
     weft_proto::identity::install_provider();
-    let r = sim::run(small(1, 200)).await?;
+    // With every stream reporting traffic, the dashboard's graph is
+    // answered and has their edges (what it costs is weft-sim's to say).
+    let r = sim::run(SimConfig {
+        dashboard: Some(Duration::from_secs(2)),
+        ..small(1, 200)
+    })
+    .await?;
     check(&r);
+    let d = r.dashboard.as_ref().expect("the dashboard was measured");
+    assert!(d.polls >= 1 && d.bytes > 0, "{d:?}");
+    // 19 services besides the hot one, each calling the hot one and others.
+    assert!(d.edges >= 19, "every caller's edge to the hot service: {d:?}");
     Ok(())
 }
 

@@ -49,6 +49,11 @@ struct Args {
     /// Longest wait for one change to reach every stream, or for the resync.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wait: Duration,
+    /// Measure the dashboard's cost: every stream reports traffic each
+    /// second; the control plane's CPU over this long without a dashboard,
+    /// then this long with one polling the graph every 2 s.
+    #[arg(long, value_parser = parse_duration)]
+    dashboard: Option<Duration>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         restart: !args.no_restart,
         intercept: args.intercept,
         wait: args.wait,
+        dashboard: args.dashboard,
     };
     let report = tokio::runtime::Runtime::new()?.block_on(run(cfg))?;
     print!("{}", report.table());

@@ -62,6 +62,10 @@ pub struct SimConfig {
     pub intercept: bool,
     /// How long one change may take to reach every stream, and the resync.
     pub wait: Duration,
+    /// Measure the dashboard: with every stream reporting traffic, this
+    /// long without a dashboard open, then this long with one polling the
+    /// service graph as the page does. `None`: skipped.
+    pub dashboard: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -78,6 +82,7 @@ impl Default for SimConfig {
             restart: true,
             intercept: false,
             wait: Duration::from_secs(60),
+            dashboard: None,
         }
     }
 }
@@ -207,6 +212,11 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
     );
     churn.abort();
 
+    let dashboard = match cfg.dashboard {
+        Some(phase) => Some(measure_dashboard(&plane, &access, &shared, phase).await?),
+        None => None,
+    };
+
     // A replica restarts; its streams come back with the sidecar's backoff.
     let mut resync = None;
     if cfg.restart {
@@ -244,11 +254,69 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<Report> {
         changes: (before, after),
         missing,
         resync,
+        dashboard,
         total: started.elapsed(),
     });
     drop(joined);
     drop(streams);
     Ok(report)
+}
+
+/// Every stream reports traffic each second; the control plane's CPU over
+/// `phase` without a dashboard, then over `phase` with one polling
+/// `/api/graph` every 2 s (the page's cadence on its graph view).
+async fn measure_dashboard(
+    plane: &Plane,
+    access: &CpAccess,
+    shared: &Shared,
+    phase: Duration,
+) -> anyhow::Result<report::DashboardCost> {
+    let answer = access
+        .admin_client()
+        .await?
+        .dashboard(pb::DashboardRequest {})
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        !answer.address.is_empty(),
+        "the control plane serves no dashboard"
+    );
+    let url = format!("http://{}/api/graph", answer.address);
+    shared.reporting.store(true, Ordering::Relaxed);
+    // Every stream's ring has a few samples before anything is measured.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let u0 = plane.usage()?;
+    let t0 = Instant::now();
+    tokio::time::sleep(phase).await;
+    let reports_only = plane.usage()?.since(&u0).cpu.as_secs_f64() / t0.elapsed().as_secs_f64();
+
+    let u1 = plane.usage()?;
+    let t1 = Instant::now();
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    let mut edges = 0;
+    while t1.elapsed() < phase {
+        let t = Instant::now();
+        let r = crate::util::http_get(&url).await?;
+        times.push(t.elapsed());
+        anyhow::ensure!(r.status.is_success(), "{url}: {}", r.status);
+        bytes = r.body.len();
+        let g: serde_json::Value = serde_json::from_str(&r.body)?;
+        edges = g["edges"].as_array().map_or(0, Vec::len);
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(t.elapsed())).await;
+    }
+    let with_dashboard = plane.usage()?.since(&u1).cpu.as_secs_f64() / t1.elapsed().as_secs_f64();
+    shared.reporting.store(false, Ordering::Relaxed);
+    times.sort();
+    Ok(report::DashboardCost {
+        reports_only,
+        with_dashboard,
+        polls: times.len(),
+        answer_p50: times.get(times.len() / 2).copied().unwrap_or_default(),
+        answer_max: times.last().copied().unwrap_or_default(),
+        bytes,
+        edges,
+    })
 }
 
 /// What each stream calls: [`HOT`], then others at random.
@@ -279,6 +347,7 @@ async fn shared(plane: &Plane, access: &CpAccess, cfg: &SimConfig) -> anyhow::Re
         counters: Counters::default(),
         epoch: 0.into(),
         intercept: cfg.intercept,
+        reporting: false.into(),
         // 127.0.0.0/8 is all loopback: four source addresses, four times
         // the ephemeral ports.
         sources: (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect(),

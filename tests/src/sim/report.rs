@@ -20,6 +20,22 @@ pub struct Resync {
     pub failed: u64,
 }
 
+/// What an open dashboard costs the control plane (`--dashboard`).
+#[derive(Debug, Clone)]
+pub struct DashboardCost {
+    /// Control-plane CPU per second of wall time, every stream reporting
+    /// traffic each second, no dashboard open.
+    pub reports_only: f64,
+    /// The same with one dashboard polling the graph every 2 s.
+    pub with_dashboard: f64,
+    pub polls: usize,
+    pub answer_p50: Duration,
+    pub answer_max: Duration,
+    /// The graph's JSON, bytes.
+    pub bytes: usize,
+    pub edges: usize,
+}
+
 pub(super) struct Inputs<'a> {
     pub cfg: &'a SimConfig,
     pub shared: &'a Shared,
@@ -30,6 +46,7 @@ pub(super) struct Inputs<'a> {
     pub changes: ((Usage, u64, Instant), (Usage, u64, Instant)),
     pub missing: usize,
     pub resync: Option<Resync>,
+    pub dashboard: Option<DashboardCost>,
     pub total: Duration,
 }
 
@@ -69,6 +86,7 @@ pub struct Report {
     pub failed_connects: u64,
     pub refused: u64,
     pub resync: Option<Resync>,
+    pub dashboard: Option<DashboardCost>,
     pub total: Duration,
 }
 
@@ -121,6 +139,7 @@ impl Report {
             failed_connects: c.failed_connects.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             resync: i.resync,
+            dashboard: i.dashboard,
             total: i.total,
         }
     }
@@ -185,6 +204,25 @@ impl Report {
                 (
                     "restart: failed connects / refused streams".into(),
                     r.failed.to_string(),
+                ),
+            ]);
+        }
+        if let Some(d) = &self.dashboard {
+            let pct = |x: f64| format!("{:.2} % of a core", x * 100.0);
+            rows.extend([
+                ("dashboard: CPU, streams reporting, none open".into(), pct(d.reports_only)),
+                ("dashboard: CPU, one open (graph every 2 s)".into(), pct(d.with_dashboard)),
+                (
+                    "dashboard: its cost".into(),
+                    pct(d.with_dashboard - d.reports_only),
+                ),
+                (
+                    "dashboard: graph answers p50 / max".into(),
+                    format!("{} / {} ({} polls)", ms(d.answer_p50), ms(d.answer_max), d.polls),
+                ),
+                (
+                    "dashboard: graph size".into(),
+                    format!("{:.1} KiB, {} edges", d.bytes as f64 / 1024.0, d.edges),
                 ),
             ]);
         }

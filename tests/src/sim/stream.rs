@@ -72,6 +72,9 @@ pub struct Shared {
     pub sources: Vec<IpAddr>,
     /// Every stream says it intercepts.
     pub intercept: bool,
+    /// Streams send a traffic report every second (as sidecars carrying
+    /// traffic do): the dashboard phase.
+    pub reporting: std::sync::atomic::AtomicBool,
 }
 
 /// Who one stream is.
@@ -200,8 +203,23 @@ impl Session<'_> {
                 return End::Lost;
             }
         };
+        let mut report = tokio::time::interval(Duration::from_secs(1));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seconds = 0u64;
         loop {
             tokio::select! {
+                // Ticks always (a branch disabled by the flag would not
+                // wake when it changes); reports only while it is set.
+                _ = report.tick() => {
+                    if !shared.reporting.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    seconds += 1;
+                    let stats = self.traffic(seconds);
+                    if tx.send(pb::SidecarMessage { kind: Some(pb::sidecar_message::Kind::Stats(stats)) }).await.is_err() {
+                        return End::Lost;
+                    }
+                }
                 m = updates.message() => {
                     let Ok(Some(u)) = m else { return End::Lost };
                     self.observe(&u);
@@ -248,6 +266,43 @@ impl Session<'_> {
             .connect()
             .await
             .ok()
+    }
+
+    /// Cumulative counts after `seconds` of 10 requests a second in, and
+    /// 10 a second to each service it calls, 1 in 100 failing, over two
+    /// gRPC methods: the size of a busy sidecar's report.
+    fn traffic(&self, seconds: u64) -> pb::TrafficStats {
+        let n = 10 * seconds;
+        let buckets = |n: u64| -> Vec<u64> {
+            (0..weft_proto::stats::BUCKETS)
+                .map(|i| if i < 2 { n / 2 } else { n })
+                .collect()
+        };
+        pb::TrafficStats {
+            requests: n,
+            failures: n / 100,
+            latency_buckets: buckets(n),
+            plaintext_requests: 0,
+            upstreams: self
+                .spec
+                .wanted
+                .iter()
+                .map(|w| pb::UpstreamTraffic {
+                    service: w.clone(),
+                    requests: n,
+                    failures: n / 100,
+                    latency_buckets: buckets(n),
+                })
+                .collect(),
+            routes: ["/sim.Service/Get", "/sim.Service/Put"]
+                .iter()
+                .map(|r| pb::RouteTraffic {
+                    route: r.to_string(),
+                    requests: n / 2,
+                    failures: n / 200,
+                })
+                .collect(),
+        }
     }
 
     fn hello(&self) -> pb::SidecarMessage {
