@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod cli;
 pub mod dashboard;
 pub mod discovery;
+mod http;
 pub mod identity;
 pub mod metrics;
 pub mod resource;

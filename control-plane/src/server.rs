@@ -1,7 +1,6 @@
 //! The control-plane server as a library function: give it bound listeners
 //! and a shutdown future, and it serves until the future resolves.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use futures_util::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate as TlsCertificate, Identity as TlsIdentity, ServerTlsConfig};
 use weft_proto::v1::{
@@ -313,50 +311,18 @@ async fn serve_admin(
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     log_level: Option<Arc<weft_process::logs::LogLevel>>,
-    shutdown: impl Future<Output = ()> + Clone + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(admin = %addr, "admin endpoint listening");
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut conns = tokio::task::JoinSet::new();
-    let mut stop = std::pin::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut stop => break,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
+    let respond = move |req: Request<Incoming>| {
         let (catalog, metrics, log_level) = (catalog.clone(), metrics.clone(), log_level.clone());
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (catalog, metrics, log_level) =
-                (catalog.clone(), metrics.clone(), log_level.clone());
-            async move {
-                Ok::<_, Infallible>(
-                    admin_response(req, &catalog, &metrics, log_level.as_deref()).await,
-                )
-            }
-        });
-        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        conns.spawn(async move {
-            let _ = conn.await;
-        });
-        // Reap the finished ones as we go, so the set stays small.
-        while conns.try_join_next().is_some() {}
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
-    // Connections that did not finish in time are cut.
-    conns.shutdown().await;
+        async move { admin_response(req, &catalog, &metrics, log_level.as_deref()).await }
+    };
+    crate::http::serve(listener, "admin", respond, shutdown).await;
 }
 
 async fn admin_response(

@@ -69,7 +69,10 @@ async fn two_hundred_simulated_sidecars_get_every_change_and_resync_after_a_rest
     let d = r.dashboard.as_ref().expect("the dashboard was measured");
     assert!(d.polls >= 1 && d.bytes > 0, "{d:?}");
     // 19 services besides the hot one, each calling the hot one and others.
-    assert!(d.edges >= 19, "every caller's edge to the hot service: {d:?}");
+    assert!(
+        d.edges >= 19,
+        "every caller's edge to the hot service: {d:?}"
+    );
     Ok(())
 }
 

@@ -297,18 +297,7 @@ impl Catalog {
 impl GraphNode {
     fn empty(service: Name, unknown: bool) -> Self {
         GraphNode {
-            top: ServiceTop {
-                service,
-                rps: 0.0,
-                requests: 0,
-                failures: 0,
-                success_rate: 1.0,
-                p50_ms: 0.0,
-                p99_ms: 0.0,
-                endpoints: 0,
-                healthy_endpoints: 0,
-                instances: Vec::new(),
-            },
+            top: super::top::service_top(service, &[], Duration::ZERO, Instant::now()),
             plaintext: 0,
             gateway: false,
             unknown,
@@ -375,7 +364,6 @@ mod tests {
     use super::*;
     use crate::catalog::{CatalogConfig, Counters, Registration, SidecarStream, TrafficReport};
     use crate::resource::parse_documents;
-    use weft_proto::stats::bucket_of;
 
     fn name(s: &str) -> Name {
         Name::parse(s).expect("name")
@@ -395,15 +383,8 @@ mod tests {
         c.connect(reg, BTreeSet::new(), 0)
     }
 
-    /// `requests` of `ms` each, `failures` of them failed.
     fn counters(requests: u64, failures: u64, ms: f64) -> Counters {
-        let first = bucket_of(ms);
-        Counters {
-            requests,
-            failures,
-            buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
-            plaintext: 0,
-        }
+        Counters::of(requests, failures, ms)
     }
 
     fn report(

@@ -45,6 +45,19 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Cumulative counts of `requests` requests of `ms` each, `failures`
+    /// of them failed (for tests).
+    #[cfg(test)]
+    pub(crate) fn of(requests: u64, failures: u64, ms: f64) -> Self {
+        let first = weft_proto::stats::bucket_of(ms);
+        Counters {
+            requests,
+            failures,
+            buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
+            plaintext: 0,
+        }
+    }
+
     pub fn zero() -> Self {
         Counters {
             requests: 0,
@@ -69,6 +82,9 @@ impl Counters {
 struct Sample {
     at: Instant,
     counters: Counters,
+    /// Samples before this one were thinned out: the gap before it says
+    /// nothing about quiet.
+    after_thinning: bool,
 }
 
 /// What recording a sample did.
@@ -134,21 +150,31 @@ pub struct TrafficRing {
     samples: VecDeque<Sample>,
     /// The longest window asked of it: older samples are dropped.
     horizon: Duration,
+    /// Every sample of this recent span is kept; older ones are thinned
+    /// to one per `coarse` (memory: a ring of 1-second samples would hold
+    /// `horizon` of them).
+    fine: Duration,
+    coarse: Duration,
 }
 
-/// Inbound rings answer every `Top` window.
+/// Inbound rings answer every `Top` window: every sample of the last
+/// minute, one per 10 s before that (a window longer than a minute may
+/// start up to 10 s early; its rate is over the span it covers).
 impl Default for TrafficRing {
     fn default() -> Self {
-        TrafficRing::with_horizon(MAX_WINDOW)
+        TrafficRing::with_horizon(MAX_WINDOW, Duration::from_secs(60), Duration::from_secs(10))
     }
 }
 
 impl TrafficRing {
-    /// A ring that answers windows up to `horizon` (at most [`MAX_WINDOW`]).
-    pub fn with_horizon(horizon: Duration) -> Self {
+    /// A ring that answers windows up to `horizon` (at most
+    /// [`MAX_WINDOW`]), exactly up to `fine`, within `coarse` beyond.
+    pub fn with_horizon(horizon: Duration, fine: Duration, coarse: Duration) -> Self {
         TrafficRing {
             samples: VecDeque::new(),
             horizon: horizon.min(MAX_WINDOW),
+            fine,
+            coarse,
         }
     }
 
@@ -162,6 +188,7 @@ impl TrafficRing {
         let sample = Sample {
             at,
             counters: counters.clone(),
+            after_thinning: false,
         };
         let mut recorded = Recorded::Added;
         if self
@@ -188,7 +215,29 @@ impl TrafficRing {
                 self.samples.pop_front();
             }
         }
+        self.thin(at);
         recorded
+    }
+
+    /// Samples leave the fine span one at a time as time passes: the one
+    /// that just left goes if it is closer than `coarse` to the one kept
+    /// before it (the base of the oldest windows stays).
+    fn thin(&mut self, now: Instant) {
+        let Some(edge) = now.checked_sub(self.fine) else {
+            return;
+        };
+        let j = self.samples.partition_point(|s| s.at <= edge);
+        if j >= 2
+            && self.samples[j - 1]
+                .at
+                .saturating_duration_since(self.samples[j - 2].at)
+                < self.coarse
+        {
+            self.samples.remove(j - 1);
+            if let Some(next) = self.samples.get_mut(j - 1) {
+                next.after_thinning = true;
+            }
+        }
     }
 
     /// The traffic over the `window` that ends at `now`; `None` before the
@@ -210,7 +259,9 @@ impl TrafficRing {
             .unwrap_or(0);
         let base = &self.samples[base_index];
         let mut start = base.at;
-        if let (Some(cutoff), Some(next)) = (cutoff, self.samples.get(base_index + 1)) {
+        if let (Some(cutoff), Some(next)) = (cutoff, self.samples.get(base_index + 1))
+            && !next.after_thinning
+        {
             let quiet_until = next.at.checked_sub(REPORT_PERIOD).unwrap_or(base.at);
             start = start.max(cutoff.min(quiet_until));
         }
@@ -264,8 +315,11 @@ fn difference(newer: &Counters, older: &Counters, secs: f64) -> Traffic {
     }
 }
 
-/// How long a called service's samples are kept: the graph's window.
+/// How long a called service's samples are kept: the graph's longest
+/// window; every sample of the last [`EDGE_FINE`] (the page's window is
+/// 10 s), one per 5 s before.
 pub const EDGE_HORIZON: Duration = Duration::from_secs(60);
+const EDGE_FINE: Duration = Duration::from_secs(15);
 
 /// The window of a service's top routes.
 pub const ROUTE_WINDOW: Duration = Duration::from_secs(60);
@@ -352,7 +406,8 @@ impl StreamTraffic {
             if let Some(ring) = self.upstreams.get_mut(name) {
                 ring.record(counters, at);
             } else if room {
-                let mut ring = TrafficRing::with_horizon(EDGE_HORIZON);
+                let mut ring =
+                    TrafficRing::with_horizon(EDGE_HORIZON, EDGE_FINE, Duration::from_secs(5));
                 // A sidecar adds a service to its reports at its first
                 // request: absent from the previous report, it stood at
                 // zero then, and that first request belongs in the window.
@@ -372,17 +427,10 @@ impl StreamTraffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::stats::{LATENCY_BOUNDS_MS, bucket_of};
+    use weft_proto::stats::LATENCY_BOUNDS_MS;
 
-    /// Cumulative counts of `requests` requests of `ms` each, `failures` failed.
     fn stats(requests: u64, failures: u64, ms: f64) -> Counters {
-        let first = bucket_of(ms);
-        Counters {
-            requests,
-            failures,
-            buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
-            plaintext: 0,
-        }
+        Counters::of(requests, failures, ms)
     }
 
     fn secs(s: u64) -> Duration {
@@ -524,6 +572,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn thinned_history_keeps_short_windows_exact_and_long_ones_close() {
+        let t0 = Instant::now();
+        let mut ring = TrafficRing::default();
+        // 10 requests a second for five minutes, one failing each second.
+        for t in 0..=300 {
+            record_at(&mut ring, t0, t, stats(10 * t, t, 1.0)).await;
+        }
+        let now = Instant::now();
+        let w = ring.window(now, secs(10)).expect("samples");
+        assert_eq!((w.requests, w.failures, w.rps), (100, 10, 10.0));
+        for window in [90, 120, 299] {
+            let w = ring.window(now, secs(window)).expect("samples");
+            let (lo, hi) = (10 * window, 10 * (window + 10));
+            assert!((lo..=hi).contains(&w.requests), "{window}: {}", w.requests);
+            assert!((w.rps - 10.0).abs() < 1e-9, "{window}: {}", w.rps);
+        }
+        // A quiet spell in the fine span still reads as quiet: 20 s
+        // without traffic, then 5 s of it.
+        let t1 = Instant::now();
+        record_at(&mut ring, t1, 20, stats(3000, 300, 1.0)).await;
+        for t in 21..=25 {
+            record_at(&mut ring, t1, t, stats(3000 + 10 * (t - 20), 300, 1.0)).await;
+        }
+        let w = ring.window(Instant::now(), secs(10)).expect("samples");
+        assert_eq!(w.requests, 50);
+        assert_eq!(w.rps, 5.0, "5 s of 10 rps in a 10 s window");
+        // And a history's slots add up to the span they cover, thinned or
+        // not (28 slots: within the horizon).
+        let now = Instant::now();
+        let total: u64 = (0..28u32)
+            .filter_map(|k| {
+                let end = now.checked_sub(secs(10) * k)?;
+                ring.between(end.checked_sub(secs(10))?, end)
+            })
+            .map(|t| t.requests)
+            .sum();
+        let whole = ring.between(now - secs(280), now).expect("samples");
+        assert_eq!(total, whole.requests);
+        assert!((2600..=2700).contains(&total), "{total}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_ring_stays_bounded() {
         let mut ring = TrafficRing::default();
         // One sample a second for an hour: only the longest window (and its
@@ -532,10 +622,14 @@ mod tests {
             ring.record(&stats(t, 0, 1.0), Instant::now());
             tokio::time::advance(secs(1)).await;
         }
-        assert!(ring.len() <= 302, "{}", ring.len());
-        // Now t=3600: the base is the sample at t=3300, the last at t=3599.
+        // A minute of every sample, one per 10 s for the four before.
+        assert!(ring.len() <= 90, "{}", ring.len());
+        // Now t=3600: the base is the newest kept sample at or before
+        // t=3300 (at most 10 s earlier), the last at t=3599; the rate is
+        // over the span the window covers.
         let w = ring.window(Instant::now(), MAX_WINDOW).expect("samples");
-        assert_eq!(w.requests, 299);
+        assert!((299..=309).contains(&w.requests), "{}", w.requests);
+        assert!((w.rps - 1.0).abs() < 0.01, "{}", w.rps);
         // A sidecar sending far too often: the ring neither grows past the
         // cap nor loses the older history.
         for i in 0..100_000u64 {

@@ -99,7 +99,7 @@ pub(super) fn build(
     TopReport { services, window }
 }
 
-fn service_top(
+pub(super) fn service_top(
     name: Name,
     instances: &[(&Instance, Option<&TrafficRing>)],
     window: Duration,
@@ -157,7 +157,6 @@ mod tests {
         Catalog, CatalogConfig, Counters, Registration, SidecarStream, TrafficReport,
     };
     use crate::resource::parse_documents;
-    use weft_proto::stats::bucket_of;
 
     fn register(c: &Arc<Catalog>, service: &str, id: &str, health: Health) -> SidecarStream {
         register_as(c, service, id, health, false)
@@ -185,14 +184,8 @@ mod tests {
 
     /// Cumulative stats: `requests` of `ms` each, `failures` of them failed.
     fn stats(requests: u64, failures: u64, ms: f64) -> TrafficReport {
-        let first = bucket_of(ms);
         TrafficReport {
-            inbound: Counters {
-                requests,
-                failures,
-                buckets: std::array::from_fn(|i| if i >= first { requests } else { 0 }),
-                plaintext: 0,
-            },
+            inbound: Counters::of(requests, failures, ms),
             upstreams: Vec::new(),
             routes: Default::default(),
         }

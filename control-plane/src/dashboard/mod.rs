@@ -11,7 +11,6 @@
 
 mod json;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +21,6 @@ use http::header::{self, HeaderValue};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::auth::AdminAuth;
@@ -201,36 +199,11 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(dashboard = %addr, credential = dashboard.needs_credential(), "dashboard listening");
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut conns = tokio::task::JoinSet::new();
-    let mut stop = std::pin::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut stop => break,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dashboard accept failed");
-                    continue;
-                }
-            },
-        };
-        let d = dashboard.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = d.respond(&req);
-            async move { Ok::<_, Infallible>(resp) }
-        });
-        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        conns.spawn(async move {
-            let _ = conn.await;
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
-    conns.shutdown().await;
+    let respond = move |req: Request<Incoming>| {
+        let answer = dashboard.respond(&req);
+        async move { answer }
+    };
+    crate::http::serve(listener, "dashboard", respond, shutdown).await;
 }
 
 #[cfg(test)]

@@ -305,7 +305,8 @@ async fn measure_dashboard(
         edges = g["edges"].as_array().map_or(0, Vec::len);
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(t.elapsed())).await;
     }
-    let with_dashboard = plane.usage()?.since(&u1).cpu.as_secs_f64() / t1.elapsed().as_secs_f64();
+    let end = plane.usage()?;
+    let with_dashboard = end.since(&u1).cpu.as_secs_f64() / t1.elapsed().as_secs_f64();
     shared.reporting.store(false, Ordering::Relaxed);
     times.sort();
     Ok(report::DashboardCost {
@@ -316,6 +317,8 @@ async fn measure_dashboard(
         answer_max: times.last().copied().unwrap_or_default(),
         bytes,
         edges,
+        rss_before: u0.rss_bytes,
+        rss_reporting: end.rss_bytes,
     })
 }
 

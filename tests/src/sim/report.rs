@@ -34,6 +34,10 @@ pub struct DashboardCost {
     /// The graph's JSON, bytes.
     pub bytes: usize,
     pub edges: usize,
+    /// The control plane's RSS as the reports started (5 s in), and at
+    /// the end (every ring full for its window).
+    pub rss_before: u64,
+    pub rss_reporting: u64,
 }
 
 pub(super) struct Inputs<'a> {
@@ -210,15 +214,30 @@ impl Report {
         if let Some(d) = &self.dashboard {
             let pct = |x: f64| format!("{:.2} % of a core", x * 100.0);
             rows.extend([
-                ("dashboard: CPU, streams reporting, none open".into(), pct(d.reports_only)),
-                ("dashboard: CPU, one open (graph every 2 s)".into(), pct(d.with_dashboard)),
+                (
+                    "dashboard: CPU, streams reporting, none open".into(),
+                    pct(d.reports_only),
+                ),
+                (
+                    "dashboard: CPU, one open (graph every 2 s)".into(),
+                    pct(d.with_dashboard),
+                ),
                 (
                     "dashboard: its cost".into(),
                     pct(d.with_dashboard - d.reports_only),
                 ),
                 (
                     "dashboard: graph answers p50 / max".into(),
-                    format!("{} / {} ({} polls)", ms(d.answer_p50), ms(d.answer_max), d.polls),
+                    format!(
+                        "{} / {} ({} polls)",
+                        ms(d.answer_p50),
+                        ms(d.answer_max),
+                        d.polls
+                    ),
+                ),
+                (
+                    "dashboard: RSS, reports 5 s in → at the end".into(),
+                    format!("{} → {}", mib(d.rss_before), mib(d.rss_reporting)),
                 ),
                 (
                     "dashboard: graph size".into(),
