@@ -144,11 +144,15 @@ enum Dashboard {
     At(SocketAddr),
 }
 
-fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is neither host:port (e.g. 127.0.0.1:15015) nor off")]
+struct NotDashboard(String);
+
+fn parse_dashboard(s: &str) -> Result<Dashboard, NotDashboard> {
     if s == "off" {
         return Ok(Dashboard::Off);
     }
     s.parse()
         .map(Dashboard::At)
-        .map_err(|_| format!("{s:?} is neither host:port (e.g. 127.0.0.1:15015) nor off"))
+        .map_err(|_| NotDashboard(s.to_string()))
 }

@@ -100,7 +100,7 @@ impl Dashboard {
         }
         let window = match window(req.uri().query()) {
             Ok(w) => w,
-            Err(e) => return reply(StatusCode::BAD_REQUEST, JSON, json::error(&e)),
+            Err(e) => return reply(StatusCode::BAD_REQUEST, JSON, json::error(&e.to_string())),
         };
         match api.split_once('/').unwrap_or((api, "")) {
             ("graph", "") => reply(
@@ -142,8 +142,13 @@ impl Dashboard {
 const JSON: &str = "application/json";
 const HTML: &str = "text/html; charset=utf-8";
 
+/// A `?window=` that is not a whole number of seconds the graph keeps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("window={0:?}: a whole number of seconds from 1 to {max}", max = EDGE_HORIZON.as_secs())]
+struct BadWindow(String);
+
 /// `?window=N` (seconds, 1 to the edges' horizon); the default without.
-fn window(query: Option<&str>) -> Result<Duration, String> {
+fn window(query: Option<&str>) -> Result<Duration, BadWindow> {
     let Some(v) = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -151,12 +156,9 @@ fn window(query: Option<&str>) -> Result<Duration, String> {
     else {
         return Ok(DEFAULT_WINDOW);
     };
-    let max = EDGE_HORIZON.as_secs();
     match v.parse::<u64>() {
-        Ok(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
-        _ => Err(format!(
-            "window={v:?}: a whole number of seconds from 1 to {max}"
-        )),
+        Ok(s) if (1..=EDGE_HORIZON.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(BadWindow(v.to_string())),
     }
 }
 
@@ -272,7 +274,7 @@ mod tests {
             "window=",
             "window=-3",
         ] {
-            let e = window(Some(bad)).expect_err(bad);
+            let e = window(Some(bad)).expect_err(bad).to_string();
             assert!(e.contains("from 1 to 60"), "{e}");
         }
     }
