@@ -218,6 +218,38 @@ async fn the_json_endpoints_describe_the_mesh() -> anyhow::Result<()> {
     let (code, out, err) = cp.weftctl(&["dashboard"], None)?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), format!("http://{}/", cp.dashboard));
+
+    // An instance that fails every call is ejected by the caller's
+    // sidecar: the page names who ejected it, until when.
+    let failing = &instances[1];
+    failing.0.state.fail_all.store(13, Ordering::Relaxed);
+    for _ in 0..30 {
+        let _ = client.unary(EchoRequest::default()).await;
+    }
+    let id = failing.1.instance_id.clone();
+    let p = wait_for(
+        "the ejection on echo's page",
+        Duration::from_secs(10),
+        || async {
+            let (_, p) = get_json(&format!("{base}/api/services/echo")).await.ok()?;
+            let row = p["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["id"] == id.as_str())?
+                .clone();
+            (row["ejected_by"].as_array()?.len() == 1).then_some(row)
+        },
+    )
+    .await?;
+    assert_eq!(
+        p["ejected_by"][0]["instance_id"],
+        caller.instance_id.as_str(),
+        "{p}"
+    );
+    assert!(
+        p["ejected_by"][0]["until_unix_ms"].as_u64().unwrap_or(0) > now_ms,
+        "{p}"
+    );
     drop(instances);
     Ok(())
 }
