@@ -113,13 +113,10 @@ struct NodeJson<'a> {
     healthy: u32,
     unhealthy: u32,
     instances: usize,
-    rps: f64,
-    requests: u64,
-    failures: u64,
-    success_rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
     plaintext: u64,
+    /// Inbound, summed over its instances.
+    #[serde(flatten)]
+    traffic: TrafficJson,
 }
 
 impl<'a> From<&'a GraphNode> for NodeJson<'a> {
@@ -134,13 +131,15 @@ impl<'a> From<&'a GraphNode> for NodeJson<'a> {
             healthy: t.healthy_endpoints,
             unhealthy: n.unhealthy(),
             instances: t.instances.len(),
-            rps: num(t.rps, 2),
-            requests: t.requests,
-            failures: t.failures,
-            success_rate: num(t.success_rate, 4),
-            p50_ms: num(t.p50_ms, 3),
-            p99_ms: num(t.p99_ms, 3),
             plaintext: n.plaintext,
+            traffic: TrafficJson {
+                rps: num(t.rps, 2),
+                requests: t.requests,
+                failures: t.failures,
+                success_rate: num(t.success_rate, 4),
+                p50_ms: num(t.p50_ms, 3),
+                p99_ms: num(t.p99_ms, 3),
+            },
         }
     }
 }
