@@ -250,6 +250,14 @@ async fn the_json_endpoints_describe_the_mesh() -> anyhow::Result<()> {
         p["ejected_by"][0]["until_unix_ms"].as_u64().unwrap_or(0) > now_ms,
         "{p}"
     );
+    // An ejected instance makes its service's node red.
+    let (_, g) = get_json(&format!("{base}/api/graph")).await?;
+    let echo = node(&g, "echo").expect("echo");
+    assert_eq!(
+        (&echo["ejected"], &echo["state"]),
+        (&1.into(), &"bad".into()),
+        "{echo}"
+    );
     drop(instances);
     Ok(())
 }

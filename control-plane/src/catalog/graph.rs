@@ -8,7 +8,7 @@
 //! nothing here is stored, and every list is bounded by the catalog's own
 //! bounds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -42,6 +42,8 @@ pub struct GraphNode {
     pub gateway: bool,
     /// Only edges name it: no instance, no resource.
     pub unknown: bool,
+    /// Its instances some sidecar's outlier detection has ejected now.
+    pub ejected: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,10 +116,19 @@ impl Catalog {
     pub fn graph(&self, window: Duration) -> MeshGraph {
         let window = window.min(super::stats::EDGE_HORIZON);
         let now = Instant::now();
+        let wall_ms = unix_ms(SystemTime::now());
         let parts = self.lock();
         let mut plaintext: BTreeMap<Name, u64> = BTreeMap::new();
         let mut edges: BTreeMap<(Name, Name), Traffic> = BTreeMap::new();
+        // Each ejected instance once, whoever ejected it: one pass over
+        // every sidecar's (small) list.
+        let mut ejected: BTreeSet<(&str, &str)> = BTreeSet::new();
         for (status, traffic) in parts.sidecars.each_with_traffic() {
+            for ((service, instance), until) in &status.ejections {
+                if *until > wall_ms {
+                    ejected.insert((service.as_str(), instance.as_str()));
+                }
+            }
             let Some(traffic) = traffic else { continue };
             if let Some(t) = traffic.inbound.window(now, window) {
                 *plaintext.entry(status.service.clone()).or_default() += t.plaintext;
@@ -148,6 +159,11 @@ impl Catalog {
                     plaintext: plaintext.get(&name).copied().unwrap_or(0),
                     gateway: parts.resources.gateway(&name).is_some(),
                     unknown: false,
+                    ejected: top
+                        .instances
+                        .iter()
+                        .filter(|i| ejected.contains(&(name.as_str(), i.instance_id.as_str())))
+                        .count() as u32,
                     top,
                 };
                 (name, node)
@@ -301,6 +317,7 @@ impl GraphNode {
             plaintext: 0,
             gateway: false,
             unknown,
+            ejected: 0,
         }
     }
 
@@ -446,7 +463,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nodes_and_edges_come_from_the_callers_counts() {
-        let (c, _streams) = mesh().await;
+        let (c, streams) = mesh().await;
         let g = c.graph(Duration::from_secs(10));
         let nodes: Vec<_> = g
             .nodes
@@ -491,6 +508,15 @@ mod tests {
         assert_eq!(orders.plaintext, 50);
         assert_eq!((orders.top.endpoints, orders.top.healthy_endpoints), (2, 1));
         assert_eq!(orders.unhealthy(), 1);
+        assert_eq!(orders.ejected, 0);
+        // The gateway's sidecar ejects o-2 (and names an instance that is
+        // not there: not counted); an ejection that is over is not either.
+        let far = unix_ms(SystemTime::now()) + 60_000;
+        streams[0].record_ejection("orders".into(), "o-2".into(), far);
+        streams[0].record_ejection("orders".into(), "o-9".into(), far);
+        streams[3].record_ejection("orders".into(), "o-1".into(), 1);
+        let g = c.graph(Duration::from_secs(10));
+        assert_eq!(g.nodes[3].ejected, 1);
         // The window is capped at what edges keep.
         assert_eq!(
             c.graph(Duration::from_secs(3600)).window,

@@ -86,13 +86,14 @@ fn edge_state(t: &Traffic) -> &'static str {
     }
 }
 
-/// A node is `bad` when an endpoint is unhealthy, none is healthy, or its
-/// success rate is under [`BAD_SUCCESS`]; `warn` with any failure or a
-/// plaintext caller; `idle` without requests.
+/// A node is `bad` when an endpoint is unhealthy or ejected, none is
+/// healthy, or its success rate is under [`BAD_SUCCESS`]; `warn` with any
+/// failure or a plaintext caller; `idle` without requests.
 fn node_state(n: &GraphNode) -> &'static str {
     let t = &n.top;
     let none_healthy = t.endpoints > 0 && t.healthy_endpoints == 0;
-    if n.unhealthy() > 0 || none_healthy || (t.requests > 0 && t.success_rate < BAD_SUCCESS) {
+    let failing_instance = n.unhealthy() > 0 || n.ejected > 0;
+    if failing_instance || none_healthy || (t.requests > 0 && t.success_rate < BAD_SUCCESS) {
         "bad"
     } else if t.failures > 0 || n.plaintext > 0 {
         "warn"
@@ -112,6 +113,7 @@ struct NodeJson<'a> {
     endpoints: u32,
     healthy: u32,
     unhealthy: u32,
+    ejected: u32,
     instances: usize,
     plaintext: u64,
     /// Inbound, summed over its instances.
@@ -130,6 +132,7 @@ impl<'a> From<&'a GraphNode> for NodeJson<'a> {
             endpoints: t.endpoints,
             healthy: t.healthy_endpoints,
             unhealthy: n.unhealthy(),
+            ejected: n.ejected,
             instances: t.instances.len(),
             plaintext: n.plaintext,
             traffic: TrafficJson {

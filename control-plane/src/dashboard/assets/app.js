@@ -224,7 +224,7 @@ function drawNode(n, x, y, sends) {
   const lines = [];
   if (n.unknown) lines.push("not in the catalog");
   else if (n.instances === 0) lines.push("no instances");
-  else if (n.endpoints > 0) lines.push(n.healthy + "/" + n.endpoints + " healthy · " + rate(n.rps) + " rps");
+  else if (n.endpoints > 0) lines.push(n.healthy + "/" + n.endpoints + " healthy" + (n.ejected ? " · " + n.ejected + " ejected" : "") + " · " + rate(n.rps) + " rps");
   else lines.push(n.instances + " caller" + (n.instances === 1 ? "" : "s") + " · sends " + rate(sends || 0) + " rps");
   lines.push(n.requests ? pct(n.success_rate) + " ok · p99 " + ms(n.p99_ms) : "no requests to it in the window");
   const g = svg("g", {
