@@ -31,12 +31,24 @@ pub struct Exchange {
     /// Inbound: whether the caller came over mutual TLS.
     transport: Transport,
     /// Outbound: the service the request counts for in the traffic
-    /// summary's edges (the one its last try went to; before any try, the
-    /// one it named). `None`: no edge (no service named yet).
-    edge: Option<ServiceName>,
+    /// summary's edges.
+    edge: Edge,
     /// Kept only when a span is recorded or the access log is on: the
     /// common case allocates nothing more.
     detail: Option<Box<Detail>>,
+}
+
+/// Which service an outbound request counts for in the traffic summary's
+/// edges: the one its last try went to.
+enum Edge {
+    /// No try yet, or every try went to the service the request named (the
+    /// common case: no copy of the name).
+    Named,
+    /// A try went to another (a route's backend).
+    Tried(ServiceName),
+    /// No edge: no service named yet (a gateway until a route picks a
+    /// backend), or inbound.
+    None,
 }
 
 struct Detail {
@@ -82,8 +94,11 @@ impl Exchange {
         } else {
             Route::default()
         };
-        let edge =
-            (direction == Direction::outbound && !service.is_unresolved()).then(|| service.clone());
+        let edge = if direction == Direction::outbound && !service.is_unresolved() {
+            Edge::Named
+        } else {
+            Edge::None
+        };
         let labels = RequestLabels {
             direction,
             service,
@@ -123,7 +138,7 @@ impl Exchange {
     /// No edge until a try names the service (a gateway's requests carry
     /// its own name until a route picks a backend).
     pub fn forget_edge(&mut self) {
-        self.edge = None;
+        self.edge = Edge::None;
     }
 
     /// The service that called (inbound, when mTLS named it).
@@ -143,10 +158,15 @@ impl Exchange {
     /// A try went to `upstream` (an endpoint of `service`, or the local
     /// app).
     pub fn attempt(&mut self, upstream: &Arc<str>, service: Option<&ServiceName>) {
-        if let Some(s) = service
-            && self.edge.as_ref() != Some(s)
-        {
-            self.edge = Some(s.clone());
+        if let Some(s) = service {
+            let current = match &self.edge {
+                Edge::Named => Some(&self.labels.service),
+                Edge::Tried(t) => Some(t),
+                Edge::None => None,
+            };
+            if current != Some(s) {
+                self.edge = Edge::Tried(s.clone());
+            }
         }
         if let Some(d) = &mut self.detail {
             d.tries += 1;
@@ -180,13 +200,16 @@ impl Exchange {
     pub fn finish(mut self, c: &Outcome) {
         let elapsed = self.start.elapsed();
         let fault = c.is_server_fault();
+        let t = &self.tel.traffic;
         match (self.labels.direction, &self.edge) {
             (Direction::inbound, _) => {
-                let t = &self.tel.traffic;
                 t.record_inbound(&self.labels.route, self.transport, elapsed, fault);
             }
-            (Direction::outbound, Some(s)) => self.tel.traffic.record_outbound(s, elapsed, fault),
-            (Direction::outbound, None) => {}
+            (Direction::outbound, Edge::Named) => {
+                t.record_outbound(&self.labels.service, elapsed, fault);
+            }
+            (Direction::outbound, Edge::Tried(s)) => t.record_outbound(s, elapsed, fault),
+            (Direction::outbound, Edge::None) => {}
         }
         let m = &self.tel.metrics;
         m.observe_duration(&self.labels, elapsed);
@@ -383,5 +406,45 @@ mod tests {
             .expect("request");
         let ex = Exchange::begin(&tel, Direction::outbound, service, &mut req, true);
         assert_eq!(ex.log_ids(), None);
+    }
+
+    #[test]
+    fn an_outbound_request_counts_for_the_service_its_last_try_went_to() {
+        let tel = Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false));
+        let name = |s: &str| ServiceName::parse(s).expect("name");
+        let ok = Outcome::from_headers(http::StatusCode::OK, &http::HeaderMap::new());
+        let addr: Arc<str> = Arc::from("127.0.0.1:1");
+        let begin = |service: ServiceName| {
+            let mut req = Request::builder().uri("/").body(()).expect("request");
+            Exchange::begin(&tel, Direction::outbound, service, &mut req, false)
+        };
+        // Tried where it was sent: the name it called.
+        let mut ex = begin(name("orders"));
+        ex.attempt(&addr, Some(&name("orders")));
+        ex.finish(&ok);
+        // A route sent it to a backend, after a try at the named one.
+        let mut ex = begin(name("orders"));
+        ex.attempt(&addr, Some(&name("orders")));
+        ex.attempt(&addr, Some(&name("orders-v2")));
+        ex.finish(&ok);
+        // Failed before any try: the name it called.
+        begin(name("users")).fail(ProxyError::NoRoute("test".into()), false);
+        // A gateway's request that no route took: no edge.
+        let mut ex = begin(name("gateway"));
+        ex.forget_edge();
+        ex.finish(&ok);
+        // Nothing named at all: no edge.
+        begin(ServiceName::unresolved()).finish(&ok);
+        let s = tel.traffic.snapshot();
+        let edges: Vec<_> = s
+            .upstreams
+            .iter()
+            .map(|u| (u.service.as_str(), u.requests, u.failures))
+            .collect();
+        assert_eq!(
+            edges,
+            [("orders", 1, 0), ("orders-v2", 1, 0), ("users", 1, 1)]
+        );
+        assert_eq!(s.requests, 0, "nothing inbound");
     }
 }
