@@ -34,10 +34,9 @@ pub struct MeshGraph {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphNode {
-    /// Inbound traffic, instances and health (`weftctl top`'s row).
+    /// Inbound traffic (plaintext callers included), instances and
+    /// health (`weftctl top`'s row).
     pub top: ServiceTop,
-    /// Inbound requests that came without mutual TLS in the window.
-    pub plaintext: u64,
     /// A Gateway resource of this name exists.
     pub gateway: bool,
     /// Only edges name it: no instance, no resource.
@@ -118,7 +117,6 @@ impl Catalog {
         let now = Instant::now();
         let wall_ms = unix_ms(SystemTime::now());
         let parts = self.lock();
-        let mut plaintext: BTreeMap<Name, u64> = BTreeMap::new();
         let mut edges: BTreeMap<(Name, Name), Traffic> = BTreeMap::new();
         // Each ejected instance once, whoever ejected it: one pass over
         // every sidecar's (small) list.
@@ -130,9 +128,6 @@ impl Catalog {
                 }
             }
             let Some(traffic) = traffic else { continue };
-            if let Some(t) = traffic.inbound.window(now, window) {
-                *plaintext.entry(status.service.clone()).or_default() += t.plaintext;
-            }
             for (to, ring) in &traffic.upstreams {
                 if let Some(t) = ring.window(now, window) {
                     edges
@@ -156,7 +151,6 @@ impl Catalog {
             .map(|top| {
                 let name = top.service.clone();
                 let node = GraphNode {
-                    plaintext: plaintext.get(&name).copied().unwrap_or(0),
                     gateway: parts.resources.gateway(&name).is_some(),
                     unknown: false,
                     ejected: top
@@ -314,7 +308,6 @@ impl GraphNode {
     fn empty(service: Name, unknown: bool) -> Self {
         GraphNode {
             top: super::top::service_top(service, &[], Duration::ZERO, Instant::now()),
-            plaintext: 0,
             gateway: false,
             unknown,
             ejected: 0,
@@ -505,7 +498,7 @@ mod tests {
         assert!(to_users.traffic.percentile_ms(0.99) <= 1.0);
         let orders = &g.nodes[3];
         assert_eq!((orders.top.requests, orders.top.failures), (300, 10));
-        assert_eq!(orders.plaintext, 50);
+        assert_eq!(orders.top.plaintext, 50);
         assert_eq!((orders.top.endpoints, orders.top.healthy_endpoints), (2, 1));
         assert_eq!(orders.unhealthy(), 1);
         assert_eq!(orders.ejected, 0);

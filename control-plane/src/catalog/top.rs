@@ -57,6 +57,8 @@ pub struct ServiceTop {
     /// Instances with an app: callers only are not endpoints.
     pub endpoints: u32,
     pub healthy_endpoints: u32,
+    /// Inbound requests that came without mutual TLS.
+    pub plaintext: u64,
     /// Sorted by id.
     pub instances: Vec<InstanceTop>,
 }
@@ -143,6 +145,7 @@ pub(super) fn service_top(
         endpoints: u32::try_from(instances.iter().filter(|(i, _)| !i.record.no_app).count())
             .unwrap_or(u32::MAX),
         healthy_endpoints: u32::try_from(healthy).unwrap_or(u32::MAX),
+        plaintext: sum.plaintext,
         instances: tops,
     }
 }

@@ -95,7 +95,7 @@ fn node_state(n: &GraphNode) -> &'static str {
     let failing_instance = n.unhealthy() > 0 || n.ejected > 0;
     if failing_instance || none_healthy || (t.requests > 0 && t.success_rate < BAD_SUCCESS) {
         "bad"
-    } else if t.failures > 0 || n.plaintext > 0 {
+    } else if t.failures > 0 || t.plaintext > 0 {
         "warn"
     } else if t.requests == 0 {
         "idle"
@@ -134,7 +134,7 @@ impl<'a> From<&'a GraphNode> for NodeJson<'a> {
             unhealthy: n.unhealthy(),
             ejected: n.ejected,
             instances: t.instances.len(),
-            plaintext: n.plaintext,
+            plaintext: t.plaintext,
             traffic: TrafficJson {
                 rps: num(t.rps, 2),
                 requests: t.requests,

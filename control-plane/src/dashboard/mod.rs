@@ -24,15 +24,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::auth::AdminAuth;
-use crate::catalog::{Catalog, EDGE_HORIZON};
+use crate::catalog::{Catalog, DEFAULT_WINDOW, EDGE_HORIZON};
 use crate::resource::Name;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
-
-/// The graph's window when a request names none: `weftctl top`'s.
-const DEFAULT_WINDOW: Duration = crate::catalog::DEFAULT_WINDOW;
 
 /// What the dashboard serves from.
 #[derive(Clone)]

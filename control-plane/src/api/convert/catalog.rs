@@ -564,6 +564,7 @@ mod tests {
                 p99_ms: 0.0,
                 endpoints: 2,
                 healthy_endpoints: 0,
+                plaintext: 0,
                 instances: vec![
                     instance("o-1", Health::Unknown, false),
                     instance("o-2", Health::Unhealthy, false),
