@@ -183,7 +183,7 @@ impl H2Client {
             let pump = if eos {
                 PumpGuard(None)
             } else {
-                start_pump(Pump::new(body, stream)).await
+                start_pump(Pump::new(body, stream, Reason::CANCEL)).await
             };
             let response = response.await.map_err(upstream)?;
             let response = response.map(|recv| H2Body {
@@ -271,16 +271,20 @@ impl Drop for PumpGuard {
     }
 }
 
-/// A request body written to its stream as the peer's flow-control window
-/// allows. The first chunk goes to h2 at once, window or not, so that it
+/// A body written to its stream as the peer's flow-control window
+/// allows: a request's here, a response's by the HTTP/2 server
+/// (`proxy::h2`). The first chunk goes to h2 at once, window or not, so that it
 /// leaves in the same write as the request's headers (a unary call is one
 /// write, not two, and needs no task of its own); later chunks wait for
 /// the window. So at most two chunks (the first, buffered in h2, and one
 /// held here) wait ahead of a slow peer, and a fast body cannot fill
 /// memory.
-struct Pump {
+pub(crate) struct Pump {
     body: BoxBody,
     stream: SendStream<Bytes>,
+    /// What the stream is reset with when the body fails: `CANCEL` from a
+    /// client, `INTERNAL_ERROR` from a server.
+    failed: Reason,
     /// A chunk read and waiting for the window, and whether it is the last.
     held: Option<(Bytes, bool)>,
     /// A chunk has gone to h2: the next waits for the window.
@@ -288,10 +292,11 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(body: BoxBody, stream: SendStream<Bytes>) -> Self {
+    pub(crate) fn new(body: BoxBody, stream: SendStream<Bytes>, failed: Reason) -> Self {
         Pump {
             body,
             stream,
+            failed,
             held: None,
             sent_first: false,
         }
@@ -299,11 +304,11 @@ impl Pump {
 
     /// Ready when the body is written or the stream is gone. Failures end
     /// the stream; the response side sees them, so they are only logged.
-    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Woken by a reset while waiting for the body or the window.
             if let Poll::Ready(reason) = self.stream.poll_reset(cx) {
-                tracing::debug!(?reason, "peer reset the stream; request body not sent on");
+                tracing::debug!(?reason, "peer reset the stream; body not sent on");
                 return Poll::Ready(());
             }
             if let Some((chunk, last)) = self.held.take() {
@@ -332,8 +337,8 @@ impl Pump {
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "request body failed; resetting the stream");
-                    self.stream.send_reset(Reason::CANCEL);
+                    tracing::debug!(error = %e, "body failed; resetting the stream");
+                    self.stream.send_reset(self.failed);
                     return Poll::Ready(());
                 }
                 None => {
@@ -369,14 +374,15 @@ impl Pump {
     }
 }
 
-/// The pump's end on a stream error: logged only, the response sees it.
+/// The pump's end on a stream error: logged only (a client's response
+/// sees it; a server's caller has gone).
 fn fail(e: &h2::Error) -> Poll<()> {
-    tracing::debug!(error = %e, "request body not sent on");
+    tracing::debug!(error = %e, "body not sent on");
     Poll::Ready(())
 }
 
-/// A response body read from its stream, giving the window back as the
-/// caller takes the data.
+/// A body read from its stream, giving the window back as the reader
+/// takes the data: a response's here, a request's in the HTTP/2 server.
 pub struct H2Body {
     recv: RecvStream,
     /// The data is read; trailers (or the end) are next.
@@ -388,6 +394,17 @@ pub struct H2Body {
 }
 
 impl H2Body {
+    /// A request body the HTTP/2 server received (no request of ours to
+    /// pump).
+    pub(crate) fn incoming(recv: RecvStream) -> Self {
+        H2Body {
+            recv,
+            data_done: false,
+            done: false,
+            pump: PumpGuard(None),
+        }
+    }
+
     /// The response ended well: a request body still being written may
     /// finish (the peer ends it if it wants no more).
     fn finish(&mut self) {

@@ -6,6 +6,7 @@ mod h2;
 mod load;
 
 pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
+pub(crate) use h2::Pump;
 pub use h2::{H2Body, H2Client};
 pub use load::{Load, PendingGuard, prefer_second};
 

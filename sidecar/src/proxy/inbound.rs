@@ -16,12 +16,12 @@ use weft_proto::protocol::Protocol;
 use arc_swap::ArcSwap;
 use weft_proto::identity::SpiffeId;
 
-use super::HttpFuture;
 use super::app::{App, AppPorts};
 use super::exchange::Exchange;
 use super::headers::{ORIG_PROTO, PEER_IDENTITY, TARGET_PORT, is_grpc, strip_hop_by_hop};
 use super::outcome::Outcome;
 use super::response::{self, Layers};
+use super::{CallerBody, HttpFuture};
 use crate::body::{BoxBody, boxed};
 use crate::edge::ratelimit::{self, SharedLimiter};
 use crate::endpoint::{H2Body, TcpConnector};
@@ -73,7 +73,7 @@ impl Inbound {
     }
 }
 
-impl tower::Service<Request<Incoming>> for InboundService {
+impl tower::Service<Request<CallerBody>> for InboundService {
     type Response = Response<BoxBody>;
     type Error = Infallible;
     type Future = HttpFuture;
@@ -82,7 +82,7 @@ impl tower::Service<Request<Incoming>> for InboundService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+    fn call(&mut self, req: Request<CallerBody>) -> HttpFuture {
         let this = self.clone();
         Box::pin(async move { Ok(this.inbound.handle(req, this.peer.as_deref()).await) })
     }
@@ -114,7 +114,7 @@ impl Inbound {
     /// identity; `None` for plaintext callers.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<CallerBody>,
         peer: Option<&Peer>,
     ) -> Response<BoxBody> {
         let grpc = is_grpc(req.headers());
@@ -168,7 +168,7 @@ impl Inbound {
     fn authorize(
         &self,
         policy: &InboundPolicy,
-        req: &Request<Incoming>,
+        req: &Request<CallerBody>,
         peer: Option<&Peer>,
         grpc: bool,
     ) -> Result<(), ProxyError> {
@@ -253,7 +253,7 @@ impl Inbound {
     async fn forward(
         &self,
         app: &App,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
         peer: Option<&Peer>,
         grpc: bool,
     ) -> Result<Response<AppBody>, ProxyError> {

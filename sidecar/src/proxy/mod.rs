@@ -5,10 +5,10 @@
 //! (`exchange`), and the one layered response body (`response`).
 //!
 //! ```text
-//! app ─► outbound listener / upstream port ─► detect ─► hyper (h1/h2)
+//! app ─► outbound listener / upstream port ─► detect ─► h2 (ours) | hyper (h1)
 //!     ─► Outbound: route ─► plan ─► attempts (P2C peak-EWMA | round robin)
 //!     ─► pooled HTTP/2 over mutual TLS to the peer sidecar
-//! peer ─► inbound listener ─► mutual TLS ─► detect ─► hyper
+//! peer ─► inbound listener ─► mutual TLS ─► detect ─► h2 (ours) | hyper (h1)
 //!     ─► Inbound: authorization ─► local app (h1 or h2), on the port the
 //!        caller named (`app`: interception keeps it) or `--app`
 //! ```
@@ -17,6 +17,7 @@ mod app;
 mod detect;
 mod exchange;
 pub mod gateway;
+mod h2;
 mod headers;
 mod inbound;
 mod intercept;
@@ -28,6 +29,7 @@ mod tcp;
 
 pub use app::{App, AppPorts};
 pub use detect::{Detected, classify as detect_protocol};
+pub use h2::CallerBody;
 pub use inbound::{Inbound, InboundService, Peer};
 pub use intercept::Interception;
 pub use outbound::{Outbound, OutboundService, Rewritten, Route, RoutePolicy};

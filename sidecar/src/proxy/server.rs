@@ -1,22 +1,20 @@
 //! Accept loops: each connection's protocol is detected from its first
-//! bytes (unless the port says what it is), then served by hyper or copied
-//! as opaque TCP. Draining stops accepting and lets each connection finish.
+//! bytes (unless the port says what it is), then served (HTTP/2 by
+//! `proxy::h2`, HTTP/1.1 by hyper) or copied as opaque TCP. Draining stops accepting and lets each connection finish.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proto::identity::{SpiffeId, peer_id};
 use weft_proto::name::ServiceName;
 use weft_proto::protocol::{InboundMode, Protocol};
 
-use super::HttpFuture;
 use super::detect::{Detected, Prefixed, detect};
+use super::h2::{self as h2server, CallerBody, Handler};
 use super::inbound::{Inbound, Peer};
 use super::intercept::Decision;
 use super::outbound::Outbound;
@@ -75,7 +73,7 @@ pub async fn serve(listener: TcpListener, kind: Listener, drain: drain::Watch) {
     }
 }
 
-use crate::body::{BoxBody, BoxError};
+use crate::body::BoxError;
 
 async fn connection(
     mut stream: TcpStream,
@@ -260,8 +258,8 @@ where
     }
 }
 
-/// One connection served by hyper (HTTP/2 or HTTP/1.1) with `svc`, until
-/// it closes or draining asks it to finish gracefully.
+/// One connection served (HTTP/2 by `proxy::h2`, HTTP/1.1 by hyper) with
+/// `svc`, until it closes or draining asks it to finish gracefully.
 async fn serve_with<I, S>(
     io: I,
     detected: Detected,
@@ -270,37 +268,21 @@ async fn serve_with<I, S>(
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<
-            http::Request<Incoming>,
-            Response = http::Response<BoxBody>,
-            Error = Infallible,
-            Future = HttpFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: Handler,
 {
-    let svc = TowerToHyperService::new(svc);
-    let io = TokioIo::new(io);
     if detected == Detected::Http2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .serve_connection(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => return r.map_err(Into::into),
-            _ = drain.signaled() => conn.as_mut().graceful_shutdown(),
-        }
-        conn.await.map_err(Into::into)
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => return r.map_err(Into::into),
-            _ = drain.signaled() => conn.as_mut().graceful_shutdown(),
-        }
-        conn.await.map_err(Into::into)
+        return h2server::serve(io, svc, drain).await;
     }
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        svc.clone().call(req.map(CallerBody::Http1))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r.map_err(Into::into),
+        _ = drain.signaled() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await.map_err(Into::into)
 }

@@ -30,7 +30,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use weft_proto::grpc::GRPC_TIMEOUT;
 use weft_proto::name::ServiceName;
@@ -38,10 +37,10 @@ use weft_proto::name::ServiceName;
 use crate::body::{BoxBody, boxed};
 use crate::endpoint::Connector;
 use crate::error::ProxyError;
-use crate::proxy::HttpFuture;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
+use crate::proxy::{CallerBody, HttpFuture};
 use crate::resilience::deadline;
 use crate::resilience::fault;
 use crate::resilience::limit::Permit;
@@ -76,7 +75,7 @@ impl Outbound {
     /// app dialled when its connection was intercepted.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<CallerBody>,
         fixed: Option<&ServiceName>,
         port: Option<u16>,
     ) -> Response<BoxBody> {
@@ -236,7 +235,7 @@ impl Outbound {
     }
 }
 
-impl tower::Service<Request<Incoming>> for OutboundService {
+impl tower::Service<Request<CallerBody>> for OutboundService {
     type Response = Response<BoxBody>;
     type Error = Infallible;
     type Future = HttpFuture;
@@ -247,7 +246,7 @@ impl tower::Service<Request<Incoming>> for OutboundService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> HttpFuture {
+    fn call(&mut self, req: Request<CallerBody>) -> HttpFuture {
         let this = self.clone();
         Box::pin(async move {
             let resp = this.outbound.handle(req, this.fixed.as_ref(), this.port);

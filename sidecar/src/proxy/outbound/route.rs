@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use http::Request;
 use http::uri::Authority;
-use hyper::body::Incoming;
 use weft_proto::name::ServiceName;
 use weft_proto::routing;
 
 use crate::error::ProxyError;
 pub use crate::model::policy::RoutePolicy;
+use crate::proxy::CallerBody;
 use crate::proxy::headers::{authority_of, host_of};
 use crate::table::{Backends, Pick, Routes, RuleRuntime, Target};
 use crate::telemetry::metrics::Metrics;
@@ -178,7 +178,7 @@ impl Destination {
         &self,
         routes: &Routes,
         wait: Duration,
-        req: Option<&Request<Incoming>>,
+        req: Option<&Request<CallerBody>>,
     ) -> Result<Route, ProxyError> {
         let found = routes.resolve(self.name(), wait).await?;
         Ok(match (found.routes, req) {

@@ -1,0 +1,544 @@
+//! HTTP/2 from callers (the app, or a peer sidecar over mutual TLS), served
+//! with `h2` directly rather than through hyper's server.
+//!
+//! Every stream's future is polled inside its connection's task, and the
+//! connection is polled right after the streams, so what a stream sends
+//! leaves in the same wake-up. hyper's server spawns a task per stream:
+//! one more task to wake on each hop of a call, in both directions, and
+//! its per-stream machinery (the stream task, the body pipe, the
+//! keep-alive's recorder), which the critical path measured at 3–4% of a
+//! sidecar's CPU (docs/performance.md, "The critical path, hop by hop").
+//!
+//! Settings are hyper's server's, which this replaced: 1 MiB windows, 200
+//! concurrent streams per connection, a 16 KiB header list, a 400 KiB send
+//! buffer; a PING every 20 s that must be answered within 20 s.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::HttpFuture;
+use super::headers::strip_hop_by_hop;
+use crate::body::{BoxBody, BoxError};
+use crate::drain;
+use crate::endpoint::{H2Body, Pump};
+
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A caller's request body: from hyper's HTTP/1 server, or from a stream
+/// of ours.
+pub enum CallerBody {
+    Http1(Incoming),
+    H2(H2Body),
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            CallerBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            CallerBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallerBody::Http1(b) => b.is_end_stream(),
+            CallerBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            CallerBody::Http1(b) => b.size_hint(),
+            CallerBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What serves each request: either half of the sidecar.
+pub trait Handler: Clone + Send + 'static {
+    fn call(&mut self, req: Request<CallerBody>) -> HttpFuture;
+}
+
+impl<S> Handler for S
+where
+    S: tower::Service<
+            Request<CallerBody>,
+            Response = Response<BoxBody>,
+            Error = Infallible,
+            Future = HttpFuture,
+        > + Clone
+        + Send
+        + 'static,
+{
+    fn call(&mut self, req: Request<CallerBody>) -> HttpFuture {
+        tower::Service::call(self, req)
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes, its peer stops answering
+/// PINGs, or draining ends it gracefully (GOAWAY, then its open streams
+/// finish).
+pub async fn serve<I, S>(io: I, svc: S, drain: drain::Watch) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Handler,
+{
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let mut keepalive = pin!(keepalive(conn.ping_pong()));
+    let mut drain = drain;
+    let mut signaled = pin!(drain.signaled());
+    let mut draining = false;
+    let mut streams = FuturesUnordered::new();
+    let mut svc = svc;
+    poll_fn(|cx| {
+        loop {
+            // The streams first: what they send goes out in the poll of the
+            // connection below, in this same wake-up.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !draining && signaled.as_mut().poll(cx).is_ready() {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            if keepalive.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    timeout = ?KEEPALIVE_TIMEOUT,
+                    "HTTP/2 caller did not answer a PING; closing the connection",
+                );
+                return Poll::Ready(Ok(()));
+            }
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    let req = req.map(|recv: RecvStream| CallerBody::H2(H2Body::incoming(recv)));
+                    // A panic ends its stream only (the stream's handle,
+                    // dropped with it, resets it), as a task per stream did.
+                    let one = std::panic::AssertUnwindSafe(stream(svc.call(req), respond));
+                    streams.push(one.catch_unwind().map(|ended| {
+                        if ended.is_err() {
+                            tracing::error!("a stream's handler panicked; the stream was reset");
+                        }
+                    }));
+                    // Polled at once, at the top of the loop.
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                // Closed, or drained with every stream done.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// Sends a PING every interval; ready when one goes unanswered.
+async fn keepalive(pings: Option<h2::PingPong>) {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection is ending; its poll says why.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// One stream: the handler's answer, then its body as the caller's window
+/// allows. A reset from the caller drops the handler's future, which
+/// cancels whatever it was waiting for upstream.
+async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) {
+    let answered = poll_fn(|cx| {
+        match call.as_mut().poll(cx) {
+            Poll::Ready(Ok(resp)) => return Poll::Ready(Some(resp)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => {}
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(reason) => {
+                tracing::debug!(?reason, "caller reset the stream before the answer");
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    drop(call);
+    let Some(resp) = answered else {
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    // HTTP/2 forbids them, and h2 would refuse the whole response.
+    strip_hop_by_hop(&mut parts.headers);
+    let eos = body.is_end_stream();
+    let send = match respond.send_response(Response::from_parts(parts, ()), eos) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not answer the caller");
+            return;
+        }
+    };
+    if !eos {
+        let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
+        poll_fn(|cx| pump.poll_pump(cx)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against h2's own client over an in-memory pipe: no sockets, so
+    //! paused time is exact.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{HeaderMap, HeaderValue};
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::body::full;
+
+    /// A pipe's end that counts the writes made to it: each is a `writev`
+    /// on a socket.
+    struct Counted {
+        io: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, buf));
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(written)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A handler from a closure.
+    fn handler<F>(f: F) -> impl Handler
+    where
+        F: Fn(Request<CallerBody>) -> HttpFuture + Clone + Send + 'static,
+    {
+        tower::service_fn(f)
+    }
+
+    /// A gRPC-like answer: one message and `grpc-status: 0` in trailers,
+    /// all at hand.
+    fn answer(message: Bytes) -> Response<BoxBody> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = [Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        Response::new(BoxBody::new(body))
+    }
+
+    /// Echoes the request's body, read whole.
+    fn echo() -> impl Handler {
+        handler(|req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async move {
+                let body = req.into_body().collect().await.expect("request body");
+                Ok(answer(body.to_bytes()))
+            })
+        })
+    }
+
+    /// Serves `svc` on one end of a pipe (its writes counted) and returns
+    /// an h2 client on the other, the drain signal and the server's task.
+    async fn start(
+        svc: impl Handler,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        crate::drain::Signal,
+        tokio::task::JoinHandle<Result<(), BoxError>>,
+        Arc<AtomicUsize>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let io = Counted {
+            io: ours,
+            writes: writes.clone(),
+        };
+        let (signal, watch) = crate::drain::channel();
+        let server = tokio::spawn(serve(io, svc, watch));
+        let (client, conn) = h2::client::handshake(theirs).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (client, signal, server, writes)
+    }
+
+    fn post() -> Request<()> {
+        Request::post("http://echo/weft.test.v1.Echo/Unary")
+            .body(())
+            .expect("request")
+    }
+
+    /// Sends `body` as one request and reads the whole answer.
+    async fn call(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) -> (Bytes, HeaderMap) {
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (resp, mut send) = ready.send_request(post(), false).expect("send");
+        send.send_data(body, true).expect("data");
+        let resp = resp.await.expect("response");
+        let mut recv = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.expect("chunk");
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await.expect("trailers").unwrap_or_default();
+        (Bytes::from(got), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_unary_answer_leaves_in_one_write() {
+        let (mut client, _signal, _server, writes) = start(echo()).await;
+        // The first call also settles the connection's settings.
+        let (got, trailers) = call(&mut client, Bytes::from_static(b"ping")).await;
+        assert_eq!(&got[..], b"ping");
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+        let before = writes.load(Ordering::Relaxed);
+        let (got, _) = call(&mut client, Bytes::from_static(b"again")).await;
+        assert_eq!(&got[..], b"again");
+        assert_eq!(
+            writes.load(Ordering::Relaxed) - before,
+            1,
+            "the answer's headers, message and trailers in one write"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_the_windows_cross_whole_both_ways() {
+        // 3 MiB: three times the server's window, 48 times the client's.
+        let (client, _signal, _server, _) = start(echo()).await;
+        let body: Bytes = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        let mut ready = client.clone().ready().await.expect("ready");
+        let (resp, mut send) = ready.send_request(post(), false).expect("send");
+        let writer = tokio::spawn(async move {
+            let mut rest = sent;
+            while !rest.is_empty() {
+                send.reserve_capacity(rest.len().min(64 * 1024));
+                let cap = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .expect("capacity")
+                    .expect("capacity");
+                let chunk = rest.split_to(cap.min(rest.len()));
+                send.send_data(chunk, rest.is_empty()).expect("data");
+            }
+        });
+        let resp = resp.await.expect("response");
+        let mut recv = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.expect("chunk");
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        writer.await.expect("writer");
+        assert_eq!(got.len(), body.len());
+        assert!(got == body[..], "the echo came back changed");
+    }
+
+    #[tokio::test]
+    async fn a_callers_reset_drops_the_handlers_future() {
+        let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+        let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+        let svc = handler(move |_req: Request<CallerBody>| -> HttpFuture {
+            // Sends nothing: the receiver sees the sender dropped with the
+            // future.
+            let guard = dropped_tx.lock().expect("lock").take();
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending().await
+            })
+        });
+        let (client, _signal, _server, _) = start(svc).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (resp, mut send) = ready.send_request(post(), false).expect("send");
+        send.send_data(Bytes::from_static(b"x"), false)
+            .expect("data");
+        // Give the server the stream, then go away from it.
+        tokio::task::yield_now().await;
+        send.send_reset(Reason::CANCEL);
+        drop(resp);
+        tokio::time::timeout(Duration::from_secs(5), dropped_rx)
+            .await
+            .expect("the handler's future was not dropped within 5 s")
+            .expect_err("the handler answered");
+    }
+
+    #[tokio::test]
+    async fn draining_lets_an_open_stream_finish_then_ends_the_connection() {
+        let (go_tx, go_rx) = oneshot::channel::<()>();
+        let go_rx = Arc::new(std::sync::Mutex::new(Some(go_rx)));
+        let svc = handler(move |_req: Request<CallerBody>| -> HttpFuture {
+            let go = go_rx.lock().expect("lock").take();
+            Box::pin(async move {
+                if let Some(go) = go {
+                    let _ = go.await;
+                }
+                Ok(answer(Bytes::from_static(b"late")))
+            })
+        });
+        let (client, signal, server, _) = start(svc).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (resp, _send) = ready.send_request(post(), true).expect("send");
+        tokio::task::yield_now().await;
+        let drained = tokio::spawn(signal.drain(Duration::from_secs(10)));
+        // Draining began; the stream is still answered.
+        tokio::task::yield_now().await;
+        go_tx.send(()).expect("go");
+        let resp = resp.await.expect("the open stream was answered");
+        let mut recv = resp.into_body();
+        let chunk = recv.data().await.expect("data").expect("chunk");
+        assert_eq!(&chunk[..], b"late");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the connection did not end after draining")
+            .expect("server task")
+            .expect("a clean end");
+        assert!(drained.await.expect("drain"), "the watch was kept");
+    }
+
+    #[tokio::test]
+    async fn connection_specific_headers_in_an_answer_are_dropped_not_fatal() {
+        let svc = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async move {
+                let mut resp = Response::new(full(Bytes::from_static(b"ok")));
+                let h = resp.headers_mut();
+                h.insert("connection", HeaderValue::from_static("keep-alive"));
+                h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                h.insert("x-kept", HeaderValue::from_static("1"));
+                Ok(resp)
+            })
+        });
+        let (client, _signal, _server, _) = start(svc).await;
+        let mut ready = client.ready().await.expect("ready");
+        let (resp, _send) = ready.send_request(post(), true).expect("send");
+        let resp = resp.await.expect("an answer, not a reset");
+        assert!(resp.headers().get("connection").is_none());
+        assert!(resp.headers().get("transfer-encoding").is_none());
+        assert_eq!(
+            resp.headers().get("x-kept").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_ends_its_stream_only() {
+        let svc = handler(|req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async move {
+                assert!(req.uri().path() != "/panic", "the handler panics");
+                let body = req.into_body().collect().await.expect("request body");
+                Ok(answer(body.to_bytes()))
+            })
+        });
+        let (mut client, _signal, server, _) = start(svc).await;
+        let mut ready = client.clone().ready().await.expect("ready");
+        let req = Request::post("http://echo/panic")
+            .body(())
+            .expect("request");
+        let (resp, _send) = ready.send_request(req, true).expect("send");
+        let reset = resp.await.expect_err("a reset, not an answer");
+        assert!(reset.reason().is_some(), "{reset}");
+        // The connection, and its other streams, go on.
+        let (got, _) = call(&mut client, Bytes::from_static(b"still here")).await;
+        assert_eq!(&got[..], b"still here");
+        assert!(!server.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_answers_no_ping_is_dropped() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (_signal, watch) = crate::drain::channel();
+        let started = tokio::time::Instant::now();
+        let server = tokio::spawn(serve(ours, echo(), watch));
+        // The client's preface and an empty SETTINGS frame, then silence:
+        // everything the server sends is read and nothing answered.
+        theirs
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while theirs.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        server
+            .await
+            .expect("server task")
+            .expect("a clean end after the unanswered PING");
+        let waited = started.elapsed();
+        assert!(
+            waited >= KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT
+                && waited < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(1),
+            "dropped after {waited:?}"
+        );
+        reader.abort();
+    }
+}
