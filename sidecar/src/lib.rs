@@ -24,6 +24,8 @@ pub mod resilience;
 pub mod run;
 pub mod table;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod wrap;
 
 pub use run::{Listeners, SidecarError, run, run_notifying};

@@ -208,21 +208,11 @@ async fn drive(
     closed: Arc<AtomicBool>,
     addr: Arc<str>,
 ) {
-    let pings = connection.ping_pong();
-    let keepalive = async move {
-        let Some(mut pings) = pings else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-            match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
-                Ok(Ok(_pong)) => {}
-                // The connection is ending: the other branch sees why.
-                Ok(Err(_)) => return std::future::pending().await,
-                Err(_) => return,
-            }
-        }
-    };
+    let keepalive = keepalive(
+        connection.ping_pong(),
+        KEEPALIVE_INTERVAL,
+        KEEPALIVE_TIMEOUT,
+    );
     tokio::select! {
         ended = &mut connection => {
             if let Err(e) = ended {
@@ -238,6 +228,23 @@ async fn drive(
         }
     }
     closed.store(true, Ordering::Release);
+}
+
+/// Sends a PING every `interval`; ready when one goes unanswered for
+/// `timeout`. Never ready when the connection is ending (its own poll says
+/// why) or gives no PINGs. Both ends of HTTP/2 use it (`proxy::h2` too).
+pub(crate) async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Writes what of the request body is at hand now; if the body goes on,
@@ -484,6 +491,7 @@ mod tests {
 
     use super::*;
     use crate::endpoint::{Alpn, ConnectFuture};
+    use crate::testing::Counted;
 
     /// Hands out one end of a pipe, once.
     struct Pipe(Mutex<Option<BoxedIo>>);
@@ -515,46 +523,6 @@ mod tests {
         H2Client::new(target, Arc::new(Pipe(Mutex::new(Some(io)))))
     }
 
-    /// A pipe's end that counts the writes made to it: each is a `writev`
-    /// on a socket.
-    struct Counted {
-        io: DuplexStream,
-        writes: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl tokio::io::AsyncRead for Counted {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Counted {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let written = ready!(Pin::new(&mut self.io).poll_write(cx, buf));
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Poll::Ready(written)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_shutdown(cx)
-        }
-    }
-
     /// A request whose body is whatever is sent on the returned channel.
     fn streaming() -> (http::Request<BoxBody>, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
@@ -572,11 +540,8 @@ mod tests {
     #[tokio::test]
     async fn a_unary_calls_headers_and_message_leave_in_one_write() {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let client = client_over(Box::new(Counted {
-            io: ours,
-            writes: writes.clone(),
-        }));
+        let (ours, writes) = Counted::new(ours);
+        let client = client_over(Box::new(ours));
         tokio::spawn(async move {
             let mut conn = h2::server::handshake(theirs).await.expect("handshake");
             // Each stream answered by a task of its own: the connection is

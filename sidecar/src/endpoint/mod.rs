@@ -6,8 +6,8 @@ mod h2;
 mod load;
 
 pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
-pub(crate) use h2::Pump;
 pub use h2::{H2Body, H2Client};
+pub(crate) use h2::{Pump, keepalive};
 pub use load::{Load, PendingGuard, prefer_second};
 
 use std::sync::Arc;

@@ -33,7 +33,7 @@ use super::HttpFuture;
 use super::headers::strip_hop_by_hop;
 use crate::body::{BoxBody, BoxError};
 use crate::drain;
-use crate::endpoint::{H2Body, Pump};
+use crate::endpoint::{H2Body, Pump, keepalive};
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
@@ -118,7 +118,11 @@ where
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .handshake::<_, Bytes>(io)
         .await?;
-    let mut keepalive = pin!(keepalive(conn.ping_pong()));
+    let mut keepalive = pin!(keepalive(
+        conn.ping_pong(),
+        KEEPALIVE_INTERVAL,
+        KEEPALIVE_TIMEOUT,
+    ));
     let mut drain = drain;
     let mut signaled = pin!(drain.signaled());
     let mut draining = false;
@@ -161,22 +165,6 @@ where
         }
     })
     .await
-}
-
-/// Sends a PING every interval; ready when one goes unanswered.
-async fn keepalive(pings: Option<h2::PingPong>) {
-    let Some(mut pings) = pings else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            // The connection is ending; its poll says why.
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return,
-        }
-    }
 }
 
 /// One stream: the handler's answer, then its body as the caller's window
@@ -229,51 +217,12 @@ mod tests {
 
     use http::{HeaderMap, HeaderValue};
     use http_body_util::{BodyExt, StreamBody};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::body::full;
-
-    /// A pipe's end that counts the writes made to it: each is a `writev`
-    /// on a socket.
-    struct Counted {
-        io: DuplexStream,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let written = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, buf));
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Poll::Ready(written)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.io).poll_shutdown(cx)
-        }
-    }
+    use crate::testing::Counted;
 
     /// A handler from a closure.
     fn handler<F>(f: F) -> impl Handler
@@ -314,11 +263,7 @@ mod tests {
         Arc<AtomicUsize>,
     ) {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(AtomicUsize::new(0));
-        let io = Counted {
-            io: ours,
-            writes: writes.clone(),
-        };
+        let (io, writes) = Counted::new(ours);
         let (signal, watch) = crate::drain::channel();
         let server = tokio::spawn(serve(io, svc, watch));
         let (client, conn) = h2::client::handshake(theirs).await.expect("handshake");
