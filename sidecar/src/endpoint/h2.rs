@@ -281,7 +281,7 @@ impl Drop for PumpGuard {
 /// A body written to its stream as the peer's flow-control window
 /// allows: a request's here, a response's by the HTTP/2 server
 /// (`proxy::h2`). The first chunk goes to h2 at once, window or not, so that it
-/// leaves in the same write as the request's headers (a unary call is one
+/// leaves in the same write as the headers (a unary call or answer is one
 /// write, not two, and needs no task of its own); later chunks wait for
 /// the window. So at most two chunks (the first, buffered in h2, and one
 /// held here) wait ahead of a slow peer, and a fast body cannot fill
