@@ -128,12 +128,17 @@ where
     let mut signaled = pin!(drain.signaled());
     let mut draining = false;
     let mut streams = FuturesUnordered::new();
+    // What ended streams leave to drop: dropped after the connection's
+    // poll has written their answers (see `stream`).
+    let mut ended: Vec<Leftover> = Vec::new();
     let mut svc = svc;
     poll_fn(|cx| {
         loop {
             // The streams first: what they send goes out in the poll of the
             // connection below, in this same wake-up.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(left)) = streams.poll_next_unpin(cx) {
+                ended.extend(left);
+            }
             if !draining && signaled.as_mut().poll(cx).is_ready() {
                 draining = true;
                 conn.graceful_shutdown();
@@ -151,27 +156,41 @@ where
                     // A panic ends its stream only (the stream's handle,
                     // dropped with it, resets it), as a task per stream did.
                     let one = std::panic::AssertUnwindSafe(stream(svc.call(req), respond));
-                    streams.push(one.catch_unwind().map(|ended| {
-                        if ended.is_err() {
+                    streams.push(one.catch_unwind().map(|left| {
+                        left.unwrap_or_else(|_| {
                             tracing::error!("a stream's handler panicked; the stream was reset");
-                        }
+                            None
+                        })
                     }));
                     // Polled at once, at the top of the loop.
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
                 // Closed, or drained with every stream done.
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The answers are written: now the end-of-call work.
+                    ended.clear();
+                    return Poll::Pending;
+                }
             }
         }
     })
     .await
 }
 
+/// What a stream leaves when it ends: its answer's body, whose drop does
+/// the end-of-call work (the exchange's metrics and span, the endpoint's
+/// latency and outlier report, the upstream stream's release).
+type Leftover = Pump;
+
 /// One stream: the handler's answer, then its body as the caller's window
 /// allows. A reset from the caller drops the handler's future, which
 /// cancels whatever it was waiting for upstream.
-async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) {
+///
+/// The answer's body is handed back rather than dropped here, so that the
+/// work its drop does comes after the connection's write: on a call's
+/// critical path, that write is what the caller waits for.
+async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) -> Option<Leftover> {
     let answered = poll_fn(|cx| {
         match call.as_mut().poll(cx) {
             Poll::Ready(Ok(resp)) => return Poll::Ready(Some(resp)),
@@ -188,9 +207,7 @@ async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) {
     })
     .await;
     drop(call);
-    let Some(resp) = answered else {
-        return;
-    };
+    let resp = answered?;
     let (mut parts, body) = resp.into_parts();
     // HTTP/2 forbids them, and h2 would refuse the whole response.
     strip_hop_by_hop(&mut parts.headers);
@@ -199,13 +216,14 @@ async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "could not answer the caller");
-            return;
+            return None;
         }
     };
+    let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
     if !eos {
-        let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
         poll_fn(|cx| pump.poll_pump(cx)).await;
     }
+    Some(pump)
 }
 
 #[cfg(test)]
@@ -314,6 +332,73 @@ mod tests {
             writes.load(Ordering::Relaxed) - before,
             1,
             "the answer's headers, message and trailers in one write"
+        );
+    }
+
+    /// An answer's body that notes, when dropped, how many writes the
+    /// server had made.
+    struct DropProbe {
+        inner: BoxBody,
+        writes: Arc<AtomicUsize>,
+        seen: Arc<AtomicUsize>,
+    }
+
+    impl Body for DropProbe {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Pin::new(&mut self.inner).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+    }
+
+    impl Drop for DropProbe {
+        fn drop(&mut self) {
+            self.seen
+                .store(self.writes.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_call_work_comes_after_the_answer_is_written() {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (io, writes) = Counted::new(ours);
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let svc = {
+            let (writes, seen) = (writes.clone(), seen.clone());
+            handler(move |_req: Request<CallerBody>| -> HttpFuture {
+                let body = DropProbe {
+                    inner: answer(Bytes::from_static(b"pong")).into_body(),
+                    writes: writes.clone(),
+                    seen: seen.clone(),
+                };
+                Box::pin(async move { Ok(Response::new(BoxBody::new(body))) })
+            })
+        };
+        let (_signal, watch) = crate::drain::channel();
+        let _server = tokio::spawn(serve(io, svc, watch));
+        let (mut client, conn) = h2::client::handshake(theirs).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // The first call also settles the connection's settings.
+        call(&mut client, Bytes::from_static(b"ping")).await;
+        assert_ne!(seen.load(Ordering::SeqCst), usize::MAX, "the body was kept");
+        seen.store(usize::MAX, Ordering::SeqCst);
+        let before = writes.load(Ordering::SeqCst);
+        let (got, _) = call(&mut client, Bytes::from_static(b"ping")).await;
+        assert_eq!(&got[..], b"pong");
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            before + 1,
+            "the body was dropped after the answer's one write, not before it"
         );
     }
 
