@@ -133,22 +133,24 @@ where
     let mut ended: Vec<Leftover> = Vec::new();
     let mut svc = svc;
     poll_fn(|cx| {
+        // Once per wake-up, not per stream accepted: each registers its
+        // waker, and neither can change while this poll runs.
+        if !draining && signaled.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.graceful_shutdown();
+        }
+        if keepalive.as_mut().poll(cx).is_ready() {
+            tracing::debug!(
+                timeout = ?KEEPALIVE_TIMEOUT,
+                "HTTP/2 caller did not answer a PING; closing the connection",
+            );
+            return Poll::Ready(Ok(()));
+        }
         loop {
             // The streams first: what they send goes out in the poll of the
             // connection below, in this same wake-up.
             while let Poll::Ready(Some(left)) = streams.poll_next_unpin(cx) {
                 ended.extend(left);
-            }
-            if !draining && signaled.as_mut().poll(cx).is_ready() {
-                draining = true;
-                conn.graceful_shutdown();
-            }
-            if keepalive.as_mut().poll(cx).is_ready() {
-                tracing::debug!(
-                    timeout = ?KEEPALIVE_TIMEOUT,
-                    "HTTP/2 caller did not answer a PING; closing the connection",
-                );
-                return Poll::Ready(Ok(()));
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
@@ -259,6 +261,12 @@ mod tests {
         let frames = [Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
         let body = StreamBody::new(futures_util::stream::iter(frames));
         Response::new(BoxBody::new(body))
+    }
+
+    /// Hands `value` to the first caller only (a handler's one-shot end).
+    fn once<T>(value: T) -> impl Fn() -> Option<T> + Clone {
+        let slot = Arc::new(std::sync::Mutex::new(Some(value)));
+        move || slot.lock().expect("lock").take()
     }
 
     /// Echoes the request's body, read whole.
@@ -438,11 +446,11 @@ mod tests {
     #[tokio::test]
     async fn a_callers_reset_drops_the_handlers_future() {
         let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
-        let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+        let dropped_tx = once(dropped_tx);
         let svc = handler(move |_req: Request<CallerBody>| -> HttpFuture {
             // Sends nothing: the receiver sees the sender dropped with the
             // future.
-            let guard = dropped_tx.lock().expect("lock").take();
+            let guard = dropped_tx();
             Box::pin(async move {
                 let _guard = guard;
                 std::future::pending().await
@@ -466,9 +474,9 @@ mod tests {
     #[tokio::test]
     async fn draining_lets_an_open_stream_finish_then_ends_the_connection() {
         let (go_tx, go_rx) = oneshot::channel::<()>();
-        let go_rx = Arc::new(std::sync::Mutex::new(Some(go_rx)));
+        let go_rx = once(go_rx);
         let svc = handler(move |_req: Request<CallerBody>| -> HttpFuture {
-            let go = go_rx.lock().expect("lock").take();
+            let go = go_rx();
             Box::pin(async move {
                 if let Some(go) = go {
                     let _ = go.await;
