@@ -211,6 +211,25 @@ async fn fixed_rate(
     })
 }
 
+/// Runs one measurement and returns it with the CPU time each of the
+/// path's sidecars used meanwhile.
+async fn measured(
+    p: &Path,
+    run: impl std::future::Future<Output = anyhow::Result<Result>>,
+) -> anyhow::Result<(Result, Vec<(&'static str, Duration)>)> {
+    let before: Vec<Duration> = p
+        .sidecars
+        .iter()
+        .map(|(_, pid)| usage(*pid).map(|u| u.1))
+        .collect::<anyhow::Result<_>>()?;
+    let r = run.await?;
+    let mut used = Vec::with_capacity(before.len());
+    for ((label, pid), b) in p.sidecars.iter().zip(before) {
+        used.push((*label, usage(*pid)?.1 - b));
+    }
+    Ok((r, used))
+}
+
 /// Closed loop: `concurrency` workers send back to back for `seconds`.
 async fn max_rate(
     name: &str,
@@ -720,7 +739,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     // Runs alternate between the paths, and each round starts with a
     // different one, so a noisy machine (or a warming cache) hits all alike.
+    // Each round ends with every path at its maximum rate, in the same
+    // rotated order, so that the maximum too is a median of rounds rather
+    // than one run's luck.
     let mut rows: Vec<(String, usize, Result)> = Vec::new();
+    let mut maxes: Vec<(String, usize, Result)> = Vec::new();
     let mut cpu: Vec<(String, &'static str, Duration, u64)> = Vec::new();
     for round in 1..=args.rounds {
         let first = rows.len();
@@ -731,51 +754,55 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 "round {round}: {} at {} rps for {} s…",
                 p.name, args.rate, args.seconds
             );
-            let before: Vec<Duration> = p
-                .sidecars
-                .iter()
-                .map(|(_, pid)| usage(*pid).map(|u| u.1))
-                .collect::<anyhow::Result<_>>()?;
-            let r = fixed_rate(
-                &format!("{} @{}", p.name, args.rate),
-                (p.addr, p.http),
-                args.rate,
-                args.seconds,
-                args.payload,
-            )
+            let (r, used) = measured(p, async {
+                fixed_rate(
+                    &format!("{} @{}", p.name, args.rate),
+                    (p.addr, p.http),
+                    args.rate,
+                    args.seconds,
+                    args.payload,
+                )
+                .await
+            })
             .await?;
-            for ((label, pid), b) in p.sidecars.iter().zip(before) {
+            for (label, t) in used {
                 cpu.push((
                     format!("@{} round {round}", args.rate),
                     label,
-                    usage(*pid)?.1 - b,
+                    t,
                     args.seconds,
                 ));
             }
             rows.push((format!("round {round}"), i, r));
         }
         rows[first..].sort_by_key(|(_, i, _)| *i);
-    }
-    for (i, p) in paths.iter().enumerate() {
-        eprintln!("maximum rate, {} in flight: {}…", args.concurrency, p.name);
-        let before: Vec<Duration> = p
-            .sidecars
-            .iter()
-            .map(|(_, pid)| usage(*pid).map(|u| u.1))
-            .collect::<anyhow::Result<_>>()?;
-        let r = max_rate(
-            &format!("{} max", p.name),
-            (p.addr, p.http),
-            args.concurrency,
-            args.seconds,
-            args.payload,
-        )
-        .await?;
-        for ((label, pid), b) in p.sidecars.iter().zip(before) {
-            cpu.push(("max rate".into(), label, usage(*pid)?.1 - b, args.seconds));
+        let first = maxes.len();
+        for k in 0..paths.len() {
+            let i = (k + round as usize - 1) % paths.len();
+            let p = &paths[i];
+            eprintln!(
+                "round {round}: {} at the maximum rate, {} in flight…",
+                p.name, args.concurrency
+            );
+            let (r, used) = measured(p, async {
+                max_rate(
+                    &format!("{} max", p.name),
+                    (p.addr, p.http),
+                    args.concurrency,
+                    args.seconds,
+                    args.payload,
+                )
+                .await
+            })
+            .await?;
+            for (label, t) in used {
+                cpu.push((format!("max rate round {round}"), label, t, args.seconds));
+            }
+            maxes.push((format!("max round {round}"), i, r));
         }
-        rows.push(("max".into(), i, r));
+        maxes[first..].sort_by_key(|(_, i, _)| *i);
     }
+    rows.append(&mut maxes);
 
     println!(
         "\ngRPC unary, {} B payload, one HTTP/2 connection from the client; {} s per run\n",

@@ -25,13 +25,15 @@ const BARE: &str = "mTLS bare";
 /// One pair's figures: medians over the rounds of its added p50 and p99
 /// (minus direct in the same round), its ratios to the floor's and
 /// Envoy's (medians of the per-round ratios), and at the maximum rate its
-/// rps and CPU per request (both proxies); its proxies' peak RSS.
+/// rps, its ratio to Envoy's and its CPU per request (both proxies),
+/// likewise medians of the rounds; its proxies' peak RSS.
 struct Figures {
     p50: f64,
     p99: f64,
     per_floor: f64,
     per_envoy: Option<(f64, f64)>,
     max_rps: f64,
+    max_per_envoy: Option<f64>,
     cpu_us: f64,
     rss_mb: f64,
 }
@@ -52,13 +54,14 @@ pub fn print(
         let direct = find(label, "direct")?.pct(p).as_secs_f64();
         Some(find(label, path)?.pct(p).as_secs_f64() - direct)
     };
-    let at_max = |name: &str| -> Option<(f64, f64)> {
-        let r = find("max", name)?;
+    let at_max = |round: u32, name: &str| -> Option<(f64, f64)> {
+        let r = find(&format!("max round {round}"), name)?;
         let path = paths.iter().find(|p| p.name == name)?;
+        let run_label = format!("max rate round {round}");
         let used: f64 = cpu
             .iter()
             .filter(|(run, label, _, _)| {
-                run == "max rate" && path.sidecars.iter().any(|(l, _)| l == label)
+                *run == run_label && path.sidecars.iter().any(|(l, _)| l == label)
             })
             .map(|(_, _, t, _)| t.as_secs_f64())
             .sum();
@@ -97,14 +100,25 @@ pub fn print(
         if p50.is_empty() {
             return Ok(None);
         }
-        let (max_rps, cpu_us) = at_max(name).unwrap_or((f64::NAN, f64::NAN));
+        let (mut max_rps, mut cpu_us, mut max_e) = (vec![], vec![], vec![]);
+        for round in 1..=rounds {
+            let Some((rps, us)) = at_max(round, name) else {
+                continue;
+            };
+            max_rps.push(rps);
+            cpu_us.push(us);
+            if let Some((e, _)) = at_max(round, ENVOY) {
+                max_e.push(rps / e);
+            }
+        }
         Ok(Some(Figures {
             p50: median(&mut p50) * 1e6,
             p99: median(&mut p99) * 1e6,
             per_floor: median(&mut floor),
             per_envoy: (!e50.is_empty()).then(|| (median(&mut e50), median(&mut e99))),
-            max_rps,
-            cpu_us,
+            max_rps: median(&mut max_rps),
+            max_per_envoy: (!max_e.is_empty()).then(|| median(&mut max_e)),
+            cpu_us: median(&mut cpu_us),
             rss_mb: rss(name)?,
         }))
     };
@@ -119,7 +133,7 @@ pub fn print(
     table.push(("Envoy 1.40 mTLS pair", figures(ENVOY)?));
     table.push(("bare TCP relays (the floor)", figures(FLOOR)?));
     println!(
-        "\nSide by side (medians of {rounds} rounds; added = minus direct in the same round; ratios are medians of the per-round ratios; max rps and CPU from one run at the maximum rate):\n"
+        "\nSide by side (medians of {rounds} rounds; added = minus direct in the same round; ratios are medians of the per-round ratios; each round ends with every path at its maximum rate):\n"
     );
     println!(
         "| pair | added p50 µs | added p99 µs | × floor p50 | × Envoy p50 | × Envoy p99 | max rps | CPU µs/req at max, both | peak RSS, larger of the two |"
@@ -141,7 +155,7 @@ pub fn print(
     let Some((e50, e99)) = full.per_envoy else {
         return Ok(());
     };
-    let max_vs_envoy = full.max_rps / envoy.max_rps;
+    let max_vs_envoy = full.max_per_envoy.unwrap_or(full.max_rps / envoy.max_rps);
     println!(
         "\nLinkerd estimated from this run's Envoy pair (its added p50 × {LINKERD_P50}, p99 × {LINKERD_P99}, max rps × {LINKERD_MAX}: issue 13's side-by-side measurement):\n"
     );
