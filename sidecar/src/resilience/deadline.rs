@@ -33,22 +33,33 @@ pub fn parse(v: &HeaderValue) -> Option<Duration> {
 pub fn format(d: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let ns = d.as_nanos();
-    let candidates: [(u128, &str); 6] = [
-        (1, "n"),
-        (1_000, "u"),
-        (1_000_000, "m"),
-        (1_000_000_000, "S"),
-        (60_000_000_000, "M"),
-        (3_600_000_000_000, "H"),
+    let candidates: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
     ];
-    for (unit_ns, unit) in candidates {
-        let n = ns.div_ceil(unit_ns);
-        if n <= MAX {
-            return HeaderValue::from_str(&format!("{n}{unit}"))
-                .unwrap_or(HeaderValue::from_static("99999999H"));
+    let (mut n, unit) = candidates
+        .into_iter()
+        .map(|(unit_ns, unit)| (ns.div_ceil(unit_ns), unit))
+        .find(|(n, _)| *n <= MAX)
+        .unwrap_or((MAX, b'H'));
+    // At most 8 digits and the unit, written from the end: no `String`.
+    let mut b = [0u8; 9];
+    let mut at = b.len() - 1;
+    b[at] = unit;
+    loop {
+        at -= 1;
+        b[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    HeaderValue::from_static("99999999H")
+    // Digits and a unit letter: always a valid header value.
+    HeaderValue::from_bytes(&b[at..]).unwrap_or(HeaderValue::from_static("99999999H"))
 }
 
 #[cfg(test)]
@@ -77,5 +88,19 @@ mod tests {
         let back = parse(&format(Duration::from_nanos(123_456_789_123))).expect("parse");
         assert!(back >= Duration::from_nanos(123_456_789_123));
         assert!(back - Duration::from_nanos(123_456_789_123) < Duration::from_millis(1));
+        assert_eq!(format(Duration::ZERO), "0n");
+        assert_eq!(format(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(format(Duration::from_nanos(100_000_000)), "100000u");
+        assert_eq!(format(Duration::MAX), "99999999H");
+    }
+
+    #[test]
+    fn a_formatted_timeout_reads_back_as_no_less() {
+        for ns in (0..40u32).map(|i| 7u64.pow(i / 2) * (1 + u64::from(i % 2) * 4)) {
+            let d = Duration::from_nanos(ns);
+            let v = format(d);
+            assert!(v.len() <= 9, "{v:?}");
+            assert!(parse(&v).expect("parses") >= d, "{ns} ns as {v:?}");
+        }
     }
 }

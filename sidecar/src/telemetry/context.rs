@@ -63,7 +63,14 @@ impl TraceContext {
         }
         b[54] = if self.sampled { b'1' } else { b'0' };
         // Only hex digits and dashes: always a valid header value.
-        HeaderValue::from_bytes(&b).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut v = HeaderValue::from_bytes(&b).unwrap_or_else(|_| HeaderValue::from_static(""));
+        // New on every request: sent as a literal HPACK never indexes.
+        // Indexed, each one would be inserted into both ends' dynamic
+        // tables, searched against the ones before it and evict the
+        // headers that repeat (content-type, user-agent), which would then
+        // be sent again in full.
+        v.set_sensitive(true);
+        v
     }
 }
 
@@ -148,7 +155,9 @@ mod tests {
                 "00-{trace_id:032x}-{span_id:016x}-{:02x}",
                 u8::from(sampled)
             );
-            assert_eq!(c.to_header().to_str().expect("ascii"), want);
+            let v = c.to_header();
+            assert_eq!(v.to_str().expect("ascii"), want);
+            assert!(v.is_sensitive(), "HPACK must not index a traceparent");
         }
     }
 

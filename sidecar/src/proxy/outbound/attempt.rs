@@ -25,7 +25,6 @@ use crate::endpoint::{H2Body, PendingGuard};
 use crate::error::{ErrorKind, ProxyError, error_chain};
 use crate::proxy::headers::{HTTP11, ORIG_PROTO, TARGET_PORT, strip_hop_by_hop};
 use crate::proxy::outcome::Outcome;
-use crate::resilience::deadline;
 use crate::resilience::replay::Replay;
 
 use crate::table::{Pick, Target};
@@ -104,12 +103,12 @@ impl Template {
     }
 
     /// The request of one attempt, with `grpc-timeout` set to the time it
-    /// has (the upstream gets what is left, never more). The `last`
-    /// attempt takes the parts instead of copying them.
+    /// has (`Plan::timeout_header`: the upstream gets what is left, never
+    /// more). The `last` attempt takes the parts instead of copying them.
     pub fn request(
         &mut self,
         body: BoxBody,
-        timeout: Option<Duration>,
+        timeout: Option<HeaderValue>,
         last: bool,
     ) -> Request<BoxBody> {
         let mut r = Request::new(body);
@@ -124,7 +123,7 @@ impl Template {
             *r.headers_mut() = self.headers.clone();
         }
         if let Some(t) = timeout {
-            r.headers_mut().insert(GRPC_TIMEOUT, deadline::format(t));
+            r.headers_mut().insert(GRPC_TIMEOUT, t);
         }
         r
     }

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use super::route::RoutePolicy;
+use crate::resilience::deadline;
 
 /// The hedge delay of a service without enough samples for a p95.
 pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(50);
@@ -85,6 +86,20 @@ impl Plan {
         Ok(earliest(self.per_try_timeout, left))
     }
 
+    /// The `grpc-timeout` of an attempt with `limit` (from
+    /// [`Plan::try_limit`]). What is left of a deadline differs on every
+    /// call, so it is marked for HPACK never to index: in the connection's
+    /// dynamic tables each value would be searched, inserted, and push out
+    /// the headers that do repeat. A per-try limit alone is the same value
+    /// every time, which HPACK sends as one byte once indexed.
+    pub fn timeout_header(&self, limit: Duration) -> HeaderValue {
+        let mut v = deadline::format(limit);
+        if self.per_try_timeout != Some(limit) {
+            v.set_sensitive(true);
+        }
+        v
+    }
+
     /// Whether attempt `n` (from 1) is the last one that can be made, so
     /// that its request need not be kept.
     pub fn is_last(&self, n: u32) -> bool {
@@ -156,6 +171,26 @@ mod tests {
         // No limits at all: none per try either.
         let plan = Plan::new(&policy(), &facts(true, &Method::POST), now, no_p95);
         assert_eq!((plan.deadline, plan.try_limit(now)), (None, Ok(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_what_is_left_of_a_deadline_is_kept_out_of_hpack_tables() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.retry.per_try_timeout = Some(Duration::from_secs(1));
+        let mut f = facts(true, &Method::POST);
+        f.caller_timeout = Some(Duration::from_secs(2));
+        let plan = Plan::new(&p, &f, now, no_p95);
+        let per_try = plan.try_limit(now).expect("time").expect("limit");
+        let v = plan.timeout_header(per_try);
+        assert_eq!(
+            (v.to_str().ok(), v.is_sensitive()),
+            (Some("1000000u"), false)
+        );
+        let late = now + Duration::from_millis(1500);
+        let left = plan.try_limit(late).expect("time").expect("limit");
+        let v = plan.timeout_header(left);
+        assert_eq!((v.to_str().ok(), v.is_sensitive()), (Some("500000u"), true));
     }
 
     #[tokio::test(start_paused = true)]

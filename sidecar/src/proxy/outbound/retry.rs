@@ -200,8 +200,12 @@ async fn one(
         tried.push(first_addr.clone());
     }
     ex.attempt(&first_addr, Some(&target.name));
-    let timeout = if call.grpc { limit } else { None };
-    let req = call.template.request(body, timeout, last);
+    let grpc = call.grpc;
+    let plan = &call.plan;
+    // Written for each request sent (a hedge too), not cloned: a clone of
+    // a header value built from bytes allocates.
+    let timeout = || limit.filter(|_| grpc).map(|t| plan.timeout_header(t));
+    let req = call.template.request(body, timeout(), last);
     let how = Conditions {
         grpc: call.grpc,
         limit,
@@ -225,7 +229,7 @@ async fn one(
         }
         let body = crate::body::boxed(replay.body()?);
         call.telemetry.metrics.count_hedge(&target.name);
-        let req = call.template.request(body, timeout, false);
+        let req = call.template.request(body, timeout(), false);
         Some(attempt::send(target, other, req, &how))
     };
     // Boxed: the race holds two attempts and a timer, and would otherwise
