@@ -85,9 +85,19 @@ impl GrpcCode {
         self as u16
     }
 
+    /// The number as text (`"14"`), as `grpc-status` and metrics labels
+    /// spell it, without formatting it each time.
+    pub fn number(self) -> &'static str {
+        const NUMBERS: [&str; 17] = [
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16",
+        ];
+        NUMBERS[self as usize]
+    }
+
     /// The code as `grpc-status` carries it.
     pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from(self.as_u16())
+        HeaderValue::from_static(self.number())
     }
 
     /// The name in lower kebab case (`unavailable`, `deadline-exceeded`),
@@ -146,13 +156,21 @@ impl GrpcCode {
 impl fmt::Display for GrpcCode {
     /// The number, as metrics labels and `grpc-status` show it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.as_u16())
+        f.write_str(self.number())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_is_spelled_as_its_number() {
+        for code in GrpcCode::ALL {
+            assert_eq!(code.number(), code.as_u16().to_string());
+            assert_eq!(code.header_value(), code.as_u16().to_string().as_str());
+        }
+    }
 
     #[test]
     fn numbers_round_trip_and_strays_read_as_unknown() {

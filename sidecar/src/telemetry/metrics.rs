@@ -42,7 +42,7 @@ struct ResponseLabels {
     /// HTTP status code.
     status: u16,
     /// gRPC status code, from headers or trailers; empty for non-gRPC.
-    grpc_status: String,
+    grpc_status: &'static str,
     /// What went wrong: empty when the exchange completed; otherwise the
     /// mesh's error code (`x-weft-error`) or `stream-error`.
     error: &'static str,
@@ -516,7 +516,7 @@ impl Metrics {
             service: request.service.clone(),
             route: request.route.clone(),
             status,
-            grpc_status: grpc.map(|g| g.to_string()).unwrap_or_default(),
+            grpc_status: grpc.map_or("", GrpcCode::number),
             error,
         };
         self.responses.get_or_create(&labels).inc();
