@@ -17,7 +17,7 @@ use std::time::Duration;
 use weft_proto::grpc::GrpcCode;
 use weft_proto::name::ServiceName;
 
-use super::routes::Route;
+use super::routes::{RequestStats, Route};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -492,14 +492,40 @@ impl Metrics {
 
     /// A request received.
     pub fn count_request(&self, request: &RequestLabels) {
-        self.requests.get_or_create(request).inc();
+        match self.stats(request) {
+            Some(s) => s.requests.inc(),
+            None => self.requests.get_or_create(request).inc(),
+        };
     }
 
     /// How long a request took, from its headers to the end of its response.
     pub fn observe_duration(&self, request: &RequestLabels, elapsed: Duration) {
-        self.latency
-            .get_or_create(request)
-            .observe(elapsed.as_secs_f64());
+        let secs = elapsed.as_secs_f64();
+        match self.stats(request) {
+            Some(s) => s.latency.observe(secs),
+            None => self.latency.get_or_create(request).observe(secs),
+        }
+    }
+
+    /// The instruments of a request's label set, held by its route when
+    /// the route is that label set's own (an interned gRPC method): taken
+    /// from the families once, so that the calls after it hash no labels.
+    fn stats<'a>(&self, request: &'a RequestLabels) -> Option<&'a RequestStats> {
+        request.route.stats(|| RequestStats {
+            requests: self.requests.get_or_create(request).clone(),
+            latency: self.latency.get_or_create(request).clone(),
+            completed: self
+                .responses
+                .get_or_create(&ResponseLabels {
+                    direction: request.direction,
+                    service: request.service.clone(),
+                    route: request.route.clone(),
+                    status: 200,
+                    grpc_status: GrpcCode::Ok.number(),
+                    error: "",
+                })
+                .clone(),
+        })
     }
 
     /// How a request's exchange ended: its HTTP status, gRPC status and,
@@ -511,6 +537,12 @@ impl Metrics {
         grpc: Option<GrpcCode>,
         error: &'static str,
     ) {
+        if (status, grpc, error) == (200, Some(GrpcCode::Ok), "")
+            && let Some(s) = self.stats(request)
+        {
+            s.completed.inc();
+            return;
+        }
         let labels = ResponseLabels {
             direction: request.direction,
             service: request.service.clone(),
@@ -958,5 +990,40 @@ mod tests {
         m.set_endpoints(&svc, 1, 0);
         m.clear_endpoints();
         assert!(!m.render().contains("weft_endpoints{"), "{}", m.render());
+    }
+
+    #[test]
+    fn an_interned_route_counts_into_the_same_series_as_a_lookup() {
+        let m = Metrics::new();
+        let names = super::super::RouteNames::new();
+        let svc = ServiceName::parse("users").expect("name");
+        let labels = |route| RequestLabels {
+            direction: Direction::inbound,
+            service: svc.clone(),
+            route,
+        };
+        // Twice through the route's own instruments, and once through an
+        // equal route interned elsewhere (its own instruments, taken from
+        // the same families): one series each.
+        let interned = labels(names.grpc(true, &svc, "/u.Users/Get"));
+        for _ in 0..2 {
+            m.count_request(&interned);
+            m.observe_duration(&interned, Duration::from_millis(1));
+            m.count_response(&interned, 200, Some(GrpcCode::Ok), "");
+        }
+        m.count_response(&interned, 200, Some(GrpcCode::Unavailable), "");
+        let elsewhere = super::super::RouteNames::new();
+        let other = labels(elsewhere.grpc(true, &svc, "/u.Users/Get"));
+        m.count_request(&other);
+        let text = m.render();
+        let series = r#"direction="inbound",service="users",route="/u.Users/Get""#;
+        for line in [
+            format!("weft_requests_total{{{series}}} 3"),
+            format!("weft_request_duration_seconds_count{{{series}}} 2"),
+            format!(r#"weft_responses_total{{{series},status="200",grpc_status="0",error=""}} 2"#),
+            format!(r#"weft_responses_total{{{series},status="200",grpc_status="14",error=""}} 1"#),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
     }
 }

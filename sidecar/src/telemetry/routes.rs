@@ -4,24 +4,79 @@
 //! more distinct methods than [`MAX_ROUTES_PER_SERVICE`] (a scanner, a
 //! client gone wrong) has the rest counted as `(other)`, so that no peer can
 //! grow the sidecar's memory through its metrics.
+//!
+//! An interned route belongs to one direction and service, so it also
+//! holds that label set's instruments ([`RequestStats`]) once they are
+//! first used: counting a request is then an atomic add rather than a hash
+//! of its labels in each metric family.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use weft_proto::name::ServiceName;
 
 /// Distinct routes kept per service and direction.
 pub const MAX_ROUTES_PER_SERVICE: usize = 200;
 
 /// A route label value; empty where no route is known (HTTP until routes
-/// are configured, opaque TCP).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct Route(Option<Arc<str>>);
+/// are configured, opaque TCP). Compared and hashed by its name.
+#[derive(Clone, Debug, Default)]
+pub struct Route(Option<Arc<Interned>>);
+
+#[derive(Debug)]
+struct Interned {
+    name: Arc<str>,
+    /// `None` for a name shared by every service (`(other)`), whose
+    /// instruments differ by label set.
+    stats: Option<OnceLock<RequestStats>>,
+}
+
+/// The instruments of one (direction, service, route) label set, taken
+/// from the metric families once (`Metrics` fills them in).
+#[derive(Debug)]
+pub struct RequestStats {
+    pub requests: Counter,
+    pub latency: Histogram,
+    /// The responses counter of the usual ending: HTTP 200, gRPC status
+    /// 0, no error.
+    pub completed: Counter,
+}
 
 impl Route {
+    fn interned(name: Arc<str>, own_stats: bool) -> Self {
+        Route(Some(Arc::new(Interned {
+            name,
+            stats: own_stats.then(OnceLock::new),
+        })))
+    }
+
     pub fn as_str(&self) -> &str {
-        self.0.as_deref().unwrap_or("")
+        self.0.as_deref().map_or("", |i| &i.name)
+    }
+
+    /// This route's instruments, made by `make` the first time; `None` for
+    /// a route that is not one label set's alone.
+    pub fn stats(&self, make: impl FnOnce() -> RequestStats) -> Option<&RequestStats> {
+        let cell = self.0.as_deref()?.stats.as_ref()?;
+        Some(cell.get_or_init(make))
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref().map(|i| &i.name) == other.0.as_ref().map(|i| &i.name)
+    }
+}
+
+impl Eq for Route {}
+
+impl Hash for Route {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_ref().map(|i| &i.name).hash(state);
     }
 }
 
@@ -44,7 +99,7 @@ impl RouteNames {
     pub fn new() -> Self {
         RouteNames {
             by_service: Mutex::default(),
-            other: Route(Some(Arc::from("(other)"))),
+            other: Route::interned(Arc::from("(other)"), false),
         }
     }
 
@@ -69,7 +124,7 @@ impl RouteNames {
             return self.other.clone();
         }
         let name: Arc<str> = Arc::from(path);
-        let route = Route(Some(name.clone()));
+        let route = Route::interned(name.clone(), true);
         routes.insert(name, route.clone());
         route
     }
@@ -94,6 +149,14 @@ fn is_grpc_method(path: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn unused() -> RequestStats {
+        RequestStats {
+            requests: Counter::default(),
+            latency: Histogram::new([1.0]),
+            completed: Counter::default(),
+        }
+    }
+
     #[test]
     fn methods_are_interned_and_bounded() {
         let names = RouteNames::new();
@@ -102,6 +165,8 @@ mod tests {
         assert_eq!(a.as_str(), "/users.v1.Users/Get");
         let b = names.grpc(false, &svc, "/users.v1.Users/Get");
         assert!(matches!((&a.0, &b.0), (Some(x), Some(y)) if Arc::ptr_eq(x, y)));
+        assert!(a.stats(unused).is_some(), "one label set's own");
+        assert!(names.grpc(false, &svc, "/x").stats(unused).is_none(), "shared");
         for bad in ["", "/", "/x", "/x/", "//m", "/a/b/c", "/a/b c"] {
             assert_eq!(names.grpc(false, &svc, bad).as_str(), "(other)", "{bad:?}");
         }
