@@ -166,7 +166,10 @@ mod tests {
         let b = names.grpc(false, &svc, "/users.v1.Users/Get");
         assert!(matches!((&a.0, &b.0), (Some(x), Some(y)) if Arc::ptr_eq(x, y)));
         assert!(a.stats(unused).is_some(), "one label set's own");
-        assert!(names.grpc(false, &svc, "/x").stats(unused).is_none(), "shared");
+        assert!(
+            names.grpc(false, &svc, "/x").stats(unused).is_none(),
+            "shared"
+        );
         for bad in ["", "/", "/x", "/x/", "//m", "/a/b/c", "/a/b c"] {
             assert_eq!(names.grpc(false, &svc, bad).as_str(), "(other)", "{bad:?}");
         }
