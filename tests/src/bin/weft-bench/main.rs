@@ -746,61 +746,44 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let mut maxes: Vec<(String, usize, Result)> = Vec::new();
     let mut cpu: Vec<(String, &'static str, Duration, u64)> = Vec::new();
     for round in 1..=args.rounds {
-        let first = rows.len();
-        for k in 0..paths.len() {
-            let i = (k + round as usize - 1) % paths.len();
-            let p = &paths[i];
-            eprintln!(
-                "round {round}: {} at {} rps for {} s…",
-                p.name, args.rate, args.seconds
-            );
-            let (r, used) = measured(p, async {
-                fixed_rate(
-                    &format!("{} @{}", p.name, args.rate),
-                    (p.addr, p.http),
-                    args.rate,
-                    args.seconds,
-                    args.payload,
-                )
-                .await
-            })
-            .await?;
-            for (label, t) in used {
-                cpu.push((
-                    format!("@{} round {round}", args.rate),
-                    label,
-                    t,
-                    args.seconds,
-                ));
+        for at_max in [false, true] {
+            let (out, label, run) = if at_max {
+                let run = format!("max rate round {round}");
+                (&mut maxes, format!("max round {round}"), run)
+            } else {
+                let run = format!("@{} round {round}", args.rate);
+                (&mut rows, format!("round {round}"), run)
+            };
+            let first = out.len();
+            for k in 0..paths.len() {
+                let i = (k + round as usize - 1) % paths.len();
+                let p = &paths[i];
+                let (r, used) = if at_max {
+                    eprintln!(
+                        "round {round}: {} at the maximum rate, {} in flight…",
+                        p.name, args.concurrency
+                    );
+                    let name = format!("{} max", p.name);
+                    let target = (p.addr, p.http);
+                    let run = max_rate(&name, target, args.concurrency, args.seconds, args.payload);
+                    measured(p, run).await?
+                } else {
+                    eprintln!(
+                        "round {round}: {} at {} rps for {} s…",
+                        p.name, args.rate, args.seconds
+                    );
+                    let name = format!("{} @{}", p.name, args.rate);
+                    let target = (p.addr, p.http);
+                    let run = fixed_rate(&name, target, args.rate, args.seconds, args.payload);
+                    measured(p, run).await?
+                };
+                for (sidecar, t) in used {
+                    cpu.push((run.clone(), sidecar, t, args.seconds));
+                }
+                out.push((label.clone(), i, r));
             }
-            rows.push((format!("round {round}"), i, r));
+            out[first..].sort_by_key(|(_, i, _)| *i);
         }
-        rows[first..].sort_by_key(|(_, i, _)| *i);
-        let first = maxes.len();
-        for k in 0..paths.len() {
-            let i = (k + round as usize - 1) % paths.len();
-            let p = &paths[i];
-            eprintln!(
-                "round {round}: {} at the maximum rate, {} in flight…",
-                p.name, args.concurrency
-            );
-            let (r, used) = measured(p, async {
-                max_rate(
-                    &format!("{} max", p.name),
-                    (p.addr, p.http),
-                    args.concurrency,
-                    args.seconds,
-                    args.payload,
-                )
-                .await
-            })
-            .await?;
-            for (label, t) in used {
-                cpu.push((format!("max rate round {round}"), label, t, args.seconds));
-            }
-            maxes.push((format!("max round {round}"), i, r));
-        }
-        maxes[first..].sort_by_key(|(_, i, _)| *i);
     }
     rows.append(&mut maxes);
 
