@@ -7,7 +7,7 @@ use tonic::Code;
 use weft_tests::echo::{client, start_echo};
 use weft_tests::mesh::{ControlPlane, SidecarSpec};
 use weft_tests::pb::EchoRequest;
-use weft_tests::util::{init_logs, metric};
+use weft_tests::util::{init_logs, metric, wait_for};
 
 struct Mesh {
     _cp: ControlPlane,
@@ -61,28 +61,28 @@ async fn unary_with_metadata() -> anyhow::Result<()> {
     );
     assert_eq!(resp.get_ref().message, "hello");
     assert_eq!(resp.get_ref().instance, "echo-1");
-    // It went out through one sidecar and in through the other.
-    let out = m.client_side.metrics().await?;
-    let inn = m.server_side.metrics().await?;
+    // It went out through one sidecar and in through the other. Each
+    // counts a call when it ends, which is after the answer is written:
+    // the caller may have it a moment before the count.
     let ok = [("grpc_status", "0"), ("status", "200")];
-    assert_eq!(
-        metric(
-            &out,
-            "weft_responses_total",
-            &[&ok[..], &[("direction", "outbound"), ("service", "echo")]].concat()
-        ),
-        Some(1.0),
-        "{out}"
-    );
-    assert_eq!(
-        metric(
-            &inn,
-            "weft_responses_total",
-            &[&ok[..], &[("direction", "inbound"), ("service", "echo")]].concat()
-        ),
-        Some(1.0),
-        "{inn}"
-    );
+    for (side, direction) in [(&m.client_side, "outbound"), (&m.server_side, "inbound")] {
+        let labels = [&ok[..], &[("direction", direction), ("service", "echo")]].concat();
+        let counted = || async {
+            let text = side.metrics().await.ok()?;
+            (metric(&text, "weft_responses_total", &labels) == Some(1.0)).then_some(())
+        };
+        if wait_for(
+            "the call's response counted",
+            Duration::from_secs(5),
+            counted,
+        )
+        .await
+        .is_err()
+        {
+            let text = side.metrics().await?;
+            panic!("{direction}: one completed response expected\n{text}");
+        }
+    }
     Ok(())
 }
 
