@@ -17,7 +17,7 @@ use std::time::Duration;
 use weft_proto::grpc::GrpcCode;
 use weft_proto::name::ServiceName;
 
-use super::routes::{RequestStats, Route};
+use super::routes::Route;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -492,8 +492,11 @@ impl Metrics {
 
     /// A request received.
     pub fn count_request(&self, request: &RequestLabels) {
-        match self.stats(request) {
-            Some(s) => s.requests.inc(),
+        match request.route.stats() {
+            Some(s) => s
+                .requests
+                .get_or_init(|| self.requests.get_or_create(request).clone())
+                .inc(),
             None => self.requests.get_or_create(request).inc(),
         };
     }
@@ -501,31 +504,13 @@ impl Metrics {
     /// How long a request took, from its headers to the end of its response.
     pub fn observe_duration(&self, request: &RequestLabels, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        match self.stats(request) {
-            Some(s) => s.latency.observe(secs),
+        match request.route.stats() {
+            Some(s) => s
+                .latency
+                .get_or_init(|| self.latency.get_or_create(request).clone())
+                .observe(secs),
             None => self.latency.get_or_create(request).observe(secs),
         }
-    }
-
-    /// The instruments of a request's label set, held by its route when
-    /// the route is that label set's own (an interned gRPC method): taken
-    /// from the families once, so that the calls after it hash no labels.
-    fn stats<'a>(&self, request: &'a RequestLabels) -> Option<&'a RequestStats> {
-        request.route.stats(|| RequestStats {
-            requests: self.requests.get_or_create(request).clone(),
-            latency: self.latency.get_or_create(request).clone(),
-            completed: self
-                .responses
-                .get_or_create(&ResponseLabels {
-                    direction: request.direction,
-                    service: request.service.clone(),
-                    route: request.route.clone(),
-                    status: 200,
-                    grpc_status: GrpcCode::Ok.number(),
-                    error: "",
-                })
-                .clone(),
-        })
     }
 
     /// How a request's exchange ended: its HTTP status, gRPC status and,
@@ -537,13 +522,7 @@ impl Metrics {
         grpc: Option<GrpcCode>,
         error: &'static str,
     ) {
-        if (status, grpc, error) == (200, Some(GrpcCode::Ok), "")
-            && let Some(s) = self.stats(request)
-        {
-            s.completed.inc();
-            return;
-        }
-        let labels = ResponseLabels {
+        let labels = || ResponseLabels {
             direction: request.direction,
             service: request.service.clone(),
             route: request.route.clone(),
@@ -551,7 +530,17 @@ impl Metrics {
             grpc_status: grpc.map_or("", GrpcCode::number),
             error,
         };
-        self.responses.get_or_create(&labels).inc();
+        // The usual ending of a call on an interned route: its own counter.
+        if (status, grpc, error) == (200, Some(GrpcCode::Ok), "")
+            && let Some(s) = request.route.stats()
+        {
+            let c = s
+                .completed
+                .get_or_init(|| self.responses.get_or_create(&labels()).clone());
+            c.inc();
+            return;
+        }
+        self.responses.get_or_create(&labels()).inc();
     }
 
     /// Forgets every service's endpoint counts (before a new table sets

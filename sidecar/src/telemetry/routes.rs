@@ -32,25 +32,28 @@ struct Interned {
     name: Arc<str>,
     /// `None` for a name shared by every service (`(other)`), whose
     /// instruments differ by label set.
-    stats: Option<OnceLock<RequestStats>>,
+    stats: Option<RequestStats>,
 }
 
-/// The instruments of one (direction, service, route) label set, taken
-/// from the metric families once (`Metrics` fills them in).
-#[derive(Debug)]
+/// The instruments of one (direction, service, route) label set, each
+/// taken from its metric family the first time it is used (`Metrics` fills
+/// them in), so that a series appears when it is first recorded, as it
+/// would through the family. Valid for as long as the families keep the
+/// series: the request families are never cleared.
+#[derive(Debug, Default)]
 pub struct RequestStats {
-    pub requests: Counter,
-    pub latency: Histogram,
+    pub requests: OnceLock<Counter>,
+    pub latency: OnceLock<Histogram>,
     /// The responses counter of the usual ending: HTTP 200, gRPC status
     /// 0, no error.
-    pub completed: Counter,
+    pub completed: OnceLock<Counter>,
 }
 
 impl Route {
     fn interned(name: Arc<str>, own_stats: bool) -> Self {
         Route(Some(Arc::new(Interned {
             name,
-            stats: own_stats.then(OnceLock::new),
+            stats: own_stats.then(RequestStats::default),
         })))
     }
 
@@ -58,11 +61,10 @@ impl Route {
         self.0.as_deref().map_or("", |i| &i.name)
     }
 
-    /// This route's instruments, made by `make` the first time; `None` for
-    /// a route that is not one label set's alone.
-    pub fn stats(&self, make: impl FnOnce() -> RequestStats) -> Option<&RequestStats> {
-        let cell = self.0.as_deref()?.stats.as_ref()?;
-        Some(cell.get_or_init(make))
+    /// This route's instruments; `None` for a route that is not one label
+    /// set's alone.
+    pub fn stats(&self) -> Option<&RequestStats> {
+        self.0.as_deref()?.stats.as_ref()
     }
 }
 
@@ -149,14 +151,6 @@ fn is_grpc_method(path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn unused() -> RequestStats {
-        RequestStats {
-            requests: Counter::default(),
-            latency: Histogram::new([1.0]),
-            completed: Counter::default(),
-        }
-    }
-
     #[test]
     fn methods_are_interned_and_bounded() {
         let names = RouteNames::new();
@@ -165,11 +159,8 @@ mod tests {
         assert_eq!(a.as_str(), "/users.v1.Users/Get");
         let b = names.grpc(false, &svc, "/users.v1.Users/Get");
         assert!(matches!((&a.0, &b.0), (Some(x), Some(y)) if Arc::ptr_eq(x, y)));
-        assert!(a.stats(unused).is_some(), "one label set's own");
-        assert!(
-            names.grpc(false, &svc, "/x").stats(unused).is_none(),
-            "shared"
-        );
+        assert!(a.stats().is_some(), "one label set's own");
+        assert!(names.grpc(false, &svc, "/x").stats().is_none(), "shared");
         for bad in ["", "/", "/x", "/x/", "//m", "/a/b/c", "/a/b c"] {
             assert_eq!(names.grpc(false, &svc, bad).as_str(), "(other)", "{bad:?}");
         }
