@@ -119,11 +119,12 @@ fn main() -> std::process::ExitCode {
         .build();
     let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
-            // Interrupted, the run is dropped: its child processes are
-            // killed with it, not left running.
+            // Interrupted or terminated (Ctrl-C, `timeout`, `kill`), the
+            // run is dropped: its child processes are killed with it, not
+            // left running. (SIGKILL cannot be caught; they outlive that.)
             tokio::select! {
                 r = run(cli) => r,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                () = weft_process::shutdown::on_signal() => Err(anyhow::anyhow!("interrupted")),
             }
         })
     });
