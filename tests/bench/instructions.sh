@@ -8,21 +8,26 @@
 # benchmarks (weft-bench, weft-allocs) stay the measure of speed.
 # docs/performance.md ("Instructions per call") reads it.
 #
-#   tests/bench/instructions.sh [WEFT_ALLOCS_BINARY] [CALLS]
+#   tests/bench/instructions.sh [WEFT_ALLOCS_BINARY] [CALLS] [ONLY]
 #
 # Defaults: target/release/weft-allocs, 4000 calls per path (4 paths, 32
-# in flight; each path also makes 500 warm-up calls). Needs valgrind
-# (Debian's valgrind). About two minutes.
+# in flight; each path also makes 500 warm-up calls), every path. ONLY
+# counts the paths whose names contain it (weft-allocs --only): `bare`,
+# `resilience`, `traced`. Needs valgrind (Debian's valgrind). About two
+# minutes for all four paths.
 set -eu
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/weft-allocs}
 calls=${2:-4000}
+only=${3:-}
+paths=$(printf '%s\n' "plaintext pair" "plaintext pair, traced (0% sampled)" \
+    "mTLS pair, resilience" "mTLS pair, bare" | grep -cF -- "$only")
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt install valgrind)" >&2; exit 1; }
 [ -x "$bin" ] || { echo "instructions.sh: no $bin (cargo build --release -p weft-tests --bin weft-allocs)" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no \
-    --callgrind-out-file="$out/cg.%p" "$bin" --concurrency 32 --calls "$calls" \
+    --callgrind-out-file="$out/cg.%p" "$bin" --concurrency 32 --calls "$calls" ${only:+--only "$only"} \
     >"$out/allocs.out" 2>"$out/valgrind.err" || { cat "$out/valgrind.err" >&2; exit 1; }
 # The sidecars run on one thread of their own, the busiest by far (the
 # client and the backend each run about a third as many instructions).
@@ -32,8 +37,8 @@ done | sort -n | tail -n 1)
 total=${busiest%% *}
 file=${busiest#* }
 per_path=$(( calls / 32 * 32 + 500 ))
-echo "sidecars' thread: $total instructions over 4 paths × $per_path calls"
-echo "instructions per call, both sidecars, the four paths' mean: $(( total / (4 * per_path) ))"
+echo "sidecars' thread: $total instructions over $paths paths × $per_path calls"
+echo "instructions per call, both sidecars, the paths' mean: $(( total / (paths * per_path) ))"
 echo
 echo "Top functions (self), share of the thread:"
 callgrind_annotate --auto=no --threshold=100 "$file" 2>/dev/null |

@@ -130,6 +130,10 @@ struct Args {
     /// connection from its app, and per idle pooled connection to a peer.
     #[arg(long)]
     memory: bool,
+    /// Only the paths whose names contain this (e.g. `bare`), so that
+    /// tests/bench/instructions.sh can count one path alone.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// What the caller learns of a sidecar started on the sidecars' thread.
@@ -367,7 +371,8 @@ async fn main() -> anyhow::Result<()> {
         args.calls, args.concurrency, args.payload
     );
     println!("|---|---:|---:|---:|---:|");
-    for (name, addr) in paths {
+    let only = args.only.as_deref().unwrap_or("");
+    for (name, addr) in paths.into_iter().filter(|(name, _)| name.contains(only)) {
         let c = measure(addr, &args).await?;
         let n = f64::from(args.calls / args.concurrency * args.concurrency);
         println!(
