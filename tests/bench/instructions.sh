@@ -21,7 +21,8 @@ bin=${1:-target/release/weft-allocs}
 calls=${2:-4000}
 only=${3:-}
 paths=$(printf '%s\n' "plaintext pair" "plaintext pair, traced (0% sampled)" \
-    "mTLS pair, resilience" "mTLS pair, bare" | grep -cF -- "$only")
+    "mTLS pair, resilience" "mTLS pair, bare" | grep -cF -- "$only" || true)
+[ "$paths" -gt 0 ] || { echo "instructions.sh: no path's name contains \"$only\"" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt install valgrind)" >&2; exit 1; }
 [ -x "$bin" ] || { echo "instructions.sh: no $bin (cargo build --release -p weft-tests --bin weft-allocs)" >&2; exit 1; }
 out=$(mktemp -d)
