@@ -18,7 +18,7 @@ use crate::body::{BoxBody, BoxError};
 struct State {
     /// The original body, until it has been read to its end.
     inner: Option<BoxBody>,
-    data: Vec<Bytes>,
+    data: Kept,
     trailers: Option<HeaderMap>,
     size: usize,
     max: usize,
@@ -26,21 +26,61 @@ struct State {
     capped: bool,
 }
 
+/// The data frames kept. The first is held inline: a unary call's body is
+/// one frame, and keeping it then allocates nothing.
+#[derive(Default)]
+struct Kept {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+}
+
+impl Kept {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Frame `i` (< `len()`); a clone of `Bytes` is a reference count.
+    fn get(&self, i: usize) -> Bytes {
+        match (i, &self.first) {
+            (0, Some(first)) => first.clone(),
+            _ => self.rest[i - 1].clone(),
+        }
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push(frame);
+        }
+    }
+}
+
+/// What every try of one request shares, in one allocation.
+struct Shared {
+    state: Mutex<State>,
+    /// Told whenever a frame (or the end) is read from the caller's body.
+    read: Notify,
+}
+
 /// Shared by every try of one request.
 #[derive(Clone)]
-pub struct Replay(Arc<Mutex<State>>, Arc<Notify>);
+pub struct Replay(Arc<Shared>);
 
 impl Replay {
     pub fn new(body: BoxBody, max: usize) -> Self {
         let state = State {
             inner: Some(body),
-            data: Vec::new(),
+            data: Kept::default(),
             trailers: None,
             size: 0,
             max,
             capped: false,
         };
-        Replay(Arc::new(Mutex::new(state)), Arc::new(Notify::new()))
+        Replay(Arc::new(Shared {
+            state: Mutex::new(state),
+            read: Notify::new(),
+        }))
     }
 
     /// Waits until the tries have read the caller's body to its end, and
@@ -49,10 +89,10 @@ impl Replay {
     /// tries' place in its wake-ups or hold them back.
     pub async fn settled(&self) -> bool {
         loop {
-            let notified = self.1.notified();
+            let notified = self.0.read.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            match self.0.lock() {
+            match self.0.state.lock() {
                 Ok(st) if st.capped => return false,
                 Ok(st) if st.inner.as_ref().is_none_or(|b| b.is_end_stream()) => return true,
                 Ok(_) => {}
@@ -66,6 +106,7 @@ impl Replay {
     /// complete: no more to come from the caller).
     pub fn finished(&self) -> bool {
         self.0
+            .state
             .lock()
             .map(|s| s.inner.as_ref().is_none_or(|b| b.is_end_stream()))
             .unwrap_or(false)
@@ -74,10 +115,9 @@ impl Replay {
     /// A body for the next try; `None` once the request has outgrown the
     /// replay limit.
     pub fn body(&self) -> Option<ReplayBody> {
-        let st = self.0.lock().ok()?;
+        let st = self.0.state.lock().ok()?;
         (!st.capped).then(|| ReplayBody {
             shared: self.0.clone(),
-            read: self.1.clone(),
             pos: 0,
             trailers_sent: false,
         })
@@ -85,9 +125,7 @@ impl Replay {
 }
 
 pub struct ReplayBody {
-    shared: Arc<Mutex<State>>,
-    /// Told whenever a frame (or the end) is read from the caller's body.
-    read: Arc<Notify>,
+    shared: Arc<Shared>,
     /// How many kept frames this try has sent.
     pos: usize,
     trailers_sent: bool,
@@ -102,11 +140,11 @@ impl Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Ok(mut st) = this.shared.lock() else {
+        let Ok(mut st) = this.shared.state.lock() else {
             return Poll::Ready(Some(Err("request body lock poisoned".into())));
         };
         if !st.capped && this.pos < st.data.len() {
-            let d = st.data[this.pos].clone();
+            let d = st.data.get(this.pos);
             this.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
@@ -122,7 +160,7 @@ impl Body for ReplayBody {
         };
         let polled = Pin::new(inner).poll_frame(cx);
         if polled.is_ready() {
-            this.read.notify_waiters();
+            this.shared.read.notify_waiters();
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -131,8 +169,12 @@ impl Body for ReplayBody {
                         st.size += d.len();
                         if st.size > st.max {
                             st.capped = true;
-                            st.data = Vec::new();
-                        } else {
+                            st.data = Kept::default();
+                        } else if !d.is_empty() {
+                            // An empty frame (a client that learns of the
+                            // end after its last message, as hyper's does,
+                            // ends with one) has nothing to replay: a
+                            // replay ends with its last data frame.
                             st.data.push(d.clone());
                             this.pos += 1;
                         }
@@ -161,7 +203,7 @@ impl Body for ReplayBody {
     /// DATA frame after every request would trip HTTP/2 servers' limits on
     /// empty frames (h2 answers ENHANCE_YOUR_CALM).
     fn is_end_stream(&self) -> bool {
-        let Ok(st) = self.shared.lock() else {
+        let Ok(st) = self.shared.state.lock() else {
             return true;
         };
         if !st.capped && self.pos < st.data.len() {
@@ -208,6 +250,24 @@ mod tests {
             (&b"abcd"[..], &b"abcd"[..])
         );
         assert!(t1.is_some() && t2.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_empty_last_frame_is_not_kept_and_a_replay_ends_with_the_data() {
+        let r = Replay::new(body(&[b"ab", b""], false), 100);
+        assert_eq!(collect(r.body().expect("first")).await.0, "ab");
+        let st = r.0.state.lock().expect("lock");
+        assert_eq!(
+            (st.data.len(), st.data.rest.capacity()),
+            (1, 0),
+            "held inline"
+        );
+        drop(st);
+        let mut again = r.body().expect("second");
+        let f = again.frame().await.expect("a frame").expect("data");
+        assert_eq!(f.data_ref().map(|d| d.as_ref()), Some(&b"ab"[..]));
+        assert!(again.is_end_stream(), "END_STREAM on the data frame");
+        assert!(again.frame().await.is_none());
     }
 
     #[tokio::test]

@@ -305,3 +305,54 @@ async fn peek(body: &mut H2Body, left: Option<Duration>) -> Peeked {
         Ok(None) => Peeked::End,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::name::ServiceName;
+
+    fn template() -> Template {
+        let req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://users/u.Users/Get")
+            .header("content-type", "application/grpc")
+            .header(GRPC_TIMEOUT, "5S")
+            .body(crate::body::empty())
+            .expect("request");
+        let dest = Destination::service(ServiceName::parse("users").expect("name"));
+        Template::for_mesh(req, &dest, None).expect("template").0
+    }
+
+    #[test]
+    fn each_attempt_carries_its_own_grpc_timeout_and_only_that() {
+        let mut t = template();
+        let first = t.request(
+            crate::body::empty(),
+            Some(HeaderValue::from_static("1000m")),
+            false,
+        );
+        let second = t.request(
+            crate::body::empty(),
+            Some(HeaderValue::from_static("400m")),
+            false,
+        );
+        let last = t.request(
+            crate::body::empty(),
+            Some(HeaderValue::from_static("90m")),
+            true,
+        );
+        for (req, want) in [(first, "1000m"), (second, "400m"), (last, "90m")] {
+            let got: Vec<_> = req.headers().get_all(GRPC_TIMEOUT).iter().collect();
+            assert_eq!(got, [want], "one value, the attempt's");
+            assert_eq!(req.headers()["content-type"], "application/grpc");
+            assert_eq!(req.uri().path(), "/u.Users/Get");
+        }
+    }
+
+    #[test]
+    fn an_attempt_without_a_limit_leaves_the_callers_value() {
+        let mut t = template();
+        let req = t.request(crate::body::empty(), None, true);
+        assert_eq!(req.headers()[GRPC_TIMEOUT], "5S");
+    }
+}
