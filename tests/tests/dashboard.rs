@@ -223,14 +223,18 @@ async fn the_json_endpoints_describe_the_mesh() -> anyhow::Result<()> {
     // sidecar: the page names who ejected it, until when.
     let failing = &instances[1];
     failing.0.state.fail_all.store(13, Ordering::Relaxed);
-    for _ in 0..30 {
-        let _ = client.unary(EchoRequest::default()).await;
-    }
     let id = failing.1.instance_id.clone();
+    // Calls go on until the page shows it: how many reach the failing
+    // instance is the balancer's choice, and on a loaded machine 30 calls
+    // once fell short of the five failures in a row that eject it.
     let p = wait_for(
         "the ejection on echo's page",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async {
+            let mut c = client.clone();
+            for _ in 0..10 {
+                let _ = c.unary(EchoRequest::default()).await;
+            }
             let (_, p) = get_json(&format!("{base}/api/services/echo")).await.ok()?;
             let row = p["instances"]
                 .as_array()?
