@@ -39,11 +39,11 @@ impl Kept {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
-    /// Frame `i` (< `len()`); a clone of `Bytes` is a reference count.
-    fn get(&self, i: usize) -> Bytes {
-        match (i, &self.first) {
-            (0, Some(first)) => first.clone(),
-            _ => self.rest[i - 1].clone(),
+    /// Frame `i`, if kept; a clone of `Bytes` is a reference count.
+    fn get(&self, i: usize) -> Option<Bytes> {
+        match i.checked_sub(1) {
+            None => self.first.clone(),
+            Some(r) => self.rest.get(r).cloned(),
         }
     }
 
@@ -143,8 +143,9 @@ impl Body for ReplayBody {
         let Ok(mut st) = this.shared.state.lock() else {
             return Poll::Ready(Some(Err("request body lock poisoned".into())));
         };
-        if !st.capped && this.pos < st.data.len() {
-            let d = st.data.get(this.pos);
+        if !st.capped
+            && let Some(d) = st.data.get(this.pos)
+        {
             this.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
