@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use weft_proto::grpc::GRPC_TIMEOUT;
+use weft_proto::grpc::{GRPC_TIMEOUT, GrpcCode};
 
 use super::plan::Plan;
 use super::route::{Destination, Rewritten};
@@ -229,6 +229,10 @@ pub async fn send(
         }
     };
     let mut outcome = Outcome::from_headers(resp.status(), resp.headers());
+    if let Some(t) = answered_late(&outcome, how, started) {
+        let e = per_try_timeout(&target, t);
+        return failed(target, pick, e, how.grpc);
+    }
     let (mut first, mut ended) = (None, false);
     let complete = how.replay.is_some_and(Replay::finished);
     if how.grpc && how.more && outcome.grpc.is_none() && complete {
@@ -264,6 +268,17 @@ pub async fn send(
         outcome,
         answer,
     }
+}
+
+/// The attempt's limit, when a gRPC error came once it had passed: that
+/// answer is the limit's. The upstream was given no more time than this
+/// attempt (`grpc-timeout`), so its answer then is its own timeout
+/// (tonic's is CANCELLED), which beat our timer only by the timer's
+/// millisecond granularity.
+fn answered_late(outcome: &Outcome, how: &Conditions<'_>, started: Instant) -> Option<Duration> {
+    let t = how.limit?;
+    let failed = outcome.grpc.is_some_and(|code| code != GrpcCode::Ok);
+    (how.grpc && failed && started.elapsed() >= t).then_some(t)
 }
 
 fn failed(target: Arc<Target>, pick: Pick, e: ProxyError, grpc: bool) -> Attempt {
