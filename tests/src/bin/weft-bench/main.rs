@@ -50,8 +50,11 @@ struct Args {
     /// The fixed rate, requests per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
-    /// Requests in flight in the maximum-rate runs.
-    #[arg(long, default_value_t = 32)]
+    /// Requests in flight in the maximum-rate runs, split over two load
+    /// threads. 64 is where Envoy's pair peaked on the 2-core machine
+    /// (docs/performance.md); fewer leave the proxies' core idle between
+    /// batches.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Request and response payload, bytes.
     #[arg(long, default_value_t = 100)]
@@ -230,19 +233,76 @@ async fn measured(
     Ok((r, used))
 }
 
-/// Closed loop: `concurrency` workers send back to back for `seconds`.
+/// Threads the maximum-rate load is split over, each with its own
+/// runtime and connection.
+///
+/// With one, the calls in flight move as one batch: the load generator
+/// reads every answer, then writes every next call in one flush, and the
+/// proxies' core sits idle while it does (`perf sched` saw that core 22%
+/// idle at Weft's maximum). The maximum rate then measured the load
+/// generator's time per call added to the proxies', not the proxies' alone.
+/// With two, one thread's batch is at the proxies while the other's
+/// answers are read.
+const LOAD_THREADS: usize = 2;
+
+/// Closed loop: `concurrency` callers, split over [`LOAD_THREADS`]
+/// threads, send back to back for `seconds`.
 async fn max_rate(
     name: &str,
-    (addr, host): (SocketAddr, Option<&'static str>),
+    target: (SocketAddr, Option<&'static str>),
     concurrency: usize,
     seconds: u64,
     payload: usize,
 ) -> anyhow::Result<Result> {
-    let c = Caller::new(addr, host).await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let mut threads = Vec::with_capacity(LOAD_THREADS);
+    for k in 0..LOAD_THREADS {
+        let callers = concurrency / LOAD_THREADS + usize::from(k < concurrency % LOAD_THREADS);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("load-{k}"))
+            .spawn(move || {
+                let run = || -> anyhow::Result<(Vec<Duration>, u64)> {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(closed_loop(target, callers, deadline, payload))
+                };
+                let _ = tx.send(run());
+            })?;
+        threads.push(rx);
+    }
+    let (mut latencies, mut failed) = (Vec::new(), 0);
+    for rx in threads {
+        let (l, f) = rx
+            .await
+            .context("a load thread ended without its results")??;
+        latencies.extend(l);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Result {
+        name: name.into(),
+        sent: latencies.len() as u64 + failed,
+        failed,
+        elapsed,
+        latencies,
+    })
+}
+
+/// `callers` workers on one connection, each sending its next call as the
+/// last one ends, until `deadline`: their latencies and failures.
+async fn closed_loop(
+    (addr, host): (SocketAddr, Option<&'static str>),
+    callers: usize,
+    deadline: Instant,
+    payload: usize,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let c = Caller::new(addr, host).await?;
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for _ in 0..callers {
         let mut c = c.clone();
         workers.spawn(async move {
             let (mut lat, mut failed) = (Vec::new(), 0u64);
@@ -262,15 +322,7 @@ async fn max_rate(
         latencies.extend(l);
         failed += f;
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok(Result {
-        name: name.into(),
-        sent: latencies.len() as u64 + failed,
-        failed,
-        elapsed,
-        latencies,
-    })
+    Ok((latencies, failed))
 }
 
 /// A process's resident memory now (kB), from /proc: anonymous (heap,
@@ -424,10 +476,21 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(peers::relay(spec));
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench(args))
+    // Pinned, the load generator has one core: a second worker there only
+    // takes turns with the first, and their wake-ups of each other cost
+    // more than the calls (perf sched saw the two trade the core every
+    // 5 µs for a millisecond while the proxies' core sat idle, so that the
+    // maximum rate measured the load generator, not the proxies).
+    let runtime = if args.pin {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(bench(args))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -745,6 +808,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let mut rows: Vec<(String, usize, Result)> = Vec::new();
     let mut maxes: Vec<(String, usize, Result)> = Vec::new();
     let mut cpu: Vec<(String, &'static str, Duration, u64)> = Vec::new();
+    // Pinned: how busy the proxies' core was in each maximum-rate run. Far
+    // under 100%, the maximum measured the load generator or the calls in
+    // flight, not the proxies' CPU per request.
+    let mut core: Vec<(u32, &'static str, f64)> = Vec::new();
     for round in 1..=args.rounds {
         for at_max in [false, true] {
             let (out, label, run) = if at_max {
@@ -766,7 +833,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                     let name = format!("{} max", p.name);
                     let target = (p.addr, p.http);
                     let run = max_rate(&name, target, args.concurrency, args.seconds, args.payload);
-                    measured(p, run).await?
+                    let before = peers::core_time(peers::PROXY_CPU)?;
+                    let measured = measured(p, run).await?;
+                    let after = peers::core_time(peers::PROXY_CPU)?;
+                    let (busy, total) = (after.0 - before.0, after.1 - before.1);
+                    core.push((round, p.name, busy as f64 / total.max(1) as f64));
+                    measured
                 } else {
                     eprintln!(
                         "round {round}: {} at {} rps for {} s…",
@@ -888,6 +960,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 mb(anon),
                 mb(file)
             );
+        }
+    }
+    if args.pin {
+        println!(
+            "\nThe proxies' core (CPU {}) at the maximum rate, every process on it (backend, proxies, kernel):\n",
+            peers::PROXY_CPU
+        );
+        println!("| round | path | busy |");
+        println!("|---|---|---:|");
+        for (round, path, busy) in &core {
+            println!("| {round} | {path} | {:.0}% |", busy * 100.0);
         }
     }
     println!("\n| run | sidecar | CPU | of a core |");

@@ -22,6 +22,26 @@ use weft_tests::process::{Proc, free_port};
 pub const LOAD_CPU: usize = 0;
 pub const PROXY_CPU: usize = 1;
 
+/// Jiffies core `cpu` has been busy and in all, from /proc/stat: two
+/// readings' differences give the share of the time it worked (idle and
+/// iowait are not work; steal is time the host took, not ours).
+pub fn core_time(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let name = format!("cpu{cpu} ");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    anyhow::ensure!(f.len() >= 8, "a short cpu{cpu} line in /proc/stat: {line}");
+    let total: u64 = f[..8].iter().sum();
+    Ok((total - f[3] - f[4] - f[7], total))
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_thread(cpu: usize) -> std::io::Result<()> {
     set_affinity(0, cpu)
