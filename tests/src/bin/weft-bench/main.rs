@@ -238,7 +238,7 @@ async fn measured(
 ///
 /// With one, the calls in flight move as one batch: the load generator
 /// reads every answer, then writes every next call in one flush, and the
-/// proxies' core sits idle while it does (`perf sched` saw that core 22%
+/// proxies' core sits idle while it does (`perf sched` saw that core 25%
 /// idle at Weft's maximum). The maximum rate then measured the load
 /// generator's time per call added to the proxies', not the proxies' alone.
 /// With two, one thread's batch is at the proxies while the other's
