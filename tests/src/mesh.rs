@@ -426,20 +426,31 @@ impl Sidecar {
     }
 
     /// Waits until this sidecar's config for `service` satisfies `pred`.
+    /// A timeout says what the sidecar last held (or why it could not be
+    /// read), so that a failure on a loaded machine tells which step lagged.
     pub async fn wait_endpoints(
         &self,
         service: &str,
         what: &str,
         pred: impl Fn(&[(String, String)]) -> bool,
     ) -> anyhow::Result<()> {
-        wait_for(what, Duration::from_secs(10), || async {
-            self.endpoints(service)
-                .await
-                .ok()
-                .filter(|e| pred(e))
-                .map(|_| ())
+        let last = std::sync::Mutex::new(String::from("nothing read yet"));
+        let waited = wait_for(what, Duration::from_secs(10), || async {
+            let seen = self.endpoints(service).await;
+            let ok = seen.as_ref().is_ok_and(|e| pred(e));
+            if let Ok(mut l) = last.lock() {
+                *l = match &seen {
+                    Ok(e) => format!("endpoints (id, health) {e:?}"),
+                    Err(e) => format!("no config: {e:#}"),
+                };
+            }
+            ok.then_some(())
         })
-        .await
+        .await;
+        waited.map_err(|e| {
+            let seen = last.lock().map(|l| l.clone()).unwrap_or_default();
+            e.context(format!("{service}: last seen {seen}"))
+        })
     }
 
     /// Shuts down gracefully (leave, drain) and waits for it.
