@@ -426,7 +426,7 @@ impl Sidecar {
     }
 
     /// Waits until this sidecar's config for `service` satisfies `pred`.
-    /// A timeout says what the sidecar last held (or why it could not be
+    /// A timeout says what the sidecar holds then (or why it could not be
     /// read), so that a failure on a loaded machine tells which step lagged.
     pub async fn wait_endpoints(
         &self,
@@ -434,23 +434,22 @@ impl Sidecar {
         what: &str,
         pred: impl Fn(&[(String, String)]) -> bool,
     ) -> anyhow::Result<()> {
-        let last = std::sync::Mutex::new(String::from("nothing read yet"));
         let waited = wait_for(what, Duration::from_secs(10), || async {
-            let seen = self.endpoints(service).await;
-            let ok = seen.as_ref().is_ok_and(|e| pred(e));
-            if let Ok(mut l) = last.lock() {
-                *l = match &seen {
-                    Ok(e) => format!("endpoints (id, health) {e:?}"),
-                    Err(e) => format!("no config: {e:#}"),
-                };
-            }
-            ok.then_some(())
+            self.endpoints(service)
+                .await
+                .ok()
+                .filter(|e| pred(e))
+                .map(|_| ())
         })
         .await;
-        waited.map_err(|e| {
-            let seen = last.lock().map(|l| l.clone()).unwrap_or_default();
-            e.context(format!("{service}: last seen {seen}"))
-        })
+        let Err(e) = waited else {
+            return Ok(());
+        };
+        let holds = match self.endpoints(service).await {
+            Ok(e) => format!("endpoints (id, health) {e:?}"),
+            Err(e) => format!("no config: {e:#}"),
+        };
+        Err(e.context(format!("{service}: the sidecar holds {holds}")))
     }
 
     /// Shuts down gracefully (leave, drain) and waits for it.

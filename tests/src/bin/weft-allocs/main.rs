@@ -372,6 +372,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|");
     let only = args.only.as_deref().unwrap_or("");
+    anyhow::ensure!(
+        paths.iter().any(|(name, _)| name.contains(only)),
+        "--only {only:?}: no path's name contains it (the paths: {})",
+        paths.map(|(name, _)| name).join("; ")
+    );
     for (name, addr) in paths.into_iter().filter(|(name, _)| name.contains(only)) {
         let c = measure(addr, &args).await?;
         let n = f64::from(args.calls / args.concurrency * args.concurrency);

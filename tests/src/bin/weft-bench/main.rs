@@ -481,16 +481,12 @@ fn main() -> anyhow::Result<()> {
     // more than the calls (perf sched saw the two trade the core every
     // 5 µs for a millisecond while the proxies' core sat idle, so that the
     // maximum rate measured the load generator, not the proxies).
-    let runtime = if args.pin {
+    let mut runtime = if args.pin {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
     };
-    runtime.block_on(bench(args))
+    runtime.enable_all().build()?.block_on(bench(args))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
