@@ -27,6 +27,7 @@
 //! type reaches a data path.
 
 pub mod addresses;
+pub mod deadline;
 pub mod duration;
 pub mod grpc;
 pub mod identity;

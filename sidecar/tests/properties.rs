@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use proptest::prelude::*;
 use prost::Message;
+use weft_proto::deadline;
 use weft_proto::identity::pem;
 use weft_proto::mutate::{OPS, mutate};
 use weft_proto::v1 as pb;
@@ -22,7 +23,6 @@ use weft_sidecar::identity::CertFiles;
 use weft_sidecar::intercept::AddressMap;
 use weft_sidecar::proxy::gateway::Certificates;
 use weft_sidecar::proxy::{Detected, detect_protocol};
-use weft_sidecar::resilience::deadline;
 use weft_sidecar::telemetry::context::{TraceContext, trace_state};
 
 fn edits(n: usize) -> impl Strategy<Value = Vec<(u8, usize, u8)>> {

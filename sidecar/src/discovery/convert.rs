@@ -22,7 +22,7 @@ use weft_proto::v1 as pb;
 use crate::model::inbound::{AnyCaller, Caller, HttpRule, InboundPolicy, Rule};
 use crate::model::policy::{
     BreakerConfig, BudgetConfig, FaultPolicy, HedgePolicy, Limits, Resilience, RetryPolicy,
-    Timeouts,
+    Timeouts, TryTimeout,
 };
 use crate::model::route::{RouteSpec, RuleSpec};
 use crate::model::{EndpointSpec, Health, ServicePolicy, Subset};
@@ -443,7 +443,7 @@ fn retry(r: &pb::RetryPolicy) -> Result<RetryPolicy, ChoiceError> {
     Ok(RetryPolicy {
         attempts: or(r.attempts, d.attempts).min(10),
         on: RetryConditions::parse(&r.on)?,
-        per_try_timeout: nonzero_ms(r.per_try_timeout_ms),
+        per_try_timeout: nonzero_ms(r.per_try_timeout_ms).map(TryTimeout::new),
         backoff_base: ms_or(r.backoff_base_ms, d.backoff_base),
         backoff_max: ms_or(r.backoff_max_ms, d.backoff_max),
         budget: BudgetConfig {
@@ -546,7 +546,10 @@ mod tests {
                 && !r.retry.on.grpc(GrpcCode::Unavailable)
                 && r.retry.on.http(500)
         );
-        assert_eq!(r.retry.per_try_timeout, Some(Duration::from_millis(100)));
+        assert_eq!(
+            r.retry.per_try_timeout.map(|t| t.limit()),
+            Some(Duration::from_millis(100))
+        );
         assert_eq!(r.breaker.consecutive_failures, 2);
         assert_eq!(r.breaker.base, Duration::from_secs(30));
         assert_eq!(r.limits.max_concurrent, Some(10));

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde::Serialize;
 use weft_proto::grpc::GrpcCode;
 use weft_proto::pattern::MethodPattern;
@@ -16,8 +17,7 @@ pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: u32,
     pub on: RetryConditions,
-    #[serde(serialize_with = "weft_proto::duration::serialize_opt")]
-    pub per_try_timeout: Option<Duration>,
+    pub per_try_timeout: Option<TryTimeout>,
     #[serde(serialize_with = "weft_proto::duration::serialize")]
     pub backoff_base: Duration,
     #[serde(serialize_with = "weft_proto::duration::serialize")]
@@ -40,6 +40,40 @@ impl Default for RetryPolicy {
             non_idempotent: false,
             max_replay_bytes: 64 * 1024,
         }
+    }
+}
+
+/// An attempt's own time limit, with the `grpc-timeout` that tells the
+/// upstream of it: formatted once, when the policy is built, rather than
+/// on every call that has the whole limit left (`outbound::plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryTimeout {
+    limit: Duration,
+    header: HeaderValue,
+}
+
+impl TryTimeout {
+    pub fn new(limit: Duration) -> Self {
+        TryTimeout {
+            limit,
+            header: weft_proto::deadline::format(limit),
+        }
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// `grpc-timeout: <limit>`; a clone shares its bytes.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+/// `/config` shows the limit as the YAML takes it (`300ms`).
+impl Serialize for TryTimeout {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        weft_proto::duration::serialize(&self.limit, s)
     }
 }
 

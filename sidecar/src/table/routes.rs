@@ -10,7 +10,7 @@ use weft_proto::name::ServiceName;
 use weft_proto::routing::{Filters, RouteTable};
 
 use super::target::Target;
-use crate::model::policy::RoutePolicy;
+use crate::model::policy::{RoutePolicy, TryTimeout};
 use crate::model::route::RuleSpec;
 
 /// The routes of one service, in precedence order.
@@ -134,7 +134,7 @@ pub fn rule_policy(service: &RoutePolicy, rule: &RuleSpec) -> RoutePolicy {
         p.timeouts.request = rule.request_timeout;
     }
     if rule.backend_request_timeout.is_some() {
-        p.retry.per_try_timeout = rule.backend_request_timeout;
+        p.retry.per_try_timeout = rule.backend_request_timeout.map(TryTimeout::new);
     }
     p
 }
@@ -219,7 +219,10 @@ mod tests {
         let p = rule_policy(&service, &rule);
         assert_eq!(p.timeouts.request, Some(Duration::from_secs(2)));
         assert_eq!(p.retry.attempts, 5);
-        assert_eq!(p.retry.per_try_timeout, Some(Duration::from_millis(300)));
+        assert_eq!(
+            p.retry.per_try_timeout.map(|t| t.limit()),
+            Some(Duration::from_millis(300))
+        );
         assert_eq!(
             p.timeouts.idle, service.timeouts.idle,
             "what it does not set stays"

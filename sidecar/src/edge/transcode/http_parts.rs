@@ -13,7 +13,7 @@ use super::Transcoder;
 use super::error::TranscodeError;
 use super::percent::{self, Mode};
 use super::rules::Binding;
-use crate::resilience::deadline;
+use weft_proto::deadline;
 
 /// A REST request as the gRPC call to send upstream.
 #[derive(Debug)]

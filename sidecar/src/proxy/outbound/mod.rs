@@ -41,7 +41,6 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::headers::is_grpc;
 use crate::proxy::response::{self, Layers};
 use crate::proxy::{CallerBody, HttpFuture};
-use crate::resilience::deadline;
 use crate::resilience::fault;
 use crate::resilience::limit::Permit;
 use crate::resilience::timed::{ActiveBody, Activity, StreamTimer};
@@ -51,6 +50,7 @@ use crate::telemetry::metrics::Direction;
 use attempt::{Answer, Bodies, Template};
 use plan::{Facts, Plan};
 use retry::{Call, Settled};
+use weft_proto::deadline;
 
 /// The outbound half of a sidecar: what the app's calls need.
 pub struct Outbound {

@@ -10,7 +10,8 @@ use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
 use super::route::RoutePolicy;
-use crate::resilience::deadline;
+use crate::model::policy::TryTimeout;
+use weft_proto::deadline;
 
 /// The hedge delay of a service without enough samples for a p95.
 pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(50);
@@ -27,7 +28,7 @@ pub struct Facts<'a> {
     pub mirrored: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// When the whole request must be answered: the route's timeout or the
     /// caller's deadline, whichever is sooner.
@@ -35,7 +36,7 @@ pub struct Plan {
     /// Attempts in all, the first included (1: never retried).
     pub attempts: u32,
     /// Each attempt's own limit.
-    pub per_try_timeout: Option<Duration>,
+    pub per_try: Option<TryTimeout>,
     /// Send a second copy to another endpoint after this long.
     pub hedge_after: Option<Duration>,
     /// Keep up to this many bytes of the body for another attempt.
@@ -69,7 +70,7 @@ impl Plan {
         Plan {
             deadline: total.map(|t| now + t),
             attempts: if may_retry { retry.attempts } else { 1 },
-            per_try_timeout: retry.per_try_timeout,
+            per_try: retry.per_try_timeout.clone(),
             hedge_after,
             replay_limit: (may_retry || hedge_after.is_some() || req.mirrored)
                 .then_some(retry.max_replay_bytes),
@@ -83,7 +84,7 @@ impl Plan {
         if left.is_some_and(|l| l.is_zero()) {
             return Err(DeadlinePassed);
         }
-        Ok(earliest(self.per_try_timeout, left))
+        Ok(earliest(self.per_try.as_ref().map(TryTimeout::limit), left))
     }
 
     /// The `grpc-timeout` of an attempt with `limit` (from
@@ -91,12 +92,14 @@ impl Plan {
     /// call, so it is marked for HPACK never to index: in the connection's
     /// dynamic tables each value would be searched, inserted, and push out
     /// the headers that do repeat. A per-try limit alone is the same value
-    /// every time, which HPACK sends as one byte once indexed.
+    /// every time, which HPACK sends as one byte once indexed, and is
+    /// formatted once, with the policy.
     pub fn timeout_header(&self, limit: Duration) -> HeaderValue {
-        let mut v = deadline::format(limit);
-        if self.per_try_timeout != Some(limit) {
-            v.set_sensitive(true);
+        if let Some(t) = self.per_try.as_ref().filter(|t| t.limit() == limit) {
+            return t.header().clone();
         }
+        let mut v = deadline::format(limit);
+        v.set_sensitive(true);
         v
     }
 
@@ -156,7 +159,7 @@ mod tests {
             request: Some(Duration::from_secs(5)),
             ..Timeouts::default()
         };
-        p.retry.per_try_timeout = Some(Duration::from_secs(1));
+        p.retry.per_try_timeout = Some(TryTimeout::new(Duration::from_secs(1)));
         let mut f = facts(true, &Method::POST);
         f.caller_timeout = Some(Duration::from_secs(2));
         let plan = Plan::new(&p, &f, now, no_p95);
@@ -177,7 +180,7 @@ mod tests {
     async fn only_what_is_left_of_a_deadline_is_kept_out_of_hpack_tables() {
         let now = Instant::now();
         let mut p = policy();
-        p.retry.per_try_timeout = Some(Duration::from_secs(1));
+        p.retry.per_try_timeout = Some(TryTimeout::new(Duration::from_secs(1)));
         let mut f = facts(true, &Method::POST);
         f.caller_timeout = Some(Duration::from_secs(2));
         let plan = Plan::new(&p, &f, now, no_p95);
