@@ -1,6 +1,8 @@
 //! The real binaries as child processes: found next to the test executable
 //! (cargo builds them with the workspace's tests), their stderr drained on a
-//! thread and kept for assertions, killed on drop.
+//! thread and kept for assertions, killed on drop, and killed by the kernel
+//! when this process dies without dropping them (a SIGKILL, e.g. a test
+//! harness's timeout): see [`spawn_tied`].
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -56,12 +58,13 @@ impl Proc {
         program: impl AsRef<std::ffi::OsStr>,
         args: &[String],
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied(command)?;
         let log = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
             child
@@ -169,6 +172,62 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` so that the kernel kills it (SIGKILL) when this
+/// process dies: `PR_SET_PDEATHSIG` in the child. Drop kills a child on
+/// every exit but a SIGKILL, after which sidecars and control planes used
+/// to run on, holding ports and a core. The signal follows the thread that
+/// forked the child, not the process, so every child is forked by one
+/// thread that lives as long as the process (not by a runtime's worker or
+/// blocking thread, which may end first).
+fn spawn_tied(command: Command) -> std::io::Result<Child> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("child-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    tie_to_this_process(&mut command);
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the spawner thread starts");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("the spawner's lock is poisoned"))?
+        .send((command, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread has ended"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread has ended"))?
+}
+
+#[allow(unsafe_code)]
+fn tie_to_this_process(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec, and calls only
+    // async-signal-safe system calls (prctl, getppid), allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nothing would signal us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -395,5 +454,65 @@ impl SidecarProc {
             outbound,
             _tmp: tmp,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the copy of this test binary that the test below starts.
+    const HELPER: &str = "WEFT_TIED_CHILD_HELPER";
+
+    /// A child spawned through `Proc` dies with the process that spawned
+    /// it, even when that process is SIGKILLed and drops nothing. The test
+    /// starts this test binary again as that process (the same test, with
+    /// `HELPER` set): it spawns `sleep`, says its pid, and waits to be
+    /// killed.
+    #[test]
+    fn a_child_dies_with_its_parent_even_on_sigkill() -> anyhow::Result<()> {
+        let name = "process::tests::a_child_dies_with_its_parent_even_on_sigkill";
+        if std::env::var_os(HELPER).is_some() {
+            let child = Proc::spawn_program("sleep", &["600".to_string()])?;
+            println!("child pid: {}", child.pid());
+            std::thread::sleep(Duration::from_secs(600));
+            return Ok(());
+        }
+        let mut parent = Command::new(std::env::current_exe()?)
+            .args(["--exact", name, "--nocapture"])
+            .env(HELPER, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = parent.stdout.take().expect("piped");
+        let pid = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("child pid: ").map(str::to_owned));
+        let _ = parent.kill();
+        let _ = parent.wait();
+        let pid: i32 = pid
+            .ok_or_else(|| anyhow::anyhow!("the helper said no child pid"))?
+            .parse()?;
+        // The kernel signals at once; reaping (the child is re-parented to
+        // init or a subreaper) may take a moment: bounded wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                // A zombie (state Z) has died; it only waits to be reaped.
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+            })
+        };
+        while alive(pid) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the child {pid} still runs 10 s after its parent was killed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }

@@ -121,7 +121,8 @@ fn main() -> std::process::ExitCode {
         rt.block_on(async {
             // Interrupted or terminated (Ctrl-C, `timeout`, `kill`), the
             // run is dropped: its child processes are killed with it, not
-            // left running. (SIGKILL cannot be caught; they outlive that.)
+            // left running. (A SIGKILL cannot be caught; then the kernel
+            // kills them: `weft_tests::process` ties them to this process.)
             tokio::select! {
                 r = run(cli) => r,
                 () = weft_process::shutdown::on_signal() => Err(anyhow::anyhow!("interrupted")),
