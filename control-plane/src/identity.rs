@@ -1,10 +1,15 @@
 //! The `Identity` gRPC service: signs sidecars' certificates. A first
 //! certificate needs a join token for the service; a renewal needs the
-//! current certificate as the call's client certificate.
+//! current certificate as the call's client certificate. Signing is
+//! bounded ([`Signing`]): a wave of joins or a flood of renewals waits its
+//! turn or is told to come back, and the rest of the control plane keeps
+//! its share of the CPU.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Request, Response, Status};
 use weft_proto::identity::{JoinToken, SpiffeId, peer_id};
 use weft_proto::time::unix_ms;
@@ -16,12 +21,88 @@ use crate::ca::{Ca, CaError};
 use crate::metrics::{IssueLabels, Metrics};
 use crate::store::Store;
 
+/// Requests that may wait for a signing slot; beyond them a request is
+/// answered `UNAVAILABLE` at once, which a sidecar retries with backoff
+/// (and at another replica, if there is one). With one slot and ~0.2 ms a
+/// certificate, the last of them waits some 50 ms.
+const MAX_WAITING: usize = 256;
+
+/// How many certificates are signed at once, and how many requests may
+/// wait for that. Signing is CPU work on the blocking pool (the CSR's
+/// signature checked, a certificate signed), which without a bound would
+/// take every core while a few thousand sidecars join at once, or while a
+/// misbehaving one asks in a loop, and starve the discovery streams.
+/// Only authorised requests (a valid token or certificate) get this far.
+pub struct Signing {
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+impl Signing {
+    pub fn new(slots: usize, max_waiting: usize) -> Self {
+        Signing {
+            slots: Semaphore::new(slots.max(1)),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    /// Half the cores (at least one): the other half stays with the
+    /// discovery streams and the API.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Signing::new(cores / 2, MAX_WAITING)
+    }
+
+    /// A slot, at once or after waiting in line; `UNAVAILABLE` when the
+    /// line is full.
+    async fn enter(&self) -> Result<SemaphorePermit<'_>, Status> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Ok(slot);
+        }
+        let _in_line = InLine::join(&self.waiting, self.max_waiting).ok_or_else(|| {
+            Status::unavailable(format!(
+                "the certificate authority is busy: {} requests already wait to be signed; \
+                 try again shortly",
+                self.max_waiting
+            ))
+        })?;
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("the signing slots are closed"))
+    }
+}
+
+/// One request waiting for a slot; leaves the line when dropped (signed,
+/// or its caller gone).
+struct InLine<'a>(&'a AtomicUsize);
+
+impl<'a> InLine<'a> {
+    fn join(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InLine(waiting))
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct IdentityService {
     ca: Arc<Ca>,
     tokens: Arc<TokenBook>,
     /// Asked when `tokens` does not know a token (see [`Self::admit`]).
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    signing: Signing,
 }
 
 impl IdentityService {
@@ -30,12 +111,14 @@ impl IdentityService {
         tokens: Arc<TokenBook>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        signing: Signing,
     ) -> Self {
         IdentityService {
             ca,
             tokens,
             store,
             metrics,
+            signing,
         }
     }
 
@@ -105,6 +188,9 @@ impl Identity for IdentityService {
                 ));
             }
         };
+        let _slot = self.signing.enter().await.inspect_err(|_| {
+            self.count("busy");
+        })?;
         let ca = self.ca.clone();
         let csr = req.csr;
         let id = allowed.clone();
@@ -209,6 +295,14 @@ mod tests {
     }
 
     fn service(dir: &std::path::Path, store: Lagging) -> anyhow::Result<IdentityService> {
+        service_signing(dir, store, Signing::new(1, MAX_WAITING))
+    }
+
+    fn service_signing(
+        dir: &std::path::Path,
+        store: Lagging,
+        signing: Signing,
+    ) -> anyhow::Result<IdentityService> {
         let ca = Ca::load_or_create(
             &CaSource::DataDir(dir.to_owned()),
             "weft.local",
@@ -219,7 +313,87 @@ mod tests {
             Arc::new(TokenBook::default()),
             Arc::new(store),
             Arc::new(Metrics::new()),
+            signing,
         ))
+    }
+
+    /// Polls `f` once: whether it finished.
+    fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+        let waker = futures_util::task::noop_waker();
+        std::pin::Pin::new(f).poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    #[tokio::test]
+    async fn signing_takes_its_slots_then_a_bounded_line_then_says_busy() -> anyhow::Result<()> {
+        let signing = Signing::new(1, 1);
+        let first = signing.enter().await?;
+        // The slot is taken: the next waits in line...
+        let mut second = Box::pin(signing.enter());
+        assert!(poll_once(&mut second).is_pending());
+        // ...and the line (one) is full: the third is told to come back,
+        // at once.
+        let std::task::Poll::Ready(third) = poll_once(&mut Box::pin(signing.enter())) else {
+            panic!("the third request waited instead of being told the line is full");
+        };
+        let busy = third.expect_err("a full line");
+        assert_eq!(busy.code(), tonic::Code::Unavailable, "{busy:?}");
+        assert!(busy.message().contains("busy"), "{busy:?}");
+        // The slot freed goes to the one waiting, which leaves the line.
+        drop(first);
+        let second = second.await?;
+        assert_eq!(signing.waiting.load(Ordering::Acquire), 0);
+        // A caller that gives up while in line leaves it too.
+        let mut gives_up = Box::pin(signing.enter());
+        assert!(poll_once(&mut gives_up).is_pending());
+        assert_eq!(signing.waiting.load(Ordering::Acquire), 1);
+        drop(gives_up);
+        assert_eq!(signing.waiting.load(Ordering::Acquire), 0);
+        drop(second);
+        drop(signing.enter().await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_authorised_request_finding_the_authority_busy_is_unavailable_and_counted()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let record = TokenRecord::new("orders", "s3cret", Duration::from_secs(60));
+        let ids = service_signing(
+            dir.path(),
+            Lagging {
+                held: Some(("t1".into(), record)),
+                down: false,
+            },
+            Signing::new(1, 0),
+        )?;
+        let issue = |token: String| {
+            ids.issue(Request::new(pb::IssueRequest {
+                csr: b"not a CSR".to_vec(),
+                token,
+            }))
+        };
+        let held = ids.signing.enter().await?;
+        let e = tokio::time::timeout(Duration::from_secs(5), issue(token("t1", "s3cret")))
+            .await
+            .map_err(|_| anyhow::anyhow!("the request waited instead of being told busy"))?
+            .expect_err("busy");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("busy"), "{e:?}");
+        let busy = ids
+            .metrics
+            .issued
+            .get_or_create(&IssueLabels { result: "busy" })
+            .get();
+        assert_eq!(busy, 1);
+        // Refused before it would wait: a wrong token never takes a slot.
+        let e = issue(token("t1", "guess")).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        // The slot free again, the request reaches the CA (which reads the
+        // CSR and refuses it).
+        drop(held);
+        let e = issue(token("t1", "s3cret")).await.expect_err("a bad CSR");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        Ok(())
     }
 
     #[tokio::test]

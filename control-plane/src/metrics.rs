@@ -100,7 +100,7 @@ impl Metrics {
         let issued = Family::<IssueLabels, Counter>::default();
         registry.register(
             "certificates",
-            "Certificate requests by result (issued, refused)",
+            "Certificate requests by result (issued, refused, busy: told to retry while the signing slots and their line were full)",
             issued.clone(),
         );
         let leader = Gauge::default();

@@ -24,7 +24,7 @@ use crate::ca::{Ca, CaError, CaSource};
 use crate::catalog::{Catalog, CatalogConfig, run_reaper};
 use crate::dashboard::Dashboard;
 use crate::discovery::DiscoveryService;
-use crate::identity::IdentityService;
+use crate::identity::{IdentityService, Signing};
 use crate::metrics::Metrics;
 use crate::store::{Replication, StoreConfig, StoreError};
 
@@ -242,6 +242,7 @@ pub async fn run(
             tokens,
             store.clone(),
             metrics.clone(),
+            Signing::for_this_machine(),
         )))
         .add_service(AdminServer::with_interceptor(admin_service, move |req| {
             auth.check(req)
