@@ -9,6 +9,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+/// The most services one sidecar may want on its discovery stream (its
+/// declared upstreams and the services it subscribed to since). Far more
+/// than any app calls: it bounds what one sidecar's app, naming a new
+/// service per request, can make the sidecar ask for and keep, and what one
+/// stream can make the control plane keep.
+pub const MAX_WANTED: usize = 10_000;
+
 /// Why a text is not a service name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

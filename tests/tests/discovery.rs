@@ -77,8 +77,17 @@ async fn services_are_learned_on_demand_and_unknown_ones_fail_fast() -> anyhow::
         "took {:?}",
         started.elapsed()
     );
+    // Names the mesh does not know are counted together, under
+    // `(unresolved)`: an app naming a new one per request cannot grow the
+    // label sets.
+    for i in 2..=20 {
+        let mut c = by_authority(caller.outbound, &format!("nobody-{i}")).await?;
+        let e = c.unary(EchoRequest::default()).await.expect_err("unknown");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
 
     let m = caller.metrics().await?;
+    assert!(!m.contains("nobody"), "{m}");
     assert_eq!(
         metric(&m, "weft_control_plane_stream", &[("state", "synced")]),
         Some(1.0),
@@ -98,12 +107,21 @@ async fn services_are_learned_on_demand_and_unknown_ones_fail_fast() -> anyhow::
             &m,
             "weft_responses_total",
             &[
-                ("service", "nobody"),
+                ("service", "(unresolved)"),
                 ("error", "unknown-service"),
                 ("grpc_status", "14")
             ]
         ),
-        Some(1.0),
+        Some(20.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weft_requests_total",
+            &[("direction", "outbound"), ("service", "(unresolved)")]
+        ),
+        Some(20.0),
         "{m}"
     );
     Ok(())

@@ -1,9 +1,9 @@
 //! What a sidecar may make the catalog keep, even with a valid certificate:
 //! how many services it may want, and how much of the text it reports.
 
-/// The most services one sidecar may want (declared and subscribed). Far
-/// more than any app calls; it bounds what one stream can make us keep.
-pub const MAX_WANTED: usize = 10_000;
+/// The most services one sidecar may want (declared and subscribed): the
+/// protocol's bound, which the sidecar keeps too.
+pub use weft_proto::name::MAX_WANTED;
 
 /// Text a sidecar reports (a NACK reason, a health detail) is kept and
 /// logged up to this many bytes.

@@ -88,7 +88,22 @@ impl Exchange {
         req: &mut Request<B>,
         grpc: bool,
     ) -> Self {
-        let route = if grpc {
+        Self::begin_at(tel, direction, service, req, grpc, Instant::now())
+    }
+
+    /// As [`Exchange::begin`], for a request that arrived at `start`: the
+    /// outbound side names the service only once it is resolved (the
+    /// mesh's own work before that counts in the request's time).
+    pub fn begin_at<B>(
+        tel: &Arc<Telemetry>,
+        direction: Direction,
+        service: ServiceName,
+        req: &mut Request<B>,
+        grpc: bool,
+        start: Instant,
+    ) -> Self {
+        // A service the mesh does not know has no methods to tell apart.
+        let route = if grpc && !service.is_unresolved() {
             tel.routes
                 .grpc(direction == Direction::inbound, &service, req.uri().path())
         } else {
@@ -109,7 +124,7 @@ impl Exchange {
         let detail = (tel.access_log || trace.as_ref().is_some_and(|t| t.ctx.sampled)).then(|| {
             Box::new(Detail {
                 trace,
-                wall_start: SystemTime::now(),
+                wall_start: since(start),
                 method: req.method().clone(),
                 path: req.uri().path().to_string(),
                 grpc,
@@ -123,7 +138,7 @@ impl Exchange {
         Exchange {
             tel: tel.clone(),
             labels,
-            start: Instant::now(),
+            start,
             transport: Transport::Mtls,
             edge,
             detail,
@@ -263,6 +278,12 @@ impl Exchange {
             });
         }
     }
+}
+
+/// The wall-clock time of `start` (its span's start), from now.
+fn since(start: Instant) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(start.elapsed()).unwrap_or(now)
 }
 
 /// OpenTelemetry semantic conventions: `rpc.*` for gRPC (named

@@ -23,7 +23,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use weft_proto::name::ServiceName;
+use weft_proto::name::{MAX_WANTED, ServiceName};
 
 use crate::error::ProxyError;
 
@@ -70,6 +70,7 @@ pub struct Routes {
     changed: watch::Sender<u64>,
     /// Asks the discovery client to subscribe; `None` with a static config.
     subscribe: Option<mpsc::UnboundedSender<ServiceName>>,
+    /// Every name asked for, at most [`MAX_WANTED`].
     asked: Mutex<HashSet<ServiceName>>,
 }
 
@@ -105,11 +106,18 @@ impl Routes {
             return Err(ProxyError::UnknownService(name.into()));
         };
         let mut changed = self.changed.subscribe();
-        let first = self
-            .asked
-            .lock()
-            .map(|mut a| a.insert(service.clone()))
-            .unwrap_or(true);
+        let first = match self.asked.lock() {
+            // The control plane would keep no more for this sidecar: the
+            // name could only wait out the timeout, and be kept here.
+            Ok(asked) if asked.len() >= MAX_WANTED && !asked.contains(&service) => {
+                return Err(ProxyError::NoRoute(format!(
+                    "{name:?} is not known here, and this sidecar has already asked the \
+                     control plane for {MAX_WANTED} services, the most one may ask for"
+                )));
+            }
+            Ok(mut asked) => asked.insert(service.clone()),
+            Err(_) => true,
+        };
         if first {
             let _ = tx.send(service);
         }
@@ -289,5 +297,47 @@ mod tests {
             routes.resolve("127.0.0.1:9", Duration::from_secs(1)).await,
             Err(ProxyError::UnknownService(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_wanted_names_are_asked_for() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let routes = Routes::new(Some(tx));
+        let wait = Duration::from_millis(1);
+        for i in 0..MAX_WANTED {
+            let r = routes.resolve(&format!("s{i}"), wait).await;
+            assert!(matches!(r, Err(ProxyError::DiscoveryTimeout(_))), "s{i}");
+        }
+        // One more name is refused at once, without asking or waiting.
+        let before = Instant::now();
+        match routes.resolve("one-more", Duration::from_secs(60)).await {
+            Err(ProxyError::NoRoute(why)) => {
+                assert!(
+                    why.contains("\"one-more\"") && why.contains("10000"),
+                    "{why}"
+                )
+            }
+            Err(e) => panic!("refused as {e:?}"),
+            Ok(_) => panic!("one-more resolved"),
+        }
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        let mut sent = 0;
+        while let Ok(n) = rx.try_recv() {
+            assert_eq!(n.as_str(), format!("s{sent}"));
+            sent += 1;
+        }
+        assert_eq!(sent, MAX_WANTED);
+        // A name already asked for is still waited for (not asked again),
+        // and found once the control plane sends it.
+        let s1 = ServiceName::parse("s1").expect("name");
+        let found = routes.resolve("s1", Duration::from_secs(60));
+        let answer = async {
+            tokio::task::yield_now().await;
+            let st = state(LoadBalancer::P2cEwma, &[("127.0.0.1:1", Health::Healthy)]);
+            routes.store(builder().build([(&s1, &st)].into_iter(), std::iter::empty()));
+        };
+        let (found, ()) = tokio::join!(found, answer);
+        assert!(found.is_ok());
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -13,8 +13,10 @@
 //!         ─► one response (response headers), its body layered once (proxy::response)
 //! ```
 //!
-//! The request is observed from the first step to the end of its response
-//! by its [`Exchange`] (metrics, span, access log).
+//! The request is observed by its [`Exchange`] (metrics, span, access log)
+//! from its arrival to the end of its response. It is counted once the
+//! route step has resolved its service: under that service's name, or
+//! under `(unresolved)` when the mesh knows no such service.
 
 mod attempt;
 mod mirror;
@@ -79,27 +81,36 @@ impl Outbound {
         fixed: Option<&ServiceName>,
         port: Option<u16>,
     ) -> Response<BoxBody> {
+        let start = Instant::now();
         let grpc = is_grpc(req.headers());
         let dest = Destination::of(&req, fixed).map(|d| d.with_port(port));
-        let label = dest
-            .as_ref()
-            .map_or_else(ServiceName::unresolved, |d| d.service.clone());
-        let ex = Exchange::begin(&self.telemetry, Direction::outbound, label, &mut req, grpc);
-        let Some(dest) = dest else {
-            let why = "the request names no service (no Host or :authority)";
-            return ex.fail(ProxyError::NoRoute(why.into()), grpc);
+        // The service is resolved before the request is counted: a name the
+        // mesh does not know counts as `(unresolved)`, so that an app (or a
+        // scanner behind it) naming a new service per request cannot grow
+        // the metrics' label sets, and the sidecar's memory, without bound.
+        let resolved = match &dest {
+            Some(d) => d
+                .route(&self.routes, self.discovery_timeout, Some(&req))
+                .await
+                .map(|route| (d, route)),
+            None => Err(ProxyError::NoRoute(
+                "the request names no service (no Host or :authority)".into(),
+            )),
         };
-        let route = match dest
-            .route(&self.routes, self.discovery_timeout, Some(&req))
-            .await
-        {
+        let label = match &resolved {
+            Ok((d, _)) => d.service.clone(),
+            Err(_) => ServiceName::unresolved(),
+        };
+        let tel = &self.telemetry;
+        let ex = Exchange::begin_at(tel, Direction::outbound, label, &mut req, grpc, start);
+        let (dest, route) = match resolved {
             Ok(r) => r,
             Err(e) => return ex.fail(e, grpc),
         };
         // The body is watched for activity (the idle limit).
         let activity = Activity::new();
         let req = req.map(|b| boxed(ActiveBody::new(b, activity.clone())));
-        self.send(req, &dest, route, ex, grpc, activity).await
+        self.send(req, dest, route, ex, grpc, activity).await
     }
 
     /// From the rule's filters on: the request goes to `route`. The
