@@ -429,6 +429,34 @@ mod tests {
         assert_eq!(ex.log_ids(), None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_time_before_a_request_is_counted_is_in_its_duration() {
+        let tel = Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false));
+        let mut req = Request::builder()
+            .uri("/echo.Echo/Unary")
+            .body(())
+            .expect("request");
+        let arrived = Instant::now();
+        // The outbound side resolves the service first (here 40 ms of
+        // waiting for the control plane), then counts the request.
+        tokio::time::advance(std::time::Duration::from_millis(40)).await;
+        let service = ServiceName::parse("echo").expect("name");
+        let ex = Exchange::begin_at(&tel, Direction::outbound, service, &mut req, true, arrived);
+        tokio::time::advance(std::time::Duration::from_millis(2)).await;
+        ex.finish(&Outcome::from_headers(
+            http::StatusCode::OK,
+            &http::HeaderMap::new(),
+        ));
+        let text = tel.metrics.render();
+        let sum = text
+            .lines()
+            .find(|l| l.starts_with("weft_request_duration_seconds_sum{") && l.contains("echo"))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no duration recorded: {text}"));
+        assert!((sum - 0.042).abs() < 1e-9, "{sum}");
+    }
+
     #[test]
     fn an_outbound_request_counts_for_the_service_its_last_try_went_to() {
         let tel = Arc::new(Telemetry::new(Arc::new(Metrics::new()), None, false));
