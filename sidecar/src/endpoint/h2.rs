@@ -45,6 +45,24 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Streams opened before the peer's SETTINGS say how many it takes.
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
+/// How many streams this end reset are remembered, and for how long, so
+/// that frames the peer had already sent for them are dropped quietly.
+/// Both ends reset streams in bursts: a server answers a request before
+/// reading its body (an `overloaded` or `unknown-service` answer) and
+/// then resets the rest of it (RFC 9113 §8.1, NO_ERROR); a client resets
+/// the calls a deadline, a hedge or its caller gave up on. h2's defaults,
+/// 50 for 1 s, are below the 200 streams one connection may have open:
+/// past them a new reset is forgotten at once, a frame that was on its way
+/// for it draws a STREAM_CLOSED reset that h2 counts as the peer's error,
+/// and after 1,024 of those in a connection's life h2 ends it with GOAWAY
+/// ENHANCE_YOUR_CALM, failing every call on it. (Found by the overload
+/// test: at 3× the maximum rate, a few calls in 2,000 failed that way.)
+/// 2,048 for 200 ms keeps up with 10,000 resets a second per connection,
+/// for at most a few hundred bytes each while they are remembered; 200 ms
+/// is far longer than a frame already sent takes to arrive.
+pub(crate) const RESET_STREAMS_REMEMBERED: usize = 2048;
+pub(crate) const RESET_STREAM_MEMORY: Duration = Duration::from_millis(200);
+
 pub struct H2Client {
     target: ConnectTarget,
     connector: Arc<dyn Connector>,
@@ -110,6 +128,8 @@ impl H2Client {
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST)
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+            .reset_stream_duration(RESET_STREAM_MEMORY)
             .enable_push(false)
             .handshake::<BoxedIo, Bytes>(io)
             .await

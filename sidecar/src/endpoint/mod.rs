@@ -7,7 +7,7 @@ mod load;
 
 pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
 pub use h2::{H2Body, H2Client};
-pub(crate) use h2::{Pump, keepalive};
+pub(crate) use h2::{Pump, RESET_STREAM_MEMORY, RESET_STREAMS_REMEMBERED, keepalive};
 pub use load::{Load, PendingGuard, prefer_second};
 
 use std::sync::Arc;

@@ -34,7 +34,7 @@ use super::HttpFuture;
 use super::headers::strip_hop_by_hop;
 use crate::body::{BoxBody, BoxError};
 use crate::drain;
-use crate::endpoint::{H2Body, Pump, keepalive};
+use crate::endpoint::{H2Body, Pump, RESET_STREAM_MEMORY, RESET_STREAMS_REMEMBERED, keepalive};
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
@@ -117,6 +117,8 @@ where
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .reset_stream_duration(RESET_STREAM_MEMORY)
         .handshake::<_, Bytes>(io)
         .await?;
     let mut keepalive = pin!(keepalive(
@@ -579,5 +581,103 @@ mod tests {
             "dropped after {waited:?}"
         );
         reader.abort();
+    }
+
+    /// One HTTP/2 frame, as a peer writes it.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Reads frames until `want` answers (HEADERS with END_STREAM) have
+    /// come; fails on a GOAWAY.
+    async fn read_answers(io: &mut tokio::io::DuplexStream, buf: &mut Vec<u8>, want: usize) {
+        let mut answers = 0;
+        while answers < want {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                assert_ne!(
+                    kind,
+                    0x7,
+                    "GOAWAY after {answers} answers of {want}: {:?}",
+                    String::from_utf8_lossy(&buf[17..9 + len])
+                );
+                if kind == 0x1 && flags & 0x1 != 0 {
+                    answers += 1;
+                }
+                buf.drain(..9 + len);
+            }
+            if answers < want {
+                let mut chunk = [0u8; 16 * 1024];
+                let n = io.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed after {answers} answers of {want}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_that_arrive_after_early_answers_do_not_end_the_connection() {
+        // An overloaded or unknown service is answered before the request's
+        // body is read; the caller's DATA, already on its way, then arrives
+        // for streams the answer reset. Thousands of them, in bursts as wide
+        // as the streams allowed at once, must not read as a peer's errors.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 22);
+        let (_signal, watch) = crate::drain::channel();
+        let answer_at_once = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async { Ok(Response::new(crate::body::empty())) })
+        });
+        let server = tokio::spawn(serve(ours, answer_at_once, watch));
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[]));
+        theirs.write_all(&out).await.expect("preface");
+        // Literal header fields without indexing: no HPACK state.
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/weft.test.v1.Echo/Unary"),
+            (":authority", "echo"),
+        ] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        let mut buf = Vec::new();
+        let burst = MAX_CONCURRENT_STREAMS;
+        let bursts = 9;
+        for b in 0..bursts {
+            let ids: Vec<u32> = (0..burst).map(|i| 1 + 2 * (b * burst + i)).collect();
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(frame(0x1, 0x4, *id, &block));
+            }
+            theirs.write_all(&out).await.expect("headers");
+            read_answers(&mut theirs, &mut buf, burst as usize).await;
+            // Each request's body, after its answer.
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(frame(0x0, 0x1, *id, &[0, 0, 0, 0, 0]));
+            }
+            theirs.write_all(&out).await.expect("data");
+        }
+        // Still served: one more call is answered.
+        let id = 1 + 2 * bursts * burst;
+        theirs
+            .write_all(&frame(0x1, 0x5, id, &block))
+            .await
+            .expect("last");
+        read_answers(&mut theirs, &mut buf, 1).await;
+        assert!(!server.is_finished());
+        server.abort();
     }
 }
