@@ -773,4 +773,126 @@ mod tests {
         );
         assert!(!client.is_connected());
     }
+
+    /// Reads whole frames from `io` into `buf` until `done` says stop;
+    /// fails on a GOAWAY. Returns the (kind, flags, stream) of each frame.
+    async fn frames_until(
+        io: &mut DuplexStream,
+        buf: &mut Vec<u8>,
+        mut done: impl FnMut(u8, u8, u32) -> bool,
+    ) {
+        use tokio::io::AsyncReadExt;
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        loop {
+            if buf.starts_with(PREFACE) {
+                buf.drain(..PREFACE.len());
+            }
+            while buf.len() >= 9 && !PREFACE.starts_with(&buf[..9]) {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                assert_ne!(
+                    kind,
+                    0x7,
+                    "the client sent GOAWAY: {:?}",
+                    String::from_utf8_lossy(&buf[17..9 + len])
+                );
+                buf.drain(..9 + len);
+                if done(kind, flags, id) {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = io.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the client closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn answers_that_arrive_after_the_calls_were_given_up_do_not_end_the_connection() {
+        // Calls given up in bursts (a deadline, hedges, callers gone) are
+        // reset; the peer's answers, already on their way, then arrive for
+        // streams this end reset. The connection must stay up for the
+        // calls that follow.
+        use futures_util::stream::FuturesUnordered;
+        use tokio::io::AsyncWriteExt;
+        let (client, mut theirs) = client();
+        // The server's settings (none: no bound on streams) and its ACK of
+        // the client's, ahead of everything.
+        let mut out = frame(0x4, 0, 0, &[]);
+        out.extend(frame(0x4, 0x1, 0, &[]));
+        theirs.write_all(&out).await.expect("settings");
+        let mut buf = Vec::new();
+        let call = || {
+            let req = http::Request::post("http://peer/unary")
+                .body(crate::body::full(Bytes::from_static(b"x")))
+                .expect("request");
+            client.send(req, None)
+        };
+        let burst = 200;
+        for _ in 0..9 {
+            let mut calls: FuturesUnordered<_> = (0..burst).map(|_| call()).collect();
+            let mut ids = Vec::new();
+            {
+                let reading = frames_until(&mut theirs, &mut buf, |kind, _, id| {
+                    if kind == 0x1 {
+                        ids.push(id);
+                    }
+                    ids.len() == burst
+                });
+                tokio::pin!(reading);
+                tokio::select! {
+                    () = &mut reading => {}
+                    r = calls.next() => panic!("a call ended unanswered: {:?}", r.map(|r| r.err())),
+                }
+            }
+            // Given up: each is reset...
+            drop(calls);
+            let mut reset = 0;
+            frames_until(&mut theirs, &mut buf, |kind, _, id| {
+                reset += usize::from(kind == 0x3 && ids.contains(&id));
+                reset == burst
+            })
+            .await;
+            // ...and then its answer arrives (":status: 200", END_STREAM).
+            let mut out = Vec::new();
+            for id in &ids {
+                out.extend(frame(0x1, 0x5, *id, &[0x88]));
+            }
+            theirs.write_all(&out).await.expect("late answers");
+        }
+        // The next call is answered on the same connection.
+        let next = call();
+        tokio::pin!(next);
+        let mut id = 0;
+        {
+            let reading = frames_until(&mut theirs, &mut buf, |kind, _, i| {
+                id = i;
+                kind == 0x1
+            });
+            tokio::pin!(reading);
+            tokio::select! {
+                () = &mut reading => {}
+                r = &mut next => panic!("the call ended unanswered: {:?}", r.err()),
+            }
+        }
+        theirs
+            .write_all(&frame(0x1, 0x5, id, &[0x88]))
+            .await
+            .expect("answer");
+        let (resp, _) = next.await.expect("answered");
+        assert_eq!(resp.status(), http::StatusCode::OK);
+    }
 }
