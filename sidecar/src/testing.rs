@@ -55,3 +55,51 @@ impl AsyncWrite for Counted {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+/// One HTTP/2 frame, as a peer writes it by hand.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads whole HTTP/2 frames from `io` (skipping a client's preface),
+/// buffering in `buf`, and hands each one's (kind, flags, stream) to
+/// `done` until it says stop; fails on a GOAWAY or a closed pipe.
+pub async fn frames_until(
+    io: &mut DuplexStream,
+    buf: &mut Vec<u8>,
+    mut done: impl FnMut(u8, u8, u32) -> bool,
+) {
+    use tokio::io::AsyncReadExt;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    loop {
+        if buf.starts_with(PREFACE) {
+            buf.drain(..PREFACE.len());
+        }
+        while buf.len() >= 9 && !PREFACE.starts_with(&buf[..9]) {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            assert_ne!(
+                kind,
+                0x7,
+                "the peer sent GOAWAY: {:?}",
+                String::from_utf8_lossy(&buf[17..9 + len])
+            );
+            buf.drain(..9 + len);
+            if done(kind, flags, id) {
+                return;
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = io.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the peer closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

@@ -245,7 +245,7 @@ mod tests {
 
     use super::*;
     use crate::body::full;
-    use crate::testing::Counted;
+    use crate::testing::{Counted, frame, frames_until};
 
     /// A handler from a closure.
     fn handler<F>(f: F) -> impl Handler
@@ -583,44 +583,15 @@ mod tests {
         reader.abort();
     }
 
-    /// One HTTP/2 frame, as a peer writes it.
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend([kind, flags]);
-        f.extend(stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
     /// Reads frames until `want` answers (HEADERS with END_STREAM) have
     /// come; fails on a GOAWAY.
     async fn read_answers(io: &mut tokio::io::DuplexStream, buf: &mut Vec<u8>, want: usize) {
         let mut answers = 0;
-        while answers < want {
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                assert_ne!(
-                    kind,
-                    0x7,
-                    "GOAWAY after {answers} answers of {want}: {:?}",
-                    String::from_utf8_lossy(&buf[17..9 + len])
-                );
-                if kind == 0x1 && flags & 0x1 != 0 {
-                    answers += 1;
-                }
-                buf.drain(..9 + len);
-            }
-            if answers < want {
-                let mut chunk = [0u8; 16 * 1024];
-                let n = io.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "closed after {answers} answers of {want}");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        }
+        frames_until(io, buf, |kind, flags, _| {
+            answers += usize::from(kind == 0x1 && flags & 0x1 != 0);
+            answers == want
+        })
+        .await;
     }
 
     #[tokio::test]
