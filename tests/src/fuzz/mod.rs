@@ -4,7 +4,8 @@
 //! listener, many connections at once, each input bounded by a timeout.
 //! Between batches and at the end it checks that every process still runs,
 //! logged no panic, keeps its memory within a bound, and carries a normal
-//! call through the pair.
+//! call through the pair, and that the caller's metrics name no service
+//! the mesh does not hold.
 //!
 //! Every input is drawn from `(seed, index)` alone, so a run is replayed
 //! from its seed; which connection carries it depends on timing.
@@ -558,6 +559,68 @@ async fn one_input(
     }
 }
 
+/// The services this mesh holds: the only ones the caller's metrics may
+/// name, besides `(unresolved)` for every name it does not know.
+const MESH_SERVICES: [&str; 4] = ["echo", "caller", "fuzz", "(unresolved)"];
+
+/// Checks that the caller's outbound metrics name only the mesh's services.
+/// Mutated `:authority`s are valid service names now and then (`0cho`,
+/// `4echo`); counted under their own names, each grew every request
+/// family by a series (docs/robustness.md, "The caller's memory, found and
+/// bounded"), which the RSS bound sees only over millions of inputs.
+async fn metrics_name_known_services(admin: SocketAddr) -> anyhow::Result<()> {
+    let text = crate::util::http_get(&format!("http://{admin}/metrics"))
+        .await?
+        .body;
+    let named = outbound_services(&text);
+    anyhow::ensure!(
+        named.contains_key("echo"),
+        "the caller's metrics have no outbound series for echo, which the \
+         normal calls went to: the check does not read them"
+    );
+    let odd: Vec<(&String, &str)> = named
+        .iter()
+        .filter(|(n, _)| !MESH_SERVICES.contains(&n.as_str()))
+        .map(|(n, line)| (n, *line))
+        .collect();
+    anyhow::ensure!(
+        odd.is_empty(),
+        "the caller's metrics name {} services the mesh does not hold, e.g. {:#?}",
+        odd.len(),
+        &odd[..odd.len().min(3)]
+    );
+    Ok(())
+}
+
+/// The `service` label of every outbound series in Prometheus' text
+/// format, each with the first line that names it.
+fn outbound_services(text: &str) -> std::collections::BTreeMap<String, &str> {
+    let mut named = std::collections::BTreeMap::new();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains("direction=\"outbound\""))
+        .filter_map(|l| {
+            let rest = &l[l.find("service=\"")? + "service=\"".len()..];
+            // Escaped quotes (`\"`) do not end the value.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            Some((rest[..end?].to_string(), l))
+        })
+        .for_each(|(service, line)| {
+            named.entry(service).or_insert(line);
+        });
+    named
+}
+
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -605,6 +668,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     });
     let total_weight: u64 = targets.iter().map(|t| t.weight).sum();
     let upstream = mesh.upstream;
+    let caller_admin = mesh.caller.admin;
     let mut procs: Vec<(&mut Proc, ProcReport)> = [
         ("control plane", &mut mesh.cp.proc),
         ("echo sidecar", &mut mesh.echo.proc),
@@ -666,6 +730,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         if let Err(e) = normal_call(upstream).await {
             failed_checks.push(format!("the normal call after {done} inputs failed: {e:#}"));
         }
+        if let Err(e) = metrics_name_known_services(caller_admin).await {
+            failed_checks.push(format!("after {done} inputs: {e:#}"));
+        }
         if procs.iter().any(|(_, r)| r.exited.is_some()) {
             break;
         }
@@ -688,4 +755,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         checks,
         failed_checks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outbound_services;
+
+    #[test]
+    fn outbound_services_are_read_from_the_service_label() {
+        let text = "# HELP weft_requests_total Requests.\n\
+            weft_requests_total{direction=\"outbound\",service=\"echo\",route=\"/a\"} 3\n\
+            weft_requests_total{direction=\"inbound\",service=\"caller\"} 1\n\
+            weft_request_duration_seconds_bucket{direction=\"outbound\",service=\"(unresolved)\",le=\"0.1\"} 2\n\
+            weft_requests_total{direction=\"outbound\",service=\"a\\\"b\"} 1\n";
+        let got: Vec<String> = outbound_services(text).into_keys().collect();
+        assert_eq!(got, ["(unresolved)", "a\\\"b", "echo"]);
+    }
 }
