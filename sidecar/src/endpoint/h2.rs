@@ -56,7 +56,8 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 /// for it draws a STREAM_CLOSED reset that h2 counts as the peer's error,
 /// and after 1,024 of those in a connection's life h2 ends it with GOAWAY
 /// ENHANCE_YOUR_CALM, failing every call on it. (Found by the overload
-/// test: at 3× the maximum rate, a few calls in 2,000 failed that way.)
+/// test: at 3× the maximum rate, a few calls in 2,000 failed that way.
+/// That budget is now the server's alone: see `H2Client::connect`.)
 /// 2,048 for 200 ms keeps up with 10,000 resets a second per connection,
 /// for at most a few hundred bytes each while they are remembered; 200 ms
 /// is far longer than a frame already sent takes to arrive.
@@ -130,6 +131,16 @@ impl H2Client {
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .reset_stream_duration(RESET_STREAM_MEMORY)
+            // h2 counts each frame that comes for a stream this end reset
+            // and has forgotten, and at 1,024 in the connection's life,
+            // never refilled, ends it. On a server that budget stops a
+            // client from making it reset streams on purpose (and so open
+            // more than it may); a client's streams are bounded by its own
+            // calls. Here it only limits how many calls a connection to a
+            // peer sidecar or the app may give up over its life, before a
+            // slow answer to one of them fails every call on it (as
+            // tonic's and hyper's users met: hyperium/h2#856).
+            .max_local_error_reset_streams(None)
             .enable_push(false)
             .handshake::<BoxedIo, Bytes>(io)
             .await
@@ -774,12 +785,10 @@ mod tests {
         assert!(!client.is_connected());
     }
 
-    #[tokio::test]
-    async fn answers_that_arrive_after_the_calls_were_given_up_do_not_end_the_connection() {
-        // Calls given up in bursts (a deadline, hedges, callers gone) are
-        // reset; the peer's answers, already on their way, then arrive for
-        // streams this end reset. The connection must stay up for the
-        // calls that follow.
+    /// Gives up `bursts` bursts of 200 calls (each reset), then lets the
+    /// peer's answers to them arrive; panics unless the next call is then
+    /// answered on the same connection.
+    async fn late_answers_then_a_call(bursts: usize) {
         use futures_util::stream::FuturesUnordered;
         use tokio::io::AsyncWriteExt;
         let (client, mut theirs) = client();
@@ -796,7 +805,7 @@ mod tests {
             client.send(req, None)
         };
         let burst = 200;
-        for _ in 0..9 {
+        for _ in 0..bursts {
             let mut calls: FuturesUnordered<_> = (0..burst).map(|_| call()).collect();
             let mut ids = Vec::new();
             {
@@ -848,5 +857,25 @@ mod tests {
             .expect("answer");
         let (resp, _) = next.await.expect("answered");
         assert_eq!(resp.status(), http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn answers_that_arrive_after_the_calls_were_given_up_do_not_end_the_connection() {
+        // Calls given up in bursts (a deadline, hedges, callers gone) are
+        // reset; the peer's answers, already on their way, then arrive for
+        // streams this end reset and still remembers. The connection must
+        // stay up for the calls that follow.
+        late_answers_then_a_call(9).await;
+    }
+
+    #[tokio::test]
+    async fn answers_for_resets_long_forgotten_do_not_end_the_connection() {
+        // Over a connection's life more calls are given up than any memory
+        // of resets holds: 3,400 here, past the 2,048 remembered, so that
+        // at least 1,352 answers come for streams this end has forgotten.
+        // Each draws a STREAM_CLOSED reset that h2 counts, and with its
+        // default budget (1,024 in a connection's life, never refilled) it
+        // would end the connection, failing every call on it.
+        late_answers_then_a_call(17).await;
     }
 }
