@@ -64,12 +64,14 @@ CARGO_TARGET_DIR=target/pgo/gen RUSTFLAGS="-Cprofile-generate=$data" \
 # weft-bench and what it starts (the control plane, the backends).
 cargo build --locked --release --workspace --bins
 # train LOG NAME=VALUE...: one weft-bench run, every path, in that
-# environment (WEFT_SIDECAR_BIN names the sidecar it runs).
+# environment (WEFT_SIDECAR_BIN names the sidecar it runs). Each path runs
+# its 3 s in one go and at one count in flight: the workload every shipped
+# profile was trained on, kept when weft-bench's defaults changed.
 train() {
     log=$1
     shift
     echo "pgo.sh: training run (weft-bench, about 100 s; log in $log)"
-    env "$@" target/release/weft-bench --seconds 3 --rounds 1 --payload 64 >"$log" 2>&1 ||
+    env "$@" target/release/weft-bench --seconds 3 --turn 3 --rounds 1 --payload 64 --concurrency 64 >"$log" 2>&1 ||
         {
             tail -20 "$log" >&2
             echo "pgo.sh: the training run failed (log above)" >&2

@@ -27,7 +27,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "sidecar: $WEFT_SIDECAR_BIN; records in $out" >&2
 WEFT_SIDECAR_BIN=$WEFT_SIDECAR_BIN target/release/weft-bench --pin ${ENVOY:+--envoy "$ENVOY"} \
-    --only "direct|$paths" --seconds 6 --rounds 1 --payload 64 \
+    --only "direct|$paths" --seconds 6 --turn 6 --rounds 1 --payload 64 \
     >"$out/bench.out" 2>"$out/bench.err" &
 bench=$!
 # write, writev, sendto, sendmsg; read, recvfrom; epoll_wait, epoll_pwait

@@ -44,18 +44,28 @@ mod versus;
     about = "gRPC latency and throughput, direct vs through two Weft sidecars"
 )]
 struct Args {
-    /// Seconds per measured run.
+    /// Seconds each path runs per round: at the fixed rate in turns of
+    /// `--turn` seconds (the paths take turns), at the maximum rate in one
+    /// run per count in flight.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of each path's turn at the fixed rate; `--seconds` or more
+    /// runs each path's round in one go (`tests/bench/critical-path.sh`
+    /// records one path at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    turn: u64,
     /// The fixed rate, requests per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// Requests in flight in the maximum-rate runs, split over two load
-    /// threads. 64 is where Envoy's pair peaked on the 2-core machine
-    /// (docs/performance.md); fewer leave the proxies' core idle between
-    /// batches.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    /// threads; with several (`64,96`), each path runs at each count and
+    /// its maximum is the best of them. A closed loop finds a proxy's
+    /// maximum only at the count where that proxy peaks, and proxies peak
+    /// at different counts: on the 2-core machine Envoy's pair at 64–96,
+    /// Weft's at 96 (docs/performance.md); fewer than 32 leave the
+    /// proxies' core idle between batches.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 96])]
+    concurrency: Vec<usize>,
     /// Request and response payload, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
@@ -89,6 +99,15 @@ struct Result {
 }
 
 impl Result {
+    /// Pools another turn of the same path into this one (latencies
+    /// unsorted until the last).
+    fn absorb(&mut self, other: Result) {
+        self.sent += other.sent;
+        self.failed += other.failed;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
+
     fn pct(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
@@ -173,12 +192,11 @@ fn us(d: Duration) -> String {
 /// millisecond granularity would otherwise add up to 1 ms to every sample.
 async fn fixed_rate(
     name: &str,
-    (addr, host): (SocketAddr, Option<&'static str>),
+    c: &Caller,
     rate: u32,
     seconds: u64,
     payload: usize,
 ) -> anyhow::Result<Result> {
-    let c = Caller::new(addr, host).await?;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(
         rate as usize * seconds as usize,
     )));
@@ -214,12 +232,15 @@ async fn fixed_rate(
     })
 }
 
+/// The CPU time each of a path's sidecars used during a run, by label.
+type Used = Vec<(&'static str, Duration)>;
+
 /// Runs one measurement and returns it with the CPU time each of the
 /// path's sidecars used meanwhile.
 async fn measured(
     p: &Path,
     run: impl std::future::Future<Output = anyhow::Result<Result>>,
-) -> anyhow::Result<(Result, Vec<(&'static str, Duration)>)> {
+) -> anyhow::Result<(Result, Used)> {
     let before: Vec<Duration> = p
         .sidecars
         .iter()
@@ -491,6 +512,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     weft_proto::identity::install_provider();
+    anyhow::ensure!(
+        !args.concurrency.is_empty() && !args.concurrency.contains(&0),
+        "--concurrency {:?}: give one or more counts of calls in flight, each at least 1 (e.g. 64,96)",
+        args.concurrency
+    );
     if args.pin {
         anyhow::ensure!(
             peers::cores() >= 2,
@@ -787,9 +813,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 .is_none_or(|o| o.split('|').any(|o| p.name == o))
         })
         .collect();
-    eprintln!("warming up…");
+    // One connection per path for the fixed-rate turns, kept for the whole
+    // run as an app keeps its channel.
+    let mut callers = Vec::with_capacity(paths.len());
     for p in &paths {
-        fixed_rate("warmup", (p.addr, p.http), args.rate, 2, args.payload).await?;
+        callers.push(Caller::new(p.addr, p.http).await?);
+    }
+    eprintln!("warming up…");
+    for (p, caller) in paths.iter().zip(&callers) {
+        fixed_rate("warmup", caller, args.rate, 2, args.payload).await?;
         if p.http.is_none() {
             stream_calls(p.name, p.addr, args.payload).await?;
         }
@@ -808,50 +840,91 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // under 100%, the maximum measured the load generator or the calls in
     // flight, not the proxies' CPU per request.
     let mut core: Vec<(u32, &'static str, f64)> = Vec::new();
+    // Every maximum-rate run: round, path, calls in flight, rps, core busy.
+    let mut sweep: Vec<(u32, &'static str, usize, f64, f64)> = Vec::new();
     for round in 1..=args.rounds {
-        for at_max in [false, true] {
-            let (out, label, run) = if at_max {
-                let run = format!("max rate round {round}");
-                (&mut maxes, format!("max round {round}"), run)
-            } else {
-                let run = format!("@{} round {round}", args.rate);
-                (&mut rows, format!("round {round}"), run)
-            };
-            let first = out.len();
+        // At the fixed rate the paths take turns a second at a time, each
+        // slice in a rotated order, and each path's seconds of the round
+        // are pooled. A path's added latency is its p50 less direct's, two
+        // figures a few tens of µs apart on a shared machine whose speed
+        // drifts over seconds; run back to back for the whole round, the
+        // floor's could come out below direct's (a negative floor, seen).
+        let label = format!("round {round}");
+        let run = format!("@{} round {round}", args.rate);
+        let mut pooled: Vec<Option<(Result, Used)>> = paths.iter().map(|_| None).collect();
+        let turns = args.seconds.div_ceil(args.turn);
+        for slice in 0..turns {
+            let seconds = args.turn.min(args.seconds - slice * args.turn);
             for k in 0..paths.len() {
-                let i = (k + round as usize - 1) % paths.len();
+                let i = (k + slice as usize + round as usize - 1) % paths.len();
                 let p = &paths[i];
-                let (r, used) = if at_max {
-                    eprintln!(
-                        "round {round}: {} at the maximum rate, {} in flight…",
-                        p.name, args.concurrency
-                    );
-                    let name = format!("{} max", p.name);
-                    let target = (p.addr, p.http);
-                    let run = max_rate(&name, target, args.concurrency, args.seconds, args.payload);
-                    let before = peers::core_time(peers::PROXY_CPU)?;
-                    let measured = measured(p, run).await?;
-                    let after = peers::core_time(peers::PROXY_CPU)?;
-                    let (busy, total) = (after.0 - before.0, after.1 - before.1);
-                    core.push((round, p.name, busy as f64 / total.max(1) as f64));
-                    measured
-                } else {
-                    eprintln!(
-                        "round {round}: {} at {} rps for {} s…",
-                        p.name, args.rate, args.seconds
-                    );
-                    let name = format!("{} @{}", p.name, args.rate);
-                    let target = (p.addr, p.http);
-                    let run = fixed_rate(&name, target, args.rate, args.seconds, args.payload);
-                    measured(p, run).await?
-                };
-                for (sidecar, t) in used {
-                    cpu.push((run.clone(), sidecar, t, args.seconds));
+                eprintln!(
+                    "round {round}: {} at {} rps for {seconds} s (turn {} of {turns})…",
+                    p.name,
+                    args.rate,
+                    slice + 1
+                );
+                let name = format!("{} @{}", p.name, args.rate);
+                let turn = fixed_rate(&name, &callers[i], args.rate, seconds, args.payload);
+                let (r, used) = measured(p, turn).await?;
+                match &mut pooled[i] {
+                    None => pooled[i] = Some((r, used)),
+                    Some((all, all_used)) => {
+                        all.absorb(r);
+                        for ((_, t), (_, more)) in all_used.iter_mut().zip(used) {
+                            *t += more;
+                        }
+                    }
                 }
-                out.push((label.clone(), i, r));
             }
-            out[first..].sort_by_key(|(_, i, _)| *i);
         }
+        for (i, p) in pooled.into_iter().enumerate() {
+            let (mut r, used) = p.context("every path runs in every slice")?;
+            r.latencies.sort();
+            for (sidecar, t) in used {
+                cpu.push((run.clone(), sidecar, t, args.seconds));
+            }
+            rows.push((label.clone(), i, r));
+        }
+
+        let label = format!("max round {round}");
+        let run = format!("max rate round {round}");
+        let first = maxes.len();
+        for k in 0..paths.len() {
+            let i = (k + round as usize - 1) % paths.len();
+            let p = &paths[i];
+            // The best of the counts in flight: the path's maximum, and
+            // its CPU and core at that count.
+            let mut best: Option<((Result, Vec<_>), f64)> = None;
+            for &n in &args.concurrency {
+                eprintln!(
+                    "round {round}: {} at the maximum rate, {n} in flight…",
+                    p.name
+                );
+                let name = format!("{} max, {n} in flight", p.name);
+                let target = (p.addr, p.http);
+                let at_max = max_rate(&name, target, n, args.seconds, args.payload);
+                let before = peers::core_time(peers::PROXY_CPU)?;
+                let measured = measured(p, at_max).await?;
+                let after = peers::core_time(peers::PROXY_CPU)?;
+                let (busy, total) = (after.0 - before.0, after.1 - before.1);
+                let busy = busy as f64 / total.max(1) as f64;
+                sweep.push((round, p.name, n, measured.0.rps(), busy));
+                if best
+                    .as_ref()
+                    .is_none_or(|((b, _), _)| measured.0.rps() > b.rps())
+                {
+                    best = Some((measured, busy));
+                }
+            }
+            let ((r, used), busy) = best.context("--concurrency: no count")?;
+            core.push((round, p.name, busy));
+            for (sidecar, t) in used {
+                cpu.push((run.clone(), sidecar, t, args.seconds));
+            }
+            maxes.push((label.clone(), i, r));
+        }
+        maxes[first..].sort_by_key(|(_, i, _)| *i);
     }
     rows.append(&mut maxes);
 
@@ -967,6 +1040,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!("|---|---|---:|");
         for (round, path, busy) in &core {
             println!("| {round} | {path} | {:.0}% |", busy * 100.0);
+        }
+    }
+    if args.concurrency.len() > 1 {
+        println!(
+            "\nEvery maximum-rate run (a path's maximum in a round is the best of its counts in flight):\n"
+        );
+        println!("| round | path | in flight | rps | proxies' core busy |");
+        println!("|---|---|---:|---:|---:|");
+        for (round, path, n, rps, busy) in &sweep {
+            println!(
+                "| {round} | {path} | {n} | {rps:.0} | {:.0}% |",
+                busy * 100.0
+            );
         }
     }
     println!("\n| run | sidecar | CPU | of a core |");
