@@ -119,19 +119,21 @@ pub struct StreamTimer {
     deadline: Option<Instant>,
     idle: Duration,
     activity: Activity,
-    sleep: Pin<Box<Sleep>>,
+    /// Made the first time the response waits: most unary answers arrive
+    /// whole and never wait, and then neither a timer nor its allocation
+    /// is needed.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl StreamTimer {
     /// Starts now: the response has just arrived, which is activity.
     pub fn new(deadline: Option<Instant>, idle: Duration, activity: Activity) -> Self {
         activity.touch();
-        let first = Self::next_wake(deadline, activity.last() + idle);
         StreamTimer {
             deadline,
             idle,
             activity,
-            sleep: Box::pin(tokio::time::sleep_until(first)),
+            sleep: None,
         }
     }
 
@@ -147,8 +149,12 @@ impl StreamTimer {
     /// Ready once a limit has passed; until then it re-arms itself for the
     /// next time a limit could pass (activity moves the idle limit).
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        let sleep = self.sleep.get_or_insert_with(|| {
+            let first = Self::next_wake(self.deadline, self.activity.last() + self.idle);
+            Box::pin(tokio::time::sleep_until(first))
+        });
         loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             let now = Instant::now();
@@ -161,7 +167,7 @@ impl StreamTimer {
             }
             // Something moved since: wait for the new idle limit.
             let next = Self::next_wake(self.deadline, idle_at);
-            self.sleep.as_mut().reset(next);
+            sleep.as_mut().reset(next);
         }
     }
 }

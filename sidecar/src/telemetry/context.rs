@@ -62,8 +62,12 @@ impl TraceContext {
             *d = HEX[(self.span_id >> (60 - 4 * i)) as usize & 0xf];
         }
         b[54] = if self.sampled { b'1' } else { b'0' };
-        // Only hex digits and dashes: always a valid header value.
-        let mut v = HeaderValue::from_bytes(&b).unwrap_or_else(|_| HeaderValue::from_static(""));
+        // Only hex digits and dashes: always a valid header value. Owned
+        // by a shared buffer from the start: a value made from a copied
+        // slice allocates again on its first clone (the outbound side's
+        // template is cloned for each attempt that may be retried).
+        let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(b))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
         // New on every request: sent as a literal HPACK never indexes.
         // Indexed, each one would be inserted into both ends' dynamic
         // tables, searched against the ones before it and evict the

@@ -159,6 +159,10 @@ pub async fn run(call: &mut Call<'_>, ex: &mut Exchange) -> Result<Settled, Prox
         let pause = match decision {
             Next::Answer(because) => return Ok(settle(call, attempt, because, ex)),
             Next::Retry(reason, pause) => {
+                let addr = &attempt.pick.endpoint.spec.addr;
+                if !tried.contains(addr) {
+                    tried.push(addr.clone());
+                }
                 report(&attempt);
                 let m = &call.telemetry.metrics;
                 m.count_retry(&call.route.service, reason.label());
@@ -196,9 +200,6 @@ async fn one(
         .map_err(|_| ProxyError::DeadlineExceeded(service.to_string()))?;
     let last = call.plan.is_last(n);
     let first_addr = pick.endpoint.spec.addr.clone();
-    if !last {
-        tried.push(first_addr.clone());
-    }
     ex.attempt(&first_addr, Some(&target.name));
     let grpc = call.grpc;
     let plan = &call.plan;
@@ -215,8 +216,12 @@ async fn one(
     };
     let first = attempt::send(target, pick, req, &how);
     let Some(delay) = call.plan.hedge_after.filter(|_| n == 1) else {
+        // Noted as tried only when a retry follows (`run`): most calls
+        // end at their first attempt, and the list would allocate.
         return Ok(first.await);
     };
+    // The hedge goes elsewhere.
+    tried.push(first_addr.clone());
     let second = || {
         // Only a request the caller has sent whole, to another endpoint,
         // within the retry budget.
