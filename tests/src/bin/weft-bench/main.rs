@@ -47,7 +47,7 @@ struct Args {
     /// Seconds each path runs per round: at the fixed rate in turns of
     /// `--turn` seconds (the paths take turns), at the maximum rate in one
     /// run per count in flight.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Seconds of each path's turn at the fixed rate; `--seconds` or more
     /// runs each path's round in one go (`tests/bench/critical-path.sh`
@@ -895,7 +895,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             let p = &paths[i];
             // The best of the counts in flight: the path's maximum, and
             // its CPU and core at that count.
-            let mut best: Option<((Result, Vec<_>), f64)> = None;
+            let mut best: Option<((Result, Used), f64)> = None;
             for &n in &args.concurrency {
                 eprintln!(
                     "round {round}: {} at the maximum rate, {n} in flight…",
