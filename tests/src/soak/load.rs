@@ -66,7 +66,23 @@ pub async fn call(c: &mut EchoClient<Channel>, timeout: Duration) -> Outcome {
             if s.code() == tonic::Code::Unavailable && weft_error == "overloaded" {
                 Outcome::Shed
             } else {
-                Outcome::Failed(format!("{:?} {weft_error}", s.code()).trim().to_string())
+                // The message names what failed (a reset, a connection
+                // lost, a status of the sidecar's), and its sources what
+                // lies under it (an h2 GOAWAY's reason and debug data), so
+                // a failure in a CI log can be told apart without a rerun.
+                let mut why = format!("{:?} {weft_error}", s.code()).trim().to_string();
+                let mut parts = vec![s.message().to_string()];
+                let mut source = std::error::Error::source(&s);
+                while let Some(e) = source {
+                    parts.push(format!("{e:?}"));
+                    source = e.source();
+                }
+                let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+                if !parts.is_empty() {
+                    let told = parts.join(" / ");
+                    why = format!("{why}: {}", told.chars().take(200).collect::<String>());
+                }
+                Outcome::Failed(why)
             }
         }
         Err(_) => Outcome::Failed("timeout".into()),

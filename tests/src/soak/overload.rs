@@ -260,7 +260,12 @@ impl OverloadReport {
     pub fn verdicts(&self) -> Vec<Verdict> {
         let d = &self.during;
         let peak = self.peak_kb.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
-        let per_try = d.errors.get(PER_TRY).copied().unwrap_or(0);
+        let per_try = d
+            .errors
+            .iter()
+            .filter(|(why, _)| why.starts_with(PER_TRY))
+            .map(|(_, n)| n)
+            .sum::<u64>();
         vec![
             Verdict::new(
                 "sheds with UNAVAILABLE overloaded",
