@@ -340,6 +340,11 @@ impl Pump {
         }
     }
 
+    /// The body, the stream let go (see `proxy::h2::stream`).
+    pub(crate) fn into_body(self) -> BoxBody {
+        self.body
+    }
+
     /// Ready when the body is written or the stream is gone. Failures end
     /// the stream; the response side sees them, so they are only logged.
     pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {

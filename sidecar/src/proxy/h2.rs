@@ -184,8 +184,9 @@ where
 
 /// What a stream leaves when it ends: its answer's body, whose drop does
 /// the end-of-call work (the exchange's metrics and span, the endpoint's
-/// latency and outlier report, the upstream stream's release).
-type Leftover = Pump;
+/// latency and outlier report, the upstream stream's release). Not the
+/// stream's h2 handle: see `stream`.
+type Leftover = BoxBody;
 
 /// One stream: the handler's answer, then its body as the caller's window
 /// allows. A reset from the caller drops the handler's future, which
@@ -223,11 +224,24 @@ async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) -> Optio
             return None;
         }
     };
-    let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
-    if !eos {
-        poll_fn(|cx| pump.poll_pump(cx)).await;
+    // The stream's handle is let go as soon as the answer's last frame is
+    // in h2's queue, before the connection writes it: if the caller's
+    // request is still open (an answer made before its body was read: a
+    // shed, a refusal), h2 then resets the stream (NO_ERROR, RFC 9113
+    // §8.1) in the same write as the answer, and counts it closed there.
+    // Let go after the write, the reset waits for the connection's next
+    // poll, which reads first: a caller at MAX_CONCURRENT_STREAMS, which
+    // opens a stream as soon as it has the answer, would find the old one
+    // still counted and be refused (REFUSED_STREAM; a caller's gRPC sees
+    // UNAVAILABLE from no limit of ours, and 1,024 refusals end the
+    // connection).
+    if eos {
+        drop(send);
+        return Some(body);
     }
-    Some(pump)
+    let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
+    poll_fn(|cx| pump.poll_pump(cx)).await;
+    Some(pump.into_body())
 }
 
 #[cfg(test)]
@@ -650,5 +664,179 @@ mod tests {
         read_answers(&mut theirs, &mut buf, 1).await;
         assert!(!server.is_finished());
         server.abort();
+    }
+
+    /// A caller at the other end of an in-memory connection that answers
+    /// the instant the server writes: what the server writes is parsed
+    /// frame by frame, and when `script` is handed the count of answers
+    /// (HEADERS with END_STREAM, or a refusal) so far, the bytes it returns are there
+    /// for the server's very next read. So the server reads them before
+    /// anything it does after that write, as it does when a fast caller's
+    /// frames are in the socket by then.
+    struct Prompt<F> {
+        inbox: Vec<u8>,
+        reader: Option<std::task::Waker>,
+        out: Vec<u8>,
+        answers: usize,
+        /// RST_STREAM frames with REFUSED_STREAM (7).
+        refused: Arc<AtomicUsize>,
+        script: F,
+    }
+
+    impl<F: FnMut(usize) -> Vec<u8> + Unpin> AsyncRead for Prompt<F> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.inbox.is_empty() {
+                self.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = self.inbox.len().min(buf.remaining());
+            buf.put_slice(&self.inbox[..n]);
+            self.inbox.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl<F: FnMut(usize) -> Vec<u8> + Unpin> AsyncWrite for Prompt<F> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = &mut *self;
+            this.out.extend_from_slice(buf);
+            let before = this.answers;
+            while this.out.len() >= 9 {
+                let len = u32::from_be_bytes([0, this.out[0], this.out[1], this.out[2]]) as usize;
+                if this.out.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (this.out[3], this.out[4]);
+                assert_ne!(kind, 0x7, "the server sent GOAWAY");
+                this.answers += usize::from(kind == 0x1 && flags & 0x1 != 0);
+                if kind == 0x3 && this.out[9..13] == [0, 0, 0, 7] {
+                    // A refused stream is answered by its refusal.
+                    this.answers += 1;
+                    this.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                this.out.drain(..9 + len);
+            }
+            if this.answers != before {
+                let next = (this.script)(this.answers);
+                this.inbox.extend(next);
+                if let Some(w) = this.reader.take() {
+                    w.wake();
+                }
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_at_the_stream_limit_is_never_refused_a_stream() {
+        // A conforming client that keeps MAX_CONCURRENT_STREAMS open opens
+        // a stream the moment one closes on its side: when it has the
+        // answer's END_STREAM and has sent its own. Its END_STREAM and the
+        // next HEADERS arrive together; the server must have closed the
+        // old stream by then, or it refuses the new one (REFUSED_STREAM,
+        // an error the caller did not cause, and after 1,024 of them h2
+        // ends the connection with ENHANCE_YOUR_CALM). Answers made before
+        // the request's body is read, both kinds: trailers-only (a shed)
+        // and with a body.
+        let trailers_only = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async { Ok(Response::new(crate::body::empty())) })
+        });
+        assert_eq!(
+            refusals_at_the_limit(trailers_only).await,
+            0,
+            "trailers-only answers"
+        );
+        let with_a_body = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async { Ok(answer(Bytes::from_static(b"early"))) })
+        });
+        assert_eq!(
+            refusals_at_the_limit(with_a_body).await,
+            0,
+            "answers with a body"
+        );
+    }
+
+    /// Six bursts of MAX_CONCURRENT_STREAMS calls from a [`Prompt`]
+    /// caller: each burst answered whole, its request bodies end and the
+    /// next burst opens in one write. Returns the streams refused.
+    async fn refusals_at_the_limit(svc: impl Handler) -> usize {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/weft.test.v1.Echo/Unary"),
+            (":authority", "echo"),
+        ] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        let burst = MAX_CONCURRENT_STREAMS as usize;
+        let bursts = 6;
+        let ids = move |b: usize| (0..burst).map(move |i| (1 + 2 * (b * burst + i)) as u32);
+        let opens = move |b: usize| {
+            let mut out = Vec::new();
+            for id in ids(b) {
+                out.extend(frame(0x1, 0x4, id, &block));
+            }
+            out
+        };
+        let mut inbox = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        inbox.extend(frame(0x4, 0, 0, &[]));
+        inbox.extend(opens(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut done_tx = Some(done_tx);
+        let caller = Prompt {
+            inbox,
+            reader: None,
+            out: Vec::new(),
+            answers: 0,
+            refused: refused.clone(),
+            script: move |answers: usize| {
+                if answers % burst != 0 {
+                    return Vec::new();
+                }
+                let b = answers / burst;
+                if b == bursts {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    return Vec::new();
+                }
+                let mut out = Vec::new();
+                for id in ids(b - 1) {
+                    out.extend(frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]));
+                }
+                out.extend(opens(b));
+                out
+            },
+        };
+        let (_signal, watch) = crate::drain::channel();
+        let mut server = tokio::spawn(serve(caller, svc, watch));
+        tokio::select! {
+            _ = done_rx => {}
+            r = &mut server => panic!("the connection ended: {r:?}"),
+        }
+        server.abort();
+        refused.load(Ordering::Relaxed)
     }
 }
