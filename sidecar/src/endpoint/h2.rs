@@ -49,8 +49,9 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 /// that frames the peer had already sent for them are dropped quietly.
 /// Both ends reset streams in bursts: a server answers a request before
 /// reading its body (an `overloaded` or `unknown-service` answer) and
-/// then resets the rest of it (RFC 9113 §8.1, NO_ERROR); a client resets
-/// the calls a deadline, a hedge or its caller gave up on. h2's defaults,
+/// resets the rest of it (RFC 9113 §8.1, NO_ERROR) if it does not end
+/// soon (`proxy::h2::drain`); a client resets the calls a deadline, a
+/// hedge or its caller gave up on. h2's defaults,
 /// 50 for 1 s, are below the 200 streams one connection may have open:
 /// past them a new reset is forgotten at once, a frame that was on its way
 /// for it draws a STREAM_CLOSED reset that h2 counts as the peer's error,

@@ -45,11 +45,16 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much of a request body let go before its end is still read (and
+/// discarded), and for how long: see [`drain`].
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// A caller's request body: from hyper's HTTP/1 server, or from a stream
 /// of ours.
 pub enum CallerBody {
     Http1(Incoming),
-    H2(H2Body),
+    H2(H2Request),
 }
 
 impl Body for CallerBody {
@@ -62,23 +67,77 @@ impl Body for CallerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             CallerBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            CallerBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            CallerBody::H2(H2Request(Some(b))) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            CallerBody::H2(H2Request(None)) => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             CallerBody::Http1(b) => b.is_end_stream(),
-            CallerBody::H2(b) => b.is_end_stream(),
+            CallerBody::H2(H2Request(Some(b))) => b.is_end_stream(),
+            CallerBody::H2(H2Request(None)) => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             CallerBody::Http1(b) => b.size_hint(),
-            CallerBody::H2(b) => b.size_hint(),
+            CallerBody::H2(H2Request(Some(b))) => b.size_hint(),
+            CallerBody::H2(H2Request(None)) => SizeHint::with_exact(0),
         }
     }
+}
+
+/// A request body from one of our HTTP/2 streams. Dropped before its end
+/// (its call was answered without it: a shed, a refusal, an error), the
+/// rest is read in a task of its own rather than reset: see [`drain`].
+/// (`None` only once handed over.)
+pub struct H2Request(Option<H2Body>);
+
+impl Drop for H2Request {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else { return };
+        if body.is_end_stream() {
+            return;
+        }
+        // Outside a runtime (nothing of ours drops one there) h2 resets the
+        // stream as it would have.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+/// Reads a request body that its call let go of to its end, discarding
+/// it, for at most [`DRAIN_BYTES`] and [`DRAIN_TIME`]; past either, drops
+/// it (h2 then resets the stream, NO_ERROR).
+///
+/// Why not reset at once, as h2 does when the body drops: a caller whose
+/// call was answered before its body arrived (a shed, at overload: many
+/// of them) has that body on its way, typically one small DATA frame and
+/// the end. Each small frame that arrives for a stream whose body was let
+/// go costs the connection part of a budget h2 never gives back (it gives
+/// back only what is read), and each one for a reset stream it has
+/// forgotten is counted as the caller's error; a few thousand such calls
+/// on one long-lived connection and h2 ends the connection with
+/// ENHANCE_YOUR_CALM (`too_many_data_frames`, `too_many_internal_resets`),
+/// failing every call on it. Read, those frames cost nothing, and the
+/// caller's own end closes the stream, on both sides at once. The stream
+/// stays counted against the connection's concurrent streams while this
+/// runs, so a caller cannot make more of these than it may have streams.
+async fn drain(mut body: H2Body) {
+    let read = async {
+        let mut left = DRAIN_BYTES;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n > left {
+                return;
+            }
+            left -= n;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// What serves each request: either half of the sidecar.
@@ -156,7 +215,9 @@ where
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    let req = req.map(|recv: RecvStream| CallerBody::H2(H2Body::incoming(recv)));
+                    let req = req.map(|recv: RecvStream| {
+                        CallerBody::H2(H2Request(Some(H2Body::incoming(recv))))
+                    });
                     // A panic ends its stream only (the stream's handle,
                     // dropped with it, resets it), as a task per stream did.
                     let one = std::panic::AssertUnwindSafe(stream(svc.call(req), respond));
@@ -487,6 +548,64 @@ mod tests {
             .expect_err("the handler answered");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_let_go_is_read_to_its_end_within_bounds_then_reset() {
+        // Answered before its body, a call's body is still read (see
+        // `drain`): the caller's end closes the stream, with no reset. One
+        // that sends on past DRAIN_BYTES, or stops without ending within
+        // DRAIN_TIME, is reset (NO_ERROR) there.
+        let shed = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async { Ok(Response::new(crate::body::empty())) })
+        });
+        let (client, _signal, _server, _) = start(shed).await;
+        let answered = |client: h2::client::SendRequest<Bytes>| async move {
+            let mut ready = client.ready().await.expect("ready");
+            let (resp, send) = ready.send_request(post(), false).expect("send");
+            let resp = resp.await.expect("answer");
+            assert!(resp.body().is_end_stream(), "a trailers-only answer");
+            send
+        };
+        let reset = |mut send: h2::SendStream<Bytes>| async move {
+            let waited = tokio::time::Instant::now();
+            let reason = poll_fn(|cx| send.poll_reset(cx)).await.expect("reset");
+            (reason, waited.elapsed())
+        };
+
+        // Ends its body after the answer: taken whole, never reset.
+        let mut send = answered(client.clone()).await;
+        send.send_data(Bytes::from_static(&[0; 69]), false)
+            .expect("data");
+        send.send_data(Bytes::new(), true).expect("end");
+        let none = tokio::time::timeout(DRAIN_TIME * 3, reset(send)).await;
+        assert!(none.is_err(), "a body that ended was reset: {none:?}");
+
+        // Sends nothing more: reset once DRAIN_TIME has passed.
+        let (reason, after) = reset(answered(client.clone()).await).await;
+        assert_eq!(reason, Reason::NO_ERROR);
+        assert!(
+            after >= DRAIN_TIME && after < DRAIN_TIME * 2,
+            "after {after:?}"
+        );
+
+        // Sends on: reset once more than DRAIN_BYTES came, before the time.
+        let mut send = answered(client.clone()).await;
+        let chunk = Bytes::from(vec![0; 16 * 1024]);
+        for _ in 0..DRAIN_BYTES / chunk.len() + 2 {
+            send.reserve_capacity(chunk.len());
+            let got = poll_fn(|cx| send.poll_capacity(cx)).await;
+            if got.is_none() {
+                break;
+            }
+            send.send_data(chunk.clone(), false).expect("data");
+        }
+        let (reason, after) = reset(send).await;
+        assert_eq!(reason, Reason::NO_ERROR);
+        assert!(
+            after < DRAIN_TIME,
+            "reset after {after:?}, by the time, not the bytes"
+        );
+    }
+
     #[tokio::test]
     async fn draining_lets_an_open_stream_finish_then_ends_the_connection() {
         let (go_tx, go_rx) = oneshot::channel::<()>();
@@ -680,6 +799,8 @@ mod tests {
         answers: usize,
         /// RST_STREAM frames with REFUSED_STREAM (7).
         refused: Arc<AtomicUsize>,
+        /// A GOAWAY's debug data.
+        goaway: Arc<std::sync::Mutex<Option<String>>>,
         script: F,
     }
 
@@ -715,7 +836,10 @@ mod tests {
                     break;
                 }
                 let (kind, flags) = (this.out[3], this.out[4]);
-                assert_ne!(kind, 0x7, "the server sent GOAWAY");
+                if kind == 0x7 {
+                    let debug = String::from_utf8_lossy(&this.out[17..9 + len]).into_owned();
+                    *this.goaway.lock().expect("lock") = Some(debug);
+                }
                 this.answers += usize::from(kind == 0x1 && flags & 0x1 != 0);
                 if kind == 0x3 && this.out[9..13] == [0, 0, 0, 7] {
                     // A refused stream is answered by its refusal.
@@ -754,28 +878,38 @@ mod tests {
         // ends the connection with ENHANCE_YOUR_CALM). Answers made before
         // the request's body is read, both kinds: trailers-only (a shed)
         // and with a body.
+        let last_frame = |id| frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]);
         let trailers_only = handler(|_req: Request<CallerBody>| -> HttpFuture {
             Box::pin(async { Ok(Response::new(crate::body::empty())) })
         });
-        assert_eq!(
-            refusals_at_the_limit(trailers_only).await,
-            0,
-            "trailers-only answers"
-        );
+        let run = calls_in_bursts(trailers_only, 6, last_frame).await;
+        assert_eq!(run, Bursts::default(), "trailers-only answers");
         let with_a_body = handler(|_req: Request<CallerBody>| -> HttpFuture {
             Box::pin(async { Ok(answer(Bytes::from_static(b"early"))) })
         });
-        assert_eq!(
-            refusals_at_the_limit(with_a_body).await,
-            0,
-            "answers with a body"
-        );
+        let run = calls_in_bursts(with_a_body, 6, last_frame).await;
+        assert_eq!(run, Bursts::default(), "answers with a body");
     }
 
-    /// Six bursts of MAX_CONCURRENT_STREAMS calls from a [`Prompt`]
-    /// caller: each burst answered whole, its request bodies end and the
-    /// next burst opens in one write. Returns the streams refused.
-    async fn refusals_at_the_limit(svc: impl Handler) -> usize {
+    /// How a [`calls_in_bursts`] run ended.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Bursts {
+        /// Streams refused.
+        refused: usize,
+        /// The connection's end before the last burst's answers, with its
+        /// GOAWAY's debug data if it sent one.
+        ended: Option<Option<String>>,
+    }
+
+    /// `bursts` bursts of MAX_CONCURRENT_STREAMS calls from a [`Prompt`]
+    /// caller: each burst answered whole, then its request bodies
+    /// (`body(id)`, sent after the answers) and the next burst's HEADERS,
+    /// in one write.
+    async fn calls_in_bursts(
+        svc: impl Handler,
+        bursts: usize,
+        body: impl Fn(u32) -> Vec<u8> + Unpin + Send + 'static,
+    ) -> Bursts {
         let mut block = Vec::new();
         for (name, value) in [
             (":method", "POST"),
@@ -790,7 +924,6 @@ mod tests {
             block.extend_from_slice(value.as_bytes());
         }
         let burst = MAX_CONCURRENT_STREAMS as usize;
-        let bursts = 6;
         let ids = move |b: usize| (0..burst).map(move |i| (1 + 2 * (b * burst + i)) as u32);
         let opens = move |b: usize| {
             let mut out = Vec::new();
@@ -803,6 +936,7 @@ mod tests {
         inbox.extend(frame(0x4, 0, 0, &[]));
         inbox.extend(opens(0));
         let refused = Arc::new(AtomicUsize::new(0));
+        let goaway = Arc::new(std::sync::Mutex::new(None));
         let (done_tx, done_rx) = oneshot::channel();
         let mut done_tx = Some(done_tx);
         let caller = Prompt {
@@ -811,8 +945,9 @@ mod tests {
             out: Vec::new(),
             answers: 0,
             refused: refused.clone(),
+            goaway: goaway.clone(),
             script: move |answers: usize| {
-                if answers % burst != 0 {
+                if !answers.is_multiple_of(burst) {
                     return Vec::new();
                 }
                 let b = answers / burst;
@@ -824,7 +959,7 @@ mod tests {
                 }
                 let mut out = Vec::new();
                 for id in ids(b - 1) {
-                    out.extend(frame(0x0, 0x1, id, &[0, 0, 0, 0, 0]));
+                    out.extend(body(id));
                 }
                 out.extend(opens(b));
                 out
@@ -832,11 +967,39 @@ mod tests {
         };
         let (_signal, watch) = crate::drain::channel();
         let mut server = tokio::spawn(serve(caller, svc, watch));
-        tokio::select! {
-            _ = done_rx => {}
-            r = &mut server => panic!("the connection ended: {r:?}"),
-        }
+        let ended = tokio::select! {
+            _ = done_rx => None,
+            _ = &mut server => Some(goaway.lock().expect("lock").take()),
+        };
         server.abort();
-        refused.load(Ordering::Relaxed)
+        Bursts {
+            refused: refused.load(Ordering::Relaxed),
+            ended,
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_in_small_frames_after_early_answers_do_not_end_the_connection() {
+        // h2 charges a connection-wide budget for each small DATA frame
+        // that is not the last of its stream, and gives it back when the
+        // frame is read; a frame that arrives for a stream whose body was
+        // let go is never read, and its charge is never given back. A
+        // gRPC caller's message (here 69 bytes, a 64-byte payload) comes
+        // in such a frame, with the end of the body after it. Answered
+        // before their bodies arrive (sheds, refusals), enough calls on
+        // one long-lived connection would spend the budget, and h2 would
+        // end the connection (ENHANCE_YOUR_CALM, too_many_data_frames):
+        // the 1 MiB connection window's budget of 512 KiB is ~2,800 such
+        // frames. 4,000 calls here.
+        let message_then_end = |id| {
+            let mut out = frame(0x0, 0x0, id, &[0; 69]);
+            out.extend(frame(0x0, 0x1, id, &[]));
+            out
+        };
+        let shed = handler(|_req: Request<CallerBody>| -> HttpFuture {
+            Box::pin(async { Ok(Response::new(crate::body::empty())) })
+        });
+        let run = calls_in_bursts(shed, 20, message_then_end).await;
+        assert_eq!(run, Bursts::default());
     }
 }
