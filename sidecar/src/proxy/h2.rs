@@ -295,7 +295,8 @@ async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) -> Optio
     // opens a stream as soon as it has the answer, would find the old one
     // still counted and be refused (REFUSED_STREAM; a caller's gRPC sees
     // UNAVAILABLE from no limit of ours, and 1,024 refusals end the
-    // connection).
+    // connection). (A body let go is mostly still being read by `drain`,
+    // and the caller's own end closes the stream; this covers the rest.)
     if eos {
         drop(send);
         return Some(body);
@@ -716,6 +717,26 @@ mod tests {
         reader.abort();
     }
 
+    /// A request's header block (POST to the echo service's unary method)
+    /// in literal fields without indexing: no HPACK state, so any number
+    /// of HEADERS frames may carry it.
+    fn request_block() -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/weft.test.v1.Echo/Unary"),
+            (":authority", "echo"),
+        ] {
+            block.push(0);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
+    }
+
     /// Reads frames until `want` answers (HEADERS with END_STREAM) have
     /// come; fails on a GOAWAY.
     async fn read_answers(io: &mut tokio::io::DuplexStream, buf: &mut Vec<u8>, want: usize) {
@@ -742,20 +763,7 @@ mod tests {
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         out.extend(frame(0x4, 0, 0, &[]));
         theirs.write_all(&out).await.expect("preface");
-        // Literal header fields without indexing: no HPACK state.
-        let mut block = Vec::new();
-        for (name, value) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/weft.test.v1.Echo/Unary"),
-            (":authority", "echo"),
-        ] {
-            block.push(0);
-            block.push(name.len() as u8);
-            block.extend_from_slice(name.as_bytes());
-            block.push(value.len() as u8);
-            block.extend_from_slice(value.as_bytes());
-        }
+        let block = request_block();
         let mut buf = Vec::new();
         let burst = MAX_CONCURRENT_STREAMS;
         let bursts = 9;
@@ -910,19 +918,7 @@ mod tests {
         bursts: usize,
         body: impl Fn(u32) -> Vec<u8> + Unpin + Send + 'static,
     ) -> Bursts {
-        let mut block = Vec::new();
-        for (name, value) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/weft.test.v1.Echo/Unary"),
-            (":authority", "echo"),
-        ] {
-            block.push(0);
-            block.push(name.len() as u8);
-            block.extend_from_slice(name.as_bytes());
-            block.push(value.len() as u8);
-            block.extend_from_slice(value.as_bytes());
-        }
+        let block = request_block();
         let burst = MAX_CONCURRENT_STREAMS as usize;
         let ids = move |b: usize| (0..burst).map(move |i| (1 + 2 * (b * burst + i)) as u32);
         let opens = move |b: usize| {
