@@ -51,9 +51,10 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 /// reading its body (an `overloaded` or `unknown-service` answer) and
 /// resets the rest of it (RFC 9113 §8.1, NO_ERROR) if it does not end
 /// soon (`proxy::h2::drain`); a client resets the calls a deadline, a
-/// hedge or its caller gave up on. h2's defaults,
-/// 50 for 1 s, are below the 200 streams one connection may have open:
-/// past them a new reset is forgotten at once, a frame that was on its way
+/// hedge or its caller gave up on. h2 0.4.20's defaults, 50 for 1 s,
+/// were below the 200 streams one connection may have open: past them a
+/// reset is forgotten at once (0.4.21 forgets the oldest instead, and
+/// sizes its default from the stream limit), a frame that was on its way
 /// for it draws a STREAM_CLOSED reset that h2 counts as the peer's error,
 /// and after 1,024 of those in a connection's life h2 ends it with GOAWAY
 /// ENHANCE_YOUR_CALM, failing every call on it. (Found by the overload
@@ -791,12 +792,22 @@ mod tests {
         assert!(!client.is_connected());
     }
 
+    /// When the peer's answers to calls given up arrive.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Late {
+        /// Each burst's, right after its resets.
+        EachBurst,
+        /// All of them after the last burst's resets; then frames are read
+        /// until more than 1,024 answers drew a second reset.
+        AfterAll,
+    }
+
     /// Gives up `bursts` bursts of 200 calls (each reset), then lets the
-    /// peer's answers to them arrive; panics unless the next call is then
-    /// answered on the same connection. Returns how many late answers drew
-    /// a second reset (STREAM_CLOSED: the stream was forgotten) before
-    /// that call.
-    async fn late_answers_then_a_call(bursts: usize) -> usize {
+    /// peer's answers to them arrive (`late`); panics unless the next call
+    /// is then answered on the same connection. Returns how many late
+    /// answers drew a second reset (STREAM_CLOSED: the stream was
+    /// forgotten) before that call.
+    async fn late_answers_then_a_call(bursts: usize, late: Late) -> usize {
         use futures_util::stream::FuturesUnordered;
         use std::collections::HashSet;
         use tokio::io::AsyncWriteExt;
@@ -817,6 +828,7 @@ mod tests {
         // Streams given up and answered late; a reset for one of them is
         // its second: the answer found it forgotten.
         let mut answered = HashSet::new();
+        let mut held = Vec::new();
         let mut second = 0;
         for _ in 0..bursts {
             let mut calls: FuturesUnordered<_> = (0..burst).map(|_| call()).collect();
@@ -845,12 +857,29 @@ mod tests {
             })
             .await;
             // ...and then its answer arrives (":status: 200", END_STREAM).
+            held.extend(ids);
+            if late == Late::EachBurst {
+                let mut out = Vec::new();
+                for id in held.drain(..) {
+                    out.extend(frame(0x1, 0x5, id, &[0x88]));
+                    answered.insert(id);
+                }
+                theirs.write_all(&out).await.expect("late answers");
+            }
+        }
+        if late == Late::AfterAll {
             let mut out = Vec::new();
-            for id in &ids {
-                out.extend(frame(0x1, 0x5, *id, &[0x88]));
+            for id in held.drain(..) {
+                out.extend(frame(0x1, 0x5, id, &[0x88]));
+                answered.insert(id);
             }
             theirs.write_all(&out).await.expect("late answers");
-            answered.extend(ids);
+            // Fails on a GOAWAY.
+            frames_until(&mut theirs, &mut buf, |kind, _, id| {
+                second += usize::from(kind == 0x3 && answered.contains(&id));
+                second > 1024
+            })
+            .await;
         }
         // The next call is answered on the same connection.
         let next = call();
@@ -884,18 +913,19 @@ mod tests {
         // streams this end reset and still remembers: dropped, with no
         // second reset (with h2's memory of 50, most would draw one). The
         // connection stays up for the calls that follow.
-        assert_eq!(late_answers_then_a_call(9).await, 0);
+        assert_eq!(late_answers_then_a_call(9, Late::EachBurst).await, 0);
     }
 
     #[tokio::test]
     async fn answers_for_resets_long_forgotten_do_not_end_the_connection() {
         // Over a connection's life more calls are given up than any memory
-        // of resets holds: 3,400 here, past the 2,048 remembered, so that
-        // at least 1,352 answers come for streams this end has forgotten.
-        // Each draws a STREAM_CLOSED reset that h2 counts, and with its
-        // default budget (1,024 in a connection's life, never refilled) it
-        // would end the connection, failing every call on it.
-        let second = late_answers_then_a_call(17).await;
+        // of resets holds: 3,400 here, all answered after the last was
+        // given up, past the 2,048 remembered, so that at least 1,352
+        // answers come for streams this end has forgotten. Each draws a
+        // STREAM_CLOSED reset that h2 counts, and with its default budget
+        // (1,024 in a connection's life, never refilled) it would end the
+        // connection, failing every call on it.
+        let second = late_answers_then_a_call(17, Late::AfterAll).await;
         assert!(
             second > 1024,
             "only {second} answers found their stream forgotten"
