@@ -367,6 +367,61 @@ async fn over_the_concurrency_limit_the_answer_is_immediate() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_calls_meet_the_mesh_limit_not_http2s() -> anyhow::Result<()> {
+    // gRPC clients keep one connection per target, and the sidecar is every
+    // service's. More calls in flight on it than HTTP/2's usual 200 streams
+    // must reach the sidecar, so that past the service's limit the caller
+    // is answered `overloaded` at once; at a limit of 200 streams they
+    // would wait in the caller's own client, unseen and without bound.
+    init_logs();
+    let cp = ControlPlane::start_fast().await?;
+    cp.apply_yaml(&service("  circuitBreaker: {maxConcurrentRequests: 250}\n"))
+        .await?;
+    let _instances = echo_instances(&cp, "echo", &["a"]).await?;
+    let c = caller(&cp, "echo", 1).await?;
+    let g = client(c.upstream("echo")).await?;
+    let slow = |mut g: weft_tests::pb::echo_client::EchoClient<tonic::transport::Channel>| async move {
+        g.unary(EchoRequest {
+            sleep_ms: 3000,
+            ..Default::default()
+        })
+        .await
+    };
+    let busy: Vec<_> = (0..250).map(|_| tokio::spawn(slow(g.clone()))).collect();
+    wait_for(
+        "250 calls in flight from one connection",
+        Duration::from_secs(10),
+        || async {
+            let m = c.metrics().await.ok()?;
+            (metric(&m, "weft_requests_total", &[("service", "echo")])? >= 250.0).then_some(())
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let e = g
+        .clone()
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("over the limit");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.metadata()
+            .get("x-weft-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("overloaded")
+    );
+    for b in busy {
+        b.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_not_retried_but_a_get_is() -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;

@@ -11,7 +11,8 @@
 //! connection's task").
 //!
 //! Settings are hyper's server's, which this replaced: 1 MiB windows, 200
-//! concurrent streams per connection, a 16 KiB header list, a 400 KiB send
+//! concurrent streams per connection from a peer sidecar (4,096 from the
+//! app: see [`APP_STREAMS`]), a 16 KiB header list, a 400 KiB send
 //! buffer; a PING every 20 s that must be answered within 20 s.
 
 use std::convert::Infallible;
@@ -38,7 +39,18 @@ use crate::endpoint::{H2Body, Pump, RESET_STREAM_MEMORY, RESET_STREAMS_REMEMBERE
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Streams a connection from a peer sidecar may have open at once:
+/// hyper's server's 200 (a peer's client pools its connections).
+pub const PEER_STREAMS: u32 = 200;
+/// The same from the app. More than a service's limit on calls in flight
+/// (`--max-concurrent-requests`, 1,024 by default), and than a few
+/// services' together: most gRPC clients keep one connection per target,
+/// and the sidecar is every service's, so at HTTP/2's limit a caller's
+/// excess calls would wait in its own client, without bound and unseen,
+/// rather than meet the mesh's limit and its prompt `overloaded`. Still
+/// bounded: a shed call's stream stays open only until its body ends
+/// (`drain`: at most 1 s).
+pub const APP_STREAMS: u32 = 4096;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -164,7 +176,12 @@ where
 /// Serves one HTTP/2 connection until it closes, its peer stops answering
 /// PINGs, or draining ends it gracefully (GOAWAY, then its open streams
 /// finish).
-pub async fn serve<I, S>(io: I, svc: S, drain: drain::Watch) -> Result<(), BoxError>
+pub async fn serve<I, S>(
+    io: I,
+    svc: S,
+    drain: drain::Watch,
+    max_streams: u32,
+) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Handler,
@@ -172,7 +189,7 @@ where
     let mut conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(max_streams)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
@@ -291,7 +308,7 @@ async fn stream(mut call: HttpFuture, mut respond: SendResponse<Bytes>) -> Optio
     // shed, a refusal), h2 then resets the stream (NO_ERROR, RFC 9113
     // §8.1) in the same write as the answer, and counts it closed there.
     // Let go after the write, the reset waits for the connection's next
-    // poll, which reads first: a caller at MAX_CONCURRENT_STREAMS, which
+    // poll, which reads first: a caller at its stream limit, which
     // opens a stream as soon as it has the answer, would find the old one
     // still counted and be refused (REFUSED_STREAM; a caller's gRPC sees
     // UNAVAILABLE from no limit of ours, and 1,024 refusals end the
@@ -370,7 +387,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let (io, writes) = Counted::new(ours);
         let (signal, watch) = crate::drain::channel();
-        let server = tokio::spawn(serve(io, svc, watch));
+        let server = tokio::spawn(serve(io, svc, watch, PEER_STREAMS));
         let (client, conn) = h2::client::handshake(theirs).await.expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
@@ -469,7 +486,7 @@ mod tests {
             })
         };
         let (_signal, watch) = crate::drain::channel();
-        let _server = tokio::spawn(serve(io, svc, watch));
+        let _server = tokio::spawn(serve(io, svc, watch, PEER_STREAMS));
         let (mut client, conn) = h2::client::handshake(theirs).await.expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
@@ -693,7 +710,7 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let (_signal, watch) = crate::drain::channel();
         let started = tokio::time::Instant::now();
-        let server = tokio::spawn(serve(ours, echo(), watch));
+        let server = tokio::spawn(serve(ours, echo(), watch, PEER_STREAMS));
         // The client's preface and an empty SETTINGS frame, then silence:
         // everything the server sends is read and nothing answered.
         theirs
@@ -759,13 +776,13 @@ mod tests {
         let answer_at_once = handler(|_req: Request<CallerBody>| -> HttpFuture {
             Box::pin(async { Ok(Response::new(crate::body::empty())) })
         });
-        let server = tokio::spawn(serve(ours, answer_at_once, watch));
+        let server = tokio::spawn(serve(ours, answer_at_once, watch, PEER_STREAMS));
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         out.extend(frame(0x4, 0, 0, &[]));
         theirs.write_all(&out).await.expect("preface");
         let block = request_block();
         let mut buf = Vec::new();
-        let burst = MAX_CONCURRENT_STREAMS;
+        let burst = PEER_STREAMS;
         let bursts = 9;
         for b in 0..bursts {
             let ids: Vec<u32> = (0..burst).map(|i| 1 + 2 * (b * burst + i)).collect();
@@ -877,7 +894,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_at_the_stream_limit_is_never_refused_a_stream() {
-        // A conforming client that keeps MAX_CONCURRENT_STREAMS open opens
+        // A conforming client that keeps its limit of streams open opens
         // a stream the moment one closes on its side: when it has the
         // answer's END_STREAM and has sent its own. Its END_STREAM and the
         // next HEADERS arrive together; the server must have closed the
@@ -909,7 +926,7 @@ mod tests {
         ended: Option<Option<String>>,
     }
 
-    /// `bursts` bursts of MAX_CONCURRENT_STREAMS calls from a [`Prompt`]
+    /// `bursts` bursts of PEER_STREAMS calls (the limit) from a [`Prompt`]
     /// caller: each burst answered whole, then its request bodies
     /// (`body(id)`, sent after the answers) and the next burst's HEADERS,
     /// in one write.
@@ -919,7 +936,7 @@ mod tests {
         body: impl Fn(u32) -> Vec<u8> + Unpin + Send + 'static,
     ) -> Bursts {
         let block = request_block();
-        let burst = MAX_CONCURRENT_STREAMS as usize;
+        let burst = PEER_STREAMS as usize;
         let ids = move |b: usize| (0..burst).map(move |i| (1 + 2 * (b * burst + i)) as u32);
         let opens = move |b: usize| {
             let mut out = Vec::new();
@@ -962,7 +979,7 @@ mod tests {
             },
         };
         let (_signal, watch) = crate::drain::channel();
-        let mut server = tokio::spawn(serve(caller, svc, watch));
+        let mut server = tokio::spawn(serve(caller, svc, watch, PEER_STREAMS));
         let ended = tokio::select! {
             _ = done_rx => None,
             _ = &mut server => Some(goaway.lock().expect("lock").take()),

@@ -242,36 +242,40 @@ async fn serve_http<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let app = h2server::APP_STREAMS;
     match kind {
-        Listener::Outbound(o) => serve_with(io, detected, o.service(None), drain).await,
-        Listener::Upstream(o, s) => serve_with(io, detected, o.service(Some(s)), drain).await,
+        Listener::Outbound(o) => serve_with(io, detected, o.service(None), drain, app).await,
+        Listener::Upstream(o, s) => serve_with(io, detected, o.service(Some(s)), drain, app).await,
         Listener::Intercepted(o, s, port) => {
             let svc = o.service_to(Some(s), Some(port));
-            serve_with(io, detected, svc, drain).await
+            serve_with(io, detected, svc, drain, app).await
         }
         Listener::Inbound(i) => {
             // The caller's identity, for authorization and for the app;
             // only the service name of our own trust domain counts.
             let peer = peer.map(|id| Arc::new(Peer::new(id)));
-            serve_with(io, detected, i.service(peer), drain).await
+            let peers = h2server::PEER_STREAMS;
+            serve_with(io, detected, i.service(peer), drain, peers).await
         }
     }
 }
 
-/// One connection served (HTTP/2 by `proxy::h2`, HTTP/1.1 by hyper) with
-/// `svc`, until it closes or draining asks it to finish gracefully.
+/// One connection served (HTTP/2 by `proxy::h2`, with at most
+/// `max_streams` open at once; HTTP/1.1 by hyper) with `svc`, until it
+/// closes or draining asks it to finish gracefully.
 async fn serve_with<I, S>(
     io: I,
     detected: Detected,
     svc: S,
     mut drain: drain::Watch,
+    max_streams: u32,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Handler,
 {
     if detected == Detected::Http2 {
-        return h2server::serve(io, svc, drain).await;
+        return h2server::serve(io, svc, drain, max_streams).await;
     }
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         svc.clone().call(req.map(CallerBody::Http1))
