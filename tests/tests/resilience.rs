@@ -322,48 +322,7 @@ async fn a_killed_instance_is_ejected_then_probed_back() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_the_answer_is_immediate() -> anyhow::Result<()> {
-    init_logs();
-    let cp = ControlPlane::start_fast().await?;
-    cp.apply_yaml(&service("  circuitBreaker: {maxConcurrentRequests: 2}\n"))
-        .await?;
-    let _instances = echo_instances(&cp, "echo", &["a"]).await?;
-    let c = caller(&cp, "echo", 1).await?;
-    let g = client(c.upstream("echo")).await?;
-    let slow = |mut g: weft_tests::pb::echo_client::EchoClient<tonic::transport::Channel>| async move {
-        g.unary(EchoRequest {
-            sleep_ms: 1500,
-            ..Default::default()
-        })
-        .await
-    };
-    let busy = [tokio::spawn(slow(g.clone())), tokio::spawn(slow(g.clone()))];
-    wait_for("two calls in flight", Duration::from_secs(5), || async {
-        let m = c.metrics().await.ok()?;
-        (metric(&m, "weft_requests_total", &[("service", "echo")])? >= 2.0).then_some(())
-    })
-    .await?;
-    let started = Instant::now();
-    let e = g
-        .clone()
-        .unary(EchoRequest::default())
-        .await
-        .expect_err("over the limit");
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "answered after {:?}",
-        started.elapsed()
-    );
-    assert_eq!(e.code(), Code::Unavailable);
-    assert_eq!(
-        e.metadata()
-            .get("x-weft-error")
-            .and_then(|v| v.to_str().ok()),
-        Some("overloaded")
-    );
-    for b in busy {
-        b.await??;
-    }
-    Ok(())
+    the_call_past_the_limit_is_shed_at_once(2, 1500, Duration::from_millis(200)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,27 +332,42 @@ async fn one_connections_calls_meet_the_mesh_limit_not_http2s() -> anyhow::Resul
     // must reach the sidecar, so that past the service's limit the caller
     // is answered `overloaded` at once; at a limit of 200 streams they
     // would wait in the caller's own client, unseen and without bound.
+    the_call_past_the_limit_is_shed_at_once(250, 3000, Duration::from_millis(500)).await
+}
+
+/// Under `maxConcurrentRequests: limit`, `limit` calls that each take
+/// `sleep_ms` are made on one connection; once the caller's sidecar has
+/// them all, one more is answered UNAVAILABLE `overloaded` within
+/// `within`, and the others are served.
+async fn the_call_past_the_limit_is_shed_at_once(
+    limit: usize,
+    sleep_ms: u32,
+    within: Duration,
+) -> anyhow::Result<()> {
     init_logs();
     let cp = ControlPlane::start_fast().await?;
-    cp.apply_yaml(&service("  circuitBreaker: {maxConcurrentRequests: 250}\n"))
-        .await?;
+    cp.apply_yaml(&service(&format!(
+        "  circuitBreaker: {{maxConcurrentRequests: {limit}}}\n"
+    )))
+    .await?;
     let _instances = echo_instances(&cp, "echo", &["a"]).await?;
     let c = caller(&cp, "echo", 1).await?;
     let g = client(c.upstream("echo")).await?;
     let slow = |mut g: weft_tests::pb::echo_client::EchoClient<tonic::transport::Channel>| async move {
         g.unary(EchoRequest {
-            sleep_ms: 3000,
+            sleep_ms,
             ..Default::default()
         })
         .await
     };
-    let busy: Vec<_> = (0..250).map(|_| tokio::spawn(slow(g.clone()))).collect();
+    let busy: Vec<_> = (0..limit).map(|_| tokio::spawn(slow(g.clone()))).collect();
     wait_for(
-        "250 calls in flight from one connection",
+        &format!("{limit} calls in flight from one connection"),
         Duration::from_secs(10),
         || async {
             let m = c.metrics().await.ok()?;
-            (metric(&m, "weft_requests_total", &[("service", "echo")])? >= 250.0).then_some(())
+            let begun = metric(&m, "weft_requests_total", &[("service", "echo")])?;
+            (begun >= limit as f64).then_some(())
         },
     )
     .await?;
@@ -404,7 +378,7 @@ async fn one_connections_calls_meet_the_mesh_limit_not_http2s() -> anyhow::Resul
         .await
         .expect_err("over the limit");
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < within,
         "answered after {:?}",
         started.elapsed()
     );
