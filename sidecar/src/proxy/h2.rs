@@ -173,6 +173,20 @@ where
     }
 }
 
+/// The connection's settings (see the module's doc).
+fn settings(max_streams: u32) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .reset_stream_duration(RESET_STREAM_MEMORY);
+    b
+}
+
 /// Serves one HTTP/2 connection until it closes, its peer stops answering
 /// PINGs, or draining ends it gracefully (GOAWAY, then its open streams
 /// finish).
@@ -186,17 +200,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Handler,
 {
-    let mut conn = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(max_streams)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-        .reset_stream_duration(RESET_STREAM_MEMORY)
-        .handshake::<_, Bytes>(io)
-        .await?;
+    let mut conn = settings(max_streams).handshake::<_, Bytes>(io).await?;
     let mut keepalive = pin!(keepalive(
         conn.ping_pong(),
         KEEPALIVE_INTERVAL,
