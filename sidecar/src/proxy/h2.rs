@@ -40,7 +40,8 @@ use crate::endpoint::{H2Body, Pump, RESET_STREAM_MEMORY, RESET_STREAMS_REMEMBERE
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Streams a connection from a peer sidecar may have open at once:
-/// hyper's server's 200 (a peer's client pools its connections).
+/// hyper's server's 200 (a peer's calls are bounded by its own limits
+/// before they get here).
 pub const PEER_STREAMS: u32 = 200;
 /// The same from the app. More than a service's limit on calls in flight
 /// (`--max-concurrent-requests`, 1,024 by default), and than a few
@@ -79,24 +80,21 @@ impl Body for CallerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             CallerBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            CallerBody::H2(H2Request(Some(b))) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            CallerBody::H2(H2Request(None)) => Poll::Ready(None),
+            CallerBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             CallerBody::Http1(b) => b.is_end_stream(),
-            CallerBody::H2(H2Request(Some(b))) => b.is_end_stream(),
-            CallerBody::H2(H2Request(None)) => true,
+            CallerBody::H2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             CallerBody::Http1(b) => b.size_hint(),
-            CallerBody::H2(H2Request(Some(b))) => b.size_hint(),
-            CallerBody::H2(H2Request(None)) => SizeHint::with_exact(0),
+            CallerBody::H2(b) => b.size_hint(),
         }
     }
 }
@@ -106,6 +104,31 @@ impl Body for CallerBody {
 /// rest is read in a task of its own rather than reset: see [`drain`].
 /// (`None` only once handed over.)
 pub struct H2Request(Option<H2Body>);
+
+impl Body for H2Request {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        match &mut self.get_mut().0 {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(H2Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), H2Body::size_hint)
+    }
+}
 
 impl Drop for H2Request {
     fn drop(&mut self) {
