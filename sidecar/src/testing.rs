@@ -65,6 +65,20 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The kinds of the whole HTTP/2 frames in `bytes`, in order.
+pub fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        if bytes.len() < 9 + len {
+            break;
+        }
+        kinds.push(bytes[3]);
+        bytes = &bytes[9 + len..];
+    }
+    kinds
+}
+
 /// Reads whole HTTP/2 frames from `io` (skipping a client's preface),
 /// buffering in `buf`, and hands each one's (kind, flags, stream) to
 /// `done` until it says stop; fails on a GOAWAY or a closed pipe.

@@ -151,6 +151,45 @@ async fn client_streaming() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_long_lived_streams_than_one_connection_takes_are_all_served() -> anyhow::Result<()> {
+    // A sidecar takes 200 streams on a connection from a peer sidecar, and
+    // one app: 450 streams that stay open (a feed each) need three
+    // connections on each hop after the caller's. On one, the 201st call
+    // would wait for a stream until another ended: here, never.
+    let m = mesh().await?;
+    let c = client(m.client_side.upstream("echo")).await?;
+    let open = |i: usize| {
+        let mut c = c.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut replies = c
+                .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            tx.send(req(&format!("feed {i}"))).await?;
+            let r = replies.message().await?.expect("a reply");
+            anyhow::ensure!(r.message == format!("feed {i}"), "got {:?}", r.message);
+            anyhow::Ok((tx, replies))
+        }
+    };
+    let feeds = futures_util::future::join_all((0..450).map(open));
+    let feeds = tokio::time::timeout(Duration::from_secs(20), feeds)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("not every stream was answered while the others stayed open")
+        })?;
+    let mut ended = 0;
+    for feed in feeds {
+        let (tx, mut replies) = feed?;
+        drop(tx);
+        assert!(replies.message().await?.is_none());
+        ended += usize::from(replies.trailers().await?.is_some());
+    }
+    assert_eq!(ended, 450);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bidirectional_streaming_interleaves() -> anyhow::Result<()> {
     let m = mesh().await?;
     let mut c = client(m.client_side.upstream("echo")).await?;

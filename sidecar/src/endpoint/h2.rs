@@ -1,5 +1,10 @@
-//! One multiplexed HTTP/2 connection to a peer, opened on first use and
-//! reopened when it closes. Every request to that peer shares it.
+//! Multiplexed HTTP/2 connections to a peer: one, opened on first use and
+//! reopened when it closes, which every request to that peer shares; and
+//! more only while every open one is at the streams the peer allows on a
+//! connection (its SETTINGS_MAX_CONCURRENT_STREAMS), up to
+//! [`MAX_CONNECTIONS`]. Without them, calls past that limit would wait in
+//! this sidecar for a stream: for long-lived streams (a server stream that
+//! follows a feed), until one of the others ends, which may be never.
 //!
 //! Driven with `h2` directly, not through hyper's client: the request's
 //! own task opens the stream, writes a body that is already at hand (so a
@@ -13,18 +18,19 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::AbortHandle;
 
-use super::connector::{BoxedIo, ConnectTarget, Connector};
+use super::connector::{ConnectTarget, Connector};
+use super::preface::Preface;
 use crate::body::BoxBody;
 use crate::error::ProxyError;
 use crate::resilience::limit::Limit;
@@ -42,8 +48,12 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-/// Streams opened before the peer's SETTINGS say how many it takes.
+/// Streams opened before the peer's SETTINGS say how many it takes (none:
+/// a connection is handed out once they have come).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
+/// How long a new connection's peer may take to send its SETTINGS, the
+/// first frame a server sends, once TLS is up.
+const SETTINGS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many streams this end reset are remembered, and for how long, so
 /// that frames the peer had already sent for them are dropped quietly.
@@ -66,25 +76,60 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 pub(crate) const RESET_STREAMS_REMEMBERED: usize = 2048;
 pub(crate) const RESET_STREAM_MEMORY: Duration = Duration::from_millis(200);
 
+/// Connections to one peer at most. A peer sidecar allows 200 streams on
+/// each (`proxy::h2::PEER_STREAMS`), so 16 carry 3,200 calls at once: more
+/// than a service's default limit on calls in flight (1,024), which sheds
+/// before this is reached. Past it, calls wait for a stream on the least
+/// busy connection, within the service's limit on waiting requests.
+pub const MAX_CONNECTIONS: usize = 16;
+
 pub struct H2Client {
     target: ConnectTarget,
     connector: Arc<dyn Connector>,
-    /// The open connection. Read without a lock on every request.
-    conn: ArcSwapOption<Conn>,
+    /// The open connections, in the order they were opened: a request takes
+    /// the first with a stream free. Read without a lock on every request;
+    /// almost always one.
+    conns: ArcSwap<Vec<Arc<Conn>>>,
     /// Only one task opens a connection at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// An open connection: the handle streams are opened with, and whether
-/// the task driving it has ended.
+/// An open connection: the handle streams are opened with, whether the
+/// task driving it has ended, and how many of its streams are ours now.
 struct Conn {
     send: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// Streams opened and not yet ended (their response body ended or was
+    /// dropped): [`Slot`]s. A request body still being written after its
+    /// answer ended is not counted; h2 itself holds back a stream past the
+    /// peer's limit, so a count that is low only delays a new connection.
+    streams: Arc<AtomicUsize>,
 }
 
 impl Conn {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Open, and below the streams the peer allows (as its latest SETTINGS
+    /// say: a connection is handed out only once its first have come).
+    fn has_room(&self) -> bool {
+        !self.is_closed()
+            && self.streams.load(Ordering::Relaxed) < self.send.current_max_send_streams()
+    }
+
+    fn slot(&self) -> Slot {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Slot(self.streams.clone())
+    }
+}
+
+/// One stream counted in its connection's [`Conn::streams`] until dropped.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -93,38 +138,55 @@ impl H2Client {
         H2Client {
             target,
             connector,
-            conn: ArcSwapOption::empty(),
+            conns: ArcSwap::from_pointee(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Whether a connection is open now (for `/config` and metrics).
     pub fn is_connected(&self) -> bool {
-        self.conn.load().as_ref().is_some_and(|c| !c.is_closed())
+        self.conns.load().iter().any(|c| !c.is_closed())
     }
 
-    /// The open connection, or a new one. Returned as the shared handle so
-    /// that a caller that finds it broken can retire exactly that one.
+    /// How many connections are open now.
+    pub fn connections(&self) -> usize {
+        self.conns.load().iter().filter(|c| !c.is_closed()).count()
+    }
+
+    /// The first open connection with a stream free, or a new one (while
+    /// fewer than [`MAX_CONNECTIONS`] are open), or the open one with the
+    /// fewest streams. Returned as the shared handle so that a caller that
+    /// finds it broken can retire exactly that one.
     async fn conn(&self) -> Result<Arc<Conn>, ProxyError> {
-        if let Some(c) = self.conn.load_full()
-            && !c.is_closed()
-        {
-            return Ok(c);
+        if let Some(c) = self.conns.load().iter().find(|c| c.has_room()) {
+            return Ok(c.clone());
         }
         // Boxed: connecting (TLS and the HTTP/2 handshake) is rare, and its
         // future would otherwise be carried by every request's (1 KB).
         Box::pin(self.connect()).await
     }
 
-    /// Opens the connection, unless another task did meanwhile.
+    /// Opens a connection, unless another task opened one with room
+    /// meanwhile, or enough are open.
     async fn connect(&self) -> Result<Arc<Conn>, ProxyError> {
         let _guard = self.connecting.lock().await;
-        if let Some(c) = self.conn.load_full()
-            && !c.is_closed()
-        {
-            return Ok(c);
+        let open: Vec<Arc<Conn>> = self
+            .conns
+            .load()
+            .iter()
+            .filter(|c| !c.is_closed())
+            .cloned()
+            .collect();
+        if let Some(c) = open.iter().find(|c| c.has_room()) {
+            return Ok(c.clone());
         }
-        let io = self.connector.connect(&self.target).await?;
+        if open.len() >= MAX_CONNECTIONS {
+            let least = open
+                .iter()
+                .min_by_key(|c| c.streams.load(Ordering::Relaxed));
+            return Ok(least.expect("MAX_CONNECTIONS is above 0").clone());
+        }
+        let (io, settings) = Preface::new(self.connector.connect(&self.target).await?);
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -144,7 +206,7 @@ impl H2Client {
             // tonic's and hyper's users met: hyperium/h2#856).
             .max_local_error_reset_streams(None)
             .enable_push(false)
-            .handshake::<BoxedIo, Bytes>(io)
+            .handshake::<Preface, Bytes>(io)
             .await
             .map_err(|source| ProxyError::Handshake {
                 addr: self.target.addr.to_string(),
@@ -152,14 +214,46 @@ impl H2Client {
             })?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(connection, closed.clone(), self.target.addr.clone()));
-        let conn = Arc::new(Conn { send, closed });
-        self.conn.store(Some(conn.clone()));
+        // The peer's limit on streams is known once its SETTINGS are read
+        // (`endpoint::preface`); a server sends them first, as soon as the
+        // connection is up. Until then h2 would guess it.
+        let no_settings = |why: String| ProxyError::Connect {
+            addr: self.target.addr.to_string(),
+            source: std::io::Error::other(why),
+        };
+        match tokio::time::timeout(SETTINGS_TIMEOUT, settings).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(no_settings(
+                    "the connection closed before the peer's HTTP/2 SETTINGS came".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(no_settings(format!(
+                    "no HTTP/2 SETTINGS from the peer within {SETTINGS_TIMEOUT:?}"
+                )));
+            }
+        }
+        let conn = Arc::new(Conn {
+            send,
+            closed,
+            streams: Arc::default(),
+        });
+        let mut conns = open;
+        conns.push(conn.clone());
+        self.conns.store(Arc::new(conns));
         Ok(conn)
     }
 
-    /// Forgets `broken`, unless another task already replaced it.
+    /// Forgets `broken`.
     fn retire(&self, broken: &Arc<Conn>) {
-        self.conn.compare_and_swap(broken, None::<Arc<Conn>>);
+        self.conns.rcu(|conns| {
+            conns
+                .iter()
+                .filter(|c| !Arc::ptr_eq(c, broken))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 
     /// Sends one request, with at most `limit.1` requests of the service
@@ -206,6 +300,7 @@ impl H2Client {
             // The same poll that found the connection ready opens the
             // stream: nothing can close it in between.
             let head = head.take().expect("a head until the stream is opened");
+            let slot = shared.slot();
             let sent = tokio::time::Instant::now();
             let eos = body.is_end_stream();
             let upstream = |source| ProxyError::Upstream {
@@ -224,6 +319,7 @@ impl H2Client {
                 data_done: false,
                 done: false,
                 pump,
+                slot: Some(slot),
             });
             return Ok((response, sent.elapsed()));
         }
@@ -237,7 +333,7 @@ impl H2Client {
 /// Drives the connection until it ends or stops answering PINGs; then
 /// marks it closed, so the next request opens another.
 async fn drive(
-    mut connection: h2::client::Connection<BoxedIo, Bytes>,
+    mut connection: h2::client::Connection<Preface, Bytes>,
     closed: Arc<AtomicBool>,
     addr: Arc<str>,
 ) {
@@ -436,6 +532,9 @@ pub struct H2Body {
     /// The request body's pump, if it still runs: cancelled if this body
     /// is dropped before its end.
     pump: PumpGuard,
+    /// A response's stream, counted in its connection's until the body
+    /// ends or is dropped.
+    slot: Option<Slot>,
 }
 
 impl H2Body {
@@ -447,6 +546,7 @@ impl H2Body {
             data_done: false,
             done: false,
             pump: PumpGuard(None),
+            slot: None,
         }
     }
 
@@ -455,6 +555,7 @@ impl H2Body {
     fn finish(&mut self) {
         self.done = true;
         self.pump.disarm();
+        self.slot = None;
     }
 }
 
@@ -528,7 +629,7 @@ mod tests {
     use tokio_stream::wrappers::ReceiverStream;
 
     use super::*;
-    use crate::endpoint::{Alpn, ConnectFuture};
+    use crate::endpoint::{Alpn, BoxedIo, ConnectFuture};
     use crate::testing::{Counted, frame, frames_until};
 
     /// Hands out one end of a pipe, once.
@@ -553,12 +654,15 @@ mod tests {
     }
 
     fn client_over(io: BoxedIo) -> H2Client {
-        let target = ConnectTarget {
+        H2Client::new(pipe_target(), Arc::new(Pipe(Mutex::new(Some(io)))))
+    }
+
+    fn pipe_target() -> ConnectTarget {
+        ConnectTarget {
             addr: "peer:1".into(),
             service: weft_proto::name::ServiceName::parse("peer").expect("name"),
             alpn: Alpn::H2,
-        };
-        H2Client::new(target, Arc::new(Pipe(Mutex::new(Some(io)))))
+        }
     }
 
     /// A request whose body is whatever is sent on the returned channel.
@@ -765,10 +869,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_answers_no_ping_is_dropped_with_its_streams() {
+        use tokio::io::AsyncWriteExt;
         let (client, theirs) = client();
-        // The peer reads everything and never says a word.
+        // The peer sends its SETTINGS, then reads everything and never
+        // says another word.
         tokio::spawn(async move {
             let mut theirs = theirs;
+            theirs
+                .write_all(&frame(0x4, 0, 0, &[]))
+                .await
+                .expect("settings");
             let _ = tokio::io::copy(&mut theirs, &mut tokio::io::sink()).await;
         });
         let req = http::Request::get("http://peer/silent")
@@ -790,6 +900,39 @@ mod tests {
             "dropped after {waited:?}"
         );
         assert!(!client.is_connected());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_sends_no_settings_is_a_connection_that_failed() {
+        let (client, theirs) = client();
+        // The peer reads everything and never says a word: not even the
+        // SETTINGS an HTTP/2 server sends first. The call is never sent, so
+        // it fails as a connection does (a retry may take it elsewhere).
+        let (read, got) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut theirs = theirs;
+            let mut all = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut all).await;
+            let _ = read.send(all);
+        });
+        let req = http::Request::get("http://peer/silent")
+            .body(crate::body::empty())
+            .expect("request");
+        let started = tokio::time::Instant::now();
+        let Err(failed) = client.send(req, None).await else {
+            panic!("an answer from a silent peer");
+        };
+        assert_eq!(started.elapsed(), SETTINGS_TIMEOUT);
+        assert_eq!(
+            failed.kind(),
+            crate::error::ErrorKind::ConnectFailed,
+            "{failed}"
+        );
+        assert!(!client.is_connected());
+        drop(client);
+        let all = got.await.expect("what the peer read");
+        let frames = crate::testing::frame_kinds(&all[24..]);
+        assert!(!frames.contains(&0x1), "a request was sent: {frames:?}");
     }
 
     /// When the peer's answers to calls given up arrive.
@@ -924,5 +1067,115 @@ mod tests {
             second > 1024,
             "only {second} answers found their stream forgotten"
         );
+    }
+
+    /// Hands out a new pipe on every connect; the other ends go to the
+    /// test.
+    struct Pipes(mpsc::UnboundedSender<DuplexStream>);
+
+    impl Connector for Pipes {
+        fn connect<'a>(&'a self, _: &'a ConnectTarget) -> ConnectFuture<'a> {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let sent = self.0.send(theirs);
+            Box::pin(async move {
+                sent.map(|()| Box::new(ours) as BoxedIo)
+                    .map_err(|_| ProxyError::Connect {
+                        addr: "peer:1".into(),
+                        source: std::io::Error::other("the test ended"),
+                    })
+            })
+        }
+    }
+
+    /// A peer allowing `max` streams a connection, answering each with
+    /// headers and keeping it open (a server stream with nothing to say
+    /// yet) until the test ends. Sends what it accepts to `accepted`: the
+    /// connection's number, in the order connections came.
+    async fn peer_holding_streams(
+        mut pipes: mpsc::UnboundedReceiver<DuplexStream>,
+        max: u32,
+        accepted: mpsc::UnboundedSender<usize>,
+    ) {
+        let mut n = 0;
+        while let Some(pipe) = pipes.recv().await {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut conn = h2::server::Builder::new()
+                    .max_concurrent_streams(max)
+                    .handshake::<_, Bytes>(pipe)
+                    .await
+                    .expect("handshake");
+                let mut held = Vec::new();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let send = respond
+                        .send_response(http::Response::new(()), false)
+                        .expect("respond");
+                    held.push(send);
+                    let _ = accepted.send(n);
+                }
+            });
+            n += 1;
+        }
+    }
+
+    /// A call to the feed, answered (its headers) within 10 s of paused
+    /// time, or `None`.
+    async fn feed(client: &H2Client) -> Option<H2Body> {
+        let req = http::Request::post("http://peer/feed")
+            .body(crate::body::full(Bytes::from_static(b"hello")))
+            .expect("request");
+        let answered = tokio::time::timeout(Duration::from_secs(10), client.send(req, None));
+        let (resp, _) = answered.await.ok()?.expect("an answer");
+        Some(resp.into_body())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_past_a_connections_stream_limit_open_another_connection() {
+        let (pipes, theirs) = mpsc::unbounded_channel();
+        let client = H2Client::new(pipe_target(), Arc::new(Pipes(pipes)));
+        let (accepted, mut on) = mpsc::unbounded_channel();
+        tokio::spawn(peer_holding_streams(theirs, 2, accepted));
+        // Five long-lived calls, two streams a connection: each is answered
+        // while the others stay open, on three connections.
+        let mut bodies = Vec::new();
+        for n in 0..5 {
+            let body = feed(&client).await;
+            bodies.push(body.unwrap_or_else(|| panic!("call {n} waited for a stream")));
+        }
+        let mut per_connection = [0; 3];
+        for _ in 0..5 {
+            per_connection[on.recv().await.expect("accepted")] += 1;
+        }
+        assert_eq!(per_connection, [2, 2, 1]);
+        assert_eq!(client.connections(), 3);
+        // A stream that ends frees its place: the next call takes it, on
+        // the connection it was on, and no fourth connection opens.
+        bodies.swap_remove(0);
+        let _sixth = feed(&client).await.expect("the sixth call answered");
+        assert_eq!(on.recv().await, Some(0));
+        assert_eq!(client.connections(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_to_one_peer_are_bounded() {
+        let (pipes, theirs) = mpsc::unbounded_channel();
+        let client = H2Client::new(pipe_target(), Arc::new(Pipes(pipes)));
+        let (accepted, _on) = mpsc::unbounded_channel();
+        tokio::spawn(peer_holding_streams(theirs, 1, accepted));
+        let mut bodies = Vec::new();
+        for n in 0..MAX_CONNECTIONS {
+            let body = feed(&client).await;
+            bodies.push(body.unwrap_or_else(|| panic!("call {n} waited for a stream")));
+        }
+        assert_eq!(client.connections(), MAX_CONNECTIONS);
+        // One stream a connection, and as many connections as may be: the
+        // next call waits for a stream.
+        assert!(
+            feed(&client).await.is_none(),
+            "a call past every stream was answered"
+        );
+        assert_eq!(client.connections(), MAX_CONNECTIONS);
+        bodies.pop();
+        assert!(feed(&client).await.is_some(), "a freed stream went unused");
     }
 }

@@ -1,9 +1,11 @@
-//! Endpoints: one peer sidecar (or the local app) reached over one pooled,
-//! multiplexed HTTP/2 connection, with the load figures the balancer reads.
+//! Endpoints: one peer sidecar (or the local app) reached over pooled,
+//! multiplexed HTTP/2 connections (one, and more only while each is at
+//! the peer's stream limit), with the load figures the balancer reads.
 
 mod connector;
 mod h2;
 mod load;
+mod preface;
 
 pub use connector::{Alpn, BoxedIo, ConnectFuture, ConnectTarget, Connector, TcpConnector};
 pub use h2::{H2Body, H2Client};
