@@ -172,6 +172,7 @@ fn config_json(state: &AdminState) -> Value {
                         "weight": e.spec.weight,
                         "inFlight": e.peer.load.pending(),
                         "connected": e.peer.client.is_connected(),
+                        "connections": e.peer.client.connections(),
                         "ejectedForMs": e.peer.outlier.ejected_until().map(|u| u.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64),
                     })).collect::<Vec<_>>(),
                 }),

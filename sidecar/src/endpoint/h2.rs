@@ -125,7 +125,7 @@ impl Conn {
 }
 
 /// One stream counted in its connection's [`Conn::streams`] until dropped.
-pub(crate) struct Slot(Arc<AtomicUsize>);
+struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
