@@ -214,9 +214,9 @@ impl H2Client {
             })?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(connection, closed.clone(), self.target.addr.clone()));
-        // The peer's limit on streams is known once its SETTINGS are read
-        // (`endpoint::preface`); a server sends them first, as soon as the
-        // connection is up. Until then h2 would guess it.
+        // The peer's limit on streams is known once its SETTINGS are in
+        // force: acknowledged (`endpoint::preface`). A server sends them
+        // first, as soon as the connection is up; until then h2 guesses.
         let no_settings = |why: String| ProxyError::Connect {
             addr: self.target.addr.to_string(),
             source: std::io::Error::other(why),

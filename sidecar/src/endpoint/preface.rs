@@ -1,5 +1,5 @@
-//! Knowing when an HTTP/2 peer's SETTINGS have come. A server's preface
-//! is its SETTINGS frame, sent first (RFC 9113 §3.4); until h2 has read
+//! Knowing when an HTTP/2 peer's SETTINGS are in force. A server's
+//! preface is its SETTINGS frame (RFC 9113 §3.4); until h2 has applied
 //! it, h2 lets this end open only `INITIAL_MAX_SEND_STREAMS`, a guess and
 //! not the peer's limit. The pool of connections to a peer
 //! (`endpoint::h2`) opens another connection when one is at the peer's
@@ -7,10 +7,11 @@
 //! burst of long-lived calls on a new connection would otherwise be put
 //! past the peer's limit, where h2 holds them until a stream ends.
 //!
-//! [`Preface`] wraps the connection's IO and tells the moment the whole
-//! first frame has been read. h2 applies a frame in the same poll that
-//! reads it, so on the sidecar's one thread, a task told is woken after
-//! h2's limit has become the peer's.
+//! [`Preface`] wraps the connection's IO and tells the moment this end
+//! writes its acknowledgement of the peer's SETTINGS (a SETTINGS frame
+//! with the ACK flag). h2 applies the peer's settings as it queues that
+//! acknowledgement, before it writes it, so once told, on any number of
+//! threads, h2's limit is the peer's.
 
 use std::io;
 use std::pin::Pin;
@@ -21,50 +22,104 @@ use tokio::sync::oneshot;
 
 use super::connector::BoxedIo;
 
+/// What a client writes before its first frame (RFC 9113 §3.4).
+const CLIENT_PREFACE: usize = 24;
 /// An HTTP/2 frame's header: 24-bit length, type, flags, stream id.
 const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+const ACK: u8 = 0x1;
 
-/// The connection's IO, counting the bytes of the peer's first frame.
+/// The connection's IO, reading the frames this end writes until the
+/// acknowledgement of the peer's SETTINGS has gone out.
 pub(crate) struct Preface {
     io: BoxedIo,
-    /// Bytes of the first frame read so far, its length's three bytes
-    /// among them, until it is whole.
-    read: usize,
-    length: [u8; 3],
-    /// Told when the first frame is whole; then gone.
+    frames: Frames,
+    /// Told when the acknowledgement is written; then gone.
     seen: Option<oneshot::Sender<()>>,
 }
 
 impl Preface {
-    /// The IO, and what is told once the peer's first frame is read
-    /// whole (or dropped untold, when the connection ends first).
+    /// The IO, and what is told once this end has acknowledged the peer's
+    /// SETTINGS (or dropped untold, when the connection ends first).
     pub(crate) fn new(io: BoxedIo) -> (Self, oneshot::Receiver<()>) {
         let (seen, told) = oneshot::channel();
         let io = Preface {
             io,
-            read: 0,
-            length: [0; 3],
+            frames: Frames::default(),
             seen: Some(seen),
         };
         (io, told)
     }
 
-    /// Counts `bytes`, just read, towards the first frame.
-    fn count(&mut self, bytes: &[u8]) {
-        for (at, &b) in (self.read..3).zip(bytes) {
-            self.length[at] = b;
+    /// Reads `written`, the bytes just written, if still watching.
+    fn watch<'a>(&mut self, written: impl IntoIterator<Item = &'a [u8]>) {
+        if self.seen.is_none() {
+            return;
         }
-        self.read += bytes.len();
-        if self.read >= 3 {
-            let [a, b, c] = self.length;
-            let whole = FRAME_HEADER + u32::from_be_bytes([0, a, b, c]) as usize;
-            if self.read >= whole
-                && let Some(seen) = self.seen.take()
-            {
-                let _ = seen.send(());
-            }
+        if written.into_iter().any(|bytes| self.frames.acked_in(bytes))
+            && let Some(seen) = self.seen.take()
+        {
+            let _ = seen.send(());
         }
     }
+}
+
+/// Where the written bytes are: in the client's preface or a frame's
+/// payload (`skip` more bytes of them), or in a frame's header.
+struct Frames {
+    skip: usize,
+    head: [u8; FRAME_HEADER],
+    have: usize,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Frames {
+            skip: CLIENT_PREFACE,
+            head: [0; FRAME_HEADER],
+            have: 0,
+        }
+    }
+}
+
+impl Frames {
+    /// Whether `bytes`, the next written, hold the header of a SETTINGS
+    /// acknowledgement.
+    fn acked_in(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == FRAME_HEADER {
+                self.have = 0;
+                let [a, b, c, kind, flags, ..] = self.head;
+                if kind == SETTINGS && flags & ACK != 0 {
+                    return true;
+                }
+                self.skip = u32::from_be_bytes([0, a, b, c]) as usize;
+            }
+        }
+        false
+    }
+}
+
+/// The first `n` bytes of `bufs`, slice by slice (empty ones among them).
+fn first<'a>(bufs: &'a [io::IoSlice<'a>], n: usize) -> impl Iterator<Item = &'a [u8]> {
+    bufs.iter().scan(n, |left, b| {
+        if *left == 0 {
+            return None;
+        }
+        let take = b.len().min(*left);
+        *left -= take;
+        Some(&b[..take])
+    })
 }
 
 impl AsyncRead for Preface {
@@ -73,14 +128,7 @@ impl AsyncRead for Preface {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.seen.is_some() && buf.filled().len() > before {
-            let fresh = &buf.filled()[before..];
-            this.count(fresh);
-        }
-        polled
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -90,7 +138,12 @@ impl AsyncWrite for Preface {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.watch([&buf[..n]]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -98,7 +151,12 @@ impl AsyncWrite for Preface {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.watch(first(bufs, n));
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -119,34 +177,66 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::testing::frame;
 
-    /// The peer's first frame (a SETTINGS with one setting, 6 bytes of
-    /// payload), then a second, written in pieces of `piece` bytes: told
-    /// exactly when the first frame's last byte is read.
-    async fn seen_after_each_read(piece: usize) -> Vec<(usize, bool)> {
-        let (ours, mut theirs) = tokio::io::duplex(1024);
+    /// What a client writes first: its preface, its SETTINGS (one
+    /// setting), a WINDOW_UPDATE; then the acknowledgement of the peer's
+    /// SETTINGS and a HEADERS. Returns where the acknowledgement ends.
+    fn client_writes() -> (Vec<u8>, usize) {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        bytes.extend(frame(0x8, 0, 0, &[0, 0, 0x10, 0]));
+        // A SETTINGS ACK's header inside a payload is not one.
+        bytes.extend(frame(0x0, 0, 1, &[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]));
+        bytes.extend(frame(SETTINGS, ACK, 0, &[]));
+        let acked = bytes.len();
+        bytes.extend(frame(0x1, 0x5, 1, &[0x82]));
+        (bytes, acked)
+    }
+
+    /// Writes `client_writes` in pieces of `piece` bytes (plain or
+    /// vectored, two slices a write): whether told after each.
+    async fn told_after_each_write(piece: usize, vectored: bool) -> Vec<(usize, bool)> {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
         let (mut io, mut told) = Preface::new(Box::new(ours));
+        let (bytes, _) = client_writes();
+        let mut written = 0;
         let mut seen = false;
-        let mut bytes = vec![0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2];
-        bytes.extend([0, 0, 0, 4, 1, 0, 0, 0, 0]);
-        let mut read = 0;
         let mut log = Vec::new();
         for chunk in bytes.chunks(piece) {
-            theirs.write_all(chunk).await.expect("write");
-            let mut buf = vec![0; chunk.len()];
-            io.read_exact(&mut buf).await.expect("read");
-            read += chunk.len();
+            if vectored {
+                let (a, b) = chunk.split_at(chunk.len() / 2);
+                let mut done = 0;
+                while done < chunk.len() {
+                    let (a, b) = (&a[done.min(a.len())..], &b[done.saturating_sub(a.len())..]);
+                    let bufs = [io::IoSlice::new(a), io::IoSlice::new(b)];
+                    done += io.write_vectored(&bufs).await.expect("write");
+                }
+            } else {
+                io.write_all(chunk).await.expect("write");
+            }
+            written += chunk.len();
             seen |= told.try_recv().is_ok();
-            log.push((read, seen));
+            log.push((written, seen));
         }
+        let mut echoed = vec![0; bytes.len()];
+        theirs.read_exact(&mut echoed).await.expect("read");
+        assert_eq!(echoed, bytes, "the bytes went through unchanged");
         log
     }
 
     #[tokio::test]
-    async fn the_first_frame_is_told_when_its_last_byte_is_read() {
-        for piece in [1, 2, 4, 5, 15, 24] {
-            for (read, seen) in seen_after_each_read(piece).await {
-                assert_eq!(seen, read >= 15, "{piece}-byte reads, {read} read");
+    async fn told_once_the_settings_acknowledgement_is_written() {
+        let (_, acked) = client_writes();
+        for piece in [1, 2, 5, 9, 24, 50, 200] {
+            for vectored in [false, true] {
+                for (written, seen) in told_after_each_write(piece, vectored).await {
+                    assert_eq!(
+                        seen,
+                        written >= acked,
+                        "{piece}-byte writes (vectored: {vectored}), {written} written"
+                    );
+                }
             }
         }
     }
