@@ -881,14 +881,7 @@ mod tests {
                 .expect("settings");
             let _ = tokio::io::copy(&mut theirs, &mut tokio::io::sink()).await;
         });
-        let req = http::Request::get("http://peer/silent")
-            .body(crate::body::empty())
-            .expect("request");
-        let started = tokio::time::Instant::now();
-        let Err(failed) = client.send(req, None).await else {
-            panic!("an answer from a silent peer");
-        };
-        let waited = started.elapsed();
+        let (failed, waited) = call_unanswered(&client).await;
         assert_eq!(
             failed.kind(),
             crate::error::ErrorKind::UpstreamFailed,
@@ -900,6 +893,18 @@ mod tests {
             "dropped after {waited:?}"
         );
         assert!(!client.is_connected());
+    }
+
+    /// A call to a peer that never answers: how it failed, and when.
+    async fn call_unanswered(client: &H2Client) -> (ProxyError, Duration) {
+        let req = http::Request::get("http://peer/silent")
+            .body(crate::body::empty())
+            .expect("request");
+        let started = tokio::time::Instant::now();
+        let Err(failed) = client.send(req, None).await else {
+            panic!("an answer from a silent peer");
+        };
+        (failed, started.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
@@ -915,14 +920,8 @@ mod tests {
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut all).await;
             let _ = read.send(all);
         });
-        let req = http::Request::get("http://peer/silent")
-            .body(crate::body::empty())
-            .expect("request");
-        let started = tokio::time::Instant::now();
-        let Err(failed) = client.send(req, None).await else {
-            panic!("an answer from a silent peer");
-        };
-        assert_eq!(started.elapsed(), SETTINGS_TIMEOUT);
+        let (failed, waited) = call_unanswered(&client).await;
+        assert_eq!(waited, SETTINGS_TIMEOUT);
         assert_eq!(
             failed.kind(),
             crate::error::ErrorKind::ConnectFailed,
