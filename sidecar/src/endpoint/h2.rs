@@ -76,6 +76,10 @@ const SETTINGS_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const RESET_STREAMS_REMEMBERED: usize = 2048;
 pub(crate) const RESET_STREAM_MEMORY: Duration = Duration::from_millis(200);
 
+/// An extra connection (one opened while the others were full) is let go
+/// once two checks this far apart find it without a stream of ours.
+const EXTRA_IDLE: Duration = Duration::from_secs(30);
+
 /// Connections to one peer at most. A peer sidecar allows 200 streams on
 /// each (`proxy::h2::PEER_STREAMS`), so 16 carry 3,200 calls at once: more
 /// than a service's default limit on calls in flight (1,024), which sheds
@@ -88,14 +92,17 @@ pub struct H2Client {
     connector: Arc<dyn Connector>,
     /// The open connections, in the order they were opened: a request takes
     /// the first with a stream free. Read without a lock on every request;
-    /// almost always one.
-    conns: ArcSwap<Vec<Arc<Conn>>>,
+    /// almost always one. Shared with the tasks of extra connections, which
+    /// take theirs out when idle.
+    conns: Arc<Conns>,
     /// Only one task opens a connection at a time; the others wait for it.
     connecting: tokio::sync::Mutex<()>,
 }
 
 /// An open connection: the handle streams are opened with, whether the
 /// task driving it has ended, and how many of its streams are ours now.
+type Conns = ArcSwap<Vec<Arc<Conn>>>;
+
 struct Conn {
     send: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
@@ -138,7 +145,7 @@ impl H2Client {
         H2Client {
             target,
             connector,
-            conns: ArcSwap::from_pointee(Vec::new()),
+            conns: Arc::new(ArcSwap::from_pointee(Vec::new())),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
@@ -213,7 +220,13 @@ impl H2Client {
                 source,
             })?;
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(connection, closed.clone(), self.target.addr.clone()));
+        let streams = Arc::new(AtomicUsize::new(0));
+        let extra = (!open.is_empty()).then(|| Extra {
+            conns: Arc::downgrade(&self.conns),
+            streams: streams.clone(),
+        });
+        let addr = self.target.addr.clone();
+        tokio::spawn(drive(connection, closed.clone(), extra, addr));
         // The peer's limit on streams is known once its SETTINGS are in
         // force: acknowledged (`endpoint::preface`). A server sends them
         // first, as soon as the connection is up; until then h2 guesses.
@@ -237,7 +250,7 @@ impl H2Client {
         let conn = Arc::new(Conn {
             send,
             closed,
-            streams: Arc::default(),
+            streams,
         });
         let mut conns = open;
         conns.push(conn.clone());
@@ -331,10 +344,13 @@ impl H2Client {
 }
 
 /// Drives the connection until it ends or stops answering PINGs; then
-/// marks it closed, so the next request opens another.
+/// marks it closed, so the next request opens another. An extra one is
+/// taken out of the pool when idle, and then ends once the streams and
+/// handles a request may still hold are gone.
 async fn drive(
     mut connection: h2::client::Connection<Preface, Bytes>,
     closed: Arc<AtomicBool>,
+    extra: Option<Extra>,
     addr: Arc<str>,
 ) {
     let keepalive = keepalive(
@@ -355,8 +371,42 @@ async fn drive(
                 "HTTP/2 peer did not answer a PING; closing the connection",
             );
         }
+        () = let_go_when_idle(extra) => {}
     }
     closed.store(true, Ordering::Release);
+}
+
+/// What an extra connection's task needs to take it out of the pool.
+struct Extra {
+    conns: std::sync::Weak<Conns>,
+    /// Its [`Conn::streams`], which also says which connection it is.
+    streams: Arc<AtomicUsize>,
+}
+
+/// Takes an extra connection out of the pool once two checks
+/// [`EXTRA_IDLE`] apart find it without a stream; never ready. Out of
+/// the pool, no new request takes it, and h2 ends it (GOAWAY) when the
+/// last handle and stream are gone: a request that took it just before
+/// still gets its answer.
+async fn let_go_when_idle(extra: Option<Extra>) {
+    if let Some(extra) = extra {
+        let mut idle = 0;
+        while idle < 2 {
+            tokio::time::sleep(EXTRA_IDLE).await;
+            let none = extra.streams.load(Ordering::Relaxed) == 0;
+            idle = if none { idle + 1 } else { 0 };
+        }
+        if let Some(conns) = extra.conns.upgrade() {
+            conns.rcu(|conns| {
+                conns
+                    .iter()
+                    .filter(|c| !Arc::ptr_eq(&c.streams, &extra.streams))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+        }
+    }
+    std::future::pending().await
 }
 
 /// Sends a PING every `interval`; ready when one goes unanswered for
@@ -1086,14 +1136,22 @@ mod tests {
         }
     }
 
+    /// What [`peer_holding_streams`] saw on a connection (numbered in the
+    /// order they came).
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Stream(usize),
+        Ended(usize),
+    }
+
     /// A peer allowing `max` streams a connection, answering each with
     /// headers and keeping it open (a server stream with nothing to say
-    /// yet) until the test ends. Sends what it accepts to `accepted`: the
-    /// connection's number, in the order connections came.
+    /// yet) until the test ends. Tells `accepted` of each stream and of
+    /// each connection's end.
     async fn peer_holding_streams(
         mut pipes: mpsc::UnboundedReceiver<DuplexStream>,
         max: u32,
-        accepted: mpsc::UnboundedSender<usize>,
+        accepted: mpsc::UnboundedSender<Seen>,
     ) {
         let mut n = 0;
         while let Some(pipe) = pipes.recv().await {
@@ -1110,8 +1168,9 @@ mod tests {
                         .send_response(http::Response::new(()), false)
                         .expect("respond");
                     held.push(send);
-                    let _ = accepted.send(n);
+                    let _ = accepted.send(Seen::Stream(n));
                 }
+                let _ = accepted.send(Seen::Ended(n));
             });
             n += 1;
         }
@@ -1143,16 +1202,30 @@ mod tests {
         }
         let mut per_connection = [0; 3];
         for _ in 0..5 {
-            per_connection[on.recv().await.expect("accepted")] += 1;
+            match on.recv().await.expect("accepted") {
+                Seen::Stream(n) => per_connection[n] += 1,
+                ended => panic!("{ended:?}"),
+            }
         }
         assert_eq!(per_connection, [2, 2, 1]);
         assert_eq!(client.connections(), 3);
         // A stream that ends frees its place: the next call takes it, on
         // the connection it was on, and no fourth connection opens.
         bodies.swap_remove(0);
-        let _sixth = feed(&client).await.expect("the sixth call answered");
-        assert_eq!(on.recv().await, Some(0));
+        let sixth = feed(&client).await.expect("the sixth call answered");
+        assert_eq!(on.recv().await, Some(Seen::Stream(0)));
         assert_eq!(client.connections(), 3);
+        // Once the calls end, the extra connections go, after two idle
+        // checks; the first stays, and takes the next call.
+        drop((bodies, sixth));
+        tokio::time::sleep(EXTRA_IDLE * 2 + Duration::from_secs(1)).await;
+        assert_eq!(client.connections(), 1);
+        let mut ended = vec![on.recv().await, on.recv().await];
+        ended.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(ended, [Some(Seen::Ended(1)), Some(Seen::Ended(2))]);
+        let _next = feed(&client).await.expect("the next call answered");
+        assert_eq!(on.recv().await, Some(Seen::Stream(0)));
+        assert_eq!(client.connections(), 1);
     }
 
     #[tokio::test(start_paused = true)]
