@@ -252,9 +252,13 @@ impl H2Client {
             closed,
             streams,
         });
-        let mut conns = open;
-        conns.push(conn.clone());
-        self.conns.store(Arc::new(conns));
+        // Onto the pool as it is now, not as it was before connecting: an
+        // idle extra connection or a broken one may have left meanwhile.
+        self.conns.rcu(|conns| {
+            let mut open: Vec<_> = conns.iter().filter(|c| !c.is_closed()).cloned().collect();
+            open.push(conn.clone());
+            open
+        });
         Ok(conn)
     }
 
