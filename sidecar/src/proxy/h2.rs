@@ -41,7 +41,8 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Streams a connection from a peer sidecar may have open at once:
 /// hyper's server's 200 (a peer's calls are bounded by its own limits
-/// before they get here).
+/// before they get here, and past 200 it opens another connection:
+/// `endpoint::h2`).
 pub const PEER_STREAMS: u32 = 200;
 /// The same from the app. More than a service's limit on calls in flight
 /// (`--max-concurrent-requests`, 1,024 by default), and than a few
