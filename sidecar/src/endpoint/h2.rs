@@ -152,7 +152,7 @@ impl H2Client {
 
     /// Whether a connection is open now (for `/config` and metrics).
     pub fn is_connected(&self) -> bool {
-        self.conns.load().iter().any(|c| !c.is_closed())
+        self.connections() > 0
     }
 
     /// How many connections are open now.
@@ -264,13 +264,7 @@ impl H2Client {
 
     /// Forgets `broken`.
     fn retire(&self, broken: &Arc<Conn>) {
-        self.conns.rcu(|conns| {
-            conns
-                .iter()
-                .filter(|c| !Arc::ptr_eq(c, broken))
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+        leave(&self.conns, |c| Arc::ptr_eq(c, broken));
     }
 
     /// Sends one request, with at most `limit.1` requests of the service
@@ -401,16 +395,21 @@ async fn let_go_when_idle(extra: Option<Extra>) {
             idle = if none { idle + 1 } else { 0 };
         }
         if let Some(conns) = extra.conns.upgrade() {
-            conns.rcu(|conns| {
-                conns
-                    .iter()
-                    .filter(|c| !Arc::ptr_eq(&c.streams, &extra.streams))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            });
+            leave(&conns, |c| Arc::ptr_eq(&c.streams, &extra.streams));
         }
     }
     std::future::pending().await
+}
+
+/// Takes the connections `gone` picks out of the pool, as it is then.
+fn leave(conns: &Conns, gone: impl Fn(&Arc<Conn>) -> bool) {
+    conns.rcu(|conns| {
+        conns
+            .iter()
+            .filter(|c| !gone(c))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
 }
 
 /// Sends a PING every `interval`; ready when one goes unanswered for
