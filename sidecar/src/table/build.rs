@@ -17,7 +17,7 @@ use weft_proto::routing::{BackendRef, Route, RouteTable, Rule};
 
 use super::routes::{Backend, Backends, RuleRuntime, ServiceRoutes, backend_name, rule_policy};
 use super::target::{EjectionEvent, Runtime, Target};
-use super::{Entry, Table};
+use super::{Entry, NameMap, Table};
 use crate::endpoint::{Alpn, ConnectTarget, Connector, Endpoint, Peer};
 use crate::model::policy::RoutePolicy;
 use crate::model::{Health, ServiceState, Subset};
@@ -60,7 +60,7 @@ impl TableBuilder {
     ) -> Table {
         let known: Vec<_> = known.collect();
         let mut next = Next::default();
-        let mut services = HashMap::new();
+        let mut services = NameMap::default();
         self.metrics.clear_endpoints();
         for &(name, state) in &known {
             let target = self.target(name, state, None, &mut next);
@@ -68,7 +68,7 @@ impl TableBuilder {
         }
         // Routes last: their rules point at the targets of other services
         // (and of subsets, made here when a rule names one).
-        let mut routes = HashMap::new();
+        let mut routes = NameMap::default();
         for &(name, state) in known.iter().filter(|(_, s)| !s.routes.is_empty()) {
             let table = self.routes(name, state, &known, &services, &mut next);
             routes.insert(name.clone(), Arc::new(table));
@@ -171,7 +171,7 @@ impl TableBuilder {
         name: &ServiceName,
         state: &ServiceState,
         known: &[(&ServiceName, &ServiceState)],
-        services: &HashMap<ServiceName, Entry>,
+        services: &NameMap<Entry>,
         next: &mut Next,
     ) -> ServiceRoutes {
         let Some(Entry::Known(parent)) = services.get(name) else {

@@ -35,11 +35,17 @@ pub enum Entry {
     Unknown,
 }
 
+/// A map by service name, looked up on every request. FNV rather than
+/// std's SipHash: a name is a few bytes, and SipHash's setup was a tenth
+/// of a request's lookups. Its keys come from the control plane, not from
+/// requests, so no peer can choose them to collide.
+pub type NameMap<V> = HashMap<ServiceName, V, fnv::FnvBuildHasher>;
+
 #[derive(Default)]
 pub struct Table {
-    services: HashMap<ServiceName, Entry>,
+    services: NameMap<Entry>,
     /// The routes of the services that have some.
-    routes: HashMap<ServiceName, Arc<ServiceRoutes>>,
+    routes: NameMap<Arc<ServiceRoutes>>,
 }
 
 impl Table {

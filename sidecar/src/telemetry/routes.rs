@@ -88,12 +88,17 @@ impl EncodeLabelValue for Route {
     }
 }
 
-/// The routes seen for one (inbound?, service).
-type RoutesByPath = HashMap<Arc<str>, Route>;
+/// The routes seen for one (inbound?, service). FNV, as for the
+/// routing table's names (`table::NameMap`): a method's path is a few
+/// dozen bytes, hashed on every request. A peer chooses the paths, but at
+/// most [`MAX_ROUTES_PER_SERVICE`] of them are kept, so paths made to
+/// collide cost a scan of that many at worst.
+type RoutesByPath = HashMap<Arc<str>, Route, fnv::FnvBuildHasher>;
 
 #[derive(Default)]
 pub struct RouteNames {
-    by_service: Mutex<HashMap<(bool, ServiceName), RoutesByPath>>,
+    /// Per service, the outbound routes and the inbound ones.
+    by_service: Mutex<HashMap<ServiceName, [RoutesByPath; 2], fnv::FnvBuildHasher>>,
     other: Route,
 }
 
@@ -108,20 +113,20 @@ impl RouteNames {
     /// The route of a gRPC call to `path` of `service` (`inbound` tells the
     /// two directions' budgets apart).
     pub fn grpc(&self, inbound: bool, service: &ServiceName, path: &str) -> Route {
-        if !is_grpc_method(path) {
-            return self.other.clone();
-        }
         let Ok(mut map) = self.by_service.lock() else {
             return self.other.clone();
         };
-        // Looked up without allocating; the key is cloned only once per
-        // new service.
-        if let Some(routes) = map.get(&(inbound, service.clone()))
-            && let Some(r) = routes.get(path)
+        // A path is checked when it is first seen: one in the map is valid.
+        if let Some(routes) = map.get(service.as_str())
+            && let Some(r) = routes[usize::from(inbound)].get(path)
         {
             return r.clone();
         }
-        let routes = map.entry((inbound, service.clone())).or_default();
+        if !is_grpc_method(path) {
+            return self.other.clone();
+        }
+        // The key is cloned only once per new service.
+        let routes = &mut map.entry(service.clone()).or_default()[usize::from(inbound)];
         if routes.len() >= MAX_ROUTES_PER_SERVICE {
             return self.other.clone();
         }

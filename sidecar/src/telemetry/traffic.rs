@@ -71,7 +71,9 @@ struct RouteCounts {
 /// under a shared lock on the data path (the write lock only for a new key).
 #[derive(Debug)]
 struct Bounded<K, V> {
-    map: RwLock<HashMap<K, V>>,
+    /// FNV, as for the routing table's names (`table::NameMap`): looked
+    /// up on every request, and bounded by `max`.
+    map: RwLock<HashMap<K, V, fnv::FnvBuildHasher>>,
     max: usize,
 }
 
