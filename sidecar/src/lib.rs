@@ -17,6 +17,7 @@ pub mod failover;
 pub mod health;
 pub mod identity;
 pub mod intercept;
+pub mod malloc;
 pub mod model;
 pub mod proxy;
 pub mod rand;

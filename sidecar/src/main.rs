@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
     // wakeups that dominate its latency at moderate load (measured with
     // weft-bench; see docs/architecture.md).
     let runtime = if args.workers <= 1 {
+        // Before any thread starts: the others share the main arena.
+        weft_sidecar::malloc::one_arena();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
