@@ -36,9 +36,11 @@ pub enum Entry {
 }
 
 /// A map by service name, looked up on every request. FNV rather than
-/// std's SipHash: a name is a few bytes, and SipHash's setup was a tenth
-/// of a request's lookups. Its keys come from the control plane, not from
-/// requests, so no peer can choose them to collide.
+/// std's SipHash, which cost about 1% of a request's instructions in the
+/// maps read by name (docs/performance.md). Its keys are the services the
+/// control plane sent and the names this sidecar asked it about (at most
+/// [`MAX_WANTED`]), so names an app made to collide cost a scan of those
+/// at worst.
 pub type NameMap<V> = HashMap<ServiceName, V, fnv::FnvBuildHasher>;
 
 #[derive(Default)]
