@@ -16,11 +16,7 @@
 /// own; whether it did. Call before any thread is spawned.
 #[allow(unsafe_code)]
 pub fn one_arena() -> bool {
-    let tunables = std::env::var("GLIBC_TUNABLES").ok();
-    if !wanted(
-        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
-        tunables.as_deref(),
-    ) {
+    if !wanted_here() {
         return false;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -31,6 +27,15 @@ pub fn one_arena() -> bool {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
+}
+
+/// [`wanted`], for this process's environment.
+fn wanted_here() -> bool {
+    let tunables = std::env::var("GLIBC_TUNABLES").ok();
+    wanted(
+        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+        tunables.as_deref(),
+    )
 }
 
 /// Whether to set the limit: not when `MALLOC_ARENA_MAX` or the glibc
@@ -63,8 +68,7 @@ mod tests {
     fn glibc_takes_the_limit() {
         // Whether the environment of the test run sets one or not, the
         // answer must follow it; glibc accepts the option (mallopt 1).
-        let set_outside = std::env::var_os("MALLOC_ARENA_MAX").is_some()
-            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        let set_outside = !wanted_here();
         assert_eq!(one_arena(), !set_outside);
     }
 }
