@@ -25,6 +25,10 @@ set -eu
 cd "$(dirname "$0")/.."
 out=${1:-target/pgo/weft-sidecar}
 here=$(pwd)
+if [ -d "$out" ]; then
+    echo "pgo.sh: $out is a directory; name the binary to write (e.g. $out/weft-sidecar)" >&2
+    exit 1
+fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
@@ -123,15 +127,25 @@ fi
 }
 # The hot code goes together, in call order (cdsort), each function's hot
 # blocks first (ext-tsp) and its cold ones split off to .text.cold; code
-# the training never ran stays where the linker put it.
+# the training never ran stays where the linker put it. (Not
+# -use-gnu-stack: it turns the GNU_STACK program header into the new
+# code's, and without that header glibc makes every thread's stack
+# executable.)
 mkdir -p "$(dirname "$out")"
 "$bolt" "$pgo_bin" -o "$out.tmp" -data="$bdata/merged.fdata" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions \
-    -split-all-cold -split-eh -icf=1 -use-gnu-stack -update-debug-sections \
+    -split-all-cold -split-eh -icf=1 -update-debug-sections \
     >"$bdata/optimise.log" 2>&1 || {
     tail -20 "$bdata/optimise.log" >&2
     echo "pgo.sh: llvm-bolt could not optimise $pgo_bin (log above)" >&2
     exit 1
 }
+# The stack must stay not executable: GNU_STACK present, flags RW.
+stack=$(readelf -lW "$out.tmp" | awk '$1 == "GNU_STACK" { print $7 }')
+if [ "$stack" != "RW" ]; then
+    echo "pgo.sh: $out.tmp would run with executable stacks" \
+        "(GNU_STACK program header: ${stack:-missing}, expected RW)" >&2
+    exit 1
+fi
 mv -f "$out.tmp" "$out"
 echo "pgo.sh: $out"

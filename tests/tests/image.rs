@@ -39,6 +39,34 @@ fn podman(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+const PT_GNU_STACK: u32 = 0x6474_e551;
+const PF_X: u32 = 1;
+
+/// The flags of a 64-bit little-endian ELF file's GNU_STACK program
+/// header, or `None` when it has none.
+fn stack_flags(path: &Path) -> anyhow::Result<Option<u32>> {
+    let elf = std::fs::read(path)?;
+    let at = |off: usize, n: usize| {
+        elf.get(off..off + n)
+            .with_context(|| format!("{} is cut short (ELF header)", path.display()))
+    };
+    anyhow::ensure!(
+        at(0, 6)? == b"\x7fELF\x02\x01",
+        "{} is not a 64-bit little-endian ELF file",
+        path.display()
+    );
+    let u16_at = |off| at(off, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let phoff = u64::from_le_bytes(at(0x20, 8)?.try_into()?) as usize;
+    let (entry, count) = (u16_at(0x36)?, u16_at(0x38)?);
+    for i in 0..count {
+        let ph = at(phoff + i * entry, 8)?;
+        if u32::from_le_bytes(ph[..4].try_into()?) == PT_GNU_STACK {
+            return Ok(Some(u32::from_le_bytes(ph[4..8].try_into()?)));
+        }
+    }
+    Ok(None)
+}
+
 /// The image is removed however the test ends.
 struct Image(String);
 
@@ -98,6 +126,14 @@ fn the_image_holds_the_three_binaries_their_libraries_and_the_weft_user() -> any
     for b in BINARIES {
         let path = root.join("usr/local/bin").join(b);
         assert!(path.is_file(), "{} is not in the image", path.display());
+        // Without this header (BOLT's -use-gnu-stack drops it), glibc maps
+        // every thread's stack executable.
+        match stack_flags(&path)? {
+            Some(flags) => assert_eq!(flags & PF_X, 0, "{b} asks for an executable stack"),
+            None => panic!(
+                "{b} has no GNU_STACK program header: its threads' stacks would be executable"
+            ),
+        }
         // Every library the loader resolves for it here is in the image.
         let ldd = Command::new("ldd").arg(&path).output()?;
         for lib in String::from_utf8_lossy(&ldd.stdout)
