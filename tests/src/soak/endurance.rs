@@ -271,6 +271,7 @@ impl SoakReport {
         let mut v = vec![self.failures()];
         for side in 0..2 {
             v.extend(self.growth(side));
+            v.push(self.no_wx(side));
         }
         v.extend(self.latency());
         v.push(self.rotation());
@@ -351,6 +352,20 @@ impl SoakReport {
             ));
         }
         out
+    }
+
+    /// No sample, at the start or after, found memory mapped both
+    /// writable and executable.
+    fn no_wx(&self, side: usize) -> Verdict {
+        let name = ["client", "server"][side];
+        let samples =
+            std::iter::once(&self.start[side]).chain(self.rows.iter().map(|r| &r.sidecars[side]));
+        let (count, worst) = samples.fold((0, 0), |(n, w), s| (n + 1, w.max(s.wx_mappings)));
+        Verdict::new(
+            &format!("{name} sidecar maps nothing both writable and executable"),
+            worst == 0,
+            format!("at most {worst} such mappings in /proc/PID/maps over {count} samples"),
+        )
     }
 
     fn latency(&self) -> Vec<Verdict> {

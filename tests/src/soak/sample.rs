@@ -1,6 +1,7 @@
 //! What is sampled of each sidecar process: from `/proc` its resident
-//! memory, open file descriptors and threads; from its `/metrics` its live
-//! tokio tasks (`weft_tasks`) and certificate renewals.
+//! memory, open file descriptors, threads and any memory mapped both
+//! writable and executable; from its `/metrics` its live tokio tasks
+//! (`weft_tasks`) and certificate renewals.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,10 @@ pub struct Sample {
     pub renewals_failed: u64,
     /// `weft_overloaded_total`, every service.
     pub overloaded: u64,
+    /// Mappings both writable and executable (`/proc/PID/maps`): memory
+    /// where what the process was sent could be run. A binary without a
+    /// `GNU_STACK` header gets one per thread stack from glibc.
+    pub wx_mappings: u64,
 }
 
 impl Sample {
@@ -32,6 +37,8 @@ impl Sample {
                 .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: no {name}"))
         };
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let wx_mappings = maps.lines().filter(|l| writable_and_executable(l)).count() as u64;
         let text = http_get(&format!("http://{admin}/metrics")).await?.body;
         let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
         let tasks = m("weft_tasks", &[])
@@ -47,6 +54,34 @@ impl Sample {
             renewals_failed: m("weft_certificate_renewals_total", &[("result", "failed")])
                 .unwrap_or(0.0) as u64,
             overloaded: m("weft_overloaded_total", &[]).unwrap_or(0.0) as u64,
+            wx_mappings,
         })
+    }
+}
+
+/// Whether a `/proc/PID/maps` line's permissions (`rwxp`) have both `w`
+/// and `x`.
+fn writable_and_executable(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(1)
+        .is_some_and(|perms| perms.get(1..3) == Some("wx"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writable_and_executable;
+
+    #[test]
+    fn only_mappings_both_writable_and_executable_count() {
+        let line = |perms: &str| format!("7f48c7235000-7f48c7435000 {perms} 00000000 00:00 0 ");
+        assert!(writable_and_executable(&line("rwxp")));
+        assert!(writable_and_executable(&line("-wxs")));
+        for perms in ["rw-p", "r-xp", "r--p", "---p"] {
+            assert!(!writable_and_executable(&line(perms)), "{perms}");
+        }
+        assert!(!writable_and_executable(""));
+        assert!(!writable_and_executable(
+            "55c1aa800000-55c1aad7b000 r-xp 00c00000 fe:00 10010807 /usr/bin/rwx"
+        ));
     }
 }
