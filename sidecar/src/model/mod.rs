@@ -10,12 +10,20 @@ pub mod inbound;
 pub mod policy;
 pub mod route;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
 use weft_proto::labels::Labels;
+use weft_proto::name::ServiceName;
 use weft_proto::protocol::{LoadBalancer, Protocol};
+
+/// A map by service name, looked up on every request. FNV rather than
+/// std's SipHash, which cost about 1% of a request's instructions in the
+/// maps read by name (docs/performance.md). FNV has no secret key, so
+/// every user bounds its keys: names made to collide then cost a scan of
+/// that many at worst.
+pub type NameMap<V> = HashMap<ServiceName, V, fnv::FnvBuildHasher>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -17,10 +17,10 @@ use weft_proto::routing::{BackendRef, Route, RouteTable, Rule};
 
 use super::routes::{Backend, Backends, RuleRuntime, ServiceRoutes, backend_name, rule_policy};
 use super::target::{EjectionEvent, Runtime, Target};
-use super::{Entry, NameMap, Table};
+use super::{Entry, Table};
 use crate::endpoint::{Alpn, ConnectTarget, Connector, Endpoint, Peer};
 use crate::model::policy::RoutePolicy;
-use crate::model::{Health, ServiceState, Subset};
+use crate::model::{Health, NameMap, ServiceState, Subset};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limit::Limit;
 use crate::telemetry::metrics::Metrics;

@@ -16,7 +16,7 @@ pub use build::TableBuilder;
 pub use routes::{Backend, Backends, Choice, RuleRuntime, ServiceRoutes};
 pub use target::{EjectionEvent, Pick, Runtime, Target};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use weft_proto::name::{MAX_WANTED, ServiceName};
 
 use crate::error::ProxyError;
+use crate::model::NameMap;
 
 /// What the table says about a name.
 #[derive(Clone)]
@@ -35,16 +36,11 @@ pub enum Entry {
     Unknown,
 }
 
-/// A map by service name, looked up on every request. FNV rather than
-/// std's SipHash, which cost about 1% of a request's instructions in the
-/// maps read by name (docs/performance.md). Its keys are the services the
-/// control plane sent and the names this sidecar asked it about (at most
-/// [`MAX_WANTED`]), so names an app made to collide cost a scan of those
-/// at worst.
-pub type NameMap<V> = HashMap<ServiceName, V, fnv::FnvBuildHasher>;
-
 #[derive(Default)]
 pub struct Table {
+    /// The services the control plane sent and the names this sidecar
+    /// asked it about (at most [`MAX_WANTED`]): names an app made to
+    /// collide (`NameMap` hashes with FNV) cost a scan of those at worst.
     services: NameMap<Entry>,
     /// The routes of the services that have some.
     routes: NameMap<Arc<ServiceRoutes>>,

@@ -19,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use weft_proto::name::ServiceName;
 
+use crate::model::NameMap;
+
 /// Distinct routes kept per service and direction.
 pub const MAX_ROUTES_PER_SERVICE: usize = 200;
 
@@ -89,7 +91,7 @@ impl EncodeLabelValue for Route {
 }
 
 /// The routes seen for one (inbound?, service). FNV, as for the
-/// routing table's names (`table::NameMap`): a method's path is a few
+/// maps by service name (`model::NameMap`): a method's path is a few
 /// dozen bytes, hashed on every request. A peer chooses the paths, but at
 /// most [`MAX_ROUTES_PER_SERVICE`] of them are kept, so paths made to
 /// collide cost a scan of that many at worst.
@@ -98,7 +100,7 @@ type RoutesByPath = HashMap<Arc<str>, Route, fnv::FnvBuildHasher>;
 #[derive(Default)]
 pub struct RouteNames {
     /// Per service, the outbound routes and the inbound ones.
-    by_service: Mutex<HashMap<ServiceName, [RoutesByPath; 2], fnv::FnvBuildHasher>>,
+    by_service: Mutex<NameMap<[RoutesByPath; 2]>>,
     other: Route,
 }
 

@@ -71,7 +71,7 @@ struct RouteCounts {
 /// under a shared lock on the data path (the write lock only for a new key).
 #[derive(Debug)]
 struct Bounded<K, V> {
-    /// FNV, as for the routing table's names (`table::NameMap`): looked
+    /// FNV, as for the maps by service name (`model::NameMap`): looked
     /// up on every request, and bounded by `max`.
     map: RwLock<HashMap<K, V, fnv::FnvBuildHasher>>,
     max: usize,

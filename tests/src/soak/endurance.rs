@@ -358,9 +358,12 @@ impl SoakReport {
     /// writable and executable.
     fn no_wx(&self, side: usize) -> Verdict {
         let name = ["client", "server"][side];
-        let samples =
-            std::iter::once(&self.start[side]).chain(self.rows.iter().map(|r| &r.sidecars[side]));
-        let (count, worst) = samples.fold((0, 0), |(n, w), s| (n + 1, w.max(s.wx_mappings)));
+        let worst = std::iter::once(&self.start[side])
+            .chain(self.rows.iter().map(|r| &r.sidecars[side]))
+            .map(|s| s.wx_mappings)
+            .max()
+            .unwrap_or(0);
+        let count = self.rows.len() + 1;
         Verdict::new(
             &format!("{name} sidecar maps nothing both writable and executable"),
             worst == 0,
