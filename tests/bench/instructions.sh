@@ -10,11 +10,12 @@
 #
 #   tests/bench/instructions.sh [WEFT_ALLOCS_BINARY] [CALLS] [ONLY]
 #
-# Defaults: target/release/weft-allocs, 4000 calls per path (4 paths, 32
+# Defaults: target/release/weft-allocs, 4000 calls per path (5 paths, 32
 # in flight; each path also makes 500 warm-up calls), every path. ONLY
 # counts the paths whose names contain it (weft-allocs --only): `bare`,
-# `resilience`, `traced`. Needs valgrind (Debian's valgrind). About two
-# minutes for all four paths.
+# `resilience`, `one try` (the bare mTLS pair traced, nothing sampled),
+# `traced` (that and the traced plaintext pair). Needs valgrind (Debian's
+# valgrind). About three minutes for all five paths.
 set -eu
 cd "$(dirname "$0")/../.."
 bin=${1:-target/release/weft-allocs}

@@ -7,8 +7,9 @@
 //! main runtime) do not blur the figure. Each path carries a fixed number
 //! of unary calls after a warm-up, a few in flight at a time, and the table
 //! shows allocations and bytes per call for the pair (both sidecars
-//! together): a plaintext pair from static files, and mTLS pairs joined to
-//! a control plane with resilience configured and bare.
+//! together): a plaintext pair from static files, untraced and traced with
+//! nothing sampled, and mTLS pairs joined to a control plane: with
+//! resilience configured, bare, and bare but traced with nothing sampled.
 //!
 //! Build and run (release):
 //!   cargo build --release -p weft-tests --bin weft-allocs && target/release/weft-allocs
@@ -304,21 +305,26 @@ async fn joined_pair(
     cp: &CpAccess,
     service: &str,
     backend: SocketAddr,
+    extra: fn(SidecarSpec) -> SidecarSpec,
 ) -> anyhow::Result<SocketAddr> {
     start(
         thread,
-        SidecarSpec::new(service)
-            .access(cp)
-            .app(backend)
-            .arg("--log", "warn"),
+        extra(
+            SidecarSpec::new(service)
+                .access(cp)
+                .app(backend)
+                .arg("--log", "warn"),
+        ),
     )
     .await?;
     let client = start(
         thread,
-        SidecarSpec::new(&format!("{service}-caller"))
-            .access(cp)
-            .upstream(service)
-            .arg("--log", "warn"),
+        extra(
+            SidecarSpec::new(&format!("{service}-caller"))
+                .access(cp)
+                .upstream(service)
+                .arg("--log", "warn"),
+        ),
     )
     .await?;
     Ok(client.upstreams[service])
@@ -351,11 +357,19 @@ async fn main() -> anyhow::Result<()> {
     let cp = ControlPlane::start(None, Default::default()).await?;
     cp.apply_yaml(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-tls}\nspec:\n  retries: {attempts: 3, perTryTimeout: 1s}\n  timeouts: {request: 5s}\n  circuitBreaker: {consecutiveFailures: 5, maxConcurrentRequests: 10000, maxPendingRequests: 10000}\n---\n\
-         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n---\n\
+         apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: echo-bare-t}\nspec:\n  retries: {attempts: 1}\n  circuitBreaker: {consecutiveFailures: 1000000000}\n",
     )
     .await?;
-    let tls_up = joined_pair(&thread, &cp.access, "echo-tls", backend.addr).await?;
-    let bare_up = joined_pair(&thread, &cp.access, "echo-bare", backend.addr).await?;
+    let tls_up = joined_pair(&thread, &cp.access, "echo-tls", backend.addr, |s| s).await?;
+    let bare_up = joined_pair(&thread, &cp.access, "echo-bare", backend.addr, |s| s).await?;
+    // The bare pair again with tracing on and nothing sampled, as the
+    // plaintext one above.
+    let traced_up = joined_pair(&thread, &cp.access, "echo-bare-t", backend.addr, |s| {
+        s.arg("--otlp-endpoint", "http://127.0.0.1:9")
+            .arg("--trace-sampling", "0")
+    })
+    .await?;
 
     let paths = [
         ("plaintext pair", plain_client.upstreams["echo"]),
@@ -365,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("mTLS pair, resilience", tls_up),
         ("mTLS pair, bare", bare_up),
+        ("mTLS pair, one try, traced (0% sampled)", traced_up),
     ];
     println!(
         "| path ({} calls, {} in flight, {}-byte messages) | allocations per call | bytes per call | CPU µs per call | failed |",

@@ -671,6 +671,37 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         &format!("echo-tcp={tcp_up}"),
     ]))
     .await?;
+    // The same calls over opaque TCP through a pair: mTLS between the
+    // sidecars, no HTTP/2 in either (the caller's connection reaches the
+    // backend end to end). What Weft's transport costs alone; the mTLS bare
+    // pair's cost above it is the four HTTP/2 ends and the routing.
+    let token = token_file(dir.path(), &cp, "echo-grpc-tcp").await?;
+    let (opaque_server, _) = sidecar(strings(&[
+        "--service",
+        "echo-grpc-tcp",
+        "--protocol",
+        "tcp",
+        "--app",
+        &backend.addr.to_string(),
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+    ]))
+    .await?;
+    let opaque_up = port()?;
+    let token = token_file(dir.path(), &cp, "bench-grpc-tcp").await?;
+    let (opaque_client, _) = sidecar(strings(&[
+        "--service",
+        "bench-grpc-tcp",
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+        "--upstream",
+        &format!("echo-grpc-tcp={opaque_up}"),
+    ]))
+    .await?;
     let web = weft_tests::http_app::start_http_app("web").await?;
     let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
     let (relay_client, relay_server, relay_addr) = peers::relay_pair(backend.addr).await?;
@@ -721,6 +752,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             sidecars: vec![
                 ("bare client-side", bare_client.pid()),
                 ("bare server-side", bare_server.pid()),
+            ],
+        },
+        Path {
+            name: versus::OPAQUE,
+            addr: opaque_up,
+            http: None,
+            sidecars: vec![
+                ("opaque client-side", opaque_client.pid()),
+                ("opaque server-side", opaque_server.pid()),
             ],
         },
         Path {
@@ -1086,6 +1126,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         web_server,
         tcp_client,
         tcp_server,
+        opaque_client,
+        opaque_server,
     ];
     for s in &sidecars {
         s.signal(libc::SIGTERM);

@@ -21,12 +21,16 @@ const LINKERD_MAX: f64 = 1.39;
 /// The pair the targets are for: resilience, 1% tracing, authorization.
 pub const FULL: &str = "mTLS pair";
 const BARE: &str = "mTLS bare";
+/// The same calls as opaque TCP through a pair: Weft's mTLS transport with
+/// no HTTP/2 in either sidecar.
+pub const OPAQUE: &str = "mTLS opaque TCP";
 
 /// One pair's figures: medians over the rounds of its added p50 and p99
 /// (minus direct in the same round), its ratios to the floor's and
 /// Envoy's (medians of the per-round ratios), and at the maximum rate its
 /// rps, its ratio to Envoy's and its CPU per request (both proxies),
 /// likewise medians of the rounds; its proxies' peak RSS.
+#[derive(Clone, Copy)]
 struct Figures {
     p50: f64,
     p99: f64,
@@ -130,7 +134,12 @@ pub fn print(
         Some(full),
     )];
     table.push(("Weft mTLS bare (one try, nothing else)", figures(BARE)?));
-    table.push(("Envoy 1.40 mTLS pair", figures(ENVOY)?));
+    table.push((
+        "Weft mTLS opaque TCP (no HTTP/2 in the sidecars)",
+        figures(OPAQUE)?,
+    ));
+    let envoy = figures(ENVOY)?;
+    table.push(("Envoy 1.40 mTLS pair", envoy));
     table.push(("bare TCP relays (the floor)", figures(FLOOR)?));
     println!(
         "\nSide by side (medians of {rounds} rounds; added = minus direct in the same round; ratios are medians of the per-round ratios; each round ends with every path at its maximum rate):\n"
@@ -149,7 +158,7 @@ pub fn print(
             f.p50, f.p99, f.per_floor, f.max_rps, f.cpu_us, f.rss_mb
         );
     }
-    let (Some(full), Some(envoy)) = (&table[0].1, &table[2].1) else {
+    let (Some(full), Some(envoy)) = (&table[0].1, &envoy) else {
         return Ok(());
     };
     let Some((e50, e99)) = full.per_envoy else {
