@@ -470,6 +470,47 @@ async fn token_file(
     Ok(write_temp(dir, service, &token)?.display().to_string())
 }
 
+/// A pair joined to `cp`: a server side in front of `app` and a client
+/// side with an upstream port for it, each with its extra flags; returns
+/// the client side, the server side and that port.
+async fn joined_pair(
+    dir: &std::path::Path,
+    cp: &ControlPlane,
+    (server_service, client_service): (&str, &str),
+    app: SocketAddr,
+    server_extra: &[String],
+    client_extra: &[String],
+) -> anyhow::Result<(Proc, Proc, SocketAddr)> {
+    let token = token_file(dir, cp, server_service).await?;
+    let mut server_args = strings(&[
+        "--service",
+        server_service,
+        "--app",
+        &app.to_string(),
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+    ]);
+    server_args.extend_from_slice(server_extra);
+    let (server, _) = sidecar(server_args).await?;
+    let up = port()?;
+    let token = token_file(dir, cp, client_service).await?;
+    let mut client_args = strings(&[
+        "--service",
+        client_service,
+        "--control-plane",
+        &cp.url(),
+        "--token-file",
+        &token,
+        "--upstream",
+        &format!("{server_service}={up}"),
+    ]);
+    client_args.extend_from_slice(client_extra);
+    let (client, _) = sidecar(client_args).await?;
+    Ok((client, server, up))
+}
+
 /// A sidecar process on fresh ports; returns it and its inbound address.
 async fn sidecar(args: Vec<String>) -> anyhow::Result<(Proc, SocketAddr)> {
     let (inbound, admin, outbound) = (port()?, port()?, port()?);
@@ -608,34 +649,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("echo-t1", "bench-t1", traced("0.01")),
         ("echo-r100", "bench-r100", vec![]),
     ] {
-        let token = token_file(dir.path(), &cp, server_service).await?;
-        let mut server_args = strings(&[
-            "--service",
-            server_service,
-            "--app",
-            &backend.addr.to_string(),
-            "--control-plane",
-            &cp.url(),
-            "--token-file",
-            &token,
-        ]);
-        server_args.extend(extra.iter().cloned());
-        let (server, _) = sidecar(server_args).await?;
-        let up = port()?;
-        let token = token_file(dir.path(), &cp, client_service).await?;
-        let mut client_args = strings(&[
-            "--service",
-            client_service,
-            "--control-plane",
-            &cp.url(),
-            "--token-file",
-            &token,
-            "--upstream",
-            &format!("{server_service}={up}"),
-        ]);
-        client_args.extend(extra);
-        let (client, _) = sidecar(client_args).await?;
-        pairs.push((client, server, up));
+        let pair = joined_pair(
+            dir.path(),
+            &cp,
+            (server_service, client_service),
+            backend.addr,
+            &extra,
+            &extra,
+        )
+        .await?;
+        pairs.push(pair);
     }
     let (tls_client, tls_server, tls_up) = pairs.remove(0);
     let (bare_client, bare_server, bare_up) = pairs.remove(0);
@@ -643,64 +666,29 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (t1_client, t1_server, t1_up) = pairs.remove(0);
     let (r100_client, r100_server, r100_up) = pairs.remove(0);
     // Opaque TCP over mTLS, for the warm-up only (opaque.rs).
-    let tcp_app = opaque::echo_backend().await?.to_string();
-    let token = token_file(dir.path(), &cp, "echo-tcp").await?;
-    let (tcp_server, _) = sidecar(strings(&[
-        "--service",
-        "echo-tcp",
-        "--protocol",
-        "tcp",
-        "--app",
-        &tcp_app,
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &token,
-    ]))
-    .await?;
-    let tcp_up = port()?;
-    let token = token_file(dir.path(), &cp, "bench-tcp").await?;
-    let (tcp_client, _) = sidecar(strings(&[
-        "--service",
-        "bench-tcp",
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &token,
-        "--upstream",
-        &format!("echo-tcp={tcp_up}"),
-    ]))
+    let tcp_app = opaque::echo_backend().await?;
+    let tcp = strings(&["--protocol", "tcp"]);
+    let (tcp_client, tcp_server, tcp_up) = joined_pair(
+        dir.path(),
+        &cp,
+        ("echo-tcp", "bench-tcp"),
+        tcp_app,
+        &tcp,
+        &[],
+    )
     .await?;
     // The same calls over opaque TCP through a pair: mTLS between the
     // sidecars, no HTTP/2 in either (the caller's connection reaches the
     // backend end to end). What Weft's transport costs alone; the mTLS bare
     // pair's cost above it is the four HTTP/2 ends and the routing.
-    let token = token_file(dir.path(), &cp, "echo-grpc-tcp").await?;
-    let (opaque_server, _) = sidecar(strings(&[
-        "--service",
-        "echo-grpc-tcp",
-        "--protocol",
-        "tcp",
-        "--app",
-        &backend.addr.to_string(),
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &token,
-    ]))
-    .await?;
-    let opaque_up = port()?;
-    let token = token_file(dir.path(), &cp, "bench-grpc-tcp").await?;
-    let (opaque_client, _) = sidecar(strings(&[
-        "--service",
-        "bench-grpc-tcp",
-        "--control-plane",
-        &cp.url(),
-        "--token-file",
-        &token,
-        "--upstream",
-        &format!("echo-grpc-tcp={opaque_up}"),
-    ]))
+    let (opaque_client, opaque_server, opaque_up) = joined_pair(
+        dir.path(),
+        &cp,
+        ("echo-grpc-tcp", "bench-grpc-tcp"),
+        backend.addr,
+        &tcp,
+        &[],
+    )
     .await?;
     let web = weft_tests::http_app::start_http_app("web").await?;
     let (gw, gw_server, gw_addr) = gateway_path(&cp, dir.path(), backend.addr).await?;
