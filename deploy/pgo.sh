@@ -12,8 +12,8 @@
 #    resilience, mTLS bare, traced at 100% and 1%, 100 route rules, the
 #    gateway over gRPC and HTTP/1.1, HTTP/1.1 REST, gRPC as opaque TCP;
 #    unary calls measured, and in the warm-up streaming calls of each kind
-#    and a raw TCP echo. Each
-#    sidecar writes its counts when it exits on weft-bench's SIGTERM.
+#    and a raw TCP echo. Each sidecar writes its counts when it exits on
+#    weft-bench's SIGTERM.
 # 3. Merges the counts with llvm-profdata, which must come from rustc's own
 #    LLVM version: $LLVM_PROFDATA, else rustup's llvm-tools component, else
 #    Debian's llvm-N package (N = rustc's LLVM major version).
