@@ -79,6 +79,10 @@ struct SoakArgs {
     p50_floor_us: u32,
     #[arg(long, default_value_t = 150)]
     p99_floor_us: u32,
+    /// Each sidecar's CPU per call: the last span's may be this ratio of
+    /// the first's.
+    #[arg(long, default_value_t = 1.10)]
+    cpu_ratio: f64,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +174,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 max_in_flight: a.max_in_flight,
                 timeout: Duration::from_secs(5),
                 tolerances: Tolerances {
-                    rss_growth: 0.05,
+                    anon_growth: Some(0.05),
+                    rss_growth: None,
+                    memory_floor_kb: 256,
                     fd_slack: 2,
                     thread_slack: 1,
                     task_slack: 4,
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     p99_ratio: a.p99_ratio,
                     p50_floor_us: a.p50_floor_us,
                     p99_floor_us: a.p99_floor_us,
+                    cpu_ratio: a.cpu_ratio,
                     judge_latency: true,
                 },
                 print: true,
