@@ -280,6 +280,12 @@ impl Row {
 type SampleField = fn(&Sample) -> u64;
 type RowField = fn(&Row) -> u32;
 
+/// The median over a span's rows of one figure of each row.
+fn span_median(rows: &[&Row], f: impl Fn(&Row) -> f64) -> f64 {
+    let mut v: Vec<f64> = rows.iter().map(|r| f(r)).collect();
+    median(&mut v)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -369,8 +375,7 @@ impl SoakReport {
             rows.iter().map(|r| f(&r.sidecars[side])).collect()
         };
         let mb = |rows: &[&Row], f: SampleField| {
-            let mut v: Vec<f64> = of(rows, f).iter().map(|&x| x as f64 / 1024.0).collect();
-            median(&mut v)
+            span_median(rows, |r| f(&r.sidecars[side]) as f64 / 1024.0)
         };
         let memory = |what: &str, f: SampleField, bound: Option<f64>, also: String| {
             let (a, b) = (mb(&first, f), mb(&last, f));
@@ -451,10 +456,7 @@ impl SoakReport {
     fn latency(&self) -> Vec<Verdict> {
         let tol = &self.cfg.tolerances;
         let (first, last) = self.spans();
-        let med = |rows: &[&Row], f: fn(&Row) -> u32| {
-            let mut v: Vec<f64> = rows.iter().map(|r| f64::from(f(r))).collect();
-            median(&mut v)
-        };
+        let med = |rows: &[&Row], f: RowField| span_median(rows, |r| f64::from(f(r)));
         let kinds: [(&str, RowField, f64, u32); 2] = [
             ("p50", |r| r.p50_us, tol.p50_ratio, tol.p50_floor_us),
             ("p99", |r| r.p99_us, tol.p99_ratio, tol.p99_floor_us),
@@ -481,20 +483,16 @@ impl SoakReport {
     fn cpu(&self) -> Vec<Verdict> {
         let tol = &self.cfg.tolerances;
         let (first, last) = self.spans();
-        let med = |rows: &[&Row], f: &dyn Fn(&Row) -> f64| {
-            let mut v: Vec<f64> = rows.iter().map(|r| f(r)).collect();
-            median(&mut v)
-        };
         let (l0, l1) = (
-            med(&first, &|r| r.load_us_per_call),
-            med(&last, &|r| r.load_us_per_call),
+            span_median(&first, |r| r.load_us_per_call),
+            span_median(&last, |r| r.load_us_per_call),
         );
         (0..2)
             .map(|side| {
                 let name = ["client", "server"][side];
                 let (a, b) = (
-                    med(&first, &|r| r.cpu_us_per_call[side]),
-                    med(&last, &|r| r.cpu_us_per_call[side]),
+                    span_median(&first, |r| r.cpu_us_per_call[side]),
+                    span_median(&last, |r| r.cpu_us_per_call[side]),
                 );
                 let v = Verdict::new(
                     &format!("{name} sidecar CPU per call does not grow"),
