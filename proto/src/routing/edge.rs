@@ -208,7 +208,13 @@ impl OriginMatch {
                 lower
                     .strip_prefix(scheme.as_str())
                     .and_then(|r| r.strip_prefix("://"))
-                    .is_some_and(|host| host.len() > suffix.len() && host.ends_with(suffix))
+                    // A host name under the suffix, nothing else: an
+                    // origin is `scheme://host[:port]`, and a path, a user
+                    // or a second scheme before the suffix is not a host
+                    // under it (`https://https://a.example.com`).
+                    .is_some_and(|host| {
+                        host.len() > suffix.len() && host.ends_with(suffix) && is_dns_name(host)
+                    })
             }
         }
     }
@@ -364,6 +370,15 @@ mod tests {
             "the scheme counts"
         );
         assert!(!c.allows_origin("https://evil.com"));
+        // Found by the gateway's property tests: only a host name under
+        // the suffix is under it.
+        for smuggled in [
+            "https://https://a.example.org",
+            "https://evil.com/.example.org",
+            "https://user@a.example.org",
+        ] {
+            assert!(!c.allows_origin(smuggled), "{smuggled}");
+        }
         assert!(c.allows_method(&Method::PUT));
         assert!(!c.allows_method(&Method::DELETE));
         assert!(c.allows_headers(&HeaderValue::from_static("Content-Type, X-User")));
