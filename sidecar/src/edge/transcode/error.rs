@@ -23,6 +23,11 @@ pub enum TranscodeError {
     #[error("the descriptor set does not load: {0}")]
     Descriptors(#[from] prost_reflect::DescriptorError),
     #[error(
+        "the descriptor set's {file} has syntax '{syntax}': only proto2 and proto3 files \
+         can be transcoded"
+    )]
+    Syntax { file: String, syntax: String },
+    #[error(
         "the descriptor set lacks the google.api.http option: build it with its imports \
          (google/api/annotations.proto and google/api/http.proto)"
     )]

@@ -139,3 +139,24 @@ fn a_set_without_the_annotations_is_refused() {
     let e = Transcoder::from_bytes(b"\x0a\x03abc").expect_err("garbage");
     assert!(matches!(e, TranscodeError::Descriptors(_)), "{e}");
 }
+
+/// A file of a syntax prost-reflect does not know (protoc writes
+/// `editions` for `edition = "2023"`) is refused by name; prost-reflect
+/// itself panicked on one.
+#[test]
+fn a_file_of_another_syntax_is_refused_by_name() {
+    use prost::Message as _;
+    use prost_reflect::prost_types::FileDescriptorSet;
+
+    let set = compile(&root().join("tests/proto"), "restaurant.proto");
+    let mut decoded = FileDescriptorSet::decode(set.as_slice()).expect("decodes");
+    let last = decoded.file.last_mut().expect("files");
+    last.syntax = Some("editions".into());
+    let name = last.name().to_string();
+    match Transcoder::from_bytes(&decoded.encode_to_vec()).expect_err("refused") {
+        TranscodeError::Syntax { file, syntax } => {
+            assert_eq!((file, syntax.as_str()), (name, "editions"))
+        }
+        e => panic!("not a syntax error: {e}"),
+    }
+}
