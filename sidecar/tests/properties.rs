@@ -2,8 +2,12 @@
 //! plane or a user's file reaches, fed random input and mutations of valid
 //! input (`weft_proto::mutate`): protocol detection, `grpc-timeout`,
 //! `traceparent` / `tracestate`, discovery updates, the static mesh file
-//! and certificate files. Each returns a value or an error and never
-//! panics; what it accepts prints back where the format allows.
+//! and certificate files; and at the gateway, what a client on the
+//! internet sends it: gRPC-Web bodies and content types, the forwarding
+//! headers and request ids, CORS preflights and origins, REST calls to
+//! transcode (and the descriptor set they are transcoded by). Each returns
+//! a value or an error and never panics; what it accepts prints back where
+//! the format allows.
 //!
 //! `PROPTEST_CASES=100000 cargo test -p weft-sidecar --test properties`
 //! runs more cases than CI's default (256, 64 for the file-based ones).
@@ -346,4 +350,403 @@ fn the_valid_update_is_valid() {
     state.apply(true, changes);
     assert_eq!(state.known.len(), 1);
     assert!(AddressMap::from_proto(u.addresses.as_ref().expect("map")).is_ok());
+}
+
+// The gateway: what a client on the internet sends it.
+
+mod gateway {
+    use std::convert::Infallible;
+    use std::net::IpAddr;
+    use std::sync::LazyLock;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use futures_util::FutureExt as _;
+    use http::header::{
+        ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD,
+        CONTENT_TYPE, FORWARDED, HOST, ORIGIN, TE,
+    };
+    use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+    use http_body::Frame;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use proptest::prelude::*;
+    use weft_proto::grpc::GrpcCode;
+    use weft_proto::mutate::mutate;
+    use weft_proto::routing::Cors;
+    use weft_sidecar::edge::forwarded::{
+        self, Forwarding, Origin, X_FORWARDED_FOR, X_FORWARDED_HOST, X_REQUEST_ID,
+    };
+    use weft_sidecar::edge::transcode::Transcoder;
+    use weft_sidecar::edge::{cors, grpc_web};
+
+    use super::{bytes_near, edits};
+
+    type Chunks = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
+
+    /// `bytes` as a body cut at `cuts` (taken modulo its length).
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> Chunks {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        at.dedup();
+        let frames: Vec<_> = at
+            .windows(2)
+            .map(|w| Ok(Frame::data(Bytes::copy_from_slice(&bytes[w[0]..w[1]]))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    /// The gRPC body a gRPC-Web request of `content_type` becomes, or the
+    /// error it ends with. Every chunk is at hand: no runtime needed.
+    fn web_to_grpc(content_type: &str, body: &[u8], cuts: &[usize]) -> Result<Vec<u8>, String> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/echo.Echo/Unary")
+            .header(CONTENT_TYPE, content_type)
+            .body(chunked(body, cuts))
+            .expect("request");
+        let encoding = grpc_web::detect(req.headers()).expect("a gRPC-Web content type");
+        let body = grpc_web::into_grpc_request(req, encoding).into_body();
+        match body.collect().now_or_never().expect("all chunks at hand") {
+            Ok(c) => Ok(c.to_bytes().to_vec()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// gRPC messages (5-byte prefix) as gRPC-Web text, each encoded on its
+    /// own as clients send them.
+    fn web_text(messages: &[Vec<u8>]) -> Vec<u8> {
+        messages
+            .iter()
+            .flat_map(|m| STANDARD.encode(m).into_bytes())
+            .collect()
+    }
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&u32::try_from(payload.len()).expect("len").to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The restaurant's annotated protos (tests/proto), compiled as a
+    /// user's descriptor set would be.
+    static DESCRIPTORS: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut compiler = protox::Compiler::new([root.join("tests/proto"), root.join("proto")])
+            .expect("includes");
+        compiler
+            .include_imports(true)
+            .open_file("restaurant.proto")
+            .expect("protos compile");
+        compiler.encode_file_descriptor_set()
+    });
+    static POOL: LazyLock<prost_reflect::DescriptorPool> = LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(DESCRIPTORS.as_slice()).expect("descriptors")
+    });
+    static RESTAURANT: LazyLock<Transcoder> =
+        LazyLock::new(|| Transcoder::from_bytes(&DESCRIPTORS).expect("bindings load"));
+
+    /// An allowed origin, a wildcard one, a few methods and headers, with
+    /// credentials (so the allowed origin is echoed, never `*`).
+    static CORS: LazyLock<Cors> = LazyLock::new(|| {
+        Cors::new(
+            &["https://shop.example.com", "https://*.example.org"],
+            &["PUT", "DELETE"],
+            &["x-user", "content-type"],
+            &["x-request-id"],
+            Some(std::time::Duration::from_secs(600)),
+            true,
+        )
+        .expect("cors")
+    });
+
+    proptest! {
+        /// gRPC-Web text: messages each base64-encoded with its padding,
+        /// line breaks between some, the whole cut anywhere: the gRPC body
+        /// is the messages, byte for byte.
+        #[test]
+        fn grpc_web_text_decodes_whatever_its_chunks(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..6),
+            breaks in prop::collection::vec(any::<bool>(), 6),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut text = Vec::new();
+            let mut want = Vec::new();
+            for (p, br) in payloads.iter().zip(&breaks) {
+                let m = framed(p);
+                text.extend_from_slice(&web_text(std::slice::from_ref(&m)));
+                if *br {
+                    text.extend_from_slice(b"\r\n");
+                }
+                want.extend_from_slice(&m);
+            }
+            prop_assert_eq!(web_to_grpc("application/grpc-web-text", &text, &cuts), Ok(want));
+        }
+
+        /// Any text body, random or a valid one mutated, cut anywhere:
+        /// decoded or refused, never a panic, never more bytes out than
+        /// base64 carries. A binary body passes unchanged.
+        #[test]
+        fn any_grpc_web_body_decodes_or_is_refused(
+            b in bytes_near(vec![
+                web_text(&[framed(b"hello")]),
+                web_text(&[framed(b""), framed(b"ab")]),
+                [web_text(&[framed(b"x")]), b"\r\n".to_vec(), web_text(&[framed(b"yz")])].concat(),
+            ]),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            if let Ok(out) = web_to_grpc("application/grpc-web-text+proto", &b, &cuts) {
+                prop_assert!(out.len() <= b.len() / 4 * 3, "{} bytes from {}", out.len(), b.len());
+            }
+            prop_assert_eq!(web_to_grpc("application/grpc-web", &b, &cuts), Ok(b.clone()));
+        }
+
+        /// Any `content-type`: gRPC-Web or not; a gRPC-Web one becomes
+        /// gRPC's, with `te: trailers`.
+        #[test]
+        fn any_content_type_is_grpc_web_or_not(b in bytes_near(vec![
+            b"application/grpc-web".to_vec(),
+            b"application/grpc-web-text+proto; charset=utf-8".to_vec(),
+            b"Application/GRPC-WEB+json".to_vec(),
+        ])) {
+            let Ok(v) = HeaderValue::from_bytes(&b) else { return Ok(()) };
+            let mut req = Request::new(());
+            req.headers_mut().insert(CONTENT_TYPE, v);
+            if let Some(e) = grpc_web::detect(req.headers()) {
+                let out = grpc_web::into_grpc_request(req, e);
+                let ct = out.headers()[CONTENT_TYPE].to_str().expect("visible ASCII");
+                prop_assert!(ct.starts_with("application/grpc"), "{}", ct);
+                prop_assert!(!ct.starts_with("application/grpc-web"), "{}", ct);
+                prop_assert_eq!(&out.headers()[TE], "trailers");
+            }
+        }
+
+        /// Whatever trailers a service sends, gRPC-Web's trailer frame
+        /// carries them: flag 0x80, the length of what follows, and
+        /// `name: value` lines that read back to the same trailers.
+        #[test]
+        fn grpc_web_trailer_frames_read_back(
+            pairs in prop::collection::vec(("[a-z][a-z0-9-]{0,12}", "[!-~]([ -~]{0,22}[!-~])?"), 0..6),
+        ) {
+            let mut t = HeaderMap::new();
+            for (n, v) in &pairs {
+                t.append(
+                    HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            let frame = grpc_web::trailer_frame(&t);
+            prop_assert_eq!(frame[0], 0x80);
+            let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+            prop_assert_eq!(len, frame.len() - 5);
+            let text = std::str::from_utf8(&frame[5..]).expect("ASCII");
+            let mut read: Vec<(String, String)> = text
+                .split_terminator("\r\n")
+                .map(|l| {
+                    let (n, v) = l.split_once(": ").expect("name: value");
+                    (n.to_string(), v.to_string())
+                })
+                .collect();
+            let mut sent: Vec<(String, String)> = t
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().expect("ASCII").to_string()))
+                .collect();
+            read.sort();
+            sent.sort();
+            prop_assert_eq!(read, sent);
+        }
+
+        /// Whatever forwarding headers and request id a client sends:
+        /// untrusted, `X-Forwarded-For` is the client's address alone;
+        /// trusted, one list ending with it; the request id returned is
+        /// the request's, and one a log line can carry as it is.
+        #[test]
+        fn forwarding_headers_are_the_gateways(
+            xff in bytes_near(vec![b"203.0.113.9, 10.0.0.1".to_vec(), b"[2001:db8::1]:443".to_vec()]),
+            fwd in bytes_near(vec![b"for=192.0.2.60;proto=http;by=203.0.113.43".to_vec(), b"for=\"[2001:db8:cafe::17]:4711\"".to_vec()]),
+            host in bytes_near(vec![b"shop.example.com:8443".to_vec(), b"[::1]:80".to_vec()]),
+            id in bytes_near(vec![b"f81d4fae-7dec-11d0-a765-00a0c91e6bf6".to_vec()]),
+            twice in any::<bool>(),
+            ip in any::<[u8; 16]>(),
+            v4 in any::<bool>(),
+            tls in any::<bool>(),
+            trust_forwarded in any::<bool>(),
+            full in any::<bool>(),
+        ) {
+            let client = if v4 { IpAddr::from([ip[0], ip[1], ip[2], ip[3]]) } else { IpAddr::from(ip) };
+            let mut req = Request::new(());
+            for (name, v) in [(X_FORWARDED_FOR, &xff), (FORWARDED, &fwd), (X_FORWARDED_HOST, &host), (HOST, &host), (X_REQUEST_ID, &id)] {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    if twice {
+                        req.headers_mut().append(name.clone(), v.clone());
+                    }
+                    req.headers_mut().append(name, v);
+                }
+            }
+            let how = Forwarding { trust_forwarded, full };
+            let id = forwarded::apply(&mut req, &Origin::new(client, tls), how);
+            let h = req.headers();
+            prop_assert_eq!(h.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), vec![&id]);
+            prop_assert!((1..=128).contains(&id.len()), "{:?}", id);
+            prop_assert!(id.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b)), "{:?}", id);
+            let me = client.to_canonical().to_string();
+            let xff: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+            prop_assert_eq!(xff.len(), 1, "one list: {:?}", xff);
+            let list = xff[0].to_str().expect("ASCII");
+            if trust_forwarded {
+                prop_assert!(list == me || list.ends_with(&format!(", {me}")), "{} for {}", list, me);
+            } else {
+                prop_assert_eq!(list, me.as_str());
+                prop_assert_eq!(h.get_all(FORWARDED).iter().count(), usize::from(full));
+            }
+        }
+
+        /// Any preflight: answered only when it is one (OPTIONS, `Origin`,
+        /// `Access-Control-Request-Method`); allowed, the origin is echoed
+        /// and is one the policy names; refused, no allow headers at all.
+        /// An actual response is decorated for allowed origins only.
+        #[test]
+        fn cors_answers_only_what_it_allows(
+            options in any::<bool>(),
+            origin in proptest::option::of(bytes_near(vec![
+                b"https://shop.example.com".to_vec(),
+                b"https://menu.example.org".to_vec(),
+                b"http://a.b.example.org".to_vec(),
+            ])),
+            method in proptest::option::of(bytes_near(vec![b"PUT".to_vec(), b"PATCH".to_vec()])),
+            requested in proptest::option::of(bytes_near(vec![b"x-user, Content-Type".to_vec(), b"x-other".to_vec()])),
+        ) {
+            let mut req = Request::new(());
+            if options {
+                *req.method_mut() = Method::OPTIONS;
+            }
+            let header = |b: &Option<Vec<u8>>| b.as_ref().and_then(|b| HeaderValue::from_bytes(b).ok());
+            let origin = header(&origin);
+            for (name, v) in [(ORIGIN, &origin), (ACCESS_CONTROL_REQUEST_METHOD, &header(&method)), (ACCESS_CONTROL_REQUEST_HEADERS, &header(&requested))] {
+                if let Some(v) = v {
+                    req.headers_mut().insert(name, v.clone());
+                }
+            }
+            let is_preflight = options
+                && req.headers().contains_key(ORIGIN)
+                && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+            let allowed = |o: &HeaderValue| o.to_str().is_ok_and(|o| CORS.allows_origin(o));
+            match cors::preflight(&CORS, &req) {
+                None => prop_assert!(!is_preflight),
+                Some(resp) => {
+                    prop_assert!(is_preflight);
+                    let echoed = resp.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN);
+                    if resp.status() == StatusCode::NO_CONTENT {
+                        prop_assert_eq!(echoed, origin.as_ref());
+                        prop_assert!(origin.as_ref().is_some_and(allowed));
+                    } else {
+                        prop_assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+                        prop_assert!(echoed.is_none());
+                    }
+                }
+            }
+            let mut out = HeaderMap::new();
+            out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            cors::decorate(&CORS, origin.as_ref(), &mut out);
+            match out.get(ACCESS_CONTROL_ALLOW_ORIGIN) {
+                Some(o) => prop_assert!(Some(o) == origin.as_ref() && allowed(o)),
+                None => prop_assert!(!origin.as_ref().is_some_and(allowed)),
+            }
+        }
+
+        /// What a wildcard origin allows is that scheme and a host name
+        /// under it: nothing with a path, user or port smuggled in.
+        #[test]
+        fn a_wildcard_origin_allows_only_hosts_under_it(o in bytes_near(vec![
+            b"https://menu.example.org".to_vec(),
+            b"https://a.b.example.org".to_vec(),
+        ])) {
+            let Ok(o) = std::str::from_utf8(&o) else { return Ok(()) };
+            if CORS.allows_origin(o) && !o.eq_ignore_ascii_case("https://shop.example.com") {
+                let host = o.get("https://".len()..).filter(|_| o[..8].eq_ignore_ascii_case("https://"));
+                let host = host.map(str::to_ascii_lowercase);
+                prop_assert!(host.as_ref().is_some_and(|h| h.ends_with(".example.org")
+                    && h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))), "{}", o);
+            }
+        }
+
+        /// Any REST call near the restaurant's bindings: routed unchanged,
+        /// transcoded into one gRPC message of the method's input type, or
+        /// refused as the client's error (400) — never a panic or an
+        /// error of the gateway's own.
+        #[test]
+        fn rest_calls_transcode_or_are_the_clients_error(
+            method in prop::sample::select(vec![Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::HEAD]),
+            path in bytes_near(vec![
+                b"/api/orders/42".to_vec(), b"/api/orders/a%2Fb:cancel".to_vec(),
+                b"/api/users/7/orders/9".to_vec(), b"/api/shops/s1/dishes/soup".to_vec(),
+                b"/api/files/menus/2024/winter.pdf".to_vec(), b"/api/orders:watch".to_vec(),
+            ]),
+            query in proptest::option::of(bytes_near(vec![
+                b"userId=1&page.size=2&tags=a&tags=b&statuses=PAID".to_vec(),
+                b"since=2024-01-01T00:00:00Z&paid=true&reason=late%20again".to_vec(),
+                b"withPrice=true&x=%zz".to_vec(),
+            ])),
+            body in bytes_near(vec![
+                br#"{"user_id": 7, "items": ["soup"], "note": "\u00e9"}"#.to_vec(),
+                br#"{"id": "42", "total": "1250", "createdAt": "2024-01-01T00:00:00Z"}"#.to_vec(),
+                b"[1, 2, {\"a\": null}]".to_vec(),
+            ]),
+        ) {
+            let (Ok(path), Ok(query)) = (String::from_utf8(path), query.map(String::from_utf8).transpose()) else {
+                return Ok(());
+            };
+            match RESTAURANT.request(&method, &path, query.as_deref(), &body) {
+                Ok(None) => {}
+                Ok(Some(t)) => {
+                    let m = &t.message;
+                    let len = u32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize;
+                    prop_assert_eq!((m[0], len), (0, m.len() - 5));
+                    let (service, name) = t.grpc_path()[1..].split_once('/').expect("/service/method");
+                    let input = POOL
+                        .get_service_by_name(service)
+                        .and_then(|s| s.methods().find(|m| m.name() == name))
+                        .expect("the binding's method")
+                        .input();
+                    prop_assert!(prost_reflect::DynamicMessage::decode(input, &m[5..]).is_ok());
+                }
+                Err(e) => {
+                    prop_assert!(e.is_client_error(), "{}", e);
+                    prop_assert_eq!(e.to_http().0, StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        /// Whatever a service answers a transcoded call with (random or
+        /// mutated messages, any status and message): a REST answer with
+        /// a JSON body, never a panic.
+        #[test]
+        fn any_grpc_answer_renders_as_json(
+            body in bytes_near(vec![framed(b"\x0a\x02id\x10\x07"), [framed(b"\x0a\x01a"), framed(b"\x0a\x01b")].concat()]),
+            code in 0..20u16,
+            message in ".{0,40}",
+            which in any::<prop::sample::Index>(),
+        ) {
+            let bindings: Vec<_> = RESTAURANT.bindings().collect();
+            let binding = which.get(&bindings);
+            let (status, json) = RESTAURANT.response(binding, GrpcCode::lenient(code), &message, &body);
+            prop_assert!(status.as_u16() >= 200 && status.as_u16() < 600);
+            prop_assert!(serde_json::from_slice::<serde_json::Value>(&json).is_ok(), "{:?}", json);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(super::file_cases())]
+
+        /// The operator's descriptor set, mutated: loaded or refused with
+        /// an error, never a panic.
+        #[test]
+        fn descriptor_sets_load_or_are_refused(e in edits(8)) {
+            let _ = Transcoder::from_bytes(&mutate(&DESCRIPTORS, &e));
+        }
+    }
 }
