@@ -1,11 +1,13 @@
 //! The random-input driver (`weft-fuzz`, and `tests/tests/fuzz.rs` with a
-//! small count): a real control plane and two real sidecars (an mTLS pair in
-//! front of an echo app), and a stream of mutated valid inputs at every
+//! small count): a real control plane, two real sidecars (an mTLS pair in
+//! front of an echo app) and a third as the API gateway in front of the
+//! same service (REST transcoding, gRPC-Web, CORS, a rate limit, the
+//! forwarding headers), and a stream of mutated valid inputs at every
 //! listener, many connections at once, each input bounded by a timeout.
 //! Between batches and at the end it checks that every process still runs,
 //! logged no panic, keeps its memory within a bound, and carries a normal
-//! call through the pair, and that the caller's metrics name no service
-//! the mesh does not hold.
+//! call through the pair and a REST call through the gateway, and that the
+//! caller's metrics name no service the mesh does not hold.
 //!
 //! Every input is drawn from `(seed, index)` alone, so a run is replayed
 //! from its seed; which connection carries it depends on timing.
@@ -65,6 +67,9 @@ enum Kind {
     Raw(Vec<Vec<u8>>),
     /// Mutated bytes inside a mutual-TLS session with a mesh certificate.
     RawInMtls(Vec<Vec<u8>>),
+    /// Mutated HTTP/1 requests on a new TCP connection, each read to its
+    /// whole answer (`send::http1`).
+    Http1(Vec<Vec<u8>>),
     /// Valid HTTP/2 framing carrying gRPC calls with mutated paths,
     /// authorities, headers and bodies; one connection carries many.
     Requests { authority: &'static str, mtls: bool },
@@ -80,6 +85,8 @@ pub struct Counts {
     pub answered: AtomicU64,
     pub resets: AtomicU64,
     pub timeouts: AtomicU64,
+    /// HTTP/1 inputs answered with a 2xx: they reached what answers them.
+    pub ok_2xx: AtomicU64,
 }
 
 impl Counts {
@@ -123,6 +130,8 @@ pub struct TargetReport {
     pub answered: u64,
     pub resets: u64,
     pub timeouts: u64,
+    /// Answered with a 2xx; `None` for inputs that are not HTTP/1.
+    pub ok_2xx: Option<u64>,
 }
 
 /// What a run found.
@@ -179,12 +188,13 @@ impl Report {
     /// The tables `weft-fuzz` prints.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<40} {:>11} {:>11} {:>10} {:>9}\n",
-            "target", "inputs", "answered", "resets", "timeouts"
+            "{:<40} {:>11} {:>11} {:>10} {:>9} {:>11}\n",
+            "target", "inputs", "answered", "resets", "timeouts", "HTTP 2xx"
         );
         for t in &self.targets {
+            let ok = t.ok_2xx.map_or("-".to_string(), |n| n.to_string());
             s += &format!(
-                "{:<40} {:>11} {:>11} {:>10} {:>9}\n",
+                "{:<40} {:>11} {:>11} {:>10} {:>9} {ok:>11}\n",
                 t.name, t.inputs, t.answered, t.resets, t.timeouts
             );
         }
@@ -230,8 +240,11 @@ struct Mesh {
     cp: ControlPlaneProc,
     echo: SidecarProc,
     caller: SidecarProc,
+    gateway: SidecarProc,
     _app: EchoServerHandle,
     upstream: SocketAddr,
+    /// The gateway's cleartext listener.
+    gateway_http: SocketAddr,
     /// Mutual TLS as service `fuzz`, to the echo sidecar's inbound.
     inbound_tls: TlsConnector,
     /// The discovery API over mutual TLS as service `fuzz`.
@@ -240,12 +253,48 @@ struct Mesh {
 }
 
 /// A request deadline on the echo service: however a call's headers or
-/// body are mutated, the pair answers it within this.
+/// body are mutated, the pair answers it within this. A gateway routes to
+/// it by two hosts (`seeds::GATEWAY_GRPC_HOST`, `GATEWAY_BROWSER_HOST`).
 const ECHO_SERVICE: &str = "apiVersion: weft.dev/v1
 kind: Service
 metadata: {name: echo}
 spec:
   timeouts: {request: 2s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway}
+spec:
+  gatewayClassName: weft
+  listeners: [{name: web, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo-api}
+spec:
+  parentRefs: [{kind: Gateway, name: gateway}]
+  hostnames: [grpc.example.com]
+  rules:
+    - backendRefs: [{name: echo}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: browser}
+spec:
+  parentRefs: [{kind: Gateway, name: gateway}]
+  hostnames: [app-api.example.com]
+  rules:
+    - filters:
+        - type: CORS
+          cors:
+            allowOrigins: [https://app.example.com, 'https://*.example.org']
+            allowMethods: [GET, PUT]
+            allowHeaders: [x-user, content-type]
+            exposeHeaders: [x-instance]
+            maxAge: 600
+        - type: RateLimit
+          rateLimit: {requests: 1000, period: 1s, key: {header: x-user}}
+      backendRefs: [{name: echo}]
 ";
 
 async fn start_mesh() -> anyhow::Result<Mesh> {
@@ -279,6 +328,24 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         "caller",
         Some(&access),
         &flags(&["--upstream".into(), format!("echo={upstream}")]),
+    )
+    .await?;
+    // The gateway keeps and appends to the forwarding headers a client
+    // sends and writes all of them: the most parsing they get.
+    let descriptors = dir.path().join("echo.binpb");
+    std::fs::write(&descriptors, crate::ECHO_DESCRIPTORS)?;
+    let gateway_http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gateway = SidecarProc::start(
+        "gateway",
+        Some(&access),
+        &flags(&[
+            "--gateway-http".into(),
+            gateway_http.to_string(),
+            "--transcode".into(),
+            descriptors.display().to_string(),
+            "--trust-forwarded".into(),
+            "--forwarded-full".into(),
+        ]),
     )
     .await?;
 
@@ -330,8 +397,10 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         cp,
         echo,
         caller,
+        gateway,
         _app: app,
         upstream,
+        gateway_http,
         inbound_tls,
         discovery,
         _dir: dir,
@@ -343,7 +412,51 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         || async move { normal_call(upstream).await.ok() },
     )
     .await?;
+    crate::util::wait_for(
+        "a REST call through the gateway",
+        Duration::from_secs(20),
+        || async move { gateway_call(gateway_http).await.ok() },
+    )
+    .await?;
+    // The gateway's seeds, unmutated, reach what they are meant for (a
+    // transcoded call, gRPC-Web, an allowed preflight): not a 404 that
+    // would leave the code behind them untried.
+    for seed in seeds::gateway_requests() {
+        let (outcome, status) = send::http1(gateway_http, &seed, Duration::from_secs(10)).await;
+        anyhow::ensure!(
+            status.is_some_and(|s| (200..300).contains(&s)),
+            "the gateway answered the seed {:?}: {outcome:?}, status {status:?}",
+            String::from_utf8_lossy(&seed),
+        );
+    }
     Ok(mesh)
+}
+
+/// A normal REST call through the gateway, transcoded to the echo
+/// service's unary method.
+async fn gateway_call(gateway: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(gateway).await?;
+        let req = format!(
+            "GET /v1/echo/still%20here HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            seeds::GATEWAY_GRPC_HOST
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await?;
+        let answer = String::from_utf8_lossy(&answer);
+        anyhow::ensure!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("\"still here\""),
+            "the gateway answered {:?}",
+            answer.chars().take(300).collect::<String>()
+        );
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("no answer from the gateway in 10 s"),
+    }
 }
 
 /// A normal unary call through the pair.
@@ -373,6 +486,8 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
     let mut app_side = h1_requests("echo");
     app_side.push(h2_call("echo"));
     app_side.push(seeds::junk(7, 64));
+    let mut gateway = seeds::gateway_requests();
+    gateway.push(h2_call(seeds::GATEWAY_GRPC_HOST));
     let t = |name, addr, kind, weight| Target {
         name,
         addr,
@@ -462,6 +577,21 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
             Kind::Raw(admin),
             2,
         ),
+        t(
+            "gateway, HTTP/1",
+            mesh.gateway_http,
+            Kind::Http1(gateway),
+            4,
+        ),
+        t(
+            "gateway, gRPC calls",
+            mesh.gateway_http,
+            Kind::Requests {
+                authority: seeds::GATEWAY_GRPC_HOST,
+                mtls: false,
+            },
+            2,
+        ),
     ])
 }
 
@@ -511,6 +641,23 @@ async fn one_input(
             let tls = matches!(t.kind, Kind::RawInMtls(_)).then_some(&mesh.inbound_tls);
             t.counts
                 .add(1, send::raw(t.addr, tls, &bytes, timeout).await);
+        }
+        Kind::Http1(seeds) => {
+            let bytes = match rng.below(16) {
+                0 => {
+                    let len = rng.below(512);
+                    rng.junk(len)
+                }
+                _ => {
+                    let seed = &seeds[rng.below(seeds.len())];
+                    rng.mutate(seed, 8)
+                }
+            };
+            let (o, status) = send::http1(t.addr, &bytes, timeout).await;
+            if status.is_some_and(|s| (200..300).contains(&s)) {
+                t.counts.ok_2xx.fetch_add(1, Ordering::Relaxed);
+            }
+            t.counts.add(1, o);
         }
         Kind::Requests { authority, mtls } => {
             let req = send::request(rng, authority);
@@ -668,11 +815,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     });
     let total_weight: u64 = targets.iter().map(|t| t.weight).sum();
     let upstream = mesh.upstream;
+    let gateway_http = mesh.gateway_http;
     let caller_admin = mesh.caller.admin;
     let mut procs: Vec<(&mut Proc, ProcReport)> = [
         ("control plane", &mut mesh.cp.proc),
         ("echo sidecar", &mut mesh.echo.proc),
         ("caller sidecar", &mut mesh.caller.proc),
+        ("gateway sidecar", &mut mesh.gateway.proc),
     ]
     .into_iter()
     .map(|(name, p)| {
@@ -730,6 +879,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         if let Err(e) = normal_call(upstream).await {
             failed_checks.push(format!("the normal call after {done} inputs failed: {e:#}"));
         }
+        if let Err(e) = gateway_call(gateway_http).await {
+            failed_checks.push(format!(
+                "the REST call through the gateway after {done} inputs failed: {e:#}"
+            ));
+        }
         if let Err(e) = metrics_name_known_services(caller_admin).await {
             failed_checks.push(format!("after {done} inputs: {e:#}"));
         }
@@ -749,6 +903,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 answered: t.counts.answered.load(Ordering::Relaxed),
                 resets: t.counts.resets.load(Ordering::Relaxed),
                 timeouts: t.counts.timeouts.load(Ordering::Relaxed),
+                ok_2xx: matches!(t.kind, Kind::Http1(_))
+                    .then(|| t.counts.ok_2xx.load(Ordering::Relaxed)),
             })
             .collect(),
         processes: procs.into_iter().map(|(_, r)| r).collect(),

@@ -149,6 +149,39 @@ pub fn h1_requests(host: &str) -> Vec<Vec<u8>> {
     ]
 }
 
+/// The host the fuzzed mesh's gateway routes to the echo service (a
+/// `GRPCRoute`: gRPC, gRPC-Web and transcoded REST), and the one behind a
+/// CORS filter and a rate limit (an `HTTPRoute`).
+pub const GATEWAY_GRPC_HOST: &str = "grpc.example.com";
+pub const GATEWAY_BROWSER_HOST: &str = "app-api.example.com";
+
+/// HTTP/1 requests a client on the internet sends the gateway: REST calls
+/// it transcodes (a path variable and query, a JSON body, a server stream),
+/// gRPC-Web calls in both encodings, a CORS preflight and an actual CORS
+/// request, each with forwarding headers and a request id to read.
+pub fn gateway_requests() -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let grpc = GATEWAY_GRPC_HOST;
+    let browser = GATEWAY_BROWSER_HOST;
+    let from = "X-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nForwarded: for=192.0.2.60;proto=http\r\nX-Request-Id: f81d4fae-7dec-11d0-a765-00a0c91e6bf6\r\n";
+    let with_body = |head: String, body: &[u8]| {
+        let mut r = format!("{head}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let json = br#"{"message": "posted", "payload": "AQID", "count": 2}"#;
+    let text = base64::engine::general_purpose::STANDARD.encode(echo_body("from a browser"));
+    vec![
+        format!("GET /v1/echo/hello%20there?sleepMs=1&failCode=0 HTTP/1.1\r\nHost: {grpc}\r\n{from}\r\n").into_bytes(),
+        format!("GET /v1/echo/tick/stream?count=3 HTTP/1.1\r\nHost: {grpc}\r\n\r\n").into_bytes(),
+        with_body(format!("POST /v1/echo HTTP/1.1\r\nHost: {grpc}\r\nContent-Type: application/json\r\n{from}"), json),
+        with_body(format!("POST {UNARY} HTTP/1.1\r\nHost: {grpc}\r\nContent-Type: application/grpc-web-text\r\nX-Grpc-Web: 1\r\n"), text.as_bytes()),
+        with_body(format!("POST {UNARY} HTTP/1.1\r\nHost: {grpc}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n{from}"), &echo_body("binary")),
+        format!("OPTIONS /v1/echo HTTP/1.1\r\nHost: {browser}\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-user, content-type\r\n\r\n").into_bytes(),
+        format!("GET /v1/echo/x HTTP/1.1\r\nHost: {browser}\r\nOrigin: https://a.example.org\r\nx-user: u1\r\n{from}\r\n").into_bytes(),
+    ]
+}
+
 /// Requests to an admin port (never `/shutdown` or `/log-level`: those are
 /// meant to change the process).
 pub fn admin_requests() -> Vec<Vec<u8>> {

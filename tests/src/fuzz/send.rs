@@ -65,6 +65,88 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// How long an HTTP/1 input waits for a whole answer before it
+/// half-closes (see [`http1`]).
+const HTTP1_ANSWER_WAIT: Duration = Duration::from_millis(200);
+
+/// Writes an HTTP/1 request on a new connection and reads one whole
+/// answer (its head, then its `Content-Length` or chunked body). A server
+/// that answers nothing within [`HTTP1_ANSWER_WAIT`] (the request was cut
+/// short, or asks to keep the connection) is half-closed and read to its
+/// end, as [`raw`] does. Half-closing at once, as `raw` does, would make
+/// hyper drop a complete request's answer on the end of its input, and the
+/// code that answers it would go untried.
+pub async fn http1(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Outcome, Option<u16>) {
+    let run = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        if s.write_all(bytes).await.is_err() {
+            // Closed before reading everything: an answer.
+            return Ok(None);
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let wait = tokio::time::sleep(HTTP1_ANSWER_WAIT);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                n = s.read(&mut buf) => {
+                    let n = n?;
+                    if n == 0 {
+                        return Ok(status(&got));
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if whole_answer(&got) {
+                        return Ok(status(&got));
+                    }
+                }
+                () = &mut wait => break,
+            }
+        }
+        let _ = s.shutdown().await;
+        while s.read(&mut buf).await? > 0 {}
+        std::io::Result::Ok(status(&got))
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(status)) => (Outcome::Answered, status),
+        Ok(Err(_)) => (Outcome::Reset, None),
+        Err(_) => (Outcome::TimedOut, None),
+    }
+}
+
+/// The status of the answer that `got` begins with, if it has a head.
+fn status(got: &[u8]) -> Option<u16> {
+    let line = got.split(|b| *b == b'\n').next()?;
+    let code = line.strip_prefix(b"HTTP/1.1 ".as_slice())?.get(..3)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Whether `got` holds a whole HTTP/1 answer: a head and, by its
+/// `Content-Length` or chunked framing, its whole body. (A body framed by
+/// the end of the connection is whole only when the server closes.)
+fn whole_answer(got: &[u8]) -> bool {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let body = &got[end + 4..];
+    if head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    match length {
+        Some(n) => body.len() >= n,
+        // 1xx, 204 and 304 have no body.
+        None => matches!(status(got), Some(100..=199 | 204 | 304)),
+    }
+}
+
 /// An HTTP/2 connection for requests, over TCP or mutual TLS.
 pub async fn h2_connect(
     addr: SocketAddr,
@@ -257,4 +339,26 @@ pub fn mesh_tls(
         .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{status, whole_answer};
+
+    #[test]
+    fn an_answer_is_whole_by_its_framing() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+        assert!(!whole_answer(&head[..20]), "no head yet");
+        assert!(!whole_answer(&[head.as_slice(), b"abc"].concat()));
+        assert!(whole_answer(&[head.as_slice(), b"abcde"].concat()));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+        assert!(!whole_answer(chunked));
+        assert!(whole_answer(&[chunked.as_slice(), b"0\r\n\r\n"].concat()));
+        assert!(whole_answer(
+            b"HTTP/1.1 204 No Content\r\nvary: origin\r\n\r\n"
+        ));
+        assert!(!whole_answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"));
+        assert_eq!(status(head), Some(200));
+        assert_eq!(status(b"HTTP/1.0 200"), None);
+    }
 }
