@@ -1,8 +1,9 @@
 //! `weft-fuzz`: random input at every listener of a real mesh (a control
-//! plane and an mTLS pair of sidecars in front of an echo app), bounded in
-//! count and time; prints what each listener got and what became of the
-//! processes, and fails when one died, panicked, hung past the timeout,
-//! outgrew its memory bound or stopped carrying a normal call.
+//! plane, an mTLS pair of sidecars in front of an echo app, and a sidecar
+//! as the API gateway in front of it), bounded in count and time; prints
+//! what each listener got and what became of the processes, and fails when
+//! one died, panicked, hung past the timeout, outgrew its memory bound or
+//! stopped carrying a normal call.
 //!
 //! The documented run (docs/robustness.md):
 //! `cargo build --release -p weft-sidecar -p weft-control-plane -p weft-tests --bin weft-fuzz`
@@ -29,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Inputs between two checks of the processes (alive, no panic, memory,
-    /// a normal call through the pair).
+    /// a normal call through the pair and a REST call through the gateway).
     #[arg(long, default_value_t = 20_000)]
     batch: u64,
     /// Milliseconds one input may take before it counts as a hang.

@@ -243,8 +243,9 @@ struct Mesh {
     gateway: SidecarProc,
     _app: EchoServerHandle,
     upstream: SocketAddr,
-    /// The gateway's cleartext listener.
+    /// The gateway's cleartext and TLS listeners.
     gateway_http: SocketAddr,
+    gateway_https: SocketAddr,
     /// Mutual TLS as service `fuzz`, to the echo sidecar's inbound.
     inbound_tls: TlsConnector,
     /// The discovery API over mutual TLS as service `fuzz`.
@@ -266,7 +267,9 @@ kind: Gateway
 metadata: {name: gateway}
 spec:
   gatewayClassName: weft
-  listeners: [{name: web, port: 8080, protocol: HTTP}]
+  listeners:
+    - {name: web, port: 8080, protocol: HTTP}
+    - {name: tls, port: 8443, protocol: HTTPS, tls: {mode: Terminate}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -335,12 +338,30 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
     let descriptors = dir.path().join("echo.binpb");
     std::fs::write(&descriptors, crate::ECHO_DESCRIPTORS)?;
     let gateway_http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gateway_https: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    // Its certificate for clients: self-signed, for the gRPC host.
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![
+        seeds::GATEWAY_GRPC_HOST.to_string(),
+        seeds::GATEWAY_BROWSER_HOST.to_string(),
+    ])?
+    .self_signed(&key)?;
+    let (crt, key_file) = (
+        dir.path().join("gateway.crt"),
+        dir.path().join("gateway.key"),
+    );
+    std::fs::write(&key_file, pem("PRIVATE KEY", &key.serialize_der()))?;
+    std::fs::write(&crt, pem("CERTIFICATE", cert.der()))?;
     let gateway = SidecarProc::start(
         "gateway",
         Some(&access),
         &flags(&[
             "--gateway-http".into(),
             gateway_http.to_string(),
+            "--gateway-https".into(),
+            gateway_https.to_string(),
+            "--tls-cert".into(),
+            format!("{},{}", crt.display(), key_file.display()),
             "--transcode".into(),
             descriptors.display().to_string(),
             "--trust-forwarded".into(),
@@ -401,6 +422,7 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
         _app: app,
         upstream,
         gateway_http,
+        gateway_https,
         inbound_tls,
         discovery,
         _dir: dir,
@@ -582,6 +604,16 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
             mesh.gateway_http,
             Kind::Http1(gateway),
             4,
+        ),
+        t(
+            "gateway TLS, raw",
+            mesh.gateway_https,
+            Kind::Raw(vec![
+                seeds::client_hello_to(seeds::GATEWAY_GRPC_HOST, &[b"h2", b"http/1.1"])?,
+                seeds::client_hello_to(seeds::GATEWAY_BROWSER_HOST, &[b"http/1.1"])?,
+                seeds::client_hello_to("unknown.example.net", &[b"h2"])?,
+            ]),
+            2,
         ),
         t(
             "gateway, gRPC calls",

@@ -194,12 +194,17 @@ pub fn admin_requests() -> Vec<Vec<u8>> {
 /// The first flight of a TLS client: a ClientHello offering h2, as rustls
 /// writes it.
 pub fn client_hello() -> anyhow::Result<Vec<u8>> {
+    client_hello_to("echo", &[b"h2"])
+}
+
+/// The same for server name (SNI) `name`, offering `alpn`.
+pub fn client_hello_to(name: &str, alpn: &[&[u8]]) -> anyhow::Result<Vec<u8>> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(weft_proto::identity::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("echo")?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
     let mut out = Vec::new();
     while conn.wants_write() {
