@@ -223,7 +223,7 @@ impl Report {
         }
         let secs = self.elapsed.as_secs_f64();
         s += &format!(
-            "\nseed {}; {} inputs in {:.1} s ({:.0}/s); {} normal calls through the pair after batches, {} failed\n",
+            "\nseed {}; {} inputs in {:.1} s ({:.0}/s); {} checks after batches (a call through the pair, a REST call through the gateway), {} failed\n",
             self.seed,
             self.inputs(),
             secs,

@@ -114,22 +114,37 @@ pub async fn http1(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Outcom
     }
 }
 
-/// The status of the answer that `got` begins with, if it has a head.
+/// The status of the answer that `got` begins with, if it has a head;
+/// past interim (1xx) answers, the final one's.
 fn status(got: &[u8]) -> Option<u16> {
     let line = got.split(|b| *b == b'\n').next()?;
     let code = line.strip_prefix(b"HTTP/1.1 ".as_slice())?.get(..3)?;
-    std::str::from_utf8(code).ok()?.parse().ok()
+    let code: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+    match (code, head_end(got)) {
+        (100..=199, Some(end)) => status(&got[end..]),
+        _ => Some(code),
+    }
 }
 
-/// Whether `got` holds a whole HTTP/1 answer: a head and, by its
-/// `Content-Length` or chunked framing, its whole body. (A body framed by
-/// the end of the connection is whole only when the server closes.)
+/// Where the first head in `got` ends (past its blank line).
+fn head_end(got: &[u8]) -> Option<usize> {
+    got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Whether `got` holds a whole HTTP/1 answer: past any interim (1xx) ones,
+/// a head and, by its `Content-Length` or chunked framing, its whole body.
+/// (A body framed by the end of the connection is whole only when the
+/// server closes.)
 fn whole_answer(got: &[u8]) -> bool {
-    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(body_at) = head_end(got) else {
         return false;
     };
+    let end = body_at - 4;
+    if got.starts_with(b"HTTP/1.1 1") {
+        return whole_answer(&got[body_at..]);
+    }
     let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-    let body = &got[end + 4..];
+    let body = &got[body_at..];
     if head
         .lines()
         .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
@@ -142,8 +157,8 @@ fn whole_answer(got: &[u8]) -> bool {
     });
     match length {
         Some(n) => body.len() >= n,
-        // 1xx, 204 and 304 have no body.
-        None => matches!(status(got), Some(100..=199 | 204 | 304)),
+        // 204 and 304 have no body.
+        None => matches!(status(got), Some(204 | 304)),
     }
 }
 
@@ -359,6 +374,11 @@ mod tests {
         ));
         assert!(!whole_answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"));
         assert_eq!(status(head), Some(200));
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        assert!(!whole_answer(interim), "the final answer is still to come");
+        let both = [interim.as_slice(), head.as_slice(), b"abcde"].concat();
+        assert!(whole_answer(&both));
+        assert_eq!(status(&both), Some(200));
         assert_eq!(status(b"HTTP/1.0 200"), None);
     }
 }
