@@ -649,6 +649,21 @@ struct Net {
     discovery: tonic::transport::Channel,
 }
 
+/// One input of bytes: plain junk one time in sixteen, else one of
+/// `seeds` mutated.
+fn raw_input(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+    match rng.below(16) {
+        0 => {
+            let len = rng.below(512);
+            rng.junk(len)
+        }
+        _ => {
+            let seed = &seeds[rng.below(seeds.len())];
+            rng.mutate(seed, 8)
+        }
+    }
+}
+
 async fn one_input(
     mesh: &Net,
     targets: &[Target],
@@ -660,31 +675,13 @@ async fn one_input(
     let t = &targets[n];
     match &t.kind {
         Kind::Raw(seeds) | Kind::RawInMtls(seeds) => {
-            let bytes = match rng.below(16) {
-                0 => {
-                    let len = rng.below(512);
-                    rng.junk(len)
-                }
-                _ => {
-                    let seed = &seeds[rng.below(seeds.len())];
-                    rng.mutate(seed, 8)
-                }
-            };
+            let bytes = raw_input(rng, seeds);
             let tls = matches!(t.kind, Kind::RawInMtls(_)).then_some(&mesh.inbound_tls);
             t.counts
                 .add(1, send::raw(t.addr, tls, &bytes, timeout).await);
         }
         Kind::Http1(seeds) => {
-            let bytes = match rng.below(16) {
-                0 => {
-                    let len = rng.below(512);
-                    rng.junk(len)
-                }
-                _ => {
-                    let seed = &seeds[rng.below(seeds.len())];
-                    rng.mutate(seed, 8)
-                }
-            };
+            let bytes = raw_input(rng, seeds);
             let (o, status) = send::http1(t.addr, &bytes, timeout).await;
             if status.is_some_and(|s| (200..300).contains(&s)) {
                 t.counts.ok_2xx.fetch_add(1, Ordering::Relaxed);
