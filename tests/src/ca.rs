@@ -18,6 +18,18 @@ pub fn spiffe(service: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/service/{service}")
 }
 
+/// A self-signed serving certificate for `names`, as an operator brings
+/// one to the gateway: (certificate PEM, key PEM).
+pub fn self_signed(names: &[&str]) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)?.self_signed(&key)?;
+    Ok((
+        pem("CERTIFICATE", cert.der()),
+        pem("PRIVATE KEY", &key.serialize_der()),
+    ))
+}
+
 /// A mesh CA: its certificate and what signs with it.
 pub struct TestCa {
     /// Its certificate, PEM.

@@ -79,18 +79,9 @@ impl Certs {
     /// A new self-signed pair `stem.crt`, `stem.key` for `names`; the key is
     /// written first, then the certificate (a renewal as a user does it).
     fn write(&self, stem: &str, names: &[&str]) -> anyhow::Result<()> {
-        let key = rcgen::KeyPair::generate()?;
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)?.self_signed(&key)?;
-        let pem = weft_proto::identity::pem;
-        std::fs::write(
-            self.path(&format!("{stem}.key")),
-            pem("PRIVATE KEY", &key.serialize_der()),
-        )?;
-        std::fs::write(
-            self.path(&format!("{stem}.crt")),
-            pem("CERTIFICATE", cert.der()),
-        )?;
+        let (cert, key) = weft_tests::ca::self_signed(names)?;
+        std::fs::write(self.path(&format!("{stem}.key")), key)?;
+        std::fs::write(self.path(&format!("{stem}.crt")), cert)?;
         Ok(())
     }
 

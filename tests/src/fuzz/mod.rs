@@ -339,19 +339,15 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
     std::fs::write(&descriptors, crate::ECHO_DESCRIPTORS)?;
     let gateway_http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let gateway_https: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    // Its certificate for clients: self-signed, for the gRPC host.
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec![
-        seeds::GATEWAY_GRPC_HOST.to_string(),
-        seeds::GATEWAY_BROWSER_HOST.to_string(),
-    ])?
-    .self_signed(&key)?;
+    // Its certificate for clients: self-signed, for both hosts.
+    let (cert_pem, key_pem) =
+        crate::ca::self_signed(&[seeds::GATEWAY_GRPC_HOST, seeds::GATEWAY_BROWSER_HOST])?;
     let (crt, key_file) = (
         dir.path().join("gateway.crt"),
         dir.path().join("gateway.key"),
     );
-    std::fs::write(&key_file, pem("PRIVATE KEY", &key.serialize_der()))?;
-    std::fs::write(&crt, pem("CERTIFICATE", cert.der()))?;
+    std::fs::write(&key_file, key_pem)?;
+    std::fs::write(&crt, cert_pem)?;
     let gateway = SidecarProc::start(
         "gateway",
         Some(&access),
