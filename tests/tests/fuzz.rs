@@ -39,7 +39,7 @@ async fn twenty_thousand_random_inputs_break_nothing() -> anyhow::Result<()> {
     for t in &report.targets {
         assert!(t.inputs > 0, "{} got no input", t.name);
         assert!(t.answered + t.resets == t.inputs, "{}: {t:?}", t.name);
-        // Some HTTP/1 inputs are still requests the gateway serves: the
+        // Some HTTP/1 inputs are still requests a listener serves: the
         // code behind its parsers ran, not only their refusals.
         if let Some(ok) = t.ok_2xx {
             assert!(ok > 0, "{}: no input answered with a 2xx: {t:?}", t.name);

@@ -2,8 +2,9 @@
 //! small count): a real control plane, two real sidecars (an mTLS pair in
 //! front of an echo app) and a third as the API gateway in front of the
 //! same service (REST transcoding, gRPC-Web, CORS, a rate limit, the
-//! forwarding headers), and a stream of mutated valid inputs at every
-//! listener, many connections at once, each input bounded by a timeout.
+//! forwarding headers, a route's header, query and path matches and its
+//! rewrites), and a stream of mutated valid inputs at every listener, many
+//! connections at once, each input bounded by a timeout.
 //! Between batches and at the end it checks that every process still runs,
 //! logged no panic, keeps its memory within a bound, and carries a normal
 //! call through the pair and a REST call through the gateway, and that the
@@ -255,7 +256,9 @@ struct Mesh {
 
 /// A request deadline on the echo service: however a call's headers or
 /// body are mutated, the pair answers it within this. A gateway routes to
-/// it by two hosts (`seeds::GATEWAY_GRPC_HOST`, `GATEWAY_BROWSER_HOST`).
+/// it by three hosts (`seeds::GATEWAY_GRPC_HOST`, `GATEWAY_BROWSER_HOST`,
+/// and `GATEWAY_REST_HOST` through header, query and path matches and
+/// rewrites of the path, the host and headers both ways).
 const ECHO_SERVICE: &str = "apiVersion: weft.dev/v1
 kind: Service
 metadata: {name: echo}
@@ -297,6 +300,43 @@ spec:
             maxAge: 600
         - type: RateLimit
           rateLimit: {requests: 1000, period: 1s, key: {header: x-user}}
+      backendRefs: [{name: echo}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rest}
+spec:
+  parentRefs: [{kind: Gateway, name: gateway}]
+  hostnames: [rest.example.com, '*.rest.example.org']
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /api/echo}
+          method: POST
+          headers:
+            - {name: x-canary, value: '1'}
+            - {type: RegularExpression, name: x-tenant, value: 't[0-9]+'}
+          queryParams: [{type: RegularExpression, name: v, value: '2|3'}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: x-route, value: canary}]
+            add: [{name: x-hops, value: gateway}]
+            remove: [x-debug]
+        - type: URLRewrite
+          urlRewrite:
+            hostname: echo.internal
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /weft.test.v1.Echo}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            set: [{name: x-served-by, value: gateway}]
+            remove: [x-instance]
+      backendRefs: [{name: echo}]
+    - matches: [{path: {type: RegularExpression, value: '/legacy/[a-z]+/echo'}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /weft.test.v1.Echo/Unary}}
+      backendRefs: [{name: echo}]
+    - matches: [{path: {type: Exact, value: /weft.test.v1.Echo/Unary}, method: POST}]
       backendRefs: [{name: echo}]
 ";
 
@@ -437,13 +477,26 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
     )
     .await?;
     // The gateway's seeds, unmutated, reach what they are meant for (a
-    // transcoded call, gRPC-Web, an allowed preflight): not a 404 that
-    // would leave the code behind them untried.
+    // transcoded call, gRPC-Web, an allowed preflight, a rewritten path):
+    // not a 404 that would leave the code behind them untried.
     for seed in seeds::gateway_requests() {
         let (outcome, status) = send::http1(gateway_http, &seed, Duration::from_secs(10)).await;
         anyhow::ensure!(
             status.is_some_and(|s| (200..300).contains(&s)),
             "the gateway answered the seed {:?}: {outcome:?}, status {status:?}",
+            String::from_utf8_lossy(&seed),
+        );
+    }
+    // The matched and rewritten ones reach the echo method itself: a 2xx
+    // alone would also be gRPC-Web's answer of UNIMPLEMENTED or NOT_FOUND.
+    for (seed, holds) in seeds::gateway_route_requests() {
+        let (outcome, got) = send::http1_answer(gateway_http, &seed, Duration::from_secs(10)).await;
+        let answer = String::from_utf8_lossy(&got);
+        anyhow::ensure!(
+            answer.starts_with("HTTP/1.1 200")
+                && answer.contains("grpc-status: 0\r\n")
+                && holds.iter().all(|h| answer.contains(h)),
+            "the gateway answered the seed {:?}: {outcome:?}, {answer:?}",
             String::from_utf8_lossy(&seed),
         );
     }
@@ -530,7 +583,13 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
             "control plane admin, raw",
             mesh.cp.admin,
             Kind::Raw(admin.clone()),
-            2,
+            1,
+        ),
+        t(
+            "control plane admin, HTTP/1",
+            mesh.cp.admin,
+            Kind::Http1(admin_requests()),
+            1,
         ),
         t(
             "echo sidecar inbound, raw",
@@ -557,13 +616,25 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
             "echo sidecar admin, raw",
             mesh.echo.admin,
             Kind::Raw(admin.clone()),
-            2,
+            1,
+        ),
+        t(
+            "echo sidecar admin, HTTP/1",
+            mesh.echo.admin,
+            Kind::Http1(admin_requests()),
+            1,
         ),
         t(
             "caller upstream port, raw",
             mesh.upstream,
             Kind::Raw(app_side.clone()),
             3,
+        ),
+        t(
+            "caller upstream port, HTTP/1",
+            mesh.upstream,
+            Kind::Http1(h1_requests("echo")),
+            2,
         ),
         t(
             "caller upstream port, calls",
@@ -592,14 +663,31 @@ fn targets(mesh: &Mesh) -> anyhow::Result<Vec<Target>> {
         t(
             "caller sidecar admin, raw",
             mesh.caller.admin,
-            Kind::Raw(admin),
-            2,
+            Kind::Raw(admin.clone()),
+            1,
+        ),
+        t(
+            "caller sidecar admin, HTTP/1",
+            mesh.caller.admin,
+            Kind::Http1(admin_requests()),
+            1,
         ),
         t(
             "gateway, HTTP/1",
             mesh.gateway_http,
             Kind::Http1(gateway),
             4,
+        ),
+        t(
+            "gateway, HTTP/1 matched and rewritten",
+            mesh.gateway_http,
+            Kind::Http1(
+                seeds::gateway_route_requests()
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect(),
+            ),
+            2,
         ),
         t(
             "gateway TLS, raw",

@@ -182,6 +182,57 @@ pub fn gateway_requests() -> Vec<Vec<u8>> {
     ]
 }
 
+/// The host the fuzzed mesh's gateway serves through the matches and
+/// rewrites of an `HTTPRoute` (`rest`), onto the echo service's gRPC
+/// method (called as gRPC-Web: the gateway transcodes REST by the path a
+/// client sent, before any route rewrites it, as Envoy does).
+pub const GATEWAY_REST_HOST: &str = "rest.example.com";
+
+/// gRPC-Web calls each rule of that route matches, each with what its
+/// answer holds (the message the echo service sends back, the header the
+/// rule adds to it): a prefix with header (exact and pattern)
+/// and query matches, its path, host and headers rewritten and the
+/// answer's headers too; a pattern match rewritten to a whole path; an
+/// exact match with a method. Mutated, they miss a match, cut a prefix
+/// short or carry odd bytes into a rewrite.
+pub fn gateway_route_requests() -> Vec<(Vec<u8>, Vec<&'static str>)> {
+    let rest = GATEWAY_REST_HOST;
+    let call = |head: String, message: &'static str, served_by: bool| {
+        let body = echo_body(message);
+        let mut r = format!(
+            "{head}Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        let mut holds = vec![message];
+        holds.extend(served_by.then_some("x-served-by: gateway\r\n"));
+        (r, holds)
+    };
+    vec![
+        call(
+            format!("POST /api/echo/Unary?v=2&w=x%20y HTTP/1.1\r\nHost: {rest}\r\nx-canary: 1\r\nx-tenant: t42\r\nx-debug: on\r\nx-route: from-client\r\n"),
+            "matched",
+            true,
+        ),
+        call(
+            "POST /api/echo/Unary?v=3 HTTP/1.1\r\nHost: shop.rest.example.org:8080\r\nX-Canary: 1\r\nX-Tenant: t7\r\n".into(),
+            "wildcard host",
+            true,
+        ),
+        call(
+            format!("POST /legacy/old/echo HTTP/1.1\r\nHost: {rest}\r\n"),
+            "legacy",
+            false,
+        ),
+        call(
+            format!("POST {UNARY} HTTP/1.1\r\nHost: {rest}\r\n"),
+            "exact",
+            false,
+        ),
+    ]
+}
+
 /// Requests to an admin port (never `/shutdown` or `/log-level`: those are
 /// meant to change the process).
 pub fn admin_requests() -> Vec<Vec<u8>> {

@@ -75,16 +75,26 @@ const HTTP1_ANSWER_WAIT: Duration = Duration::from_millis(200);
 /// short, or asks to keep the connection) is half-closed and read to its
 /// end, as [`raw`] does. Half-closing at once, as `raw` does, would make
 /// hyper drop a complete request's answer on the end of its input, and the
-/// code that answers it would go untried.
+/// code that answers it would go untried. Gives the final answer's status
+/// when the exchange ended well.
 pub async fn http1(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Outcome, Option<u16>) {
+    let (outcome, got) = http1_answer(addr, bytes, timeout).await;
+    match outcome {
+        Outcome::Answered => (outcome, status(&got)),
+        _ => (outcome, None),
+    }
+}
+
+/// The same, giving the bytes the server wrote however it ended.
+pub async fn http1_answer(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Outcome, Vec<u8>) {
+    let mut got = Vec::new();
     let run = async {
         let mut s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         if s.write_all(bytes).await.is_err() {
             // Closed before reading everything: an answer.
-            return Ok(None);
+            return Ok(());
         }
-        let mut got = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         let wait = tokio::time::sleep(HTTP1_ANSWER_WAIT);
         tokio::pin!(wait);
@@ -93,25 +103,31 @@ pub async fn http1(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Outcom
                 n = s.read(&mut buf) => {
                     let n = n?;
                     if n == 0 {
-                        return Ok(status(&got));
+                        return Ok(());
                     }
                     got.extend_from_slice(&buf[..n]);
                     if whole_answer(&got) {
-                        return Ok(status(&got));
+                        return Ok(());
                     }
                 }
                 () = &mut wait => break,
             }
         }
         let _ = s.shutdown().await;
-        while s.read(&mut buf).await? > 0 {}
-        std::io::Result::Ok(status(&got))
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return std::io::Result::Ok(());
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
     };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(status)) => (Outcome::Answered, status),
-        Ok(Err(_)) => (Outcome::Reset, None),
-        Err(_) => (Outcome::TimedOut, None),
-    }
+    let outcome = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::Answered,
+        Ok(Err(_)) => Outcome::Reset,
+        Err(_) => Outcome::TimedOut,
+    };
+    (outcome, got)
 }
 
 /// The status of the answer that `got` begins with, if it has a head;
