@@ -13,6 +13,7 @@ use weft_proto::mutate::{OPS, mutate};
 use weft_proto::name::{ServiceName, validate_address, validate_instance_id};
 use weft_proto::pattern::MethodPattern;
 use weft_proto::retry::RetryConditions;
+use weft_proto::routing::{PathMatch, PathRewrite, UrlRewrite};
 
 /// Up to `n` edits of [`weft_proto::mutate::edit`].
 fn edits(n: usize) -> impl Strategy<Value = Vec<(u8, usize, u8)>> {
@@ -109,6 +110,41 @@ proptest! {
         if let Ok(c) = RetryConditions::parse(&[s.as_str()]) {
             let names: Vec<String> = c.iter().map(|x| x.to_string()).collect();
             prop_assert_eq!(RetryConditions::parse(&names).ok(), Some(c));
+        }
+    }
+
+    /// A route's path prefix matches the path it names and what lies below
+    /// it, segment by segment, and nothing else; a prefix rewrite of a
+    /// path it matched puts the replacement's segments before what followed
+    /// the prefix, whatever bytes those are (Gateway API `ReplacePrefixMatch`).
+    #[test]
+    fn prefix_rewrites_keep_what_follows_the_prefix(
+        prefix in "(/[a-z]{1,3}){1,3}/?|/",
+        rest in prop_oneof![Just(String::new()), "(/[a-zé%~ .-]{0,3}){1,3}/?"],
+        with in "(/[a-z]{1,3}){0,2}/?",
+        near in any::<String>(),
+    ) {
+        let with = if with.is_empty() { "/".to_string() } else { with };
+        let m = PathMatch::prefix(&prefix).expect("a valid prefix");
+        let path = format!("{}{rest}", prefix.trim_end_matches('/'));
+        let path = if path.is_empty() { "/".to_string() } else { path };
+        prop_assert!(m.matches(&path), "{prefix} should match {path}");
+        // Another path matches only if it is the prefix or lies below it.
+        let base = prefix.trim_end_matches('/');
+        let below = near.strip_prefix(base).is_some_and(|r| r.is_empty() || r.starts_with('/'));
+        prop_assert_eq!(m.matches(&near), base.is_empty() || below, "{} on {:?}", prefix, near);
+
+        let rewrite = UrlRewrite::new(None, Some(PathRewrite::Prefix(with.clone())))
+            .expect("a valid replacement");
+        let out = rewrite.path(&path, Some(&m));
+        let segments = |s: &str| s.split('/').filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        prop_assert!(out.starts_with('/'), "{}", out);
+        let mut want = segments(&with);
+        want.extend(segments(&rest));
+        prop_assert_eq!(segments(&out), want, "{} on {} with {}", prefix, path, with);
+        // No empty segment is made where none was.
+        if !path.contains("//") && !with.contains("//") {
+            prop_assert!(!out.contains("//"), "{} on {} with {}: {}", prefix, path, with, out);
         }
     }
 }
