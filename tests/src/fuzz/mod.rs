@@ -506,28 +506,21 @@ async fn start_mesh() -> anyhow::Result<Mesh> {
 /// A normal REST call through the gateway, transcoded to the echo
 /// service's unary method.
 async fn gateway_call(gateway: SocketAddr) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let run = async {
-        let mut s = tokio::net::TcpStream::connect(gateway).await?;
-        let req = format!(
-            "GET /v1/echo/still%20here HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            seeds::GATEWAY_GRPC_HOST
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).await?;
-        let answer = String::from_utf8_lossy(&answer);
-        anyhow::ensure!(
-            answer.starts_with("HTTP/1.1 200") && answer.contains("\"still here\""),
-            "the gateway answered {:?}",
-            answer.chars().take(300).collect::<String>()
-        );
-        anyhow::Ok(())
-    };
-    match tokio::time::timeout(Duration::from_secs(10), run).await {
-        Ok(r) => r,
-        Err(_) => anyhow::bail!("no answer from the gateway in 10 s"),
-    }
+    let req = format!(
+        "GET /v1/echo/still%20here HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        seeds::GATEWAY_GRPC_HOST
+    );
+    let (outcome, answer) =
+        send::http1_answer(gateway, req.as_bytes(), Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    anyhow::ensure!(
+        matches!(outcome, Outcome::Answered)
+            && answer.starts_with("HTTP/1.1 200")
+            && answer.contains("\"still here\""),
+        "the gateway answered {outcome:?}, {:?}",
+        answer.chars().take(300).collect::<String>()
+    );
+    Ok(())
 }
 
 /// A normal unary call through the pair.
